@@ -1,0 +1,328 @@
+"""The ``cbctl`` command: argument parsing and rendering only; the work is in the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cbctl import lifecycle
+from cbctl.client import Client, supervisor_request
+from cbctl.declare import DeployFileError, load_file
+from cbctl.errors import CbctlError, FunctionError, InvalidArgument
+from cbctl.runtime import cluster
+from cbctl.runtime.defaults import CLI_CALL_TIMEOUT_S
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Every expected failure is one clear line on stderr and exit code 1, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except FunctionError as exc:
+            if exc.remote_traceback:
+                errors.print(exc.remote_traceback.rstrip(), markup=False, highlight=False)
+            errors.print(f"error: the function raised {exc}", markup=False, highlight=False)
+            sys.exit(1)
+        except DeployFileError as exc:
+            if exc.user_traceback:
+                errors.print(exc.user_traceback.rstrip(), markup=False, highlight=False)
+            errors.print(f"error: {exc}", markup=False, highlight=False)
+            sys.exit(1)
+        except CbctlError as exc:
+            errors.print(f"error: {exc}", markup=False, highlight=False)
+            sys.exit(1)
+
+    return wrapper
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: JSON when it parses as JSON, else the string itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def render_value(value: Any, as_json: bool) -> str:
+    try:
+        return json.dumps(value) if as_json or not isinstance(value, str) else value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def home_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--home", envvar="CBCTL_HOME", default=None, show_default="$CBCTL_HOME or ~/.cbctl",
+                        help="Cluster directory.")(command)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cbctl")
+def main() -> None:
+    """cbctl: stateful functions as a service on your machine, in the line of Cloudburst.
+
+    \b
+    cbctl up                      start a cluster (store, scheduler, executors)
+    cbctl deploy examples/fn.py   register the functions and DAGs a file declares
+    cbctl call pipeline 3         call a function or DAG and print its result
+    cbctl down                    stop everything
+    """
+
+
+@main.command()
+@click.option("--executors", type=int, default=None, help="CPU executors. [default: CPU count]")
+@click.option("--gpu-executors", type=int, default=None, help="GPU executors, one device each. [default: GPUs found]")
+@click.option("--schedulers", type=int, default=1, show_default=True, help="Schedulers.")
+@click.option("--foreground", is_flag=True, help="Stay attached; Ctrl-C stops the cluster.")
+@click.option("--listen", default="", metavar="tcp://HOST",
+              help="Use TCP on HOST instead of ipc sockets in the home (loopback unless you name another host).")
+@click.option("--durability", type=click.Choice(["always", "batch", "none"]), default="batch", show_default=True,
+              help="When the store fsyncs its log: every write, at most every 50 ms, or never.")
+@click.option("--cache-mb", type=int, default=64, show_default=True, help="Each executor's cache bound.")
+@click.option("--fake-gpus", type=int, default=0, envvar="CBCTL_FAKE_GPUS", hidden=False,
+              help="TESTING ONLY: pretend N GPUs exist so GPU executors start without a device.")
+@home_option
+@handle_errors
+def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
+       durability: str, cache_mb: int, fake_gpus: int, home: str | None) -> None:
+    """Start a cluster in the home directory and return once every process is ready.
+
+    Example: cbctl up --executors 4
+    """
+    home_path = cluster.resolve_home(home)
+    note = lifecycle.check_not_running(home_path)
+    if note:
+        errors.print(f"note: {note}", markup=False)
+    spec = lifecycle.plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb)
+    if spec.listen and not spec.listen.startswith(tuple(f"tcp://{h}" for h in lifecycle.LOOPBACK_HOSTS)):
+        errors.print(f"warning: binding on {spec.listen}, reachable beyond this machine", markup=False)
+    started = time.monotonic()
+    proc = lifecycle.start_supervisor(home_path, spec, foreground)
+    with console.status("starting the cluster..."):
+        found = lifecycle.wait_until_up(home_path, proc)
+    counts = f"{spec.executors} CPU + {spec.gpu_executors} GPU executors, {spec.schedulers} scheduler(s)"
+    console.print(f"cluster up in {home_path} ({counts}) in {time.monotonic() - started:.1f} s", markup=False)
+    if foreground:
+        console.print("running in the foreground: Ctrl-C stops it", markup=False)
+        try:
+            proc.wait()
+        except KeyboardInterrupt:
+            lifecycle.stop_cluster(home_path)
+        del found
+
+
+@main.command()
+@home_option
+@handle_errors
+def down(home: str | None) -> None:
+    """Stop the cluster: drain executors, stop schedulers, flush the store; return when all are gone."""
+    home_path = cluster.resolve_home(home)
+    with console.status("stopping the cluster..."):
+        count = lifecycle.stop_cluster(home_path)
+    console.print(f"cluster in {home_path} stopped ({count} processes)", markup=False)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@home_option
+@handle_errors
+def status(as_json: bool, home: str | None) -> None:
+    """Show every process of the cluster: role, pid, address, state, uptime, restarts."""
+    found = cluster.running_cluster(cluster.resolve_home(home))
+    report = supervisor_request(found, "status")
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"cluster {report['home']}  up {report['uptime_s']:.0f} s")
+    for column in ("process", "type", "pid", "address", "state", "uptime", "restarts"):
+        table.add_column(column)
+    for p in report["processes"]:
+        table.add_row(p["name"], p["executor_type"] or p["role"], str(p["pid"]), p["address"], p["state"],
+                      f"{p['uptime_s']:.0f} s", str(p["restarts"]))
+    console.print(table)
+
+
+@main.command()
+@click.argument("key")
+@click.argument("value")
+@home_option
+@handle_errors
+def put(key: str, value: str, home: str | None) -> None:
+    """Write VALUE (JSON when it parses, else a string) under KEY.
+
+    Example: cbctl put greeting '"hello"'
+    """
+    with Client(home) as client:
+        client.put(key, parse_value(value))
+    console.print(f"stored {key}", markup=False)
+
+
+@main.command()
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Print the value as JSON.")
+@home_option
+@handle_errors
+def get(key: str, as_json: bool, home: str | None) -> None:
+    """Print the value stored under KEY.
+
+    Example: cbctl get greeting
+    """
+    with Client(home) as client:
+        value = client.get(key)
+    click.echo(render_value(value, as_json))
+
+
+@main.command()
+@click.argument("role", required=False, default="")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing as the logs grow (Ctrl-C stops).")
+@click.option("-n", "--lines", type=int, default=50, show_default=True, help="Last lines of each log to show.")
+@home_option
+@handle_errors
+def logs(role: str, follow: bool, lines: int, home: str | None) -> None:
+    """Print the per-process logs; ROLE narrows them (store, scheduler, executor, executor-1, supervisor).
+
+    Example: cbctl logs executor -f
+    """
+    directory = cluster.resolve_home(home) / "logs"
+    files = sorted(p for p in directory.glob("*.log") if p.stem.startswith(role))
+    if not files:
+        raise InvalidArgument(f"no logs{' for ' + repr(role) if role else ''} in {directory}: "
+                              "roles are store, scheduler, executor and supervisor")
+    positions = {}
+    for path in files:
+        text = path.read_text(errors="replace").splitlines()
+        click.echo(f"==> {path.name} <==")
+        for line in text[-lines:]:
+            click.echo(line)
+        positions[path] = path.stat().st_size
+    while follow:
+        try:
+            time.sleep(0.25)
+        except KeyboardInterrupt:
+            return
+        for path in files:
+            size = path.stat().st_size
+            if size > positions[path]:
+                with open(path, errors="replace") as handle:
+                    handle.seek(positions[path])
+                    for line in handle.read().splitlines():
+                        click.echo(f"{path.stem}: {line}")
+                positions[path] = size
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print what was registered as JSON.")
+@home_option
+@handle_errors
+def deploy(file: Path, as_json: bool, home: str | None) -> None:
+    """Register every function and DAG that FILE declares (replacing earlier ones of the same names).
+
+    Example: cbctl deploy examples/pipeline.py
+    """
+    declared = load_file(file)
+    if not declared.functions and not declared.dags:
+        raise InvalidArgument(f"{file} declares no functions or DAGs: decorate them with @cbctl.function")
+    registered: dict[str, list[Any]] = {"functions": [], "dags": []}
+    with Client(home) as client:
+        for spec in declared.functions:
+            registered["functions"].append(client.register(
+                spec.target, name=spec.name, gpu=spec.gpu, batching=spec.batching, init_args=spec.init_args))
+        for dag_spec in declared.dags:
+            registered["dags"].append(client.register_dag(dag_spec.name, dag_spec.functions, dag_spec.edges,
+                                                          **dag_spec.options))
+    if as_json:
+        click.echo(json.dumps(registered, indent=2))
+        return
+    for f in registered["functions"]:
+        flags = ", ".join(k for k in ("gpu", "batching") if f[k])
+        console.print(f"function {f['name']}" + (f" ({flags})" if flags else ""), markup=False)
+    for d in registered["dags"]:
+        console.print(f"dag      {d['name']}: {' -> '.join(d['functions'])}" if not d["edges"] or len(
+            d["edges"]) == len(d["functions"]) - 1 else f"dag      {d['name']}: {d['edges']}", markup=False)
+
+
+@main.command()
+@click.argument("name")
+@click.argument("args", nargs=-1)
+@click.option("--arg", "source_args", multiple=True, metavar="FUNCTION=VALUE",
+              help="Arguments of one source of a DAG (repeatable; repeat a function for several args).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--timeout", type=float, default=CLI_CALL_TIMEOUT_S, show_default=True, help="Seconds to wait.")
+@click.option("--consistency", type=click.Choice(["lww", "repeatable_read", "causal"]), default="lww",
+              show_default=True, help="Consistency of the call's reads and writes.")
+@home_option
+@handle_errors
+def call(name: str, args: tuple[str, ...], source_args: tuple[str, ...], as_json: bool, timeout: float,
+         consistency: str, home: str | None) -> None:
+    """Call function or DAG NAME with ARGS (each JSON when it parses, else a string).
+
+    Example: cbctl call pipeline 3
+    """
+    per_source: dict[str, list[Any]] = {}
+    for item in source_args:
+        function, sep, value = item.partition("=")
+        if not sep or not function:
+            raise InvalidArgument(f"--arg {item!r} must look like FUNCTION=VALUE")
+        per_source.setdefault(function, []).append(parse_value(value))
+    with Client(home) as client:
+        result = client.call(name, *[parse_value(a) for a in args], timeout=timeout, consistency=consistency,
+                             **per_source)
+    click.echo(render_value(result, as_json))
+
+
+@main.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@home_option
+@handle_errors
+def list_registered(as_json: bool, home: str | None) -> None:
+    """List registered functions (with where they are pinned) and DAGs."""
+    with Client(home) as client:
+        registered = client.list()
+    if as_json:
+        click.echo(json.dumps(registered, indent=2))
+        return
+    functions = Table(title="functions")
+    for column in ("name", "gpu", "batching", "pinned on"):
+        functions.add_column(column)
+    for f in registered["functions"]:
+        functions.add_row(f["name"], "yes" if f["gpu"] else "", "yes" if f["batching"] else "",
+                          ", ".join(f["pinned"]) or "-")
+    dags = Table(title="DAGs")
+    for column in ("name", "functions", "edges"):
+        dags.add_column(column)
+    for d in registered["dags"]:
+        dags.add_row(d["name"], ", ".join(d["functions"]), ", ".join(f"{a}->{b}" for a, b in d["edges"]) or "-")
+    console.print(functions)
+    console.print(dags)
+
+
+@main.command()
+@click.argument("name")
+@home_option
+@handle_errors
+def rm(name: str, home: str | None) -> None:
+    """Remove the function or DAG NAME.
+
+    Example: cbctl rm pipeline
+    """
+    with Client(home) as client:
+        removed = client.delete(name)
+    console.print(f"removed {removed['kind']} {removed['removed']}", markup=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""The Python client: ``cbctl.connect()`` returns a ``Client`` that registers, calls and reads state.
+
+Calls are asynchronous underneath: a ``CallRequest`` goes to the scheduler on a send-only DEALER and the
+result comes back, from whichever executor ran the sink, to this client's own bound PULL socket, matched
+by call id. No background thread: whichever caller is waiting takes the role of reading the PULL socket
+and hands results to the other waiters (so a single-threaded caller pays no thread hop), and many calls,
+from many threads, can be in flight at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import zmq
+
+from cbctl.declare import function_name
+from cbctl.errors import (
+    CallTimeout,
+    CbctlError,
+    ClusterNotRunning,
+    FunctionError,
+    InvalidArgument,
+    error_from_wire,
+)
+from cbctl.runtime import cluster, registry, serialization
+from cbctl.runtime.defaults import CONTROL_TIMEOUT_S
+from cbctl.runtime.messages import (
+    CallRequest,
+    CallResult,
+    ClusterInfoRequest,
+    ControlResponse,
+    ListRequest,
+    Message,
+    RegisterDag,
+    RegisterFunction,
+    RemoveRequest,
+    SupervisorRequest,
+    unpack,
+)
+from cbctl.runtime.process import new_socket
+from cbctl.runtime.store_client import StoreClient
+
+_PENDING = object()
+
+
+class CallFuture:
+    """The result of ``call_async``: ``result(timeout)`` waits for it, ``done()`` says if it is in."""
+
+    def __init__(self, client: Client, call_id: str, name: str, stored: bool = False) -> None:
+        self._client = client
+        self.call_id = call_id
+        self.name = name
+        self._stored = stored
+        self._result: Any = _PENDING
+
+    def done(self) -> bool:
+        if self._result is _PENDING:
+            self._client._poll_result(self, 0.0)
+        return self._result is not _PENDING
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The call's value; raises ``FunctionError`` if it raised, ``CallTimeout`` past ``timeout`` s."""
+        if self._result is _PENDING:
+            self._client._poll_result(self, timeout)
+        if self._result is _PENDING:
+            raise CallTimeout(f"call {self.call_id} of {self.name!r} did not finish within {timeout} s")
+        if isinstance(self._result, CallResult):
+            self._result = _outcome(self._result)
+        if isinstance(self._result, CbctlError):
+            raise self._result
+        return self._result
+
+
+def _outcome(result: CallResult) -> Any:
+    if result.ok:
+        return serialization.decode(result.value)
+    if result.error_type == "FunctionError":
+        return FunctionError(result.message, result.remote_type, result.traceback)
+    return error_from_wire(result.error_type, result.message)
+
+
+class Client:
+    """A connection to a running cluster; thread-safe. Use ``cbctl.connect()`` to make one."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        self.home = cluster.resolve_home(home)
+        self.cluster = cluster.running_cluster(self.home)
+        self.client_id = uuid.uuid4().hex[:12]
+        self._context = zmq.Context()
+        self._ids = itertools.count(1)
+        scheduler = self._scheduler_address = random.choice(self.cluster.scheduler_addresses)
+        self._call_sock = new_socket(self._context, zmq.DEALER)
+        self._call_sock.connect(scheduler)
+        self._call_lock = threading.Lock()
+        self._control_sock = new_socket(self._context, zmq.DEALER)
+        self._control_sock.connect(scheduler)
+        self._control_lock = threading.Lock()
+        self._responses = new_socket(self._context, zmq.PULL)
+        if self.cluster.scheduler_addresses[0].startswith("tcp://"):
+            host = self.cluster.scheduler_addresses[0].rsplit(":", 1)[0]
+            port = self._responses.bind_to_random_port(host)
+            self.response_address = f"{host}:{port}"
+        else:
+            self.response_address = cluster.ipc_address(self.home, f"client-{self.client_id}")
+            self._responses.bind(self.response_address)
+        self._store = StoreClient(self._context, self.cluster.store_address, writer_id=f"client-{self.client_id}")
+        self._store_lock = threading.Lock()
+        self._waiting: dict[str, CallFuture] = {}
+        self._cond = threading.Condition()
+        self._reader_active = False
+        self._closed = False
+
+    # --- registration ----------------------------------------------------------------------------------
+
+    def register(self, target: Callable[..., Any] | type, name: str | None = None, gpu: bool = False,
+                 batching: bool = False, init_args: Sequence[Any] = ()) -> dict[str, Any]:
+        """Register a function (or a class with a ``run(cb, ...)`` method, constructed once per executor
+        with ``init_args``) under ``name`` (default: its ``__name__``); replaces an earlier one."""
+        is_class = isinstance(target, type)
+        if is_class and not callable(getattr(target, "run", None)):
+            raise InvalidArgument(f"class {target.__name__} has no run(cb, ...) method to call")
+        if not is_class and not callable(target):
+            raise InvalidArgument(f"{target!r} is neither a function nor a class: register a callable")
+        name = name or target.__name__
+        options = {"gpu": gpu, "batching": batching, "is_class": is_class,
+                   "init_args": serialization.encode(tuple(init_args)) if init_args else b""}
+        return self._control(lambda r: RegisterFunction(r, name, cloudpickle.dumps(target), options))
+
+    def register_dag(self, name: str, functions: Sequence[Any], edges: Iterable[Sequence[Any]] | None = None,
+                     **options: Any) -> dict[str, Any]:
+        """Register a DAG of registered functions (names or the decorated functions themselves); with no
+        ``edges`` it is a chain in the given order."""
+        names = [function_name(f) for f in functions]
+        edge_names = [[function_name(a), function_name(b)] for a, b in edges] if edges else []
+        return self._control(lambda r: RegisterDag(r, name, names, edge_names, options))
+
+    def list(self) -> dict[str, Any]:
+        """Registered functions (with where they are pinned) and DAGs."""
+        return self._control(lambda r: ListRequest(r))
+
+    def delete(self, name: str) -> dict[str, Any]:
+        """Remove a function or DAG (a function still used by a DAG is refused)."""
+        return self._control(lambda r: RemoveRequest(r, name))
+
+    def cluster_info(self) -> dict[str, Any]:
+        return self._control(lambda r: ClusterInfoRequest(r))
+
+    def supervisor_status(self) -> dict[str, Any]:
+        return supervisor_request(self.cluster, "status")
+
+    def _control(self, build: Callable[[int], Message]) -> Any:
+        with self._control_lock:
+            req_id = next(self._ids)
+            self._control_sock.send(build(req_id).pack())
+            deadline = time.monotonic() + CONTROL_TIMEOUT_S
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._control_sock.poll(int(remaining * 1000) + 1):
+                    # a late reply must not be read as the answer to a later request
+                    self._control_sock.close()
+                    self._control_sock = new_socket(self._context, zmq.DEALER)
+                    self._control_sock.connect(self._scheduler_address)
+                    raise ClusterNotRunning(f"the scheduler did not answer within {CONTROL_TIMEOUT_S:.0f} s: "
+                                            "check `cbctl status`")
+                reply = unpack(self._control_sock.recv())
+                if isinstance(reply, ControlResponse) and reply.req_id == req_id:
+                    break
+        if not reply.ok:
+            raise error_from_wire(reply.error_type, reply.message)
+        return reply.payload
+
+    # --- calls -----------------------------------------------------------------------------------------
+
+    def call(self, name: str, *args: Any, timeout: float | None = None, consistency: str = "lww",
+             **source_args: Sequence[Any]) -> Any:
+        """Call a function or DAG and return its result. ``args`` go to every source function;
+        ``source_args`` (function name -> argument list) give a DAG's sources their own."""
+        return self.call_async(name, *args, consistency=consistency, **source_args).result(timeout)
+
+    def call_async(self, name: str, *args: Any, consistency: str = "lww", store_result: bool = False,
+                   **source_args: Sequence[Any]) -> CallFuture:
+        """Start a call and return its future at once. With ``store_result`` the result is written to the
+        store under the call id and the future reads it from there (it outlives this client)."""
+        call_id = f"{self.client_id}-{next(self._ids)}"
+        future = CallFuture(self, call_id, name, stored=store_result)
+        encoded_sources = {}
+        for fn, values in source_args.items():
+            if not isinstance(values, (list, tuple)):
+                values = [values]
+            encoded_sources[fn] = serialization.encode(list(values))
+        refs = serialization.find_refs(args)
+        request = CallRequest(call_id, name, serialization.encode(list(args)), encoded_sources,
+                              self.response_address, store_result, consistency, refs)
+        if not store_result:
+            with self._cond:
+                self._waiting[call_id] = future
+        with self._call_lock:
+            if self._closed:
+                raise CbctlError("this client is closed: make a new one with cbctl.connect()")
+            self._call_sock.send(request.pack())
+        return future
+
+    def _poll_result(self, future: CallFuture, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if future._stored:
+            self._poll_stored(future, deadline)
+            return
+        with self._cond:
+            while future._result is _PENDING:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                if self._reader_active:
+                    self._cond.wait(remaining)
+                    continue
+                self._reader_active = True
+                self._cond.release()
+                try:
+                    self._read_responses(0.05 if remaining is None else min(remaining, 0.05))
+                finally:
+                    self._cond.acquire()
+                    self._reader_active = False
+                    self._cond.notify_all()
+            if future._result is _PENDING:
+                self._waiting.pop(future.call_id, None)  # a late result for it is dropped
+
+    def _read_responses(self, timeout_s: float) -> None:
+        if not self._responses.poll(int(timeout_s * 1000)):
+            return
+        results = []
+        while True:
+            try:
+                results.append(unpack(self._responses.recv(zmq.NOBLOCK)))
+            except zmq.Again:
+                break
+            except CbctlError:
+                continue
+        with self._cond:
+            for result in results:
+                if isinstance(result, CallResult):
+                    future = self._waiting.pop(result.call_id, None)
+                    if future is not None:
+                        future._result = result
+
+    def _poll_stored(self, future: CallFuture, deadline: float | None) -> None:
+        delay = 0.001
+        key = registry.result_key(future.call_id)
+        while True:
+            with self._store_lock:
+                (lattice,) = self._store.get_lattices([key])
+            if lattice is not None and not getattr(lattice, "tombstone", False):
+                future._result = CallResult(**serialization.decode(lattice.value))
+                return
+            if deadline is not None and time.monotonic() + delay > deadline:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    # --- state -----------------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Any:
+        """The value under ``key``; ``NoSuchKey`` when there is none."""
+        with self._store_lock:
+            return self._store.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        """Write ``value`` under ``key`` (last-writer-wins); durable per the store's policy on return."""
+        if not isinstance(key, str) or not key or key.startswith("__cb/"):
+            raise InvalidArgument(f"key {key!r} is invalid: use a non-empty string not starting with '__cb/'")
+        with self._store_lock:
+            self._store.put(key, value)
+
+    def delete_key(self, key: str) -> None:
+        with self._store_lock:
+            self._store.delete(key)
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        with self._store_lock:
+            return [k for k in self._store.list_keys(prefix) if not k.startswith("__cb/")]
+
+    def store_stats(self) -> dict[str, Any]:
+        with self._store_lock:
+            return self._store.stats()
+
+    # --- lifetime --------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._call_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._call_sock.close()
+        self._control_sock.close()
+        self._responses.close()
+        self._store.close()
+        self._context.term()
+        if self.response_address.startswith("ipc://"):
+            Path(self.response_address[len("ipc://"):]).unlink(missing_ok=True)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def supervisor_request(found: cluster.ClusterFile, command: str, timeout_s: float = CONTROL_TIMEOUT_S,
+                       **arguments: Any) -> Any:
+    """One request to the supervisor's control socket (status, stop, scale)."""
+    context = zmq.Context.instance()
+    sock = new_socket(context, zmq.DEALER)
+    try:
+        sock.connect(found.control_address)
+        sock.send(SupervisorRequest(1, command, arguments).pack())
+        if not sock.poll(int(timeout_s * 1000)):
+            raise ClusterNotRunning(f"the supervisor (pid {found.supervisor_pid}) did not answer within "
+                                    f"{timeout_s:.0f} s: see `cbctl logs supervisor`")
+        reply = unpack(sock.recv())
+    finally:
+        sock.close()
+    if not isinstance(reply, ControlResponse):
+        raise CbctlError(f"unexpected reply {type(reply).__name__} from the supervisor")
+    if not reply.ok:
+        raise error_from_wire(reply.error_type, reply.message)
+    return reply.payload
+
+
+def connect(home: str | os.PathLike[str] | None = None) -> Client:
+    """Connect to the cluster in ``home`` (default ``$CBCTL_HOME``, else ``~/.cbctl``)."""
+    return Client(home)

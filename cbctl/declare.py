@@ -1,0 +1,122 @@
+"""What a deployable file declares: ``@cbctl.function`` and ``cbctl.dag``, and loading such a file.
+
+Declarations only record what the file asks for; nothing talks to a cluster until ``cbctl deploy`` (or
+``Client.deploy_file``) registers what ``load_file`` collected. A decorated function stays a plain
+function, callable locally as before.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from cbctl.errors import CbctlError, InvalidDag
+
+
+@dataclass
+class FunctionSpec:
+    name: str
+    target: Callable[..., Any] | type
+    gpu: bool = False
+    batching: bool = False
+    init_args: tuple[Any, ...] = ()
+
+
+@dataclass
+class DagSpec:
+    name: str
+    functions: list[str]
+    edges: list[list[str]]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Declarations:
+    functions: list[FunctionSpec] = field(default_factory=list)
+    dags: list[DagSpec] = field(default_factory=list)
+
+
+_declared = Declarations()
+
+
+def function(target: Callable[..., Any] | type | None = None, *, name: str | None = None, gpu: bool = False,
+             batching: bool = False, init_args: Sequence[Any] = ()) -> Any:
+    """Declare a function (or a class with ``run(cb, ...)``) for deployment, as ``@cbctl.function`` or
+    ``@cbctl.function(name=..., gpu=..., batching=...)``. Its first parameter receives the user library."""
+
+    def declare(obj: Callable[..., Any] | type) -> Any:
+        spec = FunctionSpec(name or obj.__name__, obj, gpu, batching, tuple(init_args))
+        obj.__cbctl__ = spec  # type: ignore[union-attr]
+        _declared.functions = [f for f in _declared.functions if f.name != spec.name] + [spec]
+        return obj
+
+    return declare(target) if target is not None else declare
+
+
+def dag(name: str, functions: Sequence[Any], edges: Iterable[Sequence[Any]] | None = None,
+        **options: Any) -> DagSpec:
+    """Declare a DAG: a chain of ``functions`` in order, or the graph given by ``edges`` of (from, to)."""
+    names = [function_name(f) for f in functions]
+    edge_names = [[function_name(a), function_name(b)] for a, b in edges] if edges is not None else []
+    spec = DagSpec(name, names, edge_names, dict(options))
+    _declared.dags = [d for d in _declared.dags if d.name != name] + [spec]
+    return spec
+
+
+def function_name(target: Any) -> str:
+    """The registered name of a declared function, a plain function, or a name given as a string."""
+    if isinstance(target, str):
+        return target
+    spec = getattr(target, "__cbctl__", None)
+    if isinstance(spec, FunctionSpec):
+        return spec.name
+    name = getattr(target, "__name__", None)
+    if not isinstance(name, str):
+        raise InvalidDag(f"{target!r} is not a function or a function name")
+    return name
+
+
+class DeployFileError(CbctlError):
+    """A deploy file could not be imported; ``user_traceback`` holds the user's traceback text."""
+
+    def __init__(self, message: str, user_traceback: str = "") -> None:
+        super().__init__(message)
+        self.user_traceback = user_traceback
+
+
+def load_file(path: str | Path) -> Declarations:
+    """Import a deploy file and return what it declared. Its module is pickled by value, so executors
+    need not be able to import it."""
+    import traceback
+
+    global _declared
+    path = Path(path)
+    if not path.is_file():
+        raise DeployFileError(f"{path} is not a file: pass the path of a Python file that declares functions")
+    module_name = f"cbctl_deploy_{path.stem}_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise DeployFileError(f"{path} is not importable Python: give it a .py name")
+    module = importlib.util.module_from_spec(spec)
+    saved, _declared = _declared, Declarations()
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(path.parent.resolve()))
+    try:
+        spec.loader.exec_module(module)
+        found = _declared
+    except BaseException as exc:
+        del sys.modules[module_name]
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        raise DeployFileError(f"{path} failed to import: {type(exc).__name__}: {exc}", text) from None
+    finally:
+        _declared = saved
+        sys.path.remove(str(path.parent.resolve()))
+    cloudpickle.register_pickle_by_value(module)
+    return found

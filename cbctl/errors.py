@@ -1,0 +1,83 @@
+"""The one exception hierarchy of cbctl.
+
+Every error a user can see is a ``CbctlError``; the subclass says how to recover:
+start a cluster, fix the call, fix the function, or wait longer.
+"""
+
+from __future__ import annotations
+
+
+class CbctlError(Exception):
+    """Base of every error cbctl raises on purpose."""
+
+
+class ClusterNotRunning(CbctlError):
+    """No cluster answers in the given home: start one with ``cbctl up``."""
+
+
+class ClusterAlreadyRunning(CbctlError):
+    """``cbctl up`` found a live cluster in the same home."""
+
+
+class ProtocolError(CbctlError):
+    """A frame did not unpack into a known message of this protocol version."""
+
+
+class NoSuchFunction(CbctlError):
+    """The named function or DAG is not registered."""
+
+
+class InvalidDag(CbctlError):
+    """A DAG failed validation (unknown function, cycle, wrong number of sinks, ...)."""
+
+
+class InvalidArgument(CbctlError):
+    """A request named something impossible (bad option value, bad key, ...)."""
+
+
+class NoSuchKey(CbctlError):
+    """The store holds no value for the key (never written, or deleted)."""
+
+
+class NoExecutorAvailable(CbctlError):
+    """No executor of the needed type can take the function (e.g. ``gpu=True`` with no GPU executor)."""
+
+
+class CallTimeout(CbctlError):
+    """The call did not return before its timeout; the function may still be running."""
+
+
+class FunctionError(CbctlError):
+    """The user's function raised; carries the remote exception type and traceback text."""
+
+    def __init__(self, message: str, remote_type: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        return f"{self.remote_type}: {self.args[0]}" if self.remote_type else str(self.args[0])
+
+
+# Errors that cross the wire travel by class name; this maps them back on the client side.
+ERRORS_BY_NAME: dict[str, type[CbctlError]] = {
+    cls.__name__: cls
+    for cls in (
+        CbctlError,
+        ClusterNotRunning,
+        ClusterAlreadyRunning,
+        ProtocolError,
+        NoSuchFunction,
+        InvalidDag,
+        InvalidArgument,
+        NoSuchKey,
+        NoExecutorAvailable,
+        CallTimeout,
+        FunctionError,
+    )
+}
+
+
+def error_from_wire(error_type: str, message: str) -> CbctlError:
+    """Rebuild a typed error sent by a server (unknown names fall back to ``CbctlError``)."""
+    return ERRORS_BY_NAME.get(error_type, CbctlError)(message)

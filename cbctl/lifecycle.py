@@ -1,0 +1,111 @@
+"""Bringing a cluster up and down from the command line's side: spawn the supervisor, wait for the
+cluster file, and on the way down wait until every process of the cluster is gone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import psutil
+
+from cbctl.errors import CbctlError, ClusterAlreadyRunning, ClusterNotRunning, InvalidArgument
+from cbctl.runtime import cluster
+from cbctl.runtime.defaults import SHUTDOWN_TIMEOUT_S, STARTUP_TIMEOUT_S
+from cbctl.runtime.supervisor import STARTUP_ERROR_FILE, ClusterSpec, count_gpus
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def check_not_running(home: Path) -> str:
+    """Refuse a second cluster in one home; clean a crashed one's file. Returns a note to show, if any."""
+    try:
+        found = cluster.running_cluster(home)
+    except ClusterNotRunning as exc:
+        return str(exc).split(";")[0] + "; cleaned it up" if "stale" in str(exc) else ""
+    raise ClusterAlreadyRunning(f"a cluster is already running in {home} (supervisor pid {found.supervisor_pid}): "
+                                "stop it with `cbctl down`, or use another CBCTL_HOME")
+
+
+def validate_listen(listen: str) -> str:
+    if not listen:
+        return ""
+    if not listen.startswith("tcp://") or listen.count(":") != 1:
+        raise InvalidArgument(f"--listen {listen!r} must look like tcp://HOST (ports are picked per process)")
+    return listen
+
+
+def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int, listen: str,
+              durability: str, fake_gpus: int, cache_mb: int) -> ClusterSpec:
+    import os
+
+    if executors is None:
+        executors = os.cpu_count() or 1
+    found_gpus = fake_gpus or count_gpus()
+    if gpu_executors is None:
+        gpu_executors = found_gpus
+    elif gpu_executors > found_gpus:
+        raise InvalidArgument(
+            f"--gpu-executors {gpu_executors} asks for more GPUs than are visible ({found_gpus}): "
+            "lower it, or for tests only fake devices with --fake-gpus N")
+    if executors < 0 or gpu_executors < 0 or executors + gpu_executors == 0:
+        raise InvalidArgument("a cluster needs at least one executor: pass --executors N with N >= 1")
+    if schedulers < 1:
+        raise InvalidArgument("a cluster needs at least one scheduler: pass --schedulers N with N >= 1")
+    return ClusterSpec(executors=executors, gpu_executors=gpu_executors, schedulers=schedulers,
+                       listen=validate_listen(listen), durability=durability, fake_gpus=fake_gpus,
+                       cache_mb=cache_mb)
+
+
+def start_supervisor(home: Path, spec: ClusterSpec, foreground: bool = False) -> subprocess.Popen:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "logs").mkdir(exist_ok=True)
+    cluster.socket_dir(home).mkdir(parents=True, exist_ok=True)
+    (home / STARTUP_ERROR_FILE).unlink(missing_ok=True)
+    command = [sys.executable, "-m", "cbctl.runtime.supervisor", "--home", str(home),
+               "--spec", json.dumps(asdict(spec))]
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=not foreground)
+
+
+def wait_until_up(home: Path, proc: subprocess.Popen, timeout_s: float = STARTUP_TIMEOUT_S + 10) -> cluster.ClusterFile:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = cluster.ClusterFile.read(home)
+        if found is not None and found.supervisor_pid == proc.pid:
+            return found
+        if proc.poll() is not None:
+            error_file = home / STARTUP_ERROR_FILE
+            reason = error_file.read_text().strip() if error_file.exists() else f"exit code {proc.returncode}"
+            raise CbctlError(f"the cluster did not start: {reason} (logs in {home / 'logs'})")
+        time.sleep(0.05)
+    proc.terminate()
+    raise CbctlError(f"the cluster did not report ready within {timeout_s:.0f} s: see {home / 'logs'}")
+
+
+def stop_cluster(home: Path, timeout_s: float = SHUTDOWN_TIMEOUT_S + 10) -> int:
+    """Stop the cluster in ``home`` and wait until every one of its processes is gone; returns how many
+    processes were stopped."""
+    found = cluster.running_cluster(home)
+    procs = []
+    for pid in [found.supervisor_pid] + [p.pid for p in found.processes]:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.Error:
+            pass
+    try:
+        psutil.Process(found.supervisor_pid).terminate()
+    except psutil.Error:
+        pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    cluster.remove_cluster_file(home)
+    return len(procs)

@@ -1,0 +1,96 @@
+"""DAG validation and shape (pure): which functions feed which, in what order, and where it ends.
+
+A valid DAG names each function once, only registered functions, edges only between its own functions,
+no cycle, and exactly one sink (the function whose result the caller receives). A function with several
+upstream functions receives their results in the order its incoming edges were declared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from cbctl.errors import InvalidDag
+
+
+@dataclass(frozen=True)
+class DagShape:
+    name: str
+    functions: tuple[str, ...]
+    edges: tuple[tuple[str, str], ...]
+    sources: tuple[str, ...]
+    sink: str
+
+    def upstream(self, function: str) -> list[str]:
+        return upstream_of(self.edges, function)
+
+
+def chain_edges(functions: Sequence[str]) -> list[tuple[str, str]]:
+    """The edges of a linear pipeline: each function feeds the next."""
+    return list(zip(functions, functions[1:]))
+
+
+def upstream_of(edges: Iterable[Sequence[str]], function: str) -> list[str]:
+    return [a for a, b in edges if b == function]
+
+
+def downstream_of(edges: Iterable[Sequence[str]], function: str) -> list[str]:
+    return [b for a, b in edges if a == function]
+
+
+def validate_dag(name: str, functions: Sequence[str], edges: Sequence[Sequence[str]],
+                 registered: Iterable[str]) -> DagShape:
+    """Check a DAG and return its shape; raise ``InvalidDag`` naming the first problem found."""
+    if not isinstance(name, str) or not name or name.startswith("__"):
+        raise InvalidDag(f"DAG name {name!r} is invalid: use a non-empty name not starting with '__'")
+    if not functions:
+        raise InvalidDag(f"DAG {name!r} has no functions: list at least one")
+    seen: set[str] = set()
+    for fn in functions:
+        if fn in seen:
+            raise InvalidDag(f"DAG {name!r} uses function {fn!r} twice: register a copy under another name")
+        seen.add(fn)
+    known = set(registered)
+    unknown = [fn for fn in functions if fn not in known]
+    if unknown:
+        raise InvalidDag(f"DAG {name!r} names unregistered function(s) {', '.join(map(repr, unknown))}: "
+                         "register them first (in the same file for `cbctl deploy`)")
+    pairs: list[tuple[str, str]] = []
+    for edge in edges:
+        if len(edge) != 2:
+            raise InvalidDag(f"DAG {name!r} has an edge {edge!r} that is not a (from, to) pair")
+        a, b = edge
+        for end in (a, b):
+            if end not in seen:
+                raise InvalidDag(f"DAG {name!r} has an edge {a!r} -> {b!r} but {end!r} is not among its functions")
+        if a == b:
+            raise InvalidDag(f"DAG {name!r} has a cycle: {a!r} feeds itself")
+        if (a, b) in pairs:
+            raise InvalidDag(f"DAG {name!r} has the edge {a!r} -> {b!r} twice")
+        pairs.append((a, b))
+    order = topological_order(functions, pairs)
+    if order is None:
+        raise InvalidDag(f"DAG {name!r} has a cycle: a DAG's edges must not loop back")
+    sinks = [fn for fn in functions if not downstream_of(pairs, fn)]
+    if len(sinks) != 1:
+        raise InvalidDag(f"DAG {name!r} has {len(sinks)} sinks ({', '.join(sinks)}): it needs exactly one "
+                         "function whose result is the DAG's result")
+    sources = tuple(fn for fn in functions if not upstream_of(pairs, fn))
+    return DagShape(name, tuple(functions), tuple(pairs), sources, sinks[0])
+
+
+def topological_order(functions: Sequence[str], edges: Sequence[tuple[str, str]]) -> list[str] | None:
+    """Kahn's algorithm; None when the edges contain a cycle."""
+    indegree = {fn: 0 for fn in functions}
+    for _, b in edges:
+        indegree[b] += 1
+    ready = [fn for fn in functions if indegree[fn] == 0]
+    order: list[str] = []
+    while ready:
+        fn = ready.pop(0)
+        order.append(fn)
+        for b in downstream_of(edges, fn):
+            indegree[b] -= 1
+            if indegree[b] == 0:
+                ready.append(b)
+    return order if len(order) == len(functions) else None

@@ -1,0 +1,147 @@
+"""What every server process shares: its start-up configuration, logging to its own file, signal
+handling that only sets a flag, the ready report to the supervisor, and a bounded cache of outgoing
+PUSH sockets to peers.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from cbctl.runtime import cluster
+from cbctl.runtime.defaults import MAX_PEER_SOCKETS, SOCKET_HWM
+from cbctl.runtime.messages import ProcessReady
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProcessConfig:
+    """Everything a child needs to start; built by the supervisor, passed through multiprocessing."""
+
+    home: str
+    role: str
+    index: int
+    supervisor_address: str
+    store_address: str = ""
+    scheduler_addresses: list[str] = field(default_factory=list)
+    listen: str = ""  # "" for ipc in the home, else "tcp://HOST" to bind on random ports of HOST
+    bind_address: str = ""  # set on restarts so a restarted process keeps its address
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}-{self.index}"
+
+    def bind(self, sock: zmq.Socket, name: str | None = None) -> str:
+        """Bind ``sock`` on this process's address (ipc in the home by default) and return it."""
+        if self.bind_address and name is None:
+            sock.bind(self.bind_address)
+            return self.bind_address
+        if self.listen:
+            port = sock.bind_to_random_port(self.listen)
+            return f"{self.listen}:{port}"
+        address = cluster.ipc_address(Path(self.home), name or self.name)
+        sock.bind(address)
+        return address
+
+
+class ShutdownFlag:
+    """SIGTERM/SIGINT set ``requested`` (warm stop: finish in-flight work); a second one exits at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.requested:
+            log.warning("second signal %d: exiting immediately", signum)
+            os._exit(1)
+        log.info("signal %d: stopping", signum)
+        self.requested = True
+
+
+def setup_logging(config: ProcessConfig) -> None:
+    """Send this process's logs, and anything user code prints, to its own file in the home."""
+    path = cluster.log_path(Path(config.home), config.role, config.index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stream = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    os.dup2(stream.fileno(), 1)
+    os.dup2(stream.fileno(), 2)
+    sys.stdout = sys.stderr = stream
+    level = os.environ.get("CBCTL_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        stream=stream, level=level, force=True,
+        format=f"%(asctime)s {config.name} %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def report_ready(context: zmq.Context, config: ProcessConfig, address: str, error: str = "") -> None:
+    sock = context.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.connect(config.supervisor_address)
+    sock.send(ProcessReady(config.role, config.index, os.getpid(), address, error).pack())
+    sock.close()
+
+
+def new_socket(context: zmq.Context, kind: int) -> zmq.Socket:
+    sock = context.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
+    sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
+    return sock
+
+
+class PeerSockets:
+    """Outgoing PUSH sockets by address, opened on first use; the least recently used is closed past
+    a bound so a long-lived executor does not collect sockets to every client that ever called it.
+    Sends never block: a peer that is gone or not draining costs a counted drop, not a stuck loop."""
+
+    def __init__(self, context: zmq.Context, limit: int = MAX_PEER_SOCKETS) -> None:
+        self._context = context
+        self._limit = limit
+        self._sockets: collections.OrderedDict[str, zmq.Socket] = collections.OrderedDict()
+        self.dropped = 0
+
+    def send(self, address: str, frame: bytes) -> bool:
+        sock = self._sockets.get(address)
+        if sock is None:
+            sock = new_socket(self._context, zmq.PUSH)
+            sock.connect(address)
+            self._sockets[address] = sock
+            if len(self._sockets) > self._limit:
+                _, oldest = self._sockets.popitem(last=False)
+                oldest.close()
+        elif len(self._sockets) > 1:
+            self._sockets.move_to_end(address)
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            self.dropped += 1
+            log.warning("dropped a message to %s: peer not reading", address)
+            return False
+
+    def close(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+
+
+def drain(sock: zmq.Socket) -> list[list[bytes]]:
+    """Every message ready on ``sock`` now, without blocking (loops wake once per batch, not per message)."""
+    ready = []
+    while True:
+        try:
+            ready.append(sock.recv_multipart(zmq.NOBLOCK, copy=True))
+        except zmq.Again:
+            return ready

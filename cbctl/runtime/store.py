@@ -1,0 +1,213 @@
+"""The store node: key -> lattice, every write a merge, every acknowledged write in the log first.
+
+One loop: drain the ROUTER socket, apply the batch (writes are appended to the write-ahead log in one
+call before any of them is acknowledged), reply, push merged values to subscribed caches, fsync when
+the batch interval is due, compact when the log grows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from cbctl.errors import ProtocolError
+from cbctl.runtime import cluster
+from cbctl.runtime.defaults import WAL_BATCH_INTERVAL_S, WAL_COMPACT_BYTES
+from cbctl.runtime.lattices import Lattice, LWWLattice, lattice_from_wire
+from cbctl.runtime.messages import (
+    Ack,
+    DeleteRequest,
+    ErrorResponse,
+    GetRequest,
+    GetResponse,
+    KeyUpdate,
+    ListKeysRequest,
+    ListKeysResponse,
+    Message,
+    PutRequest,
+    StoreStatsRequest,
+    StoreStatsResponse,
+    SubscribeRequest,
+    unpack,
+)
+from cbctl.runtime.process import PeerSockets, ProcessConfig, ShutdownFlag, drain, new_socket, report_ready
+from cbctl.runtime.wal import WriteAheadLog
+
+log = logging.getLogger(__name__)
+
+
+class StoreNode:
+    """The state and handlers of one store node, independent of how messages arrive (tests drive it)."""
+
+    def __init__(self, data_dir: Path, durability: str = "batch",
+                 compact_bytes: int = WAL_COMPACT_BYTES) -> None:
+        self.data: dict[str, Lattice] = {}
+        self.wal = WriteAheadLog(data_dir, durability=durability, batch_interval_s=WAL_BATCH_INTERVAL_S,
+                                 compact_threshold_bytes=compact_bytes)
+        for record in self.wal.replay():
+            key, wire = msgpack.unpackb(record, raw=False)
+            self._merge(key, lattice_from_wire(wire))
+        self.subscribers: dict[str, set[str]] = {}
+        self.counters = {"gets": 0, "puts": 0, "deletes": 0, "lists": 0, "protocol_errors": 0,
+                         "request_errors": 0}
+        self.started = time.time()
+        log.info("recovered %d keys from %s", len(self.data), data_dir)
+
+    def _merge(self, key: str, incoming: Lattice) -> Lattice:
+        current = self.data.get(key)
+        merged = incoming if current is None else current.merge(incoming)
+        self.data[key] = merged
+        return merged
+
+    def live_keys(self, prefix: str = "") -> list[str]:
+        return sorted(k for k, v in self.data.items() if k.startswith(prefix) and not _is_tombstone(v))
+
+    def handle_batch(self, requests: list[Message]) -> tuple[list[Message], list[tuple[str, KeyUpdate]]]:
+        """Apply a batch; return replies (in order) and subscription pushes. Writes are logged, as one
+        append, before this returns, so the caller may acknowledge them."""
+        replies: list[Message] = []
+        records: list[bytes] = []
+        changed: dict[str, Lattice] = {}
+        for request in requests:
+            try:
+                replies.append(self._handle(request, records, changed))
+            except Exception as exc:  # a malformed request must not take the store down
+                self.counters["request_errors"] += 1
+                log.warning("bad %s: %s", type(request).__name__, exc)
+                replies.append(ErrorResponse(getattr(request, "req_id", 0), "InvalidArgument", str(exc)))
+        if records:
+            self.wal.append_many(records)
+        pushes = [(address, KeyUpdate(key, lattice.to_wire()))
+                  for key, lattice in changed.items() for address in self.subscribers.get(key, ())]
+        return replies, pushes
+
+    def _handle(self, request: Message, records: list[bytes], changed: dict[str, Lattice]) -> Message:
+        if isinstance(request, GetRequest):
+            self.counters["gets"] += len(request.keys)
+            return GetResponse(request.req_id, [_wire_or_none(self.data.get(k)) for k in request.keys])
+        if isinstance(request, PutRequest):
+            self.counters["puts"] += 1
+            lattice = lattice_from_wire(request.lattice)
+            _check_key(request.key)
+            changed[request.key] = self._merge(request.key, lattice)
+            records.append(msgpack.packb([request.key, request.lattice]))
+            return Ack(request.req_id)
+        if isinstance(request, DeleteRequest):
+            self.counters["deletes"] += 1
+            _check_key(request.key)
+            tombstone = LWWLattice(request.timestamp, request.writer, None, tombstone=True)
+            changed[request.key] = self._merge(request.key, tombstone)
+            records.append(msgpack.packb([request.key, tombstone.to_wire()]))
+            return Ack(request.req_id)
+        if isinstance(request, ListKeysRequest):
+            self.counters["lists"] += 1
+            return ListKeysResponse(request.req_id, self.live_keys(request.prefix))
+        if isinstance(request, SubscribeRequest):
+            for key in request.keys:
+                if request.unsubscribe:
+                    self.subscribers.get(key, set()).discard(request.address)
+                else:
+                    self.subscribers.setdefault(key, set()).add(request.address)
+            return Ack(request.req_id)
+        if isinstance(request, StoreStatsRequest):
+            return StoreStatsResponse(request.req_id, self.stats())
+        raise ValueError(f"the store does not serve {type(request).__name__}")
+
+    def stats(self) -> dict[str, Any]:
+        live = [v for v in self.data.values() if not _is_tombstone(v)]
+        return {
+            "keys": len(live),
+            "bytes": sum(_size(v) for v in live),
+            "log_bytes": self.wal.log_bytes,
+            "snapshot_bytes": self.wal.snapshot_bytes,
+            "uptime_s": time.time() - self.started,
+            **self.counters,
+        }
+
+    def maintain(self) -> None:
+        """Timer work: the batch fsync and compaction."""
+        self.wal.sync_if_due()
+        if self.wal.needs_compaction():
+            started = time.perf_counter()
+            self.wal.compact(msgpack.packb([k, v.to_wire()]) for k, v in self.data.items())
+            log.info("compacted %d keys in %.1f ms", len(self.data), (time.perf_counter() - started) * 1e3)
+
+    def close(self) -> None:
+        self.wal.close()
+
+
+def _check_key(key: Any) -> None:
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"a key must be a non-empty string, got {key!r}")
+
+
+def _is_tombstone(lattice: Lattice) -> bool:
+    return isinstance(lattice, LWWLattice) and lattice.tombstone
+
+
+def _wire_or_none(lattice: Lattice | None) -> list[Any] | None:
+    return None if lattice is None else lattice.to_wire()
+
+
+def _size(lattice: Lattice) -> int:
+    value = lattice.reveal()
+    if isinstance(value, (bytes, str)):
+        return len(value)
+    if isinstance(value, list):
+        return sum(len(v) for v in value if isinstance(v, (bytes, str)))
+    return 8
+
+
+def main(config: ProcessConfig) -> None:
+    """Store process entry point (started by the supervisor)."""
+    from cbctl.runtime.process import setup_logging
+
+    setup_logging(config)
+    shutdown = ShutdownFlag()
+    context = zmq.Context()
+    try:
+        node = StoreNode(cluster.data_dir(Path(config.home)),
+                         durability=config.options.get("durability", "batch"))
+    except Exception as exc:
+        log.exception("store could not start")
+        report_ready(context, config, "", f"store could not recover its data: {exc}")
+        raise SystemExit(1) from None
+    sock = new_socket(context, zmq.ROUTER)
+    address = config.bind(sock)
+    peers = PeerSockets(context)
+    report_ready(context, config, address)
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    while not shutdown.requested:
+        due = node.wal.time_until_sync()
+        timeout_ms = 100 if due is None else max(0, min(100, int(due * 1000)))
+        if poller.poll(timeout_ms):
+            _serve(node, sock, peers, drain(sock))
+        node.maintain()
+    node.close()
+    sock.close()
+    peers.close()
+    context.term()
+    log.info("store stopped")
+
+
+def _serve(node: StoreNode, sock: zmq.Socket, peers: PeerSockets, frames: list[list[bytes]]) -> None:
+    identities: list[bytes] = []
+    requests: list[Message] = []
+    for parts in frames:
+        try:
+            requests.append(unpack(parts[-1]))
+            identities.append(parts[0])
+        except ProtocolError as exc:
+            node.counters["protocol_errors"] += 1
+            log.warning("dropped a bad frame: %s", exc)
+    replies, pushes = node.handle_batch(requests)
+    for identity, reply in zip(identities, replies):
+        sock.send_multipart([identity, reply.pack()])
+    for address, update in pushes:
+        peers.send(address, update.pack())

@@ -1,0 +1,146 @@
+"""A small synchronous client of the store node, used by executors, schedulers and the client library.
+
+Writes are lattice merges, so a request that timed out is simply sent again (on a fresh socket, so a
+late reply to the old one cannot be mistaken for the new one) until a retry budget runs out; this is
+also what carries clients across a store restart by the supervisor. Not thread-safe: one per thread,
+or guarded by the owner.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from cbctl.errors import CbctlError, NoSuchKey, error_from_wire
+from cbctl.runtime import serialization
+from cbctl.runtime.defaults import STORE_REQUEST_TIMEOUT_S, STORE_RETRY_BUDGET_S
+from cbctl.runtime.lattices import Lattice, LWWLattice, lattice_from_wire
+from cbctl.runtime.messages import (
+    Ack,
+    DeleteRequest,
+    ErrorResponse,
+    GetRequest,
+    GetResponse,
+    ListKeysRequest,
+    ListKeysResponse,
+    Message,
+    PutRequest,
+    StoreStatsRequest,
+    StoreStatsResponse,
+    SubscribeRequest,
+    unpack,
+)
+from cbctl.runtime.process import new_socket
+
+
+class StoreUnavailable(CbctlError):
+    """The store did not answer within the retry budget."""
+
+
+class StoreClient:
+    def __init__(self, context: zmq.Context, address: str, writer_id: str,
+                 request_timeout_s: float = STORE_REQUEST_TIMEOUT_S,
+                 retry_budget_s: float = STORE_RETRY_BUDGET_S) -> None:
+        self._context = context
+        self.address = address
+        self.writer_id = writer_id
+        self._request_timeout_ms = int(request_timeout_s * 1000)
+        self._retry_budget_s = retry_budget_s
+        self._ids = itertools.count(1)
+        self._sock: zmq.Socket | None = None
+        self.requests = 0  # how many round trips this client made (tests count cache hits with it)
+
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            self._sock = new_socket(self._context, zmq.DEALER)
+            self._sock.connect(self.address)
+        return self._sock
+
+    def _request(self, build: Callable[[int], Message]) -> Message:
+        deadline = time.monotonic() + self._retry_budget_s
+        self.requests += 1
+        while True:
+            req_id = next(self._ids)
+            sock = self._socket()
+            sock.send(build(req_id).pack())
+            remaining_ms = self._request_timeout_ms
+            while remaining_ms > 0:
+                started = time.monotonic()
+                if not sock.poll(remaining_ms):
+                    break
+                reply = unpack(sock.recv())
+                if getattr(reply, "req_id", None) == req_id:
+                    if isinstance(reply, ErrorResponse):
+                        raise error_from_wire(reply.error_type, reply.message)
+                    return reply
+                remaining_ms -= int((time.monotonic() - started) * 1000) + 1
+            self._sock.close()  # a late reply on this socket would be for a request we gave up on
+            self._sock = None
+            if time.monotonic() >= deadline:
+                raise StoreUnavailable(
+                    f"the store at {self.address} did not answer for {self._retry_budget_s:.0f} s: "
+                    "check `cbctl status` and `cbctl logs store`"
+                )
+
+    # --- lattice level ---------------------------------------------------------------------------------
+
+    def get_lattices(self, keys: list[str]) -> list[Lattice | None]:
+        reply = self._request(lambda r: GetRequest(r, keys))
+        assert isinstance(reply, GetResponse)
+        return [None if wire is None else lattice_from_wire(wire) for wire in reply.lattices]
+
+    def put_lattice(self, key: str, lattice: Lattice) -> None:
+        wire = lattice.to_wire()
+        reply = self._request(lambda r: PutRequest(r, key, wire))
+        assert isinstance(reply, Ack)
+
+    # --- value level (last-writer-wins) ----------------------------------------------------------------
+
+    def get(self, key: str) -> Any:
+        """The value under ``key``; ``NoSuchKey`` if it was never written or was deleted."""
+        return serialization.decode(self.get_encoded(key))
+
+    def get_encoded(self, key: str) -> bytes:
+        (lattice,) = self.get_lattices([key])
+        return reveal_encoded(key, lattice)
+
+    def put(self, key: str, value: Any) -> None:
+        self.put_lattice(key, self.new_lww(serialization.encode(value)))
+
+    def new_lww(self, encoded: bytes) -> LWWLattice:
+        return LWWLattice(time.time_ns(), self.writer_id, encoded)
+
+    def delete(self, key: str) -> None:
+        reply = self._request(lambda r: DeleteRequest(r, key, time.time_ns(), self.writer_id))
+        assert isinstance(reply, Ack)
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        reply = self._request(lambda r: ListKeysRequest(r, prefix))
+        assert isinstance(reply, ListKeysResponse)
+        return reply.keys
+
+    def subscribe(self, subscriber: str, address: str, keys: list[str], unsubscribe: bool = False) -> None:
+        self._request(lambda r: SubscribeRequest(r, subscriber, address, keys, unsubscribe))
+
+    def stats(self) -> dict[str, Any]:
+        reply = self._request(lambda r: StoreStatsRequest(r))
+        assert isinstance(reply, StoreStatsResponse)
+        return reply.stats
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def reveal_encoded(key: str, lattice: Lattice | None) -> bytes:
+    """The encoded value an LWW lattice holds; ``NoSuchKey`` for none or a tombstone."""
+    if lattice is None or (isinstance(lattice, LWWLattice) and lattice.tombstone):
+        raise NoSuchKey(f"no value is stored under {key!r}: write one with put first")
+    if not isinstance(lattice, LWWLattice):
+        raise CbctlError(f"key {key!r} holds a {lattice.kind} lattice, not a last-writer-wins value")
+    return lattice.value

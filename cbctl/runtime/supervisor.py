@@ -1,0 +1,365 @@
+"""The supervisor: starts every process of a cluster, restarts the ones that die, stops them in order.
+
+Start order is store, then schedulers, then executors, each stage waiting for its ready reports, and
+the cluster file is written only once everything is ready. The loop then serves control requests
+(status, stop, scale) and watches children: a dead child is restarted on the same address after a
+backoff that doubles per consecutive crash, up to a limit per minute, after which it is left failed.
+Shutdown drains executors first (they finish their queues), then stops schedulers, then the store
+(which flushes its log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+
+import cbctl
+from cbctl.errors import ProtocolError
+from cbctl.runtime import cluster
+from cbctl.runtime.defaults import (
+    RESTART_BACKOFF_FIRST_S,
+    RESTART_BACKOFF_MAX_S,
+    RESTARTS_PER_MINUTE,
+    SHUTDOWN_TIMEOUT_S,
+    STARTUP_TIMEOUT_S,
+)
+from cbctl.runtime.messages import ControlResponse, ProcessReady, SupervisorRequest, unpack
+from cbctl.runtime.process import ProcessConfig, ShutdownFlag, drain, new_socket
+
+log = logging.getLogger(__name__)
+
+STARTUP_ERROR_FILE = "startup-error.txt"
+ROLE_MODULES = {"store": "cbctl.runtime.store", "scheduler": "cbctl.runtime.scheduler",
+                "executor": "cbctl.runtime.executor"}
+
+
+def run_role(config: ProcessConfig) -> None:
+    """Child entry point: apply the child's environment (a GPU executor's device) before any user code."""
+    for name, value in config.options.get("env", {}).items():
+        os.environ[name] = value
+    importlib.import_module(ROLE_MODULES[config.role]).main(config)
+
+
+@dataclass
+class ClusterSpec:
+    """What ``cbctl up`` asked for."""
+
+    executors: int
+    gpu_executors: int = 0
+    schedulers: int = 1
+    listen: str = ""
+    durability: str = "batch"
+    fake_gpus: int = 0
+    cache_mb: int = 64
+
+
+@dataclass
+class Child:
+    config: ProcessConfig
+    process: Any = None
+    pid: int = 0
+    address: str = ""
+    started_at: float = 0.0
+    state: str = "starting"  # starting, ready, restarting, stopping, failed, stopped
+    restarts: int = 0
+    crash_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
+    restart_at: float = 0.0
+    backoff: float = RESTART_BACKOFF_FIRST_S
+    error: str = ""
+
+
+def count_gpus() -> int:
+    """GPUs visible through nvidia-smi (0 when there is no driver or no tool)."""
+    tool = shutil.which("nvidia-smi")
+    if tool is None:
+        return 0
+    try:
+        out = subprocess.run([tool, "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+class StartupError(Exception):
+    pass
+
+
+class Supervisor:
+    def __init__(self, home: Path, spec: ClusterSpec) -> None:
+        self.home = home
+        self.spec = spec
+        self.context = zmq.Context()
+        self.mp = multiprocessing.get_context("spawn")
+        self.children: dict[str, Child] = {}
+        self.shutdown = ShutdownFlag()
+        self.started_at = time.time()
+        self.ready_sock = new_socket(self.context, zmq.PULL)
+        self.ready_address = cluster.ipc_address(home, "supervisor-ready")
+        self.ready_sock.bind(self.ready_address)
+        self.control_sock = new_socket(self.context, zmq.ROUTER)
+        if spec.listen:
+            port = self.control_sock.bind_to_random_port(spec.listen)
+            self.control_address = f"{spec.listen}:{port}"
+        else:
+            self.control_address = cluster.ipc_address(home, "supervisor-control")
+            self.control_sock.bind(self.control_address)
+        self.protocol_errors = 0
+
+    # --- start ---------------------------------------------------------------------------------------
+
+    def _new_child(self, role: str, index: int, options: dict[str, Any] | None = None) -> Child:
+        store = self.children.get("store-0")
+        config = ProcessConfig(
+            home=str(self.home), role=role, index=index, supervisor_address=self.ready_address,
+            store_address=store.address if store else "",
+            scheduler_addresses=[c.address for c in self.children.values() if c.config.role == "scheduler"],
+            listen=self.spec.listen, options=dict(options or {}),
+        )
+        child = Child(config)
+        self.children[config.name] = child
+        return child
+
+    def _spawn(self, child: Child) -> None:
+        child.process = self.mp.Process(target=run_role, args=(child.config,), name=child.config.name)
+        child.process.start()
+        child.pid = child.process.pid
+        child.started_at = time.time()
+        child.state = "starting"
+
+    def _wait_ready(self, names: list[str], timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while any(self.children[n].state != "ready" for n in names):
+            if self.shutdown.requested:
+                raise StartupError("interrupted while starting")
+            if time.monotonic() > deadline:
+                late = [n for n in names if self.children[n].state != "ready"]
+                raise StartupError(f"{', '.join(late)} did not report ready within {timeout_s:.0f} s")
+            for name in names:
+                child = self.children[name]
+                if child.state == "starting" and not child.process.is_alive():
+                    raise StartupError(f"{name} exited with code {child.process.exitcode} while starting: "
+                                       f"see {cluster.log_path(self.home, child.config.role, child.config.index)}")
+            if self.ready_sock.poll(100):
+                self._on_ready_frames()
+            for name in names:
+                if self.children[name].error:
+                    raise StartupError(f"{name} could not start: {self.children[name].error}")
+
+    def _on_ready_frames(self) -> None:
+        for parts in drain(self.ready_sock):
+            try:
+                ready = unpack(parts[-1])
+            except ProtocolError as exc:
+                self.protocol_errors += 1
+                log.warning("dropped a bad frame on the ready socket: %s", exc)
+                continue
+            if not isinstance(ready, ProcessReady):
+                continue
+            child = self.children.get(f"{ready.role}-{ready.index}")
+            if child is None or child.pid != ready.pid:
+                continue
+            if ready.error:
+                child.error = ready.error
+                continue
+            child.address = ready.address
+            child.config.bind_address = ready.address  # restarts keep the address peers know
+            child.state = "ready"
+            log.info("%s ready (pid %d) at %s", child.config.name, ready.pid, ready.address)
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        spec = self.spec
+        store = self._new_child("store", 0, {"durability": spec.durability})
+        self._spawn(store)
+        self._wait_ready(["store-0"])
+        schedulers = [self._new_child("scheduler", i) for i in range(spec.schedulers)]
+        for child in schedulers:
+            self._spawn(child)
+        self._wait_ready([c.config.name for c in schedulers])
+        # executors learn the scheduler addresses only once those are bound
+        executors = [self._new_executor(i, "cpu") for i in range(spec.executors)]
+        executors += [self._new_executor(spec.executors + i, "gpu", device=i) for i in range(spec.gpu_executors)]
+        for child in executors:
+            self._spawn(child)
+        self._wait_ready([c.config.name for c in executors])
+        self.write_cluster_file()
+
+    def _new_executor(self, index: int, executor_type: str, device: int = -1) -> Child:
+        options: dict[str, Any] = {"executor_type": executor_type, "cache_mb": self.spec.cache_mb}
+        if executor_type == "gpu":
+            # set before user code runs in the child, so frameworks see exactly one device
+            options["env"] = {"CUDA_VISIBLE_DEVICES": str(device)}
+            options["device"] = device
+            options["fake_gpu"] = self.spec.fake_gpus > 0
+        return self._new_child("executor", index, options)
+
+    def write_cluster_file(self) -> None:
+        me = psutil.Process()
+        entries = [
+            cluster.ProcessEntry(c.config.role, c.config.index, c.pid, c.address, c.started_at, c.restarts,
+                                 c.config.options.get("executor_type", ""))
+            for c in self.children.values() if c.state != "stopped"
+        ]
+        cluster.ClusterFile(
+            home=str(self.home), supervisor_pid=me.pid, supervisor_create_time=me.create_time(),
+            control_address=self.control_address, store_address=self.children["store-0"].address,
+            scheduler_addresses=[c.address for c in self.children.values() if c.config.role == "scheduler"],
+            started_at=self.started_at, version=cbctl.__version__, processes=entries,
+        ).write(self.home)
+
+    # --- run -----------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.ready_sock, zmq.POLLIN)
+        poller.register(self.control_sock, zmq.POLLIN)
+        while not self.shutdown.requested:
+            events = dict(poller.poll(100))
+            if self.ready_sock in events:
+                self._on_ready_frames()
+                self.write_cluster_file()
+            if self.control_sock in events:
+                self._on_control_frames()
+            self._watch_children()
+        self.stop()
+
+    def _watch_children(self) -> None:
+        now = time.time()
+        changed = False
+        for child in self.children.values():
+            if child.state in ("ready", "starting") and not child.process.is_alive():
+                code = child.process.exitcode
+                child.crash_times.append(now)
+                recent = sum(1 for t in child.crash_times if now - t < 60)
+                if recent > RESTARTS_PER_MINUTE:
+                    child.state = "failed"
+                    log.error("%s died %d times in a minute: not restarting it", child.config.name, recent)
+                    continue
+                if now - child.started_at > 30:
+                    child.backoff = RESTART_BACKOFF_FIRST_S
+                child.state = "restarting"
+                child.restart_at = now + child.backoff
+                log.warning("%s (pid %d) exited with code %s: restarting in %.1f s",
+                            child.config.name, child.pid, code, child.backoff)
+                child.backoff = min(child.backoff * 2, RESTART_BACKOFF_MAX_S)
+            elif child.state == "restarting" and now >= child.restart_at:
+                child.restarts += 1
+                self._spawn(child)
+                changed = True
+        if changed:
+            self.write_cluster_file()
+
+    def _on_control_frames(self) -> None:
+        for parts in drain(self.control_sock):
+            try:
+                request = unpack(parts[-1])
+                if not isinstance(request, SupervisorRequest):
+                    raise ProtocolError(f"the supervisor does not serve {type(request).__name__}")
+            except ProtocolError as exc:
+                self.protocol_errors += 1
+                log.warning("dropped a bad control frame: %s", exc)
+                continue
+            try:
+                payload = self._control(request)
+                reply = ControlResponse(request.req_id, True, payload)
+            except Exception as exc:
+                reply = ControlResponse(request.req_id, False, None, "InvalidArgument", str(exc))
+            self.control_sock.send_multipart([*parts[:-1], reply.pack()])
+
+    def _control(self, request: SupervisorRequest) -> Any:
+        if request.command == "status":
+            return self.status()
+        if request.command == "stop":
+            self.shutdown.requested = True
+            return {"stopping": True}
+        raise ValueError(f"unknown supervisor command {request.command!r}")
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        processes = []
+        for child in self.children.values():
+            try:
+                proc = psutil.Process(child.pid)
+                with proc.oneshot():
+                    cpu, rss = proc.cpu_percent(None), proc.memory_info().rss
+            except psutil.Error:
+                cpu, rss = None, None
+            processes.append({
+                "name": child.config.name, "role": child.config.role, "index": child.config.index,
+                "pid": child.pid, "address": child.address, "state": child.state,
+                "uptime_s": round(now - child.started_at, 1) if child.state == "ready" else 0.0,
+                "restarts": child.restarts, "executor_type": child.config.options.get("executor_type", ""),
+                "cpu_percent": cpu, "rss_bytes": rss,
+            })
+        return {"home": str(self.home), "uptime_s": round(now - self.started_at, 1),
+                "supervisor_pid": os.getpid(), "protocol_errors": self.protocol_errors,
+                "processes": processes}
+
+    # --- stop ----------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        log.info("stopping the cluster")
+        for role in ("executor", "scheduler", "store"):
+            self._stop_role(role)
+        cluster.remove_cluster_file(self.home)
+        self.ready_sock.close()
+        self.control_sock.close()
+        self.context.term()
+        log.info("cluster stopped")
+
+    def _stop_role(self, role: str) -> None:
+        children = [c for c in self.children.values() if c.config.role == role and c.process is not None]
+        for child in children:
+            child.state = "stopping"
+            if child.process.is_alive():
+                child.process.terminate()
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
+        for child in children:
+            child.process.join(max(0.0, deadline - time.monotonic()))
+            if child.process.is_alive():
+                log.warning("%s did not stop in time: killing it", child.config.name)
+                child.process.kill()
+                child.process.join(5)
+            child.state = "stopped"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="cbctl supervisor (started by `cbctl up`)")
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--spec", required=True, help="ClusterSpec as JSON")
+    args = parser.parse_args(argv)
+    home = Path(args.home)
+    spec = ClusterSpec(**json.loads(args.spec))
+    config = ProcessConfig(home=str(home), role="supervisor", index=0, supervisor_address="")
+    from cbctl.runtime.process import setup_logging
+
+    setup_logging(config)
+    (home / STARTUP_ERROR_FILE).unlink(missing_ok=True)
+    supervisor = Supervisor(home, spec)
+    try:
+        supervisor.start()
+    except Exception as exc:
+        log.error("start failed: %s", exc)
+        (home / STARTUP_ERROR_FILE).write_text(str(exc))
+        supervisor.stop()
+        sys.exit(1)
+    supervisor.run()
+
+
+if __name__ == "__main__":
+    main()

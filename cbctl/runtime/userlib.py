@@ -1,0 +1,54 @@
+"""The user library: the ``cb`` object every function receives as its first argument.
+
+It is the function's window on the cluster: the store (``get``/``put``), its own identity (``getid``),
+and direct messages to other running functions (``send``/``recv``). It belongs to one executor and is
+used only from that executor's one thread of user code.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from cbctl.errors import InvalidArgument, NoSuchKey
+
+if TYPE_CHECKING:
+    from cbctl.runtime.executor import Executor
+
+_MISSING = object()
+
+
+class UserLibrary:
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        """The value under ``key``; ``default`` if given and the key holds none, else ``NoSuchKey``."""
+        try:
+            return self._executor.read_key(key)
+        except NoSuchKey:
+            if default is _MISSING:
+                raise
+            return default
+
+    def put(self, key: str, value: Any) -> None:
+        """Write ``value`` under ``key`` (last-writer-wins); durable in the store when this returns."""
+        if not isinstance(key, str) or not key or key.startswith("__cb/"):
+            raise InvalidArgument(f"key {key!r} is invalid: use a non-empty string not starting with '__cb/'")
+        self._executor.write_key(key, value)
+
+    def getid(self) -> str:
+        """This executor's id (as ``cbctl status`` and ``cbctl top`` show it)."""
+        return self._executor.executor_id
+
+    def send(self, executor_id: str, message: Any) -> None:
+        """Send ``message`` to whatever function runs on ``executor_id``; it reads it with ``recv``."""
+        self._executor.send_direct(executor_id, message)
+
+    def recv(self, timeout: float | None = None) -> list[tuple[str, Any]]:
+        """Messages sent to this executor as ``(sender_executor_id, message)`` pairs, oldest first.
+
+        Returns at once with what has arrived; with ``timeout`` (seconds), waits up to that long for at
+        least one message, returning an empty list if none came."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._executor.receive_direct(deadline)

@@ -1,0 +1,249 @@
+"""Write-ahead log and snapshots: the store node's durability layer, generic over opaque byte records.
+
+The store appends each write here before acking it, replays everything once at start, and compacts the log
+into a snapshot of its full state when the log grows past a threshold. Single writer; stdlib only.
+
+On-disk format in ``directory`` (integers little-endian); frame = u32 length + u32 zlib.crc32 + payload:
+  ``wal.log``       b"CBWAL001" + u64 generation, then frames appended one write at a time
+  ``snapshot.bin``  b"CBSNP001" + u64 generation, then frames; installed atomically (tmp, fsync, rename)
+
+Compaction installs snapshot g+1, then an empty log g+1. A crash between the two leaves log g beside snapshot
+g+1, which already holds its records, so replay discards that log instead of applying them twice. Only the
+log's tail can be torn (a crash mid-append) and it is cut off; damage anywhere else raises WalCorruptError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import struct
+import time
+import zlib
+from collections.abc import Callable, Generator, Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+log = logging.getLogger(__name__)
+
+DURABILITY_MODES = ("always", "batch", "none")
+_FRAME = struct.Struct("<II")  # payload length, crc32(payload)
+_HEADER = struct.Struct("<8sQ")  # magic, generation
+_LOG_MAGIC = b"CBWAL001"
+_SNAP_MAGIC = b"CBSNP001"
+
+# Recovery needs only the data and the file size, so fdatasync (skipping timestamps) suffices where it exists.
+_datasync = getattr(os, "fdatasync", os.fsync)
+
+
+class WalCorruptError(Exception):
+    """A snapshot or a file header is damaged or inconsistent: replaying it would lose or invent records."""
+
+
+def _frame(record: bytes) -> bytes:
+    return _FRAME.pack(len(record), zlib.crc32(record)) + record
+
+
+def _read_frames(f: BinaryIO, size: int) -> Generator[bytes, None, tuple[int, str | None]]:
+    """Yield payloads from f's position to ``size``; return (offset reached, why it stopped early or None)."""
+    offset = f.tell()
+    while offset < size:
+        if size - offset < _FRAME.size:
+            return offset, "short header"
+        length, crc = _FRAME.unpack(f.read(_FRAME.size))
+        # Checked against the file size before reading, so a garbage length never allocates gigabytes.
+        if length > size - offset - _FRAME.size:
+            return offset, "short payload"
+        payload = f.read(length)
+        if zlib.crc32(payload) != crc:
+            return offset, "crc mismatch"
+        yield payload
+        offset += _FRAME.size + length
+    return offset, None
+
+
+def _read_header(path: Path, magic: bytes) -> int | None:
+    """The generation in ``path``'s header, or None if there is no such file."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(_HEADER.size)
+    except FileNotFoundError:
+        return None
+    if len(header) < _HEADER.size or header[:8] != magic:
+        raise WalCorruptError(f"{path} has a damaged header: restore it from a backup or move it aside")
+    return _HEADER.unpack(header)[1]
+
+
+def _install(path: Path, header: bytes, frames: Iterable[bytes]) -> None:
+    """Atomically replace ``path`` with header + frames: tmp file, fsync, rename, fsync of the directory."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.writelines(frames)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # makes the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+class WriteAheadLog:
+    """Append-only log of opaque records plus a snapshot; see the module docstring for the format."""
+
+    def __init__(self, directory: Path, durability: str = "batch", batch_interval_s: float = 0.05,
+                 compact_threshold_bytes: int = 64 * 1024 * 1024, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if durability not in DURABILITY_MODES:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY_MODES)}; got {durability!r}")
+        self._dir = Path(directory)
+        self._durability = durability
+        self._interval = batch_interval_s
+        self._threshold = compact_threshold_bytes
+        self._clock = clock
+        self._snap_path = self._dir / "snapshot.bin"
+        self._log_path = self._dir / "wal.log"
+        self._fd: int | None = None  # None once closed
+        self._dirty = False
+        self._last_sync = clock()
+        self._dir.mkdir(parents=True, exist_ok=True)
+        # We are the only writer, so a tmp file is debris from a crash mid-install, never a live write.
+        for path in (self._snap_path, self._log_path):
+            path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+        snap_gen = _read_header(self._snap_path, _SNAP_MAGIC) or 0
+        log_gen = _read_header(self._log_path, _LOG_MAGIC)
+        if log_gen is not None and log_gen > snap_gen:
+            raise WalCorruptError(f"{self._log_path} is generation {log_gen} but {self._snap_path} is "
+                                  f"{snap_gen} (missing or replaced?): records compacted into it are lost")
+        if log_gen is None or log_gen < snap_gen:
+            if log_gen is not None:
+                log.warning("discarding %s: generation %d is already in snapshot generation %d",
+                            self._log_path, log_gen, snap_gen)
+            self._start_empty_log(snap_gen)
+        else:
+            self._open_log(log_gen)
+            self._recovered = False  # the tail may be torn until replay (or the first append) checks it
+
+    def _open_log(self, gen: int) -> None:
+        fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND)  # unbuffered: os.write reaches the OS
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._gen = fd, gen
+        self._log_bytes = os.fstat(fd).st_size
+
+    def _start_empty_log(self, gen: int) -> None:
+        _install(self._log_path, _HEADER.pack(_LOG_MAGIC, gen), ())
+        self._open_log(gen)
+        self._dirty = False
+        self._recovered = True
+
+    def replay(self) -> Iterator[bytes]:
+        """Yield the snapshot's records, then the log's, in the order they were written."""
+        if self._snap_path.exists():
+            with open(self._snap_path, "rb") as f:
+                f.seek(_HEADER.size)
+                offset, problem = yield from _read_frames(f, os.fstat(f.fileno()).st_size)
+            if problem:
+                raise WalCorruptError(f"{self._snap_path} is corrupt ({problem} at byte offset {offset}): "
+                                      "snapshots are written atomically, so restore it from a backup")
+        yield from self._replay_log()
+
+    def _replay_log(self) -> Iterator[bytes]:
+        with open(self._log_path, "rb") as f:
+            f.seek(_HEADER.size)
+            size = os.fstat(f.fileno()).st_size
+            end, problem = yield from _read_frames(f, size)
+        if problem:
+            # Normally a crash mid-append (never acked); cut it so new appends start on a frame boundary.
+            log.warning("%s: dropping %d bytes of torn or corrupt tail (%s) at byte offset %d",
+                        self._log_path, size - end, problem, end)
+            assert self._fd is not None
+            os.ftruncate(self._fd, end)
+            _datasync(self._fd)
+        self._log_bytes = end
+        self._recovered = True
+
+    def _writable_fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"the write-ahead log in {self._dir} is closed")
+        if not self._recovered:
+            # Appending after a torn tail would bury good records behind garbage; cut the tail first.
+            for _ in self._replay_log():
+                pass
+        return self._fd
+
+    def append(self, record: bytes) -> None:
+        """Write one record: it survives a process crash on return, and a machine crash per durability."""
+        self.append_many([record])
+
+    def append_many(self, records: list[bytes]) -> None:
+        """Write a batch of records with one write syscall."""
+        if not records:
+            return
+        fd = self._writable_fd()
+        data = b"".join(_frame(r) for r in records)
+        try:
+            view = memoryview(data)
+            while view:  # a regular file takes it all in one write; loop only for the odd short write
+                view = view[os.write(fd, view):]
+        except OSError:
+            # Cut any partial frame (disk full, say) so later appends stay readable; the caller must not ack.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self._log_bytes)
+            raise
+        self._log_bytes += len(data)
+        if self._durability == "always":
+            self._sync()
+        elif self._durability == "batch":
+            self._dirty = True
+
+    def _sync(self) -> None:
+        assert self._fd is not None
+        _datasync(self._fd)
+        self._dirty = False
+        self._last_sync = self._clock()
+
+    def sync_if_due(self) -> bool:
+        """Batch mode: fsync if appends are unsynced and the interval has passed; True if it synced."""
+        if not self._dirty or self._clock() - self._last_sync < self._interval:
+            return False
+        self._sync()
+        return True
+
+    def time_until_sync(self) -> float | None:
+        """Seconds until the pending batch fsync is due (0.0 if overdue); None when nothing is pending."""
+        return max(0.0, self._last_sync + self._interval - self._clock()) if self._dirty else None
+
+    def needs_compaction(self) -> bool:
+        return self._log_bytes > self._threshold
+
+    def compact(self, records: Iterable[bytes]) -> None:
+        """Make ``records`` (the store's full state) the snapshot, and start an empty log."""
+        self._writable_fd()
+        gen = self._gen + 1
+        # Snapshot first: until it is durable, the old snapshot + old log are still the truth.
+        _install(self._snap_path, _HEADER.pack(_SNAP_MAGIC, gen), (_frame(r) for r in records))
+        self._start_empty_log(gen)
+
+    @property
+    def log_bytes(self) -> int:
+        return self._log_bytes
+
+    @property
+    def snapshot_bytes(self) -> int:
+        return self._snap_path.stat().st_size if self._snap_path.exists() else 0
+
+    def close(self) -> None:
+        """Fsync and close; safe to call more than once."""
+        fd, self._fd, self._dirty = self._fd, None, False
+        if fd is not None:
+            try:
+                _datasync(fd)  # even durability "none" syncs here: a clean shutdown should survive power loss
+            finally:
+                os.close(fd)
