@@ -39,8 +39,8 @@ class Lattice(abc.ABC):
         """A msgpack-serialisable `[kind, *fields]`, deterministic (sorted) for equal lattices."""
 
     @classmethod
-    @abc.abstractmethod
-    def _from_wire(cls, fields: list) -> Lattice: ...
+    def _from_wire(cls, fields: list) -> Lattice:
+        return cls(*fields)
 
     def _check_mergeable(self, other: object) -> None:
         if type(other) is not type(self):
@@ -88,13 +88,8 @@ class LWWLattice(Lattice):
     tombstone: bool = False
 
     def __post_init__(self) -> None:
-        if type(self.timestamp) is not int or not isinstance(self.writer, str):
-            raise TypeError(
-                f"LWW needs an int timestamp and a str writer, got {self.timestamp!r:.40}, "
-                f"{self.writer!r:.40}"
-            )
-        if type(self.tombstone) is not bool:
-            raise TypeError(f"LWW tombstone must be a bool, got {self.tombstone!r:.40}")
+        if type(self.timestamp) is not int or not isinstance(self.writer, str) or type(self.tombstone) is not bool:
+            raise TypeError(f"LWW needs an int timestamp, str writer and bool tombstone, got {self!r:.120}")
         if self.tombstone and self.value is not None:
             raise ValueError("an LWW tombstone carries no value: pass value=None")
         if not self.tombstone and not isinstance(self.value, bytes):
@@ -113,10 +108,6 @@ class LWWLattice(Lattice):
 
     def to_wire(self) -> list:
         return [self.kind, self.timestamp, self.writer, self.value, self.tombstone]
-
-    @classmethod
-    def _from_wire(cls, fields: list) -> LWWLattice:
-        return cls(*fields)
 
 
 def new_lww(value: bytes, writer: str, timestamp: int | None = None) -> LWWLattice:
@@ -180,10 +171,6 @@ class MaxLattice(Lattice):
 
     def to_wire(self) -> list:
         return [self.kind, self.value]
-
-    @classmethod
-    def _from_wire(cls, fields: list) -> MaxLattice:
-        return cls(fields[0])
 
 
 class MapLattice(_DictBacked):
@@ -297,20 +284,16 @@ class CausalLattice(_DictBacked):
     __slots__ = ()
     _state: dict[VectorClock, tuple[frozenset[bytes], MapLattice]]
 
-    def __init__(
-        self, clock: VectorClock, dependencies: Mapping[str, VectorClock], values: Iterable[bytes]
-    ) -> None:
+    def __init__(self, clock: VectorClock, dependencies: Mapping[str, VectorClock], values: Iterable[bytes]) -> None:
         values = frozenset(values)
-        if not isinstance(clock, VectorClock) or not all(isinstance(v, bytes) for v in values):
+        deps = MapLattice(dependencies)
+        if not isinstance(clock, VectorClock) or not all(isinstance(dep, VectorClock) for dep in deps._state.values()):
             raise TypeError(
-                f"a causal value needs a VectorClock and bytes values, got {clock!r:.40}, "
-                f"{sorted(values, key=repr)!r:.40}"
+                f"a causal value needs VectorClocks for clock and dependencies, got {clock!r:.40}, {deps!r:.80}"
             )
-        if not isinstance(dependencies, Mapping) or not all(
-            isinstance(dep, VectorClock) for dep in dependencies.values()
-        ):
-            raise TypeError(f"causal dependencies must map key -> VectorClock, got {dependencies!r:.80}")
-        self._state = {clock: (values, MapLattice(dependencies))}
+        if not all(isinstance(value, bytes) for value in values):
+            raise TypeError(f"causal values must be encoded bytes, got {sorted(values, key=repr)!r:.80}")
+        self._state = {clock: (values, deps)}
 
     @property
     def clock(self) -> VectorClock:

@@ -1,0 +1,127 @@
+"""Shared fixtures: real clusters, each in its own temporary CBCTL_HOME, always torn down."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import cbctl
+from cbctl.runtime.cluster import ClusterFile
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+
+def run_cli(home: Path, *args: str, timeout: float = 60, check: bool = False,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``cbctl ARGS`` as a user would, against ``home``."""
+    env = {**os.environ, "CBCTL_HOME": str(home)}
+    result = subprocess.run([sys.executable, "-m", "cbctl.cli", *args], capture_output=True, text=True,
+                            env=env, timeout=timeout, input=input)
+    if check and result.returncode != 0:
+        raise AssertionError(f"cbctl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+class RunningCluster:
+    """A cluster started by the ``cluster`` fixture; ``client()`` connects, ``cli()`` runs commands."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self._clients: list[cbctl.Client] = []
+
+    def cli(self, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+        return run_cli(self.home, *args, **kwargs)
+
+    def client(self) -> cbctl.Client:
+        client = cbctl.connect(self.home)
+        self._clients.append(client)
+        return client
+
+    def cluster_file(self) -> ClusterFile:
+        found = ClusterFile.read(self.home)
+        assert found is not None, "cluster file missing"
+        return found
+
+    def pids(self) -> list[int]:
+        found = ClusterFile.read(self.home)
+        return [] if found is None else [found.supervisor_pid] + [p.pid for p in found.processes]
+
+    def pid_of(self, name: str) -> int:
+        for p in self.cluster_file().processes:
+            if f"{p.role}-{p.index}" == name:
+                return p.pid
+        raise KeyError(name)
+
+    def wait_for(self, predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+    def close_clients(self) -> None:
+        for client in self._clients:
+            try:
+                client.close()
+            except Exception:
+                pass
+        self._clients.clear()
+
+
+def _kill_everything(pids: list[int]) -> None:
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.Error:
+            pass
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+@pytest.fixture
+def start_cluster(tmp_path_factory) -> Iterator:
+    """Factory: ``start_cluster(executors=2, extra_args=[...])`` -> RunningCluster; all stopped at teardown."""
+    started: list[RunningCluster] = []
+
+    def start(executors: int = 2, extra_args: tuple[str, ...] = (), home: Path | None = None) -> RunningCluster:
+        home = home or tmp_path_factory.mktemp("cbhome")
+        handle = RunningCluster(home)
+        started.append(handle)
+        run_cli(home, "up", "--executors", str(executors), *extra_args, check=True, timeout=90)
+        return handle
+
+    yield start
+    for handle in started:
+        handle.close_clients()
+        pids = handle.pids()
+        if pids:
+            run_cli(handle.home, "down", timeout=60)
+        _kill_everything(pids)  # anything `down` missed, so no test leaves processes behind
+
+
+@pytest.fixture
+def cluster(start_cluster) -> RunningCluster:
+    """A running 2-executor cluster."""
+    return start_cluster(executors=2)
+
+
+@pytest.fixture
+def deployed(cluster) -> RunningCluster:
+    """A 2-executor cluster with examples/pipeline.py deployed."""
+    cluster.cli("deploy", str(EXAMPLES / "pipeline.py"), check=True)
+    return cluster
