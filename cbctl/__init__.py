@@ -1,16 +1,19 @@
 """cbctl: stateful functions as a service, in the line of Cloudburst.
 
-The public API: ``connect`` to a cluster, declare functions and DAGs with ``function`` and ``dag``,
-reference store keys with ``Ref``, and the ``CbctlError`` family of exceptions.
+The public API: ``connect`` to a cluster, declare functions, DAGs and storage triggers with ``function``,
+``dag`` and ``trigger``, reference store keys with ``Ref``, hand a call on with ``Continue``, and the
+``CbctlError`` family of exceptions.
 """
 
 from cbctl.client import CallFuture, Client, connect
-from cbctl.declare import dag, function
+from cbctl.declare import dag, function, trigger
 from cbctl.errors import (
     CallTimeout,
     CbctlError,
     ClusterAlreadyRunning,
     ClusterNotRunning,
+    ConsistencyError,
+    ContinuationDepthExceeded,
     FunctionError,
     InvalidArgument,
     InvalidDag,
@@ -19,6 +22,7 @@ from cbctl.errors import (
     NoSuchKey,
     ProtocolError,
 )
+from cbctl.runtime.continuation import Continue
 from cbctl.runtime.serialization import Ref
 
 __version__ = "0.1.0"
@@ -30,6 +34,9 @@ __all__ = [
     "Client",
     "ClusterAlreadyRunning",
     "ClusterNotRunning",
+    "ConsistencyError",
+    "Continue",
+    "ContinuationDepthExceeded",
     "FunctionError",
     "InvalidArgument",
     "InvalidDag",
@@ -41,5 +48,6 @@ __all__ = [
     "connect",
     "dag",
     "function",
+    "trigger",
     "__version__",
 ]

@@ -15,14 +15,15 @@ from rich.console import Console
 from rich.table import Table
 
 from cbctl import lifecycle
-from cbctl.client import Client, supervisor_request
-from cbctl.declare import DeployFileError, load_file
+from cbctl import top as topview
+from cbctl.client import Client
+from cbctl.declare import DeployFileError
 from cbctl.errors import CbctlError, FunctionError, InvalidArgument
 from cbctl.runtime import cluster
-from cbctl.runtime.defaults import CLI_CALL_TIMEOUT_S
+from cbctl.runtime.defaults import CLI_CALL_TIMEOUT_S, MAX_BATCH, MAX_CONTINUATIONS, TOP_INTERVAL_S
 
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)  # soft_wrap: an error stays one line, whatever the terminal width
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -93,20 +94,30 @@ def main() -> None:
               help="When the store fsyncs its log: every write, at most every 50 ms, or never.")
 @click.option("--cache-mb", type=int, default=64, show_default=True, help="Each executor's cache bound.")
 @click.option("--fake-gpus", type=int, default=0, envvar="CBCTL_FAKE_GPUS", hidden=False,
-              help="TESTING ONLY: pretend N GPUs exist so GPU executors start without a device.")
+              help="TESTING ONLY: pretend N GPUs exist so GPU executors start without a device "
+                   "(their functions then run on the CPU; never use it for real work).")
+@click.option("--max-batch", type=int, default=MAX_BATCH, show_default=True,
+              help="Most queued calls of a batching=True function one invocation serves.")
+@click.option("--max-continuations", type=int, default=MAX_CONTINUATIONS, show_default=True,
+              help="Most cbctl.Continue hand-offs one call may make before it fails.")
+@click.option("--policy", "policy", multiple=True, metavar="KEY=VALUE",
+              help="Tune the placement policy (repeatable), e.g. backoff_window_s=2 scale_in_calm_s=5 "
+                   "locality=false; keys and defaults are in cbctl/runtime/defaults.py (POLICY_*).")
 @home_option
 @handle_errors
 def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
-       durability: str, cache_mb: int, fake_gpus: int, home: str | None) -> None:
+       durability: str, cache_mb: int, fake_gpus: int, max_batch: int, max_continuations: int,
+       policy: tuple[str, ...], home: str | None) -> None:
     """Start a cluster in the home directory and return once every process is ready.
 
-    Example: cbctl up --executors 4
+    Example: cbctl up --executors 4 --gpu-executors 1
     """
     home_path = cluster.resolve_home(home)
     note = lifecycle.check_not_running(home_path)
     if note:
         errors.print(f"note: {note}", markup=False)
-    spec = lifecycle.plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb)
+    spec = lifecycle.plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb,
+                               max_batch, max_continuations, policy)
     if spec.listen and not spec.listen.startswith(tuple(f"tcp://{h}" for h in lifecycle.LOOPBACK_HOSTS)):
         errors.print(f"warning: binding on {spec.listen}, reachable beyond this machine", markup=False)
     started = time.monotonic()
@@ -136,15 +147,42 @@ def down(home: str | None) -> None:
 
 
 @main.command()
+@click.option("--executors", type=click.IntRange(min=0), required=True, help="CPU executors to run.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@home_option
+@handle_errors
+def scale(executors: int, as_json: bool, home: str | None) -> None:
+    """Start CPU executors, or depart the highest-numbered ones gracefully (each finishes the work it was
+    sent, so no call is lost), and return when done.
+
+    Example: cbctl scale --executors 2
+    """
+    with console.status(f"scaling to {executors} CPU executors..."):
+        result = lifecycle.scale_cluster(cluster.resolve_home(home), executors)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    changes = [f"started {', '.join(result['started'])}"] if result["started"] else []
+    changes += [f"stopped {', '.join(result['stopped'])}"] if result["stopped"] else []
+    console.print(f"{result['executors']} CPU executors" + (f" ({'; '.join(changes)})" if changes else
+                                                            " (unchanged)"), markup=False)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @home_option
 @handle_errors
 def status(as_json: bool, home: str | None) -> None:
-    """Show every process of the cluster: role, pid, address, state, uptime, restarts."""
-    found = cluster.running_cluster(cluster.resolve_home(home))
-    report = supervisor_request(found, "status")
+    """Show every process of the cluster (role, pid, address, state, uptime, restarts) and a health summary
+    (calls/s, errors/s, executor states and utilization, the store), as `cbctl top` computes it.
+
+    Example: cbctl status --json
+    """
+    with topview.ClusterProbe(cluster.resolve_home(home)) as probe:
+        raw = probe.collect()
+    report, snapshot = raw["supervisor"], topview.build_snapshot(raw)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps({**report, "health": topview.health(snapshot)}, indent=2))
         return
     table = Table(title=f"cluster {report['home']}  up {report['uptime_s']:.0f} s")
     for column in ("process", "type", "pid", "address", "state", "uptime", "restarts"):
@@ -153,6 +191,34 @@ def status(as_json: bool, home: str | None) -> None:
         table.add_row(p["name"], p["executor_type"] or p["role"], str(p["pid"]), p["address"], p["state"],
                       f"{p['uptime_s']:.0f} s", str(p["restarts"]))
     console.print(table)
+    for line in topview.health_lines(snapshot):
+        console.print(line)
+
+
+@main.command()
+@click.option("--interval", type=click.FloatRange(min=0.1), default=TOP_INTERVAL_S, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--sort", type=click.Choice(topview.SORT_KEYS), default="util", show_default=True,
+              help="Order of the executors (and functions) tables.")
+@click.option("--once", is_flag=True, help="Print one snapshot and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print one snapshot as JSON (implies --once; see README).")
+@home_option
+@handle_errors
+def top(interval: float, sort: str, once: bool, as_json: bool, home: str | None) -> None:
+    """Live utilization tables: executors (utilization, CPU, memory, queue, calls/s, latency, state),
+    functions and DAGs, the store. q or Ctrl-C quits.
+
+    Example: cbctl top --sort calls --interval 0.5
+    """
+    home_path = cluster.resolve_home(home)
+    if as_json or once:
+        snapshot = topview.take_snapshot(home_path)
+        if as_json:
+            click.echo(json.dumps(snapshot, indent=2))
+        else:
+            console.print(topview.render(snapshot, sort, width=console.width))
+        return
+    topview.run_live(home_path, interval, sort, console)
 
 
 @main.command()
@@ -233,26 +299,20 @@ def deploy(file: Path, as_json: bool, home: str | None) -> None:
 
     Example: cbctl deploy examples/pipeline.py
     """
-    declared = load_file(file)
-    if not declared.functions and not declared.dags:
-        raise InvalidArgument(f"{file} declares no functions or DAGs: decorate them with @cbctl.function")
-    registered: dict[str, list[Any]] = {"functions": [], "dags": []}
     with Client(home) as client:
-        for spec in declared.functions:
-            registered["functions"].append(client.register(
-                spec.target, name=spec.name, gpu=spec.gpu, batching=spec.batching, init_args=spec.init_args))
-        for dag_spec in declared.dags:
-            registered["dags"].append(client.register_dag(dag_spec.name, dag_spec.functions, dag_spec.edges,
-                                                          **dag_spec.options))
+        registered = client.deploy_file(file)
     if as_json:
         click.echo(json.dumps(registered, indent=2))
         return
     for f in registered["functions"]:
-        flags = ", ".join(k for k in ("gpu", "batching") if f[k])
+        flags = ", ".join([k for k in ("gpu", "batching") if f[k]] + (["class"] if f.get("is_class") else []))
         console.print(f"function {f['name']}" + (f" ({flags})" if flags else ""), markup=False)
     for d in registered["dags"]:
-        console.print(f"dag      {d['name']}: {' -> '.join(d['functions'])}" if not d["edges"] or len(
-            d["edges"]) == len(d["functions"]) - 1 else f"dag      {d['name']}: {d['edges']}", markup=False)
+        chain = [list(e) for e in zip(d["functions"], d["functions"][1:])]
+        shape = " -> ".join(d["functions"]) if d["edges"] == chain else ", ".join(f"{a}->{b}" for a, b in d["edges"])
+        console.print(f"dag      {d['name']}: {shape}", markup=False)
+    for t in registered.get("triggers", []):
+        console.print(f"trigger  {t['name']}: puts under {t['prefix']!r} call {t['function']}", markup=False)
 
 
 @main.command()
@@ -322,6 +382,78 @@ def rm(name: str, home: str | None) -> None:
     with Client(home) as client:
         removed = client.delete(name)
     console.print(f"removed {removed['kind']} {removed['removed']}", markup=False)
+
+
+
+@main.group()
+def trigger() -> None:
+    """Storage triggers: every put to a key under a prefix calls a function or DAG with (key, value).
+
+    Calls are asynchronous (the put does not wait) and at least once: a call that does not finish within
+    30 s is sent again, so make trigger functions idempotent. Deletes do not fire.
+
+    \b
+    cbctl trigger add on_upload --prefix uploads/ --function thumbnail
+    cbctl trigger ls
+    cbctl trigger rm on_upload
+    """
+
+
+@trigger.command(name="add")
+@click.argument("name")
+@click.option("--prefix", required=True, help="Watch keys starting with this (not with __cb/).")
+@click.option("--function", "function", required=True, help="Registered function or DAG to call with (key, value).")
+@click.option("--json", "as_json", is_flag=True, help="Print the trigger as JSON.")
+@home_option
+@handle_errors
+def trigger_add(name: str, prefix: str, function: str, as_json: bool, home: str | None) -> None:
+    """Add trigger NAME (replacing one of the same name).
+
+    Example: cbctl trigger add on_upload --prefix uploads/ --function thumbnail
+    """
+    with Client(home) as client:
+        added = client.add_trigger(name, prefix, function)
+    if as_json:
+        click.echo(json.dumps(added, indent=2))
+        return
+    verb = "replaced" if added["replaced"] else "added"
+    console.print(f"{verb} trigger {name}: puts under {prefix!r} call {function}", markup=False)
+
+
+@trigger.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@home_option
+@handle_errors
+def trigger_ls(as_json: bool, home: str | None) -> None:
+    """List triggers with the calls each fired and saw fail since the store started.
+
+    Example: cbctl trigger ls --json
+    """
+    with Client(home) as client:
+        found = client.list_triggers()
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    table = Table(title="triggers")
+    for column in ("name", "prefix", "function", "fired", "errors", "last error"):
+        table.add_column(column)
+    for t in found:
+        table.add_row(t["name"], t["prefix"], t["function"], str(t["fired"]), str(t["errors"]), t["last_error"] or "-")
+    console.print(table)
+
+
+@trigger.command(name="rm")
+@click.argument("name")
+@home_option
+@handle_errors
+def trigger_rm(name: str, home: str | None) -> None:
+    """Remove trigger NAME (calls it already fired still run).
+
+    Example: cbctl trigger rm on_upload
+    """
+    with Client(home) as client:
+        client.remove_trigger(name)
+    console.print(f"removed trigger {name}", markup=False)
 
 
 if __name__ == "__main__":

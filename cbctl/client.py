@@ -15,6 +15,7 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import cloudpickle
 import zmq
 
-from cbctl.declare import function_name
+from cbctl.declare import Declarations, dag_options, function_name, load_file
 from cbctl.errors import (
     CallTimeout,
     CbctlError,
@@ -32,17 +33,22 @@ from cbctl.errors import (
     error_from_wire,
 )
 from cbctl.runtime import cluster, registry, serialization
+from cbctl.runtime.consistency import ClientSession
+from cbctl.runtime.dag import chain_edges, validate_dag
 from cbctl.runtime.defaults import CONTROL_TIMEOUT_S
 from cbctl.runtime.messages import (
+    AddTrigger,
     CallRequest,
     CallResult,
     ClusterInfoRequest,
     ControlResponse,
     ListRequest,
+    ListTriggers,
     Message,
     RegisterDag,
     RegisterFunction,
     RemoveRequest,
+    RemoveTrigger,
     SupervisorRequest,
     unpack,
 )
@@ -50,6 +56,9 @@ from cbctl.runtime.process import new_socket
 from cbctl.runtime.store_client import StoreClient
 
 _PENDING = object()
+#: Longest single wait on the response socket, in seconds, so a waiting thread re-checks its deadline and
+#: hands the reader role over promptly.
+_READ_SLICE_S = 0.05
 
 
 class CallFuture:
@@ -114,7 +123,11 @@ class Client:
             self._responses.bind(self.response_address)
         self._store = StoreClient(self._context, self.cluster.store_address, writer_id=f"client-{self.client_id}")
         self._store_lock = threading.Lock()
-        self._waiting: dict[str, CallFuture] = {}
+        # this client's recent writes, carried by its calls so no executor cache serves it older versions
+        self._session = ClientSession()
+        # weak: a future its caller dropped (a timed-out ``call``) leaves no entry behind, while one still
+        # held can be waited on again and gets a late result
+        self._waiting: weakref.WeakValueDictionary[str, CallFuture] = weakref.WeakValueDictionary()
         self._cond = threading.Condition()
         self._reader_active = False
         self._closed = False
@@ -138,10 +151,38 @@ class Client:
     def register_dag(self, name: str, functions: Sequence[Any], edges: Iterable[Sequence[Any]] | None = None,
                      **options: Any) -> dict[str, Any]:
         """Register a DAG of registered functions (names or the decorated functions themselves); with no
-        ``edges`` it is a chain in the given order."""
+        ``edges`` it is a chain in the given order. ``multiexec=[f, ...]`` marks functions that run once per
+        upstream result as each arrives (see ``cbctl.runtime.multiexec``)."""
         names = [function_name(f) for f in functions]
         edge_names = [[function_name(a), function_name(b)] for a, b in edges] if edges else []
+        options = dag_options(options)
         return self._control(lambda r: RegisterDag(r, name, names, edge_names, options))
+
+    def deploy(self, declared: Declarations) -> dict[str, list[dict[str, Any]]]:
+        """Register what a deploy file declared (``declare.load_file``): its functions, then its DAGs.
+
+        Every DAG is validated here first, against the file's functions and those already registered, so
+        a file with an invalid DAG registers nothing at all and the error names the problem."""
+        known = {f["name"] for f in self.list()["functions"]} | {f.name for f in declared.functions}
+        for spec in declared.dags:
+            validate_dag(spec.name, spec.functions, spec.edges or chain_edges(spec.functions), known)
+        registered: dict[str, list[dict[str, Any]]] = {"functions": [], "dags": []}
+        for fn in declared.functions:
+            registered["functions"].append(self.register(
+                fn.target, name=fn.name, gpu=fn.gpu, batching=fn.batching, init_args=fn.init_args))
+        for spec in declared.dags:
+            registered["dags"].append(self.register_dag(spec.name, spec.functions, spec.edges, **spec.options))
+        if declared.triggers:
+            registered["triggers"] = [self.add_trigger(t.name, t.prefix, t.function) for t in declared.triggers]
+        return registered
+
+    def deploy_file(self, path: str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
+        """Import a deploy file and register what it declares (see ``deploy``); ``DeployFileError`` with
+        the user's traceback if it does not import, ``InvalidArgument`` if it declares nothing."""
+        declared = load_file(path)
+        if not declared.functions and not declared.dags and not declared.triggers:
+            raise InvalidArgument(f"{path} declares no functions or DAGs: decorate them with @cbctl.function")
+        return self.deploy(declared)
 
     def list(self) -> dict[str, Any]:
         """Registered functions (with where they are pinned) and DAGs."""
@@ -151,11 +192,32 @@ class Client:
         """Remove a function or DAG (a function still used by a DAG is refused)."""
         return self._control(lambda r: RemoveRequest(r, name))
 
+    def add_trigger(self, name: str, prefix: str, function: Any) -> dict[str, Any]:
+        """Make every put to a key starting with ``prefix`` call ``function`` (a registered function or DAG,
+        or its name) with ``(key, value)``, asynchronously and at least once: a call may run twice, so make it
+        idempotent. Replaces an earlier trigger of the same ``name``. Deletes do not fire."""
+        function = function_name(function)
+        return self._control(lambda r: AddTrigger(r, name, prefix, function))
+
+    def list_triggers(self) -> list[dict[str, Any]]:
+        """Every trigger: name, prefix, function, and since the store started, calls fired and failed."""
+        return self._control(lambda r: ListTriggers(r))
+
+    def remove_trigger(self, name: str) -> dict[str, Any]:
+        """Stop trigger ``name`` (calls already fired still run); ``InvalidArgument`` if there is none."""
+        return self._control(lambda r: RemoveTrigger(r, name))
+
     def cluster_info(self) -> dict[str, Any]:
         return self._control(lambda r: ClusterInfoRequest(r))
 
     def supervisor_status(self) -> dict[str, Any]:
         return supervisor_request(self.cluster, "status")
+
+    def scale(self, executors: int) -> dict[str, Any]:
+        """Run ``executors`` CPU executors, as ``cbctl scale --executors N`` does; returns once done."""
+        from cbctl.lifecycle import scale_cluster  # lifecycle imports this module
+
+        return scale_cluster(self.home, executors)
 
     def _control(self, build: Callable[[int], Message]) -> Any:
         with self._control_lock:
@@ -199,7 +261,7 @@ class Client:
             encoded_sources[fn] = serialization.encode(list(values))
         refs = serialization.find_refs(args)
         request = CallRequest(call_id, name, serialization.encode(list(args)), encoded_sources,
-                              self.response_address, store_result, consistency, refs)
+                              self.response_address, store_result, consistency, refs, self._session.extras())
         if not store_result:
             with self._cond:
                 self._waiting[call_id] = future
@@ -217,21 +279,23 @@ class Client:
         with self._cond:
             while future._result is _PENDING:
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
                 if self._reader_active:
+                    if remaining is not None and remaining <= 0:
+                        break
                     self._cond.wait(remaining)
                     continue
+                # no one is reading: this caller reads (at least once, so done() sees what has arrived)
                 self._reader_active = True
                 self._cond.release()
                 try:
-                    self._read_responses(0.05 if remaining is None else min(remaining, 0.05))
+                    self._read_responses(_READ_SLICE_S if remaining is None else min(max(remaining, 0.0),
+                                                                                     _READ_SLICE_S))
                 finally:
                     self._cond.acquire()
                     self._reader_active = False
                     self._cond.notify_all()
-            if future._result is _PENDING:
-                self._waiting.pop(future.call_id, None)  # a late result for it is dropped
+                if remaining is not None and remaining <= 0:
+                    break
 
     def _read_responses(self, timeout_s: float) -> None:
         if not self._responses.poll(int(timeout_s * 1000)):
@@ -247,6 +311,8 @@ class Client:
         with self._cond:
             for result in results:
                 if isinstance(result, CallResult):
+                    if result.extras:
+                        self._session.record_result(result.extras)
                     future = self._waiting.pop(result.call_id, None)
                     if future is not None:
                         future._result = result
@@ -258,7 +324,9 @@ class Client:
             with self._store_lock:
                 (lattice,) = self._store.get_lattices([key])
             if lattice is not None and not getattr(lattice, "tombstone", False):
-                future._result = CallResult(**serialization.decode(lattice.value))
+                future._result = result = CallResult(**serialization.decode(lattice.value))
+                if result.extras:
+                    self._session.record_result(result.extras)
                 return
             if deadline is not None and time.monotonic() + delay > deadline:
                 return
@@ -276,12 +344,16 @@ class Client:
         """Write ``value`` under ``key`` (last-writer-wins); durable per the store's policy on return."""
         if not isinstance(key, str) or not key or key.startswith("__cb/"):
             raise InvalidArgument(f"key {key!r} is invalid: use a non-empty string not starting with '__cb/'")
+        written_after = time.time_ns()  # the write's timestamp is at least this: its read-your-writes token
         with self._store_lock:
             self._store.put(key, value)
+        self._session.record({key: written_after})
 
     def delete_key(self, key: str) -> None:
+        deleted_after = time.time_ns()
         with self._store_lock:
             self._store.delete(key)
+        self._session.record({key: deleted_after})
 
     def list_keys(self, prefix: str = "") -> list[str]:
         with self._store_lock:

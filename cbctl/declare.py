@@ -38,9 +38,17 @@ class DagSpec:
 
 
 @dataclass
+class TriggerSpec:
+    name: str
+    prefix: str
+    function: str
+
+
+@dataclass
 class Declarations:
     functions: list[FunctionSpec] = field(default_factory=list)
     dags: list[DagSpec] = field(default_factory=list)
+    triggers: list[TriggerSpec] = field(default_factory=list)
 
 
 _declared = Declarations()
@@ -62,18 +70,41 @@ def function(target: Callable[..., Any] | type | None = None, *, name: str | Non
 
 def dag(name: str, functions: Sequence[Any], edges: Iterable[Sequence[Any]] | None = None,
         **options: Any) -> DagSpec:
-    """Declare a DAG: a chain of ``functions`` in order, or the graph given by ``edges`` of (from, to)."""
+    """Declare a DAG: a chain of ``functions`` in order, or the graph given by ``edges`` of (from, to).
+
+    Options: ``multiexec=[f, ...]`` marks functions that run once per upstream result as each arrives
+    (see ``cbctl.runtime.multiexec`` for the exact semantics)."""
     names = [function_name(f) for f in functions]
     edge_names = [[function_name(a), function_name(b)] for a, b in edges] if edges is not None else []
-    spec = DagSpec(name, names, edge_names, dict(options))
+    spec = DagSpec(name, names, edge_names, dag_options(options))
     _declared.dags = [d for d in _declared.dags if d.name != name] + [spec]
     return spec
+
+
+def trigger(name: str, prefix: str, function: Any) -> TriggerSpec:
+    """Declare a storage trigger: every put to a key starting with ``prefix`` calls ``function`` (a function
+    or DAG, or its name) with ``(key, value)``, asynchronously and at least once (see ``cbctl trigger --help``)."""
+    spec = TriggerSpec(name, prefix, function_name(function))
+    _declared.triggers = [t for t in _declared.triggers if t.name != name] + [spec]
+    return spec
+
+
+def dag_options(options: dict[str, Any]) -> dict[str, Any]:
+    """DAG options as they travel: functions named in ``multiexec`` become their registered names (anything
+    but a collection is left for the scheduler to refuse with a clear message)."""
+    options = dict(options)
+    multiexec = options.get("multiexec")
+    if isinstance(multiexec, (list, tuple, set, frozenset)):
+        options["multiexec"] = sorted(function_name(f) for f in multiexec)
+    return options
 
 
 def function_name(target: Any) -> str:
     """The registered name of a declared function, a plain function, or a name given as a string."""
     if isinstance(target, str):
         return target
+    if isinstance(target, DagSpec):
+        return target.name
     spec = getattr(target, "__cbctl__", None)
     if isinstance(spec, FunctionSpec):
         return spec.name

@@ -47,6 +47,16 @@ class CallTimeout(CbctlError):
     """The call did not return before its timeout; the function may still be running."""
 
 
+class ContinuationDepthExceeded(CbctlError):
+    """A call handed itself on with ``cbctl.Continue`` more times than the cluster allows (a runaway cycle of
+    continuations); raise the limit with ``cbctl up --max-continuations N`` if the chain is meant to be long."""
+
+
+class ConsistencyError(CbctlError):
+    """A call's consistency mode could not keep its promise (the version a ``repeatable_read`` call first read
+    is no longer held anywhere, say), so the call failed instead of reading what the mode rules out: call again."""
+
+
 class FunctionError(CbctlError):
     """The user's function raised; carries the remote exception type and traceback text."""
 
@@ -73,6 +83,8 @@ ERRORS_BY_NAME: dict[str, type[CbctlError]] = {
         NoSuchKey,
         NoExecutorAvailable,
         CallTimeout,
+        ContinuationDepthExceeded,
+        ConsistencyError,
         FunctionError,
     )
 }

@@ -7,14 +7,19 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import psutil
 
+from cbctl.client import supervisor_request
 from cbctl.errors import CbctlError, ClusterAlreadyRunning, ClusterNotRunning, InvalidArgument
 from cbctl.runtime import cluster
-from cbctl.runtime.defaults import SHUTDOWN_TIMEOUT_S, STARTUP_TIMEOUT_S
+from cbctl.runtime.defaults import MAX_BATCH, MAX_CONTINUATIONS, SHUTDOWN_TIMEOUT_S, STARTUP_TIMEOUT_S
+from cbctl.runtime.policy import parse_policy_options
+from cbctl.runtime.scaling import SCALE_REQUEST_TIMEOUT_S
 from cbctl.runtime.supervisor import STARTUP_ERROR_FILE, ClusterSpec, count_gpus
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
@@ -39,7 +44,8 @@ def validate_listen(listen: str) -> str:
 
 
 def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int, listen: str,
-              durability: str, fake_gpus: int, cache_mb: int) -> ClusterSpec:
+              durability: str, fake_gpus: int, cache_mb: int, max_batch: int = MAX_BATCH,
+              max_continuations: int = MAX_CONTINUATIONS, policy: Iterable[str] = ()) -> ClusterSpec:
     import os
 
     if executors is None:
@@ -55,9 +61,17 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
         raise InvalidArgument("a cluster needs at least one executor: pass --executors N with N >= 1")
     if schedulers < 1:
         raise InvalidArgument("a cluster needs at least one scheduler: pass --schedulers N with N >= 1")
+    if fake_gpus < 0:
+        raise InvalidArgument(f"--fake-gpus {fake_gpus} is negative: pass 0 (the default) or a device count")
+    if max_batch < 1:
+        raise InvalidArgument(f"--max-batch {max_batch} is below 1: a batch holds at least one call")
+    if max_continuations < 0:
+        raise InvalidArgument(f"--max-continuations {max_continuations} is negative: pass 0 to forbid "
+                              "cbctl.Continue, or a hand-off count")
     return ClusterSpec(executors=executors, gpu_executors=gpu_executors, schedulers=schedulers,
                        listen=validate_listen(listen), durability=durability, fake_gpus=fake_gpus,
-                       cache_mb=cache_mb)
+                       cache_mb=cache_mb, max_batch=max_batch, max_continuations=max_continuations,
+                       policy=parse_policy_options(policy))
 
 
 def start_supervisor(home: Path, spec: ClusterSpec, foreground: bool = False) -> subprocess.Popen:
@@ -100,12 +114,41 @@ def stop_cluster(home: Path, timeout_s: float = SHUTDOWN_TIMEOUT_S + 10) -> int:
         psutil.Process(found.supervisor_pid).terminate()
     except psutil.Error:
         pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    alive = wait_gone(procs, timeout_s)
     for proc in alive:
         try:
             proc.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(alive, timeout=5)
+    wait_gone(alive, 5)
     cluster.remove_cluster_file(home)
     return len(procs)
+
+
+def scale_cluster(home: Path, executors: int) -> dict[str, Any]:
+    """Run ``executors`` CPU executors in the cluster in ``home``: start more, or depart the highest-numbered
+    ones gracefully (they finish the work they were sent; no call is lost). Returns once done, with
+    ``{"executors": N, "started": [names], "stopped": [names]}``."""
+    if isinstance(executors, bool) or not isinstance(executors, int) or executors < 0:
+        raise InvalidArgument(f"--executors must be a whole number >= 0, not {executors!r}")
+    found = cluster.running_cluster(home)
+    return supervisor_request(found, "scale", timeout_s=SCALE_REQUEST_TIMEOUT_S, executors=executors)
+
+
+def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait until every process has exited; return those still running at the deadline. An exited process
+    that is a zombie counts as gone: the detached supervisor is init's child, and init may reap it seconds
+    later (psutil.wait_procs would wait for that)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = [proc for proc in procs if _running(proc)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

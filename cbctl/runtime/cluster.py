@@ -94,8 +94,10 @@ class ClusterFile:
     def supervisor_alive(self) -> bool:
         try:
             proc = psutil.Process(self.supervisor_pid)
-            # pid reuse: the same pid started at another time is another process
-            return abs(proc.create_time() - self.supervisor_create_time) < 1.0 and proc.is_running()
+            # pid reuse: the same pid started at another time is another process. A zombie is dead too: the
+            # detached supervisor's parent is init, which (in containers especially) may reap it late.
+            return (abs(proc.create_time() - self.supervisor_create_time) < 1.0 and proc.is_running()
+                    and proc.status() != psutil.STATUS_ZOMBIE)
         except psutil.Error:
             return False
 

@@ -94,3 +94,25 @@ def topological_order(functions: Sequence[str], edges: Sequence[tuple[str, str]]
             if indegree[b] == 0:
                 ready.append(b)
     return order if len(order) == len(functions) else None
+
+
+def parallel_branches(functions: Sequence[str], edges: Iterable[Sequence[str]]) -> dict[str, tuple[str, ...]]:
+    """For each function, the functions listed before it that are neither upstream nor downstream of it
+    (they may run at the same time). The scheduler places each function away from these, so a fan-out's
+    branches run in parallel on different executors rather than queued on one."""
+    edges = [tuple(e) for e in edges]
+    reach: dict[str, set[str]] = {}
+
+    def descendants(fn: str) -> set[str]:
+        found = reach.get(fn)
+        if found is None:
+            found = reach[fn] = set()
+            for b in downstream_of(edges, fn):
+                found.add(b)
+                found |= descendants(b)
+        return found
+
+    parallel: dict[str, tuple[str, ...]] = {}
+    for i, fn in enumerate(functions):
+        parallel[fn] = tuple(g for g in functions[:i] if g not in descendants(fn) and fn not in descendants(g))
+    return parallel

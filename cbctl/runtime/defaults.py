@@ -56,3 +56,115 @@ MAX_IPC_PATH = 100
 
 #: Prefix of store keys the runtime reserves for itself (registry, call results).
 RESERVED_PREFIX = "__cb/"
+
+#: Seconds of history behind the calls/s and ops/s rates schedulers and the store report (long enough to
+#: smooth one-second bursts, short enough that `cbctl top` follows a load change within a few refreshes).
+RATE_WINDOW_S = 5.0
+
+#: Seconds between the counter samples those rates are computed from (matches the status interval).
+RATE_SAMPLE_S = 1.0
+
+#: Seconds between `cbctl top` refreshes by default (statuses arrive about once a second, so faster shows
+#: nothing new).
+TOP_INTERVAL_S = 1.0
+
+#: Seconds `cbctl top` and `cbctl status` wait for the supervisor, schedulers and store to answer one
+#: snapshot; short, so that a cluster going away is noticed within a refresh or two.
+TOP_REQUEST_TIMEOUT_S = 3.0
+
+#: Seconds without a status after which `cbctl top` calls a live executor "silent".
+TOP_SILENT_AFTER_S = 5.0
+
+#: Most calls of a ``batching=True`` function an executor hands to one invocation (``cbctl up --max-batch``).
+#: Cloudburst's GPU fork batches up to 10: enough to fill a model's forward pass, small enough that the first
+#: caller of a batch does not wait long for the last.
+MAX_BATCH = 10
+
+#: Most ``cbctl.Continue`` hand-offs one call may make before it fails with ``ContinuationDepthExceeded``
+#: (``cbctl up --max-continuations``); bounds a runaway cycle of continuations to a few ms of work.
+MAX_CONTINUATIONS = 32
+
+#: Seconds the store waits for a storage-triggered call to finish before it sends the call again (the
+#: at-least-once retry); long, so a slow function is rarely run twice, short enough to recover a call lost
+#: with a restarted scheduler or executor within a minute.
+TRIGGER_RETRY_S = 30.0
+
+#: Sends of one storage-triggered call (the first and the retries) before the store gives up on it.
+TRIGGER_MAX_ATTEMPTS = 5
+
+#: Triggered calls the store tracks while they run; past this the oldest is forgotten (counted as
+#: ``trigger_dropped``) so a cluster with no live scheduler cannot grow the store's memory without bound.
+TRIGGER_OUTBOX_LIMIT = 100_000
+
+# --- placement policy (cbctl/runtime/policy.py); each can be set per cluster with `cbctl up --policy KEY=VALUE`
+
+#: Reported utilization (busy time / wall time) above which an executor goes into backoff; Cloudburst's 0.70
+#: leaves headroom so a queue does not build before calls move elsewhere.
+POLICY_BACKOFF_UTILIZATION = 0.70
+
+#: Seconds an executor stays in backoff after its last hot status (Cloudburst's 5 s: enough to drain a queue).
+POLICY_BACKOFF_WINDOW_S = 5.0
+
+#: Seconds of call start times kept per executor (Cloudburst's running_counts window); ties between equally
+#: good executors go to the one with the fewest calls in this window.
+POLICY_CALL_WINDOW_S = 5.0
+
+#: Utilization under which every location of a scaled-out function must stay before an extra pin is dropped:
+#: well under the backoff threshold, so a function does not flap between scale-out and scale-in.
+POLICY_SCALE_IN_UTILIZATION = 0.20
+
+#: Seconds a scaled-out function's locations must stay under that utilization before one extra pin is dropped
+#: (then one more per policy update); long enough to ride out a pause between bursts.
+POLICY_SCALE_IN_CALM_S = 10.0
+
+#: Seconds between the policy's periodic updates in a scheduler (expire backoff and call times, rebuild key
+#: locations, scale out and in); one status interval, as nothing changes faster than statuses arrive.
+POLICY_UPDATE_INTERVAL_S = 1.0
+
+#: Seconds a pin request may stay unanswered before the policy gives up on it and may place it elsewhere.
+POLICY_PIN_TIMEOUT_S = 5.0
+
+#: Seconds after a refused pin before the same executor is asked for the same function again.
+POLICY_PIN_RETRY_S = 10.0
+
+#: Seconds without a status after which an executor is preferred only when nothing fresher can run a call:
+#: executors report once a second, so a longer silence means its one thread is stuck in a long call.
+POLICY_STALE_S = 2.5
+
+#: Seconds without a status after which an executor gets no calls at all, and four times this after which
+#: the policy forgets it (a crashed executor that the supervisor could not restart).
+POLICY_SILENCE_S = 5.0
+
+#: Seconds after a scheduler starts before it re-pins DAG functions that no executor reports: executors report
+#: their pins within a status interval, so a restarted scheduler waits for them instead of pinning twice.
+POLICY_START_GRACE_S = 2.0
+
+# --- executor departure (cbctl/runtime/departure.py)
+
+#: Seconds a departing executor waits for every scheduler and peer executor to acknowledge that it is leaving
+#: (after which no trigger can still be on its way to it); a peer that died cannot answer, hence the bound.
+DEPARTURE_ACK_TIMEOUT_S = 10.0
+
+#: Seconds the last sends of a stopping process (results, hand-overs) may take to leave its sockets.
+DEPARTURE_LINGER_S = 2.0
+
+#: Seconds a client remembers a write its calls (or its puts) made, sending it with its next calls so no
+#: executor cache serves that client an older version (read-your-writes across calls). Pushes from the store
+#: reach every subscribed cache in well under a millisecond; this covers a late or lost one by a wide margin.
+SESSION_HORIZON_S = 10.0
+
+#: Most recent writes a client remembers for read-your-writes (the oldest are forgotten first); each call
+#: carries them all, so this bounds what a write-heavy client adds to every call.
+SESSION_MAX_KEYS = 1024
+
+#: Seconds an executor keeps a repeatable-read snapshot whose call never released it (a branch of a failed
+#: DAG, a lost release): as long as a DAG step may wait for its triggers, after which the call is dead anyway.
+SNAPSHOT_TTL_S = 600.0
+
+#: Seconds an executor waits for another executor to send a repeatable-read version it holds; that executor
+#: answers between the function runs, so this must outlast a long function upstream.
+VERSION_FETCH_TIMEOUT_S = 30.0
+
+#: Most cached keys an executor lists in each status (most recently used first), for the scheduler's
+#: locality; bounds the status size of an executor caching many small values.
+CACHED_KEYS_REPORTED = 10_000

@@ -9,33 +9,54 @@ A user exception becomes an error result for the caller and never stops the loop
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import psutil
 import zmq
 
-from cbctl.errors import CbctlError, InvalidArgument, NoSuchFunction, ProtocolError
-from cbctl.runtime import cluster, registry, serialization
+from cbctl.errors import CbctlError, ConsistencyError, InvalidArgument, NoSuchFunction, ProtocolError
+from cbctl.runtime import batching, cluster, continuation, multiexec, registry, serialization
+from cbctl.runtime.cache import CachedStore
+from cbctl.runtime.consistency import SessionManager
+from cbctl.runtime.continuation import Continue
 from cbctl.runtime.dag import downstream_of, upstream_of
-from cbctl.runtime.defaults import STATUS_INTERVAL_S
+from cbctl.runtime.defaults import (
+    CACHED_KEYS_REPORTED,
+    DEPARTURE_LINGER_S,
+    MAX_BATCH,
+    MAX_CONTINUATIONS,
+    STATUS_INTERVAL_S,
+    VERSION_FETCH_TIMEOUT_S,
+)
+from cbctl.runtime.departure import Departure, Peer
+from cbctl.runtime.lattices import lattice_from_wire
 from cbctl.runtime.messages import (
     CallResult,
     DagTrigger,
     DirectMessage,
+    ExecutorLeaving,
     ExecutorStatus,
+    KeyUpdate,
+    LeavingAck,
     Message,
     PinRequest,
     PinResponse,
+    SnapshotRelease,
     StatusAck,
     UnpinRequest,
+    VersionRequest,
+    VersionResponse,
     unpack,
 )
+from cbctl.runtime.metrics import ExecutorMetrics
 from cbctl.runtime.process import (
     PeerSockets,
     ProcessConfig,
@@ -52,21 +73,12 @@ log = logging.getLogger(__name__)
 
 #: Seconds a partly-triggered DAG step waits for its other triggers before it is dropped.
 JOIN_TIMEOUT_S = 600.0
-#: Seconds of quiet a draining executor waits for work already sent to it before it exits.
-DRAIN_QUIET_S = 0.3
 
 
 @dataclass
 class LoadedFunction:
     record: registry.FunctionRecord
     target: Any  # the function, or the bound ``run`` of the constructed class
-
-
-@dataclass
-class FunctionMetrics:
-    calls: int = 0
-    errors: int = 0
-    latencies_us: list[float] = field(default_factory=list)
 
 
 class Executor:
@@ -87,13 +99,23 @@ class Executor:
         self.deferred: list[bytes] = []  # frames that arrived while user code waited in recv
         self.sock: zmq.Socket | None = None
         self.executor_addresses: dict[str, str] = {}
-        self.metrics: dict[str, FunctionMetrics] = collections.defaultdict(FunctionMetrics)
-        self.busy_ns = 0
+        self.metrics = ExecutorMetrics(self.executor_type, config.options.get("device"))
         self.protocol_errors = 0
+        self.max_batch = max(1, int(config.options.get("max_batch", MAX_BATCH)))
+        self.max_continuations = int(config.options.get("max_continuations", MAX_CONTINUATIONS))
+        self.multiexec = multiexec.MultiExecState()
+        self.scheduler_sockets: list[zmq.Socket] = []  # the status reporter's DEALERs: continuations go there
+        self.frames_received = 0  # with peers.sent, what a test counts messages per call with
+        # the cache in front of the store, and the consistency modes' per-call state (cache.py, consistency.py)
+        self.cached = CachedStore(store, self.executor_id, address, int(config.options.get("cache_mb", 64)) << 20)
+        self.sessions = SessionManager(self.cached, address, self.executor_id, self.fetch_version, self.peers.send)
+        self._version_ids = itertools.count(1)
+        self.departure = Departure(self.executor_id, address)  # this executor's leaving, and its peers'
 
     # --- messages ------------------------------------------------------------------------------------
 
     def on_frame(self, frame: bytes) -> None:
+        self.frames_received += 1
         try:
             message: Message = unpack(frame)
         except ProtocolError as exc:
@@ -108,6 +130,8 @@ class Executor:
         handler(self, message)
 
     def on_trigger(self, trigger: DagTrigger) -> None:
+        if trigger.extras and multiexec.EXTRAS_KEY in trigger.extras and self.multiexec.on_trigger(trigger, self.ready):
+            return
         upstream = upstream_of(trigger.edges, trigger.function)
         if len(upstream) <= 1:
             self.ready.append((trigger, [trigger]))
@@ -123,13 +147,30 @@ class Executor:
             self.ready.append((trigger, [arrived[u] for u in upstream]))
 
     def on_pin(self, request: PinRequest) -> None:
+        started = time.perf_counter_ns()
         try:
+            if self.departure.leaving:
+                raise CbctlError(f"{self.executor_id} is leaving")
             self.load(request.function, request.version)
             self.pinned.add(request.function)
             reply = PinResponse(self.executor_id, request.function, True)
         except CbctlError as exc:
             reply = PinResponse(self.executor_id, request.function, False, str(exc))
-        self.peers.send(request.scheduler_address, reply.pack())
+        self.metrics.record_pin(time.perf_counter_ns() - started)
+        self.send_to_scheduler(request.scheduler_address, reply.pack())
+
+    def send_to_scheduler(self, address: str, frame: bytes) -> None:
+        """A reply to a scheduler, on the status reporter's DEALER to it: a scheduler's ROUTER takes no
+        PUSH peers, and sharing the status socket orders the reply after this executor's earlier statuses."""
+        try:
+            sock = self.scheduler_sockets[self.config.scheduler_addresses.index(address)]
+        except (ValueError, IndexError):
+            log.warning("no connection to scheduler %s: reply dropped", address)
+            return
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            self.peers.dropped += 1
 
     def on_unpin(self, request: UnpinRequest) -> None:
         self.pinned.discard(request.function)
@@ -137,7 +178,28 @@ class Executor:
     def on_direct(self, message: DirectMessage) -> None:
         self.inbox.append((message.sender, serialization.decode(message.body)))
 
-    HANDLERS = {DagTrigger: on_trigger, PinRequest: on_pin, UnpinRequest: on_unpin, DirectMessage: on_direct}
+    def on_peer_leaving(self, message: ExecutorLeaving) -> None:
+        self.peers.send(message.address, self.departure.on_peer_leaving(message))
+
+    def on_leaving_ack(self, message: LeavingAck) -> None:
+        self.departure.on_ack(message)
+
+    def on_key_update(self, update: KeyUpdate) -> None:
+        self.cached.on_push(update.key, update.lattice)
+
+    def on_version_request(self, request: VersionRequest) -> None:
+        self.sessions.serve_version(request)
+
+    def on_version_response(self, response: VersionResponse) -> None:
+        log.debug("late version response %d dropped", response.req_id)  # its fetch timed out already
+
+    def on_snapshot_release(self, release: SnapshotRelease) -> None:
+        self.sessions.release(release)
+
+    HANDLERS = {DagTrigger: on_trigger, PinRequest: on_pin, UnpinRequest: on_unpin, DirectMessage: on_direct,
+                ExecutorLeaving: on_peer_leaving, LeavingAck: on_leaving_ack, KeyUpdate: on_key_update,
+                VersionRequest: on_version_request, VersionResponse: on_version_response,
+                SnapshotRelease: on_snapshot_release}
 
     # --- running -------------------------------------------------------------------------------------
 
@@ -163,29 +225,37 @@ class Executor:
         trigger, inputs = self.ready.popleft()
         started = time.perf_counter_ns()
         name = trigger.function
-        metrics = self.metrics[name]
-        metrics.calls += 1
+        ok = True
+        self.sessions.begin(trigger, inputs)
         try:
             loaded = self.load(name, trigger.versions.get(name, 0))
-            if trigger.source:
-                args = [serialization.decode(t.payload) for t in inputs]
-            else:
-                args = serialization.decode(trigger.payload)
-            args = [self.read_key(a.key) if type(a) is serialization.Ref else a for a in args]
-            result = loaded.target(self.userlib, *args)
+            if loaded.record.batching:
+                batching.run_batch(self, loaded, (trigger, inputs), started)  # accounts its calls itself
+                return
+            result = loaded.target(self.userlib, *self.arguments(trigger, inputs))
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything, SystemExit included
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            metrics.errors += 1
+            ok = False
             self.fail(trigger, exc)
         else:
             self.deliver(trigger, result)
-        elapsed = time.perf_counter_ns() - started
-        self.busy_ns += elapsed
-        metrics.latencies_us.append(elapsed / 1000)
+        self.metrics.record_call(name, bool(trigger.dag), time.perf_counter_ns() - started, ok)
+
+    def arguments(self, trigger: DagTrigger, inputs: list[DagTrigger]) -> list[Any]:
+        """A step's positional arguments: the call's for a source, else one per upstream result; ``Ref``s
+        are resolved to their keys' values."""
+        if trigger.source:
+            args = [serialization.decode(t.payload) for t in inputs]
+        else:
+            args = serialization.decode(trigger.payload)
+        return [self.read_key(a.key) if type(a) is serialization.Ref else a for a in args]
 
     def deliver(self, trigger: DagTrigger, result: Any) -> None:
         successors = downstream_of(trigger.edges, trigger.function) if trigger.edges else ()
+        if type(result) is Continue:
+            continuation.hand_off(self, trigger, result, is_sink=not successors)
+            return
         try:
             payload = serialization.encode(result)
         except Exception as exc:
@@ -194,11 +264,14 @@ class Executor:
         if not successors:
             self.respond(trigger, CallResult(trigger.call_id, True, payload, executor_id=self.executor_id))
             return
+        extras = self.sessions.outgoing_extras(trigger)
         for successor in successors:
             downstream = DagTrigger(trigger.call_id, trigger.dag, successor, trigger.locations, trigger.versions,
                                     trigger.edges, trigger.function, payload, trigger.response_address,
-                                    trigger.store_result, trigger.consistency, trigger.extras)
+                                    trigger.store_result, trigger.consistency, extras)
             address = trigger.locations[successor]
+            if self.departure.redirects:
+                address = self.departure.route(address)  # its executor left: its heir runs the step
             if address == self.address:
                 self.on_trigger(downstream)  # same executor: no socket hop
             else:
@@ -214,6 +287,13 @@ class Executor:
                                          self.executor_id, remote_type))
 
     def respond(self, trigger: DagTrigger, result: CallResult) -> None:
+        session_extras = self.sessions.result_extras(trigger)  # the call ends here: snapshots go, writes return
+        if session_extras:
+            result.extras = session_extras
+        if trigger.extras and multiexec.EXTRAS_KEY in trigger.extras:
+            result = self.multiexec.on_result(trigger, result)  # gathers a multi-exec sink's results
+            if result is None:
+                return
         if trigger.store_result:
             fields = {f: getattr(result, f) for f in result._FIELDS}
             self.store.put(registry.result_key(trigger.call_id), fields)
@@ -225,14 +305,46 @@ class Executor:
         for key in [k for k, t in self.join_started.items() if now - t > JOIN_TIMEOUT_S]:
             log.warning("call %s: %s never got all its triggers; dropped", *key)
             del self.joins[key], self.join_started[key]
+        for key in self.multiexec.expire(JOIN_TIMEOUT_S):
+            log.warning("multi-exec gather %s never got all its results; dropped", key)
 
     # --- the user library's needs --------------------------------------------------------------------
 
     def read_key(self, key: str) -> Any:
-        return self.store.get(key)
+        return self.sessions.read(key)
 
     def write_key(self, key: str, value: Any) -> None:
-        self.store.put(key, value)
+        self.sessions.write(key, serialization.encode(value))
+
+    def fetch_version(self, address: str, call_id: str, key: str) -> tuple[bool, Any]:
+        """The version of ``key`` that the executor at ``address`` keeps for repeatable-read call ``call_id``,
+        as (found, lattice). While waiting, version requests to this executor are answered (two executors
+        asking each other cannot deadlock) and other frames wait until the running function returns."""
+        assert self.sock is not None
+        req_id = next(self._version_ids)
+        self.peers.send(address, VersionRequest(req_id, call_id, key, self.address).pack())
+        deadline = time.monotonic() + VERSION_FETCH_TIMEOUT_S
+        reply = None
+        while reply is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.sock.poll(int(remaining * 1000) + 1):
+                raise ConsistencyError(f"repeatable read: the executor at {address} did not send the version of "
+                                       f"{key!r} within {VERSION_FETCH_TIMEOUT_S:.0f} s: call again")
+            for (frame,) in drain(self.sock):
+                try:
+                    message = unpack(frame)
+                except ProtocolError:
+                    self.protocol_errors += 1
+                    continue
+                if type(message) is VersionResponse and message.req_id == req_id:
+                    reply = message
+                elif type(message) is VersionRequest:
+                    self.on_version_request(message)
+                elif type(message) is DirectMessage:
+                    self.on_direct(message)
+                else:
+                    self.deferred.append(frame)  # handled after the running function returns
+        return reply.found, (None if reply.lattice is None else lattice_from_wire(reply.lattice))
 
     def send_direct(self, executor_id: str, message: Any) -> None:
         address = self.executor_addresses.get(executor_id)
@@ -264,30 +376,67 @@ class Executor:
                     continue
                 if isinstance(message, DirectMessage):
                     self.on_direct(message)
+                elif isinstance(message, VersionRequest):
+                    self.on_version_request(message)  # a peer's repeatable read must not wait on our recv
                 else:
                     self.deferred.append(frame)  # handled after the running function returns
         messages = list(self.inbox)
         self.inbox.clear()
         return messages
 
+    # --- departure (see departure.py) ----------------------------------------------------------------
+
+    def begin_departure(self) -> None:
+        """SIGTERM: refuse pins from now on and tell every other executor to route around this one (the
+        status reporter tells the schedulers, with running=False)."""
+        found = cluster.ClusterFile.read(Path(self.config.home))
+        executors = [Peer(e.address, e.pid, e.index, e.executor_type or "cpu")
+                     for e in (found.processes if found else ()) if e.role == "executor"]
+        schedulers = [Peer(address) for address in self.config.scheduler_addresses]
+        addresses, frame = self.departure.begin(executors, schedulers, self.executor_type)
+        for address in addresses:
+            self.peers.send(address, frame)
+        log.info("leaving: waiting for %d peers to acknowledge; heir %s", len(self.departure.awaiting),
+                 self.departure.heir or "(none)")
+
+    def finish_departure(self) -> bool:
+        """Whether this executor may exit now (queue empty, every peer acknowledged); if so, hands the DAG
+        steps still waiting for inputs to the heir, where those inputs are redirected."""
+        if self.ready or self.deferred:
+            return False
+        self.departure.forget_exited(_process_alive)
+        if not self.departure.may_exit():
+            return False
+        if self.departure.awaiting:
+            log.warning("left without an answer from %s", ", ".join(sorted(self.departure.awaiting)))
+        if self.joins and self.departure.heir:
+            for arrived in self.joins.values():
+                for trigger in arrived.values():
+                    self.peers.send(self.departure.heir, trigger.pack())
+            self.joins.clear()
+            self.join_started.clear()
+        return True
+
     # --- status --------------------------------------------------------------------------------------
 
-    def status(self, running: bool, utilization: float) -> ExecutorStatus:
-        function_metrics = {}
-        for name, m in self.metrics.items():
-            lat = sorted(m.latencies_us)
-            function_metrics[name] = {
-                "calls": m.calls, "errors": m.errors,
-                "p50_us": lat[len(lat) // 2] if lat else None,
-                "p99_us": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
-            }
-            m.latencies_us.clear()
+    def status(self, running: bool) -> ExecutorStatus:
+        """This executor's status; ends the metrics interval (see ``metrics.ExecutorMetrics.report``)."""
+        report = self.metrics.report(collections.Counter(t.function for t, _ in self.ready))
+        report["protocol_errors"], report["dropped_sends"] = self.protocol_errors, self.peers.dropped
+        report["frames_sent"], report["frames_received"] = self.peers.sent, self.frames_received
+        report["cache"] = self.sessions.metrics()
         return ExecutorStatus(
-            self.executor_id, self.address, self.executor_type, running, sorted(self.pinned), utilization,
-            len(self.ready), [], os.getpid(),
-            {"functions": function_metrics, "protocol_errors": self.protocol_errors,
-             "dropped_sends": self.peers.dropped},
+            self.executor_id, self.address, self.executor_type, running, sorted(self.pinned),
+            report["utilization"], len(self.ready), self.cached.cache.recent_keys(CACHED_KEYS_REPORTED), os.getpid(),
+            report,
         )
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # exited, not yet reaped
+    except psutil.Error:
+        return False
 
 
 class StatusReporter:
@@ -301,15 +450,10 @@ class StatusReporter:
             sock.connect(address)
             self.sockets.append(sock)
         self.last_report = time.monotonic()
-        self.last_busy_ns = 0
 
     def report(self, running: bool = True) -> None:
-        now = time.monotonic()
-        wall = max(now - self.last_report, 1e-9)
-        busy = self.executor.busy_ns - self.last_busy_ns
-        utilization = min(1.0, busy / 1e9 / wall)
-        self.last_report, self.last_busy_ns = now, self.executor.busy_ns
-        frame = self.executor.status(running, utilization).pack()
+        self.last_report = time.monotonic()
+        frame = self.executor.status(running).pack()
         for sock in self.sockets:
             drain(sock)  # acks of earlier reports
             try:
@@ -351,6 +495,7 @@ def main(config: ProcessConfig) -> None:
     executor = Executor(config, context, store, address)
     executor.sock = sock
     reporter = StatusReporter(context, executor, config.scheduler_addresses)
+    executor.scheduler_sockets = reporter.sockets
     try:
         reporter.handshake()
     except TimeoutError as exc:
@@ -359,12 +504,10 @@ def main(config: ProcessConfig) -> None:
     report_ready(context, config, address)
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
-    quiet_since = None
     while True:
         if poller.poll(0 if executor.ready or executor.deferred else 100):
             for (frame,) in drain(sock):
                 executor.on_frame(frame)
-            quiet_since = None
         while executor.deferred:
             executor.on_frame(executor.deferred.pop(0))
         if executor.ready:
@@ -372,16 +515,16 @@ def main(config: ProcessConfig) -> None:
         if reporter.due():
             reporter.report(running=not shutdown.requested)
             executor.expire_joins()
-        if shutdown.requested and not executor.ready:
-            # warm stop: tell schedulers we are leaving, then take what was already sent until quiet
-            if quiet_since is None:
-                reporter.report(running=False)
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > DRAIN_QUIET_S:
-                break
+            executor.sessions.maintain(time.monotonic())
+        if shutdown.requested and not executor.departure.leaving:
+            # warm stop: the schedulers stop placing work here when they see running=False
+            reporter.report(running=False)
+            executor.begin_departure()
+        if executor.departure.leaving and executor.finish_departure():
+            break
     reporter.report(running=False)
     reporter.close()
-    executor.peers.close()
+    executor.peers.close(linger_s=DEPARTURE_LINGER_S)
     store.close()
     sock.close()
     context.term()

@@ -235,6 +235,7 @@ class CallRequest(Message):
     store_result: bool
     consistency: str
     refs: list[str]
+    extras: dict[str, Any] = field(default_factory=dict)  # the client's session (see runtime/consistency.py)
 
 
 @message(41)
@@ -274,6 +275,7 @@ class CallResult(Message):
     traceback: str = ""
     executor_id: str = ""
     remote_type: str = ""  # the user exception's class name, for FunctionError
+    extras: dict[str, Any] = field(default_factory=dict)  # the call's writes, for the client's session
 
 
 # --- executors and schedulers -------------------------------------------------------------------------
@@ -358,3 +360,95 @@ class SupervisorRequest(Message):
     req_id: int
     command: str
     arguments: dict[str, Any] = field(default_factory=dict)
+
+
+# --- executor departure (kinds 70-79; see runtime/departure.py) ---------------------------------------------
+
+
+@message(70)
+class ExecutorLeaving(Message):
+    """A departing executor -> every other executor: send nothing more to ``address``; send what was meant
+    for it to ``heir_address`` ('' when it has no heir) and acknowledge with ``LeavingAck``."""
+
+    executor_id: str
+    address: str
+    heir_address: str
+
+
+@message(71)
+class LeavingAck(Message):
+    """A scheduler or executor -> a departing executor, on the socket that carried its earlier triggers
+    there, so every one of them arrived before this: ``sender`` (its own address) will send nothing more."""
+
+    sender: str
+
+
+# --- consistency: repeatable-read snapshots between executors (kinds 90-99; see runtime/consistency.py) ---
+
+
+@message(90)
+class VersionRequest(Message):
+    """Executor -> the executor that first read ``key`` in repeatable-read call ``call_id``: send the version
+    you keep for it to ``reply_to``."""
+
+    req_id: int
+    call_id: str
+    key: str
+    reply_to: str
+
+
+@message(91)
+class VersionResponse(Message):
+    """``found`` is False when no snapshot is kept (released, expired, or lost with a restart); ``lattice``
+    (wire form) is None with ``found`` when the call's version is "no value"."""
+
+    req_id: int
+    found: bool
+    lattice: list[Any] | None
+
+
+@message(92)
+class SnapshotRelease(Message):
+    """The step that answered a repeatable-read call -> each executor holding snapshots for it: these calls
+    ended, drop their snapshots."""
+
+    call_ids: list[str]
+
+
+# --- execution features: continuations and storage triggers (kinds 100-109) --------------------------------
+
+
+@message(100)
+class ContinueCall(Message):
+    """Executor -> scheduler: a sink returned ``cbctl.Continue(name, *args)``; call ``name`` with ``args``
+    under the same call id and response address, so the original caller receives the chain's final result.
+    ``depth`` is how many hand-offs this call has made, including this one (bounded per call)."""
+
+    call_id: str
+    name: str
+    args: bytes
+    response_address: str
+    store_result: bool
+    consistency: str
+    depth: int
+
+
+@message(101)
+class AddTrigger(Message):
+    """Client -> scheduler: every put to a key starting with ``prefix`` calls ``function`` with (key, value)."""
+
+    req_id: int
+    name: str
+    prefix: str
+    function: str
+
+
+@message(102)
+class ListTriggers(Message):
+    req_id: int
+
+
+@message(103)
+class RemoveTrigger(Message):
+    req_id: int
+    name: str

@@ -10,31 +10,40 @@ schedulers, or a restarted one, serve the same functions.
 from __future__ import annotations
 
 import logging
+import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
 from cbctl.errors import CbctlError, InvalidArgument, NoSuchFunction, ProtocolError
-from cbctl.runtime import registry
-from cbctl.runtime.dag import chain_edges, validate_dag
+from cbctl.runtime import consistency, multiexec, registry, triggers
+from cbctl.runtime.continuation import DEPTH_KEY
+from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
+from cbctl.runtime.defaults import RATE_SAMPLE_S, RATE_WINDOW_S, TOP_SILENT_AFTER_S
 from cbctl.runtime.messages import (
     CallRequest,
     CallResult,
     ClusterInfoRequest,
+    ContinueCall,
     ControlResponse,
     DagTrigger,
     ExecutorStatus,
+    LeavingAck,
     ListRequest,
     Message,
+    PinRequest,
+    PinResponse,
     RegisterDag,
     RegisterFunction,
     RemoveRequest,
     StatusAck,
+    UnpinRequest,
     unpack,
 )
-from cbctl.runtime.policy import Policy
+from cbctl.runtime.metrics import RateWindow, in_flight_estimate
+from cbctl.runtime.policy import PinAction, Policy, PolicySettings
 from cbctl.runtime.process import (
     PeerSockets,
     ProcessConfig,
@@ -64,19 +73,29 @@ class CallPlan:
     sources: tuple[str, ...]
     versions: dict[str, int]
     gpu: dict[str, bool]
+    parallel: dict[str, tuple[str, ...]]  # per function: earlier functions it may run alongside
+    extras: dict[str, Any] = field(default_factory=dict)  # what every trigger carries (multi-exec run counts)
 
 
 class Scheduler:
     def __init__(self, config: ProcessConfig, context: zmq.Context, store: StoreClient) -> None:
         self.config = config
         self.store = store
-        self.policy = Policy()
+        self.policy = Policy(PolicySettings.from_options(config.options.get("policy", {})),
+                             local_host=socket.gethostname())
+        self.address = ""  # this scheduler's ROUTER address, set once bound: where executors answer pins
         self.peers = PeerSockets(context)
         self.functions: dict[str, registry.FunctionRecord] = {}
         self.dags: dict[str, registry.DagRecord] = {}
         self.plans: dict[str, CallPlan] = {}
         self.counters = {"calls": 0, "dag_calls": 0, "dispatch_errors": 0, "protocol_errors": 0}
         self.started = time.time()
+        # for `cbctl top`: calls per function/DAG name, rates over both, and every executor's latest
+        # status with when it came (kept apart from the policy's view, which may forget an executor)
+        self.name_calls: dict[str, int] = {}
+        self.rates = RateWindow(RATE_WINDOW_S, RATE_SAMPLE_S)
+        self.name_rates = RateWindow(RATE_WINDOW_S, RATE_SAMPLE_S)
+        self.statuses: dict[str, tuple[ExecutorStatus, float]] = {}
         self.refresh_registry()
 
     # --- registry --------------------------------------------------------------------------------------
@@ -84,6 +103,7 @@ class Scheduler:
     def refresh_registry(self) -> None:
         self.functions, self.dags = registry.load_all(self.store)
         self.plans.clear()
+        self.apply(self.policy.set_wanted(pinned_functions(self.functions, self.dags)))
 
     def plan_for(self, name: str) -> CallPlan:
         plan = self.plans.get(name)
@@ -103,30 +123,62 @@ class Scheduler:
         if missing:
             raise NoSuchFunction(f"DAG {name!r} uses {', '.join(missing)}, which is no longer registered")
         plan = CallPlan(name, name if dag is not None else "", fns, edges, sources,
-                        {f: self.functions[f].version for f in fns}, {f: self.functions[f].gpu for f in fns})
+                        {f: self.functions[f].version for f in fns}, {f: self.functions[f].gpu for f in fns},
+                        parallel_branches(fns, edges),
+                        multiexec.plan_extras(fns, edges, dag.options) if dag is not None else {})
         self.plans[name] = plan
         return plan
 
     # --- handlers --------------------------------------------------------------------------------------
 
-    def on_call(self, request: CallRequest) -> None:
+    def on_call(self, request: CallRequest, depth: int = 0) -> None:
+        """Place every function of the call and trigger its sources; ``depth`` counts the continuations
+        that led here (0 for a client's call)."""
         try:
             plan = self.plan_for(request.name)
             if request.consistency not in CONSISTENCY_MODES:
                 raise InvalidArgument(f"consistency {request.consistency!r} is not one of {CONSISTENCY_MODES}")
-            locations = {fn: self.policy.pick_executor(fn, plan.gpu[fn], request.refs).address
-                         for fn in plan.functions}
+            if request.source_args:
+                check_source_args(plan, request.source_args)
+            pick = self.policy.pick_executor
+            locations: dict[str, str] = {}
+            for fn in plan.functions:
+                parallel = plan.parallel[fn]
+                locations[fn] = pick(fn, plan.gpu[fn], request.refs,
+                                     [locations[p] for p in parallel] if parallel else ()).address
         except CbctlError as exc:
             self.counters["dispatch_errors"] += 1
-            self.peers.send(request.response_address, CallResult(
-                request.call_id, False, b"", type(exc).__name__, str(exc)).pack())
+            self.reject(request, exc)
             return
         self.counters["dag_calls" if plan.dag else "calls"] += 1
+        self.name_calls[plan.name] = self.name_calls.get(plan.name, 0) + 1
+        extras = {**plan.extras, DEPTH_KEY: depth} if depth else plan.extras
+        if request.extras:  # the client's read-your-writes session, and nothing else a client may set
+            extras = consistency.with_client_session(extras, request.extras)
         for source in plan.sources:
             trigger = DagTrigger(request.call_id, plan.dag, source, locations, plan.versions, plan.edges, "",
                                  request.source_args.get(source, request.args), request.response_address,
-                                 request.store_result, request.consistency, {})
+                                 request.store_result, request.consistency, extras)
             self.peers.send(locations[source], trigger.pack())
+
+    def on_continue(self, message: ContinueCall) -> None:
+        """A sink returned ``cbctl.Continue``: the rest of its call is a call of ``message.name`` under the
+        same id and response address (the executor already checked the depth limit)."""
+        self.counters["continuations"] = self.counters.get("continuations", 0) + 1
+        self.on_call(CallRequest(message.call_id, message.name, message.args, {}, message.response_address,
+                                 message.store_result, message.consistency, []), depth=message.depth)
+
+    def reject(self, request: CallRequest, exc: CbctlError) -> None:
+        """Answer a call that cannot be dispatched where its caller looks: its response address, or the
+        store for a ``store_result`` call (whose future reads only the store)."""
+        result = CallResult(request.call_id, False, b"", type(exc).__name__, str(exc))
+        if not request.store_result:
+            self.peers.send(request.response_address, result.pack())
+            return
+        try:
+            self.store.put(registry.result_key(request.call_id), {f: getattr(result, f) for f in result._FIELDS})
+        except CbctlError as store_exc:
+            log.warning("call %s: could not store its dispatch error: %s", request.call_id, store_exc)
 
     def on_register_function(self, request: RegisterFunction) -> Any:
         name = request.name
@@ -152,23 +204,24 @@ class Scheduler:
         self.refresh_registry()
         edges = request.edges if request.edges else [list(e) for e in chain_edges(request.functions)]
         shape = validate_dag(request.name, request.functions, edges, self.functions)
+        options = dict(request.options or {})
+        if multiexec.OPTION in options:
+            options[multiexec.OPTION] = multiexec.validate(request.name, shape.functions, options[multiexec.OPTION])
         if request.name in self.functions:
             raise InvalidArgument(f"{request.name!r} is already a function's name: give the DAG another name")
         record = registry.DagRecord(request.name, list(shape.functions), [list(e) for e in shape.edges],
-                                    time.time_ns(), dict(request.options or {}))
+                                    time.time_ns(), options)
         registry.save_dag(self.store, record)
         self.dags[record.name] = record
         self.plans.clear()
+        self.apply(self.policy.set_wanted(pinned_functions(self.functions, self.dags)))
+        self.apply(self.policy.ensure_pinned())  # pins settle as the executors answer, within milliseconds
         return record.describe()
 
     def on_list(self, _request: ListRequest) -> Any:
         self.refresh_registry()
-        where: dict[str, list[str]] = {}
-        for executor_id, view in self.policy.executors.items():
-            for fn in view.pinned:
-                where.setdefault(fn, []).append(executor_id)
         return {
-            "functions": [{**f.describe(), "pinned": sorted(where.get(f.name, []))}
+            "functions": [{**f.describe(), "pinned": self.policy.locations_of(f.name)}
                           for f in sorted(self.functions.values(), key=lambda f: f.name)],
             "dags": [d.describe() for d in sorted(self.dags.values(), key=lambda d: d.name)],
         }
@@ -176,6 +229,8 @@ class Scheduler:
     def on_remove(self, request: RemoveRequest) -> Any:
         self.refresh_registry()
         name = request.name
+        if name in self.dags or name in self.functions:
+            triggers.check_not_triggered(self.store, name)
         if name in self.dags:
             self.store.delete(registry.DAG_PREFIX + name)
             kind = "dag"
@@ -191,16 +246,46 @@ class Scheduler:
         return {"removed": name, "kind": kind}
 
     def on_cluster_info(self, _request: ClusterInfoRequest) -> Any:
+        now = time.monotonic()
+        executors = {e: dict(_status_dict(s), status_age_s=now - seen) for e, (s, seen) in self.statuses.items()}
         return {
             "scheduler": self.config.name,
             "uptime_s": time.time() - self.started,
-            "counters": dict(self.counters, dropped_sends=self.peers.dropped),
-            "executors": {e: _status_dict(v.status) for e, v in self.policy.executors.items() if v.status},
+            "counters": dict(self.counters, dropped_sends=self.peers.dropped, frames_sent=self.peers.sent),
+            "rates": self.rates.rates(now, self.counters),
+            "name_calls": dict(self.name_calls),
+            "name_rates": self.name_rates.rates(now, self.name_calls),
+            "in_flight": in_flight_estimate(s for s in executors.values() if s["status_age_s"] < TOP_SILENT_AFTER_S),
+            "executors": executors,
+            "registry": {"functions": {n: {"gpu": f.gpu} for n, f in self.functions.items()},
+                         "dags": {n: list(d.functions) for n, d in self.dags.items()}},
             "policy": self.policy.describe(),
         }
 
     def on_status(self, status: ExecutorStatus) -> None:
+        self.statuses[status.executor_id] = (status, time.monotonic())
         self.policy.process_status(status)
+        if not status.running:
+            # the policy no longer places work there; this ack, behind every trigger sent there on the same
+            # socket, tells the departing executor that nothing more will come from this scheduler
+            self.peers.send(status.address, LeavingAck(self.address).pack())
+
+    def on_pin_response(self, response: PinResponse) -> None:
+        if not response.accepted:
+            log.info("%s refused to pin %s: %s", response.executor_id, response.function, response.reason)
+        self.apply(self.policy.pin_result(response.executor_id, response.function, response.accepted))
+
+    def apply(self, actions: list[PinAction]) -> None:
+        """Send the policy's pin and unpin decisions to the executors."""
+        for action in actions:
+            if action.pin:
+                record = self.functions.get(action.function)
+                frame = PinRequest(action.function, record.version if record else 0, self.address).pack()
+                log.info("pinning %s on %s", action.function, action.executor_id)
+            else:
+                frame = UnpinRequest(action.function).pack()
+                log.info("unpinning %s from %s", action.function, action.executor_id)
+            self.peers.send(action.address, frame)
 
     CONTROL = {
         RegisterFunction: on_register_function,
@@ -208,6 +293,7 @@ class Scheduler:
         ListRequest: on_list,
         RemoveRequest: on_remove,
         ClusterInfoRequest: on_cluster_info,
+        **triggers.SCHEDULER_CONTROL,
     }
 
     def handle(self, sock: zmq.Socket, parts: list[bytes]) -> None:
@@ -220,9 +306,13 @@ class Scheduler:
         kind = type(message)
         if kind is CallRequest:
             self.on_call(message)
+        elif kind is ContinueCall:
+            self.on_continue(message)
         elif kind is ExecutorStatus:
             self.on_status(message)
             sock.send_multipart([*parts[:-1], StatusAck(message.executor_id).pack()])
+        elif kind is PinResponse:
+            self.on_pin_response(message)
         elif kind in self.CONTROL:
             try:
                 reply = ControlResponse(message.req_id, True, self.CONTROL[kind](self, message))
@@ -237,6 +327,22 @@ class Scheduler:
             log.warning("the scheduler does not serve %s", kind.__name__)
 
 
+def check_source_args(plan: CallPlan, source_args: dict[str, bytes]) -> None:
+    """Per-source arguments may only name the call's source functions (a typo would otherwise be ignored
+    and the source would silently get the shared arguments)."""
+    unknown = [fn for fn in source_args if fn not in plan.sources]
+    if unknown:
+        raise InvalidArgument(f"arguments given for {', '.join(map(repr, unknown))}, which "
+                              f"{'is' if len(unknown) == 1 else 'are'} not a source of {plan.name!r}: "
+                              f"its sources are {', '.join(plan.sources)}")
+
+
+def pinned_functions(functions: dict[str, registry.FunctionRecord],
+                     dags: dict[str, registry.DagRecord]) -> dict[str, bool]:
+    """The functions the policy keeps pinned (those of registered DAGs), with their gpu flags."""
+    return {fn: functions[fn].gpu for dag in dags.values() for fn in dag.functions if fn in functions}
+
+
 def _status_dict(status: ExecutorStatus) -> dict[str, Any]:
     return {f: getattr(status, f) for f in status._FIELDS}
 
@@ -248,11 +354,12 @@ def main(config: ProcessConfig) -> None:
     store = StoreClient(context, config.store_address, writer_id=config.name)
     scheduler = Scheduler(config, context, store)
     sock = new_socket(context, zmq.ROUTER)
-    address = config.bind(sock)
+    address = scheduler.address = config.bind(sock)
     report_ready(context, config, address)
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     next_refresh = time.monotonic() + REGISTRY_REFRESH_S
+    next_policy_update = time.monotonic() + scheduler.policy.settings.update_interval_s
     while not shutdown.requested:
         if poller.poll(100):
             for parts in drain(sock):
@@ -261,9 +368,13 @@ def main(config: ProcessConfig) -> None:
                 except Exception:
                     log.exception("error while handling a message")
         now = time.monotonic()
+        scheduler.rates.maybe_sample(now, scheduler.counters)  # returns at once until a sample is due
+        scheduler.name_rates.maybe_sample(now, scheduler.name_calls)
+        if now >= next_policy_update:
+            next_policy_update = now + scheduler.policy.settings.update_interval_s
+            scheduler.apply(scheduler.policy.periodic_update())
         if now >= next_refresh:
             next_refresh = now + REGISTRY_REFRESH_S
-            scheduler.policy.periodic_update()
             try:
                 scheduler.refresh_registry()
             except CbctlError as exc:

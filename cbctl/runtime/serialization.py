@@ -55,7 +55,9 @@ def _default(value: Any) -> msgpack.ExtType:
         if not array.flags.c_contiguous:
             array = numpy.ascontiguousarray(array)
         header = [array.dtype.str, list(array.shape), isinstance(value, numpy.generic)]
-        return msgpack.ExtType(EXT_NDARRAY, msgpack.packb([header, array.data.cast("B")]))
+        # a uint8 view, not ``array.data``: the buffer protocol refuses datetime64/timedelta64 dtypes
+        raw = array.reshape(-1).view(numpy.uint8).data
+        return msgpack.ExtType(EXT_NDARRAY, msgpack.packb([header, raw]))
     return msgpack.ExtType(EXT_PICKLE, cloudpickle.dumps(value))
 
 

@@ -17,7 +17,7 @@ import zmq
 
 from cbctl.errors import ProtocolError
 from cbctl.runtime import cluster
-from cbctl.runtime.defaults import WAL_BATCH_INTERVAL_S, WAL_COMPACT_BYTES
+from cbctl.runtime.defaults import RATE_SAMPLE_S, RATE_WINDOW_S, WAL_BATCH_INTERVAL_S, WAL_COMPACT_BYTES
 from cbctl.runtime.lattices import Lattice, LWWLattice, lattice_from_wire
 from cbctl.runtime.messages import (
     Ack,
@@ -35,7 +35,9 @@ from cbctl.runtime.messages import (
     SubscribeRequest,
     unpack,
 )
+from cbctl.runtime.metrics import RateWindow
 from cbctl.runtime.process import PeerSockets, ProcessConfig, ShutdownFlag, drain, new_socket, report_ready
+from cbctl.runtime.triggers import StoreTriggers, TriggerDispatcher
 from cbctl.runtime.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -53,9 +55,12 @@ class StoreNode:
             key, wire = msgpack.unpackb(record, raw=False)
             self._merge(key, lattice_from_wire(wire))
         self.subscribers: dict[str, set[str]] = {}
+        self.triggers = StoreTriggers()  # sees every write: storage-triggered calls (see triggers.py)
+        self.triggers.load(self.data)
         self.counters = {"gets": 0, "puts": 0, "deletes": 0, "lists": 0, "protocol_errors": 0,
                          "request_errors": 0}
         self.started = time.time()
+        self.rates = RateWindow(RATE_WINDOW_S, RATE_SAMPLE_S)  # ops/s for `cbctl top`, sampled in maintain()
         log.info("recovered %d keys from %s", len(self.data), data_dir)
 
     def _merge(self, key: str, incoming: Lattice) -> Lattice:
@@ -95,6 +100,7 @@ class StoreNode:
             lattice = lattice_from_wire(request.lattice)
             _check_key(request.key)
             changed[request.key] = self._merge(request.key, lattice)
+            self.triggers.on_write(request.key, changed[request.key])
             records.append(msgpack.packb([request.key, request.lattice]))
             return Ack(request.req_id)
         if isinstance(request, DeleteRequest):
@@ -102,6 +108,7 @@ class StoreNode:
             _check_key(request.key)
             tombstone = LWWLattice(request.timestamp, request.writer, None, tombstone=True)
             changed[request.key] = self._merge(request.key, tombstone)
+            self.triggers.on_write(request.key, changed[request.key])
             records.append(msgpack.packb([request.key, tombstone.to_wire()]))
             return Ack(request.req_id)
         if isinstance(request, ListKeysRequest):
@@ -126,11 +133,16 @@ class StoreNode:
             "log_bytes": self.wal.log_bytes,
             "snapshot_bytes": self.wal.snapshot_bytes,
             "uptime_s": time.time() - self.started,
+            "subscriptions": sum(len(addresses) for addresses in self.subscribers.values()),  # cached keys
             **self.counters,
+            **self.triggers.stats(),
+            "ops_per_s": sum(rate for name, rate in self.rates.rates(time.monotonic(), self.counters).items()
+                             if name in ("gets", "puts", "deletes", "lists")),
         }
 
     def maintain(self) -> None:
-        """Timer work: the batch fsync and compaction."""
+        """Timer work: the batch fsync, compaction, and the ops/s sample."""
+        self.rates.maybe_sample(time.monotonic(), self.counters)
         self.wal.sync_if_due()
         if self.wal.needs_compaction():
             started = time.perf_counter()
@@ -180,15 +192,19 @@ def main(config: ProcessConfig) -> None:
     sock = new_socket(context, zmq.ROUTER)
     address = config.bind(sock)
     peers = PeerSockets(context)
+    dispatcher = TriggerDispatcher(context, config, node.triggers)
     report_ready(context, config, address)
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
+    poller.register(dispatcher.results, zmq.POLLIN)
     while not shutdown.requested:
         due = node.wal.time_until_sync()
         timeout_ms = 100 if due is None else max(0, min(100, int(due * 1000)))
         if poller.poll(timeout_ms):
             _serve(node, sock, peers, drain(sock))
+        dispatcher.service()  # after the batch is logged: triggered calls, their results and retries
         node.maintain()
+    dispatcher.close()
     node.close()
     sock.close()
     peers.close()

@@ -30,8 +30,10 @@ import zmq
 
 import cbctl
 from cbctl.errors import ProtocolError
-from cbctl.runtime import cluster
+from cbctl.runtime import cluster, scaling
 from cbctl.runtime.defaults import (
+    MAX_BATCH,
+    MAX_CONTINUATIONS,
     RESTART_BACKOFF_FIRST_S,
     RESTART_BACKOFF_MAX_S,
     RESTARTS_PER_MINUTE,
@@ -66,6 +68,9 @@ class ClusterSpec:
     durability: str = "batch"
     fake_gpus: int = 0
     cache_mb: int = 64
+    max_batch: int = MAX_BATCH
+    max_continuations: int = MAX_CONTINUATIONS
+    policy: dict[str, Any] = field(default_factory=dict)  # placement policy settings (`cbctl up --policy`)
 
 
 @dataclass
@@ -119,6 +124,9 @@ class Supervisor:
             self.control_address = cluster.ipc_address(home, "supervisor-control")
             self.control_sock.bind(self.control_address)
         self.protocol_errors = 0
+        self._ps: dict[int, psutil.Process] = {}  # by pid, for CPU% in status()
+        self.scaling: scaling.ScaleOperation | None = None  # a `cbctl scale` under way
+        self.highest_executor_index = -1  # executor indices are never reused (see scaling.py)
 
     # --- start ---------------------------------------------------------------------------------------
 
@@ -187,7 +195,7 @@ class Supervisor:
         store = self._new_child("store", 0, {"durability": spec.durability})
         self._spawn(store)
         self._wait_ready(["store-0"])
-        schedulers = [self._new_child("scheduler", i) for i in range(spec.schedulers)]
+        schedulers = [self._new_child("scheduler", i, {"policy": spec.policy}) for i in range(spec.schedulers)]
         for child in schedulers:
             self._spawn(child)
         self._wait_ready([c.config.name for c in schedulers])
@@ -200,7 +208,9 @@ class Supervisor:
         self.write_cluster_file()
 
     def _new_executor(self, index: int, executor_type: str, device: int = -1) -> Child:
-        options: dict[str, Any] = {"executor_type": executor_type, "cache_mb": self.spec.cache_mb}
+        options: dict[str, Any] = {"executor_type": executor_type, "cache_mb": self.spec.cache_mb,
+                                   "max_batch": self.spec.max_batch,
+                                   "max_continuations": self.spec.max_continuations}
         if executor_type == "gpu":
             # set before user code runs in the child, so frameworks see exactly one device
             options["env"] = {"CUDA_VISIBLE_DEVICES": str(device)}
@@ -236,6 +246,8 @@ class Supervisor:
             if self.control_sock in events:
                 self._on_control_frames()
             self._watch_children()
+            if self.scaling is not None:
+                self._advance_scale()
         self.stop()
 
     def _watch_children(self) -> None:
@@ -274,6 +286,9 @@ class Supervisor:
                 self.protocol_errors += 1
                 log.warning("dropped a bad control frame: %s", exc)
                 continue
+            if request.command == "scale":
+                self._begin_scale(parts[:-1], request)  # answered once the executors are up or gone
+                continue
             try:
                 payload = self._control(request)
                 reply = ControlResponse(request.req_id, True, payload)
@@ -289,12 +304,34 @@ class Supervisor:
             return {"stopping": True}
         raise ValueError(f"unknown supervisor command {request.command!r}")
 
+    def _begin_scale(self, envelope: list[bytes], request: SupervisorRequest) -> None:
+        try:
+            if self.scaling is not None:
+                raise ValueError("another `cbctl scale` is under way: wait for it to finish")
+            self.scaling = scaling.begin(self, envelope, request.req_id, request.arguments)
+        except Exception as exc:
+            reply = ControlResponse(request.req_id, False, None, "InvalidArgument", str(exc))
+            self.control_sock.send_multipart([*envelope, reply.pack()])
+            return
+        self._advance_scale()
+
+    def _advance_scale(self) -> None:
+        assert self.scaling is not None
+        reply = scaling.advance(self, self.scaling)
+        if reply is not None:
+            self.control_sock.send_multipart([*self.scaling.envelope, reply.pack()])
+            self.scaling = None
+
     def status(self) -> dict[str, Any]:
         now = time.time()
         processes = []
         for child in self.children.values():
             try:
-                proc = psutil.Process(child.pid)
+                # the same Process object across requests: cpu_percent(None) is the CPU since the last call
+                # on that object, so a fresh one would always read 0.0
+                proc = self._ps.get(child.pid)
+                if proc is None:
+                    proc = self._ps[child.pid] = psutil.Process(child.pid)
                 with proc.oneshot():
                     cpu, rss = proc.cpu_percent(None), proc.memory_info().rss
             except psutil.Error:
@@ -306,6 +343,8 @@ class Supervisor:
                 "restarts": child.restarts, "executor_type": child.config.options.get("executor_type", ""),
                 "cpu_percent": cpu, "rss_bytes": rss,
             })
+        live = {child.pid for child in self.children.values()}
+        self._ps = {pid: proc for pid, proc in self._ps.items() if pid in live}  # forget restarted pids
         return {"home": str(self.home), "uptime_s": round(now - self.started_at, 1),
                 "supervisor_pid": os.getpid(), "protocol_errors": self.protocol_errors,
                 "processes": processes}
@@ -314,6 +353,10 @@ class Supervisor:
 
     def stop(self) -> None:
         log.info("stopping the cluster")
+        if self.scaling is not None:
+            reply = ControlResponse(self.scaling.req_id, False, None, "CbctlError", "the cluster is stopping")
+            self.control_sock.send_multipart([*self.scaling.envelope, reply.pack()])
+            self.scaling = None
         for role in ("executor", "scheduler", "store"):
             self._stop_role(role)
         cluster.remove_cluster_file(self.home)

@@ -23,7 +23,11 @@ class UserLibrary:
         self._executor = executor
 
     def get(self, key: str, default: Any = _MISSING) -> Any:
-        """The value under ``key``; ``default`` if given and the key holds none, else ``NoSuchKey``."""
+        """The value under ``key``; ``default`` if given and the key holds none, else ``NoSuchKey``.
+
+        Served from this executor's cache when it holds the key. Under the call's consistency mode: with
+        ``repeatable_read``, the version the call's first reader saw; with ``causal``, the *list* of the key's
+        concurrent values (usually one; put a resolved value to merge them)."""
         try:
             return self._executor.read_key(key)
         except NoSuchKey:
@@ -32,7 +36,9 @@ class UserLibrary:
             return default
 
     def put(self, key: str, value: Any) -> None:
-        """Write ``value`` under ``key`` (last-writer-wins); durable in the store when this returns."""
+        """Write ``value`` under ``key``; durable in the store when this returns. Last-writer-wins, except in a
+        ``causal`` call, where it replaces the versions this call read of the key and is kept alongside
+        concurrent ones."""
         if not isinstance(key, str) or not key or key.startswith("__cb/"):
             raise InvalidArgument(f"key {key!r} is invalid: use a non-empty string not starting with '__cb/'")
         self._executor.write_key(key, value)

@@ -1,0 +1,241 @@
+"""The executor's cache of store values: Cloudburst's co-located cache, kept fresh by the store.
+
+``ExecutorCache`` is the pure part: key -> lattice (or cached absence), least recently used first out, bounded
+by an estimate of the bytes it holds. ``CachedStore`` puts it in front of a ``StoreClient``:
+
+- a read that hits returns the cached lattice without touching the store;
+- a miss subscribes to the key *first* and then fetches it, so no write can fall between the fetch and the
+  subscription: every merge after the subscription is pushed (``KeyUpdate``) and merged into the cache;
+- a write goes through: the store acknowledges it (it is in the log) before ``write`` returns, then it is
+  merged into the cached copy if the key is held (a key not held is not cached on write: the write alone
+  would not be the key's whole value);
+- evicted keys are unsubscribed in one batched request on the executor's timer, not on the read that evicted
+  them (a push for a key no longer held is ignored, and a key read again before the flush keeps its
+  subscription).
+
+Used from the executor's one thread only.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from cbctl.errors import InvalidArgument
+from cbctl.runtime.lattices import CausalLattice, Lattice, LWWLattice, lattice_from_wire
+from cbctl.runtime.store_client import StoreClient
+
+log = logging.getLogger(__name__)
+
+#: Bytes charged per cached key on top of its value: the key, the entry and the ordered-dict node it lives
+#: in. An estimate (CPython's real overhead for a small entry is 150-250 bytes); it keeps a cache of many
+#: tiny values bounded too.
+ENTRY_OVERHEAD_BYTES = 200
+
+
+def lattice_size(lattice: Lattice | None) -> int:
+    """Estimated bytes a cached lattice holds: its values plus a fixed cost per clock entry.
+
+    Exact sizes would need a serialisation per insert; this costs nothing for the common LWW value."""
+    if lattice is None:
+        return 0
+    if type(lattice) is LWWLattice:
+        return len(lattice.value or b"") + len(lattice.writer) + 32
+    if type(lattice) is CausalLattice:
+        versions = lattice._state  # the kept versions as they are, without rebuilding merged views
+        total = 0
+        for clock, (values, deps) in versions.items():
+            total += sum(len(v) for v in values) + 32 * (len(clock.clock) + len(deps.entries) + 1)
+        return total
+    return len(msgpack.packb(lattice.to_wire()))
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    lattice: Lattice | None  # None: the store holds nothing under the key (absence is cached as well)
+    size: int
+
+
+class ExecutorCache:
+    """Key -> lattice with LRU eviction by estimated bytes (``lattice_size`` + ``ENTRY_OVERHEAD_BYTES``).
+
+    Invariant: after every ``insert``/``update``, ``bytes <= capacity_bytes``. An entry that alone is larger
+    than the capacity is not kept (it comes back in the evicted list at once)."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        if capacity_bytes < 0:
+            raise InvalidArgument(f"cache capacity {capacity_bytes} bytes is negative: use 0 (no cache) or more")
+        self.capacity_bytes = capacity_bytes
+        self._entries: collections.OrderedDict[str, CacheEntry] = collections.OrderedDict()
+        self.bytes = 0
+        self.evictions = 0
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> CacheEntry | None:
+        """The entry for ``key`` (now the most recently used), or None when the key is not held."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def insert(self, key: str, lattice: Lattice | None) -> list[str]:
+        """Hold ``lattice`` under ``key`` (merged with what is held), most recently used; return the keys
+        evicted to make room (possibly ``key`` itself, if it alone exceeds the capacity)."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return self._store(key, entry, lattice)
+
+    def update(self, key: str, lattice: Lattice) -> tuple[bool, list[str]]:
+        """Merge a pushed ``lattice`` into a held key without making it recently used (a push is not a use).
+        Returns (held, evicted keys); a key not held is ignored."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return False, []
+        return True, self._store(key, entry, lattice)
+
+    def discard(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry.size
+
+    def recent_keys(self, limit: int | None = None) -> list[str]:
+        """Held keys, most recently used first, at most ``limit`` of them."""
+        keys = []
+        for key in reversed(self._entries):
+            if limit is not None and len(keys) >= limit:
+                break
+            keys.append(key)
+        return keys
+
+    def _store(self, key: str, entry: CacheEntry | None, incoming: Lattice | None) -> list[str]:
+        if entry is None:
+            merged = incoming
+        elif entry.lattice is None or incoming is None:
+            merged = entry.lattice if incoming is None else incoming
+        else:
+            try:
+                merged = entry.lattice.merge(incoming)
+            except TypeError:  # the key changed kind (deleted and rewritten): the store's value is the truth
+                merged = incoming
+        size = lattice_size(merged) + len(key) + ENTRY_OVERHEAD_BYTES
+        if entry is None:
+            entry = self._entries[key] = CacheEntry(merged, size)
+            self.bytes += size
+        else:
+            self.bytes += size - entry.size
+            entry.lattice, entry.size = merged, size
+        evicted = []
+        while self.bytes > self.capacity_bytes and self._entries:
+            old_key, old = self._entries.popitem(last=False)
+            self.bytes -= old.size
+            self.evictions += 1
+            evicted.append(old_key)
+        return evicted
+
+
+class CachedStore:
+    """The executor's store access: an ``ExecutorCache`` in front of a ``StoreClient``, subscribed to the
+    keys it holds. ``read`` serves hits locally; ``fetch`` always asks the store."""
+
+    def __init__(self, store: StoreClient, subscriber: str, address: str, capacity_bytes: int) -> None:
+        self.client = store
+        self.subscriber = subscriber
+        self.address = address  # where the store pushes KeyUpdates: the executor's PULL socket
+        self.cache = ExecutorCache(capacity_bytes)
+        self._unsubscribe: set[str] = set()  # evicted, still subscribed until the next flush
+        self.hits = 0
+        self.misses = 0
+        self.stale_refetches = 0
+        self.pushes_applied = 0
+        self.pushes_ignored = 0
+
+    def read(self, key: str, fresh: Any = None) -> Lattice | None:
+        """The key's lattice (None: no value), from the cache when held; ``fresh`` is a predicate a held
+        lattice must pass to be served (a session's read-your-writes check), else the store is asked."""
+        entry = self.cache.get(key)
+        if entry is not None:
+            if fresh is None or fresh(entry.lattice):
+                self.hits += 1
+                return entry.lattice
+            self.stale_refetches += 1
+        return self.fetch(key)
+
+    def fetch(self, key: str) -> Lattice | None:
+        """Ask the store for ``key`` (subscribing first when the key is not held) and cache the answer."""
+        self.misses += 1
+        if key not in self.cache and not self._subscribed_pending(key):
+            self.client.subscribe(self.subscriber, self.address, [key])
+        (lattice,) = self.client.get_lattices([key])
+        self._evicted(self.cache.insert(key, lattice))
+        entry = self.cache.get(key)
+        return lattice if entry is None else entry.lattice
+
+    def write(self, key: str, lattice: Lattice) -> Lattice:
+        """Write through: returns once the store acknowledged the merge; the result is what the cache now
+        holds for the key (the write merged into it), or the written lattice when the key is not held."""
+        try:
+            self.client.put_lattice(key, lattice)
+        except InvalidArgument as exc:
+            raise InvalidArgument(
+                f"could not write {key!r}: {exc} (a key keeps the kind of value it was first written with: "
+                "lww and repeatable_read calls write last-writer-wins values, causal calls causal ones; "
+                "use another key, or delete it first)") from None
+        if key not in self.cache:
+            return lattice
+        self._evicted(self.cache.insert(key, lattice))
+        entry = self.cache.get(key)
+        return lattice if entry is None else entry.lattice
+
+    def on_push(self, key: str, wire: list[Any]) -> None:
+        """A ``KeyUpdate`` from the store: merge it into the held copy (ignored when the key is not held)."""
+        if key not in self.cache:
+            self.pushes_ignored += 1
+            return
+        try:
+            lattice = lattice_from_wire(wire)
+        except ValueError as exc:
+            log.warning("dropped a malformed push for %r: %s", key, exc)
+            return
+        held, evicted = self.cache.update(key, lattice)
+        self.pushes_applied += held
+        self._evicted(evicted)
+
+    def flush(self) -> None:
+        """Unsubscribe the keys evicted since the last flush (one request); called from the timer."""
+        if not self._unsubscribe:
+            return
+        keys = sorted(self._unsubscribe)
+        self._unsubscribe.clear()
+        try:
+            self.client.subscribe(self.subscriber, self.address, keys, unsubscribe=True)
+        except Exception:
+            self._unsubscribe.update(k for k in keys if k not in self.cache)  # try again on the next flush
+            raise
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "hits": self.hits, "misses": self.misses, "stale_refetches": self.stale_refetches,
+            "keys": len(self.cache), "bytes": self.cache.bytes, "capacity_bytes": self.cache.capacity_bytes,
+            "evictions": self.cache.evictions, "pushes_applied": self.pushes_applied,
+            "pushes_ignored": self.pushes_ignored, "store_requests": self.client.requests,
+        }
+
+    def _subscribed_pending(self, key: str) -> bool:
+        """True if ``key`` was evicted but not yet unsubscribed: it stays subscribed, the flush skips it."""
+        if key in self._unsubscribe:
+            self._unsubscribe.discard(key)
+            return True
+        return False
+
+    def _evicted(self, keys: list[str]) -> None:
+        self._unsubscribe.update(keys)

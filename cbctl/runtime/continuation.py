@@ -1,0 +1,86 @@
+"""Continuations: a function hands its call on to another registered function or DAG.
+
+A call's sink (or a single function) may return ``cbctl.Continue(name, *args)`` instead of a value. The
+executor then sends a ``ContinueCall`` to a scheduler, which calls ``name`` with ``args`` exactly as a client
+would (``args`` go to every source of a DAG) but under the same call id and response address, so the
+original caller receives the final result of the chain, or its first error, and never sees the hand-off.
+The number of hand-offs travels with the call (``DagTrigger.extras['depth']``); past the cluster's limit
+(``cbctl up --max-continuations``, default ``defaults.MAX_CONTINUATIONS``) the call fails with
+``ContinuationDepthExceeded``, so a cycle of continuations cannot run forever.
+
+Only a sink may continue: a function in the middle of a DAG passes its value to its successors, and a
+value of that DAG that was handed elsewhere would leave the successors without an input.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from cbctl.errors import CbctlError, ContinuationDepthExceeded, InvalidArgument
+from cbctl.runtime import serialization
+from cbctl.runtime.messages import ContinueCall, DagTrigger
+
+if TYPE_CHECKING:
+    from cbctl.runtime.executor import Executor
+
+#: ``DagTrigger.extras`` key holding how many hand-offs the call has made so far (absent: none).
+DEPTH_KEY = "depth"
+
+
+class Continue:
+    """Returned by a function: "my caller's result is whatever ``name(*args)`` returns".
+
+    ``name`` is a registered function or DAG; ``args`` are its positional arguments (every source of a DAG
+    receives all of them). Example, a retry loop bounded by the continuation limit::
+
+        @cbctl.function
+        def poll(cb, job):
+            status = cb.get(f"jobs/{job}", default="pending")
+            return status if status == "done" else cbctl.Continue("poll", job)
+    """
+
+    __slots__ = ("name", "args")
+
+    def __init__(self, name: str, *args: Any) -> None:
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(f"cbctl.Continue needs the name of a registered function or DAG, got {name!r}")
+        self.name = name
+        self.args = args
+
+    def __repr__(self) -> str:
+        return f"Continue({self.name!r}, {', '.join(map(repr, self.args))})"
+
+
+def hand_off(executor: Executor, trigger: DagTrigger, continuation: Continue, is_sink: bool) -> None:
+    """Send ``continuation`` on as the rest of ``trigger``'s call, or fail the call saying why it cannot."""
+    if not is_sink:
+        executor.fail(trigger, InvalidArgument(
+            f"{trigger.function!r} returned cbctl.Continue but is not the sink of DAG {trigger.dag!r}: only the "
+            "function whose result is the call's result may continue it"))
+        return
+    depth = trigger.extras.get(DEPTH_KEY, 0) + 1
+    limit = executor.max_continuations
+    if depth > limit:
+        executor.fail(trigger, ContinuationDepthExceeded(
+            f"call {trigger.call_id} was handed on with cbctl.Continue {limit} times, the limit: a cycle of "
+            "continuations? (raise it with `cbctl up --max-continuations N`)"))
+        return
+    try:
+        args = serialization.encode(list(continuation.args))
+    except Exception as exc:  # an argument no encoder takes fails the call, not the executor
+        executor.fail(trigger, exc)
+        return
+    sockets = executor.scheduler_sockets
+    if not sockets:
+        executor.fail(trigger, CbctlError("this executor knows no scheduler to continue the call on"))
+        return
+    frame = ContinueCall(trigger.call_id, continuation.name, args, trigger.response_address, trigger.store_result,
+                         trigger.consistency, depth).pack()
+    # any scheduler can place the rest of the call; spreading by call id keeps one chain on one scheduler
+    sock = sockets[hash(trigger.call_id) % len(sockets)]
+    try:
+        sock.send(frame, zmq.NOBLOCK)
+    except zmq.Again:
+        executor.fail(trigger, CbctlError("the scheduler is not reading: the continuation was not sent"))

@@ -1,0 +1,331 @@
+"""Storage-triggered calls: every put to a key under a watched prefix calls a function or DAG with
+``(key, value)``, asynchronously, at least once.
+
+Where things live:
+- A trigger is a record in the store under ``__cb/trigger/NAME`` (``{name, prefix, function}``), written
+  and removed by a scheduler (``AddTrigger`` / ``RemoveTrigger``, which check the name, the prefix and
+  that the function or DAG is registered). Adding a trigger under an existing name replaces it.
+- The store node sees every write, so it keeps the index of triggers itself (``StoreTriggers``, rebuilt
+  from its data at start and updated as trigger records are written) and matches each put's key against
+  the prefixes. A match becomes a ``CallRequest`` to a scheduler, sent by the store process
+  (``TriggerDispatcher``) once the put is in the write-ahead log, with the store's own results socket as
+  the response address; the put's acknowledgement never waits for it.
+
+Semantics a user can rely on (the README repeats them):
+- The function receives ``(key, value)``: the key written and its value after that put (two quick puts
+  to one key may both report the later value). Deletes and ``__cb/`` keys never fire.
+- At least once: the store keeps each triggered call until its result (success or error) comes back and
+  sends it again after ``TRIGGER_RETRY_S`` without one (up to ``TRIGGER_MAX_ATTEMPTS`` sends), so a call lost
+  with a crashed scheduler or executor is redone. A call that is merely slower than the retry interval runs
+  twice: trigger functions should be idempotent (write results under keys derived from the input key). A
+  crash of the store itself forgets the calls still in flight (they are not in the log).
+- No order between the calls of different puts. A function that writes under its own watched prefix
+  triggers itself: that is a loop, and nothing stops it.
+- Metrics (``Client.store_stats()``): ``triggers``, ``triggered_calls`` (first sends), ``trigger_retries``,
+  ``trigger_errors`` (calls that came back failed, the last message per trigger in ``trigger_stats``),
+  ``trigger_pending`` (in flight), ``trigger_dropped`` (given up after the last attempt or over the bound).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import zmq
+
+from cbctl.errors import InvalidArgument, NoSuchFunction, NoSuchKey, ProtocolError
+from cbctl.runtime import cluster, serialization
+from cbctl.runtime.defaults import (
+    RESERVED_PREFIX,
+    TRIGGER_MAX_ATTEMPTS,
+    TRIGGER_OUTBOX_LIMIT,
+    TRIGGER_RETRY_S,
+)
+from cbctl.runtime.lattices import Lattice, LWWLattice
+from cbctl.runtime.messages import AddTrigger, CallRequest, CallResult, ListTriggers, RemoveTrigger, unpack
+from cbctl.runtime.process import ProcessConfig, drain, new_socket
+
+if TYPE_CHECKING:
+    from cbctl.runtime.scheduler import Scheduler
+    from cbctl.runtime.store_client import StoreClient
+
+log = logging.getLogger(__name__)
+
+PREFIX = RESERVED_PREFIX + "trigger/"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Seconds between re-reads of the cluster file while the store knows no scheduler to send calls to.
+_SCHEDULER_LOOKUP_S = 1.0
+
+
+@dataclass
+class TriggerRecord:
+    name: str
+    prefix: str
+    function: str
+    created_ns: int = 0
+
+
+# --- scheduler side: the control requests ------------------------------------------------------------
+
+
+def on_add(scheduler: Scheduler, request: AddTrigger) -> dict[str, Any]:
+    name, prefix, function = request.name, request.prefix, request.function
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidArgument(f"trigger name {name!r} is invalid: use letters, digits, '_', '.' and '-'")
+    if not isinstance(prefix, str) or not prefix or prefix.startswith(RESERVED_PREFIX):
+        raise InvalidArgument(f"trigger prefix {prefix!r} is invalid: use a non-empty key prefix not starting "
+                              f"with {RESERVED_PREFIX!r}")
+    if not isinstance(function, str) or not function:
+        raise InvalidArgument(f"trigger function {function!r} is invalid: name a registered function or DAG")
+    scheduler.refresh_registry()
+    if function not in scheduler.functions and function not in scheduler.dags:
+        raise NoSuchFunction(f"no function or DAG is registered as {function!r}: deploy it before the trigger")
+    replaced = name in _load_all(scheduler.store)
+    record = TriggerRecord(name, prefix, function, time.time_ns())
+    scheduler.store.put(PREFIX + name, asdict(record))  # the store indexes it before it acknowledges
+    return {**asdict(record), "replaced": replaced}
+
+
+def on_list(scheduler: Scheduler, _request: ListTriggers) -> list[dict[str, Any]]:
+    records = _load_all(scheduler.store)
+    per_trigger = scheduler.store.stats().get("trigger_stats", {})
+    empty = {"fired": 0, "errors": 0, "last_error": ""}
+    return [{**asdict(records[n]), **per_trigger.get(n, empty)} for n in sorted(records)]
+
+
+def on_remove(scheduler: Scheduler, request: RemoveTrigger) -> dict[str, Any]:
+    if request.name not in _load_all(scheduler.store):
+        raise InvalidArgument(f"no trigger is named {request.name!r}: see `cbctl trigger ls`")
+    scheduler.store.delete(PREFIX + request.name)
+    return {"removed": request.name}
+
+
+def check_not_triggered(store: StoreClient, function: str) -> None:
+    """Refuse to remove a function or DAG that a trigger still calls (each put would fail to call it)."""
+    users = sorted(r.name for r in _load_all(store).values() if r.function == function)
+    if users:
+        raise InvalidArgument(f"{function!r} is called by trigger(s) {', '.join(users)}: remove those first "
+                              "with `cbctl trigger rm NAME`")
+
+
+def _load_all(store: StoreClient) -> dict[str, TriggerRecord]:
+    keys = store.list_keys(PREFIX)
+    records = {}
+    for key, lattice in zip(keys, store.get_lattices(keys) if keys else []):
+        try:
+            record = TriggerRecord(**serialization.decode(_reveal(key, lattice)))
+        except (NoSuchKey, TypeError, ValueError):
+            continue
+        records[record.name] = record
+    return records
+
+
+def _reveal(key: str, lattice: Lattice | None) -> bytes:
+    if not isinstance(lattice, LWWLattice) or lattice.tombstone:
+        raise NoSuchKey(key)
+    return lattice.value
+
+
+#: Control handlers the scheduler serves for this module, by message type.
+SCHEDULER_CONTROL: dict[type, Callable[[Any, Any], Any]] = {
+    AddTrigger: on_add, ListTriggers: on_list, RemoveTrigger: on_remove,
+}
+
+
+# --- store side: the index, matching, and the calls in flight -----------------------------------------
+
+
+@dataclass
+class _InFlight:
+    frame: bytes
+    trigger: str
+    key: str
+    sent_at: float
+    attempts: int
+
+
+class StoreTriggers:
+    """The store node's trigger index and the triggered calls it has not seen finish. Pure bookkeeping:
+    the store's loop hands it every write (``on_write``) and every result (``on_result``), and sends what
+    ``take_due`` returns. Used only from the store's one thread."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, retry_s: float = TRIGGER_RETRY_S,
+                 max_attempts: int = TRIGGER_MAX_ATTEMPTS, limit: int = TRIGGER_OUTBOX_LIMIT) -> None:
+        self.clock = clock
+        self.retry_s = retry_s
+        self.max_attempts = max_attempts
+        self.limit = limit
+        self.response_address = ""  # the dispatcher's results socket, set before the store serves
+        self.index: dict[str, TriggerRecord] = {}
+        self.new: list[bytes] = []
+        self.in_flight: collections.OrderedDict[str, _InFlight] = collections.OrderedDict()  # oldest send first
+        self.per_trigger: dict[str, dict[str, Any]] = {}
+        self.counters = {"triggered_calls": 0, "trigger_retries": 0, "trigger_errors": 0, "trigger_dropped": 0}
+        self._ids = 0
+        self._boot = os.urandom(4).hex()  # call ids stay unique across store restarts
+        self._last_error_log = 0.0
+
+    def load(self, data: Mapping[str, Lattice]) -> None:
+        """Rebuild the index from the store's recovered data."""
+        for key, lattice in data.items():
+            if key.startswith(PREFIX):
+                self._index(key, lattice)
+
+    def on_write(self, key: str, lattice: Lattice) -> None:
+        """Called with the merged value after every put or delete of ``key``."""
+        if key.startswith(RESERVED_PREFIX):
+            if key.startswith(PREFIX):
+                self._index(key, lattice)
+            return
+        if not self.index or (isinstance(lattice, LWWLattice) and lattice.tombstone):
+            return
+        for record in self.index.values():
+            if key.startswith(record.prefix):
+                self._fire(record, key, lattice)
+
+    def _index(self, key: str, lattice: Lattice) -> None:
+        name = key[len(PREFIX):]
+        try:
+            # plain msgpack, no ext hook: a record is a dict of strings, and nothing here may unpickle
+            raw = msgpack.unpackb(_reveal(key, lattice), raw=False)
+            record = TriggerRecord(**raw)
+            if not all(isinstance(v, str) and v for v in (record.name, record.prefix, record.function)):
+                raise TypeError("fields must be non-empty strings")
+        except NoSuchKey:
+            if self.index.pop(name, None) is not None:
+                log.info("trigger %s removed", name)
+            return
+        except (TypeError, ValueError) as exc:
+            log.warning("ignored a malformed trigger record %s: %s", key, exc)
+            return
+        self.index[name] = record
+        self.per_trigger.setdefault(name, {"fired": 0, "errors": 0, "last_error": ""})
+        log.info("trigger %s: puts under %r call %s", name, record.prefix, record.function)
+
+    def _fire(self, record: TriggerRecord, key: str, lattice: Lattice) -> None:
+        value = lattice.value if isinstance(lattice, LWWLattice) else serialization.encode(lattice.reveal())
+        # the argument list [key, value] without decoding the value: an array header, then both encodings
+        args = msgpack.Packer().pack_array_header(2) + serialization.encode(key) + value
+        self._ids += 1
+        call_id = f"trigger-{self._boot}-{self._ids}"
+        frame = CallRequest(call_id, record.function, args, {}, self.response_address, False, "lww", []).pack()
+        if len(self.in_flight) >= self.limit:
+            _, oldest = self.in_flight.popitem(last=False)
+            self.counters["trigger_dropped"] += 1
+            log.warning("more than %d triggered calls in flight: forgot the one for %s", self.limit, oldest.key)
+        self.in_flight[call_id] = _InFlight(frame, record.name, key, self.clock(), 1)
+        self.new.append(frame)
+        self.counters["triggered_calls"] += 1
+        self.per_trigger[record.name]["fired"] += 1
+
+    def take_due(self) -> list[bytes]:
+        """Frames to send now: the calls fired since the last take, then those due for a retry."""
+        due, self.new = self.new, []
+        now = self.clock()
+        while self.in_flight:
+            call_id, call = next(iter(self.in_flight.items()))
+            if now - call.sent_at < self.retry_s:
+                break
+            self.in_flight.move_to_end(call_id)
+            if call.attempts >= self.max_attempts:
+                del self.in_flight[call_id]
+                self.counters["trigger_dropped"] += 1
+                log.warning("trigger %s: gave up on the call for %s after %d sends without a result",
+                            call.trigger, call.key, call.attempts)
+                continue
+            call.attempts += 1
+            call.sent_at = now
+            self.counters["trigger_retries"] += 1
+            due.append(call.frame)
+        return due
+
+    def on_result(self, result: CallResult) -> None:
+        call = self.in_flight.pop(result.call_id, None)
+        if call is None or result.ok:
+            return  # a duplicate, or done
+        self.counters["trigger_errors"] += 1
+        stats = self.per_trigger.setdefault(call.trigger, {"fired": 0, "errors": 0, "last_error": ""})
+        stats["errors"] += 1
+        stats["last_error"] = f"{result.remote_type or result.error_type}: {result.message}"[:500]
+        now = self.clock()
+        if now - self._last_error_log >= 1.0:  # at most one line a second, whatever the put rate
+            self._last_error_log = now
+            log.warning("trigger %s: the call for %s failed: %s", call.trigger, call.key, stats["last_error"])
+
+    def stats(self) -> dict[str, Any]:
+        return {"triggers": len(self.index), **self.counters, "trigger_pending": len(self.in_flight),
+                "trigger_stats": {n: dict(s) for n, s in self.per_trigger.items() if n in self.index}}
+
+
+class TriggerDispatcher:
+    """The store process's sockets for triggered calls: a DEALER to the schedulers (any of them may place a
+    call) and a bound PULL where the calls' results come back."""
+
+    def __init__(self, context: zmq.Context, config: ProcessConfig, triggers: StoreTriggers) -> None:
+        self.context = context
+        self.home = Path(config.home)
+        self.triggers = triggers
+        self.results = new_socket(context, zmq.PULL)
+        triggers.response_address = config.bind(self.results, name=f"{config.name}-triggers")
+        self.schedulers: zmq.Socket | None = None
+        self.scheduler_addresses = list(config.scheduler_addresses)
+        self.next_lookup = 0.0
+        self.held: list[bytes] = []  # frames fired before any scheduler was known
+        self.dropped_sends = 0
+
+    def service(self) -> None:
+        """Take the results that came back, then send what is due. Cheap when there is nothing to do."""
+        for (frame,) in drain(self.results):
+            try:
+                result = unpack(frame)
+            except ProtocolError as exc:
+                log.warning("dropped a bad frame on the trigger results socket: %s", exc)
+                continue
+            if isinstance(result, CallResult):
+                self.triggers.on_result(result)
+        due = self.triggers.take_due() if self.triggers.in_flight or self.triggers.new else []
+        if self.held:
+            due, self.held = self.held + due, []
+        if not due:
+            return
+        sock = self._scheduler_socket()
+        if sock is None:
+            self.held = due[-self.triggers.limit:]
+            return
+        for frame in due:
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                self.dropped_sends += 1  # still in flight: the retry sends it again
+
+    def _scheduler_socket(self) -> zmq.Socket | None:
+        if self.schedulers is not None:
+            return self.schedulers
+        if not self.scheduler_addresses:
+            now = time.monotonic()
+            if now < self.next_lookup:
+                return None
+            self.next_lookup = now + _SCHEDULER_LOOKUP_S
+            found = cluster.ClusterFile.read(self.home)
+            self.scheduler_addresses = list(found.scheduler_addresses) if found else []
+            if not self.scheduler_addresses:
+                return None
+        sock = new_socket(self.context, zmq.DEALER)
+        for address in self.scheduler_addresses:
+            sock.connect(address)  # DEALER spreads the calls over every scheduler
+        self.schedulers = sock
+        return sock
+
+    def close(self) -> None:
+        self.results.close()
+        if self.schedulers is not None:
+            self.schedulers.close()
+
