@@ -5,7 +5,8 @@
 The function is one dense layer, ``W @ x`` with a ``dim x dim`` float32 ``W`` built once per executor (a class
 with ``run``): unbatched, every call streams all of ``W`` through memory for one vector; batched, one
 invocation multiplies the stacked vectors of up to ``--max-batch`` queued calls with one read of ``W``, which is
-what batching buys a model's forward pass. Each call sends a ``dim``-float32 numpy vector and gets back
+what batching buys a model's forward pass (and the executor also runs one loop turn per batch, not per
+call). Each call sends a ``dim``-float32 numpy vector and gets back
 ``[checksum, batch size]``. The same run measures two floors: the layer itself in-process (per vector and
 per batch of ``--max-batch``), and a raw pyzmq DEALER/ROUTER echo of the same payload with the same number of
 messages in flight, so the cluster's numbers can be read against what the machine can do at all.
@@ -13,19 +14,27 @@ messages in flight, so the cluster's numbers can be read against what the machin
 
 from __future__ import annotations
 
-import argparse
-import collections
-import sys
-import threading
-import time
-from typing import Any
+import os
 
-import cloudpickle
-import numpy as np
-import zmq
+# One BLAS thread per process, set before numpy loads (the executors inherit it through `cbctl up`): on a small
+# machine the executor shares its cores with the client, scheduler and store, and BLAS threads spinning against
+# them would be what this measured (about 4x slower batched products on 2 cores).
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
 
-import cbctl
-from benchmarks._common import print_report, temp_cluster
+import argparse  # noqa: E402
+import collections  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import cloudpickle  # noqa: E402
+import numpy as np  # noqa: E402
+import zmq  # noqa: E402
+
+import cbctl  # noqa: E402
+from benchmarks._common import print_report, temp_cluster  # noqa: E402
 
 
 class Layer:

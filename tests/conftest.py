@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 import cbctl
+from cbctl.lifecycle import wait_gone
 from cbctl.runtime.cluster import ClusterFile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,7 +91,7 @@ def _kill_everything(pids: list[int]) -> None:
             proc.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(procs, timeout=10)
+    wait_gone(procs, timeout_s=10)
 
 
 @pytest.fixture

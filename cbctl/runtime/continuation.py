@@ -76,8 +76,9 @@ def hand_off(executor: Executor, trigger: DagTrigger, continuation: Continue, is
     if not sockets:
         executor.fail(trigger, CbctlError("this executor knows no scheduler to continue the call on"))
         return
+    # the scheduler keeps only the client's session from these (read-your-writes across the hand-off)
     frame = ContinueCall(trigger.call_id, continuation.name, args, trigger.response_address, trigger.store_result,
-                         trigger.consistency, depth).pack()
+                         trigger.consistency, depth, trigger.extras).pack()
     # any scheduler can place the rest of the call; spreading by call id keeps one chain on one scheduler
     sock = sockets[hash(trigger.call_id) % len(sockets)]
     try:

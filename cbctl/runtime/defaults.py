@@ -150,12 +150,12 @@ DEPARTURE_LINGER_S = 2.0
 
 #: Seconds a client remembers a write its calls (or its puts) made, sending it with its next calls so no
 #: executor cache serves that client an older version (read-your-writes across calls). Pushes from the store
-#: reach every subscribed cache in well under a millisecond; this covers a late or lost one by a wide margin.
-SESSION_HORIZON_S = 10.0
+#: reach every subscribed cache in well under a millisecond; this covers a late one by a wide margin.
+SESSION_HORIZON_S = 5.0
 
 #: Most recent writes a client remembers for read-your-writes (the oldest are forgotten first); each call
-#: carries them all, so this bounds what a write-heavy client adds to every call.
-SESSION_MAX_KEYS = 1024
+#: carries them all (about 30 bytes each), so this bounds what a write-heavy client adds to every call.
+SESSION_MAX_KEYS = 256
 
 #: Seconds an executor keeps a repeatable-read snapshot whose call never released it (a branch of a failed
 #: DAG, a lost release): as long as a DAG step may wait for its triggers, after which the call is dead anyway.

@@ -127,7 +127,11 @@ class Executor:
             self.protocol_errors += 1
             log.warning("the executor does not serve %s", type(message).__name__)
             return
-        handler(self, message)
+        try:
+            handler(self, message)
+        except Exception as exc:  # a well-formed frame with ill-typed fields must not take the executor down
+            self.protocol_errors += 1
+            log.warning("dropped a malformed %s: %s: %s", type(message).__name__, type(exc).__name__, exc)
 
     def on_trigger(self, trigger: DagTrigger) -> None:
         if trigger.extras and multiexec.EXTRAS_KEY in trigger.extras and self.multiexec.on_trigger(trigger, self.ready):
@@ -311,7 +315,25 @@ class Executor:
     # --- the user library's needs --------------------------------------------------------------------
 
     def read_key(self, key: str) -> Any:
+        self.take_pushes()
         return self.sessions.read(key)
+
+    def take_pushes(self) -> None:
+        """Apply the store's pushes (``KeyUpdate``) that arrived while user code runs, so a function that
+        polls ``cb.get`` sees writes made meanwhile instead of its cache's copy from before; other frames
+        wait until the function returns, as in ``receive_direct``. One non-blocking poll when none came."""
+        if self.sock is None or not self.sock.poll(0):
+            return
+        for (frame,) in drain(self.sock):
+            try:
+                message = unpack(frame)
+            except ProtocolError:
+                self.protocol_errors += 1
+                continue
+            if type(message) is KeyUpdate:
+                self.on_key_update(message)
+            else:
+                self.deferred.append(frame)
 
     def write_key(self, key: str, value: Any) -> None:
         self.sessions.write(key, serialization.encode(value))
@@ -511,7 +533,10 @@ def main(config: ProcessConfig) -> None:
         while executor.deferred:
             executor.on_frame(executor.deferred.pop(0))
         if executor.ready:
-            executor.run_next()
+            try:
+                executor.run_next()
+            except Exception:  # the runtime's own failure (store gone mid-delivery, ...): log, keep serving
+                log.exception("a step failed outside user code")
         if reporter.due():
             reporter.report(running=not shutdown.requested)
             executor.expire_joins()

@@ -431,6 +431,7 @@ class ContinueCall(Message):
     store_result: bool
     consistency: str
     depth: int
+    extras: dict[str, Any] = field(default_factory=dict)  # the call's extras, for its client session
 
 
 @message(101)

@@ -14,7 +14,9 @@ State, with Cloudburst's names:
 - ``unpinned_executors``: per type ("cpu", "gpu"), the executors with nothing pinned (or being pinned);
 - ``backoff``: executors avoided for a while because they reported utilization above the threshold, with
   the time of their last hot status;
-- ``running_counts``: executor -> start times of the calls placed there recently;
+- ``running_counts``: executor -> start times of the calls placed there recently (at the resolution of the
+  policy's tick, the time of the latest status or update: well within the seconds-long window, and it saves
+  a clock read per call);
 - ``key_locations``: store key -> executors whose caches hold it. Cloudburst keys this by host because its
   cache is shared by a VM's executor threads; cbctl's cache lives in each executor process, so a cache's
   location is the executor itself, ``(host, executor_id)``.
@@ -166,7 +168,7 @@ class Policy:
         self.clock = clock
         self.rng = rng or random.Random()
         self.local_host = local_host
-        self.started = clock()
+        self.started = self.tick = clock()
         self.executors: dict[ExecutorKey, ExecutorView] = {}
         self.thread_statuses: dict[ExecutorKey, ExecutorStatus] = {}
         self.function_locations: dict[str, set[ExecutorKey]] = {}
@@ -174,6 +176,8 @@ class Policy:
         self.backoff: dict[ExecutorKey, float] = {}
         self.running_counts: dict[ExecutorKey, collections.deque[float]] = {}
         self.key_locations: dict[str, set[ExecutorKey]] = {}
+        self._published: dict[ExecutorKey, list[str]] = {}  # each executor's cached keys in key_locations
+        self.updates = 0  # periodic updates run (a test waits for one after a status it sent)
         self.wanted: dict[str, bool] = {}  # functions that must stay pinned somewhere -> gpu
         self.pending_pins: dict[tuple[str, ExecutorKey], float] = {}
         self.pinned_at: dict[tuple[str, ExecutorKey], float] = {}
@@ -202,7 +206,7 @@ class Policy:
             if view is not None:
                 self.forget_executor(view)
             return
-        now = self.clock()
+        now = self.tick = self.clock()
         reported = frozenset(status.pinned)
         if view is None:
             view = self.executors[key] = ExecutorView(key, status.address, status.executor_type, status.pid)
@@ -240,8 +244,8 @@ class Policy:
         self.backoff.pop(key, None)
         for unpinned in self.unpinned_executors.values():
             unpinned.discard(key)
-        for holders in self.key_locations.values():
-            holders.discard(key)
+        self._set_cached_keys(key, [])
+        self._published.pop(key, None)
         self._invalidate()
 
     def _drop_pins(self, view: ExecutorView) -> None:
@@ -293,7 +297,7 @@ class Policy:
         if candidates is None:
             candidates = self._build_candidates(function, gpu)
         chosen = candidates[0] if len(candidates) == 1 else self._choose(candidates, refs, avoid)
-        chosen.recent_calls.append(self.clock())
+        chosen.recent_calls.append(self.tick)
         return chosen
 
     def _build_candidates(self, function: str, gpu: bool) -> tuple[ExecutorView, ...]:
@@ -345,11 +349,17 @@ class Policy:
                     best.append(view)
             if best:
                 pool = best
-        if len(pool) == 1:
-            return next(iter(pool))
-        fewest = min(len(v.recent_calls) for v in pool)
-        tied = [v for v in pool if len(v.recent_calls) == fewest]
-        return tied[0] if len(tied) == 1 else self.rng.choice(tied)
+        chosen, fewest, ties = None, 0, 0
+        for view in pool:  # fewest recent calls; among equals, each equally likely (reservoir sampling)
+            calls = len(view.recent_calls)
+            if chosen is None or calls < fewest:
+                chosen, fewest, ties = view, calls, 1
+            elif calls == fewest:
+                ties += 1
+                if self.rng.random() * ties < 1.0:
+                    chosen = view
+        assert chosen is not None  # candidates are never empty
+        return chosen
 
     # --- pinning -----------------------------------------------------------------------------------------
 
@@ -439,7 +449,7 @@ class Policy:
     def periodic_update(self) -> list[PinAction]:
         """Expire old backoff entries, call times, pin requests and refusals; forget silent executors;
         rebuild key locations from the cached keys executors publish; then re-pin, scale out and scale in."""
-        now = self.clock()
+        now = self.tick = self.clock()
         settings = self.settings
         for view in [v for v in self.executors.values() if now - v.last_seen > 4 * settings.silence_s]:
             self.forget_executor(view)
@@ -449,20 +459,19 @@ class Policy:
         for times in self.running_counts.values():
             while times and times[0] < horizon:
                 times.popleft()
-        for pending, asked in list(self.pending_pins.items()):
+        actions: list[PinAction] = []
+        for (function, key), asked in list(self.pending_pins.items()):
             if now - asked > settings.pin_timeout_s:
-                self.pin_result(pending[1][1], pending[0], False)
+                actions += self.pin_result(key[1], function, False)  # as if refused: placed elsewhere
         for refusal in [r for r, at in self.refused.items() if now - at > settings.pin_retry_s]:
             del self.refused[refusal]
         for view in self.executors.values():
             if view.unpinning and now - view.last_seen > settings.silence_s:
                 view.unpinning.clear()
-        self.key_locations = {}
         for key, status in self.thread_statuses.items():
-            for cached in status.cached_keys:
-                self.key_locations.setdefault(cached, set()).add(key)
+            self._set_cached_keys(key, status.cached_keys)
+        self.updates += 1
         self._invalidate()
-        actions: list[PinAction] = []
         if now - self.started >= settings.start_grace_s:
             actions += self.ensure_pinned()
         if settings.scale_out:
@@ -470,6 +479,24 @@ class Policy:
             actions += self._scale_in(now)
         self.overloaded.clear()
         return actions
+
+    def _set_cached_keys(self, key: ExecutorKey, cached_keys: list[str]) -> None:
+        """Bring key_locations up to date with the cached keys ``key`` publishes. Incremental, since a status
+        lists up to thousands of keys and mostly the same ones as a second earlier; the result is exactly a
+        rebuild from every executor's latest list."""
+        old = self._published.get(key)
+        if old is cached_keys or old == cached_keys:
+            return
+        before, after = set(old or ()), set(cached_keys)
+        for dropped in before - after:
+            holders = self.key_locations.get(dropped)
+            if holders is not None:
+                holders.discard(key)
+                if not holders:
+                    del self.key_locations[dropped]
+        for added in after - before:
+            self.key_locations.setdefault(added, set()).add(key)
+        self._published[key] = cached_keys
 
     def _scale_out(self) -> list[PinAction]:
         actions = []
@@ -530,4 +557,5 @@ class Policy:
             "backoff": {k[1]: round(now - since, 3) for k, since in sorted(self.backoff.items())},
             "pending_pins": sorted([f, k[1]] for f, k in self.pending_pins),
             "cached_keys": len(self.key_locations),
+            "updates": self.updates,
         }

@@ -72,7 +72,7 @@ def begin(supervisor: Supervisor, envelope: list[bytes], req_id: int, arguments:
     """Validate the request and start it: spawn the new executors, or send SIGTERM to the departing ones."""
     cpu = _executors(supervisor, "cpu")
     indices = [c.config.index for c in supervisor.children.values() if c.config.role == "executor"]
-    highest = max([supervisor.highest_executor_index, *indices])
+    highest = supervisor.highest_executor_index = max([supervisor.highest_executor_index, *indices])
     plan = plan_scale([(c.config.index, c.config.name) for c in cpu], highest, arguments.get("executors"),
                       len(_executors(supervisor, "gpu")))
     now = time.monotonic()
@@ -123,7 +123,7 @@ def advance(supervisor: Supervisor, operation: ScaleOperation) -> ControlRespons
     supervisor.write_cluster_file()
     log.info("scaled to %d CPU executors", operation.target)
     return ControlResponse(operation.req_id, True, {"executors": operation.target, "started": operation.starting,
-                                                    "stopped": operation.stopped})
+                                                    "stopped": sorted(operation.stopped)})
 
 
 def _failed(supervisor: Supervisor, operation: ScaleOperation, reason: str) -> ControlResponse:

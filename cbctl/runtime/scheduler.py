@@ -166,7 +166,8 @@ class Scheduler:
         same id and response address (the executor already checked the depth limit)."""
         self.counters["continuations"] = self.counters.get("continuations", 0) + 1
         self.on_call(CallRequest(message.call_id, message.name, message.args, {}, message.response_address,
-                                 message.store_result, message.consistency, []), depth=message.depth)
+                                 message.store_result, message.consistency, [], message.extras),
+                     depth=message.depth)
 
     def reject(self, request: CallRequest, exc: CbctlError) -> None:
         """Answer a call that cannot be dispatched where its caller looks: its response address, or the

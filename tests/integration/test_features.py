@@ -51,7 +51,8 @@ FEATURES = textwrap.dedent('''
 
     @cbctl.function
     def add_three(cb, x):
-        time.sleep(0.05)  # arrives last: the multi-exec step must not wait for it to run the others
+        if x == 10:
+            time.sleep(0.3)  # the ordering check: this result arrives well after the other two
         return x + 3
 
 
@@ -123,7 +124,7 @@ def test_multiexec_function_runs_once_per_upstream_result_and_its_successor_gets
                         multiexec=["score"])
     scores = client.call("ensemble_scores", 10, timeout=20)
     assert sorted(scores) == [110, 120, 130]
-    assert scores[-1] == 130, "add_three sleeps, so its score must come last"
+    assert scores[-1] == 130, "add_three sleeps for 10, so its score must come last"
     futures = [client.call_async("ensemble_scores", i) for i in range(20)]
     assert [sorted(f.result(timeout=30)) for f in futures] == [[10 * (i + 1), 10 * (i + 2), 10 * (i + 3)]
                                                                for i in range(20)]
@@ -178,6 +179,11 @@ CONTINUATIONS = textwrap.dedent('''
 
 
     @cbctl.function
+    def to_nowhere(cb, x):
+        return cbctl.Continue("no_such_dag", x)
+
+
+    @cbctl.function
     def continue_early(cb, x):
         return cbctl.Continue("done", x)
 
@@ -210,6 +216,8 @@ def test_a_runaway_continuation_loop_hits_the_depth_limit_and_only_a_sink_may_co
     assert result.stderr.count("\n") == 1 and "--max-continuations" in result.stderr
     with pytest.raises(cbctl.FunctionError, match="'continue_early' returned cbctl.Continue but is not the sink"):
         client.call("early", 1, timeout=20)
+    with pytest.raises(cbctl.NoSuchFunction, match="'no_such_dag'"):
+        client.call("to_nowhere", 1, timeout=20)
 
 
 # --- storage-triggered calls ----------------------------------------------------------------------------

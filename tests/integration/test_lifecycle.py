@@ -21,7 +21,7 @@ from tests.conftest import EXAMPLES, RunningCluster, run_cli
 
 # Frames no server may die of: not msgpack at all, msgpack of the wrong shape, and the wrong protocol version.
 GARBAGE_FRAMES = [
-    os.urandom(7) + b"\xc1",  # 0xc1 is never valid msgpack, so this cannot accidentally parse
+    b"\xc1" + os.urandom(15),  # 0xc1 is never valid msgpack: random bytes that cannot accidentally parse
     msgpack.packb({"not": "a message"}),
     msgpack.packb([PROTOCOL_VERSION + 40, GetRequest.KIND, 1, ["k"]]),
 ]
