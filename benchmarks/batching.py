@@ -74,11 +74,14 @@ def drive(client: cbctl.Client, name: str, vector: np.ndarray, calls: int, in_fl
 def layer_floor(dim: int, calls: int, batch: int) -> tuple[float, float]:
     """Calls per second of the layer alone, in-process: one vector per product, then ``batch`` per product."""
     layer, vector = Layer(dim), np.ones(dim, dtype=np.float32)
+    batched_layer, vectors = BatchedLayer(dim), [vector] * batch
+    for _ in range(100):  # warm-up: page in the weights, let the CPU clock up
+        layer.run(None, vector)
+        batched_layer.run(None, vectors)
     started = time.perf_counter()
     for _ in range(calls):
         layer.run(None, vector)
     single = calls / (time.perf_counter() - started)
-    batched_layer, vectors = BatchedLayer(dim), [vector] * batch
     started = time.perf_counter()
     for _ in range(calls // batch):
         batched_layer.run(None, vectors)

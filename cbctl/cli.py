@@ -92,7 +92,8 @@ def main() -> None:
               help="Use TCP on HOST instead of ipc sockets in the home (loopback unless you name another host).")
 @click.option("--durability", type=click.Choice(["always", "batch", "none"]), default="batch", show_default=True,
               help="When the store fsyncs its log: every write, at most every 50 ms, or never.")
-@click.option("--cache-mb", type=int, default=64, show_default=True, help="Each executor's cache bound.")
+@click.option("--cache-mb", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Each executor's cache of store values, in MiB (0: no cache).")
 @click.option("--fake-gpus", type=int, default=0, envvar="CBCTL_FAKE_GPUS", hidden=False,
               help="TESTING ONLY: pretend N GPUs exist so GPU executors start without a device "
                    "(their functions then run on the CPU; never use it for real work).")
@@ -147,7 +148,7 @@ def down(home: str | None) -> None:
 
 
 @main.command()
-@click.option("--executors", type=click.IntRange(min=0), required=True, help="CPU executors to run.")
+@click.option("--executors", type=int, required=True, help="CPU executors to run (0 only with GPU executors).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @home_option
 @handle_errors

@@ -10,6 +10,7 @@ from many threads, can be in flight at once.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import random
 import threading
@@ -52,7 +53,7 @@ from cbctl.runtime.messages import (
     SupervisorRequest,
     unpack,
 )
-from cbctl.runtime.process import new_socket
+from cbctl.runtime.process import Receiver, new_socket
 from cbctl.runtime.store_client import StoreClient
 
 _PENDING = object()
@@ -121,6 +122,7 @@ class Client:
         else:
             self.response_address = cluster.ipc_address(self.home, f"client-{self.client_id}")
             self._responses.bind(self.response_address)
+        self._receiver = Receiver(self._responses)  # used only by whichever thread holds the reader role
         self._store = StoreClient(self._context, self.cluster.store_address, writer_id=f"client-{self.client_id}")
         self._store_lock = threading.Lock()
         # this client's recent writes, carried by its calls so no executor cache serves it older versions
@@ -298,14 +300,13 @@ class Client:
                     break
 
     def _read_responses(self, timeout_s: float) -> None:
-        if not self._responses.poll(int(timeout_s * 1000)):
+        frames = self._receiver.receive(math.ceil(timeout_s * 1000))
+        if not frames:
             return
         results = []
-        while True:
+        for frame in frames:
             try:
-                results.append(unpack(self._responses.recv(zmq.NOBLOCK)))
-            except zmq.Again:
-                break
+                results.append(unpack(frame))
             except CbctlError:
                 continue
         with self._cond:

@@ -10,8 +10,10 @@ by an estimate of the bytes it holds. ``CachedStore`` puts it in front of a ``St
   merged into the cached copy if the key is held (a key not held is not cached on write: the write alone
   would not be the key's whole value);
 - evicted keys are unsubscribed in one batched request on the executor's timer, not on the read that evicted
-  them (a push for a key no longer held is ignored, and a key read again before the flush keeps its
-  subscription).
+  them (a push for a key no longer held is ignored and its key unsubscribed; a key fetched again is
+  subscribed again and taken off the list);
+- a cached copy that fails a session's freshness check (a push it needed is missing) is refetched, and its
+  key subscribed again, which heals a subscription the store lost in a restart.
 
 Used from the executor's one thread only.
 """
@@ -167,13 +169,20 @@ class CachedStore:
             if fresh is None or fresh(entry.lattice):
                 self.hits += 1
                 return entry.lattice
+            # a push this session needed has not come: late, or the subscription was lost (a store restart
+            # forgets them); subscribing again is idempotent and heals the latter
             self.stale_refetches += 1
+            self.client.subscribe(self.subscriber, self.address, [key])
         return self.fetch(key)
 
     def fetch(self, key: str) -> Lattice | None:
         """Ask the store for ``key`` (subscribing first when the key is not held) and cache the answer."""
         self.misses += 1
-        if key not in self.cache and not self._subscribed_pending(key):
+        if not self.cache.capacity_bytes:  # caching is off (--cache-mb 0): no subscription to keep
+            return self.client.get_lattices([key])[0]
+        if key not in self.cache:
+            # subscribing is idempotent, and this key must not be unsubscribed by the next flush any more
+            self._unsubscribe.discard(key)
             self.client.subscribe(self.subscriber, self.address, [key])
         (lattice,) = self.client.get_lattices([key])
         self._evicted(self.cache.insert(key, lattice))
@@ -199,7 +208,10 @@ class CachedStore:
     def on_push(self, key: str, wire: list[Any]) -> None:
         """A ``KeyUpdate`` from the store: merge it into the held copy (ignored when the key is not held)."""
         if key not in self.cache:
+            # evicted and not unsubscribed yet, or subscribed by an earlier run of this executor (a restart
+            # keeps the address): either way, stop the pushes on the next flush
             self.pushes_ignored += 1
+            self._unsubscribe.add(key)
             return
         try:
             lattice = lattice_from_wire(wire)
@@ -229,13 +241,6 @@ class CachedStore:
             "evictions": self.cache.evictions, "pushes_applied": self.pushes_applied,
             "pushes_ignored": self.pushes_ignored, "store_requests": self.client.requests,
         }
-
-    def _subscribed_pending(self, key: str) -> bool:
-        """True if ``key`` was evicted but not yet unsubscribed: it stays subscribed, the flush skips it."""
-        if key in self._unsubscribe:
-            self._unsubscribe.discard(key)
-            return True
-        return False
 
     def _evicted(self, keys: list[str]) -> None:
         self._unsubscribe.update(keys)

@@ -29,7 +29,9 @@ Modes (``client.call(..., consistency=...)``; the scheduler validates the name):
   values (one element when there is no conflict; a last-writer-wins value reads as a one-element list). To
   resolve a conflict, read the key and ``put`` the resolved value: the write's clock covers every version
   read, so it replaces them all. Two writes from one executor are ordered by that executor (its clock entry
-  only grows), as in Cloudburst, where each executor cache is a node of the vector clocks.
+  only grows), as in Cloudburst, where each executor cache is a node of the vector clocks. A client's calls
+  follow each other: a causal write of a key that the client's earlier calls wrote replaces that write (and
+  depends on what it depended on), while other clients' writes it never read stay concurrent with it.
 
 Read-your-writes across calls (every mode): the sink returns the writes its call made (``{key: token}``, a
 timestamp for last-writer-wins, a clock for causal) in ``CallResult.extras``; the client remembers those and
@@ -194,19 +196,24 @@ class CallSession:
         self.seen: dict[str, Lattice | None] = {}  # repeatable read: versions this step already resolved
         self.floor: dict[str, VectorClock] = {}
         if mode == CAUSAL:
-            for key, token in self.client_tokens.items():
-                if isinstance(token, dict):
-                    self.raise_floor(key, VectorClock(token))
+            # Only what this call observed or wrote: the floor of a key is always the clock of a version whose
+            # dependencies are in the floor too. (The client's tokens are clocks without their dependencies,
+            # so they only make reads fresh, in ``freshness``.)
             for key, clock in (extras.get(CAUSAL_FLOOR) or {}).items():
                 self.raise_floor(key, VectorClock(clock))
 
     def freshness(self, key: str) -> Callable[[Lattice | None], bool] | None:
-        """The check a cached copy of ``key`` must pass to be served, or None when any copy will do."""
+        """The check a cached copy of ``key`` must pass to be served, or None when any copy will do: it must
+        include the client's earlier writes of the key and (causal) reach the call's floor for it."""
         token: Any = self.floor.get(key) if self.floor else None
-        if token is None:
-            token = self.client_tokens.get(key)
+        client = self.client_tokens.get(key) if self.client_tokens else None
+        if client is not None:
             if token is None:
-                return None
+                token = client
+            elif isinstance(client, dict):
+                token = token.merge(VectorClock(client))
+        if token is None:
+            return None
         return lambda lattice: covers(lattice, token)
 
     def raise_floor(self, key: str, clock: VectorClock) -> None:
@@ -216,9 +223,15 @@ class CallSession:
     def observe(self, key: str, lattice: Lattice | None) -> None:
         """Causal: later reads of ``key`` and of everything it depends on must not go below this version."""
         if type(lattice) is CausalLattice:
-            self.raise_floor(key, lattice.clock)
-            for dep, clock in lattice.dependencies.items():
-                self.raise_floor(dep, clock)
+            clock = lattice.clock
+            current = self.floor.get(key)
+            if current is not None and current == clock:
+                # this exact version was observed before in the call (its dependencies are in the floor
+                # already) or written by it (its dependencies were the floor): nothing to raise
+                return
+            self.raise_floor(key, clock)
+            for dep, dep_clock in lattice.dependencies.items():
+                self.raise_floor(dep, dep_clock)
 
     def record_write(self, key: str, token: Token) -> None:
         self.writes[key] = merge_tokens(self.writes.get(key), token)
@@ -379,17 +392,19 @@ class SessionManager:
 
     def result_extras(self, trigger: DagTrigger) -> dict[str, Any]:
         """The call ends at this step: release its snapshots; return what the caller's result carries."""
-        extras = self.outgoing_extras(trigger)
-        if not extras:
+        session = self.session
+        if session is not None and self.trigger is trigger:
+            holders, writes = session.holders, session.writes
+        elif trigger.extras:
+            holders, writes = trigger.extras.get(HOLDERS), trigger.extras.get(WRITES)
+        else:
             return {}
-        holders = extras.get(HOLDERS)
         if holders:
             for holder in holders:
                 if holder == self.address:
                     self.snapshots.release((trigger.call_id,))
                 else:
                     self._releases.setdefault(holder, []).append(trigger.call_id)
-        writes = extras.get(WRITES)
         return {WRITES: writes} if writes else {}
 
     def _open(self) -> CallSession:
@@ -417,6 +432,7 @@ class SessionManager:
         """``cb.put``: write through (acknowledged by the store when this returns) and record the write."""
         session = self.session or self._open()
         if session.mode == CAUSAL:
+            self._follow_client_write(session, key)
             lattice: Lattice = causal_version(session.floor, key, encoded, self.writer_id, self.counter)
         else:
             lattice = LWWLattice(time.time_ns(), self.writer_id, encoded)
@@ -427,6 +443,24 @@ class SessionManager:
         elif session.mode == REPEATABLE_READ:
             session.record_version(key, merged, self.address)
             self.snapshots.keep(session.call_id, key, merged, time.monotonic())
+
+    def _follow_client_write(self, session: CallSession, key: str) -> None:
+        """Causal: before writing ``key``, raise the call's floor to the client's own earlier write of it (so
+        this write replaces that one) and to that write's dependencies (so whoever reads this one respects
+        them too). The dependencies come from the version that holds the client's write: those of all its
+        concurrent versions, a superset, which only makes later readers more careful."""
+        token = session.client_tokens.get(key) if session.client_tokens else None
+        if not isinstance(token, dict):
+            return
+        clock = VectorClock(token)
+        floor = session.floor.get(key)
+        if floor is not None and floor.dominates(clock):
+            return
+        current = self.store.read(key, lambda lattice: covers(lattice, clock))
+        if type(current) is CausalLattice and covers(current, clock):
+            session.raise_floor(key, clock)
+            for dep, dep_clock in current.dependencies.items():
+                session.raise_floor(dep, dep_clock)
 
     def _read_repeatable(self, session: CallSession, key: str) -> Lattice | None:
         if key in session.seen:

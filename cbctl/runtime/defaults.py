@@ -135,8 +135,9 @@ POLICY_STALE_S = 2.5
 #: the policy forgets it (a crashed executor that the supervisor could not restart).
 POLICY_SILENCE_S = 5.0
 
-#: Seconds after a scheduler starts before it re-pins DAG functions that no executor reports: executors report
-#: their pins within a status interval, so a restarted scheduler waits for them instead of pinning twice.
+#: Seconds after a scheduler starts, or learns of a DAG from the registry, before its timer pins DAG functions
+#: that no executor reports: executors report their pins within a status interval, so a restarted scheduler,
+#: or one that did not register the DAG, waits for them instead of pinning a second time.
 POLICY_START_GRACE_S = 2.0
 
 # --- executor departure (cbctl/runtime/departure.py)

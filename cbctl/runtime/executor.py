@@ -60,6 +60,7 @@ from cbctl.runtime.metrics import ExecutorMetrics
 from cbctl.runtime.process import (
     PeerSockets,
     ProcessConfig,
+    Receiver,
     ShutdownFlag,
     drain,
     new_socket,
@@ -524,12 +525,10 @@ def main(config: ProcessConfig) -> None:
         report_ready(context, config, address, str(exc))
         raise SystemExit(1) from None
     report_ready(context, config, address)
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
+    receiver = Receiver(sock)
     while True:
-        if poller.poll(0 if executor.ready or executor.deferred else 100):
-            for (frame,) in drain(sock):
-                executor.on_frame(frame)
+        for frame in receiver.receive(0 if executor.ready or executor.deferred else 100):
+            executor.on_frame(frame)
         while executor.deferred:
             executor.on_frame(executor.deferred.pop(0))
         if executor.ready:

@@ -179,6 +179,7 @@ class Policy:
         self._published: dict[ExecutorKey, list[str]] = {}  # each executor's cached keys in key_locations
         self.updates = 0  # periodic updates run (a test waits for one after a status it sent)
         self.wanted: dict[str, bool] = {}  # functions that must stay pinned somewhere -> gpu
+        self.wanted_since: dict[str, float] = {}
         self.pending_pins: dict[tuple[str, ExecutorKey], float] = {}
         self.pinned_at: dict[tuple[str, ExecutorKey], float] = {}
         self.refused: dict[tuple[str, ExecutorKey], float] = {}
@@ -370,6 +371,8 @@ class Policy:
         if functions == self.wanted:
             return []
         dropped = [f for f in self.wanted if f not in functions]
+        now = self.clock()
+        self.wanted_since = {f: self.wanted_since.get(f, now) for f in functions}
         self.wanted = dict(functions)
         self._invalidate()
         actions = []
@@ -377,12 +380,17 @@ class Policy:
             actions += self.forget_function(function)
         return actions
 
-    def ensure_pinned(self) -> list[PinAction]:
+    def ensure_pinned(self, settle_s: float = 0.0) -> list[PinAction]:
         """Pin every wanted function that has no location and no pin under way (a DAG just registered, or
-        its executors left or restarted), preferring executors with nothing pinned."""
+        its executors left or restarted), preferring executors with nothing pinned. ``settle_s`` skips
+        functions wanted for less than that: a DAG registered through another scheduler is pinned by that
+        one, and its executors report the pin here within a status interval."""
         actions = []
+        now = self.clock()
         for function, gpu in self.wanted.items():
             if function in self.function_locations or any(f == function for f, _ in self.pending_pins):
+                continue
+            if now - self.wanted_since.get(function, now) < settle_s:
                 continue
             target = self._placement_target(function, gpu, only_unpinned=False)
             if target is not None:
@@ -473,7 +481,7 @@ class Policy:
         self.updates += 1
         self._invalidate()
         if now - self.started >= settings.start_grace_s:
-            actions += self.ensure_pinned()
+            actions += self.ensure_pinned(settle_s=settings.start_grace_s)
         if settings.scale_out:
             actions += self._scale_out()
             actions += self._scale_in(now)

@@ -47,8 +47,8 @@ from cbctl.runtime.policy import PinAction, Policy, PolicySettings
 from cbctl.runtime.process import (
     PeerSockets,
     ProcessConfig,
+    Receiver,
     ShutdownFlag,
-    drain,
     new_socket,
     report_ready,
     setup_logging,
@@ -357,17 +357,15 @@ def main(config: ProcessConfig) -> None:
     sock = new_socket(context, zmq.ROUTER)
     address = scheduler.address = config.bind(sock)
     report_ready(context, config, address)
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
+    receiver = Receiver(sock, multipart=True)
     next_refresh = time.monotonic() + REGISTRY_REFRESH_S
     next_policy_update = time.monotonic() + scheduler.policy.settings.update_interval_s
     while not shutdown.requested:
-        if poller.poll(100):
-            for parts in drain(sock):
-                try:
-                    scheduler.handle(sock, parts)
-                except Exception:
-                    log.exception("error while handling a message")
+        for parts in receiver.receive(100):
+            try:
+                scheduler.handle(sock, parts)
+            except Exception:
+                log.exception("error while handling a message")
         now = time.monotonic()
         scheduler.rates.maybe_sample(now, scheduler.counters)  # returns at once until a sample is due
         scheduler.name_rates.maybe_sample(now, scheduler.name_calls)

@@ -282,16 +282,21 @@ class TriggerDispatcher:
         self.dropped_sends = 0
 
     def service(self) -> None:
-        """Take the results that came back, then send what is due. Cheap when there is nothing to do."""
-        for (frame,) in drain(self.results):
-            try:
-                result = unpack(frame)
-            except ProtocolError as exc:
-                log.warning("dropped a bad frame on the trigger results socket: %s", exc)
-                continue
-            if isinstance(result, CallResult):
-                self.triggers.on_result(result)
-        due = self.triggers.take_due() if self.triggers.in_flight or self.triggers.new else []
+        """Take the results that came back, then send what is due. Runs once per store loop turn, so with
+        nothing to do it costs one socket-option read (the results socket must be emptied whenever it is
+        readable, or the loop's poll would return at once forever)."""
+        if self.results.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            for (frame,) in drain(self.results):
+                try:
+                    result = unpack(frame)
+                except ProtocolError as exc:
+                    log.warning("dropped a bad frame on the trigger results socket: %s", exc)
+                    continue
+                if isinstance(result, CallResult):
+                    self.triggers.on_result(result)
+        if not self.triggers.in_flight and not self.triggers.new and not self.held:
+            return
+        due = self.triggers.take_due()
         if self.held:
             due, self.held = self.held + due, []
         if not due:

@@ -13,6 +13,7 @@ from tests.conftest import RunningCluster
 from tests.integration.shared_cluster import DEPLOYABLES
 
 POLICY_FNS = DEPLOYABLES / "policy_fns.py"
+NAP_FNS = DEPLOYABLES / "nap_fns.py"
 
 
 def pinned(handle: RunningCluster) -> dict[str, list[str]]:
@@ -71,6 +72,7 @@ def test_saturating_load_pins_onto_more_executors_and_they_are_unpinned_after(st
     at_rest = handle.wait_for(lambda: (p := pinned(handle)) and all(len(p[f]) == 1 for f in chain) and p,
                               timeout=10, what="one pin per function of slow_chain")
     assert at_rest["slow_step"] != at_rest["slow_tail"]  # spread over unpinned executors: 2 of 4 used
+    assert {e for pins in at_rest.values() for e in pins} == {"executor-0", "executor-1"}
     client = handle.client()
     with Load(client, [("slow_chain", lambda i: (i + 1) * 2)], in_flight=48) as load:
         scaled = handle.wait_for(lambda: (p := pinned(handle)) and sum(len(p[f]) for f in chain) >= 3 and p,
@@ -86,6 +88,7 @@ def test_saturating_load_pins_onto_more_executors_and_they_are_unpinned_after(st
 
 def test_scale_down_during_steady_load_loses_no_call_and_scale_up_adds_fresh_executors(start_cluster):
     handle = start_cluster(executors=4)
+    handle.cli("deploy", str(NAP_FNS), check=True)
     handle.cli("deploy", str(POLICY_FNS), check=True)
     expected = {"nap_first": ["executor-0"], "nap_then": ["executor-1"], "slow_step": ["executor-2"],
                 "slow_tail": ["executor-3"]}
@@ -118,7 +121,10 @@ def test_scale_down_during_steady_load_loses_no_call_and_scale_up_adds_fresh_exe
     assert grown == {"executors": 2, "started": ["executor-4"], "stopped": []}
     assert handle.cli("call", "slow_chain", "3", check=True).stdout.strip() == "8"
     bad = handle.cli("scale", "--executors", "-1")
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert (bad.returncode, bad.stderr.strip()) == (1, "error: --executors must be a whole number >= 0, not -1")
+    bad = handle.cli("scale", "--executors", "0")
+    assert (bad.returncode, bad.stderr.strip()) == (
+        1, "error: a cluster needs at least one executor: pass --executors N with N >= 1")
 
 
 def test_a_call_referencing_a_cached_key_runs_on_the_executor_caching_it(start_cluster):

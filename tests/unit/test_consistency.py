@@ -144,18 +144,26 @@ def test_the_client_session_decides_which_cached_copies_are_fresh():
     assert session.freshness("other") is None
 
 
-def test_causal_floors_come_from_the_client_the_upstream_and_every_read():
-    session = CallSession("c1", CAUSAL, {SESSION: {"k": {"a": 1}, "lwwkey": 7},
-                                         CAUSAL_FLOOR: {"k": {"b": 2}}})
-    assert session.floor["k"] == VectorClock({"a": 1, "b": 2})
+def test_causal_floors_come_from_the_upstream_and_every_read():
+    session = CallSession("c1", CAUSAL, {CAUSAL_FLOOR: {"k": {"b": 2}}})
+    assert session.floor == {"k": VectorClock({"b": 2})}
     reply = causal({"e": 4}, "re: hi", deps={"message": {"e": 3}})
     session.observe("reply", reply)
     assert session.floor["message"] == VectorClock({"e": 3})
     fresh = session.freshness("message")
     assert not fresh(causal({"e": 2}, "old")) and fresh(causal({"e": 3}, "hi"))
     assert not fresh(None)
-    assert session.freshness("lwwkey")(lww(7))  # an LWW write of the client still counts
     assert session.outgoing()[CAUSAL_FLOOR]["message"] == {"e": 3}
+
+
+def test_causal_reads_include_the_clients_writes_without_depending_on_them():
+    session = CallSession("c1", CAUSAL, {SESSION: {"k": {"a": 1}, "lwwkey": 7}, CAUSAL_FLOOR: {"k": {"b": 2}}})
+    assert session.floor == {"k": VectorClock({"b": 2})}  # a token is a clock without its dependencies
+    fresh = session.freshness("k")
+    assert fresh(causal({"a": 1, "b": 2}, "x"))
+    assert not fresh(causal({"b": 2}, "x")) and not fresh(causal({"a": 1}, "x"))
+    assert session.freshness("lwwkey")(lww(7))  # an LWW write of the client still counts
+    assert session.freshness("untouched") is None
 
 
 def test_repeatable_read_versions_and_holders_travel_on():

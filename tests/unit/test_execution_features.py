@@ -190,3 +190,21 @@ def test_the_in_flight_bound_forgets_the_oldest_call():
         store.on_write(f"k{i}", lww(i))
     assert len(store.take_due()) == 3
     assert store.stats()["trigger_pending"] == 2 and store.stats()["trigger_dropped"] == 1
+
+
+def test_a_restarted_store_node_recovers_its_triggers_from_the_log(tmp_path):
+    from cbctl.runtime.messages import PutRequest
+    from cbctl.runtime.store import StoreNode
+
+    node = StoreNode(tmp_path)
+    node.handle_batch([PutRequest(1, triggers.PREFIX + "t", record("t", "in/").to_wire())])
+    node.handle_batch([PutRequest(2, "in/a", lww(1).to_wire())])
+    assert node.stats()["triggered_calls"] == 1
+    node.close()
+    node = StoreNode(tmp_path)
+    try:
+        assert list(node.triggers.index) == ["t"] and node.stats()["triggered_calls"] == 0  # replay fires nothing
+        node.handle_batch([PutRequest(3, "in/b", lww(2).to_wire())])
+        assert node.stats()["triggered_calls"] == 1
+    finally:
+        node.close()
