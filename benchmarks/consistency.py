@@ -5,11 +5,11 @@ Rows:
 
 - ``floor``: raw pyzmq, one message around a ring of three relay processes (4 hops, as a chain call makes:
   client -> scheduler -> executor -> executor -> client), measured in the same run;
-- ``chain, reads nothing``: the same DAG shape with steps that touch no state (the lww hot path, which must
-  not pay for the consistency machinery);
+- ``chain, reads nothing``: the same DAG called so that its steps touch no state (the lww hot path, which
+  must not pay for the consistency machinery);
 - ``chain, reads one key``: both steps ``cb.get`` one key, per mode. The key is a last-writer-wins value for
   lww and repeatable_read and a causal value for causal (what those modes are used with). Modes are measured
-  in interleaved rounds so drift on a busy machine spreads over all of them;
+  in interleaved rounds, shuffled each round, so drift on a busy machine spreads over all of them;
 - ``cb.get``: inside a function, the first read of a key (a miss: subscribe + fetch, two store round trips)
   and the reads after it (hits), and ``client.get`` (one store round trip from outside) for reference.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -30,27 +31,21 @@ import zmq
 from benchmarks._common import print_report, summarize, temp_cluster
 
 MODES = ("lww", "repeatable_read", "causal")
-ROUNDS = 10  # interleaved rounds per mode
+ROUNDS = 20  # interleaved rounds per mode, in a shuffled order each round
 
 
 # --- the functions (registered by value: this module runs as __main__) -------------------------------------
 
 
-def read_first(cb, key):
-    cb.get(key)
+def step_first(cb, key):
+    if key:  # '' reads nothing: the same DAG, placed the same way, without state
+        cb.get(key)
     return key
 
 
-def read_second(cb, key):
-    cb.get(key)
-    return 0
-
-
-def noop_first(cb, key):
-    return key
-
-
-def noop_second(cb, key):
+def step_second(cb, key):
+    if key:
+        cb.get(key)
     return 0
 
 
@@ -144,22 +139,22 @@ def measure_cluster(calls: int, keys: int) -> tuple[dict[str, list[float]], dict
 
     chains: dict[str, list[float]] = {"noop/lww": [], **{f"read/{mode}": [] for mode in MODES}}
     with temp_cluster(executors=2) as home, cbctl.connect(home) as setup:
-        for fn in (read_first, read_second, noop_first, noop_second, write_value, get_latency):
+        for fn in (step_first, step_second, write_value, get_latency):
             setup.register(fn)
-        setup.register_dag("read_chain", ["read_first", "read_second"])
-        setup.register_dag("noop_chain", ["noop_first", "noop_second"])
+        setup.register_dag("chain", ["step_first", "step_second"])
         setup.put("bench-lww", "x" * 100)
         setup.call("write_value", "bench-causal", "x" * 100, consistency="causal", timeout=30)
         # a client that wrote nothing: its calls carry no session, as a reader's would
         with cbctl.connect(home) as client:
-            cases = [("noop_chain", "bench-lww", "lww", "noop/lww")] + [
-                ("read_chain", "bench-causal" if mode == "causal" else "bench-lww", mode, f"read/{mode}")
+            cases = [("chain", "", "lww", "noop/lww")] + [
+                ("chain", "bench-causal" if mode == "causal" else "bench-lww", mode, f"read/{mode}")
                 for mode in MODES]
             for name, key, mode, _ in cases:
                 time_calls(client, name, key, mode, 200)  # warm: code loaded, keys cached, pins settled
             per_round = max(1, calls // ROUNDS)
+            order = random.Random(0)
             for _ in range(ROUNDS):
-                for name, key, mode, label in cases:
+                for name, key, mode, label in order.sample(cases, len(cases)):  # no case always goes first
                     chains[label] += time_calls(client, name, key, mode, per_round)
             get_keys = [f"bench-get-{i}" for i in range(keys)]
             for key in get_keys:

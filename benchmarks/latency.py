@@ -1,6 +1,6 @@
 """Call latency and throughput of the DAG call path, next to a raw pyzmq relay measured in the same run.
 
-    python -m benchmarks.latency [--calls 2000] [--throughput-calls 3000] [--executors 2]
+    python -m benchmarks.latency [--calls 2000] [--throughput-calls 3000] [--rounds 10] [--executors 2]
 
 Cases, on a fresh cluster in a temporary home:
 - ``noop``: one function that returns its argument (client -> scheduler -> executor -> client);
@@ -9,8 +9,10 @@ Cases, on a fresh cluster in a temporary home:
 Each gets ``--calls`` sequential calls after a warm-up (median, p99, mean), sequential throughput, and
 throughput with 8 and 64 calls in flight (``call_async`` windows). The floor, ``relay``, is the same traffic
 with no runtime at all: client PUSH -> relay A -> relay B -> client PULL, each hop a separate process that
-unpacks and repacks a msgpack frame, as every cbctl process does. Target on a 2-core machine: the chain's
-median within 3x of the relay's and its p99 under 1.5 ms.
+unpacks and repacks a msgpack frame, as every cbctl process does. Relay and case calls alternate in blocks
+(``--rounds``), because the floor itself moves by about 2x between a busy and an idle machine (an idle
+virtual CPU is slow to wake). Target on a 2-core machine: the chain's median within 3x of the relay's and
+its p99 under 1.5 ms.
 """
 
 from __future__ import annotations
@@ -140,13 +142,11 @@ def deploy(client: cbctl.Client) -> None:
 # --- measuring --------------------------------------------------------------------------------------------
 
 
-def sequential(call: Callable[[int], Any], expected: Callable[[int], Any], calls: int) -> tuple[list[float], float]:
-    """Per-call latencies in seconds, and the wall time of the whole run."""
-    for x in range(WARMUP_CALLS):
-        call(x)
+def timed(call: Callable[[int], Any], expected: Callable[[int], Any], xs: range) -> tuple[list[float], float]:
+    """Per-call latencies in seconds of sequential calls, and the wall time of the block."""
     samples = []
     started = time.perf_counter()
-    for x in range(calls):
+    for x in xs:
         t = time.perf_counter()
         value = call(x)
         samples.append(time.perf_counter() - t)
@@ -173,57 +173,77 @@ def windowed(send: Callable[[int], Any], wait: Callable[[Any], Any], expected: C
     return calls / (time.perf_counter() - started)
 
 
-def row(case: str, samples: list[float], elapsed: float, rates: dict[int, float], floor_median_us: float | None
-        ) -> dict[str, Any]:
-    stats = summarize(samples)
-    out: dict[str, Any] = {"case": case, **stats, "seq_calls_s": round(len(samples) / elapsed)}
-    for n, rate in rates.items():
-        out[f"in_flight_{n}_calls_s"] = round(rate)
-    out["x_floor"] = round(stats["median_us"] / floor_median_us, 2) if floor_median_us else 1.0
-    return out
+class Measured:
+    """One row's raw numbers: sequential latencies (s), their wall time (s), calls/s per window size."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self.elapsed = 0.0
+        self.rates: dict[int, float] = {}
+
+    def add(self, block: tuple[list[float], float]) -> None:
+        self.samples += block[0]
+        self.elapsed += block[1]
+
+    def row(self, case: str, floor_median_us: float | None) -> dict[str, Any]:
+        stats = summarize(self.samples)
+        out: dict[str, Any] = {"case": case, **stats, "seq_per_s": round(len(self.samples) / self.elapsed)}
+        for n, rate in self.rates.items():
+            out[f"{n}_in_flight_per_s"] = round(rate)
+        out["x_floor"] = round(stats["median_us"] / floor_median_us, 2) if floor_median_us else 1.0
+        return out
 
 
-def measure_relay(calls: int, throughput_calls: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="cbrelay-") as tmp:
-        relay = Relay(Path(tmp))
-        try:
-            relay.call(0)  # connected end to end
-            samples, elapsed = sequential(relay.call, lambda x: x, calls)
-            # PUSH/PULL keeps order, so the oldest outstanding call's reply is always the next frame
-            rates = {n: windowed(relay.send, lambda _handle: relay.recv(), lambda x: x, throughput_calls, n)
-                     for n in IN_FLIGHT}
-        finally:
-            relay.close()
-    return row("relay (floor)", samples, elapsed, rates, None)
-
-
-def measure_cluster(home: Path, calls: int, throughput_calls: int, floor_median_us: float) -> list[dict[str, Any]]:
-    rows = []
-    with cbctl.connect(home) as client:
-        deploy(client)
-        for case, expected in CASES.items():
-            samples, elapsed = sequential(lambda x, case=case: client.call(case, x, timeout=30), expected, calls)
-            rates = {n: windowed(lambda x, case=case: client.call_async(case, x), lambda f: f.result(timeout=30),
-                                 expected, throughput_calls, n) for n in IN_FLIGHT}
-            rows.append(row(case, samples, elapsed, rates, floor_median_us))
-    return rows
+def measure(relay: Relay, client: cbctl.Client, calls: int, throughput_calls: int, rounds: int
+            ) -> tuple[Measured, dict[str, Measured]]:
+    """Sequential latencies in ``rounds`` alternating blocks (relay, case, relay, case, ...), so that the
+    floor and the cases see the same machine: on a shared or power-managed machine the floor alone moves by
+    2x between quiet and busy moments. Then the in-flight rates, case by case."""
+    floor, cases = Measured(), {case: Measured() for case in CASES}
+    calls_of = {case: (lambda x, case=case: client.call(case, x, timeout=30)) for case in CASES}
+    for case, call in calls_of.items():
+        timed(call, CASES[case], range(WARMUP_CALLS))
+    timed(relay.call, lambda x: x, range(WARMUP_CALLS))
+    block = max(1, calls // rounds)
+    for r in range(rounds):
+        xs = range(r * block, (r + 1) * block)
+        for case, call in calls_of.items():
+            floor.add(timed(relay.call, lambda x: x, xs))
+            cases[case].add(timed(call, CASES[case], xs))
+    # PUSH/PULL keeps order, so the oldest outstanding relay call's reply is always the next frame
+    floor.rates = {n: windowed(relay.send, lambda _handle: relay.recv(), lambda x: x, throughput_calls, n)
+                   for n in IN_FLIGHT}
+    for case in CASES:
+        cases[case].rates = {
+            n: windowed(lambda x, case=case: client.call_async(case, x), lambda f: f.result(timeout=30),
+                        CASES[case], throughput_calls, n) for n in IN_FLIGHT}
+    return floor, cases
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=2000, help="Sequential calls per case (after warm-up).")
     parser.add_argument("--throughput-calls", type=int, default=3000, help="Calls per in-flight measurement.")
+    parser.add_argument("--rounds", type=int, default=10, help="Alternating relay/case blocks per case.")
     parser.add_argument("--executors", type=int, default=2, help="Executors of the cluster.")
     args = parser.parse_args(argv)
-    if args.calls < 100 or args.throughput_calls < 64 or args.executors < 1:
-        parser.error("use --calls >= 100, --throughput-calls >= 64 and --executors >= 1")
+    if args.calls < 100 or args.throughput_calls < 64 or args.executors < 1 or not 1 <= args.rounds <= args.calls:
+        parser.error("use --calls >= 100, --throughput-calls >= 64, --executors >= 1, 1 <= --rounds <= --calls")
 
-    relay = measure_relay(args.calls, args.throughput_calls)
-    with temp_cluster(args.executors) as home:
-        rows = measure_cluster(home, args.calls, args.throughput_calls, relay["median_us"])
+    with tempfile.TemporaryDirectory(prefix="cbrelay-") as tmp, temp_cluster(args.executors) as home, \
+            cbctl.connect(home) as client:
+        deploy(client)
+        relay = Relay(Path(tmp))
+        try:
+            relay.call(0)  # connected end to end
+            floor, cases = measure(relay, client, args.calls, args.throughput_calls, args.rounds)
+        finally:
+            relay.close()
+    floor_row = floor.row("relay (floor)", None)
+    rows = [measured.row(case, floor_row["median_us"]) for case, measured in cases.items()]
     chain = next(r for r in rows if r["case"] == "chain")
     met = chain["x_floor"] <= TARGET_RATIO and chain["p99_us"] < TARGET_P99_US
-    print_report("call latency (us) and throughput (calls/s)", [relay, *rows], {
+    print_report("call latency (us) and throughput (calls/s)", [floor_row, *rows], {
         "executors": args.executors, "calls": args.calls, "cpus": os.cpu_count(),
         "target": {"chain_x_floor": TARGET_RATIO, "chain_p99_us": TARGET_P99_US}, "target_met": met,
     })

@@ -4,8 +4,9 @@
 by an estimate of the bytes it holds. ``CachedStore`` puts it in front of a ``StoreClient``:
 
 - a read that hits returns the cached lattice without touching the store;
-- a miss subscribes to the key *first* and then fetches it, so no write can fall between the fetch and the
-  subscription: every merge after the subscription is pushed (``KeyUpdate``) and merged into the cache;
+- a miss subscribes to the key *first* and then fetches it (one round trip: the store applies the two
+  requests in order), so no write can fall between the fetch and the subscription: every merge after the
+  subscription is pushed (``KeyUpdate``) and merged into the cache;
 - a write goes through: the store acknowledges it (it is in the log) before ``write`` returns, then it is
   merged into the cached copy if the key is held (a key not held is not cached on write: the write alone
   would not be the key's whole value);
@@ -172,19 +173,21 @@ class CachedStore:
             # a push this session needed has not come: late, or the subscription was lost (a store restart
             # forgets them); subscribing again is idempotent and heals the latter
             self.stale_refetches += 1
-            self.client.subscribe(self.subscriber, self.address, [key])
+            return self.fetch(key, resubscribe=True)
         return self.fetch(key)
 
-    def fetch(self, key: str) -> Lattice | None:
-        """Ask the store for ``key`` (subscribing first when the key is not held) and cache the answer."""
+    def fetch(self, key: str, resubscribe: bool = False) -> Lattice | None:
+        """Ask the store for ``key`` (subscribing first when the key is not held, or ``resubscribe``) and
+        cache the answer."""
         self.misses += 1
         if not self.cache.capacity_bytes:  # caching is off (--cache-mb 0): no subscription to keep
             return self.client.get_lattices([key])[0]
-        if key not in self.cache:
+        if key in self.cache and not resubscribe:
+            (lattice,) = self.client.get_lattices([key])
+        else:
             # subscribing is idempotent, and this key must not be unsubscribed by the next flush any more
             self._unsubscribe.discard(key)
-            self.client.subscribe(self.subscriber, self.address, [key])
-        (lattice,) = self.client.get_lattices([key])
+            (lattice,) = self.client.subscribe_and_get(self.subscriber, self.address, [key])
         self._evicted(self.cache.insert(key, lattice))
         entry = self.cache.get(key)
         return lattice if entry is None else entry.lattice

@@ -181,18 +181,21 @@ def causal_version(floor: dict[str, VectorClock], key: str, encoded: bytes, writ
 
 class CallSession:
     """What one running step knows of its call's consistency state; ``outgoing`` is what its successors
-    (or, at the sink, the client) receive."""
+    (or, at the sink, the client) receive. The upstream's writes, versions and holders are shared until this
+    step adds to them (copied then), so a step that only reads passes its extras on as they came."""
 
-    __slots__ = ("call_id", "mode", "extras", "client_tokens", "writes", "versions", "holders", "seen", "floor")
+    __slots__ = ("call_id", "mode", "extras", "client_tokens", "writes", "versions", "holders", "seen", "floor",
+                 "changed", "floor_changed")
 
     def __init__(self, call_id: str, mode: str, extras: dict[str, Any]) -> None:
         self.call_id = call_id
         self.mode = mode
         self.extras = extras
         self.client_tokens: dict[str, Token] = extras.get(SESSION) or {}
-        self.writes: dict[str, Token] = dict(extras.get(WRITES) or {})
-        self.versions: dict[str, list[Any]] = dict(extras.get(VERSIONS) or {})
-        self.holders: list[str] = list(extras.get(HOLDERS) or ())
+        self.writes: dict[str, Token] = extras.get(WRITES) or {}
+        self.versions: dict[str, list[Any]] = extras.get(VERSIONS) or {}
+        self.holders: list[str] = extras.get(HOLDERS) or []
+        self.changed = False  # writes, versions and holders are still the upstream's (not to be mutated)
         self.seen: dict[str, Lattice | None] = {}  # repeatable read: versions this step already resolved
         self.floor: dict[str, VectorClock] = {}
         if mode == CAUSAL:
@@ -200,7 +203,8 @@ class CallSession:
             # dependencies are in the floor too. (The client's tokens are clocks without their dependencies,
             # so they only make reads fresh, in ``freshness``.)
             for key, clock in (extras.get(CAUSAL_FLOOR) or {}).items():
-                self.raise_floor(key, VectorClock(clock))
+                self.floor[key] = VectorClock(clock)
+        self.floor_changed = False  # the floor is still the upstream's
 
     def freshness(self, key: str) -> Callable[[Lattice | None], bool] | None:
         """The check a cached copy of ``key`` must pass to be served, or None when any copy will do: it must
@@ -218,7 +222,16 @@ class CallSession:
 
     def raise_floor(self, key: str, clock: VectorClock) -> None:
         current = self.floor.get(key)
-        self.floor[key] = clock if current is None else current.merge(clock)
+        if current is None:
+            self.floor[key] = clock
+        elif current != clock:
+            merged = current.merge(clock)
+            if merged == current:
+                return
+            self.floor[key] = merged
+        else:
+            return
+        self.floor_changed = True
 
     def observe(self, key: str, lattice: Lattice | None) -> None:
         """Causal: later reads of ``key`` and of everything it depends on must not go below this version."""
@@ -233,16 +246,25 @@ class CallSession:
             for dep, dep_clock in lattice.dependencies.items():
                 self.raise_floor(dep, dep_clock)
 
+    def _own(self) -> None:
+        if not self.changed:
+            self.writes, self.versions, self.holders = dict(self.writes), dict(self.versions), list(self.holders)
+            self.changed = True
+
     def record_write(self, key: str, token: Token) -> None:
+        self._own()
         self.writes[key] = merge_tokens(self.writes.get(key), token)
 
     def record_version(self, key: str, lattice: Lattice | None, holder: str) -> None:
+        self._own()
         self.versions[key] = [version_of(lattice), holder]
         if holder not in self.holders:
             self.holders.append(holder)
         self.seen[key] = lattice
 
     def outgoing(self) -> dict[str, Any]:
+        if not self.changed and not self.floor_changed:
+            return self.extras
         extras = dict(self.extras)
         if self.writes:
             extras[WRITES] = self.writes
@@ -418,7 +440,13 @@ class SessionManager:
 
     def read(self, key: str) -> Any:
         """``cb.get``: the key's value as the call's mode allows it to be seen."""
-        session = self.session or self._open()
+        session = self.session
+        if session is None:
+            trigger = self.trigger
+            extras = trigger.extras if trigger is not None else None
+            if trigger is not None and trigger.consistency == LWW and not (extras and SESSION in extras):
+                return reveal(key, self.store.read(key), LWW)  # the common case: nothing to check or record
+            session = self._open()
         mode = session.mode
         if mode == REPEATABLE_READ:
             lattice = self._read_repeatable(session, key)

@@ -63,6 +63,7 @@ from cbctl.runtime.process import (
     Receiver,
     ShutdownFlag,
     drain,
+    freeze_startup_heap,
     new_socket,
     report_ready,
     setup_logging,
@@ -525,6 +526,7 @@ def main(config: ProcessConfig) -> None:
         report_ready(context, config, address, str(exc))
         raise SystemExit(1) from None
     report_ready(context, config, address)
+    freeze_startup_heap()
     receiver = Receiver(sock)
     while True:
         for frame in receiver.receive(0 if executor.ready or executor.deferred else 100):

@@ -8,6 +8,8 @@ not a well-formed message of this version raises ``ProtocolError``, which server
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -25,9 +27,10 @@ class Message:
     __slots__ = ()
     KIND: ClassVar[int]
     _FIELDS: ClassVar[tuple[str, ...]]
+    _VALUES: ClassVar[Callable[[Message], tuple[Any, ...]]]  # the fields' values in order, in one C call
 
     def pack(self) -> bytes:
-        return msgpack.packb([PROTOCOL_VERSION, self.KIND, *[getattr(self, f) for f in self._FIELDS]])
+        return msgpack.packb([PROTOCOL_VERSION, self.KIND, *self._VALUES(self)])
 
 
 def message(kind: int):
@@ -39,6 +42,9 @@ def message(kind: int):
             raise RuntimeError(f"message kind {kind} registered twice")
         cls.KIND = kind
         cls._FIELDS = tuple(f.name for f in fields(cls))
+        # attrgetter of several names returns a tuple, of one name the bare value: keep it a tuple
+        getter = operator.attrgetter(*cls._FIELDS) if cls._FIELDS else (lambda _m: ())
+        cls._VALUES = staticmethod(getter if len(cls._FIELDS) != 1 else (lambda m, _get=getter: (_get(m),)))
         _KINDS[kind] = cls
         return cls
 

@@ -6,6 +6,7 @@ PUSH sockets to peers.
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import os
 import signal
@@ -141,6 +142,14 @@ class PeerSockets:
                 sock.setsockopt(zmq.LINGER, int(linger_s * 1000))
             sock.close()
         self._sockets.clear()
+
+
+def freeze_startup_heap() -> None:
+    """Put everything allocated during start-up out of the garbage collector's reach (``gc.freeze``), so a
+    full collection scans only what the loop allocated since rather than every module, class and function
+    (about 8 ms for a server's ~20k start-up objects: a latency spike for whichever call it lands on)."""
+    gc.collect()
+    gc.freeze()
 
 
 class Receiver:

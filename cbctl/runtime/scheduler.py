@@ -49,6 +49,7 @@ from cbctl.runtime.process import (
     ProcessConfig,
     Receiver,
     ShutdownFlag,
+    freeze_startup_heap,
     new_socket,
     report_ready,
     setup_logging,
@@ -357,6 +358,7 @@ def main(config: ProcessConfig) -> None:
     sock = new_socket(context, zmq.ROUTER)
     address = scheduler.address = config.bind(sock)
     report_ready(context, config, address)
+    freeze_startup_heap()
     receiver = Receiver(sock, multipart=True)
     next_refresh = time.monotonic() + REGISTRY_REFRESH_S
     next_policy_update = time.monotonic() + scheduler.policy.settings.update_interval_s

@@ -60,12 +60,16 @@ class StoreClient:
             self._sock.connect(self.address)
         return self._sock
 
-    def _request(self, build: Callable[[int], Message]) -> Message:
+    def _request(self, build: Callable[[int], Message], before: Callable[[int], Message] | None = None) -> Message:
+        """One round trip; ``before``, if given, is sent first on the same socket and its reply ignored (the
+        store applies one client's requests in order, so it takes effect before ``build``'s)."""
         deadline = time.monotonic() + self._retry_budget_s
         self.requests += 1
         while True:
             req_id = next(self._ids)
             sock = self._socket()
+            if before is not None:
+                sock.send(before(next(self._ids)).pack())
             sock.send(build(req_id).pack())
             remaining_ms = self._request_timeout_ms
             while remaining_ms > 0:
@@ -122,6 +126,14 @@ class StoreClient:
         reply = self._request(lambda r: ListKeysRequest(r, prefix))
         assert isinstance(reply, ListKeysResponse)
         return reply.keys
+
+    def subscribe_and_get(self, subscriber: str, address: str, keys: list[str]) -> list[Lattice | None]:
+        """Subscribe ``address`` to ``keys`` and read them, in one round trip (an executor cache's miss): the
+        subscription is applied first, so every write the read does not include is pushed."""
+        reply = self._request(lambda r: GetRequest(r, keys),
+                              before=lambda r: SubscribeRequest(r, subscriber, address, keys))
+        assert isinstance(reply, GetResponse)
+        return [None if wire is None else lattice_from_wire(wire) for wire in reply.lattices]
 
     def subscribe(self, subscriber: str, address: str, keys: list[str], unsubscribe: bool = False) -> None:
         self._request(lambda r: SubscribeRequest(r, subscriber, address, keys, unsubscribe))

@@ -125,6 +125,20 @@ def test_eviction_bounds_the_cache_and_unsubscribes(start_cluster):
     handle.wait_for(lambda: client.store_stats()["subscriptions"] <= 2, timeout=5, what="evicted keys unsubscribed")
 
 
+def test_no_cache_reads_the_store_every_time_and_subscribes_nothing(start_cluster):
+    handle = start_cluster(executors=1, extra_args=("--cache-mb", "0"))
+    handle.cli("deploy", str(FUNCTIONS), check=True)
+    client = handle.client()
+    client.put("uncached", "v")
+    for _ in range(5):
+        assert client.call("read_key", "uncached", timeout=10)[1] == "v"
+    metrics = cache_metrics(client, time.monotonic())["executor-0"]
+    assert metrics["hits"] == 0 and metrics["misses"] >= 5 and metrics["keys"] == 0
+    assert client.store_stats()["subscriptions"] == 0
+    refused = handle.cli("up", "--cache-mb", "-1")
+    assert refused.returncode != 0 and "--cache-mb" in refused.stderr
+
+
 # --- read-your-writes across calls ----------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ import pytest
 import cbctl
 from cbctl.declare import DeployFileError
 from cbctl.runtime.cluster import socket_dir
+from cbctl.runtime.defaults import POLICY_STALE_S
 from tests.conftest import EXAMPLES, RunningCluster
 from tests.integration.shared_cluster import TOOLKIT, module_cluster
 
@@ -327,8 +328,9 @@ def test_function_that_never_returns_times_out_and_others_keep_serving(start_clu
     assert time.monotonic() - started < 1.5
     stuck = handle.wait_for(lambda: client.get("fn/napping") if client.list_keys("fn/napping") else None,
                             timeout=5, what="the napping executor to record itself")
-    # once its status has gone quiet for STATUS_STALE_S the scheduler sends it nothing more
-    time.sleep(max(0.0, started + 2.7 - time.monotonic()))
+    # once its status has been quiet for POLICY_STALE_S the scheduler sends it nothing more
+    handle.wait_for(lambda: client.cluster_info()["executors"][stuck]["status_age_s"] > POLICY_STALE_S,
+                    timeout=10, interval=0.1, what=f"{stuck} to go quiet")
     try:
         answers = [client.call("pipeline", i, timeout=3) for i in range(100)]
         assert answers == [(i + 1) ** 2 for i in range(100)]
