@@ -23,11 +23,14 @@ STEPS: list[list[str]] = [
     ["deploy", str(EXAMPLES / "pipeline.py")],
     ["call", "pipeline", "3"],
     ["call", "diamond", "5"],
-]
-OPTIONAL_STEPS: list[tuple[str, list[list[str]]]] = [
-    ("wordcount.py", [["call", "wordcount", '"the cat and the hat"'], ["get", "words/the"]]),
-    ("messaging.py", [["call", "exchange", "7"]]),
-    ("model.py", [["call", "model", "4"]]),
+    ["deploy", str(EXAMPLES / "wordcount.py")],
+    ["call", "wordcount", "the cat saw the dog"],
+    ["get", "wordcount/the"],
+    ["deploy", str(EXAMPLES / "messaging.py")],
+    ["call", "messaging", "hello"],
+    ["deploy", str(EXAMPLES / "model.py")],
+    ["call", "model", "4"],
+    ["ls"],
 ]
 
 
@@ -45,13 +48,8 @@ def run(home: Path, args: list[str]) -> None:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cbctl-demo-") as tmp:
         home = Path(tmp)
-        steps = list(STEPS)
-        for filename, calls in OPTIONAL_STEPS:
-            if (EXAMPLES / filename).exists():
-                steps += [["deploy", str(EXAMPLES / filename)], *calls]
-        steps.append(["ls"])
         try:
-            for args in steps:
+            for args in STEPS:
                 run(home, args)
         finally:
             run(home, ["down"])
