@@ -112,6 +112,7 @@ class Executor:
         self.cached = CachedStore(store, self.executor_id, address, int(config.options.get("cache_mb", 64)) << 20)
         self.sessions = SessionManager(self.cached, address, self.executor_id, self.fetch_version, self.peers.send)
         self._version_ids = itertools.count(1)
+        self.awaited_version: tuple[int, VersionResponse | None] | None = None  # (req_id, reply) of fetch_version
         self.departure = Departure(self.executor_id, address)  # this executor's leaving, and its peers'
 
     # --- messages ------------------------------------------------------------------------------------
@@ -317,58 +318,60 @@ class Executor:
     # --- the user library's needs --------------------------------------------------------------------
 
     def read_key(self, key: str) -> Any:
-        self.take_pushes()
+        # pushes that arrived while user code runs first, so a function polling cb.get sees writes made meanwhile
+        self.serve_while_busy(0.0)
         return self.sessions.read(key)
 
-    def take_pushes(self) -> None:
-        """Apply the store's pushes (``KeyUpdate``) that arrived while user code runs, so a function that
-        polls ``cb.get`` sees writes made meanwhile instead of its cache's copy from before; other frames
-        wait until the function returns, as in ``receive_direct``. One non-blocking poll when none came."""
-        if self.sock is None or not self.sock.poll(0):
-            return
+    def write_key(self, key: str, value: Any) -> None:
+        self.sessions.write(key, serialization.encode(value))
+
+    def serve_while_busy(self, timeout_s: float) -> bool:
+        """While user code runs or waits (``cb.get``, ``cb.recv``, a repeatable-read version fetch), handle
+        the frames that must not wait for it to return: store pushes, direct messages, peers' version
+        requests (two executors fetching from each other cannot deadlock) and the version reply awaited.
+        Everything else waits in ``deferred`` until the function returns. Returns whether anything came."""
+        assert self.sock is not None
+        if not self.sock.poll(max(0, int(timeout_s * 1000))):
+            return False
         for (frame,) in drain(self.sock):
             try:
                 message = unpack(frame)
             except ProtocolError:
                 self.protocol_errors += 1
                 continue
-            if type(message) is KeyUpdate:
-                self.on_key_update(message)
-            else:
+            handler = self.SERVED_WHILE_BUSY.get(type(message))
+            if handler is None:
                 self.deferred.append(frame)
-
-    def write_key(self, key: str, value: Any) -> None:
-        self.sessions.write(key, serialization.encode(value))
+            else:
+                handler(self, message)
+        return True
 
     def fetch_version(self, address: str, call_id: str, key: str) -> tuple[bool, Any]:
         """The version of ``key`` that the executor at ``address`` keeps for repeatable-read call ``call_id``,
-        as (found, lattice). While waiting, version requests to this executor are answered (two executors
-        asking each other cannot deadlock) and other frames wait until the running function returns."""
-        assert self.sock is not None
+        as (found, lattice)."""
         req_id = next(self._version_ids)
+        self.awaited_version = (req_id, None)
         self.peers.send(address, VersionRequest(req_id, call_id, key, self.address).pack())
         deadline = time.monotonic() + VERSION_FETCH_TIMEOUT_S
-        reply = None
-        while reply is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.sock.poll(int(remaining * 1000) + 1):
-                raise ConsistencyError(f"repeatable read: the executor at {address} did not send the version of "
-                                       f"{key!r} within {VERSION_FETCH_TIMEOUT_S:.0f} s: call again")
-            for (frame,) in drain(self.sock):
-                try:
-                    message = unpack(frame)
-                except ProtocolError:
-                    self.protocol_errors += 1
-                    continue
-                if type(message) is VersionResponse and message.req_id == req_id:
-                    reply = message
-                elif type(message) is VersionRequest:
-                    self.on_version_request(message)
-                elif type(message) is DirectMessage:
-                    self.on_direct(message)
-                else:
-                    self.deferred.append(frame)  # handled after the running function returns
+        try:
+            while (reply := self.awaited_version[1]) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ConsistencyError(f"repeatable read: the executor at {address} did not send the version "
+                                           f"of {key!r} within {VERSION_FETCH_TIMEOUT_S:.0f} s: call again")
+                self.serve_while_busy(remaining + 0.001)
+        finally:
+            self.awaited_version = None
         return reply.found, (None if reply.lattice is None else lattice_from_wire(reply.lattice))
+
+    def on_awaited_version(self, response: VersionResponse) -> None:
+        if self.awaited_version is not None and self.awaited_version[0] == response.req_id:
+            self.awaited_version = (response.req_id, response)
+        else:
+            self.on_version_response(response)
+
+    SERVED_WHILE_BUSY = {KeyUpdate: on_key_update, DirectMessage: on_direct, VersionRequest: on_version_request,
+                         VersionResponse: on_awaited_version}
 
     def send_direct(self, executor_id: str, message: Any) -> None:
         address = self.executor_addresses.get(executor_id)
@@ -387,23 +390,11 @@ class Executor:
             self.peers.send(address, frame)
 
     def receive_direct(self, deadline: float | None) -> list[tuple[str, Any]]:
-        assert self.sock is not None
+        self.serve_while_busy(0.0)
         while not self.inbox and deadline is not None:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.sock.poll(int(remaining * 1000) + 1):
+            if remaining <= 0 or not self.serve_while_busy(remaining + 0.001):
                 break
-            for (frame,) in drain(self.sock):
-                try:
-                    message = unpack(frame)
-                except ProtocolError:
-                    self.protocol_errors += 1
-                    continue
-                if isinstance(message, DirectMessage):
-                    self.on_direct(message)
-                elif isinstance(message, VersionRequest):
-                    self.on_version_request(message)  # a peer's repeatable read must not wait on our recv
-                else:
-                    self.deferred.append(frame)  # handled after the running function returns
         messages = list(self.inbox)
         self.inbox.clear()
         return messages
