@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psutil
 from rich.console import Console
 from rich.table import Table
 
+from cbctl.lifecycle import kill_processes
 from cbctl.runtime.cluster import ClusterFile
 
 
@@ -32,7 +32,7 @@ def _cli(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedPr
 
 def _cluster_pids(home: Path) -> list[int]:
     found = ClusterFile.read(home)
-    return [] if found is None else [found.supervisor_pid] + [p.pid for p in found.processes]
+    return [] if found is None else found.pids()
 
 
 @contextmanager
@@ -52,18 +52,7 @@ def temp_cluster(executors: int, extra_args: Sequence[str] = ()) -> Iterator[Pat
             pids = pids or _cluster_pids(home)
             if pids:
                 _cli(home, "down", timeout=60)
-            leftovers = []
-            for pid in pids:
-                try:
-                    leftovers.append(psutil.Process(pid))
-                except psutil.Error:
-                    pass
-            for proc in leftovers:
-                try:
-                    proc.kill()
-                except psutil.Error:
-                    pass
-            psutil.wait_procs(leftovers, timeout=10)
+            kill_processes(pids)
 
 
 def percentile(sorted_samples: Sequence[float], fraction: float) -> float:

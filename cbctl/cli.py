@@ -50,6 +50,13 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def new_table(title: str, *columns: str) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
 def parse_value(text: str) -> Any:
     """A command-line value: JSON when it parses as JSON, else the string itself."""
     try:
@@ -185,9 +192,8 @@ def status(as_json: bool, home: str | None) -> None:
     if as_json:
         click.echo(json.dumps({**report, "health": topview.health(snapshot)}, indent=2))
         return
-    table = Table(title=f"cluster {report['home']}  up {report['uptime_s']:.0f} s")
-    for column in ("process", "type", "pid", "address", "state", "uptime", "restarts"):
-        table.add_column(column)
+    table = new_table(f"cluster {report['home']}  up {report['uptime_s']:.0f} s",
+                      "process", "type", "pid", "address", "state", "uptime", "restarts")
     for p in report["processes"]:
         table.add_row(p["name"], p["executor_type"] or p["role"], str(p["pid"]), p["address"], p["state"],
                       f"{p['uptime_s']:.0f} s", str(p["restarts"]))
@@ -356,15 +362,11 @@ def list_registered(as_json: bool, home: str | None) -> None:
     if as_json:
         click.echo(json.dumps(registered, indent=2))
         return
-    functions = Table(title="functions")
-    for column in ("name", "gpu", "batching", "pinned on"):
-        functions.add_column(column)
+    functions = new_table("functions", "name", "gpu", "batching", "pinned on")
     for f in registered["functions"]:
         functions.add_row(f["name"], "yes" if f["gpu"] else "", "yes" if f["batching"] else "",
                           ", ".join(f["pinned"]) or "-")
-    dags = Table(title="DAGs")
-    for column in ("name", "functions", "edges"):
-        dags.add_column(column)
+    dags = new_table("DAGs", "name", "functions", "edges")
     for d in registered["dags"]:
         dags.add_row(d["name"], ", ".join(d["functions"]), ", ".join(f"{a}->{b}" for a, b in d["edges"]) or "-")
     console.print(functions)
@@ -435,9 +437,7 @@ def trigger_ls(as_json: bool, home: str | None) -> None:
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
-    table = Table(title="triggers")
-    for column in ("name", "prefix", "function", "fired", "errors", "last error"):
-        table.add_column(column)
+    table = new_table("triggers", "name", "prefix", "function", "fired", "errors", "last error")
     for t in found:
         table.add_row(t["name"], t["prefix"], t["function"], str(t["fired"]), str(t["errors"]), t["last_error"] or "-")
     console.print(table)

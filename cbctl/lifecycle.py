@@ -147,6 +147,23 @@ def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Proc
         time.sleep(0.02)
 
 
+def kill_processes(pids: list[int], timeout_s: float = 10.0) -> None:
+    """SIGKILL whatever of ``pids`` still runs and wait until it is gone (what teardown code uses when a
+    warm stop did not finish)."""
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.Error:
+            pass
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    wait_gone(procs, timeout_s)
+
+
 def _running(proc: psutil.Process) -> bool:
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE

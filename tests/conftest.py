@@ -9,11 +9,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 import cbctl
-from cbctl.lifecycle import wait_gone
+from cbctl.lifecycle import kill_processes
 from cbctl.runtime.cluster import ClusterFile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +52,7 @@ class RunningCluster:
 
     def pids(self) -> list[int]:
         found = ClusterFile.read(self.home)
-        return [] if found is None else [found.supervisor_pid] + [p.pid for p in found.processes]
+        return [] if found is None else found.pids()
 
     def pid_of(self, name: str) -> int:
         for p in self.cluster_file().processes:
@@ -79,21 +78,6 @@ class RunningCluster:
         self._clients.clear()
 
 
-def _kill_everything(pids: list[int]) -> None:
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.Error:
-            pass
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    wait_gone(procs, timeout_s=10)
-
-
 @pytest.fixture
 def start_cluster(tmp_path_factory) -> Iterator:
     """Factory: ``start_cluster(executors=2, extra_args=[...])`` -> RunningCluster; all stopped at teardown."""
@@ -112,7 +96,7 @@ def start_cluster(tmp_path_factory) -> Iterator:
         pids = handle.pids()
         if pids:
             run_cli(handle.home, "down", timeout=60)
-        _kill_everything(pids)  # anything `down` missed, so no test leaves processes behind
+        kill_processes(pids)  # anything `down` missed, so no test leaves processes behind
 
 
 @pytest.fixture

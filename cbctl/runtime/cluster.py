@@ -91,6 +91,10 @@ class ClusterFile:
         except (ValueError, TypeError):
             return None  # a half-written or foreign file: treated as stale by callers
 
+    def pids(self) -> list[int]:
+        """The supervisor's pid, then every child's."""
+        return [self.supervisor_pid] + [p.pid for p in self.processes]
+
     def supervisor_alive(self) -> bool:
         try:
             proc = psutil.Process(self.supervisor_pid)

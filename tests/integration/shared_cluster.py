@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import RunningCluster, _kill_everything, run_cli
+from cbctl.lifecycle import kill_processes
+from tests.conftest import RunningCluster, run_cli
 
 DEPLOYABLES = Path(__file__).resolve().parent / "deployables"
 TOOLKIT = DEPLOYABLES / "toolkit.py"
@@ -26,4 +27,4 @@ def module_cluster(home: Path, executors: int = 2, deploy: tuple[Path, ...] = ()
         pids = handle.pids()
         if pids:
             run_cli(home, "down", timeout=60)
-        _kill_everything(pids)
+        kill_processes(pids)
