@@ -49,6 +49,9 @@ class StoreNode:
     def __init__(self, data_dir: Path, durability: str = "batch",
                  compact_bytes: int = WAL_COMPACT_BYTES) -> None:
         self.data: dict[str, Lattice] = {}
+        # kept up to date on every merge so stats (polled by `cbctl top` every second) cost O(1), not O(keys)
+        self.live_keys_count = 0
+        self.live_bytes = 0
         self.wal = WriteAheadLog(data_dir, durability=durability, batch_interval_s=WAL_BATCH_INTERVAL_S,
                                  compact_threshold_bytes=compact_bytes)
         for record in self.wal.replay():
@@ -67,6 +70,11 @@ class StoreNode:
         current = self.data.get(key)
         merged = incoming if current is None else current.merge(incoming)
         self.data[key] = merged
+        if current is not merged:
+            for lattice, sign in ((current, -1), (merged, 1)):
+                if lattice is not None and not _is_tombstone(lattice):
+                    self.live_keys_count += sign
+                    self.live_bytes += sign * _size(lattice)
         return merged
 
     def live_keys(self, prefix: str = "") -> list[str]:
@@ -126,10 +134,9 @@ class StoreNode:
         raise ValueError(f"the store does not serve {type(request).__name__}")
 
     def stats(self) -> dict[str, Any]:
-        live = [v for v in self.data.values() if not _is_tombstone(v)]
         return {
-            "keys": len(live),
-            "bytes": sum(_size(v) for v in live),
+            "keys": self.live_keys_count,
+            "bytes": self.live_bytes,
             "log_bytes": self.wal.log_bytes,
             "snapshot_bytes": self.wal.snapshot_bytes,
             "uptime_s": time.time() - self.started,

@@ -242,3 +242,21 @@ def test_recovery_after_repeated_compactions(data_dir):
         assert {k: v.value for k, v in recovered.data.items()} == {f"k{i}": b"r4" for i in range(30)}
     finally:
         recovered.close()
+
+
+def test_stats_keys_and_bytes_follow_writes_overwrites_deletes_and_recovery(data_dir: Path, node: StoreNode) -> None:
+    put(node, "a", lww(b"12345", 1))
+    put(node, "b", lww(b"xy", 1))
+    put(node, "a", lww(b"1234567", 2))  # replaces 5 bytes with 7
+    put(node, "b", lww(b"old", 0))  # loses by LWW order: nothing changes
+    assert (node.stats()["keys"], node.stats()["bytes"]) == (2, 9)
+    assert isinstance(one(node, DeleteRequest(1, "a", 3, "w")), Ack)
+    assert (node.stats()["keys"], node.stats()["bytes"]) == (1, 2)
+    put(node, "a", lww(b"back", 4))  # newer than the tombstone: live again
+    assert (node.stats()["keys"], node.stats()["bytes"]) == (2, 6)
+    node.close()
+    reopened = StoreNode(data_dir)
+    try:
+        assert (reopened.stats()["keys"], reopened.stats()["bytes"]) == (2, 6)
+    finally:
+        reopened.close()
