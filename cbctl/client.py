@@ -34,6 +34,7 @@ from cbctl.errors import (
     error_from_wire,
 )
 from cbctl.runtime import cluster, registry, serialization
+from cbctl.runtime.code_loading import source_file_of
 from cbctl.runtime.consistency import ClientSession
 from cbctl.runtime.dag import chain_edges, validate_dag
 from cbctl.runtime.defaults import CONTROL_TIMEOUT_S
@@ -147,7 +148,8 @@ class Client:
             raise InvalidArgument(f"{target!r} is neither a function nor a class: register a callable")
         name = name or target.__name__
         options = {"gpu": gpu, "batching": batching, "is_class": is_class,
-                   "init_args": serialization.encode(tuple(init_args)) if init_args else b""}
+                   "init_args": serialization.encode(tuple(init_args)) if init_args else b"",
+                   "source_file": source_file_of(target)}
         return self._control(lambda r: RegisterFunction(r, name, cloudpickle.dumps(target), options))
 
     def register_dag(self, name: str, functions: Sequence[Any], edges: Iterable[Sequence[Any]] | None = None,

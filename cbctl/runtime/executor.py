@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import psutil
 import zmq
 
 from cbctl.errors import CbctlError, ConsistencyError, InvalidArgument, NoSuchFunction, ProtocolError
 from cbctl.runtime import batching, cluster, continuation, multiexec, registry, serialization
 from cbctl.runtime.cache import CachedStore
+from cbctl.runtime.code_loading import load_target
 from cbctl.runtime.consistency import SessionManager
 from cbctl.runtime.continuation import Continue
 from cbctl.runtime.dag import downstream_of, upstream_of
@@ -218,10 +218,7 @@ class Executor:
         if record is None:
             raise NoSuchFunction(f"function {name!r} is not registered (removed while the call was under way?)")
         try:
-            target = cloudpickle.loads(record.code)
-            if record.is_class:
-                init_args = serialization.decode(record.init_args) if record.init_args else ()
-                target = target(*init_args).run
+            target = load_target(record)
         except Exception as exc:
             raise InvalidArgument(f"function {name!r} could not be loaded on {self.executor_id}: "
                                   f"{type(exc).__name__}: {exc}") from exc

@@ -29,6 +29,7 @@ class FunctionRecord:
     batching: bool = False
     is_class: bool = False
     init_args: bytes = b""
+    source_file: str = ""  # where the user defined it, for tracebacks (see code_loading.py)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "gpu": self.gpu, "batching": self.batching, "is_class": self.is_class,

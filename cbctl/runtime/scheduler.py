@@ -196,7 +196,7 @@ class Scheduler:
         record = registry.FunctionRecord(
             name=name, code=request.code, version=time.time_ns(), gpu=bool(options.get("gpu")),
             batching=bool(options.get("batching")), is_class=bool(options.get("is_class")),
-            init_args=options.get("init_args", b""))
+            init_args=options.get("init_args", b""), source_file=str(options.get("source_file", "")))
         registry.save_function(self.store, record)
         self.functions[name] = record
         self.plans.clear()
