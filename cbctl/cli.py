@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import zmq
 from rich.console import Console
 from rich.table import Table
 
@@ -19,7 +20,7 @@ from cbctl import top as topview
 from cbctl.client import Client
 from cbctl.declare import DeployFileError
 from cbctl.errors import CbctlError, FunctionError, InvalidArgument
-from cbctl.runtime import cluster
+from cbctl.runtime import cluster, user_errors
 from cbctl.runtime.defaults import CLI_CALL_TIMEOUT_S, MAX_BATCH, MAX_CONTINUATIONS, TOP_INTERVAL_S
 
 console = Console()
@@ -34,6 +35,9 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except FunctionError as exc:
+            if exc.remote_type in user_errors.DIAGNOSES:  # cbctl's finding, not something the code raised
+                errors.print(f"error: {exc.args[0]}", markup=False, highlight=False)
+                sys.exit(1)
             if exc.remote_traceback:
                 errors.print(exc.remote_traceback.rstrip(), markup=False, highlight=False)
             errors.print(f"error: the function raised {exc}", markup=False, highlight=False)
@@ -44,6 +48,9 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             errors.print(f"error: {exc}", markup=False, highlight=False)
             sys.exit(1)
         except CbctlError as exc:
+            errors.print(f"error: {exc}", markup=False, highlight=False)
+            sys.exit(1)
+        except (OSError, zmq.ZMQError) as exc:  # the machine said no (a full disk, a file gone): still one line
             errors.print(f"error: {exc}", markup=False, highlight=False)
             sys.exit(1)
 
@@ -57,11 +64,17 @@ def new_table(title: str, *columns: str) -> Table:
     return table
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value: JSON when it parses as JSON, else the string itself."""
+def parse_value(text: str, what: str = "value") -> Any:
+    """A command-line value: JSON when it parses as JSON, else the string itself; but text that starts like
+    a JSON object, array or string must parse, so a typo in `{"a": 1` is not silently stored as a string."""
     try:
         return json.loads(text)
-    except ValueError:
+    except ValueError as exc:
+        if text.lstrip()[:1] in ('{', '[', '"'):
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise InvalidArgument(f"{what} {shown!r} looks like JSON but does not parse ({exc}): fix it, or "
+                                  f"to pass it as a string quote it as a JSON string, e.g. {json.dumps(shown)!r}"
+                                  ) from None
         return text
 
 
@@ -83,6 +96,7 @@ def main() -> None:
     """cbctl: stateful functions as a service on your machine, in the line of Cloudburst.
 
     \b
+    Examples:
     cbctl up                      start a cluster (store, scheduler, executors)
     cbctl deploy examples/fn.py   register the functions and DAGs a file declares
     cbctl call pipeline 3         call a function or DAG and print its result
@@ -147,7 +161,10 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
 @home_option
 @handle_errors
 def down(home: str | None) -> None:
-    """Stop the cluster: drain executors, stop schedulers, flush the store; return when all are gone."""
+    """Stop the cluster: drain executors, stop schedulers, flush the store; return when all are gone.
+
+    Example: cbctl down
+    """
     home_path = cluster.resolve_home(home)
     with console.status("stopping the cluster..."):
         count = lifecycle.stop_cluster(home_path)
@@ -234,10 +251,15 @@ def top(interval: float, sort: str, once: bool, as_json: bool, home: str | None)
 @home_option
 @handle_errors
 def put(key: str, value: str, home: str | None) -> None:
-    """Write VALUE (JSON when it parses, else a string) under KEY.
+    """Write VALUE under KEY: JSON when it parses, else a string; - reads VALUE from stdin (for big values).
 
+    \b
     Example: cbctl put greeting '"hello"'
+             cbctl put config '{"retries": 3}'
+             cbctl put report - < report.json
     """
+    if value == "-":
+        value = sys.stdin.read()
     with Client(home) as client:
         client.put(key, parse_value(value))
     console.print(f"stored {key}", markup=False)
@@ -261,7 +283,8 @@ def get(key: str, as_json: bool, home: str | None) -> None:
 @main.command()
 @click.argument("role", required=False, default="")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing as the logs grow (Ctrl-C stops).")
-@click.option("-n", "--lines", type=int, default=50, show_default=True, help="Last lines of each log to show.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Last lines of each log to show first (0: none).")
 @home_option
 @handle_errors
 def logs(role: str, follow: bool, lines: int, home: str | None) -> None:
@@ -270,30 +293,34 @@ def logs(role: str, follow: bool, lines: int, home: str | None) -> None:
     Example: cbctl logs executor -f
     """
     directory = cluster.resolve_home(home) / "logs"
-    files = sorted(p for p in directory.glob("*.log") if p.stem.startswith(role))
+
+    def matching() -> list[Path]:
+        return sorted(p for p in directory.glob("*.log") if p.stem.startswith(role))
+
+    files = matching()
     if not files:
         raise InvalidArgument(f"no logs{' for ' + repr(role) if role else ''} in {directory}: "
                               "roles are store, scheduler, executor and supervisor")
     positions = {}
-    for path in files:
-        text = path.read_text(errors="replace").splitlines()
-        click.echo(f"==> {path.name} <==")
-        for line in text[-lines:]:
-            click.echo(line)
-        positions[path] = path.stat().st_size
-    while follow:
-        try:
-            time.sleep(0.25)
-        except KeyboardInterrupt:
-            return
+    try:  # Ctrl-C is how -f ends, and may come at any point
         for path in files:
-            size = path.stat().st_size
-            if size > positions[path]:
-                with open(path, errors="replace") as handle:
-                    handle.seek(positions[path])
-                    for line in handle.read().splitlines():
-                        click.echo(f"{path.stem}: {line}")
-                positions[path] = size
+            text = path.read_text(errors="replace").splitlines()
+            click.echo(f"==> {path.name} <==")
+            for line in text[len(text) - lines:] if lines else ():
+                click.echo(line)
+            positions[path] = path.stat().st_size
+        while follow:
+            time.sleep(0.25)
+            for path in matching():  # again each time: `cbctl scale` adds executors, and their logs
+                size = path.stat().st_size
+                if size > positions.setdefault(path, 0):
+                    with open(path, errors="replace") as handle:
+                        handle.seek(positions[path])
+                        for line in handle.read().splitlines():
+                            click.echo(f"{path.stem}: {line}")
+                    positions[path] = size
+    except KeyboardInterrupt:
+        return
 
 
 @main.command()
@@ -302,7 +329,8 @@ def logs(role: str, follow: bool, lines: int, home: str | None) -> None:
 @home_option
 @handle_errors
 def deploy(file: Path, as_json: bool, home: str | None) -> None:
-    """Register every function and DAG that FILE declares (replacing earlier ones of the same names).
+    """Register every function, DAG and trigger that FILE declares (replacing earlier ones of the same
+    names). All of it is checked first, so a file with a mistake registers nothing.
 
     Example: cbctl deploy examples/pipeline.py
     """
@@ -326,28 +354,34 @@ def deploy(file: Path, as_json: bool, home: str | None) -> None:
 @click.argument("name")
 @click.argument("args", nargs=-1)
 @click.option("--arg", "source_args", multiple=True, metavar="FUNCTION=VALUE",
-              help="Arguments of one source of a DAG (repeatable; repeat a function for several args).")
+              help="An argument of one source function of a DAG, given instead of ARGS to that source "
+                   "(repeatable; repeat a function for several arguments).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--timeout", type=float, default=CLI_CALL_TIMEOUT_S, show_default=True, help="Seconds to wait.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=CLI_CALL_TIMEOUT_S,
+              show_default=True, help="Seconds to wait for the result.")
 @click.option("--consistency", type=click.Choice(["lww", "repeatable_read", "causal"]), default="lww",
               show_default=True, help="Consistency of the call's reads and writes.")
 @home_option
 @handle_errors
 def call(name: str, args: tuple[str, ...], source_args: tuple[str, ...], as_json: bool, timeout: float,
          consistency: str, home: str | None) -> None:
-    """Call function or DAG NAME with ARGS (each JSON when it parses, else a string).
+    """Call function or DAG NAME with ARGS (each JSON when it parses, else a string) and print the result.
+    ARGS go to every source function of a DAG; --arg gives one source its own arguments instead.
 
+    \b
     Example: cbctl call pipeline 3
+             cbctl call wordcount 'the cat saw the dog' --json
+             cbctl call pipeline --arg increment=3 --timeout 5
     """
     per_source: dict[str, list[Any]] = {}
     for item in source_args:
         function, sep, value = item.partition("=")
         if not sep or not function:
             raise InvalidArgument(f"--arg {item!r} must look like FUNCTION=VALUE")
-        per_source.setdefault(function, []).append(parse_value(value))
+        per_source.setdefault(function, []).append(parse_value(value, f"--arg {function} value"))
+    values = [parse_value(a, "argument") for a in args]
     with Client(home) as client:
-        result = client.call(name, *[parse_value(a) for a in args], timeout=timeout, consistency=consistency,
-                             **per_source)
+        result = client.call(name, *values, timeout=timeout, consistency=consistency, **per_source)
     click.echo(render_value(result, as_json))
 
 
@@ -356,7 +390,10 @@ def call(name: str, args: tuple[str, ...], source_args: tuple[str, ...], as_json
 @home_option
 @handle_errors
 def list_registered(as_json: bool, home: str | None) -> None:
-    """List registered functions (with where they are pinned) and DAGs."""
+    """List registered functions (with where they are pinned) and DAGs.
+
+    Example: cbctl ls --json
+    """
     with Client(home) as client:
         registered = client.list()
     if as_json:
@@ -378,7 +415,7 @@ def list_registered(as_json: bool, home: str | None) -> None:
 @home_option
 @handle_errors
 def rm(name: str, home: str | None) -> None:
-    """Remove the function or DAG NAME.
+    """Remove the function or DAG NAME (a function a DAG or a trigger uses is refused: remove those first).
 
     Example: cbctl rm pipeline
     """
@@ -396,6 +433,7 @@ def trigger() -> None:
     30 s is sent again, so make trigger functions idempotent. Deletes do not fire.
 
     \b
+    Examples:
     cbctl trigger add on_upload --prefix uploads/ --function thumbnail
     cbctl trigger ls
     cbctl trigger rm on_upload

@@ -33,9 +33,9 @@ from cbctl.errors import (
     InvalidArgument,
     error_from_wire,
 )
-from cbctl.runtime import cluster, registry, serialization
+from cbctl.runtime import cluster, registry, serialization, user_errors
 from cbctl.runtime.code_loading import source_file_of
-from cbctl.runtime.consistency import ClientSession
+from cbctl.runtime.consistency import LWW, ClientSession, reveal
 from cbctl.runtime.dag import chain_edges, validate_dag
 from cbctl.runtime.defaults import CONTROL_TIMEOUT_S
 from cbctl.runtime.messages import (
@@ -79,11 +79,18 @@ class CallFuture:
         return self._result is not _PENDING
 
     def result(self, timeout: float | None = None) -> Any:
-        """The call's value; raises ``FunctionError`` if it raised, ``CallTimeout`` past ``timeout`` s."""
+        """The call's value; raises ``FunctionError`` if it raised, ``CallTimeout`` past ``timeout`` s
+        (0 only looks: the result is returned if it is in)."""
+        if timeout is not None and not timeout >= 0:
+            raise InvalidArgument(f"timeout={timeout!r} is invalid: pass seconds >= 0, or None to wait until done")
         if self._result is _PENDING:
             self._client._poll_result(self, timeout)
         if self._result is _PENDING:
-            raise CallTimeout(f"call {self.call_id} of {self.name!r} did not finish within {timeout} s")
+            if self._client._closed:
+                raise CbctlError(f"call {self.call_id} of {self.name!r} had not returned when its client was "
+                                 "closed: wait for results before closing the client")
+            raise CallTimeout(f"call {self.call_id} of {self.name!r} did not finish within {timeout} s "
+                              "(it may still be running): wait longer")
         if isinstance(self._result, CallResult):
             self._result = _outcome(self._result)
         if isinstance(self._result, CbctlError):
@@ -122,7 +129,12 @@ class Client:
             self.response_address = f"{host}:{port}"
         else:
             self.response_address = cluster.ipc_address(self.home, f"client-{self.client_id}")
-            self._responses.bind(self.response_address)
+            try:
+                self._responses.bind(self.response_address)
+            except zmq.ZMQError as exc:
+                self._context.destroy(linger=0)
+                raise CbctlError(f"cannot open this client's reply socket {self.response_address} ({exc}): "
+                                 f"the cluster directory {self.home} must be writable") from None
         self._receiver = Receiver(self._responses)  # used only by whichever thread holds the reader role
         self._store = StoreClient(self._context, self.cluster.store_address, writer_id=f"client-{self.client_id}")
         self._store_lock = threading.Lock()
@@ -146,7 +158,16 @@ class Client:
             raise InvalidArgument(f"class {target.__name__} has no run(cb, ...) method to call")
         if not is_class and not callable(target):
             raise InvalidArgument(f"{target!r} is neither a function nor a class: register a callable")
-        name = name or target.__name__
+        if name is None:
+            name = getattr(target, "__name__", None)
+            if not isinstance(name, str) or name == "<lambda>":
+                shown = "a lambda" if name == "<lambda>" else repr(target)
+                raise InvalidArgument(f"{shown} has no name to register it under: pass name=...")
+        if not isinstance(name, str) or not name or name.startswith("__"):
+            raise InvalidArgument(f"function name {name!r} is invalid: use a non-empty name not starting with '__'")
+        problem = user_errors.check_takes_user_library(target, name)
+        if problem:
+            raise InvalidArgument(problem)
         options = {"gpu": gpu, "batching": batching, "is_class": is_class,
                    "init_args": serialization.encode(tuple(init_args)) if init_args else b"",
                    "source_file": source_file_of(target)}
@@ -165,11 +186,22 @@ class Client:
     def deploy(self, declared: Declarations) -> dict[str, list[dict[str, Any]]]:
         """Register what a deploy file declared (``declare.load_file``): its functions, then its DAGs.
 
-        Every DAG is validated here first, against the file's functions and those already registered, so
-        a file with an invalid DAG registers nothing at all and the error names the problem."""
-        known = {f["name"] for f in self.list()["functions"]} | {f.name for f in declared.functions}
+        Everything is checked here first (each DAG against the file's functions and those already registered,
+        names that clash, functions that cannot take ``cb``), so a file with a mistake registers nothing at
+        all and the error names the problem."""
+        listed = self.list()
+        known = {f["name"] for f in listed["functions"]} | {f.name for f in declared.functions}
+        dag_names = {d["name"] for d in listed["dags"]} | {d.name for d in declared.dags}
         for spec in declared.dags:
             validate_dag(spec.name, spec.functions, spec.edges or chain_edges(spec.functions), known)
+            if spec.name in known:
+                raise InvalidArgument(f"DAG {spec.name!r} has the name of a function: give one of them another name")
+        for fn in declared.functions:
+            if fn.name in dag_names:
+                raise InvalidArgument(f"function {fn.name!r} has the name of a DAG: give one of them another name")
+            problem = user_errors.check_takes_user_library(fn.target, fn.name)
+            if problem:
+                raise InvalidArgument(problem)
         registered: dict[str, list[dict[str, Any]]] = {"functions": [], "dags": []}
         for fn in declared.functions:
             registered["functions"].append(self.register(
@@ -224,6 +256,7 @@ class Client:
         return scale_cluster(self.home, executors)
 
     def _control(self, build: Callable[[int], Message]) -> Any:
+        self._check_open()
         with self._control_lock:
             req_id = next(self._ids)
             self._control_sock.send(build(req_id).pack())
@@ -249,22 +282,30 @@ class Client:
     def call(self, name: str, *args: Any, timeout: float | None = None, consistency: str = "lww",
              **source_args: Sequence[Any]) -> Any:
         """Call a function or DAG and return its result. ``args`` go to every source function;
-        ``source_args`` (function name -> argument list) give a DAG's sources their own."""
+        ``source_args`` (function name -> argument list) give a DAG's sources their own, instead of ``args``.
+        ``timeout`` is in seconds (None: as long as it takes)."""
+        if timeout is not None and not timeout > 0:
+            # checked before sending: the call would run, with its side effects, while its caller gave up
+            raise InvalidArgument(f"timeout={timeout!r} would give up before the call could finish: pass "
+                                  "seconds > 0, None to wait until done, or use call_async to not wait")
         return self.call_async(name, *args, consistency=consistency, **source_args).result(timeout)
 
     def call_async(self, name: str, *args: Any, consistency: str = "lww", store_result: bool = False,
                    **source_args: Sequence[Any]) -> CallFuture:
         """Start a call and return its future at once. With ``store_result`` the result is written to the
         store under the call id and the future reads it from there (it outlives this client)."""
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(f"{name!r} is not a function or DAG name: pass the name it was registered under")
         call_id = f"{self.client_id}-{next(self._ids)}"
         future = CallFuture(self, call_id, name, stored=store_result)
         encoded_sources = {}
         for fn, values in source_args.items():
             if not isinstance(values, (list, tuple)):
                 values = [values]
-            encoded_sources[fn] = serialization.encode(list(values))
+            encoded_sources[fn] = _encode(list(values), f"the arguments of {fn!r} in the call of {name!r}")
         refs = serialization.find_refs(args)
-        request = CallRequest(call_id, name, serialization.encode(list(args)), encoded_sources,
+        request = CallRequest(call_id, name, _encode(list(args), f"the arguments of the call of {name!r}"),
+                              encoded_sources,
                               self.response_address, store_result, consistency, refs, self._session.extras())
         if not store_result:
             with self._cond:
@@ -277,11 +318,13 @@ class Client:
 
     def _poll_result(self, future: CallFuture, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._closed:
+            return  # its sockets are gone: the result cannot arrive any more
         if future._stored:
             self._poll_stored(future, deadline)
             return
         with self._cond:
-            while future._result is _PENDING:
+            while future._result is _PENDING and not self._closed:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if self._reader_active:
                     if remaining is not None and remaining <= 0:
@@ -339,34 +382,53 @@ class Client:
     # --- state -----------------------------------------------------------------------------------------
 
     def get(self, key: str) -> Any:
-        """The value under ``key``; ``NoSuchKey`` when there is none."""
+        """The value under ``key``; ``NoSuchKey`` when there is none. A key written by ``causal`` calls holds
+        a set of concurrent values: its value is their list (as ``cb.get`` returns it in a causal call)."""
+        _check_key(key)
+        self._check_open()
         with self._store_lock:
-            return self._store.get(key)
+            (lattice,) = self._store.get_lattices([key])
+        return reveal(key, lattice, LWW)
 
     def put(self, key: str, value: Any) -> None:
         """Write ``value`` under ``key`` (last-writer-wins); durable per the store's policy on return."""
-        if not isinstance(key, str) or not key or key.startswith("__cb/"):
-            raise InvalidArgument(f"key {key!r} is invalid: use a non-empty string not starting with '__cb/'")
+        _check_key(key)
+        self._check_open()
+        encoded = _encode(value, f"the value for key {key!r}")
         written_after = time.time_ns()  # the write's timestamp is at least this: its read-your-writes token
         with self._store_lock:
-            self._store.put(key, value)
+            try:
+                self._store.put_lattice(key, self._store.new_lww(encoded))
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"could not write {key!r}: {exc} (it holds values written by causal calls; "
+                                      "use another key, or delete it first with delete_key)") from None
         self._session.record({key: written_after})
 
     def delete_key(self, key: str) -> None:
+        """Delete ``key`` (deleting a key that holds nothing is not an error)."""
+        _check_key(key)
+        self._check_open()
         deleted_after = time.time_ns()
         with self._store_lock:
             self._store.delete(key)
         self._session.record({key: deleted_after})
 
     def list_keys(self, prefix: str = "") -> list[str]:
+        """The keys that hold a value and start with ``prefix``, sorted (cbctl's own ``__cb/`` keys left out)."""
+        self._check_open()
         with self._store_lock:
             return [k for k in self._store.list_keys(prefix) if not k.startswith("__cb/")]
 
     def store_stats(self) -> dict[str, Any]:
+        self._check_open()
         with self._store_lock:
             return self._store.stats()
 
     # --- lifetime --------------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CbctlError("this client is closed: make a new one with cbctl.connect()")
 
     def close(self) -> None:
         with self._call_lock:
@@ -386,6 +448,21 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_key(key: Any) -> None:
+    if not isinstance(key, str) or not key or key.startswith("__cb/"):
+        raise InvalidArgument(f"key {key!r} is invalid: use a non-empty string not starting with '__cb/' "
+                              "(cbctl's own keys)")
+
+
+def _encode(value: Any, what: str) -> bytes:
+    """``serialization.encode``, with an error that says which value could not be serialised."""
+    try:
+        return serialization.encode(value)
+    except Exception as exc:
+        raise InvalidArgument(f"{what} cannot be serialised ({type(exc).__name__}: {exc}): pass plain data, "
+                              "numpy arrays or picklable objects") from None
 
 
 def supervisor_request(found: cluster.ClusterFile, command: str, timeout_s: float = CONTROL_TIMEOUT_S,

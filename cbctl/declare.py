@@ -18,6 +18,7 @@ from typing import Any
 import cloudpickle
 
 from cbctl.errors import CbctlError, InvalidDag
+from cbctl.runtime import user_errors
 
 
 @dataclass
@@ -123,10 +124,9 @@ class DeployFileError(CbctlError):
 
 
 def load_file(path: str | Path) -> Declarations:
-    """Import a deploy file and return what it declared. Its module is pickled by value, so executors
-    need not be able to import it."""
-    import traceback
-
+    """Import a deploy file and return what it declared, including through the local modules it imports
+    (a DAG of functions from a sibling file, say). Its module, and every module it newly imported from its
+    own directory, is pickled by value, so executors need not be able to import them."""
     global _declared
     path = Path(path)
     if not path.is_file():
@@ -137,17 +137,36 @@ def load_file(path: str | Path) -> Declarations:
         raise DeployFileError(f"{path} is not importable Python: give it a .py name")
     module = importlib.util.module_from_spec(spec)
     saved, _declared = _declared, Declarations()
+    directory = path.parent.resolve()
+    already_imported = set(sys.modules)
     sys.modules[module_name] = module
-    sys.path.insert(0, str(path.parent.resolve()))
+    sys.path.insert(0, str(directory))
     try:
         spec.loader.exec_module(module)
         found = _declared
     except BaseException as exc:
         del sys.modules[module_name]
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        text = user_errors.user_traceback(exc, only_users=True)  # not importlib's frames
         raise DeployFileError(f"{path} failed to import: {type(exc).__name__}: {exc}", text) from None
     finally:
         _declared = saved
-        sys.path.remove(str(path.parent.resolve()))
+        sys.path.remove(str(directory))
     cloudpickle.register_pickle_by_value(module)
+    for name in set(sys.modules) - already_imported - {module_name}:
+        if _is_local_module(sys.modules[name], directory):
+            cloudpickle.register_pickle_by_value(sys.modules[name])
     return found
+
+
+def _is_local_module(module: Any, directory: Path) -> bool:
+    """Whether ``module`` is the user's own code next to a deploy file (pickled by value), rather than an
+    installed package (pickled by reference, as executors import those themselves)."""
+    file = getattr(module, "__file__", None)
+    if not file:
+        return False
+    resolved = Path(file).resolve()
+    if "site-packages" in resolved.parts or "dist-packages" in resolved.parts:
+        return False
+    installed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    installed.add(Path(__file__).resolve().parent)  # cbctl itself
+    return resolved.is_relative_to(directory) and not any(resolved.is_relative_to(p) for p in installed)

@@ -57,7 +57,10 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
         raise InvalidArgument(
             f"--gpu-executors {gpu_executors} asks for more GPUs than are visible ({found_gpus}): "
             "lower it, or for tests only fake devices with --fake-gpus N")
-    if executors < 0 or gpu_executors < 0 or executors + gpu_executors == 0:
+    for flag, count in (("--executors", executors), ("--gpu-executors", gpu_executors)):
+        if count < 0:
+            raise InvalidArgument(f"{flag} {count} is negative: pass a count of executors")
+    if executors + gpu_executors == 0:
         raise InvalidArgument("a cluster needs at least one executor: pass --executors N with N >= 1")
     if schedulers < 1:
         raise InvalidArgument("a cluster needs at least one scheduler: pass --schedulers N with N >= 1")
@@ -74,11 +77,26 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
                        policy=parse_policy_options(policy))
 
 
+def prepare_home(home: Path) -> None:
+    """Create the cluster directory and its subdirectories, or say in one line why it cannot be used."""
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "logs").mkdir(exist_ok=True)
+        cluster.socket_dir(home).mkdir(parents=True, exist_ok=True)
+        (home / STARTUP_ERROR_FILE).unlink(missing_ok=True)
+        probe = home / ".write-test"  # a read-only home may still list: only a write tells
+        probe.write_bytes(b"")
+        probe.unlink()
+    except (FileExistsError, NotADirectoryError):
+        raise InvalidArgument(f"the cluster directory {home} is (or is inside) a file: point CBCTL_HOME or --home "
+                              "at a directory") from None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot use {home} as the cluster directory ({exc.strerror}): point CBCTL_HOME or "
+                              "--home at a directory you can write") from None
+
+
 def start_supervisor(home: Path, spec: ClusterSpec, foreground: bool = False) -> subprocess.Popen:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "logs").mkdir(exist_ok=True)
-    cluster.socket_dir(home).mkdir(parents=True, exist_ok=True)
-    (home / STARTUP_ERROR_FILE).unlink(missing_ok=True)
+    prepare_home(home)
     command = [sys.executable, "-m", "cbctl.runtime.supervisor", "--home", str(home),
                "--spec", json.dumps(asdict(spec))]
     return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

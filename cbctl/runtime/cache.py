@@ -14,7 +14,13 @@ by an estimate of the bytes it holds. ``CachedStore`` puts it in front of a ``St
   them (a push for a key no longer held is ignored and its key unsubscribed; a key fetched again is
   subscribed again and taken off the list);
 - a cached copy that fails a session's freshness check (a push it needed is missing) is refetched, and its
-  key subscribed again, which heals a subscription the store lost in a restart.
+  key subscribed again, which heals a subscription the store lost in a restart;
+- a restarted store knows no subscriptions (they live in its memory), so nothing would ever be pushed to
+  the copies cached before: once per status interval the executor asks the store for its epoch (a random id
+  drawn at start, in its O(1) stats reply; ``StoreEpochProbe``), and on a new one drops the whole cache, so
+  every key is fetched and subscribed again on its next read. A write made after a restart can thus be
+  missed by a cache for about one status interval after the new store is up (bounded by
+  ``STATUS_INTERVAL_S`` + ``STORE_EPOCH_WAIT_S``), never longer.
 
 Used from the executor's one thread only.
 """
@@ -22,14 +28,18 @@ Used from the executor's one thread only.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import zmq
 
-from cbctl.errors import InvalidArgument
+from cbctl.errors import InvalidArgument, ProtocolError
 from cbctl.runtime.lattices import CausalLattice, Lattice, LWWLattice, lattice_from_wire
+from cbctl.runtime.messages import StoreStatsRequest, StoreStatsResponse, unpack
+from cbctl.runtime.process import drain, new_socket
 from cbctl.runtime.store_client import StoreClient
 
 log = logging.getLogger(__name__)
@@ -111,6 +121,10 @@ class ExecutorCache:
         if entry is not None:
             self.bytes -= entry.size
 
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+
     def recent_keys(self, limit: int | None = None) -> list[str]:
         """Held keys, most recently used first, at most ``limit`` of them."""
         keys = []
@@ -161,6 +175,8 @@ class CachedStore:
         self.stale_refetches = 0
         self.pushes_applied = 0
         self.pushes_ignored = 0
+        self.store_epoch: str | None = None  # the store run the subscriptions were made with (None: unknown)
+        self.store_restarts_seen = 0
 
     def read(self, key: str, fresh: Any = None) -> Lattice | None:
         """The key's lattice (None: no value), from the cache when held; ``fresh`` is a predicate a held
@@ -237,13 +253,68 @@ class CachedStore:
             self._unsubscribe.update(k for k in keys if k not in self.cache)  # try again on the next flush
             raise
 
+    def on_store_epoch(self, epoch: str) -> bool:
+        """The store's epoch, as a probe just read it; returns whether the cache was dropped.
+
+        A new epoch is a restarted store, which pushes nothing for the keys held here: drop them all (and the
+        pending unsubscriptions, which the new store does not have). With no epoch known yet, held keys may
+        predate a restart nobody saw, so they go too (at most once, right after start)."""
+        known, self.store_epoch = self.store_epoch, epoch
+        if epoch == known or (known is None and not len(self.cache)):
+            return False
+        if known is not None:
+            self.store_restarts_seen += 1
+            log.info("the store restarted (epoch %s, was %s): dropping %d cached keys", epoch, known,
+                     len(self.cache))
+        self.cache.clear()
+        self._unsubscribe.clear()
+        return True
+
     def metrics(self) -> dict[str, Any]:
         return {
             "hits": self.hits, "misses": self.misses, "stale_refetches": self.stale_refetches,
             "keys": len(self.cache), "bytes": self.cache.bytes, "capacity_bytes": self.cache.capacity_bytes,
             "evictions": self.cache.evictions, "pushes_applied": self.pushes_applied,
             "pushes_ignored": self.pushes_ignored, "store_requests": self.client.requests,
+            "store_restarts_seen": self.store_restarts_seen,
         }
 
     def _evicted(self, keys: list[str]) -> None:
         self._unsubscribe.update(keys)
+
+
+class StoreEpochProbe:
+    """Asks the store for its epoch on a DEALER of its own, so a probe never blocks for long and a dead store
+    costs nothing but an unanswered request: ``probe`` reads any late answer to an earlier probe, sends a new
+    one and waits at most ``wait_s`` for it. Not the ``StoreClient``'s socket: that one retries for seconds
+    and counts requests (tests count a cache hit's store requests with it)."""
+
+    def __init__(self, context: zmq.Context, address: str) -> None:
+        self.sock = new_socket(context, zmq.DEALER)
+        self.sock.connect(address)
+        self._ids = itertools.count(1)
+
+    def probe(self, wait_s: float) -> str | None:
+        """The newest epoch the store reported (None if none came back yet)."""
+        epoch = self._read()
+        try:
+            self.sock.send(StoreStatsRequest(next(self._ids)).pack(), zmq.NOBLOCK)
+        except zmq.Again:  # the store has not read our earlier probes for a long while: it is down
+            return epoch
+        if self.sock.poll(max(0, int(wait_s * 1000))):
+            epoch = self._read() or epoch
+        return epoch
+
+    def _read(self) -> str | None:
+        epoch = None
+        for parts in drain(self.sock):
+            try:
+                reply = unpack(parts[-1])
+            except ProtocolError:
+                continue
+            if isinstance(reply, StoreStatsResponse) and isinstance(reply.stats.get("epoch"), str):
+                epoch = reply.stats["epoch"]
+        return epoch
+
+    def close(self) -> None:
+        self.sock.close()

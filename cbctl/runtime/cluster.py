@@ -117,6 +117,9 @@ def running_cluster(home: Path) -> ClusterFile:
     """The live cluster in ``home``, or ``ClusterNotRunning`` (cleaning a stale file, and saying so)."""
     cluster = ClusterFile.read(home)
     if cluster is None:
+        if home.exists() and not home.is_dir():
+            raise ClusterNotRunning(f"the cluster directory {home} is a file: point CBCTL_HOME or --home at the "
+                                    "directory a cluster was started in")
         if (home / CLUSTER_FILE).exists():
             remove_cluster_file(home)
             raise ClusterNotRunning(

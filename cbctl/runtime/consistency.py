@@ -576,3 +576,13 @@ def with_client_session(extras: dict[str, Any], request_extras: Any) -> dict[str
     if not isinstance(session, dict) or not session:
         return extras
     return {**extras, SESSION: session}
+
+
+def with_continued_call(extras: dict[str, Any], continued_extras: Any) -> dict[str, Any]:
+    """The scheduler's part for a call handed on with ``cbctl.Continue``: the client's session, and the writes
+    the call made before the hand-off, so the final sink still returns them to the client (read-your-writes)."""
+    extras = with_client_session(extras, continued_extras)
+    writes = continued_extras.get(WRITES) if isinstance(continued_extras, dict) else None
+    if not isinstance(writes, dict) or not writes:
+        return extras
+    return {**extras, WRITES: writes}

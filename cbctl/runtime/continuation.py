@@ -76,9 +76,12 @@ def hand_off(executor: Executor, trigger: DagTrigger, continuation: Continue, is
     if not sockets:
         executor.fail(trigger, CbctlError("this executor knows no scheduler to continue the call on"))
         return
-    # the scheduler keeps only the client's session from these (read-your-writes across the hand-off)
+    # This step ends the call's first part: its repeatable-read snapshots are released (the rest is a call of
+    # its own), and the writes it made so far travel on, for the final sink to return them to the client. The
+    # scheduler keeps only those and the client's session (read-your-writes across the hand-off).
+    extras = {**trigger.extras, **executor.sessions.result_extras(trigger)}
     frame = ContinueCall(trigger.call_id, continuation.name, args, trigger.response_address, trigger.store_result,
-                         trigger.consistency, depth, trigger.extras).pack()
+                         trigger.consistency, depth, extras).pack()
     # any scheduler can place the rest of the call; spreading by call id keeps one chain on one scheduler
     sock = sockets[hash(trigger.call_id) % len(sockets)]
     try:

@@ -13,7 +13,6 @@ import itertools
 import logging
 import os
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,8 @@ import psutil
 import zmq
 
 from cbctl.errors import CbctlError, ConsistencyError, InvalidArgument, NoSuchFunction, ProtocolError
-from cbctl.runtime import batching, cluster, continuation, multiexec, registry, serialization
-from cbctl.runtime.cache import CachedStore
+from cbctl.runtime import batching, cluster, continuation, multiexec, registry, serialization, user_errors
+from cbctl.runtime.cache import CachedStore, StoreEpochProbe
 from cbctl.runtime.code_loading import load_target
 from cbctl.runtime.consistency import SessionManager
 from cbctl.runtime.continuation import Continue
@@ -34,6 +33,8 @@ from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
     STATUS_INTERVAL_S,
+    STORE_EPOCH_WAIT_S,
+    STORE_REQUEST_TIMEOUT_S,
     VERSION_FETCH_TIMEOUT_S,
 )
 from cbctl.runtime.departure import Departure, Peer
@@ -110,6 +111,7 @@ class Executor:
         self.frames_received = 0  # with peers.sent, what a test counts messages per call with
         # the cache in front of the store, and the consistency modes' per-call state (cache.py, consistency.py)
         self.cached = CachedStore(store, self.executor_id, address, int(config.options.get("cache_mb", 64)) << 20)
+        self.store_probe = StoreEpochProbe(context, config.store_address)  # notices a restarted store
         self.sessions = SessionManager(self.cached, address, self.executor_id, self.fetch_version, self.peers.send)
         self._version_ids = itertools.count(1)
         self.awaited_version: tuple[int, VersionResponse | None] | None = None  # (req_id, reply) of fetch_version
@@ -231,17 +233,21 @@ class Executor:
         name = trigger.function
         ok = True
         self.sessions.begin(trigger, inputs)
+        args = None
         try:
             loaded = self.load(name, trigger.versions.get(name, 0))
             if loaded.record.batching:
                 batching.run_batch(self, loaded, (trigger, inputs), started)  # accounts its calls itself
                 return
-            result = loaded.target(self.userlib, *self.arguments(trigger, inputs))
+            args = self.arguments(trigger, inputs)
+            result = loaded.target(self.userlib, *args)
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything, SystemExit included
             if isinstance(exc, KeyboardInterrupt):
                 raise
             ok = False
-            self.fail(trigger, exc)
+            # a wrong argument count gets a message that does not count cb (args is set: loaded is too)
+            target = loaded.target if args is not None else None
+            self.fail(trigger, user_errors.explain_call_error(exc, name, target, args))
         else:
             self.deliver(trigger, result)
         self.metrics.record_call(name, bool(trigger.dag), time.perf_counter_ns() - started, ok)
@@ -263,7 +269,7 @@ class Executor:
         try:
             payload = serialization.encode(result)
         except Exception as exc:
-            self.fail(trigger, exc)
+            self.fail(trigger, user_errors.unserializable_result(trigger.function, result, exc))
             return
         if not successors:
             self.respond(trigger, CallResult(trigger.call_id, True, payload, executor_id=self.executor_id))
@@ -286,8 +292,8 @@ class Executor:
             error_type, remote_type = type(exc).__name__, ""
         else:
             error_type, remote_type = "FunctionError", type(exc).__name__
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        self.respond(trigger, CallResult(trigger.call_id, False, b"", error_type, str(exc), text,
+        text = user_errors.user_traceback(exc)  # the user's frames, not the executor's
+        self.respond(trigger, CallResult(trigger.call_id, False, b"", error_type, _message_of(exc), text,
                                          self.executor_id, remote_type))
 
     def respond(self, trigger: DagTrigger, result: CallResult) -> None:
@@ -311,6 +317,12 @@ class Executor:
             del self.joins[key], self.join_started[key]
         for key in self.multiexec.expire(JOIN_TIMEOUT_S):
             log.warning("multi-exec gather %s never got all its results; dropped", key)
+
+    def check_store_epoch(self, wait_s: float = STORE_EPOCH_WAIT_S) -> None:
+        """Timer work: drop the cache if the store restarted since the last check (see cache.py)."""
+        epoch = self.store_probe.probe(wait_s)
+        if epoch is not None:
+            self.cached.on_store_epoch(epoch)
 
     # --- the user library's needs --------------------------------------------------------------------
 
@@ -444,6 +456,15 @@ class Executor:
         )
 
 
+def _message_of(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when the exception's own ``__str__`` raises: the caller still gets its answer
+    (an exception escaping ``fail`` would leave the call unanswered for ever)."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: str() failed>"
+
+
 def _process_alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # exited, not yet reaped
@@ -508,6 +529,7 @@ def main(config: ProcessConfig) -> None:
     executor.sock = sock
     reporter = StatusReporter(context, executor, config.scheduler_addresses)
     executor.scheduler_sockets = reporter.sockets
+    executor.check_store_epoch(STORE_REQUEST_TIMEOUT_S)  # the epoch the cache starts with
     try:
         reporter.handshake()
     except TimeoutError as exc:
@@ -530,6 +552,7 @@ def main(config: ProcessConfig) -> None:
             reporter.report(running=not shutdown.requested)
             executor.expire_joins()
             executor.sessions.maintain(time.monotonic())
+            executor.check_store_epoch()
         if shutdown.requested and not executor.departure.leaving:
             # warm stop: the schedulers stop placing work here when they see running=False
             reporter.report(running=False)
@@ -538,6 +561,7 @@ def main(config: ProcessConfig) -> None:
             break
     reporter.report(running=False)
     reporter.close()
+    executor.store_probe.close()
     executor.peers.close(linger_s=DEPARTURE_LINGER_S)
     store.close()
     sock.close()

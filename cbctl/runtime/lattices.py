@@ -44,7 +44,8 @@ class Lattice(abc.ABC):
 
     def _check_mergeable(self, other: object) -> None:
         if type(other) is not type(self):
-            raise TypeError(f"cannot merge a {self.kind!r} lattice with {other!r:.80}: the kinds must match")
+            kind = getattr(other, "kind", type(other).__name__)  # never the value itself: it may be huge
+            raise TypeError(f"cannot merge a {self.kind!r} lattice with a {kind!r} one: the kinds must match")
 
 
 class _DictBacked(Lattice):

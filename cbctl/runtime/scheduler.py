@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds between re-reads of the registry from the store (what another scheduler registered).
 REGISTRY_REFRESH_S = 2.0
+#: Seconds one periodic re-read may wait for the store, in one attempt: the loop serves no call meanwhile, so
+#: a dead or restarting store must not hold it for a store client's whole retry budget; the next one retries.
+REGISTRY_REFRESH_TIMEOUT_S = 0.5
 CONSISTENCY_MODES = ("lww", "repeatable_read", "causal")
 
 
@@ -101,8 +104,8 @@ class Scheduler:
 
     # --- registry --------------------------------------------------------------------------------------
 
-    def refresh_registry(self) -> None:
-        self.functions, self.dags = registry.load_all(self.store)
+    def refresh_registry(self, store: StoreClient | None = None) -> None:
+        self.functions, self.dags = registry.load_all(store or self.store)
         self.plans.clear()
         self.apply(self.policy.set_wanted(pinned_functions(self.functions, self.dags)))
 
@@ -155,7 +158,8 @@ class Scheduler:
         self.name_calls[plan.name] = self.name_calls.get(plan.name, 0) + 1
         extras = {**plan.extras, DEPTH_KEY: depth} if depth else plan.extras
         if request.extras:  # the client's read-your-writes session, and nothing else a client may set
-            extras = consistency.with_client_session(extras, request.extras)
+            extras = (consistency.with_continued_call(extras, request.extras) if depth  # from an executor
+                      else consistency.with_client_session(extras, request.extras))
         for source in plan.sources:
             trigger = DagTrigger(request.call_id, plan.dag, source, locations, plan.versions, plan.edges, "",
                                  request.source_args.get(source, request.args), request.response_address,
@@ -186,6 +190,8 @@ class Scheduler:
         name = request.name
         if not isinstance(name, str) or not name or name.startswith("__"):
             raise InvalidArgument(f"function name {name!r} is invalid: use a non-empty name not starting with '__'")
+        if name in self.dags or registry.load_dag(self.store, name) is not None:  # (another scheduler's, too)
+            raise InvalidArgument(f"{name!r} is already a DAG's name: give the function another name")
         options = request.options
         if options.get("gpu") and not any(v.executor_type == "gpu" for v in self.policy.executors.values()):
             from cbctl.errors import NoExecutorAvailable
@@ -239,7 +245,8 @@ class Scheduler:
         elif name in self.functions:
             users = [d.name for d in self.dags.values() if name in d.functions]
             if users:
-                raise InvalidArgument(f"function {name!r} is used by DAG(s) {', '.join(users)}: remove those first")
+                raise InvalidArgument(f"function {name!r} is used by DAG(s) {', '.join(users)}: remove those first "
+                                      "with `cbctl rm NAME`")
             self.store.delete(registry.FUNCTION_PREFIX + name)
             kind = "function"
         else:
@@ -358,6 +365,8 @@ def main(config: ProcessConfig) -> None:
     sock = new_socket(context, zmq.ROUTER)
     address = scheduler.address = config.bind(sock)
     report_ready(context, config, address)
+    refresh_store = StoreClient(context, config.store_address, writer_id=config.name,
+                                request_timeout_s=REGISTRY_REFRESH_TIMEOUT_S, retry_budget_s=0.0)
     freeze_startup_heap()
     receiver = Receiver(sock, multipart=True)
     next_refresh = time.monotonic() + REGISTRY_REFRESH_S
@@ -377,10 +386,11 @@ def main(config: ProcessConfig) -> None:
         if now >= next_refresh:
             next_refresh = now + REGISTRY_REFRESH_S
             try:
-                scheduler.refresh_registry()
+                scheduler.refresh_registry(refresh_store)
             except CbctlError as exc:
                 log.warning("registry refresh failed: %s", exc)
     sock.close()
+    refresh_store.close()
     scheduler.peers.close()
     store.close()
     context.term()

@@ -8,6 +8,7 @@ the batch interval is due, compact when the log grows.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,11 @@ class StoreNode:
         for record in self.wal.replay():
             key, wire = msgpack.unpackb(record, raw=False)
             self._merge(key, lattice_from_wire(wire))
-        self.subscribers: dict[str, set[str]] = {}
+        self.subscribers: dict[str, set[str]] = {}  # in memory only: a restarted store has none
+        self.subscriptions = 0  # sum of the sets' sizes, kept on every change so stats stay O(1)
+        # Executors compare this with what they saw before (their once-per-status-interval stats probe): a new
+        # epoch means the subscriptions their caches rely on are gone, so they drop their caches (cache.py).
+        self.epoch = os.urandom(8).hex()
         self.triggers = StoreTriggers()  # sees every write: storage-triggered calls (see triggers.py)
         self.triggers.load(self.data)
         self.counters = {"gets": 0, "puts": 0, "deletes": 0, "lists": 0, "protocol_errors": 0,
@@ -124,10 +129,19 @@ class StoreNode:
             return ListKeysResponse(request.req_id, self.live_keys(request.prefix))
         if isinstance(request, SubscribeRequest):
             for key in request.keys:
+                addresses = self.subscribers.get(key)
                 if request.unsubscribe:
-                    self.subscribers.get(key, set()).discard(request.address)
-                else:
-                    self.subscribers.setdefault(key, set()).add(request.address)
+                    if addresses is not None and request.address in addresses:
+                        addresses.discard(request.address)
+                        self.subscriptions -= 1
+                        if not addresses:  # no empty set left behind per key ever cached
+                            del self.subscribers[key]
+                elif addresses is None:
+                    self.subscribers[key] = {request.address}
+                    self.subscriptions += 1
+                elif request.address not in addresses:
+                    addresses.add(request.address)
+                    self.subscriptions += 1
             return Ack(request.req_id)
         if isinstance(request, StoreStatsRequest):
             return StoreStatsResponse(request.req_id, self.stats())
@@ -140,7 +154,8 @@ class StoreNode:
             "log_bytes": self.wal.log_bytes,
             "snapshot_bytes": self.wal.snapshot_bytes,
             "uptime_s": time.time() - self.started,
-            "subscriptions": sum(len(addresses) for addresses in self.subscribers.values()),  # cached keys
+            "subscriptions": self.subscriptions,  # cached keys, over every executor
+            "epoch": self.epoch,
             **self.counters,
             **self.triggers.stats(),
             "ops_per_s": sum(rate for name, rate in self.rates.rates(time.monotonic(), self.counters).items()

@@ -368,9 +368,11 @@ class Supervisor:
     def _stop_role(self, role: str) -> None:
         children = [c for c in self.children.values() if c.config.role == role and c.process is not None]
         for child in children:
-            child.state = "stopping"
-            if child.process.is_alive():
+            # one SIGTERM only: a child already stopping (departed by `cbctl scale`) is finishing its calls, and
+            # a second signal is the cold stop that drops them
+            if child.state != "stopping" and child.process.is_alive():
                 child.process.terminate()
+            child.state = "stopping"
         deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
         for child in children:
             child.process.join(max(0.0, deadline - time.monotonic()))
@@ -393,7 +395,12 @@ def main(argv: list[str] | None = None) -> None:
 
     setup_logging(config)
     (home / STARTUP_ERROR_FILE).unlink(missing_ok=True)
-    supervisor = Supervisor(home, spec)
+    try:
+        supervisor = Supervisor(home, spec)
+    except Exception as exc:  # e.g. its control socket cannot bind: `cbctl up` shows this file's text
+        log.exception("start failed")
+        (home / STARTUP_ERROR_FILE).write_text(str(exc))
+        sys.exit(1)
     try:
         supervisor.start()
     except Exception as exc:

@@ -1,0 +1,40 @@
+"""Functions the call-path tests deploy: odd exceptions, writes handed on with a continuation."""
+
+import cbctl
+
+
+class UnprintableError(Exception):
+    """An exception whose message cannot even be made: ``str()`` of it raises."""
+
+    def __str__(self):
+        raise RuntimeError("this exception has no message")
+
+
+@cbctl.function
+def raise_unprintable(cb):
+    raise UnprintableError()
+
+
+@cbctl.function
+def read_key(cb, key):
+    """[executor id, the key's value or None]."""
+    return [cb.getid(), cb.get(key, None)]
+
+
+@cbctl.function
+def whoami(cb, *_ignored):
+    return cb.getid()
+
+
+@cbctl.function
+def write_then_continue(cb, key, value):
+    """Write, then hand the call on: the caller's result comes from ``whoami``."""
+    cb.put(key, value)
+    return cbctl.Continue("whoami")
+
+
+@cbctl.function
+def read_then_continue(cb, key):
+    """Read under the call's mode (a repeatable-read snapshot is kept), then hand the call on."""
+    cb.get(key, None)
+    return cbctl.Continue("whoami")

@@ -1,0 +1,83 @@
+"""The call path's answers on real clusters: every call gets exactly one, carrying what it must (its writes,
+for the client's read-your-writes), and per-call state is freed when it ends."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zmq
+
+from cbctl.errors import FunctionError
+from cbctl.runtime.store_client import StoreClient
+from tests.conftest import RunningCluster
+from tests.integration.shared_cluster import DEPLOYABLES, module_cluster
+
+FUNCTIONS = DEPLOYABLES / "call_path_fns.py"
+EXECUTORS = 3
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Iterator[RunningCluster]:
+    with module_cluster(tmp_path_factory.mktemp("cbcall"), executors=EXECUTORS, deploy=(FUNCTIONS,)) as handle:
+        yield handle
+
+
+def read_on_every_executor(client, key: str, consistency: str = "lww", tries: int = 80) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for _ in range(tries):
+        executor_id, value = client.call("read_key", key, consistency=consistency, timeout=10)
+        seen[executor_id] = value
+        if len(seen) == EXECUTORS:
+            return seen
+    raise AssertionError(f"reads of {key!r} ran only on {sorted(seen)} in {tries} calls")
+
+
+def drop_subscriptions(handle: RunningCluster, keys: list[str]) -> None:
+    """Unsubscribe every executor from ``keys`` at the store: their pushes are lost from now on."""
+    store = StoreClient(zmq.Context.instance(), handle.cluster_file().store_address, writer_id="test")
+    try:
+        for p in handle.cluster_file().processes:
+            if p.role == "executor":
+                store.subscribe(f"executor-{p.index}", p.address, keys, unsubscribe=True)
+    finally:
+        store.close()
+
+
+def test_an_exception_whose_str_raises_still_answers_the_call(shared):
+    client = shared.client()
+    with pytest.raises(FunctionError) as raised:
+        client.call("raise_unprintable", timeout=10)
+    assert raised.value.remote_type == "UnprintableError"
+    assert client.call("whoami", timeout=10).startswith("executor-")  # and the executor carries on
+
+
+def test_writes_made_before_a_continuation_are_the_callers_to_read(shared):
+    """Read-your-writes across calls covers the writes a call made before handing itself on with Continue."""
+    setter, client = shared.client(), shared.client()
+    setter.put("continued-key", "old")
+    assert set(read_on_every_executor(client, "continued-key").values()) == {"old"}  # cached everywhere
+    drop_subscriptions(shared, ["continued-key"])  # no push will tell the caches
+    assert client.call("write_then_continue", "continued-key", "new", timeout=10).startswith("executor-")
+    assert set(read_on_every_executor(client, "continued-key").values()) == {"new"}
+
+
+def test_a_continued_repeatable_read_call_releases_its_snapshots(shared):
+    client = shared.client()
+    client.put("rr-continued", "v")
+    for _ in range(10):
+        client.call("read_then_continue", "rr-continued", consistency="repeatable_read", timeout=10)
+    done = time.monotonic()
+
+    def snapshots_held() -> int | None:
+        """Snapshots every executor holds, by statuses sent after the calls (None until each has sent one)."""
+        asked = time.monotonic()
+        statuses = client.cluster_info()["executors"].values()
+        if not all(asked - s["status_age_s"] > done for s in statuses):
+            return None
+        return sum(s["metrics"]["cache"]["snapshots"] for s in statuses)
+
+    # each holder releases its own at once, or on its next timer when another step ended the call
+    shared.wait_for(lambda: snapshots_held() == 0, timeout=5, what="no repeatable-read snapshot left held")
