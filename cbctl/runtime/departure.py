@@ -34,7 +34,7 @@ class Peer:
     """Another process that may send this executor triggers, and that must acknowledge its departure."""
 
     address: str
-    pid: int = 0  # 0: not known (a scheduler), so only its answer or the deadline releases the wait
+    pid: int = 0  # 0: not known, so only its answer or the deadline releases the wait
     index: int = -1
     executor_type: str = ""
 

@@ -416,7 +416,9 @@ class Executor:
         found = cluster.ClusterFile.read(Path(self.config.home))
         executors = [Peer(e.address, e.pid, e.index, e.executor_type or "cpu")
                      for e in (found.processes if found else ()) if e.role == "executor"]
-        schedulers = [Peer(address) for address in self.config.scheduler_addresses]
+        # with their pids, so a scheduler that died (and cannot answer) is not waited for until the deadline
+        pids = {e.address: e.pid for e in (found.processes if found else ()) if e.role == "scheduler"}
+        schedulers = [Peer(address, pids.get(address, 0)) for address in self.config.scheduler_addresses]
         addresses, frame = self.departure.begin(executors, schedulers, self.executor_type)
         for address in addresses:
             self.peers.send(address, frame)

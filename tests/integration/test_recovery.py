@@ -13,6 +13,7 @@ import time
 
 import psutil
 
+from cbctl.lifecycle import wait_gone
 from cbctl.runtime.defaults import STATUS_INTERVAL_S
 from tests.conftest import RunningCluster
 from tests.integration.shared_cluster import DEPLOYABLES, TOOLKIT
@@ -124,3 +125,20 @@ def test_down_during_a_scale_down_lets_the_departing_executor_finish_its_calls(s
         scale.communicate(timeout=30)
     assert [f.result(timeout=10) for f in futures] == [1.5] * 4
     assert "second signal" not in (handle.home / "logs" / "executor-1.log").read_text()
+
+
+def test_stopping_right_after_a_scheduler_died_does_not_wait_for_its_answer(start_cluster):
+    """Departing executors wait for every scheduler's acknowledgement; one that died cannot send it, and must
+    be let go as soon as its process is gone, not at the departure deadline (10 s)."""
+    handle = start_cluster(executors=2)
+    found = handle.cluster_file()
+    processes = [psutil.Process(pid) for pid in [found.supervisor_pid, *found.pids()]]
+    os.kill(handle.pid_of("scheduler-0"), signal.SIGKILL)
+    os.kill(found.supervisor_pid, signal.SIGTERM)  # what `cbctl down` does, before the restart (0.2 s) is due
+    started = time.monotonic()
+    left = wait_gone(processes, 20)
+    took = time.monotonic() - started
+    assert not left, f"still running: {[p.pid for p in left]}"
+    assert took < 6, f"the cluster took {took:.1f} s to stop"
+    for name in ("executor-0", "executor-1"):
+        assert "left without an answer" not in (handle.home / "logs" / f"{name}.log").read_text()
