@@ -118,9 +118,10 @@ def wait_until_up(home: Path, proc: subprocess.Popen, timeout_s: float = STARTUP
     raise CbctlError(f"the cluster did not report ready within {timeout_s:.0f} s: see {home / 'logs'}")
 
 
-def stop_cluster(home: Path, timeout_s: float = SHUTDOWN_TIMEOUT_S + 10) -> int:
+def stop_cluster(home: Path, timeout_s: float = 3 * SHUTDOWN_TIMEOUT_S + 10) -> int:
     """Stop the cluster in ``home`` and wait until every one of its processes is gone; returns how many
-    processes were stopped."""
+    processes were stopped. The wait covers the supervisor's own deadlines (one per role: executors,
+    schedulers, store) so a warm stop that is still finishing long calls is not cut short."""
     found = cluster.running_cluster(home)
     procs = []
     for pid in [found.supervisor_pid] + [p.pid for p in found.processes]:
