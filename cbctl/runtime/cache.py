@@ -18,9 +18,9 @@ by an estimate of the bytes it holds. ``CachedStore`` puts it in front of a ``St
 - a restarted store knows no subscriptions (they live in its memory), so nothing would ever be pushed to
   the copies cached before: once per status interval the executor asks the store for its epoch (a random id
   drawn at start, in its O(1) stats reply; ``StoreEpochProbe``), and on a new one drops the whole cache, so
-  every key is fetched and subscribed again on its next read. A write made after a restart can thus be
-  missed by a cache for about one status interval after the new store is up (bounded by
-  ``STATUS_INTERVAL_S`` + ``STORE_EPOCH_WAIT_S``), never longer.
+  every key is fetched and subscribed again on its next read. The probe never waits (its answer is read at
+  the next interval), so a write made after a restart can be missed by a cache for at most about two status
+  intervals after the new store is up, never longer.
 
 Used from the executor's one thread only.
 """

@@ -26,11 +26,6 @@ STORE_REQUEST_TIMEOUT_S = 2.0
 #: Total seconds a store client keeps retrying one request (covers a store restart by the supervisor).
 STORE_RETRY_BUDGET_S = 15.0
 
-#: Longest an executor waits, once per status interval, for the store's answer to its epoch probe (how it
-#: notices a restarted store, whose lost subscriptions would leave its cache stale; see cache.py). The store
-#: answers in well under a millisecond; a slower answer is read at the next interval instead of waited for.
-STORE_EPOCH_WAIT_S = 0.02
-
 #: Seconds a control request to a scheduler waits before the client calls the cluster unreachable.
 CONTROL_TIMEOUT_S = 15.0
 

@@ -33,7 +33,6 @@ from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
     STATUS_INTERVAL_S,
-    STORE_EPOCH_WAIT_S,
     STORE_REQUEST_TIMEOUT_S,
     VERSION_FETCH_TIMEOUT_S,
 )
@@ -318,8 +317,10 @@ class Executor:
         for key in self.multiexec.expire(JOIN_TIMEOUT_S):
             log.warning("multi-exec gather %s never got all its results; dropped", key)
 
-    def check_store_epoch(self, wait_s: float = STORE_EPOCH_WAIT_S) -> None:
-        """Timer work: drop the cache if the store restarted since the last check (see cache.py)."""
+    def check_store_epoch(self, wait_s: float = 0.0) -> None:
+        """Timer work: drop the cache if the store restarted since the last check (see cache.py). The timer
+        never waits: it reads the answer to the previous interval's probe and sends the next one, because a
+        wait here would stall whatever call arrives meanwhile (it showed in the chain's p99)."""
         epoch = self.store_probe.probe(wait_s)
         if epoch is not None:
             self.cached.on_store_epoch(epoch)
