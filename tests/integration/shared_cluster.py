@@ -3,6 +3,7 @@ modules wrap in a module-scoped fixture. Tests on it use names of their own, so 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,3 +29,9 @@ def module_cluster(home: Path, executors: int = 2, deploy: tuple[Path, ...] = ()
         if pids:
             run_cli(home, "down", timeout=60)
         kill_processes(pids)
+
+
+def registered_names(handle: RunningCluster) -> tuple[set[str], set[str]]:
+    """The registered function names and DAG names, as `cbctl ls --json` reports them."""
+    listed = json.loads(handle.cli("ls", "--json", check=True).stdout)
+    return {f["name"] for f in listed["functions"]}, {d["name"] for d in listed["dags"]}

@@ -16,7 +16,7 @@ import pytest
 
 import cbctl
 from tests.conftest import EXAMPLES, RunningCluster
-from tests.integration.shared_cluster import TOOLKIT, module_cluster
+from tests.integration.shared_cluster import TOOLKIT, module_cluster, registered_names
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +24,6 @@ def shared(tmp_path_factory) -> Iterator[RunningCluster]:
     """A 2-executor cluster with examples/pipeline.py and the test toolkit deployed, for this module."""
     with module_cluster(tmp_path_factory.mktemp("cbdags"), deploy=(EXAMPLES / "pipeline.py", TOOLKIT)) as handle:
         yield handle
-
-
-def registered(handle: RunningCluster) -> tuple[set[str], set[str]]:
-    listed = json.loads(handle.cli("ls", "--json", check=True).stdout)
-    return {f["name"] for f in listed["functions"]}, {d["name"] for d in listed["dags"]}
 
 
 # --- validation ----------------------------------------------------------------------------------------------
@@ -54,7 +49,7 @@ def test_invalid_dag_names_the_problem_and_registers_nothing(shared, tmp_path, k
     assert result.returncode == 1, result.stdout
     assert problem in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    functions_now, dags_now = registered(shared)
+    functions_now, dags_now = registered_names(shared)
     assert not {f"{kind}_a", f"{kind}_b", f"{kind}_c"} & functions_now
     assert not {f"good_{kind}", f"bad_{kind}"} & dags_now
 

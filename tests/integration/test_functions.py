@@ -20,7 +20,7 @@ from cbctl.declare import DeployFileError
 from cbctl.runtime.cluster import socket_dir
 from cbctl.runtime.defaults import POLICY_STALE_S
 from tests.conftest import EXAMPLES, RunningCluster
-from tests.integration.shared_cluster import TOOLKIT, module_cluster
+from tests.integration.shared_cluster import TOOLKIT, module_cluster, registered_names
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +28,6 @@ def shared(tmp_path_factory) -> Iterator[RunningCluster]:
     """A 2-executor cluster with examples/pipeline.py and the test toolkit deployed, for this module."""
     with module_cluster(tmp_path_factory.mktemp("cbfunctions"), deploy=(EXAMPLES / "pipeline.py", TOOLKIT)) as handle:
         yield handle
-
-
-def registered_names(handle: RunningCluster) -> tuple[set[str], set[str]]:
-    listed = json.loads(handle.cli("ls", "--json", check=True).stdout)
-    return {f["name"] for f in listed["functions"]}, {d["name"] for d in listed["dags"]}
 
 
 def executor_pids(handle: RunningCluster) -> dict[str, int]:
