@@ -39,6 +39,7 @@ from cbctl.runtime.defaults import (
 from cbctl.runtime.departure import Departure, Peer
 from cbctl.runtime.lattices import lattice_from_wire
 from cbctl.runtime.messages import (
+    CallAborted,
     CallResult,
     DagTrigger,
     DirectMessage,
@@ -96,6 +97,7 @@ class Executor:
         self.pinned: set[str] = set()
         self.joins: dict[tuple[str, str], dict[str, DagTrigger]] = {}
         self.join_started: dict[tuple[str, str], float] = {}
+        self.aborted: dict[str, float] = {}  # failed calls -> when: their late triggers are dropped, not joined
         self.ready: collections.deque[tuple[DagTrigger, list[DagTrigger]]] = collections.deque()
         self.inbox: collections.deque[tuple[str, Any]] = collections.deque()
         self.deferred: list[bytes] = []  # frames that arrived while user code waited in recv
@@ -138,6 +140,8 @@ class Executor:
             log.warning("dropped a malformed %s: %s: %s", type(message).__name__, type(exc).__name__, exc)
 
     def on_trigger(self, trigger: DagTrigger) -> None:
+        if self.aborted and trigger.call_id in self.aborted:
+            return  # another step of this call failed: its caller has the error already
         if trigger.extras and multiexec.EXTRAS_KEY in trigger.extras and self.multiexec.on_trigger(trigger, self.ready):
             return
         upstream = upstream_of(trigger.edges, trigger.function)
@@ -204,10 +208,15 @@ class Executor:
     def on_snapshot_release(self, release: SnapshotRelease) -> None:
         self.sessions.release(release)
 
+    def on_call_aborted(self, message: CallAborted) -> None:
+        self.aborted[message.call_id] = time.monotonic()
+        for key in [k for k in self.joins if k[0] == message.call_id]:
+            del self.joins[key], self.join_started[key]
+
     HANDLERS = {DagTrigger: on_trigger, PinRequest: on_pin, UnpinRequest: on_unpin, DirectMessage: on_direct,
                 ExecutorLeaving: on_peer_leaving, LeavingAck: on_leaving_ack, KeyUpdate: on_key_update,
                 VersionRequest: on_version_request, VersionResponse: on_version_response,
-                SnapshotRelease: on_snapshot_release}
+                SnapshotRelease: on_snapshot_release, CallAborted: on_call_aborted}
 
     # --- running -------------------------------------------------------------------------------------
 
@@ -294,6 +303,23 @@ class Executor:
         text = user_errors.user_traceback(exc)  # the user's frames, not the executor's
         self.respond(trigger, CallResult(trigger.call_id, False, b"", error_type, _message_of(exc), text,
                                          self.executor_id, remote_type))
+        if trigger.edges:
+            self.abort_joins(trigger)
+
+    def abort_joins(self, trigger: DagTrigger) -> None:
+        """Tell every executor that runs a joining step of this call (one with several upstream functions)
+        to drop what it holds for it; the results of the branches that did not fail would otherwise wait there
+        for ``JOIN_TIMEOUT_S``."""
+        joining = {b for _, b in trigger.edges if len(upstream_of(trigger.edges, b)) > 1}
+        addresses = {trigger.locations[fn] for fn in joining if fn in trigger.locations}
+        frame = CallAborted(trigger.call_id).pack()
+        for address in addresses:
+            if self.departure.redirects:
+                address = self.departure.route(address)
+            if address == self.address:
+                self.on_call_aborted(CallAborted(trigger.call_id))
+            else:
+                self.peers.send(address, frame)
 
     def respond(self, trigger: DagTrigger, result: CallResult) -> None:
         session_extras = self.sessions.result_extras(trigger)  # the call ends here: snapshots go, writes return
@@ -314,6 +340,8 @@ class Executor:
         for key in [k for k, t in self.join_started.items() if now - t > JOIN_TIMEOUT_S]:
             log.warning("call %s: %s never got all its triggers; dropped", *key)
             del self.joins[key], self.join_started[key]
+        for call_id in [c for c, t in self.aborted.items() if now - t > JOIN_TIMEOUT_S]:
+            del self.aborted[call_id]
         for key in self.multiexec.expire(JOIN_TIMEOUT_S):
             log.warning("multi-exec gather %s never got all its results; dropped", key)
 
@@ -452,6 +480,7 @@ class Executor:
         report["protocol_errors"], report["dropped_sends"] = self.protocol_errors, self.peers.dropped
         report["frames_sent"], report["frames_received"] = self.peers.sent, self.frames_received
         report["cache"] = self.sessions.metrics()
+        report["pending_joins"] = len(self.joins)
         return ExecutorStatus(
             self.executor_id, self.address, self.executor_type, running, sorted(self.pinned),
             report["utilization"], len(self.ready), self.cached.cache.recent_keys(CACHED_KEYS_REPORTED), os.getpid(),

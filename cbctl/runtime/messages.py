@@ -338,11 +338,12 @@ class DirectMessage(Message):
     body: bytes
 
 
-@message(56)
-class DrainRequest(Message):
-    """Supervisor -> executor: stop taking new work, finish the queue, report leaving, exit."""
+@message(57)
+class CallAborted(Message):
+    """A step of a DAG call failed and the caller has its error: executors that may hold the call's partial
+    joins (upstream results waiting for a failed branch that will never come) drop them now, not at expiry."""
 
-    reason: str
+    call_id: str
 
 
 # --- supervisor ----------------------------------------------------------------------------------------

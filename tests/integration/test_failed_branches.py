@@ -1,0 +1,31 @@
+"""A DAG call whose branch fails answers the caller once and leaves no partial join behind on any executor."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+import cbctl
+from cbctl.runtime.defaults import STATUS_INTERVAL_S
+
+DEPLOYABLES = Path(__file__).resolve().parent / "deployables"
+
+
+def pending_joins(client: cbctl.Client) -> dict[str, int]:
+    executors = client.cluster_info()["executors"]
+    return {executor_id: status["metrics"]["pending_joins"] for executor_id, status in executors.items()}
+
+
+def test_a_failed_branch_drops_the_other_branchs_waiting_result(cluster):
+    cluster.cli("deploy", str(DEPLOYABLES / "failing_branch_fns.py"), check=True)
+    client = cluster.client()
+    for i in range(5):
+        with pytest.raises(cbctl.FunctionError, match=f"branch failed on {i}"):
+            client.call("half_broken", i, timeout=10)
+    time.sleep(0.5)  # the surviving branches reach the join after their calls failed
+    first_report = time.monotonic()
+    cluster.wait_for(lambda: time.monotonic() - first_report > STATUS_INTERVAL_S and not any(
+        pending_joins(client).values()), timeout=3 * STATUS_INTERVAL_S + 5, what="every executor to hold no join")
+    assert set(pending_joins(client).values()) == {0}
