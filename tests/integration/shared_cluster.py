@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from cbctl.lifecycle import kill_processes
 from tests.conftest import RunningCluster, run_cli
@@ -35,3 +36,16 @@ def registered_names(handle: RunningCluster) -> tuple[set[str], set[str]]:
     """The registered function names and DAG names, as `cbctl ls --json` reports them."""
     listed = json.loads(handle.cli("ls", "--json", check=True).stdout)
     return {f["name"] for f in listed["functions"]}, {d["name"] for d in listed["dags"]}
+
+
+def read_on_every_executor(client, key: str, count: int, consistency: str = "lww",
+                           tries: int = 80) -> dict[str, Any]:
+    """Call the deployed ``read_key(key) -> (executor_id, value)`` until ``count`` executors ran it; the last
+    value each one returned."""
+    seen: dict[str, Any] = {}
+    for _ in range(tries):
+        executor_id, value = client.call("read_key", key, consistency=consistency, timeout=10)
+        seen[executor_id] = value
+        if len(seen) == count:
+            return seen
+    raise AssertionError(f"reads of {key!r} ran only on {sorted(seen)} in {tries} calls")

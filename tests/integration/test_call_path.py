@@ -3,9 +3,9 @@ for the client's read-your-writes), and per-call state is freed when it ends."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import zmq
@@ -13,26 +13,18 @@ import zmq
 from cbctl.errors import FunctionError
 from cbctl.runtime.store_client import StoreClient
 from tests.conftest import RunningCluster
+from tests.integration import shared_cluster
 from tests.integration.shared_cluster import DEPLOYABLES, module_cluster
 
 FUNCTIONS = DEPLOYABLES / "call_path_fns.py"
 EXECUTORS = 3
+read_on_every_executor = functools.partial(shared_cluster.read_on_every_executor, count=EXECUTORS)
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory) -> Iterator[RunningCluster]:
     with module_cluster(tmp_path_factory.mktemp("cbcall"), executors=EXECUTORS, deploy=(FUNCTIONS,)) as handle:
         yield handle
-
-
-def read_on_every_executor(client, key: str, consistency: str = "lww", tries: int = 80) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for _ in range(tries):
-        executor_id, value = client.call("read_key", key, consistency=consistency, timeout=10)
-        seen[executor_id] = value
-        if len(seen) == EXECUTORS:
-            return seen
-    raise AssertionError(f"reads of {key!r} ran only on {sorted(seen)} in {tries} calls")
 
 
 def drop_subscriptions(handle: RunningCluster, keys: list[str]) -> None:

@@ -6,6 +6,7 @@ restart or a slow link would): the store's own API, no stand-in for any componen
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -19,10 +20,12 @@ import zmq
 from cbctl.errors import FunctionError, InvalidArgument, NoSuchKey
 from cbctl.runtime.store_client import StoreClient
 from tests.conftest import RunningCluster
+from tests.integration import shared_cluster
 from tests.integration.shared_cluster import DEPLOYABLES, module_cluster
 
 FUNCTIONS = DEPLOYABLES / "consistency_fns.py"
 EXECUTORS = 3  # three, so the policy pins the three steps of rr_chain on different executors
+read_on_every_executor = functools.partial(shared_cluster.read_on_every_executor, count=EXECUTORS)
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +36,6 @@ def shared(tmp_path_factory) -> Iterator[RunningCluster]:
 
 def executor_addresses(handle: RunningCluster) -> dict[str, str]:
     return {f"executor-{p.index}": p.address for p in handle.cluster_file().processes if p.role == "executor"}
-
-
-def read_on_every_executor(client, key: str, count: int = EXECUTORS, consistency: str = "lww",
-                           tries: int = 80) -> dict[str, Any]:
-    """Call ``read_key`` until each of ``count`` executors ran it; the last value each one returned."""
-    seen: dict[str, Any] = {}
-    for _ in range(tries):
-        executor_id, value = client.call("read_key", key, consistency=consistency, timeout=10)
-        seen[executor_id] = value
-        if len(seen) == count:
-            return seen
-    raise AssertionError(f"reads of {key!r} ran only on {sorted(seen)} in {tries} calls")
 
 
 def cache_metrics(client, after: float, timeout: float = 5.0) -> dict[str, dict[str, Any]]:
