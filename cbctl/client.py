@@ -302,9 +302,9 @@ class Client:
         for fn, values in source_args.items():
             if not isinstance(values, (list, tuple)):
                 values = [values]
-            encoded_sources[fn] = _encode(list(values), f"the arguments of {fn!r} in the call of {name!r}")
+            encoded_sources[fn] = _encode(list(values), "the arguments of %r in the call of %r", fn, name)
         refs = serialization.find_refs(args)
-        request = CallRequest(call_id, name, _encode(list(args), f"the arguments of the call of {name!r}"),
+        request = CallRequest(call_id, name, _encode(list(args), "the arguments of the call of %r", name),
                               encoded_sources,
                               self.response_address, store_result, consistency, refs, self._session.extras())
         if not store_result:
@@ -394,7 +394,7 @@ class Client:
         """Write ``value`` under ``key`` (last-writer-wins); durable per the store's policy on return."""
         _check_key(key)
         self._check_open()
-        encoded = _encode(value, f"the value for key {key!r}")
+        encoded = _encode(value, "the value for key %r", key)
         written_after = time.time_ns()  # the write's timestamp is at least this: its read-your-writes token
         with self._store_lock:
             try:
@@ -456,12 +456,14 @@ def _check_key(key: Any) -> None:
                               "(cbctl's own keys)")
 
 
-def _encode(value: Any, what: str) -> bytes:
-    """``serialization.encode``, with an error that says which value could not be serialised."""
+def _encode(value: Any, what: str, *what_args: Any) -> bytes:
+    """``serialization.encode``, with an error that says which value could not be serialised (``what`` is
+    %-formatted with ``what_args`` only then: this runs on every call)."""
     try:
         return serialization.encode(value)
     except Exception as exc:
-        raise InvalidArgument(f"{what} cannot be serialised ({type(exc).__name__}: {exc}): pass plain data, "
+        raise InvalidArgument(f"{what % what_args} cannot be serialised ({type(exc).__name__}: {exc}): "
+                              "pass plain data, "
                               "numpy arrays or picklable objects") from None
 
 
