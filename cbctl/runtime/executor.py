@@ -570,6 +570,8 @@ def main(config: ProcessConfig) -> None:
     context = zmq.Context()
     store = StoreClient(context, config.store_address, writer_id=config.name)
     sock = new_socket(context, zmq.PULL)
+    # no MAXMSGSIZE backstop here, unlike the scheduler and the store: the store pushes merged lattices (a causal
+    # key's concurrent values, a set that grew by merges), which may honestly exceed the limit on one value
     address = config.bind(sock)
     executor = Executor(config, context, store, address)
     executor.sock = sock
