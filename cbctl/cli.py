@@ -21,7 +21,14 @@ from cbctl.client import Client
 from cbctl.declare import DeployFileError
 from cbctl.errors import CbctlError, FunctionError, InvalidArgument
 from cbctl.runtime import cluster, user_errors
-from cbctl.runtime.defaults import CLI_CALL_TIMEOUT_S, MAX_BATCH, MAX_CONTINUATIONS, TOP_INTERVAL_S
+from cbctl.runtime.defaults import (
+    CALL_TIMEOUT_S,
+    DEPLOY_IMPORT_TIMEOUT_S,
+    MAX_BATCH,
+    MAX_CONTINUATIONS,
+    MAX_MESSAGE_BYTES,
+    TOP_INTERVAL_S,
+)
 
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # soft_wrap: an error stays one line, whatever the terminal width
@@ -122,6 +129,9 @@ def main() -> None:
               help="Most queued calls of a batching=True function one invocation serves.")
 @click.option("--max-continuations", type=int, default=MAX_CONTINUATIONS, show_default=True,
               help="Most cbctl.Continue hand-offs one call may make before it fails.")
+@click.option("--max-message-mb", type=int, default=MAX_MESSAGE_BYTES >> 20, show_default=True,
+              help="Largest serialised value, in MiB: call arguments, a result, a put (larger ones are refused "
+                   "with MessageTooLarge).")
 @click.option("--policy", "policy", multiple=True, metavar="KEY=VALUE",
               help="Tune the placement policy (repeatable), e.g. backoff_window_s=2 scale_in_calm_s=5 "
                    "locality=false; keys and defaults are in cbctl/runtime/defaults.py (POLICY_*).")
@@ -129,7 +139,7 @@ def main() -> None:
 @handle_errors
 def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
        durability: str, cache_mb: int, fake_gpus: int, max_batch: int, max_continuations: int,
-       policy: tuple[str, ...], home: str | None) -> None:
+       max_message_mb: int, policy: tuple[str, ...], home: str | None) -> None:
     """Start a cluster in the home directory and return once every process is ready.
 
     Example: cbctl up --executors 4 --gpu-executors 1
@@ -139,7 +149,7 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     if note:
         errors.print(f"note: {note}", markup=False)
     spec = lifecycle.plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb,
-                               max_batch, max_continuations, policy)
+                               max_batch, max_continuations, policy, max_message_mb)
     if spec.listen and not spec.listen.startswith(tuple(f"tcp://{h}" for h in lifecycle.LOOPBACK_HOSTS)):
         errors.print(f"warning: binding on {spec.listen}, reachable beyond this machine", markup=False)
     started = time.monotonic()
@@ -326,16 +336,21 @@ def logs(role: str, follow: bool, lines: int, home: str | None) -> None:
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print what was registered as JSON.")
+@click.option("--import-timeout", type=click.FloatRange(min=0, min_open=True), default=DEPLOY_IMPORT_TIMEOUT_S,
+              show_default=True, help="Seconds FILE's import may take before the deploy gives up (nothing is "
+                                      "registered then).")
 @home_option
 @handle_errors
-def deploy(file: Path, as_json: bool, home: str | None) -> None:
+def deploy(file: Path, as_json: bool, import_timeout: float, home: str | None) -> None:
     """Register every function, DAG and trigger that FILE declares (replacing earlier ones of the same
     names). All of it is checked first, so a file with a mistake registers nothing.
 
+    \b
     Example: cbctl deploy examples/pipeline.py
+             cbctl deploy model.py --import-timeout 300
     """
     with Client(home) as client:
-        registered = client.deploy_file(file)
+        registered = client.deploy_file(file, import_timeout)
     if as_json:
         click.echo(json.dumps(registered, indent=2))
         return
@@ -357,8 +372,9 @@ def deploy(file: Path, as_json: bool, home: str | None) -> None:
               help="An argument of one source function of a DAG, given instead of ARGS to that source "
                    "(repeatable; repeat a function for several arguments).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=CLI_CALL_TIMEOUT_S,
-              show_default=True, help="Seconds to wait for the result.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=CALL_TIMEOUT_S,
+              show_default=True, help="Seconds to wait for the result (past it: error CallTimeout, and the call "
+                                      "may still be running).")
 @click.option("--consistency", type=click.Choice(["lww", "repeatable_read", "causal"]), default="lww",
               show_default=True, help="Consistency of the call's reads and writes.")
 @home_option

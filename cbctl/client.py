@@ -31,13 +31,14 @@ from cbctl.errors import (
     ClusterNotRunning,
     FunctionError,
     InvalidArgument,
+    ProtocolError,
     error_from_wire,
 )
-from cbctl.runtime import cluster, registry, serialization, user_errors
+from cbctl.runtime import cluster, limits, registry, serialization, user_errors
 from cbctl.runtime.code_loading import source_file_of
 from cbctl.runtime.consistency import LWW, ClientSession, reveal
 from cbctl.runtime.dag import chain_edges, validate_dag
-from cbctl.runtime.defaults import CONTROL_TIMEOUT_S
+from cbctl.runtime.defaults import CALL_TIMEOUT_S, CONTROL_TIMEOUT_S, DEPLOY_IMPORT_TIMEOUT_S
 from cbctl.runtime.messages import (
     AddTrigger,
     CallRequest,
@@ -78,9 +79,9 @@ class CallFuture:
             self._client._poll_result(self, 0.0)
         return self._result is not _PENDING
 
-    def result(self, timeout: float | None = None) -> Any:
-        """The call's value; raises ``FunctionError`` if it raised, ``CallTimeout`` past ``timeout`` s
-        (0 only looks: the result is returned if it is in)."""
+    def result(self, timeout: float | None = CALL_TIMEOUT_S) -> Any:
+        """The call's value; raises ``FunctionError`` if it raised, ``CallTimeout`` past ``timeout`` s (default
+        ``CALL_TIMEOUT_S``, 60; None waits until done; 0 only looks: the result is returned if it is in)."""
         if timeout is not None and not timeout >= 0:
             raise InvalidArgument(f"timeout={timeout!r} is invalid: pass seconds >= 0, or None to wait until done")
         if self._result is _PENDING:
@@ -89,8 +90,9 @@ class CallFuture:
             if self._client._closed:
                 raise CbctlError(f"call {self.call_id} of {self.name!r} had not returned when its client was "
                                  "closed: wait for results before closing the client")
-            raise CallTimeout(f"call {self.call_id} of {self.name!r} did not finish within {timeout} s "
-                              "(it may still be running): wait longer")
+            raise CallTimeout(f"call {self.call_id} of {self.name!r} did not finish within {timeout:g} s (it may "
+                              "still be running): wait longer with timeout=S (`cbctl call --timeout S`), or "
+                              "timeout=None to wait until it is done")
         if isinstance(self._result, CallResult):
             self._result = _outcome(self._result)
         if isinstance(self._result, CbctlError):
@@ -112,6 +114,8 @@ class Client:
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         self.home = cluster.resolve_home(home)
         self.cluster = cluster.running_cluster(self.home)
+        #: the cluster's largest serialised value (``cbctl up --max-message-mb``), checked before anything is sent
+        self.max_message_bytes = self.cluster.max_message_bytes
         self.client_id = uuid.uuid4().hex[:12]
         self._context = zmq.Context()
         self._ids = itertools.count(1)
@@ -169,9 +173,11 @@ class Client:
         if problem:
             raise InvalidArgument(problem)
         options = {"gpu": gpu, "batching": batching, "is_class": is_class,
-                   "init_args": serialization.encode(tuple(init_args)) if init_args else b"",
+                   "init_args": self._encode(tuple(init_args), "the init_args of %r", name) if init_args else b"",
                    "source_file": source_file_of(target)}
-        return self._control(lambda r: RegisterFunction(r, name, cloudpickle.dumps(target), options))
+        code = cloudpickle.dumps(target)
+        limits.check_size(len(code), self.max_message_bytes, f"the code of function {name!r} (with what it captures)")
+        return self._control(lambda r: RegisterFunction(r, name, code, options))
 
     def register_dag(self, name: str, functions: Sequence[Any], edges: Iterable[Sequence[Any]] | None = None,
                      **options: Any) -> dict[str, Any]:
@@ -212,10 +218,12 @@ class Client:
             registered["triggers"] = [self.add_trigger(t.name, t.prefix, t.function) for t in declared.triggers]
         return registered
 
-    def deploy_file(self, path: str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
+    def deploy_file(self, path: str | os.PathLike[str],
+                    import_timeout: float = DEPLOY_IMPORT_TIMEOUT_S) -> dict[str, list[dict[str, Any]]]:
         """Import a deploy file and register what it declares (see ``deploy``); ``DeployFileError`` with
-        the user's traceback if it does not import, ``InvalidArgument`` if it declares nothing."""
-        declared = load_file(path)
+        the user's traceback if it does not import, or if its import runs longer than ``import_timeout``
+        seconds (nothing is registered then), ``InvalidArgument`` if it declares nothing."""
+        declared = load_file(path, import_timeout)
         if not declared.functions and not declared.dags and not declared.triggers:
             raise InvalidArgument(f"{path} declares no functions or DAGs: decorate them with @cbctl.function")
         return self.deploy(declared)
@@ -279,11 +287,12 @@ class Client:
 
     # --- calls -----------------------------------------------------------------------------------------
 
-    def call(self, name: str, *args: Any, timeout: float | None = None, consistency: str = "lww",
+    def call(self, name: str, *args: Any, timeout: float | None = CALL_TIMEOUT_S, consistency: str = "lww",
              **source_args: Sequence[Any]) -> Any:
         """Call a function or DAG and return its result. ``args`` go to every source function;
         ``source_args`` (function name -> argument list) give a DAG's sources their own, instead of ``args``.
-        ``timeout`` is in seconds (None: as long as it takes)."""
+        ``timeout`` is in seconds (default ``CALL_TIMEOUT_S``, 60; None: as long as it takes); past it,
+        ``CallTimeout``."""
         if timeout is not None and not timeout > 0:
             # checked before sending: the call would run, with its side effects, while its caller gave up
             raise InvalidArgument(f"timeout={timeout!r} would give up before the call could finish: pass "
@@ -302,10 +311,13 @@ class Client:
         for fn, values in source_args.items():
             if not isinstance(values, (list, tuple)):
                 values = [values]
-            encoded_sources[fn] = _encode(list(values), "the arguments of %r in the call of %r", fn, name)
+            encoded_sources[fn] = self._encode(list(values), "the arguments of %r in the call of %r", fn, name)
         refs = serialization.find_refs(args)
-        request = CallRequest(call_id, name, _encode(list(args), "the arguments of the call of %r", name),
-                              encoded_sources,
+        encoded_args = self._encode(list(args), "the arguments of the call of %r", name)
+        if encoded_sources:
+            size = len(encoded_args) + sum(len(v) for v in encoded_sources.values())
+            limits.check_size(size, self.max_message_bytes, f"the arguments of the call of {name!r} together")
+        request = CallRequest(call_id, name, encoded_args, encoded_sources,
                               self.response_address, store_result, consistency, refs, self._session.extras())
         if not store_result:
             with self._cond:
@@ -347,6 +359,7 @@ class Client:
     def _read_responses(self, timeout_s: float) -> None:
         frames = self._receiver.receive(math.ceil(timeout_s * 1000))
         if not frames:
+            self._check_refused()  # only when no result came: never on the way of one
             return
         results = []
         for frame in frames:
@@ -362,6 +375,24 @@ class Client:
                     future = self._waiting.pop(result.call_id, None)
                     if future is not None:
                         future._result = result
+
+    def _check_refused(self) -> None:
+        """Fail every waiting call if the scheduler refused this client's frames: it answers the call socket
+        only with a version refusal (results come to the response socket), and those calls would otherwise
+        wait for their timeouts."""
+        with self._call_lock:
+            if self._closed or not self._call_sock.poll(0):
+                return
+            frame = self._call_sock.recv()
+        try:
+            unpack(frame)
+            return
+        except ProtocolError as exc:
+            refused = exc
+        with self._cond:
+            for future in list(self._waiting.values()):
+                future._result = refused
+            self._waiting.clear()
 
     def _poll_stored(self, future: CallFuture, deadline: float | None) -> None:
         delay = 0.001
@@ -394,7 +425,7 @@ class Client:
         """Write ``value`` under ``key`` (last-writer-wins); durable per the store's policy on return."""
         _check_key(key)
         self._check_open()
-        encoded = _encode(value, "the value for key %r", key)
+        encoded = self._encode(value, "the value for key %r", key)
         written_after = time.time_ns()  # the write's timestamp is at least this: its read-your-writes token
         with self._store_lock:
             try:
@@ -423,6 +454,18 @@ class Client:
         self._check_open()
         with self._store_lock:
             return self._store.stats()
+
+    def _encode(self, value: Any, what: str, *what_args: Any) -> bytes:
+        """``serialization.encode``, with an error that says which value could not be serialised or is over the
+        cluster's size limit (``what`` is %-formatted with ``what_args`` only then: this runs on every call)."""
+        try:
+            encoded = serialization.encode(value)
+        except Exception as exc:
+            raise InvalidArgument(f"{what % what_args} cannot be serialised ({type(exc).__name__}: {exc}): "
+                                  "pass plain data, numpy arrays or picklable objects") from None
+        if len(encoded) > self.max_message_bytes:
+            raise limits.too_large(len(encoded), self.max_message_bytes, what % what_args)
+        return encoded
 
     # --- lifetime --------------------------------------------------------------------------------------
 
@@ -456,15 +499,6 @@ def _check_key(key: Any) -> None:
                               "(cbctl's own keys)")
 
 
-def _encode(value: Any, what: str, *what_args: Any) -> bytes:
-    """``serialization.encode``, with an error that says which value could not be serialised (``what`` is
-    %-formatted with ``what_args`` only then: this runs on every call)."""
-    try:
-        return serialization.encode(value)
-    except Exception as exc:
-        raise InvalidArgument(f"{what % what_args} cannot be serialised ({type(exc).__name__}: {exc}): "
-                              "pass plain data, "
-                              "numpy arrays or picklable objects") from None
 
 
 def supervisor_request(found: cluster.ClusterFile, command: str, timeout_s: float = CONTROL_TIMEOUT_S,

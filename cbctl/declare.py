@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import cloudpickle
 
 from cbctl.errors import CbctlError, InvalidDag
 from cbctl.runtime import user_errors
+from cbctl.runtime.defaults import DEPLOY_IMPORT_TIMEOUT_S
 
 
 @dataclass
@@ -52,7 +54,14 @@ class Declarations:
     triggers: list[TriggerSpec] = field(default_factory=list)
 
 
-_declared = Declarations()
+_declared = Declarations()  # what code imported outside ``load_file`` declares (kept, never registered)
+#: While ``load_file`` imports a file, its import thread's declarations go to that thread's own ``Declarations``,
+#: so an import given up on (still running) can never add to a later one's.
+_importing = threading.local()
+
+
+def _current() -> Declarations:
+    return getattr(_importing, "declared", _declared)
 
 
 def function(target: Callable[..., Any] | type | None = None, *, name: str | None = None, gpu: bool = False,
@@ -63,7 +72,8 @@ def function(target: Callable[..., Any] | type | None = None, *, name: str | Non
     def declare(obj: Callable[..., Any] | type) -> Any:
         spec = FunctionSpec(name or obj.__name__, obj, gpu, batching, tuple(init_args))
         obj.__cbctl__ = spec  # type: ignore[union-attr]
-        _declared.functions = [f for f in _declared.functions if f.name != spec.name] + [spec]
+        declared = _current()
+        declared.functions = [f for f in declared.functions if f.name != spec.name] + [spec]
         return obj
 
     return declare(target) if target is not None else declare
@@ -78,7 +88,8 @@ def dag(name: str, functions: Sequence[Any], edges: Iterable[Sequence[Any]] | No
     names = [function_name(f) for f in functions]
     edge_names = [[function_name(a), function_name(b)] for a, b in edges] if edges is not None else []
     spec = DagSpec(name, names, edge_names, dag_options(options))
-    _declared.dags = [d for d in _declared.dags if d.name != name] + [spec]
+    declared = _current()
+    declared.dags = [d for d in declared.dags if d.name != name] + [spec]
     return spec
 
 
@@ -86,7 +97,8 @@ def trigger(name: str, prefix: str, function: Any) -> TriggerSpec:
     """Declare a storage trigger: every put to a key starting with ``prefix`` calls ``function`` (a function
     or DAG, or its name) with ``(key, value)``, asynchronously and at least once (see ``cbctl trigger --help``)."""
     spec = TriggerSpec(name, prefix, function_name(function))
-    _declared.triggers = [t for t in _declared.triggers if t.name != name] + [spec]
+    declared = _current()
+    declared.triggers = [t for t in declared.triggers if t.name != name] + [spec]
     return spec
 
 
@@ -123,11 +135,15 @@ class DeployFileError(CbctlError):
         self.user_traceback = user_traceback
 
 
-def load_file(path: str | Path) -> Declarations:
+def load_file(path: str | Path, import_timeout: float | None = DEPLOY_IMPORT_TIMEOUT_S) -> Declarations:
     """Import a deploy file and return what it declared, including through the local modules it imports
     (a DAG of functions from a sibling file, say). Its module, and every module it newly imported from its
-    own directory, is pickled by value, so executors need not be able to import them."""
-    global _declared
+    own directory, is pickled by value, so executors need not be able to import them.
+
+    The import runs on a thread of its own so that a file that hangs at import (a blocking call at module
+    level) is given up on after ``import_timeout`` seconds (None: no limit) with a ``DeployFileError``. Python
+    cannot stop that thread: it stays blocked in the background (a daemon, so it does not keep the process
+    alive), and what it declares later goes nowhere."""
     path = Path(path)
     if not path.is_file():
         raise DeployFileError(f"{path} is not a file: pass the path of a Python file that declares functions")
@@ -136,20 +152,35 @@ def load_file(path: str | Path) -> Declarations:
     if spec is None or spec.loader is None:
         raise DeployFileError(f"{path} is not importable Python: give it a .py name")
     module = importlib.util.module_from_spec(spec)
-    saved, _declared = _declared, Declarations()
+    found = Declarations()
     directory = path.parent.resolve()
     already_imported = set(sys.modules)
     sys.modules[module_name] = module
     sys.path.insert(0, str(directory))
+    failure: list[BaseException] = []
+
+    def run_import() -> None:
+        _importing.declared = found
+        try:
+            spec.loader.exec_module(module)
+        except BaseException as exc:  # noqa: BLE001 - the user's file may raise anything, SystemExit included
+            failure.append(exc)
+
+    importer = threading.Thread(target=run_import, name=f"cbctl-import-{path.name}", daemon=True)
     try:
-        spec.loader.exec_module(module)
-        found = _declared
-    except BaseException as exc:
-        del sys.modules[module_name]
-        text = user_errors.user_traceback(exc, only_users=True)  # not importlib's frames
-        raise DeployFileError(f"{path} failed to import: {type(exc).__name__}: {exc}", text) from None
+        importer.start()
+        importer.join(import_timeout)
+        if importer.is_alive():
+            sys.modules.pop(module_name, None)
+            raise DeployFileError(
+                f"{path} did not finish importing within {import_timeout:g} s (does it block at module level?): "
+                "move slow work into the functions, or allow more time with `cbctl deploy --import-timeout S`")
+        if failure:
+            exc = failure[0]
+            sys.modules.pop(module_name, None)
+            text = user_errors.user_traceback(exc, only_users=True)  # not importlib's frames
+            raise DeployFileError(f"{path} failed to import: {type(exc).__name__}: {exc}", text) from None
     finally:
-        _declared = saved
         sys.path.remove(str(directory))
     cloudpickle.register_pickle_by_value(module)
     for name in set(sys.modules) - already_imported - {module_name}:

@@ -47,6 +47,11 @@ class CallTimeout(CbctlError):
     """The call did not return before its timeout; the function may still be running."""
 
 
+class MessageTooLarge(CbctlError):
+    """A value (call arguments, a result, a put) is larger serialised than the cluster's limit; the message names
+    both sizes. Store it in pieces, or raise the limit with ``cbctl up --max-message-mb N``."""
+
+
 class ContinuationDepthExceeded(CbctlError):
     """A call handed itself on with ``cbctl.Continue`` more times than the cluster allows (a runaway cycle of
     continuations); raise the limit with ``cbctl up --max-continuations N`` if the chain is meant to be long."""
@@ -83,6 +88,7 @@ ERRORS_BY_NAME: dict[str, type[CbctlError]] = {
         NoSuchKey,
         NoExecutorAvailable,
         CallTimeout,
+        MessageTooLarge,
         ContinuationDepthExceeded,
         ConsistencyError,
         FunctionError,

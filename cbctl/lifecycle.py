@@ -17,12 +17,21 @@ import psutil
 from cbctl.client import supervisor_request
 from cbctl.errors import CbctlError, ClusterAlreadyRunning, ClusterNotRunning, InvalidArgument
 from cbctl.runtime import cluster
-from cbctl.runtime.defaults import MAX_BATCH, MAX_CONTINUATIONS, SHUTDOWN_TIMEOUT_S, STARTUP_TIMEOUT_S
+from cbctl.runtime.defaults import (
+    MAX_BATCH,
+    MAX_CONTINUATIONS,
+    MAX_MESSAGE_BYTES,
+    SHUTDOWN_TIMEOUT_S,
+    STARTUP_TIMEOUT_S,
+)
 from cbctl.runtime.policy import parse_policy_options
 from cbctl.runtime.scaling import SCALE_REQUEST_TIMEOUT_S
 from cbctl.runtime.supervisor import STARTUP_ERROR_FILE, ClusterSpec, count_gpus
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+#: Highest ``--max-message-mb``: msgpack carries at most 4 GiB in one bytes value, and a value travels inside a
+#: frame with room to spare (``FRAME_HEADROOM_BYTES``).
+MAX_MESSAGE_MB_CEILING = 2048
 
 
 def check_not_running(home: Path) -> str:
@@ -45,7 +54,8 @@ def validate_listen(listen: str) -> str:
 
 def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int, listen: str,
               durability: str, fake_gpus: int, cache_mb: int, max_batch: int = MAX_BATCH,
-              max_continuations: int = MAX_CONTINUATIONS, policy: Iterable[str] = ()) -> ClusterSpec:
+              max_continuations: int = MAX_CONTINUATIONS, policy: Iterable[str] = (),
+              max_message_mb: int = MAX_MESSAGE_BYTES >> 20) -> ClusterSpec:
     import os
 
     if executors is None:
@@ -71,10 +81,13 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
     if max_continuations < 0:
         raise InvalidArgument(f"--max-continuations {max_continuations} is negative: pass 0 to forbid "
                               "cbctl.Continue, or a hand-off count")
+    if not 1 <= max_message_mb <= MAX_MESSAGE_MB_CEILING:
+        raise InvalidArgument(f"--max-message-mb {max_message_mb} is out of range: pass 1 to "
+                              f"{MAX_MESSAGE_MB_CEILING} (MiB per serialised value)")
     return ClusterSpec(executors=executors, gpu_executors=gpu_executors, schedulers=schedulers,
                        listen=validate_listen(listen), durability=durability, fake_gpus=fake_gpus,
                        cache_mb=cache_mb, max_batch=max_batch, max_continuations=max_continuations,
-                       policy=parse_policy_options(policy))
+                       policy=parse_policy_options(policy), max_message_bytes=max_message_mb << 20)
 
 
 def prepare_home(home: Path) -> None:

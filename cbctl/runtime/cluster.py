@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 from cbctl.errors import ClusterNotRunning
-from cbctl.runtime.defaults import DEFAULT_HOME, MAX_IPC_PATH
+from cbctl.runtime.defaults import DEFAULT_HOME, MAX_IPC_PATH, MAX_MESSAGE_BYTES
 
 CLUSTER_FILE = "cluster.json"
 
@@ -74,6 +74,7 @@ class ClusterFile:
     started_at: float
     version: str
     processes: list[ProcessEntry] = field(default_factory=list)
+    max_message_bytes: int = MAX_MESSAGE_BYTES  # the largest serialised value clients may send
 
     def write(self, home: Path) -> None:
         tmp = home / (CLUSTER_FILE + ".tmp")

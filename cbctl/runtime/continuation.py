@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from cbctl.errors import CbctlError, ContinuationDepthExceeded, InvalidArgument
-from cbctl.runtime import serialization
+from cbctl.runtime import limits, serialization
 from cbctl.runtime.messages import ContinueCall, DagTrigger
 
 if TYPE_CHECKING:
@@ -69,7 +69,9 @@ def hand_off(executor: Executor, trigger: DagTrigger, continuation: Continue, is
         return
     try:
         args = serialization.encode(list(continuation.args))
-    except Exception as exc:  # an argument no encoder takes fails the call, not the executor
+        limits.check_size(len(args), executor.max_message_bytes,
+                          f"the arguments of cbctl.Continue({continuation.name!r})")
+    except Exception as exc:  # an argument no encoder takes, or one too large, fails the call, not the executor
         executor.fail(trigger, exc)
         return
     sockets = executor.scheduler_sockets

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cbctl.errors import InvalidDag
+from cbctl.runtime.defaults import MAX_DAG_EDGES, MAX_DAG_FUNCTIONS
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,20 @@ def downstream_of(edges: Iterable[Sequence[str]], function: str) -> list[str]:
 
 
 def validate_dag(name: str, functions: Sequence[str], edges: Sequence[Sequence[str]],
-                 registered: Iterable[str]) -> DagShape:
-    """Check a DAG and return its shape; raise ``InvalidDag`` naming the first problem found."""
+                 registered: Iterable[str], max_functions: int = MAX_DAG_FUNCTIONS,
+                 max_edges: int = MAX_DAG_EDGES) -> DagShape:
+    """Check a DAG and return its shape; raise ``InvalidDag`` naming the first problem found. The size limits
+    are checked first, so an oversized DAG costs no more than counting it."""
     if not isinstance(name, str) or not name or name.startswith("__"):
         raise InvalidDag(f"DAG name {name!r} is invalid: use a non-empty name not starting with '__'")
     if not functions:
         raise InvalidDag(f"DAG {name!r} has no functions: list at least one")
+    if len(functions) > max_functions:
+        raise InvalidDag(f"DAG {name!r} has {len(functions)} functions, over the limit of {max_functions} per DAG: "
+                         "split it into DAGs whose sinks hand on to the next with cbctl.Continue")
+    if len(edges) > max_edges:
+        raise InvalidDag(f"DAG {name!r} has {len(edges)} edges, over the limit of {max_edges} per DAG: "
+                         "split it into DAGs whose sinks hand on to the next with cbctl.Continue")
     seen: set[str] = set()
     for fn in functions:
         if fn in seen:

@@ -29,8 +29,35 @@ STORE_RETRY_BUDGET_S = 15.0
 #: Seconds a control request to a scheduler waits before the client calls the cluster unreachable.
 CONTROL_TIMEOUT_S = 15.0
 
-#: Default timeout of a call from the CLI, in seconds (the Python API defaults to waiting forever).
-CLI_CALL_TIMEOUT_S = 60.0
+#: Default timeout of a call, in seconds, for ``client.call``, ``future.result()`` and ``cbctl call`` alike
+#: (``timeout=None`` / a larger ``--timeout`` waits longer): long enough for any interactive call and a cold
+#: function load, short enough that a call lost with a killed executor does not hang a script for ever.
+CALL_TIMEOUT_S = 60.0
+
+# --- limits (cbctl/runtime/limits.py)
+
+#: Largest serialised value (call arguments, a result, a put), in bytes, by default (``cbctl up
+#: --max-message-mb``). The store holds every value in memory and an executor's cache is 64 MiB by default, so a
+#: larger value could not be cached anyway; bigger data belongs in files whose paths travel instead.
+MAX_MESSAGE_BYTES = 64 << 20
+
+#: Bytes a server socket accepts beyond the value limit (zmq ``MAXMSGSIZE`` = limit + this) before it drops the
+#: sender's connection: room for what travels next to a value in an honest frame, the largest being an executor
+#: status listing 10,000 cached key names (``CACHED_KEYS_REPORTED``) and the schedule of the largest DAG.
+FRAME_HEADROOM_BYTES = 16 << 20
+
+#: Most functions in one DAG: each trigger carries the whole schedule and placing a call costs time per pair of
+#: functions, so this bounds both (Cloudburst's DAGs have a handful); longer pipelines chain DAGs with
+#: ``cbctl.Continue``.
+MAX_DAG_FUNCTIONS = 128
+
+#: Most edges in one DAG (every trigger carries them all): four per function on average, a dense fan-in's worth.
+MAX_DAG_EDGES = 512
+
+#: Seconds ``cbctl deploy`` lets a deploy file's import run (``--import-timeout``) before it gives up on a file
+#: that hangs at import (a blocking call at module level): importing a big framework such as torch takes
+#: seconds to tens of seconds on a cold disk, a minute tells a hang from a slow import.
+DEPLOY_IMPORT_TIMEOUT_S = 60.0
 
 #: Batch-durability fsync interval of the write-ahead log, in seconds (the issue fixes 50 ms).
 WAL_BATCH_INTERVAL_S = 0.05

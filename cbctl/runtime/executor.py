@@ -21,7 +21,7 @@ import psutil
 import zmq
 
 from cbctl.errors import CbctlError, ConsistencyError, InvalidArgument, NoSuchFunction, ProtocolError
-from cbctl.runtime import batching, cluster, continuation, multiexec, registry, serialization, user_errors
+from cbctl.runtime import batching, cluster, continuation, limits, multiexec, registry, serialization, user_errors
 from cbctl.runtime.cache import CachedStore, StoreEpochProbe
 from cbctl.runtime.code_loading import load_target
 from cbctl.runtime.consistency import SessionManager
@@ -32,6 +32,7 @@ from cbctl.runtime.defaults import (
     DEPARTURE_LINGER_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
+    MAX_MESSAGE_BYTES,
     STATUS_INTERVAL_S,
     STORE_REQUEST_TIMEOUT_S,
     VERSION_FETCH_TIMEOUT_S,
@@ -107,6 +108,7 @@ class Executor:
         self.protocol_errors = 0
         self.max_batch = max(1, int(config.options.get("max_batch", MAX_BATCH)))
         self.max_continuations = int(config.options.get("max_continuations", MAX_CONTINUATIONS))
+        self.max_message_bytes = int(config.options.get(limits.OPTION, MAX_MESSAGE_BYTES))  # per encoded value
         self.multiexec = multiexec.MultiExecState()
         self.scheduler_sockets: list[zmq.Socket] = []  # the status reporter's DEALERs: continuations go there
         self.frames_received = 0  # with peers.sent, what a test counts messages per call with
@@ -279,6 +281,10 @@ class Executor:
         except Exception as exc:
             self.fail(trigger, user_errors.unserializable_result(trigger.function, result, exc))
             return
+        if len(payload) > self.max_message_bytes:  # the caller is told; the executor goes on
+            self.fail(trigger, limits.too_large(len(payload), self.max_message_bytes,
+                                                f"the result of function {trigger.function!r}"))
+            return
         if not successors:
             self.respond(trigger, CallResult(trigger.call_id, True, payload, executor_id=self.executor_id))
             return
@@ -330,6 +336,10 @@ class Executor:
             if result is None:
                 return
         if trigger.store_result:
+            if len(result.value) > self.max_message_bytes:  # a multi-exec sink's gathered list, say
+                exc = limits.too_large(len(result.value), self.max_message_bytes,
+                                       f"the result of call {trigger.call_id}")
+                result = CallResult(trigger.call_id, False, b"", type(exc).__name__, str(exc), "", self.executor_id)
             fields = {f: getattr(result, f) for f in result._FIELDS}
             self.store.put(registry.result_key(trigger.call_id), fields)
         else:
@@ -361,7 +371,9 @@ class Executor:
         return self.sessions.read(key)
 
     def write_key(self, key: str, value: Any) -> None:
-        self.sessions.write(key, serialization.encode(value))
+        encoded = serialization.encode(value)
+        limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
+        self.sessions.write(key, encoded)
 
     def serve_while_busy(self, timeout_s: float) -> bool:
         """While user code runs or waits (``cb.get``, ``cb.recv``, a repeatable-read version fetch), handle
@@ -421,7 +433,9 @@ class Executor:
             address = self.executor_addresses.get(executor_id)
         if address is None:
             raise InvalidArgument(f"no executor {executor_id!r} in this cluster: ids are as cb.getid() returns")
-        frame = DirectMessage(self.executor_id, serialization.encode(message)).pack()
+        body = serialization.encode(message)
+        limits.check_size(len(body), self.max_message_bytes, f"the message to {executor_id}")
+        frame = DirectMessage(self.executor_id, body).pack()
         if address == self.address:
             self.inbox.append((self.executor_id, message))
         else:
@@ -556,6 +570,8 @@ def main(config: ProcessConfig) -> None:
     context = zmq.Context()
     store = StoreClient(context, config.store_address, writer_id=config.name)
     sock = new_socket(context, zmq.PULL)
+    # no MAXMSGSIZE backstop here, unlike the scheduler and the store: the store pushes merged lattices (a causal
+    # key's concurrent values, a set that grew by merges), which may honestly exceed the limit on one value
     address = config.bind(sock)
     executor = Executor(config, context, store, address)
     executor.sock = sock

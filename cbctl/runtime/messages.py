@@ -4,6 +4,10 @@ A message is one zmq frame: the msgpack array ``[PROTOCOL_VERSION, KIND, *fields
 declaration order. User values inside messages are already-encoded bytes (see ``serialization``), so
 unpacking a frame never runs user code. ``unpack`` is the only place a frame is trusted: anything that is
 not a well-formed message of this version raises ``ProtocolError``, which servers log, count and drop.
+
+Kind 0 is reserved, for ever, for one frame whose layout never changes: ``[sender_version, 0, text]``, a
+server's answer to a frame of another protocol version (``version_refusal``), so the peer is told in a form any
+version reads, and ``unpack`` turns it into a ``ProtocolError`` carrying the text.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from cbctl.errors import ProtocolError
 from cbctl.runtime.defaults import PROTOCOL_VERSION
 
 _KINDS: dict[int, type[Message]] = {}
+
+#: The reserved kind of a version refusal (see the module docstring); no message class may use it.
+VERSION_REFUSAL_KIND = 0
 
 
 class Message:
@@ -38,7 +45,7 @@ def message(kind: int):
 
     def register(cls: type) -> type:
         cls = dataclass(slots=True)(cls)
-        if kind in _KINDS:
+        if kind in _KINDS or kind == VERSION_REFUSAL_KIND:
             raise RuntimeError(f"message kind {kind} registered twice")
         cls.KIND = kind
         cls._FIELDS = tuple(f.name for f in fields(cls))
@@ -52,13 +59,17 @@ def message(kind: int):
 
 
 def unpack(frame: bytes) -> Message:
-    """Parse one frame; raise ``ProtocolError`` for anything that is not a message of this version."""
+    """Parse one frame; raise ``ProtocolError`` for anything that is not a message of this version, and for a
+    peer's version refusal (with its text)."""
     try:
         data = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise ProtocolError(f"frame of {len(frame)} bytes is not msgpack: {exc}") from None
     if not isinstance(data, list) or len(data) < 2:
         raise ProtocolError("frame is not a [version, kind, ...] array")
+    if data[1] == VERSION_REFUSAL_KIND and type(data[1]) is int:  # before the version: any version's refusal
+        text = data[2] if len(data) > 2 and isinstance(data[2], str) else "no reason given"
+        raise ProtocolError(f"the cluster refused this request: {text}")
     if data[0] != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {data[0]!r} is not {PROTOCOL_VERSION}: upgrade both sides")
     cls = _KINDS.get(data[1]) if isinstance(data[1], int) else None
@@ -70,6 +81,29 @@ def unpack(frame: bytes) -> Message:
         raise ProtocolError(
             f"{cls.__name__} frame has {len(data) - 2} fields, expected {len(cls._FIELDS)}"
         ) from None
+
+
+def version_refusal(frame: bytes, server: str) -> bytes | None:
+    """The frame ``server`` (e.g. "the scheduler") answers ``frame`` with when ``frame`` is a message of another
+    protocol version, else None (nothing to answer: not a message, this version, or itself a refusal, which
+    must never be answered or two servers could refuse each other for ever). Called only after ``unpack``
+    failed, so the second parse costs nothing on the way of a good frame."""
+    try:
+        data = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception:
+        return None
+    if not isinstance(data, list) or len(data) < 2:
+        return None
+    if data[0] == PROTOCOL_VERSION or data[1] == VERSION_REFUSAL_KIND:
+        return None
+    from cbctl import __version__  # late: the package imports this module
+
+    theirs = repr(data[0])
+    theirs = theirs if len(theirs) <= 20 else theirs[:17] + "..."
+    text = (f"{server} speaks cbctl protocol version {PROTOCOL_VERSION} (cbctl {__version__}), not {theirs}: "
+            "run the same cbctl version in the cluster and its clients (after an upgrade, restart the cluster "
+            "with `cbctl down` and `cbctl up`)")
+    return msgpack.packb([PROTOCOL_VERSION, VERSION_REFUSAL_KIND, text])
 
 
 def all_kinds() -> dict[int, type[Message]]:

@@ -18,10 +18,10 @@ from typing import Any
 import zmq
 
 from cbctl.errors import CbctlError, InvalidArgument, NoSuchFunction, ProtocolError
-from cbctl.runtime import consistency, multiexec, registry, triggers
+from cbctl.runtime import consistency, limits, multiexec, registry, triggers
 from cbctl.runtime.continuation import DEPTH_KEY
 from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
-from cbctl.runtime.defaults import RATE_SAMPLE_S, RATE_WINDOW_S, TOP_SILENT_AFTER_S
+from cbctl.runtime.defaults import MAX_MESSAGE_BYTES, RATE_SAMPLE_S, RATE_WINDOW_S, TOP_SILENT_AFTER_S
 from cbctl.runtime.messages import (
     CallRequest,
     CallResult,
@@ -41,6 +41,7 @@ from cbctl.runtime.messages import (
     StatusAck,
     UnpinRequest,
     unpack,
+    version_refusal,
 )
 from cbctl.runtime.metrics import RateWindow, in_flight_estimate
 from cbctl.runtime.policy import PinAction, Policy, PolicySettings
@@ -311,6 +312,9 @@ class Scheduler:
         except ProtocolError as exc:
             self.counters["protocol_errors"] += 1
             log.warning("dropped a bad frame: %s", exc)
+            refusal = version_refusal(parts[-1], "the scheduler")  # a peer of another version is told why
+            if refusal is not None:
+                sock.send_multipart([*parts[:-1], refusal])
             return
         kind = type(message)
         if kind is CallRequest:
@@ -363,6 +367,8 @@ def main(config: ProcessConfig) -> None:
     store = StoreClient(context, config.store_address, writer_id=config.name)
     scheduler = Scheduler(config, context, store)
     sock = new_socket(context, zmq.ROUTER)
+    # a peer sending a frame past this loses its connection, instead of costing the scheduler its memory
+    sock.setsockopt(zmq.MAXMSGSIZE, limits.backstop_bytes(config.options.get(limits.OPTION, MAX_MESSAGE_BYTES)))
     address = scheduler.address = config.bind(sock)
     report_ready(context, config, address)
     refresh_store = StoreClient(context, config.store_address, writer_id=config.name,

@@ -17,8 +17,14 @@ import msgpack
 import zmq
 
 from cbctl.errors import ProtocolError
-from cbctl.runtime import cluster
-from cbctl.runtime.defaults import RATE_SAMPLE_S, RATE_WINDOW_S, WAL_BATCH_INTERVAL_S, WAL_COMPACT_BYTES
+from cbctl.runtime import cluster, limits
+from cbctl.runtime.defaults import (
+    MAX_MESSAGE_BYTES,
+    RATE_SAMPLE_S,
+    RATE_WINDOW_S,
+    WAL_BATCH_INTERVAL_S,
+    WAL_COMPACT_BYTES,
+)
 from cbctl.runtime.lattices import Lattice, LWWLattice, lattice_from_wire
 from cbctl.runtime.messages import (
     Ack,
@@ -35,6 +41,7 @@ from cbctl.runtime.messages import (
     StoreStatsResponse,
     SubscribeRequest,
     unpack,
+    version_refusal,
 )
 from cbctl.runtime.metrics import RateWindow
 from cbctl.runtime.process import PeerSockets, ProcessConfig, ShutdownFlag, drain, new_socket, report_ready
@@ -212,6 +219,8 @@ def main(config: ProcessConfig) -> None:
         report_ready(context, config, "", f"store could not recover its data: {exc}")
         raise SystemExit(1) from None
     sock = new_socket(context, zmq.ROUTER)
+    # a peer sending a frame past this loses its connection, instead of costing the store its memory
+    sock.setsockopt(zmq.MAXMSGSIZE, limits.backstop_bytes(config.options.get(limits.OPTION, MAX_MESSAGE_BYTES)))
     address = config.bind(sock)
     peers = PeerSockets(context)
     dispatcher = TriggerDispatcher(context, config, node.triggers)
@@ -244,6 +253,9 @@ def _serve(node: StoreNode, sock: zmq.Socket, peers: PeerSockets, frames: list[l
         except ProtocolError as exc:
             node.counters["protocol_errors"] += 1
             log.warning("dropped a bad frame: %s", exc)
+            refusal = version_refusal(parts[-1], "the store")  # a peer of another version is told why
+            if refusal is not None:
+                sock.send_multipart([*parts[:-1], refusal])
     replies, pushes = node.handle_batch(requests)
     for identity, reply in zip(identities, replies):
         sock.send_multipart([identity, reply.pack()])

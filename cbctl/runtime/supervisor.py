@@ -30,17 +30,18 @@ import zmq
 
 import cbctl
 from cbctl.errors import ProtocolError
-from cbctl.runtime import cluster, scaling
+from cbctl.runtime import cluster, limits, scaling
 from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
+    MAX_MESSAGE_BYTES,
     RESTART_BACKOFF_FIRST_S,
     RESTART_BACKOFF_MAX_S,
     RESTARTS_PER_MINUTE,
     SHUTDOWN_TIMEOUT_S,
     STARTUP_TIMEOUT_S,
 )
-from cbctl.runtime.messages import ControlResponse, ProcessReady, SupervisorRequest, unpack
+from cbctl.runtime.messages import ControlResponse, ProcessReady, SupervisorRequest, unpack, version_refusal
 from cbctl.runtime.process import ProcessConfig, ShutdownFlag, drain, new_socket
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class ClusterSpec:
     max_batch: int = MAX_BATCH
     max_continuations: int = MAX_CONTINUATIONS
     policy: dict[str, Any] = field(default_factory=dict)  # placement policy settings (`cbctl up --policy`)
+    max_message_bytes: int = MAX_MESSAGE_BYTES  # largest serialised value (`cbctl up --max-message-mb`)
 
 
 @dataclass
@@ -117,6 +119,7 @@ class Supervisor:
         self.ready_address = cluster.ipc_address(home, "supervisor-ready")
         self.ready_sock.bind(self.ready_address)
         self.control_sock = new_socket(self.context, zmq.ROUTER)
+        self.control_sock.setsockopt(zmq.MAXMSGSIZE, limits.backstop_bytes(spec.max_message_bytes))
         if spec.listen:
             port = self.control_sock.bind_to_random_port(spec.listen)
             self.control_address = f"{spec.listen}:{port}"
@@ -136,7 +139,7 @@ class Supervisor:
             home=str(self.home), role=role, index=index, supervisor_address=self.ready_address,
             store_address=store.address if store else "",
             scheduler_addresses=[c.address for c in self.children.values() if c.config.role == "scheduler"],
-            listen=self.spec.listen, options=dict(options or {}),
+            listen=self.spec.listen, options={limits.OPTION: self.spec.max_message_bytes, **(options or {})},
         )
         child = Child(config)
         self.children[config.name] = child
@@ -230,6 +233,7 @@ class Supervisor:
             control_address=self.control_address, store_address=self.children["store-0"].address,
             scheduler_addresses=[c.address for c in self.children.values() if c.config.role == "scheduler"],
             started_at=self.started_at, version=cbctl.__version__, processes=entries,
+            max_message_bytes=self.spec.max_message_bytes,
         ).write(self.home)
 
     # --- run -----------------------------------------------------------------------------------------
@@ -285,6 +289,9 @@ class Supervisor:
             except ProtocolError as exc:
                 self.protocol_errors += 1
                 log.warning("dropped a bad control frame: %s", exc)
+                refusal = version_refusal(parts[-1], "the supervisor")  # a peer of another version is told why
+                if refusal is not None:
+                    self.control_sock.send_multipart([*parts[:-1], refusal])
                 continue
             if request.command == "scale":
                 self._begin_scale(parts[:-1], request)  # answered once the executors are up or gone

@@ -38,7 +38,7 @@ class UserLibrary:
     def put(self, key: str, value: Any) -> None:
         """Write ``value`` under ``key``; durable in the store when this returns. Last-writer-wins, except in a
         ``causal`` call, where it replaces the versions this call read of the key and is kept alongside
-        concurrent ones."""
+        concurrent ones. ``MessageTooLarge`` if the value is over the cluster's limit (``--max-message-mb``)."""
         if not isinstance(key, str) or not key or key.startswith("__cb/"):
             raise InvalidArgument(f"key {key!r} is invalid: use a non-empty string not starting with '__cb/'")
         self._executor.write_key(key, value)
@@ -48,7 +48,8 @@ class UserLibrary:
         return self._executor.executor_id
 
     def send(self, executor_id: str, message: Any) -> None:
-        """Send ``message`` to whatever function runs on ``executor_id``; it reads it with ``recv``."""
+        """Send ``message`` to whatever function runs on ``executor_id``; it reads it with ``recv``
+        (``MessageTooLarge`` if it is over the cluster's limit on one value)."""
         self._executor.send_direct(executor_id, message)
 
     def recv(self, timeout: float | None = None) -> list[tuple[str, Any]]:

@@ -17,10 +17,11 @@ TOOLKIT = DEPLOYABLES / "toolkit.py"
 
 
 @contextmanager
-def module_cluster(home: Path, executors: int = 2, deploy: tuple[Path, ...] = ()) -> Iterator[RunningCluster]:
+def module_cluster(home: Path, executors: int = 2, deploy: tuple[Path, ...] = (),
+                   extra_args: tuple[str, ...] = ()) -> Iterator[RunningCluster]:
     handle = RunningCluster(home)
     try:
-        run_cli(home, "up", "--executors", str(executors), check=True, timeout=90)
+        run_cli(home, "up", "--executors", str(executors), *extra_args, check=True, timeout=90)
         for path in deploy:
             handle.cli("deploy", str(path), check=True)
         yield handle
