@@ -33,7 +33,7 @@ from cbctl.errors import (
     InvalidArgument,
     error_from_wire,
 )
-from cbctl.runtime import cluster, registry, serialization, user_errors
+from cbctl.runtime import auth, cluster, registry, serialization, user_errors
 from cbctl.runtime.code_loading import source_file_of
 from cbctl.runtime.consistency import LWW, ClientSession, reveal
 from cbctl.runtime.dag import chain_edges, validate_dag
@@ -113,20 +113,21 @@ class Client:
         self.home = cluster.resolve_home(home)
         self.cluster = cluster.running_cluster(self.home)
         self.client_id = uuid.uuid4().hex[:12]
-        self._context = zmq.Context()
+        # a TCP cluster's keys: every socket below authenticates with them (and the reply socket admits only
+        # the cluster's processes), so nobody without them can call in or answer in the cluster's name
+        self._context = auth.new_context(auth.cluster_keys(self.home, self.cluster.auth))
         self._ids = itertools.count(1)
         scheduler = self._scheduler_address = random.choice(self.cluster.scheduler_addresses)
         self._call_sock = new_socket(self._context, zmq.DEALER)
-        self._call_sock.connect(scheduler)
+        auth.connect(self._call_sock, scheduler)
         self._call_lock = threading.Lock()
         self._control_sock = new_socket(self._context, zmq.DEALER)
-        self._control_sock.connect(scheduler)
+        auth.connect(self._control_sock, scheduler)
         self._control_lock = threading.Lock()
         self._responses = new_socket(self._context, zmq.PULL)
         if self.cluster.scheduler_addresses[0].startswith("tcp://"):
             host = self.cluster.scheduler_addresses[0].rsplit(":", 1)[0]
-            port = self._responses.bind_to_random_port(host)
-            self.response_address = f"{host}:{port}"
+            self.response_address = auth.bind_to_random_port(self._responses, host)
         else:
             self.response_address = cluster.ipc_address(self.home, f"client-{self.client_id}")
             try:
@@ -267,7 +268,7 @@ class Client:
                     # a late reply must not be read as the answer to a later request
                     self._control_sock.close()
                     self._control_sock = new_socket(self._context, zmq.DEALER)
-                    self._control_sock.connect(self._scheduler_address)
+                    auth.connect(self._control_sock, self._scheduler_address)
                     raise ClusterNotRunning(f"the scheduler did not answer within {CONTROL_TIMEOUT_S:.0f} s: "
                                             "check `cbctl status`")
                 reply = unpack(self._control_sock.recv())
@@ -471,9 +472,10 @@ def supervisor_request(found: cluster.ClusterFile, command: str, timeout_s: floa
                        **arguments: Any) -> Any:
     """One request to the supervisor's control socket (status, stop, scale)."""
     context = zmq.Context.instance()
+    keys = auth.cluster_keys(Path(found.home), found.auth)
     sock = new_socket(context, zmq.DEALER)
     try:
-        sock.connect(found.control_address)
+        auth.connect(sock, found.control_address, keys)
         sock.send(SupervisorRequest(1, command, arguments).pack())
         if not sock.poll(int(timeout_s * 1000)):
             raise ClusterNotRunning(f"the supervisor (pid {found.supervisor_pid}) did not answer within "

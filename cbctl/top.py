@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cbctl.errors import ClusterNotRunning, InvalidArgument, ProtocolError
-from cbctl.runtime import cluster
+from cbctl.runtime import auth, cluster
 from cbctl.runtime.defaults import TOP_REQUEST_TIMEOUT_S, TOP_SILENT_AFTER_S
 from cbctl.runtime.messages import (
     ClusterInfoRequest,
@@ -57,7 +57,7 @@ class ClusterProbe:
     def __init__(self, home: Path, timeout_s: float = TOP_REQUEST_TIMEOUT_S) -> None:
         self.home = home
         self.timeout_s = timeout_s
-        self._context = zmq.Context()
+        self._context = auth.new_context(None)  # the cluster's keys are set at the first snapshot (a TCP cluster)
         self._sockets: dict[str, zmq.Socket] = {}  # by address; kept across snapshots
         self._ids = itertools.count(1)
 
@@ -65,12 +65,14 @@ class ClusterProbe:
         sock = self._sockets.get(address)
         if sock is None:
             sock = self._sockets[address] = new_socket(self._context, zmq.DEALER)
-            sock.connect(address)
+            auth.connect(sock, address)
         return sock
 
     def collect(self) -> dict[str, Any]:
         """The raw answers: ``{"home", "supervisor", "schedulers": {name: info or None}, "store"}``."""
         found = cluster.running_cluster(self.home)
+        if self._context.curve_keys is None:
+            self._context.curve_keys = auth.cluster_keys(self.home, found.auth)
         req_id = next(self._ids)
         scheduler_names = {p.address: f"{p.role}-{p.index}" for p in found.processes if p.role == "scheduler"}
         asked: dict[str, str] = {found.control_address: "supervisor", found.store_address: "store"}
