@@ -58,6 +58,7 @@ class ClusterProbe:
         self.home = home
         self.timeout_s = timeout_s
         self._context = auth.new_context(None)  # the cluster's keys are set at the first snapshot (a TCP cluster)
+        self._cluster_started_at: float | None = None
         self._sockets: dict[str, zmq.Socket] = {}  # by address; kept across snapshots
         self._ids = itertools.count(1)
 
@@ -71,8 +72,10 @@ class ClusterProbe:
     def collect(self) -> dict[str, Any]:
         """The raw answers: ``{"home", "supervisor", "schedulers": {name: info or None}, "store"}``."""
         found = cluster.running_cluster(self.home)
-        if self._context.curve_keys is None:
+        if found.started_at != self._cluster_started_at:  # the first snapshot, or a new cluster in the home
+            self._forget_sockets()  # a new TCP cluster has new keys: sockets made with the old ones never connect
             self._context.curve_keys = auth.cluster_keys(self.home, found.auth)
+            self._cluster_started_at = found.started_at
         req_id = next(self._ids)
         scheduler_names = {p.address: f"{p.role}-{p.index}" for p in found.processes if p.role == "scheduler"}
         asked: dict[str, str] = {found.control_address: "supervisor", found.store_address: "store"}
@@ -123,10 +126,13 @@ class ClusterProbe:
             "store": answers.get(found.store_address),
         }
 
-    def close(self) -> None:
+    def _forget_sockets(self) -> None:
         for sock in self._sockets.values():
             sock.close()
         self._sockets.clear()
+
+    def close(self) -> None:
+        self._forget_sockets()
         self._context.term()
 
     def __enter__(self) -> ClusterProbe:
