@@ -48,7 +48,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
         return "", 0
     match = _LISTEN.fullmatch(listen)
     port = int(match["port"]) if match and match["port"] else 0
-    if match is None or not 0 <= port <= 65535:
+    if match is None or (match["port"] is not None and not 1 <= port <= 65535):
         raise InvalidArgument(f"--listen {listen!r} must look like tcp://HOST or tcp://HOST:PORT (PORT 1-65535, "
                               "the first scheduler's; other processes take random ports of HOST)")
     return f"tcp://{match['host']}", port

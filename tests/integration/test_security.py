@@ -4,6 +4,8 @@ unauthenticated non-loopback listener is refused, and no secret key shows anywhe
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import stat
 import time
@@ -223,3 +225,25 @@ def test_up_refuses_a_port_in_use(tmp_path):
         port = taken.getsockname()[1]
         result = run_cli(tmp_path / "home", "up", "--executors", "1", "--listen", f"tcp://127.0.0.1:{port}")
     assert result.returncode == 1 and "pick another port" in result.stderr, result.stderr
+
+
+def test_restarted_processes_keep_authenticating_on_their_addresses(start_cluster):
+    port = free_port()
+    handle = start_cluster(executors=1, extra_args=("--listen", f"tcp://127.0.0.1:{port}"))
+    client = handle.client()
+    client.register(mark_ran, name="mark_ran")
+    for name in ("executor-0", "scheduler-0"):
+        old_pid = handle.pid_of(name)
+        os.kill(old_pid, signal.SIGKILL)
+        handle.wait_for(lambda name=name, old_pid=old_pid: handle.pid_of(name) != old_pid
+                        and name in ready_processes(handle), timeout=30, what=f"{name} to restart")
+    assert handle.cluster_file().scheduler_addresses == [f"tcp://127.0.0.1:{port}"]
+    assert client.call("mark_ran", "after-restarts", timeout=20) == "after-restarts"  # the same client, reconnected
+    server_public, _ = zmq.auth.load_certificate(handle.home / "keys" / "server.key")
+    assert intrude(handle.cluster_file(), server_public, "restarted") == []
+    assert traces(client, "restarted") == {}
+
+
+def ready_processes(handle) -> set[str]:
+    status = json.loads(handle.cli("status", "--json", check=True).stdout)
+    return {p["name"] for p in status["processes"] if p["state"] == "ready"}

@@ -31,7 +31,7 @@ def test_parse_listen(listen, parsed):
     assert parse_listen(listen) == parsed
 
 
-@pytest.mark.parametrize("listen", ["127.0.0.1", "ipc:///tmp/x", "tcp://", "tcp://127.0.0.1:", "tcp://h:70000",
+@pytest.mark.parametrize("listen", ["127.0.0.1", "ipc:///tmp/x", "tcp://", "tcp://127.0.0.1:", "tcp://h:70000", "tcp://h:0",
                                     "tcp://h:port", "tcp://a:1:2", "tcp://h/x"])
 def test_parse_listen_refuses_malformed(listen):
     with pytest.raises(InvalidArgument, match="tcp://HOST or tcp://HOST:PORT"):
