@@ -229,7 +229,7 @@ def scale_cluster(home: Path, executors: int) -> dict[str, Any]:
     if isinstance(executors, bool) or not isinstance(executors, int) or executors < 0:
         raise InvalidArgument(f"--executors must be a whole number >= 0, not {executors!r}")
     found = cluster.running_cluster(home)
-    return supervisor_request(found, "scale", timeout_s=SCALE_REQUEST_TIMEOUT_S, executors=executors)
+    return supervisor_request(found, "scale", timeout_s=SCALE_REQUEST_TIMEOUT_S, home=home, executors=executors)
 
 
 def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:

@@ -60,12 +60,14 @@ class ClusterProbe:
         self._context = auth.new_context(None)  # the cluster's keys are set at the first snapshot (a TCP cluster)
         self._cluster_started_at: float | None = None
         self._sockets: dict[str, zmq.Socket] = {}  # by address; kept across snapshots
+        self._watches: dict[str, auth.HandshakeWatch | None] = {}  # by address: did it refuse our keys?
         self._ids = itertools.count(1)
 
     def _socket(self, address: str) -> zmq.Socket:
         sock = self._sockets.get(address)
         if sock is None:
             sock = self._sockets[address] = new_socket(self._context, zmq.DEALER)
+            self._watches[address] = auth.watch_handshakes(sock, address)
             auth.connect(sock, address)
         return sock
 
@@ -116,6 +118,9 @@ class ClusterProbe:
                         answers[by_socket[sock]] = reply.stats
         if answers.get(found.control_address) is None:
             cluster.running_cluster(self.home)  # gone meanwhile (`cbctl down` finished)? say that instead
+            watch = self._watches.get(found.control_address)
+            if watch is not None and watch.refused():
+                raise auth.keys_refused(found.control_address, self.home)
             raise ClusterNotRunning(f"the supervisor of the cluster in {self.home} (pid {found.supervisor_pid}) "
                                     f"did not answer within {self.timeout_s:.0f} s: it is stopping or stuck, "
                                     "see `cbctl logs supervisor`")
@@ -127,6 +132,10 @@ class ClusterProbe:
         }
 
     def _forget_sockets(self) -> None:
+        for watch in self._watches.values():
+            if watch is not None:
+                watch.close()
+        self._watches.clear()
         for sock in self._sockets.values():
             sock.close()
         self._sockets.clear()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from cbctl.errors import AuthenticationError
-from cbctl.runtime.defaults import ZAP_DENIAL_LOG_EVERY
+from cbctl.runtime.defaults import HANDSHAKE_REFUSALS_CONCLUSIVE, ZAP_DENIAL_LOG_EVERY
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,62 @@ def connect(sock: zmq.Socket, address: str, keys: CurveKeys | None = None) -> No
             sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.client_public)
             sock.setsockopt(zmq.CURVE_SECRETKEY, keys.client_secret)
     sock.connect(address)
+
+
+class HandshakeWatch:
+    """Tells a cluster that refused our keys from one that is merely silent, so a request that gets no answer
+    can say which (keys from an earlier ``cbctl up``, say, instead of "did not answer in 15 s"). Watches one
+    socket's CURVE handshakes through a zmq monitor; for request/reply sockets, not the per-call path."""
+
+    _FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                 | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self._sock = sock
+        self._monitor = sock.get_monitor_socket(self._FAILURES)
+        self.refusals = 0
+
+    def refused(self, at_least: int = 1) -> bool:
+        """Whether ``at_least`` handshakes of the socket failed since the watch began."""
+        while self._monitor.poll(0):
+            self._monitor.recv_multipart()
+            self.refusals += 1
+        return self.refusals >= at_least
+
+    def close(self) -> None:
+        self._sock.disable_monitor()
+        self._monitor.close()
+
+
+def watch_handshakes(sock: zmq.Socket, address: str, keys: CurveKeys | None = None) -> HandshakeWatch | None:
+    """A ``HandshakeWatch`` on ``sock`` if connecting it to ``address`` uses CURVE (call before connecting)."""
+    if address.startswith("tcp://") and (keys or getattr(sock.context, "curve_keys", None)) is not None:
+        return HandshakeWatch(sock)
+    return None
+
+
+def wait_for_reply(sock: zmq.Socket, timeout_s: float, watch: HandshakeWatch | None, address: str,
+                   home: str | Path) -> bool:
+    """Poll ``sock`` for up to ``timeout_s``; ``AuthenticationError`` as soon as the peer clearly refuses our
+    keys (and at the deadline if it refused at all), rather than a silent wait."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            if watch is not None and watch.refused():
+                raise keys_refused(address, home)
+            return False
+        slice_ms = int(remaining * 1000) + 1 if watch is None else min(100, int(remaining * 1000) + 1)
+        if sock.poll(slice_ms):
+            return True
+        if watch is not None and watch.refused(HANDSHAKE_REFUSALS_CONCLUSIVE):
+            raise keys_refused(address, home)
+
+
+def keys_refused(address: str, home: str | Path) -> AuthenticationError:
+    return AuthenticationError(
+        f"{address} refused this client's CURVE keys ({Path(home) / KEYS_DIR} does not hold the running cluster's "
+        "keys: copied from an earlier `cbctl up`?): copy the keys directory again from the machine that ran it")
 
 
 def bind(sock: zmq.Socket, address: str) -> None:

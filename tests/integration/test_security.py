@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -20,7 +21,7 @@ import zmq.auth
 import cbctl
 from cbctl.lifecycle import kill_processes
 from cbctl.runtime import serialization
-from cbctl.runtime.auth import load_keys
+from cbctl.runtime.auth import generate_keys, load_keys
 from cbctl.runtime.cluster import ClusterFile, socket_dir
 from cbctl.runtime.lattices import LWWLattice
 from cbctl.runtime.messages import CallRequest, PutRequest, RegisterFunction, SupervisorRequest
@@ -247,3 +248,26 @@ def test_restarted_processes_keep_authenticating_on_their_addresses(start_cluste
 def ready_processes(handle) -> set[str]:
     status = json.loads(handle.cli("status", "--json", check=True).stdout)
     return {p["name"] for p in status["processes"] if p["state"] == "ready"}
+
+
+def test_a_copy_of_cluster_file_and_keys_is_enough_and_other_keys_are_refused_at_once(start_cluster, tmp_path):
+    """What a client on another machine would do (here on the same one): a home of its own holding copies of
+    cluster.json and keys/. With keys of another cluster, requests fail at once, naming the keys."""
+    handle = start_cluster(executors=1, extra_args=("--listen", "tcp://127.0.0.1"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    shutil.copy(handle.home / "cluster.json", elsewhere)
+    shutil.copytree(handle.home / "keys", elsewhere / "keys")
+    with cbctl.connect(elsewhere) as client:
+        client.put("from-elsewhere", 1)
+        assert client.get("from-elsewhere") == 1
+    assert run_cli(elsewhere, "status", "--json", check=True).returncode == 0
+
+    generate_keys(elsewhere)  # now it holds some other cluster's keys
+    with cbctl.connect(elsewhere) as client:
+        started = time.monotonic()
+        with pytest.raises(cbctl.AuthenticationError, match="refused this client's CURVE keys"):
+            client.list()
+        assert time.monotonic() - started < 5, "a refusal should not wait for the 15 s control timeout"
+    result = run_cli(elsewhere, "status")
+    assert result.returncode == 1 and "refused this client's CURVE keys" in result.stderr, result.stderr
