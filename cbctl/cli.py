@@ -137,7 +137,8 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     """Start a cluster in the home directory and return once every process is ready.
 
     The home is made private to you (0700/0600). With --listen, every TCP socket is a CURVE server that
-    admits only holders of the keys generated in HOME/keys (a client elsewhere needs a copy of that directory).
+    admits only holders of the keys generated in HOME/keys (a client in another home needs copies of
+    cluster.json and keys/).
 
     \b
     Examples:
