@@ -27,6 +27,9 @@ from cbctl.errors import ClusterNotRunning, InvalidArgument
 from cbctl.runtime.defaults import DEFAULT_HOME, MAX_IPC_PATH
 
 CLUSTER_FILE = "cluster.json"
+STARTUP_ERROR_FILE = "startup-error.txt"  # the supervisor's reason for a failed start, which `cbctl up` shows
+#: The files cbctl itself writes at the top of the home (the home may hold others: they are not ours to touch).
+TOP_LEVEL_FILES = (CLUSTER_FILE, CLUSTER_FILE + ".tmp", STARTUP_ERROR_FILE)
 #: What `cbctl up` and every cluster process create files under: directories 0700, files 0600.
 PRIVATE_UMASK = 0o077
 PRIVATE_SUBDIRS = ("logs", "data", "keys")
@@ -61,7 +64,7 @@ def secure_home(home: Path) -> list[Path]:
         tightened += [directory] if _make_private(directory, 0o700) else []
         if directory.is_dir():
             tightened += [p for p in directory.rglob("*") if _make_private(p, 0o700 if p.is_dir() else 0o600)]
-    tightened += [p for p in home.iterdir() if p.is_file() and _make_private(p, 0o600)]
+    tightened += [home / name for name in TOP_LEVEL_FILES if _make_private(home / name, 0o600)]
     sockets = socket_dir(home)
     sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
     if sockets.stat().st_uid != os.getuid():

@@ -45,7 +45,7 @@ from cbctl.runtime.process import ProcessConfig, ShutdownFlag, drain, new_socket
 
 log = logging.getLogger(__name__)
 
-STARTUP_ERROR_FILE = "startup-error.txt"
+STARTUP_ERROR_FILE = cluster.STARTUP_ERROR_FILE
 ROLE_MODULES = {"store": "cbctl.runtime.store", "scheduler": "cbctl.runtime.scheduler",
                 "executor": "cbctl.runtime.executor"}
 

@@ -67,6 +67,9 @@ def test_secure_home_creates_private_directories_and_tightens_open_ones(tmp_path
     for path in open_files:
         path.write_text("x")
         path.chmod(0o644)
+    not_ours = home / "notes.txt"  # a home may hold the user's own files: cbctl leaves them as they are
+    not_ours.write_text("x")
+    not_ours.chmod(0o644)
     private = home / "data" / "wal"
     private.write_text("x")
     private.chmod(0o600)
@@ -78,6 +81,7 @@ def test_secure_home_creates_private_directories_and_tightens_open_ones(tmp_path
         assert mode(directory) == 0o700, directory
     for path in [*open_files, private]:
         assert mode(path) == 0o600, path
+    assert mode(not_ours) == 0o644
     assert cluster.secure_home(home) == []  # nothing left to fix
 
 
