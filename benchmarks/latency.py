@@ -1,6 +1,7 @@
 """Call latency and throughput of the DAG call path, next to a raw pyzmq relay measured in the same run.
 
     python -m benchmarks.latency [--calls 2000] [--throughput-calls 3000] [--rounds 10] [--executors 2]
+                                 [--listen tcp://127.0.0.1 [--no-auth]]
 
 Cases, on a fresh cluster in a temporary home:
 - ``noop``: one function that returns its argument (client -> scheduler -> executor -> client);
@@ -13,6 +14,9 @@ unpacks and repacks a msgpack frame, as every cbctl process does. Relay and case
 (``--rounds``), because the floor itself moves by about 2x between a busy and an idle machine (an idle
 virtual CPU is slow to wake). Target on a 2-core machine: the chain's median within 3x of the relay's and
 its p99 under 1.5 ms.
+
+``--listen`` runs the cluster on TCP (CURVE-authenticated, as `cbctl up --listen` does; ``--no-auth`` for plain
+TCP), to price authentication: compare the cases' medians of two runs, each against its own relay floor.
 """
 
 from __future__ import annotations
@@ -226,11 +230,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--throughput-calls", type=int, default=3000, help="Calls per in-flight measurement.")
     parser.add_argument("--rounds", type=int, default=10, help="Alternating relay/case blocks per case.")
     parser.add_argument("--executors", type=int, default=2, help="Executors of the cluster.")
+    parser.add_argument("--listen", default="", help="Run the cluster on TCP (e.g. tcp://127.0.0.1), not ipc.")
+    parser.add_argument("--no-auth", action="store_true", help="With --listen: plain TCP, without CURVE.")
     args = parser.parse_args(argv)
     if args.calls < 100 or args.throughput_calls < 64 or args.executors < 1 or not 1 <= args.rounds <= args.calls:
         parser.error("use --calls >= 100, --throughput-calls >= 64, --executors >= 1, 1 <= --rounds <= --calls")
 
-    with tempfile.TemporaryDirectory(prefix="cbrelay-") as tmp, temp_cluster(args.executors) as home, \
+    cluster_args = (["--listen", args.listen] if args.listen else []) + (["--no-auth"] if args.no_auth else [])
+    with tempfile.TemporaryDirectory(prefix="cbrelay-") as tmp, temp_cluster(args.executors, cluster_args) as home, \
             cbctl.connect(home) as client:
         deploy(client)
         relay = Relay(Path(tmp))
@@ -245,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     met = chain["x_floor"] <= TARGET_RATIO and chain["p99_us"] < TARGET_P99_US
     print_report("call latency (us) and throughput (calls/s)", [floor_row, *rows], {
         "executors": args.executors, "calls": args.calls, "cpus": os.cpu_count(),
+        "transport": f"{args.listen} ({'plain' if args.no_auth else 'curve'})" if args.listen else "ipc",
         "target": {"chain_x_floor": TARGET_RATIO, "chain_p99_us": TARGET_P99_US}, "target_met": met,
     })
 

@@ -8,6 +8,7 @@ The public API: ``connect`` to a cluster, declare functions, DAGs and storage tr
 from cbctl.client import CallFuture, Client, connect
 from cbctl.declare import dag, function, trigger
 from cbctl.errors import (
+    AuthenticationError,
     CallTimeout,
     CbctlError,
     ClusterAlreadyRunning,
@@ -29,6 +30,7 @@ from cbctl.runtime.serialization import Ref
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationError",
     "CallFuture",
     "CallTimeout",
     "CbctlError",

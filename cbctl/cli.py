@@ -116,8 +116,12 @@ def main() -> None:
 @click.option("--gpu-executors", type=int, default=None, help="GPU executors, one device each. [default: GPUs found]")
 @click.option("--schedulers", type=int, default=1, show_default=True, help="Schedulers.")
 @click.option("--foreground", is_flag=True, help="Stay attached; Ctrl-C stops the cluster.")
-@click.option("--listen", default="", metavar="tcp://HOST",
-              help="Use TCP on HOST instead of ipc sockets in the home (loopback unless you name another host).")
+@click.option("--listen", default="", metavar="tcp://HOST[:PORT]",
+              help="Use TCP on HOST instead of ipc sockets in the home; PORT is the first scheduler's (others "
+                   "are random). Sockets then require the CURVE keys written to HOME/keys.")
+@click.option("--no-auth", is_flag=True,
+              help="With a loopback --listen only: plain TCP without keys (any local user can then run code "
+                   "in the cluster).")
 @click.option("--durability", type=click.Choice(["always", "batch", "none"]), default="batch", show_default=True,
               help="When the store fsyncs its log: every write, at most every 50 ms, or never.")
 @click.option("--cache-mb", type=click.IntRange(min=0), default=64, show_default=True,
@@ -139,19 +143,29 @@ def main() -> None:
 @handle_errors
 def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
        durability: str, cache_mb: int, fake_gpus: int, max_batch: int, max_continuations: int,
-       max_message_mb: int, policy: tuple[str, ...], home: str | None) -> None:
+       max_message_mb: int, policy: tuple[str, ...], no_auth: bool, home: str | None) -> None:
     """Start a cluster in the home directory and return once every process is ready.
 
-    Example: cbctl up --executors 4 --gpu-executors 1
+    The home is made private to you (0700/0600). With --listen, every TCP socket is a CURVE server that
+    admits only holders of the keys generated in HOME/keys (a client in another home needs copies of
+    cluster.json and keys/).
+
+    \b
+    Examples:
+    cbctl up --executors 4 --gpu-executors 1
+    cbctl up --listen tcp://127.0.0.1:7100    the scheduler on port 7100, CURVE keys in HOME/keys
     """
     home_path = cluster.resolve_home(home)
     note = lifecycle.check_not_running(home_path)
     if note:
         errors.print(f"note: {note}", markup=False)
     spec = lifecycle.plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb,
-                               max_batch, max_continuations, policy, max_message_mb)
-    if spec.listen and not spec.listen.startswith(tuple(f"tcp://{h}" for h in lifecycle.LOOPBACK_HOSTS)):
-        errors.print(f"warning: binding on {spec.listen}, reachable beyond this machine", markup=False)
+                               max_batch, max_continuations, policy, max_message_mb, no_auth)
+    if spec.listen and not lifecycle.is_loopback(spec.listen):
+        errors.print(f"warning: listening on {spec.listen}, reachable beyond this machine (only holders of "
+                     f"{home_path / 'keys'} can use it)", markup=False)
+    for note in lifecycle.prepare_home(home_path, spec):
+        errors.print(f"note: {note}", markup=False)
     started = time.monotonic()
     proc = lifecycle.start_supervisor(home_path, spec, foreground)
     with console.status("starting the cluster..."):

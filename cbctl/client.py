@@ -26,6 +26,7 @@ import zmq
 
 from cbctl.declare import Declarations, dag_options, function_name, load_file
 from cbctl.errors import (
+    AuthenticationError,
     CallTimeout,
     CbctlError,
     ClusterNotRunning,
@@ -34,7 +35,7 @@ from cbctl.errors import (
     ProtocolError,
     error_from_wire,
 )
-from cbctl.runtime import cluster, limits, registry, serialization, user_errors
+from cbctl.runtime import auth, cluster, limits, registry, serialization, user_errors
 from cbctl.runtime.code_loading import source_file_of
 from cbctl.runtime.consistency import LWW, ClientSession, reveal
 from cbctl.runtime.dag import chain_edges, validate_dag
@@ -117,20 +118,22 @@ class Client:
         #: the cluster's largest serialised value (``cbctl up --max-message-mb``), checked before anything is sent
         self.max_message_bytes = self.cluster.max_message_bytes
         self.client_id = uuid.uuid4().hex[:12]
-        self._context = zmq.Context()
+        # a TCP cluster's keys: every socket below authenticates with them (and the reply socket admits only
+        # the cluster's processes), so nobody without them can call in or answer in the cluster's name
+        self._context = auth.new_context(auth.cluster_keys(self.home, self.cluster.auth))
         self._ids = itertools.count(1)
         scheduler = self._scheduler_address = random.choice(self.cluster.scheduler_addresses)
         self._call_sock = new_socket(self._context, zmq.DEALER)
-        self._call_sock.connect(scheduler)
+        auth.connect(self._call_sock, scheduler)
         self._call_lock = threading.Lock()
         self._control_sock = new_socket(self._context, zmq.DEALER)
-        self._control_sock.connect(scheduler)
+        self._control_watch = auth.watch_handshakes(self._control_sock, scheduler)
+        auth.connect(self._control_sock, scheduler)
         self._control_lock = threading.Lock()
         self._responses = new_socket(self._context, zmq.PULL)
         if self.cluster.scheduler_addresses[0].startswith("tcp://"):
             host = self.cluster.scheduler_addresses[0].rsplit(":", 1)[0]
-            port = self._responses.bind_to_random_port(host)
-            self.response_address = f"{host}:{port}"
+            self.response_address = auth.bind_to_random_port(self._responses, host)
         else:
             self.response_address = cluster.ipc_address(self.home, f"client-{self.client_id}")
             try:
@@ -255,7 +258,7 @@ class Client:
         return self._control(lambda r: ClusterInfoRequest(r))
 
     def supervisor_status(self) -> dict[str, Any]:
-        return supervisor_request(self.cluster, "status")
+        return supervisor_request(self.cluster, "status", home=self.home)
 
     def scale(self, executors: int) -> dict[str, Any]:
         """Run ``executors`` CPU executors, as ``cbctl scale --executors N`` does; returns once done."""
@@ -271,11 +274,14 @@ class Client:
             deadline = time.monotonic() + CONTROL_TIMEOUT_S
             while True:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._control_sock.poll(int(remaining * 1000) + 1):
-                    # a late reply must not be read as the answer to a later request
-                    self._control_sock.close()
-                    self._control_sock = new_socket(self._context, zmq.DEALER)
-                    self._control_sock.connect(self._scheduler_address)
+                try:
+                    answered = remaining > 0 and auth.wait_for_reply(
+                        self._control_sock, remaining, self._control_watch, self._scheduler_address, self.home)
+                except AuthenticationError:
+                    self._renew_control_socket()
+                    raise
+                if not answered:
+                    self._renew_control_socket()  # a late reply must not be read as the answer to a later request
                     raise ClusterNotRunning(f"the scheduler did not answer within {CONTROL_TIMEOUT_S:.0f} s: "
                                             "check `cbctl status`")
                 reply = unpack(self._control_sock.recv())
@@ -284,6 +290,14 @@ class Client:
         if not reply.ok:
             raise error_from_wire(reply.error_type, reply.message)
         return reply.payload
+
+    def _renew_control_socket(self) -> None:
+        if self._control_watch is not None:
+            self._control_watch.close()
+        self._control_sock.close()
+        self._control_sock = new_socket(self._context, zmq.DEALER)
+        self._control_watch = auth.watch_handshakes(self._control_sock, self._scheduler_address)
+        auth.connect(self._control_sock, self._scheduler_address)
 
     # --- calls -----------------------------------------------------------------------------------------
 
@@ -479,6 +493,8 @@ class Client:
                 return
             self._closed = True
         self._call_sock.close()
+        if self._control_watch is not None:
+            self._control_watch.close()
         self._control_sock.close()
         self._responses.close()
         self._store.close()
@@ -502,18 +518,24 @@ def _check_key(key: Any) -> None:
 
 
 def supervisor_request(found: cluster.ClusterFile, command: str, timeout_s: float = CONTROL_TIMEOUT_S,
-                       **arguments: Any) -> Any:
-    """One request to the supervisor's control socket (status, stop, scale)."""
+                       home: Path | None = None, **arguments: Any) -> Any:
+    """One request to the supervisor's control socket (status, stop, scale). ``home`` is where the cluster
+    file was read (its keys are there), when that is not the home the cluster runs in."""
+    home = home or Path(found.home)
     context = zmq.Context.instance()
+    keys = auth.cluster_keys(home, found.auth)
     sock = new_socket(context, zmq.DEALER)
+    watch = auth.watch_handshakes(sock, found.control_address, keys)
     try:
-        sock.connect(found.control_address)
+        auth.connect(sock, found.control_address, keys)
         sock.send(SupervisorRequest(1, command, arguments).pack())
-        if not sock.poll(int(timeout_s * 1000)):
+        if not auth.wait_for_reply(sock, timeout_s, watch, found.control_address, home):
             raise ClusterNotRunning(f"the supervisor (pid {found.supervisor_pid}) did not answer within "
                                     f"{timeout_s:.0f} s: see `cbctl logs supervisor`")
         reply = unpack(sock.recv())
     finally:
+        if watch is not None:
+            watch.close()
         sock.close()
     if not isinstance(reply, ControlResponse):
         raise CbctlError(f"unexpected reply {type(reply).__name__} from the supervisor")

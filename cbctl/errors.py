@@ -19,6 +19,11 @@ class ClusterAlreadyRunning(CbctlError):
     """``cbctl up`` found a live cluster in the same home."""
 
 
+class AuthenticationError(CbctlError):
+    """The cluster listens on TCP with CURVE authentication and this party cannot read its keys
+    (``HOME/keys/``): run as the user who started it, or copy its keys directory."""
+
+
 class ProtocolError(CbctlError):
     """A frame did not unpack into a known message of this protocol version."""
 
@@ -81,6 +86,7 @@ ERRORS_BY_NAME: dict[str, type[CbctlError]] = {
         CbctlError,
         ClusterNotRunning,
         ClusterAlreadyRunning,
+        AuthenticationError,
         ProtocolError,
         NoSuchFunction,
         InvalidDag,

@@ -3,11 +3,16 @@ cluster file, and on the way down wait until every process of the cluster is gon
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
+import os
+import re
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,7 @@ import psutil
 
 from cbctl.client import supervisor_request
 from cbctl.errors import CbctlError, ClusterAlreadyRunning, ClusterNotRunning, InvalidArgument
-from cbctl.runtime import cluster
+from cbctl.runtime import auth, cluster
 from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
@@ -28,7 +33,8 @@ from cbctl.runtime.policy import parse_policy_options
 from cbctl.runtime.scaling import SCALE_REQUEST_TIMEOUT_S
 from cbctl.runtime.supervisor import STARTUP_ERROR_FILE, ClusterSpec, count_gpus
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+LOOPBACK_HOSTS = ("localhost", "[::1]")  # and every 127.x.y.z (see is_loopback)
+_LISTEN = re.compile(r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\[\]]+)(?::(?P<port>[0-9]+))?")
 #: Highest ``--max-message-mb``: msgpack carries at most 4 GiB in one bytes value, and a value travels inside a
 #: frame with room to spare (``FRAME_HEADROOM_BYTES``).
 MAX_MESSAGE_MB_CEILING = 2048
@@ -44,20 +50,65 @@ def check_not_running(home: Path) -> str:
                                 "stop it with `cbctl down`, or use another CBCTL_HOME")
 
 
-def validate_listen(listen: str) -> str:
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``--listen`` as ``("tcp://HOST", PORT)``: PORT is the first scheduler's (the address clients call), 0
+    when not given; every other socket takes a random port of HOST. ``("", 0)`` for ipc."""
     if not listen:
-        return ""
-    if not listen.startswith("tcp://") or listen.count(":") != 1:
-        raise InvalidArgument(f"--listen {listen!r} must look like tcp://HOST (ports are picked per process)")
-    return listen
+        return "", 0
+    match = _LISTEN.fullmatch(listen)
+    port = int(match["port"]) if match and match["port"] else 0
+    if match is None or (match["port"] is not None and not 1 <= port <= 65535):
+        raise InvalidArgument(f"--listen {listen!r} must look like tcp://HOST or tcp://HOST:PORT (PORT 1-65535, "
+                              "the first scheduler's; other processes take random ports of HOST)")
+    return f"tcp://{match['host']}", port
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether ``tcp://HOST`` is reachable from this machine only."""
+    host = listen.removeprefix("tcp://")
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host or interface name: assume it reaches beyond this machine
+
+
+def check_auth(listen: str, no_auth: bool) -> bool:
+    """Whether the cluster uses CURVE; ``--no-auth`` is refused where it would let others in."""
+    if not no_auth:
+        return bool(listen)
+    if not listen:
+        raise InvalidArgument("--no-auth applies only with --listen tcp://HOST: ipc sockets need no keys, they are "
+                              "private to you already")
+    if not is_loopback(listen):
+        raise InvalidArgument(f"--no-auth with --listen {listen} would let anyone who can reach that address run "
+                              "code in this cluster: drop --no-auth (TCP then requires the keys `cbctl up` writes "
+                              "to HOME/keys), or listen on 127.0.0.1")
+    return False
+
+
+def check_port_free(listen: str, port: int) -> None:
+    """Fail now, in one line, rather than as a scheduler that cannot start."""
+    if not port:
+        return
+    host = listen.removeprefix("tcp://").strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as zmq binds: a TIME_WAIT port is free
+        try:
+            probe.bind(("" if host == "*" else host, port))
+        except OSError as exc:
+            raise InvalidArgument(f"cannot listen on {listen}:{port} ({exc.strerror}): pick another port, or give "
+                                  "none (tcp://HOST) for random ones") from None
 
 
 def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int, listen: str,
               durability: str, fake_gpus: int, cache_mb: int, max_batch: int = MAX_BATCH,
               max_continuations: int = MAX_CONTINUATIONS, policy: Iterable[str] = (),
-              max_message_mb: int = MAX_MESSAGE_BYTES >> 20) -> ClusterSpec:
-    import os
-
+              max_message_mb: int = MAX_MESSAGE_BYTES >> 20, no_auth: bool = False) -> ClusterSpec:
+    listen, scheduler_port = parse_listen(listen)
+    curve = check_auth(listen, no_auth)
     if executors is None:
         executors = os.cpu_count() or 1
     found_gpus = fake_gpus or count_gpus()
@@ -84,36 +135,62 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
     if not 1 <= max_message_mb <= MAX_MESSAGE_MB_CEILING:
         raise InvalidArgument(f"--max-message-mb {max_message_mb} is out of range: pass 1 to "
                               f"{MAX_MESSAGE_MB_CEILING} (MiB per serialised value)")
+    check_port_free(listen, scheduler_port)
     return ClusterSpec(executors=executors, gpu_executors=gpu_executors, schedulers=schedulers,
-                       listen=validate_listen(listen), durability=durability, fake_gpus=fake_gpus,
+                       listen=listen, scheduler_port=scheduler_port, curve=curve, durability=durability,
+                       fake_gpus=fake_gpus,
                        cache_mb=cache_mb, max_batch=max_batch, max_continuations=max_continuations,
                        policy=parse_policy_options(policy), max_message_bytes=max_message_mb << 20)
 
 
-def prepare_home(home: Path) -> None:
-    """Create the cluster directory and its subdirectories, or say in one line why it cannot be used."""
+def prepare_home(home: Path, spec: ClusterSpec) -> list[str]:
+    """Make the cluster directory ready and private, with fresh CURVE keys for a TCP cluster, or say in one line
+    why it cannot be used. Returns notes for the user (permissions it had to tighten)."""
+    notes = []
     try:
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "logs").mkdir(exist_ok=True)
-        cluster.socket_dir(home).mkdir(parents=True, exist_ok=True)
-        (home / STARTUP_ERROR_FILE).unlink(missing_ok=True)
-        probe = home / ".write-test"  # a read-only home may still list: only a write tells
-        probe.write_bytes(b"")
-        probe.unlink()
+        with private_umask():
+            tightened = cluster.secure_home(home)
+            (home / STARTUP_ERROR_FILE).unlink(missing_ok=True)
+            probe = home / ".write-test"  # a read-only home may still list: only a write tells
+            probe.write_bytes(b"")
+            probe.unlink()
+            if spec.curve:
+                auth.generate_keys(home)
+            else:
+                auth.remove_keys(home)  # an earlier TCP cluster's, of no use to this one
     except (FileExistsError, NotADirectoryError):
         raise InvalidArgument(f"the cluster directory {home} is (or is inside) a file: point CBCTL_HOME or --home "
                               "at a directory") from None
     except OSError as exc:
         raise InvalidArgument(f"cannot use {home} as the cluster directory ({exc.strerror}): point CBCTL_HOME or "
                               "--home at a directory you can write") from None
+    if tightened:
+        shown = ", ".join(str(p.relative_to(home)) if p != home and p.is_relative_to(home) else str(p)
+                          for p in tightened[:5])
+        more = f" and {len(tightened) - 5} more" if len(tightened) > 5 else ""
+        notes.append(f"made {len(tightened)} path(s) in {home} private to you (other users could read them): "
+                     f"{shown}{more}")
+    return notes
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Files and directories created meanwhile (and by processes started meanwhile) are the user's alone."""
+    previous = os.umask(cluster.PRIVATE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
 
 
 def start_supervisor(home: Path, spec: ClusterSpec, foreground: bool = False) -> subprocess.Popen:
-    prepare_home(home)
+    """Start the supervisor of a cluster in ``home`` (made ready by ``prepare_home``), with a private umask
+    that it and every process it starts inherit."""
     command = [sys.executable, "-m", "cbctl.runtime.supervisor", "--home", str(home),
                "--spec", json.dumps(asdict(spec))]
-    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=not foreground)
+    with private_umask():
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=not foreground)
 
 
 def wait_until_up(home: Path, proc: subprocess.Popen, timeout_s: float = STARTUP_TIMEOUT_S + 10) -> cluster.ClusterFile:
@@ -164,7 +241,7 @@ def scale_cluster(home: Path, executors: int) -> dict[str, Any]:
     if isinstance(executors, bool) or not isinstance(executors, int) or executors < 0:
         raise InvalidArgument(f"--executors must be a whole number >= 0, not {executors!r}")
     found = cluster.running_cluster(home)
-    return supervisor_request(found, "scale", timeout_s=SCALE_REQUEST_TIMEOUT_S, executors=executors)
+    return supervisor_request(found, "scale", timeout_s=SCALE_REQUEST_TIMEOUT_S, home=home, executors=executors)
 
 
 def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:

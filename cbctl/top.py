@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cbctl.errors import ClusterNotRunning, InvalidArgument, ProtocolError
-from cbctl.runtime import cluster
+from cbctl.runtime import auth, cluster
 from cbctl.runtime.defaults import TOP_REQUEST_TIMEOUT_S, TOP_SILENT_AFTER_S
 from cbctl.runtime.messages import (
     ClusterInfoRequest,
@@ -57,20 +57,27 @@ class ClusterProbe:
     def __init__(self, home: Path, timeout_s: float = TOP_REQUEST_TIMEOUT_S) -> None:
         self.home = home
         self.timeout_s = timeout_s
-        self._context = zmq.Context()
+        self._context = auth.new_context(None)  # the cluster's keys are set at the first snapshot (a TCP cluster)
+        self._cluster_started_at: float | None = None
         self._sockets: dict[str, zmq.Socket] = {}  # by address; kept across snapshots
+        self._watches: dict[str, auth.HandshakeWatch | None] = {}  # by address: did it refuse our keys?
         self._ids = itertools.count(1)
 
     def _socket(self, address: str) -> zmq.Socket:
         sock = self._sockets.get(address)
         if sock is None:
             sock = self._sockets[address] = new_socket(self._context, zmq.DEALER)
-            sock.connect(address)
+            self._watches[address] = auth.watch_handshakes(sock, address)
+            auth.connect(sock, address)
         return sock
 
     def collect(self) -> dict[str, Any]:
         """The raw answers: ``{"home", "supervisor", "schedulers": {name: info or None}, "store"}``."""
         found = cluster.running_cluster(self.home)
+        if found.started_at != self._cluster_started_at:  # the first snapshot, or a new cluster in the home
+            self._forget_sockets()  # a new TCP cluster has new keys: sockets made with the old ones never connect
+            self._context.curve_keys = auth.cluster_keys(self.home, found.auth)
+            self._cluster_started_at = found.started_at
         req_id = next(self._ids)
         scheduler_names = {p.address: f"{p.role}-{p.index}" for p in found.processes if p.role == "scheduler"}
         asked: dict[str, str] = {found.control_address: "supervisor", found.store_address: "store"}
@@ -111,6 +118,9 @@ class ClusterProbe:
                         answers[by_socket[sock]] = reply.stats
         if answers.get(found.control_address) is None:
             cluster.running_cluster(self.home)  # gone meanwhile (`cbctl down` finished)? say that instead
+            watch = self._watches.get(found.control_address)
+            if watch is not None and watch.refused():
+                raise auth.keys_refused(found.control_address, self.home)
             raise ClusterNotRunning(f"the supervisor of the cluster in {self.home} (pid {found.supervisor_pid}) "
                                     f"did not answer within {self.timeout_s:.0f} s: it is stopping or stuck, "
                                     "see `cbctl logs supervisor`")
@@ -121,10 +131,17 @@ class ClusterProbe:
             "store": answers.get(found.store_address),
         }
 
-    def close(self) -> None:
+    def _forget_sockets(self) -> None:
+        for watch in self._watches.values():
+            if watch is not None:
+                watch.close()
+        self._watches.clear()
         for sock in self._sockets.values():
             sock.close()
         self._sockets.clear()
+
+    def close(self) -> None:
+        self._forget_sockets()
         self._context.term()
 
     def __enter__(self) -> ClusterProbe:

@@ -37,6 +37,7 @@ import msgpack
 import zmq
 
 from cbctl.errors import InvalidArgument, ProtocolError
+from cbctl.runtime import auth
 from cbctl.runtime.lattices import CausalLattice, Lattice, LWWLattice, lattice_from_wire
 from cbctl.runtime.messages import StoreStatsRequest, StoreStatsResponse, unpack
 from cbctl.runtime.process import drain, new_socket
@@ -291,7 +292,7 @@ class StoreEpochProbe:
 
     def __init__(self, context: zmq.Context, address: str) -> None:
         self.sock = new_socket(context, zmq.DEALER)
-        self.sock.connect(address)
+        auth.connect(self.sock, address)
         self._ids = itertools.count(1)
 
     def probe(self, wait_s: float) -> str | None:

@@ -3,7 +3,11 @@
 ``$CBCTL_HOME`` holds ``cluster.json`` (written by the supervisor once every child is ready), ``data/``
 (the store's log and snapshots), ``logs/`` (one file per process) and ``sock/`` (ipc sockets). When the
 home path is too long for an ipc socket path, the sockets go to a short directory under the system temp
-directory named by a hash of the home, so two homes never share sockets.
+directory named by a hash of the home, so two homes never share sockets. ``keys/`` holds the CURVE keys
+of a cluster that listens on TCP (``auth.py``).
+
+All of it is private to the user: directories 0700, files 0600 (``secure_home``, and a umask of 077 in
+`cbctl up` and every cluster process), so no other user can reach an ipc socket, read a log or the data.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,10 +23,16 @@ from typing import Any
 
 import psutil
 
-from cbctl.errors import ClusterNotRunning
+from cbctl.errors import ClusterNotRunning, InvalidArgument
 from cbctl.runtime.defaults import DEFAULT_HOME, MAX_IPC_PATH, MAX_MESSAGE_BYTES
 
 CLUSTER_FILE = "cluster.json"
+STARTUP_ERROR_FILE = "startup-error.txt"  # the supervisor's reason for a failed start, which `cbctl up` shows
+#: The files cbctl itself writes at the top of the home (the home may hold others: they are not ours to touch).
+TOP_LEVEL_FILES = (CLUSTER_FILE, CLUSTER_FILE + ".tmp", STARTUP_ERROR_FILE)
+#: What `cbctl up` and every cluster process create files under: directories 0700, files 0600.
+PRIVATE_UMASK = 0o077
+PRIVATE_SUBDIRS = ("logs", "data", "keys")
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
@@ -36,6 +47,44 @@ def socket_dir(home: Path) -> Path:
         return candidate
     digest = hashlib.sha1(str(home).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"cbctl-{digest}"
+
+
+def secure_home(home: Path) -> list[Path]:
+    """Create the cluster directory and its subdirectories private to the user, and make private whatever an
+    earlier cluster (or another tool) left more open. Returns the paths whose permissions it tightened.
+
+    The short socket directory under the temp directory has a predictable name, so another user could make it
+    first and read or replace our sockets there: it must be ours, or the home is refused."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tightened = [home] if _make_private(home, 0o700) else []
+    for sub in PRIVATE_SUBDIRS:
+        directory = home / sub
+        if sub != "keys":  # created by `cbctl up` only for a TCP cluster
+            directory.mkdir(exist_ok=True, mode=0o700)
+        tightened += [directory] if _make_private(directory, 0o700) else []
+        if directory.is_dir():
+            tightened += [p for p in directory.rglob("*") if _make_private(p, 0o700 if p.is_dir() else 0o600)]
+    tightened += [home / name for name in TOP_LEVEL_FILES if _make_private(home / name, 0o600)]
+    sockets = socket_dir(home)
+    sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if sockets.stat().st_uid != os.getuid():
+        raise InvalidArgument(f"the socket directory {sockets} belongs to another user, who could reach this "
+                              "cluster's sockets: remove it, or use a shorter CBCTL_HOME (sockets then go in it)")
+    tightened += [sockets] if _make_private(sockets, 0o700) else []
+    return tightened
+
+
+def _make_private(path: Path, mode: int) -> bool:
+    """chmod ``path`` to ``mode`` if group or others have any access to it; True if it did. Sockets and links
+    are left alone (a socket's directory guards it; a link's mode means nothing)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return False
+    if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)) or info.st_mode & 0o077 == 0:
+        return False
+    os.chmod(path, mode)
+    return True
 
 
 def ipc_address(home: Path, name: str) -> str:
@@ -75,6 +124,7 @@ class ClusterFile:
     version: str
     processes: list[ProcessEntry] = field(default_factory=list)
     max_message_bytes: int = MAX_MESSAGE_BYTES  # the largest serialised value clients may send
+    auth: str = "none"  # "curve": TCP sockets admit only holders of HOME/keys (see auth.py); never a key itself
 
     def write(self, home: Path) -> None:
         tmp = home / (CLUSTER_FILE + ".tmp")

@@ -11,6 +11,14 @@ PROTOCOL_VERSION = 1
 #: Default cluster directory when $CBCTL_HOME is unset.
 DEFAULT_HOME = "~/.cbctl"
 
+#: A ZAP handler logs the 1st, (N+1)th, (2N+1)th ... refused CURVE handshake: every refusal is worth knowing
+#: about, but a client retrying against the port (zmq reconnects every 100 ms) must not fill the log.
+ZAP_DENIAL_LOG_EVERY = 100
+
+#: Failed CURVE handshakes after which a client stops waiting for a reply and says its keys were refused: one
+#: can be a peer dying mid-handshake, but zmq retries every 100 ms, so 3 in a row (~0.3 s) mean wrong keys.
+HANDSHAKE_REFUSALS_CONCLUSIVE = 3
+
 #: Seconds between executor status reports (Cloudburst reports about once a second).
 STATUS_INTERVAL_S = 1.0
 

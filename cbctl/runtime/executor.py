@@ -21,7 +21,7 @@ import psutil
 import zmq
 
 from cbctl.errors import CbctlError, ConsistencyError, InvalidArgument, NoSuchFunction, ProtocolError
-from cbctl.runtime import batching, cluster, continuation, limits, multiexec, registry, serialization, user_errors
+from cbctl.runtime import auth, batching, cluster, continuation, limits, multiexec, registry, serialization, user_errors
 from cbctl.runtime.cache import CachedStore, StoreEpochProbe
 from cbctl.runtime.code_loading import load_target
 from cbctl.runtime.consistency import SessionManager
@@ -66,6 +66,7 @@ from cbctl.runtime.process import (
     ShutdownFlag,
     drain,
     freeze_startup_heap,
+    new_context,
     new_socket,
     report_ready,
     setup_logging,
@@ -526,7 +527,7 @@ class StatusReporter:
         self.sockets = []
         for address in scheduler_addresses:
             sock = new_socket(context, zmq.DEALER)
-            sock.connect(address)
+            auth.connect(sock, address)
             self.sockets.append(sock)
         self.last_report = time.monotonic()
 
@@ -567,7 +568,7 @@ class StatusReporter:
 def main(config: ProcessConfig) -> None:
     setup_logging(config)
     shutdown = ShutdownFlag()
-    context = zmq.Context()
+    context = new_context(config)
     store = StoreClient(context, config.store_address, writer_id=config.name)
     sock = new_socket(context, zmq.PULL)
     # no MAXMSGSIZE backstop here, unlike the scheduler and the store: the store pushes merged lattices (a causal

@@ -17,7 +17,7 @@ from typing import Any
 
 import zmq
 
-from cbctl.runtime import cluster
+from cbctl.runtime import auth, cluster
 from cbctl.runtime.defaults import MAX_PEER_SOCKETS, SOCKET_HWM
 from cbctl.runtime.messages import ProcessReady
 
@@ -35,6 +35,7 @@ class ProcessConfig:
     store_address: str = ""
     scheduler_addresses: list[str] = field(default_factory=list)
     listen: str = ""  # "" for ipc in the home, else "tcp://HOST" to bind on random ports of HOST
+    curve: bool = False  # TCP sockets authenticate with the cluster's keys (see auth.py)
     bind_address: str = ""  # set on restarts so a restarted process keeps its address
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -45,11 +46,10 @@ class ProcessConfig:
     def bind(self, sock: zmq.Socket, name: str | None = None) -> str:
         """Bind ``sock`` on this process's address (ipc in the home by default) and return it."""
         if self.bind_address and name is None:
-            sock.bind(self.bind_address)
+            auth.bind(sock, self.bind_address)
             return self.bind_address
         if self.listen:
-            port = sock.bind_to_random_port(self.listen)
-            return f"{self.listen}:{port}"
+            return auth.bind_to_random_port(sock, self.listen)
         address = cluster.ipc_address(Path(self.home), name or self.name)
         sock.bind(address)
         return address
@@ -86,6 +86,11 @@ def setup_logging(config: ProcessConfig) -> None:
     )
 
 
+def new_context(config: ProcessConfig) -> zmq.Context:
+    """The process's zmq context, carrying the cluster's keys when its TCP sockets authenticate."""
+    return auth.new_context(auth.load_keys(Path(config.home)) if config.curve else None)
+
+
 def report_ready(context: zmq.Context, config: ProcessConfig, address: str, error: str = "") -> None:
     sock = context.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 2000)
@@ -118,7 +123,7 @@ class PeerSockets:
         sock = self._sockets.get(address)
         if sock is None:
             sock = new_socket(self._context, zmq.PUSH)
-            sock.connect(address)
+            auth.connect(sock, address)
             self._sockets[address] = sock
             if len(self._sockets) > self._limit:
                 _, oldest = self._sockets.popitem(last=False)

@@ -51,6 +51,7 @@ from cbctl.runtime.process import (
     Receiver,
     ShutdownFlag,
     freeze_startup_heap,
+    new_context,
     new_socket,
     report_ready,
     setup_logging,
@@ -363,7 +364,7 @@ def _status_dict(status: ExecutorStatus) -> dict[str, Any]:
 def main(config: ProcessConfig) -> None:
     setup_logging(config)
     shutdown = ShutdownFlag()
-    context = zmq.Context()
+    context = new_context(config)
     store = StoreClient(context, config.store_address, writer_id=config.name)
     scheduler = Scheduler(config, context, store)
     sock = new_socket(context, zmq.ROUTER)

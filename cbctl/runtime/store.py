@@ -44,7 +44,15 @@ from cbctl.runtime.messages import (
     version_refusal,
 )
 from cbctl.runtime.metrics import RateWindow
-from cbctl.runtime.process import PeerSockets, ProcessConfig, ShutdownFlag, drain, new_socket, report_ready
+from cbctl.runtime.process import (
+    PeerSockets,
+    ProcessConfig,
+    ShutdownFlag,
+    drain,
+    new_context,
+    new_socket,
+    report_ready,
+)
 from cbctl.runtime.triggers import StoreTriggers, TriggerDispatcher
 from cbctl.runtime.wal import WriteAheadLog
 
@@ -210,7 +218,7 @@ def main(config: ProcessConfig) -> None:
 
     setup_logging(config)
     shutdown = ShutdownFlag()
-    context = zmq.Context()
+    context = new_context(config)
     try:
         node = StoreNode(cluster.data_dir(Path(config.home)),
                          durability=config.options.get("durability", "batch"))

@@ -16,7 +16,7 @@ from typing import Any
 import zmq
 
 from cbctl.errors import CbctlError, NoSuchKey, error_from_wire
-from cbctl.runtime import serialization
+from cbctl.runtime import auth, serialization
 from cbctl.runtime.defaults import STORE_REQUEST_TIMEOUT_S, STORE_RETRY_BUDGET_S
 from cbctl.runtime.lattices import Lattice, LWWLattice, lattice_from_wire
 from cbctl.runtime.messages import (
@@ -57,7 +57,7 @@ class StoreClient:
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
             self._sock = new_socket(self._context, zmq.DEALER)
-            self._sock.connect(self.address)
+            auth.connect(self._sock, self.address)
         return self._sock
 
     def _request(self, build: Callable[[int], Message], before: Callable[[int], Message] | None = None) -> Message:

@@ -30,7 +30,7 @@ import zmq
 
 import cbctl
 from cbctl.errors import ProtocolError
-from cbctl.runtime import cluster, limits, scaling
+from cbctl.runtime import auth, cluster, limits, scaling
 from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
@@ -46,7 +46,7 @@ from cbctl.runtime.process import ProcessConfig, ShutdownFlag, drain, new_socket
 
 log = logging.getLogger(__name__)
 
-STARTUP_ERROR_FILE = "startup-error.txt"
+STARTUP_ERROR_FILE = cluster.STARTUP_ERROR_FILE
 ROLE_MODULES = {"store": "cbctl.runtime.store", "scheduler": "cbctl.runtime.scheduler",
                 "executor": "cbctl.runtime.executor"}
 
@@ -65,7 +65,9 @@ class ClusterSpec:
     executors: int
     gpu_executors: int = 0
     schedulers: int = 1
-    listen: str = ""
+    listen: str = ""  # "tcp://HOST", or "" for ipc sockets in the home
+    scheduler_port: int = 0  # the first scheduler's port on HOST (0: random, like every other process's)
+    curve: bool = False  # TCP sockets authenticate with the keys in HOME/keys (see auth.py)
     durability: str = "batch"
     fake_gpus: int = 0
     cache_mb: int = 64
@@ -110,7 +112,7 @@ class Supervisor:
     def __init__(self, home: Path, spec: ClusterSpec) -> None:
         self.home = home
         self.spec = spec
-        self.context = zmq.Context()
+        self.context = auth.new_context(auth.load_keys(home) if spec.curve else None)
         self.mp = multiprocessing.get_context("spawn")
         self.children: dict[str, Child] = {}
         self.shutdown = ShutdownFlag()
@@ -121,8 +123,7 @@ class Supervisor:
         self.control_sock = new_socket(self.context, zmq.ROUTER)
         self.control_sock.setsockopt(zmq.MAXMSGSIZE, limits.backstop_bytes(spec.max_message_bytes))
         if spec.listen:
-            port = self.control_sock.bind_to_random_port(spec.listen)
-            self.control_address = f"{spec.listen}:{port}"
+            self.control_address = auth.bind_to_random_port(self.control_sock, spec.listen)
         else:
             self.control_address = cluster.ipc_address(home, "supervisor-control")
             self.control_sock.bind(self.control_address)
@@ -139,8 +140,11 @@ class Supervisor:
             home=str(self.home), role=role, index=index, supervisor_address=self.ready_address,
             store_address=store.address if store else "",
             scheduler_addresses=[c.address for c in self.children.values() if c.config.role == "scheduler"],
-            listen=self.spec.listen, options={limits.OPTION: self.spec.max_message_bytes, **(options or {})},
+            listen=self.spec.listen, curve=self.spec.curve,
+            options={limits.OPTION: self.spec.max_message_bytes, **(options or {})},
         )
+        if role == "scheduler" and index == 0 and self.spec.scheduler_port:
+            config.bind_address = f"{self.spec.listen}:{self.spec.scheduler_port}"  # `--listen tcp://HOST:PORT`
         child = Child(config)
         self.children[config.name] = child
         return child
@@ -234,6 +238,7 @@ class Supervisor:
             scheduler_addresses=[c.address for c in self.children.values() if c.config.role == "scheduler"],
             started_at=self.started_at, version=cbctl.__version__, processes=entries,
             max_message_bytes=self.spec.max_message_bytes,
+            auth=auth.AUTH_CURVE if self.spec.curve else auth.AUTH_NONE,
         ).write(self.home)
 
     # --- run -----------------------------------------------------------------------------------------
@@ -400,6 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     config = ProcessConfig(home=str(home), role="supervisor", index=0, supervisor_address="")
     from cbctl.runtime.process import setup_logging
 
+    os.umask(cluster.PRIVATE_UMASK)  # `cbctl up` sets it already; a supervisor started otherwise is private too
     setup_logging(config)
     (home / STARTUP_ERROR_FILE).unlink(missing_ok=True)
     try:

@@ -42,7 +42,7 @@ import msgpack
 import zmq
 
 from cbctl.errors import InvalidArgument, NoSuchFunction, NoSuchKey, ProtocolError
-from cbctl.runtime import cluster, serialization
+from cbctl.runtime import auth, cluster, serialization
 from cbctl.runtime.defaults import (
     RESERVED_PREFIX,
     TRIGGER_MAX_ATTEMPTS,
@@ -325,7 +325,7 @@ class TriggerDispatcher:
                 return None
         sock = new_socket(self.context, zmq.DEALER)
         for address in self.scheduler_addresses:
-            sock.connect(address)  # DEALER spreads the calls over every scheduler
+            auth.connect(sock, address)  # DEALER spreads the calls over every scheduler
         self.schedulers = sock
         return sock
 

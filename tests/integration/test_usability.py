@@ -263,20 +263,21 @@ def test_up_refuses_bad_counts_and_unusable_homes(tmp_path):
     readonly.mkdir(mode=0o500)
     unwritable = readonly / "home" if os.geteuid() != 0 else Path("/proc/cbctl-test-home")
     one_error_line(run_cli(unwritable, "up", "--executors", "1"), f"cannot use {unwritable} as the cluster directory")
-    one_error_line(run_cli(home, "up", "--executors", "1", "--listen", "tcp://127.0.0.1:5000"), "tcp://HOST")
+    one_error_line(run_cli(home, "up", "--executors", "1", "--listen", "tcp://127.0.0.1:5000/x"), "tcp://HOST")
     assert not (home / "cluster.json").exists()
 
 
 def test_listen_beyond_loopback_warns_and_a_foreign_address_fails_clearly(tmp_path):
     failed = run_cli(tmp_path / "foreign", "up", "--executors", "1", "--listen", "tcp://192.0.2.1", timeout=60)
     lines = failed.stderr.strip().splitlines()
-    assert failed.returncode == 1 and lines[0].startswith("warning: binding on tcp://192.0.2.1"), failed.stderr
+    assert failed.returncode == 1 and lines[0].startswith("warning: listening on tcp://192.0.2.1"), failed.stderr
     assert lines[-1].startswith("error: the cluster did not start:") and "192.0.2.1" in lines[-1], failed.stderr
     home = tmp_path / "everywhere"
     started = run_cli(home, "up", "--executors", "1", "--listen", "tcp://0.0.0.0", timeout=90)
     try:
         assert started.returncode == 0, started.stderr
-        assert started.stderr.strip() == "warning: binding on tcp://0.0.0.0, reachable beyond this machine"
+        assert started.stderr.strip() == ("warning: listening on tcp://0.0.0.0, reachable beyond this machine (only "
+                                          f"holders of {home / 'keys'} can use it)")
         with cbctl.connect(home) as client:
             client.put("k", 1)
             assert client.get("k") == 1
