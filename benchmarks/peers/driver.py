@@ -69,9 +69,11 @@ def parse_only(text: str) -> list[str]:
     return names
 
 
-def available(systems: Sequence[str], find_spec: Callable[[str], Any] = importlib.util.find_spec
+def available(systems: Sequence[str], find_spec: Callable[[str], Any] | None = None
               ) -> tuple[list[str], list[str]]:
-    """The systems whose package is importable, and a note for each that is not."""
+    """The systems whose package is importable (``importlib.util.find_spec`` unless given), and a note for
+    each that is not."""
+    find_spec = find_spec or importlib.util.find_spec
     present, notes = [], []
     for name in systems:
         package = SYSTEMS[name][2]
