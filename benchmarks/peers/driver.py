@@ -197,8 +197,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(f"benchmark stopped by signal {signum}")  # unwinds run_round, which stops its runner
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(args: argparse.Namespace) -> None:
     if args.plot:
         try:
             report.require_matplotlib()
