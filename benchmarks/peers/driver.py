@@ -212,11 +212,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.plot:
+    if args.plot:  # refused now, not after minutes of measuring
         try:
             report.require_matplotlib()
         except report.PlotUnavailable as missing:
             sys.exit(f"error: {missing}")
+        folder = Path(args.plot).resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            sys.exit(f"error: cannot write the chart {args.plot}: {folder} is not a writable directory")
     systems, notes = available(args.only)
     measured: dict[str, dict[str, report.Samples]] = {s: {} for s in systems}
     failed: list[str] = []

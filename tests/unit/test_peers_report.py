@@ -154,6 +154,13 @@ def test_plot_without_matplotlib_is_a_one_line_error_before_anything_runs(monkey
     assert not (tmp_path / "chart.png").exists()
 
 
+def test_plot_into_a_missing_directory_is_refused_before_anything_runs(tmp_path):
+    pytest.importorskip("matplotlib")
+    with pytest.raises(SystemExit) as exited:
+        driver.main(["--only", "cbctl", "--plot", str(tmp_path / "no" / "chart.png")])
+    assert str(exited.value.code).startswith("error: cannot write the chart")
+
+
 def test_plot_draws_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     measured = {system: {w: samples_ms(scale, 2 * scale) for w in WORKLOADS}
