@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,12 @@ from benchmarks.peers.runner import READY_LINE, RESULT_PREFIX, SYSTEMS
 from benchmarks.peers.workloads import IN_FLIGHT
 
 REPO = Path(__file__).resolve().parents[2]
-#: Seconds one round of one system may take, start to stop, before it is killed: the slowest system (Dask,
-#: ~10 ms a call) needs ~30 s for a round at the default --calls on a 2-core machine; this leaves room for
-#: a loaded machine without letting a hung peer stall the run.
-ROUND_TIMEOUT_S = 300.0
+#: A round of one system may take ROUND_TIMEOUT_S plus ROUND_TIMEOUT_PER_CALL_S per measured call (of each
+#: workload) before it is killed, so a hung peer cannot stall the run. The fixed part covers starting and
+#: stopping (Ray: up to ~20 s on a loaded 2-core machine) and the warm-up; the per-call part is the slowest
+#: system's (Dask: ~0.15 s per call of every workload, in_flight's 2 included) with room for a load of 6x.
+ROUND_TIMEOUT_S = 120.0
+ROUND_TIMEOUT_PER_CALL_S = 1.0
 #: Seconds a runner gets to stop its system after SIGTERM before its process group is killed.
 STOP_GRACE_S = 30.0
 #: Unmeasured calls of each workload before measuring, per round (first calls load code into workers).
@@ -52,6 +55,8 @@ WARMUP_CALLS = 30
 #: over 12 times, and Dask (~50 chains/s there on 2 cores) still finishes its share in ~15 s.
 THROUGHPUT_FACTOR = 2
 INSTALL_HINT = "pip install -e '.[bench]'"
+#: Environment variable that marks every process of one round (see ``_kill_marked``).
+ROUND_MARK_VARIABLE = "CBCTL_PEERS_ROUND"
 
 
 class RoundFailed(RuntimeError):
@@ -96,10 +101,14 @@ def rotated(systems: Sequence[str], round_index: int) -> list[str]:
 
 
 def run_round(system: str, calls: int, throughput_calls: int, warmup: int,
-              timeout_s: float = ROUND_TIMEOUT_S) -> tuple[float, dict[str, Any]]:
+              timeout_s: float | None = None) -> tuple[float, dict[str, Any]]:
     """Run one round of ``system`` in a fresh process: its cold start (s, launch to first result) and its
     measurements. Raises ``RoundFailed`` with the runner's last error line."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    if timeout_s is None:
+        timeout_s = ROUND_TIMEOUT_S + ROUND_TIMEOUT_PER_CALL_S * calls
+    mark = uuid.uuid4().hex  # inherited by everything the round starts, however detached (see _kill_marked)
+    env = {**os.environ, ROUND_MARK_VARIABLE: mark,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "benchmarks.peers.runner", system, "--calls", str(calls),
                "--throughput-calls", str(throughput_calls), "--warmup", str(warmup)]
     with open(os.devnull, "rb") as stdin, tempfile.TemporaryFile() as stderr:
@@ -120,6 +129,7 @@ def run_round(system: str, calls: int, throughput_calls: int, warmup: int,
             raise RoundFailed(f"{system}: no result within {timeout_s:.0f} s") from None
         finally:
             _stop(process)
+            _kill_marked(mark)
         if process.returncode != 0 or cold_start_s is None or result is None:
             stderr.seek(0)
             last = [line for line in stderr.read().decode(errors="replace").splitlines() if line.strip()]
@@ -159,6 +169,25 @@ def _stop(process: subprocess.Popen) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     process.wait()
+
+
+def _kill_marked(mark: str) -> None:
+    """Kill what a round left behind: a runner stopped while ``cbctl up`` was still starting can leave the
+    detached supervisor and its children running, outside the runner's process group. They all carry the
+    round's mark in their environment, and nothing else does."""
+    leftovers = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(ROUND_MARK_VARIABLE) == mark:
+                leftovers.append(process)
+        except (psutil.Error, OSError):
+            continue
+    for process in leftovers:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(leftovers, timeout=STOP_GRACE_S)
 
 
 def machine() -> dict[str, Any]:

@@ -10,6 +10,7 @@ import sys
 import uuid
 
 import psutil
+import pytest
 
 from tests.conftest import REPO
 
@@ -48,4 +49,19 @@ def test_peers_benchmark_runs_cbctl_end_to_end():
         assert processes_marked(mark) == []
     finally:
         for process in processes_marked(mark):  # never leave a cluster behind, even when an assert failed
+            process.kill()
+
+
+def test_a_round_past_its_deadline_fails_and_leaves_no_process(monkeypatch):
+    from benchmarks.peers import driver
+
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv("PEERS_TEST_MARK", mark)
+    try:
+        # 1.5 s: the runner is stopped while `cbctl up` is still starting the cluster
+        with pytest.raises(driver.RoundFailed, match="cbctl: no result within 2 s"):
+            driver.run_round("cbctl", calls=10, throughput_calls=128, warmup=1, timeout_s=1.5)
+        assert processes_marked(mark) == []
+    finally:
+        for process in processes_marked(mark):
             process.kill()
