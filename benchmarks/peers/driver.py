@@ -125,7 +125,6 @@ def run_round(system: str, calls: int, throughput_calls: int, warmup: int,
                     result = json.loads(line[len(RESULT_PREFIX):])
             process.wait(timeout=max(1.0, launched + timeout_s - time.perf_counter()))
         except (subprocess.TimeoutExpired, TimeoutError):
-            _stop(process)
             raise RoundFailed(f"{system}: no result within {timeout_s:.0f} s") from None
         finally:
             _stop(process)
