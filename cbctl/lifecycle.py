@@ -194,6 +194,22 @@ def start_supervisor(home: Path, spec: ClusterSpec, foreground: bool = False) ->
 
 
 def wait_until_up(home: Path, proc: subprocess.Popen, timeout_s: float = STARTUP_TIMEOUT_S + 10) -> cluster.ClusterFile:
+    """The cluster file once the supervisor ``proc`` reports every process ready. Ctrl-C while waiting stops
+    the half-started cluster: its supervisor is detached and would otherwise run on with no cluster file for
+    `cbctl down` to find."""
+    try:
+        return _wait_for_cluster_file(home, proc, timeout_s)
+    except KeyboardInterrupt:
+        proc.terminate()  # the supervisor stops the children it already started, in order
+        try:
+            proc.wait(SHUTDOWN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise CbctlError("interrupted while the cluster was starting: the processes already started were "
+                         "stopped; run `cbctl up` again") from None
+
+
+def _wait_for_cluster_file(home: Path, proc: subprocess.Popen, timeout_s: float) -> cluster.ClusterFile:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         found = cluster.ClusterFile.read(home)

@@ -8,6 +8,8 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import time
 
 import msgpack
 import psutil
@@ -326,3 +328,38 @@ def test_listen_on_loopback_tcp_end_to_end(start_cluster):
 def test_listen_rejects_a_malformed_address(tmp_path):
     result = run_cli(tmp_path / "home", "up", "--executors", "1", "--listen", "127.0.0.1:5000")
     assert_one_line_error(result, "--listen", "tcp://HOST")
+
+
+def test_ctrl_c_during_up_stops_the_half_started_cluster(tmp_path):
+    """The supervisor is detached: if Ctrl-C left it running, a cluster with no cluster file would hold the
+    home's sockets and log with nothing able to stop it."""
+    home = tmp_path / "home"
+    env = {**os.environ, "CBCTL_HOME": str(home)}
+    # executors take their time to import, so there is a moment with the supervisor and some children up
+    cli = subprocess.Popen([sys.executable, "-m", "cbctl.cli", "up", "--executors", "2"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not started and time.monotonic() < deadline:
+            supervisors = [p for p in psutil.process_iter(["cmdline"]) if "cbctl.runtime.supervisor"
+                           in (p.info["cmdline"] or []) and str(home) in p.info["cmdline"]]
+            if supervisors and supervisors[0].children():
+                started = [supervisors[0], *supervisors[0].children(recursive=True)]
+            time.sleep(0.02)
+        assert started, "the supervisor never started a child"
+        assert ClusterFile.read(home) is None, "the cluster came up before the interrupt: nothing to test"
+        cli.send_signal(signal.SIGINT)
+        _, err = cli.communicate(timeout=30)
+        assert cli.returncode != 0
+        assert "interrupted while the cluster was starting" in err
+        gone, alive = psutil.wait_procs(started, timeout=30)
+        assert not alive, f"left running after Ctrl-C: {alive}"
+        assert ClusterFile.read(home) is None
+    finally:
+        cli.kill()
+        for proc in started:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
