@@ -118,7 +118,13 @@ class PeerSockets:
         sock = self._sockets.get(address)
         if sock is None:
             sock = new_socket(self._context, zmq.PUSH)
-            sock.connect(address)
+            try:
+                sock.connect(address)
+            except zmq.ZMQError as exc:  # a reply address from a frame: it may be anything
+                sock.close()
+                self.dropped += 1
+                log.warning("dropped a message to %r: not an address zmq can connect to (%s)", address, exc)
+                return False
             self._sockets[address] = sock
             if len(self._sockets) > self._limit:
                 _, oldest = self._sockets.popitem(last=False)
