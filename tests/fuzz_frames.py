@@ -120,13 +120,47 @@ def mutated(draw: st.DrawFn, seed: list[Any]) -> bytes:
     return packed
 
 
+_TYPED = {int: st.integers(-(2**63), 2**63 - 1), str: st.text(max_size=20), bytes: st.binary(max_size=40),
+          bool: st.booleans(), float: st.floats()}
+
+
+def _of_type(annotation: Any) -> st.SearchStrategy[Any]:
+    if annotation is Any:
+        return MSGPACK_VALUES
+    if annotation in _TYPED:
+        return _TYPED[annotation]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list:
+        return st.lists(_of_type(args[0]), max_size=4)
+    if origin is dict:
+        return st.dictionaries(_of_type(args[0]), _of_type(args[1]), max_size=4)
+    inner = next(a for a in args if a is not type(None))  # X | None
+    return st.one_of(st.none(), _of_type(inner))
+
+
+@st.composite
+def well_typed(draw: st.DrawFn, seed: list[Any]) -> bytes:
+    """A frame of ``seed``'s kind whose fields are random values of their declared types, some kept from the
+    seed: it passes ``unpack`` and tests what the handlers make of hostile values."""
+    cls = all_kinds()[seed[1]]
+    hints = typing.get_type_hints(cls)
+    frame = list(seed)
+    for i, f in enumerate(fields(cls)):
+        if draw(st.booleans()):
+            frame[i + 2] = draw(_of_type(hints[f.name]))
+    return msgpack.packb(frame)
+
+
 def hostile_frames(seeds: dict[str, list[Any]]) -> st.SearchStrategy[bytes]:
-    """Random bytes, random msgpack values, or a mutation of one of ``seeds``."""
+    """Random bytes, random msgpack values, a mutation of one of ``seeds``, or a well-typed frame of its kind
+    with hostile values."""
+    names = st.sampled_from(sorted(seeds))
     return st.one_of(
         st.binary(max_size=300),
         MSGPACK_VALUES.map(msgpack.packb),
         st.lists(MSGPACK_VALUES, max_size=6).map(lambda v: msgpack.packb([PROTOCOL_VERSION, *v])),
-        st.sampled_from(sorted(seeds)).flatmap(lambda name: mutated(seeds[name])),
+        names.flatmap(lambda name: mutated(seeds[name])),
+        names.flatmap(lambda name: well_typed(seeds[name])),
     )
 
 
