@@ -20,6 +20,10 @@ STARTUP_TIMEOUT_S = 60.0
 #: Seconds `cbctl down` gives the cluster to stop warmly before killing what is left.
 SHUTDOWN_TIMEOUT_S = 20.0
 
+#: Seconds a stopping store or scheduler gives the frames it queued last (replies, the triggers of the calls it
+#: dispatched while draining) to leave before its sockets close; a peer that is not reading costs this much at most.
+STOP_LINGER_S = 1.0
+
 #: Seconds a store client waits for one reply before retrying (writes are merges, so retries are safe).
 STORE_REQUEST_TIMEOUT_S = 2.0
 
@@ -31,6 +35,11 @@ CONTROL_TIMEOUT_S = 15.0
 
 #: Default timeout of a call from the CLI, in seconds (the Python API defaults to waiting forever).
 CLI_CALL_TIMEOUT_S = 60.0
+
+#: Seconds between a waiting client's checks that its cluster's supervisor still runs (only while calls wait and
+#: no reply arrives): once it is gone, the calls fail with ClusterNotRunning instead of hanging. A second is
+#: quick next to `cbctl down` itself, and a psutil lookup per second costs nothing.
+CLIENT_LIVENESS_CHECK_S = 1.0
 
 #: Batch-durability fsync interval of the write-ahead log, in seconds (the issue fixes 50 ms).
 WAL_BATCH_INTERVAL_S = 0.05

@@ -21,7 +21,7 @@ from cbctl.errors import CbctlError, InvalidArgument, NoSuchFunction, ProtocolEr
 from cbctl.runtime import consistency, multiexec, registry, triggers
 from cbctl.runtime.continuation import DEPTH_KEY
 from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
-from cbctl.runtime.defaults import RATE_SAMPLE_S, RATE_WINDOW_S, TOP_SILENT_AFTER_S
+from cbctl.runtime.defaults import RATE_SAMPLE_S, RATE_WINDOW_S, STOP_LINGER_S, TOP_SILENT_AFTER_S
 from cbctl.runtime.messages import (
     CallRequest,
     CallResult,
@@ -389,9 +389,17 @@ def main(config: ProcessConfig) -> None:
                 scheduler.refresh_registry(refresh_store)
             except CbctlError as exc:
                 log.warning("registry refresh failed: %s", exc)
+    # warm stop: what already arrived is handled (calls dispatched, requests answered), not dropped, and what
+    # that sends gets STOP_LINGER_S to leave
+    for parts in receiver.receive(0):
+        try:
+            scheduler.handle(sock, parts)
+        except Exception:
+            log.exception("error while handling a message")
+    sock.setsockopt(zmq.LINGER, int(STOP_LINGER_S * 1000))
     sock.close()
     refresh_store.close()
-    scheduler.peers.close()
+    scheduler.peers.close(linger_s=STOP_LINGER_S)
     store.close()
     context.term()
     log.info("scheduler stopped")

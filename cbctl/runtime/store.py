@@ -18,7 +18,13 @@ import zmq
 
 from cbctl.errors import ProtocolError
 from cbctl.runtime import cluster
-from cbctl.runtime.defaults import RATE_SAMPLE_S, RATE_WINDOW_S, WAL_BATCH_INTERVAL_S, WAL_COMPACT_BYTES
+from cbctl.runtime.defaults import (
+    RATE_SAMPLE_S,
+    RATE_WINDOW_S,
+    STOP_LINGER_S,
+    WAL_BATCH_INTERVAL_S,
+    WAL_COMPACT_BYTES,
+)
 from cbctl.runtime.lattices import Lattice, LWWLattice, lattice_from_wire
 from cbctl.runtime.messages import (
     Ack,
@@ -226,10 +232,13 @@ def main(config: ProcessConfig) -> None:
             _serve(node, sock, peers, drain(sock))
         dispatcher.service()  # after the batch is logged: triggered calls, their results and retries
         node.maintain()
+    # warm stop: requests that already arrived are served and answered; close() then syncs the log
+    _serve(node, sock, peers, drain(sock))
     dispatcher.close()
     node.close()
+    sock.setsockopt(zmq.LINGER, int(STOP_LINGER_S * 1000))
     sock.close()
-    peers.close()
+    peers.close(linger_s=STOP_LINGER_S)
     context.term()
     log.info("store stopped")
 
