@@ -6,6 +6,7 @@ And `cbctl down` with calls in flight: each call returns its result or fails wit
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import subprocess
@@ -139,6 +140,8 @@ def test_down_with_calls_in_flight_finishes_or_fails_each_clearly(start_cluster)
     assert down.returncode == 0, err
     finished = [x for x, outcome in outcomes.items() if outcome == x]
     failed = {x: outcome for x, outcome in outcomes.items() if isinstance(outcome, cbctl.CbctlError)}
+    kinds = collections.Counter(type(e).__name__ for e in failed.values())
+    print(f"down with calls in flight: {len(finished)} finished, failures: {dict(kinds)}")
     assert len(finished) + len(failed) == len(futures), outcomes
     assert all(x in finished for x in range(20)), "a call the executors had before `down` did not finish"
     for exc in failed.values():  # typed, and it says what happened
