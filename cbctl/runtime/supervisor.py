@@ -4,6 +4,8 @@ Start order is store, then schedulers, then executors, each stage waiting for it
 the cluster file is written only once everything is ready. The loop then serves control requests
 (status, stop, scale) and watches children: a dead child is restarted on the same address after a
 backoff that doubles per consecutive crash, up to a limit per minute, after which it is left failed.
+A child that exits cleanly without being asked to (someone sent it SIGTERM) is restarted the same way:
+the cluster stays whole, and only `cbctl down` (or SIGTERM/SIGINT to the supervisor) takes it down.
 Shutdown drains executors first (they finish their queues), then stops schedulers, then the store
 (which flushes its log).
 """
