@@ -60,6 +60,10 @@ MAX_PEER_SOCKETS = 256
 #: High-water mark (messages) on sockets; sends never block past it, they fail and are counted.
 SOCKET_HWM = 100_000
 
+#: Most warning lines a server writes per second about frames it rejected (each is still counted): enough to
+#: diagnose a misbehaving peer, too few for a flood of garbage to fill the disk with its log.
+REJECTED_FRAME_LOG_PER_S = 10
+
 #: Longest ipc socket path the OS accepts (sun_path is 108 bytes on Linux, minus the terminator).
 MAX_IPC_PATH = 100
 

@@ -62,6 +62,7 @@ from cbctl.runtime.process import (
     PeerSockets,
     ProcessConfig,
     Receiver,
+    RejectedFrameLog,
     ShutdownFlag,
     drain,
     freeze_startup_heap,
@@ -73,6 +74,7 @@ from cbctl.runtime.store_client import StoreClient
 from cbctl.runtime.userlib import UserLibrary
 
 log = logging.getLogger(__name__)
+rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
 
 #: Seconds a partly-triggered DAG step waits for its other triggers before it is dropped.
 JOIN_TIMEOUT_S = 600.0
@@ -126,18 +128,18 @@ class Executor:
             message: Message = unpack(frame)
         except ProtocolError as exc:
             self.protocol_errors += 1
-            log.warning("dropped a bad frame: %s", exc)
+            rejected.warning("dropped a bad frame: %s", exc)
             return
         handler = self.HANDLERS.get(type(message))
         if handler is None:
             self.protocol_errors += 1
-            log.warning("the executor does not serve %s", type(message).__name__)
+            rejected.warning("the executor does not serve %s", type(message).__name__)
             return
         try:
             handler(self, message)
         except Exception as exc:  # a well-formed frame with ill-typed fields must not take the executor down
             self.protocol_errors += 1
-            log.warning("dropped a malformed %s: %s: %s", type(message).__name__, type(exc).__name__, exc)
+            rejected.warning("dropped a malformed %s: %s: %s", type(message).__name__, type(exc).__name__, exc)
 
     def on_trigger(self, trigger: DagTrigger) -> None:
         if self.aborted and trigger.call_id in self.aborted:

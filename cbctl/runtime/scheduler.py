@@ -48,6 +48,7 @@ from cbctl.runtime.process import (
     PeerSockets,
     ProcessConfig,
     Receiver,
+    RejectedFrameLog,
     ShutdownFlag,
     freeze_startup_heap,
     new_socket,
@@ -57,6 +58,7 @@ from cbctl.runtime.process import (
 from cbctl.runtime.store_client import StoreClient
 
 log = logging.getLogger(__name__)
+rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
 
 #: Seconds between re-reads of the registry from the store (what another scheduler registered).
 REGISTRY_REFRESH_S = 2.0
@@ -310,7 +312,7 @@ class Scheduler:
             message: Message = unpack(parts[-1])
         except ProtocolError as exc:
             self.counters["protocol_errors"] += 1
-            log.warning("dropped a bad frame: %s", exc)
+            rejected.warning("dropped a bad frame: %s", exc)
             return
         kind = type(message)
         if kind is CallRequest:
@@ -333,7 +335,7 @@ class Scheduler:
             sock.send_multipart([*parts[:-1], reply.pack()])
         else:
             self.counters["protocol_errors"] += 1
-            log.warning("the scheduler does not serve %s", kind.__name__)
+            rejected.warning("the scheduler does not serve %s", kind.__name__)
 
 
 def check_source_args(plan: CallPlan, source_args: dict[str, bytes]) -> None:

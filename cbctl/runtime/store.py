@@ -43,11 +43,20 @@ from cbctl.runtime.messages import (
     unpack,
 )
 from cbctl.runtime.metrics import RateWindow
-from cbctl.runtime.process import PeerSockets, ProcessConfig, ShutdownFlag, drain, new_socket, report_ready
+from cbctl.runtime.process import (
+    PeerSockets,
+    ProcessConfig,
+    RejectedFrameLog,
+    ShutdownFlag,
+    drain,
+    new_socket,
+    report_ready,
+)
 from cbctl.runtime.triggers import StoreTriggers, TriggerDispatcher
 from cbctl.runtime.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
+rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
 
 
 class StoreNode:
@@ -102,7 +111,7 @@ class StoreNode:
                 replies.append(self._handle(request, records, changed))
             except Exception as exc:  # a malformed request must not take the store down
                 self.counters["request_errors"] += 1
-                log.warning("bad %s: %s", type(request).__name__, exc)
+                rejected.warning("bad %s: %s", type(request).__name__, exc)
                 replies.append(ErrorResponse(getattr(request, "req_id", 0), "InvalidArgument", str(exc)))
         if records:
             self.wal.append_many(records)
@@ -252,7 +261,7 @@ def _serve(node: StoreNode, sock: zmq.Socket, peers: PeerSockets, frames: list[l
             identities.append(parts[0])
         except ProtocolError as exc:
             node.counters["protocol_errors"] += 1
-            log.warning("dropped a bad frame: %s", exc)
+            rejected.warning("dropped a bad frame: %s", exc)
     replies, pushes = node.handle_batch(requests)
     for identity, reply in zip(identities, replies):
         sock.send_multipart([identity, reply.pack()])

@@ -43,9 +43,10 @@ from cbctl.runtime.defaults import (
     STARTUP_TIMEOUT_S,
 )
 from cbctl.runtime.messages import ControlResponse, ProcessReady, SupervisorRequest, unpack
-from cbctl.runtime.process import ProcessConfig, ShutdownFlag, drain, new_socket
+from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, drain, new_socket
 
 log = logging.getLogger(__name__)
+rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
 
 STARTUP_ERROR_FILE = "startup-error.txt"
 ROLE_MODULES = {"store": "cbctl.runtime.store", "scheduler": "cbctl.runtime.scheduler",
@@ -176,7 +177,7 @@ class Supervisor:
                 ready = unpack(parts[-1])
             except ProtocolError as exc:
                 self.protocol_errors += 1
-                log.warning("dropped a bad frame on the ready socket: %s", exc)
+                rejected.warning("dropped a bad frame on the ready socket: %s", exc)
                 continue
             if not isinstance(ready, ProcessReady):
                 continue
@@ -286,7 +287,7 @@ class Supervisor:
                     raise ProtocolError(f"the supervisor does not serve {type(request).__name__}")
             except ProtocolError as exc:
                 self.protocol_errors += 1
-                log.warning("dropped a bad control frame: %s", exc)
+                rejected.warning("dropped a bad control frame: %s", exc)
                 continue
             if request.command == "scale":
                 self._begin_scale(parts[:-1], request)  # answered once the executors are up or gone

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from cbctl.errors import ProtocolError
 from cbctl.runtime import cluster, serialization
-from cbctl.runtime.defaults import PROTOCOL_VERSION
+from cbctl.runtime.defaults import PROTOCOL_VERSION, REJECTED_FRAME_LOG_PER_S
 from cbctl.runtime.messages import (
     CallRequest,
     ClusterInfoRequest,
@@ -235,6 +235,7 @@ def test_fuzzing_every_server_socket_kills_nothing_and_is_counted(start_cluster)
         while replies.poll(0):
             replies.recv()
 
+    fuzz_started = time.monotonic()
     try:
         fuzz()
         targets.flush()  # every frame read before the checks
@@ -263,3 +264,8 @@ def test_fuzzing_every_server_socket_kills_nothing_and_is_counted(start_cluster)
     assert client.get("after-fuzz") == {"ok": True}
     assert handle.cli("call", "pipeline", "3", check=True).stdout.strip() == "16"
     assert tracebacks_in_logs(handle.home) == {}
+    # the logs did not grow with the flood: warnings about rejected frames are rate-limited
+    limit = REJECTED_FRAME_LOG_PER_S * (time.monotonic() - fuzz_started + 2)
+    for path in (handle.home / "logs").glob("*.log"):
+        warnings = sum(1 for line in path.read_text(errors="replace").splitlines() if " WARNING " in line)
+        assert warnings <= limit, f"{path.name}: {warnings} warning lines for {targets.sent} frames sent"
