@@ -151,7 +151,7 @@ class PeerSockets:
             sock = new_socket(self._context, zmq.PUSH)
             try:
                 sock.connect(address)
-            except zmq.ZMQError as exc:  # a reply address from a frame: it may be anything
+            except (zmq.ZMQError, TypeError) as exc:  # a reply address from a frame: it may be anything
                 sock.close()
                 self.dropped += 1
                 log.warning("dropped a message to %r: not an address zmq can connect to (%s)", address, exc)

@@ -201,10 +201,12 @@ def test_fuzzing_every_server_socket_kills_nothing_and_is_counted(start_cluster)
     before = rejected_counts(handle)
     received_before = frames_received(handle)
     seeds = seed_frames(_overrides(handle.home, found))
+    executors = [p.address for p in found.processes if p.role == "executor"]
+    replies_address = cluster.ipc_address(handle.home, "fuzz-replies")
     # a PULL where fuzzed calls reply, so their results do not pile up in the executors' queues
     replies = zmq.Context.instance().socket(zmq.PULL)
     replies.setsockopt(zmq.LINGER, 0)
-    replies.bind(cluster.ipc_address(handle.home, "fuzz-replies"))
+    replies.bind(replies_address)
     targets = Targets(found)
     deadline = time.monotonic() + FUZZ_SECONDS
     sent = itertools.count()
@@ -213,7 +215,8 @@ def test_fuzzing_every_server_socket_kills_nothing_and_is_counted(start_cluster)
 
     @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
               suppress_health_check=list(HealthCheck))
-    @given(target=st.integers(0, len(targets.sockets) - 1), envelope=envelopes,
+    # half the examples go to every socket: each generated frame then tests every server
+    @given(target=st.one_of(st.just(-1), st.integers(0, len(targets.sockets) - 1)), envelope=envelopes,
            frames=st.lists(hostile_frames(seeds).filter(harmless), min_size=1, max_size=12))
     # regressions, sent to every target: frames the fuzzer found that once crashed, hung or tracebacked a server
     @example(target=-1, envelope=[], frames=[
@@ -224,6 +227,13 @@ def test_fuzzing_every_server_socket_kills_nothing_and_is_counted(start_cluster)
         msgpack.packb([PROTOCOL_VERSION, DagTrigger.KIND, "c", "d", "f", "x", {}, [], "", b"", "", False, "lww", {}]),
         pack_array([msgpack.packb(PROTOCOL_VERSION), msgpack.packb(GetRequest.KIND), msgpack.packb(1), deep(5000)]),
         b"",
+    ])
+    # a trigger whose extras have the wrong shape: once failed its step after the function ran (an executor's
+    # timer then crashed it, sending to a holder address that was an int)
+    @example(target=-1, envelope=[], frames=[
+        DagTrigger("fuzz-x", "pipeline", "increment", {"increment": executors[0], "sq": executors[-1]}, {},
+                   [["increment", "sq"]], "", serialization.encode([3]), replies_address, False, "lww", extras).pack()
+        for extras in ({"rh": [1]}, {"rh": 5}, {"mx": "x"}, {"w": [1]}, {"rr": {"k": 5}}, {"s": {"k": [1]}})
     ])
     def fuzz(target: int, envelope: list[bytes], frames: list[bytes]) -> None:
         if time.monotonic() > deadline:
@@ -269,3 +279,47 @@ def test_fuzzing_every_server_socket_kills_nothing_and_is_counted(start_cluster)
     for path in (handle.home / "logs").glob("*.log"):
         warnings = sum(1 for line in path.read_text(errors="replace").splitlines() if " WARNING " in line)
         assert warnings <= limit, f"{path.name}: {warnings} warning lines for {targets.sent} frames sent"
+
+
+def test_triggers_with_hostile_extras_are_answered_or_dropped_as_malformed(deployed):
+    """The extras a trigger carries are read after the user's function ran: an entry of the wrong shape is refused
+    where the trigger arrives (counted), and a wrong value deeper inside fails the call with an error, so the
+    caller is answered; the executor stays up and logs no traceback."""
+    found = deployed.cluster_file()
+    executors = [p.address for p in found.processes if p.role == "executor"]
+    context = zmq.Context.instance()
+    replies = context.socket(zmq.PULL)
+    replies.setsockopt(zmq.LINGER, 0)
+    address = cluster.ipc_address(deployed.home, "hostile-replies")
+    replies.bind(address)
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 2000)
+    push.connect(executors[0])
+    pids = deployed.pids()
+    before = rejected_counts(deployed)["executor-0"]
+    sent = {}
+    try:
+        values = [5, "x", [1], [[1]], {"k": 5}, {"k": [1]}, {"k": {"a": "b"}}, None, -1]
+        keys = ["s", "w", "rr", "rh", "c", "mx", "depth"]
+        for n, (key, value, mode) in enumerate(itertools.product(keys, values, ["lww", "repeatable_read", "causal"])):
+            call_id = f"hostile-{n}"
+            sent[call_id] = (key, value, mode)
+            push.send(DagTrigger(call_id, "pipeline", "increment", {"increment": executors[0], "sq": executors[-1]},
+                                 {}, [["increment", "sq"]], "", serialization.encode([3]), address, False, mode,
+                                 {key: value}).pack())
+        answered = set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            dropped = rejected_counts(deployed)["executor-0"] - before
+            if len(answered) + dropped >= len(sent):
+                break
+            while replies.poll(200):
+                answered.add(unpack(replies.recv()).call_id)
+    finally:
+        push.close()
+        replies.close()
+    dropped = rejected_counts(deployed)["executor-0"] - before
+    assert len(answered) + dropped == len(sent), (len(answered), dropped, len(sent))
+    assert deployed.pids() == pids
+    assert deployed.client().call("pipeline", 3, timeout=15) == 16
+    assert tracebacks_in_logs(deployed.home) == {}
