@@ -5,11 +5,12 @@
 On a fresh cluster in a temporary home (always torn down), one client drives ``soak`` (``square(increment(x))``,
 where ``increment`` also writes a store key every ``--write-every`` calls, over a bounded set of keys) at
 ``--rate`` calls per second with at most ``--in-flight`` outstanding. Every second it samples the resident memory
-(RSS) of the supervisor and each of its children. It reports, per process, the RSS once warm (after
-``--warmup`` s), at the end, and the growth between; and for the calls: sent, answered, lost (no answer within
-``--call-timeout`` s, or none at the end), errors (an exception or a wrong value), the achieved rate and the
-latency p50/p99 (send to answer, as the driver saw it). The floor is the raw pyzmq round trip rate
-(``benchmarks.latency``'s relay is the per-call floor; here the question is stability, not speed).
+(RSS) of the supervisor and each of its children. It reports, per process, the RSS once warm (after ``--warmup``
+s), halfway to the end, at the end, and the growth from warm to end (growth that stops by halfway is warm-up,
+growth that goes on is a leak); and for the calls: sent, answered, lost (no answer within ``--call-timeout`` s,
+or none at the end), errors (an exception or a wrong value), the achieved rate and the latency p50/p99 (send
+to answer, as the driver saw it). It measures stability, not speed: ``benchmarks.latency`` measures the call
+path against its raw pyzmq floor.
 
 Exit status 1 when a criterion fails: a lost call, an error, an achieved rate below 98% of ``--rate``, or a
 process whose RSS grew by more than ``--max-growth`` percent after warm-up.
@@ -73,11 +74,15 @@ class MemoryWatch:
         rows = []
         for name, samples in self.samples.items():
             warm = next((rss for t, rss in samples if t >= warmup_s), samples[-1][1])
+            # halfway between warm-up and the end: growth that stops early is warm-up, growth that goes on is a leak
+            mid_s = (warmup_s + samples[-1][0]) / 2
+            mid = next((rss for t, rss in samples if t >= mid_s), samples[-1][1])
             end = samples[-1][1]
             growth = (end - warm) / warm * 100 if warm else float("inf")
             peak = max(rss for _, rss in samples)
             rows.append({"name": name, "pid": self.processes[name].pid, "rss_warm_mb": round(warm / 2**20, 1),
-                         "rss_end_mb": round(end / 2**20, 1), "rss_peak_mb": round(peak / 2**20, 1),
+                         "rss_mid_mb": round(mid / 2**20, 1), "rss_end_mb": round(end / 2**20, 1),
+                         "rss_peak_mb": round(peak / 2**20, 1),
                          "growth_pct": round(growth, 2)})
         return rows
 

@@ -3,7 +3,8 @@
 A message is one zmq frame: the msgpack array ``[PROTOCOL_VERSION, KIND, *fields]``, with the fields in
 declaration order. User values inside messages are already-encoded bytes (see ``serialization``), so
 unpacking a frame never runs user code. ``unpack`` is the only place a frame is trusted: anything that is
-not a well-formed message of this version raises ``ProtocolError``, which servers log, count and drop.
+not a well-formed message of this version, with every field of its declared type, raises ``ProtocolError``,
+which servers log, count and drop.
 """
 
 from __future__ import annotations
