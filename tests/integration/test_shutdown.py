@@ -51,6 +51,11 @@ def restarted(handle: RunningCluster, name: str, old_pid: int) -> bool:
     return entry["pid"] != old_pid and entry["state"] == "ready"
 
 
+def knows_every_executor(client: cbctl.Client) -> bool:
+    statuses = client.cluster_info()["executors"]
+    return all(statuses.get(e, {}).get("running") for e in ("executor-0", "executor-1"))
+
+
 @pytest.mark.parametrize("sig", SIGNALS, ids=[s.name for s in SIGNALS])
 def test_a_signalled_child_stops_cleanly_and_is_restarted(start_cluster, sig):
     handle = start_cluster(executors=2)
@@ -64,6 +69,9 @@ def test_a_signalled_child_stops_cleanly_and_is_restarted(start_cluster, sig):
         handle.wait_for(lambda pid=pid: gone(pid), timeout=30, what=f"{name} to exit on {sig.name}")
         handle.wait_for(lambda name=name, pid=pid: restarted(handle, name, pid), timeout=30,
                         what=f"the supervisor to restart {name}")
+        # a restarted scheduler places calls once every executor's status has reached it (within a status
+        # interval); a call before that fails with NoExecutorAvailable
+        handle.wait_for(lambda: knows_every_executor(client), timeout=15, what="the scheduler to hear every executor")
         # it exited 0, after saying it stopped (the log of a process is appended to across restarts)
         assert f"{name} (pid {pid}) exited with code 0" in log_text(handle.home, "supervisor-0")
         text = log_text(handle.home, name)
