@@ -1,8 +1,8 @@
 """Fuzzing every server socket of a real cluster: random bytes, random msgpack values and mutations of valid
 frames of every message kind (tests/fuzz_frames.py), with multipart envelopes on the ROUTER sockets, sent for a
-bounded time to the store, each scheduler, each executor and the supervisor's control socket. Afterwards every
-process is the one that started (no restart), each one's rejected-frame counter rose, the cluster still serves a
-DAG call, a put/get and `cbctl status`, and no log holds a traceback.
+bounded time to the store, each scheduler, each executor and the supervisor's control and ready sockets.
+Afterwards every process is the one that started (no restart), each one's rejected-frame counter rose, the
+cluster still serves a DAG call, a put/get and `cbctl status`, and no log holds a traceback.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def _overrides(home: Path, found: cluster.ClusterFile) -> dict[str, dict[str, An
         "AddTrigger": {"name": "fuzztrigger", "prefix": "fuzz/", "function": "fuzz-nothing"},
         "RemoveTrigger": {"name": "fuzz-nothing"},
         "SupervisorRequest": {"command": "status"},
+        "ProcessReady": {"role": "executor", "index": 99, "pid": 1, "address": nowhere},
         "VersionRequest": {"reply_to": nowhere},
         "DirectMessage": {"body": serialization.encode("hello")},
     }
@@ -83,7 +84,7 @@ class Targets:
     """One socket per server socket of the cluster; ROUTER servers get a DEALER (whose replies are drained and
     ignored), executors a PUSH."""
 
-    def __init__(self, found: cluster.ClusterFile) -> None:
+    def __init__(self, found: cluster.ClusterFile, ready_address: str) -> None:
         self.context = zmq.Context()
         self.sockets: list[tuple[str, zmq.Socket]] = []
         self.sent: collections.Counter[str] = collections.Counter()
@@ -94,6 +95,7 @@ class Targets:
         for p in found.processes:
             if p.role == "executor":
                 self._add(f"executor-{p.index}", zmq.PUSH, p.address)
+        self._add("supervisor-ready", zmq.PUSH, ready_address)  # where children report ready
 
     def _add(self, name: str, kind: int, address: str) -> None:
         sock = self.context.socket(kind)
@@ -207,7 +209,7 @@ def test_fuzzing_every_server_socket_kills_nothing_and_is_counted(start_cluster)
     replies = zmq.Context.instance().socket(zmq.PULL)
     replies.setsockopt(zmq.LINGER, 0)
     replies.bind(replies_address)
-    targets = Targets(found)
+    targets = Targets(found, cluster.ipc_address(handle.home, "supervisor-ready"))
     deadline = time.monotonic() + FUZZ_SECONDS
     sent = itertools.count()
 
