@@ -187,6 +187,9 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
 def down(home: str | None) -> None:
     """Stop the cluster: drain executors, stop schedulers, flush the store; return when all are gone.
 
+    Calls in flight finish (executors run what they were sent) or fail with a clear error; SIGTERM or
+    SIGINT to the supervisor does the same.
+
     Example: cbctl down
     """
     home_path = cluster.resolve_home(home)

@@ -39,7 +39,7 @@ from cbctl.runtime import auth, cluster, limits, registry, serialization, user_e
 from cbctl.runtime.code_loading import source_file_of
 from cbctl.runtime.consistency import LWW, ClientSession, reveal
 from cbctl.runtime.dag import chain_edges, validate_dag
-from cbctl.runtime.defaults import CALL_TIMEOUT_S, CONTROL_TIMEOUT_S, DEPLOY_IMPORT_TIMEOUT_S
+from cbctl.runtime.defaults import CALL_TIMEOUT_S, CLIENT_LIVENESS_CHECK_S, CONTROL_TIMEOUT_S, DEPLOY_IMPORT_TIMEOUT_S
 from cbctl.runtime.messages import (
     AddTrigger,
     CallRequest,
@@ -153,6 +153,7 @@ class Client:
         self._cond = threading.Condition()
         self._reader_active = False
         self._closed = False
+        self._next_liveness_check = time.monotonic() + CLIENT_LIVENESS_CHECK_S
 
     # --- registration ----------------------------------------------------------------------------------
 
@@ -374,6 +375,8 @@ class Client:
         frames = self._receiver.receive(math.ceil(timeout_s * 1000))
         if not frames:
             self._check_refused()  # only when no result came: never on the way of one
+            if self._waiting and time.monotonic() >= self._next_liveness_check:
+                self._fail_calls_if_cluster_stopped()
             return
         results = []
         for frame in frames:
@@ -406,6 +409,21 @@ class Client:
         with self._cond:
             for future in list(self._waiting.values()):
                 future._result = refused
+            self._waiting.clear()
+
+    def _fail_calls_if_cluster_stopped(self) -> None:
+        """While calls wait and nothing arrives: once the cluster's supervisor is gone (``cbctl down`` finished, or
+        it was killed), nothing can answer them any more, so each fails now with ``ClusterNotRunning`` instead
+        of waiting for its timeout, or for ever. (``cbctl down`` stops the executors first, and they send the
+        results of what they ran before they exit: a call that could finish has finished by then.)"""
+        self._next_liveness_check = time.monotonic() + CLIENT_LIVENESS_CHECK_S
+        if self.cluster.supervisor_alive():
+            return
+        error = ClusterNotRunning(f"the cluster in {self.home} stopped before this call returned: it did not run, "
+                                  "or ran without a result reaching this client; start the cluster and call again")
+        with self._cond:
+            for future in list(self._waiting.values()):
+                future._result = error
             self._waiting.clear()
 
     def _poll_stored(self, future: CallFuture, deadline: float | None) -> None:

@@ -28,6 +28,10 @@ STARTUP_TIMEOUT_S = 60.0
 #: Seconds `cbctl down` gives the cluster to stop warmly before killing what is left.
 SHUTDOWN_TIMEOUT_S = 20.0
 
+#: Seconds a stopping store or scheduler gives the frames it queued last (replies, the triggers of the calls it
+#: dispatched while draining) to leave before its sockets close; a peer that is not reading costs this much at most.
+STOP_LINGER_S = 1.0
+
 #: Seconds a store client waits for one reply before retrying (writes are merges, so retries are safe).
 STORE_REQUEST_TIMEOUT_S = 2.0
 
@@ -67,6 +71,11 @@ MAX_DAG_EDGES = 512
 #: seconds to tens of seconds on a cold disk, a minute tells a hang from a slow import.
 DEPLOY_IMPORT_TIMEOUT_S = 60.0
 
+#: Seconds between a waiting client's checks that its cluster's supervisor still runs (only while calls wait and
+#: no reply arrives): once it is gone, the calls fail with ClusterNotRunning instead of hanging. A second is
+#: quick next to `cbctl down` itself, and a psutil lookup per second costs nothing.
+CLIENT_LIVENESS_CHECK_S = 1.0
+
 #: Batch-durability fsync interval of the write-ahead log, in seconds (the issue fixes 50 ms).
 WAL_BATCH_INTERVAL_S = 0.05
 
@@ -85,6 +94,10 @@ MAX_PEER_SOCKETS = 256
 
 #: High-water mark (messages) on sockets; sends never block past it, they fail and are counted.
 SOCKET_HWM = 100_000
+
+#: Most warning lines a server writes per second about frames it rejected (each is still counted): enough to
+#: diagnose a misbehaving peer, too few for a flood of garbage to fill the disk with its log.
+REJECTED_FRAME_LOG_PER_S = 10
 
 #: Longest ipc socket path the OS accepts (sun_path is 108 bytes on Linux, minus the terminator).
 MAX_IPC_PATH = 100

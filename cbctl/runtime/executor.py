@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,18 @@ import psutil
 import zmq
 
 from cbctl.errors import CbctlError, ConsistencyError, InvalidArgument, NoSuchFunction, ProtocolError
-from cbctl.runtime import auth, batching, cluster, continuation, limits, multiexec, registry, serialization, user_errors
+from cbctl.runtime import (
+    auth,
+    batching,
+    cluster,
+    consistency,
+    continuation,
+    limits,
+    multiexec,
+    registry,
+    serialization,
+    user_errors,
+)
 from cbctl.runtime.cache import CachedStore, StoreEpochProbe
 from cbctl.runtime.code_loading import load_target
 from cbctl.runtime.consistency import SessionManager
@@ -63,6 +75,7 @@ from cbctl.runtime.process import (
     PeerSockets,
     ProcessConfig,
     Receiver,
+    RejectedFrameLog,
     ShutdownFlag,
     drain,
     freeze_startup_heap,
@@ -75,6 +88,7 @@ from cbctl.runtime.store_client import StoreClient
 from cbctl.runtime.userlib import UserLibrary
 
 log = logging.getLogger(__name__)
+rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
 
 #: Seconds a partly-triggered DAG step waits for its other triggers before it is dropped.
 JOIN_TIMEOUT_S = 600.0
@@ -120,6 +134,7 @@ class Executor:
         self._version_ids = itertools.count(1)
         self.awaited_version: tuple[int, VersionResponse | None] | None = None  # (req_id, reply) of fetch_version
         self.departure = Departure(self.executor_id, address)  # this executor's leaving, and its peers'
+        self.running: DagTrigger | None = None  # the step run_next is running: answered if the runtime fails it
 
     # --- messages ------------------------------------------------------------------------------------
 
@@ -129,20 +144,22 @@ class Executor:
             message: Message = unpack(frame)
         except ProtocolError as exc:
             self.protocol_errors += 1
-            log.warning("dropped a bad frame: %s", exc)
+            rejected.warning("dropped a bad frame: %s", exc)
             return
         handler = self.HANDLERS.get(type(message))
         if handler is None:
             self.protocol_errors += 1
-            log.warning("the executor does not serve %s", type(message).__name__)
+            rejected.warning("the executor does not serve %s", type(message).__name__)
             return
         try:
             handler(self, message)
         except Exception as exc:  # a well-formed frame with ill-typed fields must not take the executor down
             self.protocol_errors += 1
-            log.warning("dropped a malformed %s: %s: %s", type(message).__name__, type(exc).__name__, exc)
+            rejected.warning("dropped a malformed %s: %s: %s", type(message).__name__, type(exc).__name__, exc)
 
     def on_trigger(self, trigger: DagTrigger) -> None:
+        if trigger.extras:
+            check_trigger_extras(trigger.extras)
         if self.aborted and trigger.call_id in self.aborted:
             return  # another step of this call failed: its caller has the error already
         if trigger.extras and multiexec.EXTRAS_KEY in trigger.extras and self.multiexec.on_trigger(trigger, self.ready):
@@ -240,6 +257,7 @@ class Executor:
 
     def run_next(self) -> None:
         trigger, inputs = self.ready.popleft()
+        self.running = trigger
         started = time.perf_counter_ns()
         name = trigger.function
         ok = True
@@ -262,6 +280,29 @@ class Executor:
         else:
             self.deliver(trigger, result)
         self.metrics.record_call(name, bool(trigger.dag), time.perf_counter_ns() - started, ok)
+
+    def answer_failed_step(self, exc: Exception) -> None:
+        """The step ``run_next`` was running failed in the runtime's own code, not the user's (a trigger whose
+        extras this executor could not make sense of, a store gone mid-delivery): its caller gets the error now
+        instead of waiting for ever. Logged in one line with where it happened, as a warning: the call's own
+        trigger was at fault, not this process, which goes on serving."""
+        trigger, self.running = self.running, None
+        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        place = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
+        log.warning("call %s: step %s failed outside user code%s: %s: %s", trigger.call_id if trigger else "?",
+                    trigger.function if trigger else "?", place, type(exc).__name__, _message_of(exc))
+        if trigger is None:
+            return
+        result = CallResult(trigger.call_id, False, b"", "CbctlError",
+                            f"the call failed in {self.executor_id} outside its function ({type(exc).__name__}: "
+                            f"{_message_of(exc)}): see that executor's log", executor_id=self.executor_id)
+        try:
+            if trigger.store_result:
+                self.store.put(registry.result_key(trigger.call_id), {f: getattr(result, f) for f in result._FIELDS})
+            else:
+                self.peers.send(trigger.response_address, result.pack())
+        except Exception as again:  # noqa: BLE001 - the store may be what failed in the first place
+            log.warning("call %s: its error could not be delivered either: %s", trigger.call_id, again)
 
     def arguments(self, trigger: DagTrigger, inputs: list[DagTrigger]) -> list[Any]:
         """A step's positional arguments: the call's for a source, else one per upstream result; ``Ref``s
@@ -503,6 +544,26 @@ class Executor:
         )
 
 
+# The type of each entry a trigger's extras may carry (consistency.py, multiexec.py, continuation.py). Checked
+# where a trigger arrives, so one of another shape, which no cbctl process sends, is dropped as malformed rather
+# than failing its step after the user's function ran. Entries not listed here are ignored by every reader.
+_EXTRAS_TYPES: dict[str, type] = {
+    consistency.SESSION: dict, consistency.WRITES: dict, consistency.VERSIONS: dict, consistency.HOLDERS: list,
+    consistency.CAUSAL_FLOOR: dict, multiexec.EXTRAS_KEY: dict, continuation.DEPTH_KEY: int,
+}
+
+
+def check_trigger_extras(extras: dict[str, Any]) -> None:
+    """Raise ``ProtocolError`` if an entry of a trigger's extras has the wrong type (see ``_EXTRAS_TYPES``)."""
+    for key, value in extras.items():
+        expected = _EXTRAS_TYPES.get(key)
+        if expected is not None and type(value) is not expected:
+            raise ProtocolError(f"DagTrigger.extras[{key!r}] is a {type(value).__name__}, not {expected.__name__}")
+    holders = extras.get(consistency.HOLDERS)
+    if holders and not all(type(h) is str for h in holders):
+        raise ProtocolError("DagTrigger.extras holds a snapshot holder address that is not a string")
+
+
 def _message_of(exc: BaseException) -> str:
     """``str(exc)``, or a stand-in when the exception's own ``__str__`` raises: the caller still gets its answer
     (an exception escaping ``fail`` would leave the call unanswered for ever)."""
@@ -595,8 +656,8 @@ def main(config: ProcessConfig) -> None:
         if executor.ready:
             try:
                 executor.run_next()
-            except Exception:  # the runtime's own failure (store gone mid-delivery, ...): log, keep serving
-                log.exception("a step failed outside user code")
+            except Exception as exc:  # the runtime's own failure (store gone mid-delivery, ...): answer, go on
+                executor.answer_failed_step(exc)
         if reporter.due():
             reporter.report(running=not shutdown.requested)
             executor.expire_joins()

@@ -11,6 +11,8 @@ import logging
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import zmq
 
 from cbctl.runtime import auth, cluster
-from cbctl.runtime.defaults import MAX_PEER_SOCKETS, SOCKET_HWM
+from cbctl.runtime.defaults import MAX_PEER_SOCKETS, REJECTED_FRAME_LOG_PER_S, SOCKET_HWM
 from cbctl.runtime.messages import ProcessReady
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,35 @@ class ShutdownFlag:
             os._exit(1)
         log.info("signal %d: stopping", signum)
         self.requested = True
+
+
+class RejectedFrameLog:
+    """Warnings about rejected frames, at most ``per_second`` lines a second: a peer flooding a socket with
+    garbage must not flood the log (and the disk) as well. The first line of each second after a quiet one
+    says how many went unlogged; the counters (protocol_errors) count every frame."""
+
+    def __init__(self, logger: logging.Logger, per_second: int = REJECTED_FRAME_LOG_PER_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._log = logger
+        self._clock = clock
+        self._per_second = per_second
+        self._second = 0
+        self._logged = 0
+        self._unlogged = 0
+
+    def warning(self, message: str, *args: Any) -> None:
+        second = int(self._clock())
+        if second != self._second:
+            self._second, self._logged = second, 0
+        if self._logged >= self._per_second:
+            self._unlogged += 1
+            return
+        self._logged += 1
+        if self._unlogged:
+            message += " (%d more rejected frames were not logged)"
+            args = (*args, self._unlogged)
+            self._unlogged = 0
+        self._log.warning(message, *args)
 
 
 def setup_logging(config: ProcessConfig) -> None:
@@ -123,7 +154,13 @@ class PeerSockets:
         sock = self._sockets.get(address)
         if sock is None:
             sock = new_socket(self._context, zmq.PUSH)
-            auth.connect(sock, address)
+            try:
+                auth.connect(sock, address)
+            except (zmq.ZMQError, TypeError) as exc:  # a reply address from a frame: it may be anything
+                sock.close()
+                self.dropped += 1
+                log.warning("dropped a message to %r: not an address zmq can connect to (%s)", address, exc)
+                return False
             self._sockets[address] = sock
             if len(self._sockets) > self._limit:
                 _, oldest = self._sockets.popitem(last=False)

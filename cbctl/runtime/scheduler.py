@@ -21,7 +21,7 @@ from cbctl.errors import CbctlError, InvalidArgument, NoSuchFunction, ProtocolEr
 from cbctl.runtime import consistency, limits, multiexec, registry, triggers
 from cbctl.runtime.continuation import DEPTH_KEY
 from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
-from cbctl.runtime.defaults import MAX_MESSAGE_BYTES, RATE_SAMPLE_S, RATE_WINDOW_S, TOP_SILENT_AFTER_S
+from cbctl.runtime.defaults import MAX_MESSAGE_BYTES, RATE_SAMPLE_S, RATE_WINDOW_S, STOP_LINGER_S, TOP_SILENT_AFTER_S
 from cbctl.runtime.messages import (
     CallRequest,
     CallResult,
@@ -49,6 +49,7 @@ from cbctl.runtime.process import (
     PeerSockets,
     ProcessConfig,
     Receiver,
+    RejectedFrameLog,
     ShutdownFlag,
     freeze_startup_heap,
     new_context,
@@ -59,6 +60,7 @@ from cbctl.runtime.process import (
 from cbctl.runtime.store_client import StoreClient
 
 log = logging.getLogger(__name__)
+rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
 
 #: Seconds between re-reads of the registry from the store (what another scheduler registered).
 REGISTRY_REFRESH_S = 2.0
@@ -312,7 +314,7 @@ class Scheduler:
             message: Message = unpack(parts[-1])
         except ProtocolError as exc:
             self.counters["protocol_errors"] += 1
-            log.warning("dropped a bad frame: %s", exc)
+            rejected.warning("dropped a bad frame: %s", exc)
             refusal = version_refusal(parts[-1], "the scheduler")  # a peer of another version is told why
             if refusal is not None:
                 sock.send_multipart([*parts[:-1], refusal])
@@ -338,7 +340,7 @@ class Scheduler:
             sock.send_multipart([*parts[:-1], reply.pack()])
         else:
             self.counters["protocol_errors"] += 1
-            log.warning("the scheduler does not serve %s", kind.__name__)
+            rejected.warning("the scheduler does not serve %s", kind.__name__)
 
 
 def check_source_args(plan: CallPlan, source_args: dict[str, bytes]) -> None:
@@ -396,9 +398,17 @@ def main(config: ProcessConfig) -> None:
                 scheduler.refresh_registry(refresh_store)
             except CbctlError as exc:
                 log.warning("registry refresh failed: %s", exc)
+    # warm stop: what already arrived is handled (calls dispatched, requests answered), not dropped, and what
+    # that sends gets STOP_LINGER_S to leave
+    for parts in receiver.receive(0):
+        try:
+            scheduler.handle(sock, parts)
+        except Exception:
+            log.exception("error while handling a message")
+    sock.setsockopt(zmq.LINGER, int(STOP_LINGER_S * 1000))
     sock.close()
     refresh_store.close()
-    scheduler.peers.close()
+    scheduler.peers.close(linger_s=STOP_LINGER_S)
     store.close()
     context.term()
     log.info("scheduler stopped")

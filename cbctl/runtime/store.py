@@ -22,6 +22,7 @@ from cbctl.runtime.defaults import (
     MAX_MESSAGE_BYTES,
     RATE_SAMPLE_S,
     RATE_WINDOW_S,
+    STOP_LINGER_S,
     WAL_BATCH_INTERVAL_S,
     WAL_COMPACT_BYTES,
 )
@@ -47,6 +48,7 @@ from cbctl.runtime.metrics import RateWindow
 from cbctl.runtime.process import (
     PeerSockets,
     ProcessConfig,
+    RejectedFrameLog,
     ShutdownFlag,
     drain,
     new_context,
@@ -57,6 +59,7 @@ from cbctl.runtime.triggers import StoreTriggers, TriggerDispatcher
 from cbctl.runtime.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
+rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
 
 
 class StoreNode:
@@ -111,7 +114,7 @@ class StoreNode:
                 replies.append(self._handle(request, records, changed))
             except Exception as exc:  # a malformed request must not take the store down
                 self.counters["request_errors"] += 1
-                log.warning("bad %s: %s", type(request).__name__, exc)
+                rejected.warning("bad %s: %s", type(request).__name__, exc)
                 replies.append(ErrorResponse(getattr(request, "req_id", 0), "InvalidArgument", str(exc)))
         if records:
             self.wal.append_many(records)
@@ -243,10 +246,13 @@ def main(config: ProcessConfig) -> None:
             _serve(node, sock, peers, drain(sock))
         dispatcher.service()  # after the batch is logged: triggered calls, their results and retries
         node.maintain()
+    # warm stop: requests that already arrived are served and answered; close() then syncs the log
+    _serve(node, sock, peers, drain(sock))
     dispatcher.close()
     node.close()
+    sock.setsockopt(zmq.LINGER, int(STOP_LINGER_S * 1000))
     sock.close()
-    peers.close()
+    peers.close(linger_s=STOP_LINGER_S)
     context.term()
     log.info("store stopped")
 
@@ -260,7 +266,7 @@ def _serve(node: StoreNode, sock: zmq.Socket, peers: PeerSockets, frames: list[l
             identities.append(parts[0])
         except ProtocolError as exc:
             node.counters["protocol_errors"] += 1
-            log.warning("dropped a bad frame: %s", exc)
+            rejected.warning("dropped a bad frame: %s", exc)
             refusal = version_refusal(parts[-1], "the store")  # a peer of another version is told why
             if refusal is not None:
                 sock.send_multipart([*parts[:-1], refusal])

@@ -4,6 +4,8 @@ Start order is store, then schedulers, then executors, each stage waiting for it
 the cluster file is written only once everything is ready. The loop then serves control requests
 (status, stop, scale) and watches children: a dead child is restarted on the same address after a
 backoff that doubles per consecutive crash, up to a limit per minute, after which it is left failed.
+A child that exits cleanly without being asked to (someone sent it SIGTERM) is restarted the same way:
+the cluster stays whole, and only `cbctl down` (or SIGTERM/SIGINT to the supervisor) takes it down.
 Shutdown drains executors first (they finish their queues), then stops schedulers, then the store
 (which flushes its log).
 """
@@ -42,9 +44,10 @@ from cbctl.runtime.defaults import (
     STARTUP_TIMEOUT_S,
 )
 from cbctl.runtime.messages import ControlResponse, ProcessReady, SupervisorRequest, unpack, version_refusal
-from cbctl.runtime.process import ProcessConfig, ShutdownFlag, drain, new_socket
+from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, drain, new_socket
 
 log = logging.getLogger(__name__)
+rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
 
 STARTUP_ERROR_FILE = cluster.STARTUP_ERROR_FILE
 ROLE_MODULES = {"store": "cbctl.runtime.store", "scheduler": "cbctl.runtime.scheduler",
@@ -181,7 +184,7 @@ class Supervisor:
                 ready = unpack(parts[-1])
             except ProtocolError as exc:
                 self.protocol_errors += 1
-                log.warning("dropped a bad frame on the ready socket: %s", exc)
+                rejected.warning("dropped a bad frame on the ready socket: %s", exc)
                 continue
             if not isinstance(ready, ProcessReady):
                 continue
@@ -293,7 +296,7 @@ class Supervisor:
                     raise ProtocolError(f"the supervisor does not serve {type(request).__name__}")
             except ProtocolError as exc:
                 self.protocol_errors += 1
-                log.warning("dropped a bad control frame: %s", exc)
+                rejected.warning("dropped a bad control frame: %s", exc)
                 refusal = version_refusal(parts[-1], "the supervisor")  # a peer of another version is told why
                 if refusal is not None:
                     self.control_sock.send_multipart([*parts[:-1], refusal])

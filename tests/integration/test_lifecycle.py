@@ -269,8 +269,7 @@ def test_garbage_frames_are_counted_and_survived_by_every_process(deployed):
     # a well-formed message the receiver does not serve is as foreign as garbage (the store answers it
     # with an error reply instead, which the DEALER here never reads)
     not_served = Ack(1).pack()
-    # a known kind with the right field count but fields of the wrong types: a handler error, not a crash
-    # (the store counts it as a request error; the scheduler and supervisor answer or log it)
+    # a known kind with the right field count but fields of the wrong types: refused at unpack, like garbage
     wrong_types = {
         "store": msgpack.packb([PROTOCOL_VERSION, PutRequest.KIND, 1, 5, 5]),
         "scheduler": msgpack.packb([PROTOCOL_VERSION, CallRequest.KIND, *[5] * len(CallRequest._FIELDS)]),
@@ -281,13 +280,13 @@ def test_garbage_frames_are_counted_and_survived_by_every_process(deployed):
     send_garbage(executor.address, zmq.PUSH, [*GARBAGE_FRAMES, not_served])
     send_garbage(found.control_address, zmq.DEALER, [*GARBAGE_FRAMES, not_served, wrong_types["supervisor"]])
 
-    deployed.wait_for(lambda: client.store_stats()["protocol_errors"] == 3, timeout=10, what="store counter")
-    assert client.store_stats()["request_errors"] == 1
-    deployed.wait_for(lambda: client.cluster_info()["counters"]["protocol_errors"] == 4, timeout=10,
+    deployed.wait_for(lambda: client.store_stats()["protocol_errors"] == 4, timeout=10, what="store counter")
+    assert client.store_stats()["request_errors"] == 0
+    deployed.wait_for(lambda: client.cluster_info()["counters"]["protocol_errors"] == 5, timeout=10,
                       what="scheduler counter")
     deployed.wait_for(lambda: executor_errors() == 4, timeout=10,
                       what="executor counter in its next status report")
-    deployed.wait_for(lambda: supervisor_status(deployed)["protocol_errors"] == 4, timeout=10,
+    deployed.wait_for(lambda: supervisor_status(deployed)["protocol_errors"] == 5, timeout=10,
                       what="supervisor counter")
 
     # every process is the one that started, and serving
