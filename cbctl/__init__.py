@@ -8,6 +8,7 @@ The public API: ``connect`` to a cluster, declare functions, DAGs and storage tr
 from cbctl.client import CallFuture, Client, connect
 from cbctl.declare import dag, function, trigger
 from cbctl.errors import (
+    CallLost,
     CallTimeout,
     CbctlError,
     ClusterAlreadyRunning,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CallFuture",
+    "CallLost",
     "CallTimeout",
     "CbctlError",
     "Client",

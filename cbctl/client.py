@@ -37,7 +37,7 @@ from cbctl.runtime import cluster, registry, serialization, user_errors
 from cbctl.runtime.code_loading import source_file_of
 from cbctl.runtime.consistency import LWW, ClientSession, reveal
 from cbctl.runtime.dag import chain_edges, validate_dag
-from cbctl.runtime.defaults import CONTROL_TIMEOUT_S
+from cbctl.runtime.defaults import CLIENT_RESEND_CHECK_S, CONTROL_TIMEOUT_S
 from cbctl.runtime.messages import (
     AddTrigger,
     CallRequest,
@@ -72,6 +72,7 @@ class CallFuture:
         self.name = name
         self._stored = stored
         self._result: Any = _PENDING
+        self._request = b""  # the packed CallRequest, sent again if its scheduler restarts before answering
 
     def done(self) -> bool:
         if self._result is _PENDING:
@@ -146,6 +147,11 @@ class Client:
         self._cond = threading.Condition()
         self._reader_active = False
         self._closed = False
+        # crash semantics (runtime/retries.py): ids of calls whose results came since the last request, which
+        # the next one tells the scheduler about; and the scheduler's pid, to notice its restart
+        self._completed: list[str] = []
+        self._scheduler_pid = next((p.pid for p in self.cluster.processes if p.address == scheduler), 0)
+        self._next_restart_check = 0.0
 
     # --- registration ----------------------------------------------------------------------------------
 
@@ -304,20 +310,25 @@ class Client:
                 values = [values]
             encoded_sources[fn] = _encode(list(values), "the arguments of %r in the call of %r", fn, name)
         refs = serialization.find_refs(args)
-        request = CallRequest(call_id, name, _encode(list(args), "the arguments of the call of %r", name),
-                              encoded_sources,
-                              self.response_address, store_result, consistency, refs, self._session.extras())
-        if not store_result:
-            with self._cond:
+        encoded_args = _encode(list(args), "the arguments of the call of %r", name)
+        with self._cond:
+            if not store_result:
                 self._waiting[call_id] = future
+            completed = self._completed
+            if completed:
+                self._completed = []
+        request = CallRequest(call_id, name, encoded_args, encoded_sources, self.response_address, store_result,
+                              consistency, refs, self._session.extras(), completed)
+        frame = future._request = request.pack()
         with self._call_lock:
             if self._closed:
                 raise CbctlError("this client is closed: make a new one with cbctl.connect()")
-            self._call_sock.send(request.pack())
+            self._call_sock.send(frame)
         return future
 
     def _poll_result(self, future: CallFuture, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         if self._closed:
             return  # its sockets are gone: the result cannot arrive any more
         if future._stored:
@@ -337,6 +348,8 @@ class Client:
                 try:
                     self._read_responses(_READ_SLICE_S if remaining is None else min(max(remaining, 0.0),
                                                                                      _READ_SLICE_S))
+                    if time.monotonic() - started >= CLIENT_RESEND_CHECK_S:
+                        self._resend_if_scheduler_restarted()
                 finally:
                     self._cond.acquire()
                     self._reader_active = False
@@ -362,6 +375,28 @@ class Client:
                     future = self._waiting.pop(result.call_id, None)
                     if future is not None:
                         future._result = result
+                        self._completed.append(result.call_id)
+
+    def _resend_if_scheduler_restarted(self) -> None:
+        """Reader work, while a call waits long: a restarted scheduler lost the calls it had not dispatched
+        yet, so every call still waiting is sent again (under its id: a scheduler ignores the ones it has).
+        The supervisor rewrites the cluster file with the new pid when it restarts the scheduler."""
+        now = time.monotonic()
+        if now < self._next_restart_check:
+            return
+        self._next_restart_check = now + CLIENT_RESEND_CHECK_S
+        found = cluster.ClusterFile.read(self.home)
+        pid = next((p.pid for p in found.processes if p.address == self._scheduler_address), 0) if found else 0
+        if not pid or pid == self._scheduler_pid:
+            return
+        self._scheduler_pid = pid
+        with self._cond:
+            frames = [f._request for f in list(self._waiting.values()) if f._request]
+        with self._call_lock:
+            if self._closed:
+                return
+            for frame in frames:
+                self._call_sock.send(frame)
 
     def _poll_stored(self, future: CallFuture, deadline: float | None) -> None:
         delay = 0.001

@@ -69,6 +69,7 @@ from cbctl.runtime.process import (
     report_ready,
     setup_logging,
 )
+from cbctl.runtime.retries import ATTEMPT_KEY, AttemptFilter
 from cbctl.runtime.store_client import StoreClient
 from cbctl.runtime.userlib import UserLibrary
 
@@ -98,6 +99,7 @@ class Executor:
         self.joins: dict[tuple[str, str], dict[str, DagTrigger]] = {}
         self.join_started: dict[tuple[str, str], float] = {}
         self.aborted: dict[str, float] = {}  # failed calls -> when: their late triggers are dropped, not joined
+        self.attempts = AttemptFilter()  # calls dispatched again after an executor died (retries.py)
         self.ready: collections.deque[tuple[DagTrigger, list[DagTrigger]]] = collections.deque()
         self.inbox: collections.deque[tuple[str, Any]] = collections.deque()
         self.deferred: list[bytes] = []  # frames that arrived while user code waited in recv
@@ -142,6 +144,13 @@ class Executor:
     def on_trigger(self, trigger: DagTrigger) -> None:
         if self.aborted and trigger.call_id in self.aborted:
             return  # another step of this call failed: its caller has the error already
+        if self.attempts.latest or (trigger.extras and ATTEMPT_KEY in trigger.extras):
+            admitted, newer = self.attempts.admit(trigger.call_id, trigger.extras)
+            if not admitted:
+                return  # an older attempt's, still on its way: the newer attempt runs this step
+            if newer:  # what an older attempt left waiting for its other triggers must not join this one's
+                for key in [k for k in self.joins if k[0] == trigger.call_id]:
+                    del self.joins[key], self.join_started[key]
         if trigger.extras and multiexec.EXTRAS_KEY in trigger.extras and self.multiexec.on_trigger(trigger, self.ready):
             return
         upstream = upstream_of(trigger.edges, trigger.function)
@@ -342,6 +351,7 @@ class Executor:
             del self.joins[key], self.join_started[key]
         for call_id in [c for c, t in self.aborted.items() if now - t > JOIN_TIMEOUT_S]:
             del self.aborted[call_id]
+        self.attempts.expire(JOIN_TIMEOUT_S)
         for key in self.multiexec.expire(JOIN_TIMEOUT_S):
             log.warning("multi-exec gather %s never got all its results; dropped", key)
 

@@ -242,6 +242,9 @@ class CallRequest(Message):
     consistency: str
     refs: list[str]
     extras: dict[str, Any] = field(default_factory=dict)  # the client's session (see runtime/consistency.py)
+    # ids of this client's calls whose results came in since its previous request: the scheduler forgets
+    # them (see runtime/retries.py); riding here costs no message of its own
+    completed: list[str] = field(default_factory=list)
 
 
 @message(41)
@@ -460,3 +463,17 @@ class ListTriggers(Message):
 class RemoveTrigger(Message):
     req_id: int
     name: str
+
+
+# --- crash semantics (kinds 110-119; see runtime/retries.py) -------------------------------------------------
+
+
+@message(110)
+class ExecutorLost(Message):
+    """The supervisor -> every scheduler, as soon as it sees an executor process die: stop placing work at
+    ``address`` until a status of its restarted process comes, and re-dispatch the calls that used it."""
+
+    executor_id: str
+    address: str
+    pid: int
+    reason: str
