@@ -27,6 +27,8 @@ from tests.faults.steady_load import (
 #: Calls the load makes before the kill (so the kill lands mid-load) and after it (so the load goes on).
 CALLS_BEFORE = 40
 CALLS_AFTER = 40
+#: Seconds a scheduler is stopped (SIGSTOP) before it is killed: every load thread sends its next call meanwhile.
+STOPPED_S = 0.3
 
 
 def deployed_cluster(start_cluster) -> RunningCluster:
@@ -64,6 +66,13 @@ def test_a_scheduler_killed_mid_call_costs_no_call(start_cluster):
     handle = deployed_cluster(start_cluster)
     with SteadyLoad(handle) as load:
         wait_for_calls(load, CALLS_BEFORE)
+        # stopped first, so that calls are sure to be in its socket, read by no one, when it dies: only the
+        # clients' resend can bring those back (a plain kill mostly hits calls already dispatched)
+        pid = handle.pid_of("scheduler-0")
+        os.kill(pid, signal.SIGSTOP)
+        stuck = load.calls_done()
+        time.sleep(STOPPED_S)
+        assert load.calls_done() - stuck <= 4, "calls went on with the scheduler stopped"  # 1 dispatched each
         _, killed_at = kill(handle, "scheduler-0")
         recovery = seconds_until_served(handle, killed_at)
         done = load.calls_done()
