@@ -1,5 +1,6 @@
 """What the fault tests deploy: a 2-function DAG whose second step writes a key per call."""
 
+import os
 import time
 
 import cbctl
@@ -19,3 +20,9 @@ def fault_record(cb, tagged):
 
 
 cbctl.dag("fault_chain", [fault_double, fault_record])
+
+
+@cbctl.function
+def crash_executor(cb, x):
+    """Takes its executor down with it, every time (as a segfaulting extension would)."""
+    os._exit(3)

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cbctl
 from cbctl.errors import CbctlError
 from tests.conftest import RunningCluster
 
@@ -126,8 +127,7 @@ def wait_for_calls(load: SteadyLoad, count: int, timeout: float = 30.0) -> None:
     load.handle.wait_for(lambda: load.calls_done() >= count, timeout=timeout, what=f"{count} calls of the load")
 
 
-def check_every_write_readable(handle: RunningCluster, record: Record) -> None:
-    reader = handle.client()
+def check_every_write_readable(reader: cbctl.Client, record: Record) -> None:
     writes = {**record.acked_puts, **record.call_writes}
     wrong = {k: v for k, v in writes.items() if reader.get(k) != v}
     assert not wrong, f"{len(wrong)} of {len(writes)} acknowledged writes lost or wrong, e.g. {list(wrong)[:5]}"

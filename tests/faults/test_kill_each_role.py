@@ -57,7 +57,7 @@ def test_an_executor_killed_mid_call_costs_no_call(start_cluster):
     assert not record.errors, f"a call failed although the other executor could run it: {record.errors[:3]}"
     assert recovery < RECOVERY_S
     assert scheduler_counters(handle)["retried_calls"] >= 1, "the kill hit no call: the test proved nothing"
-    check_every_write_readable(handle, record)
+    check_every_write_readable(handle.client(), record)
 
 
 def test_a_scheduler_killed_mid_call_costs_no_call(start_cluster):
@@ -83,7 +83,7 @@ def test_a_scheduler_killed_mid_call_costs_no_call(start_cluster):
     check_calls(record)
     assert not record.errors, f"a call failed across the scheduler's restart: {record.errors[:3]}"
     assert recovery < RECOVERY_S
-    check_every_write_readable(handle, record)
+    check_every_write_readable(handle.client(), record)
 
 
 def test_a_store_killed_mid_write_loses_no_acknowledged_write(start_cluster):
@@ -101,7 +101,7 @@ def test_a_store_killed_mid_write_loses_no_acknowledged_write(start_cluster):
     check_calls(record)
     assert not record.errors, f"a put or call failed across the store's restart: {record.errors[:3]}"
     assert recovery < RECOVERY_S
-    check_every_write_readable(handle, record)
+    check_every_write_readable(handle.client(), record)
 
 
 def test_a_killed_supervisor_is_reported_and_up_recovers_keys_and_registrations(start_cluster):
@@ -134,7 +134,7 @@ def test_a_killed_supervisor_is_reported_and_up_recovers_keys_and_registrations(
           f"{record.answers} answers, {len(record.errors)} errors")
     registered_after = handle.client().list()
     assert _names(registered_after) == _names(registered_before)
-    check_every_write_readable(handle, record)
+    check_every_write_readable(handle.client(), record)
     assert handle.client().call("fault_chain", "after-up", 5, timeout=10) == 11
 
 
