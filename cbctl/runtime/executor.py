@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import zmq
 
 from cbctl.errors import CbctlError, ConsistencyError, InvalidArgument, NoSuchFunction, ProtocolError
@@ -66,6 +65,7 @@ from cbctl.runtime.process import (
     drain,
     freeze_startup_heap,
     new_socket,
+    process_alive,
     report_ready,
     setup_logging,
 )
@@ -469,7 +469,7 @@ class Executor:
         steps still waiting for inputs to the heir, where those inputs are redirected."""
         if self.ready or self.deferred:
             return False
-        self.departure.forget_exited(_process_alive)
+        self.departure.forget_exited(process_alive)
         if not self.departure.may_exit():
             return False
         if self.departure.awaiting:
@@ -505,13 +505,6 @@ def _message_of(exc: BaseException) -> str:
         return str(exc)
     except Exception:
         return f"<{type(exc).__name__}: str() failed>"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # exited, not yet reaped
-    except psutil.Error:
-        return False
 
 
 class StatusReporter:

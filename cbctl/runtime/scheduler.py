@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
 import zmq
 
 from cbctl.errors import CallLost, CbctlError, InvalidArgument, NoExecutorAvailable, NoSuchFunction, ProtocolError
@@ -59,6 +58,7 @@ from cbctl.runtime.process import (
     ShutdownFlag,
     freeze_startup_heap,
     new_socket,
+    process_alive,
     report_ready,
     setup_logging,
 )
@@ -251,11 +251,12 @@ class Scheduler:
         """Timer work: an executor on this host whose process is gone is lost, whether or not a supervisor
         said so (a killed supervisor restarts nothing and tells no one)."""
         for view in list(self.policy.executors.values()):
-            if view.host == self.policy.local_host and view.pid and not _process_alive(view.pid):
+            if view.host == self.policy.local_host and view.pid and not process_alive(view.pid):
                 self.on_executor_lost(ExecutorLost(view.executor_id, view.address, view.pid, "its process is gone"))
 
     def retry_parked(self) -> None:
-        """Loop work while calls wait for an executor: try each again (it parks itself again if still none)."""
+        """Try each call that waits for an executor again (it parks itself again if there is still none, or
+        fails past its deadline); on every status while any wait, and on the timer."""
         parked, self.parked = self.parked, []
         for call in parked:
             self.on_call(call.request, call.depth, call.attempt, call.deadline, call.lost)
@@ -370,6 +371,8 @@ class Scheduler:
             return  # sent before its process died, read after: it must not bring the dead executor back
         self.statuses[status.executor_id] = (status, time.monotonic())
         self.policy.process_status(status)
+        if self.parked:
+            self.retry_parked()  # this executor may take what waits for one
         if not status.running:
             # the policy no longer places work there; this ack, behind every trigger sent there on the same
             # socket, tells the departing executor that nothing more will come from this scheduler
@@ -450,13 +453,6 @@ def pinned_functions(functions: dict[str, registry.FunctionRecord],
     return {fn: functions[fn].gpu for dag in dags.values() for fn in dag.functions if fn in functions}
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # exited, not yet reaped
-    except psutil.Error:
-        return False
-
-
 def _status_dict(status: ExecutorStatus) -> dict[str, Any]:
     return {f: getattr(status, f) for f in status._FIELDS}
 
@@ -489,9 +485,9 @@ def main(config: ProcessConfig) -> None:
             next_policy_update = now + scheduler.policy.settings.update_interval_s
             scheduler.check_executors_alive()
             scheduler.in_flight.expire()
+            if scheduler.parked:
+                scheduler.retry_parked()  # those past their deadline fail now
             scheduler.apply(scheduler.policy.periodic_update())
-        if scheduler.parked:
-            scheduler.retry_parked()
         if now >= next_refresh:
             next_refresh = now + REGISTRY_REFRESH_S
             try:
