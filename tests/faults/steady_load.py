@@ -108,9 +108,9 @@ def kill(handle: RunningCluster, name: str) -> tuple[int, float]:
     return pid, time.monotonic()
 
 
-def seconds_until_served(handle: RunningCluster, since: float, x: int = 7) -> float:
-    """Seconds from ``since`` until a call made after it returns its right answer (asserted under RECOVERY_S)."""
-    client = handle.client()
+def seconds_until_served(client: cbctl.Client, since: float, x: int = 7) -> float:
+    """Seconds from ``since`` until a call made after it returns its right answer (asserted under RECOVERY_S).
+    ``client`` is connected before the kill: connecting finds a dead supervisor and stops the whole cluster."""
     deadline = since + RECOVERY_S
     last = ""
     while (remaining := deadline - time.monotonic()) > 0:

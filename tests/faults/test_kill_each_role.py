@@ -11,6 +11,7 @@ import signal
 import time
 
 import psutil
+import pytest
 
 from tests.conftest import RunningCluster
 from tests.faults.steady_load import (
@@ -46,8 +47,9 @@ def test_an_executor_killed_mid_call_costs_no_call(start_cluster):
     handle = deployed_cluster(start_cluster)
     with SteadyLoad(handle) as load:
         wait_for_calls(load, CALLS_BEFORE)
+        probe = handle.client()
         _, killed_at = kill(handle, "executor-0")
-        recovery = seconds_until_served(handle, killed_at)
+        recovery = seconds_until_served(probe, killed_at)
         done = load.calls_done()
         wait_for_calls(load, done + CALLS_AFTER)
         record = load.stop()
@@ -66,6 +68,7 @@ def test_a_scheduler_killed_mid_call_costs_no_call(start_cluster):
     handle = deployed_cluster(start_cluster)
     with SteadyLoad(handle) as load:
         wait_for_calls(load, CALLS_BEFORE)
+        probe = handle.client()
         # stopped first, so that calls are sure to be in its socket, read by no one, when it dies: only the
         # clients' resend can bring those back (a plain kill mostly hits calls already dispatched)
         pid = handle.pid_of("scheduler-0")
@@ -74,7 +77,7 @@ def test_a_scheduler_killed_mid_call_costs_no_call(start_cluster):
         time.sleep(STOPPED_S)
         assert load.calls_done() - stuck <= 4, "calls went on with the scheduler stopped"  # 1 dispatched each
         _, killed_at = kill(handle, "scheduler-0")
-        recovery = seconds_until_served(handle, killed_at)
+        recovery = seconds_until_served(probe, killed_at)
         done = load.calls_done()
         wait_for_calls(load, done + CALLS_AFTER)
         record = load.stop()
@@ -91,8 +94,9 @@ def test_a_store_killed_mid_write_loses_no_acknowledged_write(start_cluster):
     handle = deployed_cluster(start_cluster)
     with SteadyLoad(handle) as load:
         wait_for_calls(load, CALLS_BEFORE)
+        probe = handle.client()
         _, killed_at = kill(handle, "store-0")
-        recovery = seconds_until_served(handle, killed_at)
+        recovery = seconds_until_served(probe, killed_at)
         done = load.calls_done()
         wait_for_calls(load, done + CALLS_AFTER)
         record = load.stop()
@@ -104,32 +108,37 @@ def test_a_store_killed_mid_write_loses_no_acknowledged_write(start_cluster):
     check_every_write_readable(handle.client(), record)
 
 
-def test_a_killed_supervisor_is_reported_and_up_recovers_keys_and_registrations(start_cluster):
+@pytest.mark.parametrize("status_first", [True, False], ids=["status-then-up", "up"])
+def test_a_killed_supervisor_is_reported_and_up_recovers_keys_and_registrations(start_cluster, status_first):
     """The children serve on without it; `cbctl status` says it crashed (and stops the orphans); `cbctl up` in
-    the same home brings back every key and registration."""
+    the same home (with or without that status first) brings back every key and registration."""
     handle = deployed_cluster(start_cluster)
     registered_before = handle.client().list()
     with SteadyLoad(handle) as load:
         wait_for_calls(load, CALLS_BEFORE)
+        probe = handle.client()
         old_pids = handle.pids()[1:]
         os.kill(handle.cluster_file().supervisor_pid, signal.SIGKILL)
         killed_at = time.monotonic()
-        recovery = seconds_until_served(handle, killed_at)
+        recovery = seconds_until_served(probe, killed_at)
         done = load.calls_done()
         wait_for_calls(load, done + CALLS_AFTER)
         record = load.stop()
     check_calls(record)
+    assert not record.errors, f"a call failed while the children served on: {record.errors[:3]}"
     assert recovery < RECOVERY_S
     handle.close_clients()
 
-    status = handle.cli("status")
-    assert status.returncode != 0 and "crashed" in (status.stdout + status.stderr), status
-    orphans = [pid for pid in old_pids if _alive(pid)]
-    assert not orphans, f"children of the dead supervisor still run after `cbctl status`: {orphans}"
-
+    if status_first:
+        status = handle.cli("status")
+        assert status.returncode != 0 and "crashed" in (status.stdout + status.stderr), status
+        orphans = [pid for pid in old_pids if _alive(pid)]
+        assert not orphans, f"children of the dead supervisor still run after `cbctl status`: {orphans}"
     started = time.monotonic()
     start_cluster(executors=2, home=handle.home)
     up_s = time.monotonic() - started
+    orphans = [pid for pid in old_pids if _alive(pid)]
+    assert not orphans, f"children of the dead supervisor still run after `cbctl up`: {orphans}"
     print(f"supervisor killed: children served on (a call after {recovery:.2f} s); `cbctl up` took {up_s:.1f} s; "
           f"{record.answers} answers, {len(record.errors)} errors")
     registered_after = handle.client().list()
