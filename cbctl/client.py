@@ -150,6 +150,7 @@ class Client:
         # crash semantics (runtime/retries.py): ids of calls whose results came since the last request, which
         # the next one tells the scheduler about; and the scheduler's pid, to notice its restart
         self._completed: list[str] = []
+        self._stored_waiting: weakref.WeakValueDictionary[str, CallFuture] = weakref.WeakValueDictionary()
         self._scheduler_pid = next((p.pid for p in self.cluster.processes if p.address == scheduler), 0)
         self._next_restart_check = 0.0
 
@@ -312,8 +313,7 @@ class Client:
         refs = serialization.find_refs(args)
         encoded_args = _encode(list(args), "the arguments of the call of %r", name)
         with self._cond:
-            if not store_result:
-                self._waiting[call_id] = future
+            (self._stored_waiting if store_result else self._waiting)[call_id] = future
             completed = self._completed
             if completed:
                 self._completed = []
@@ -378,7 +378,7 @@ class Client:
                         self._completed.append(result.call_id)
 
     def _resend_if_scheduler_restarted(self) -> None:
-        """Reader work, while a call waits long: a restarted scheduler lost the calls it had not dispatched
+        """Work of a caller that has waited long: a restarted scheduler lost the calls it had not dispatched
         yet, so every call still waiting is sent again (under its id: a scheduler ignores the ones it has).
         The supervisor rewrites the cluster file with the new pid when it restarts the scheduler."""
         now = time.monotonic()
@@ -391,7 +391,8 @@ class Client:
             return
         self._scheduler_pid = pid
         with self._cond:
-            frames = [f._request for f in list(self._waiting.values()) if f._request]
+            waiting = [*self._waiting.values(), *self._stored_waiting.values()]
+        frames = [f._request for f in waiting if f._request]
         with self._call_lock:
             if self._closed:
                 return
@@ -401,16 +402,22 @@ class Client:
     def _poll_stored(self, future: CallFuture, deadline: float | None) -> None:
         delay = 0.001
         key = registry.result_key(future.call_id)
+        started = time.monotonic()
         while True:
             with self._store_lock:
                 (lattice,) = self._store.get_lattices([key])
             if lattice is not None and not getattr(lattice, "tombstone", False):
                 future._result = result = CallResult(**serialization.decode(lattice.value))
+                with self._cond:
+                    self._stored_waiting.pop(future.call_id, None)
+                    self._completed.append(future.call_id)
                 if result.extras:
                     self._session.record_result(result.extras)
                 return
             if deadline is not None and time.monotonic() + delay > deadline:
                 return
+            if time.monotonic() - started >= CLIENT_RESEND_CHECK_S:
+                self._resend_if_scheduler_restarted()
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 

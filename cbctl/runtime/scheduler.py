@@ -359,6 +359,9 @@ class Scheduler:
             "rates": self.rates.rates(now, self.counters),
             "name_calls": dict(self.name_calls),
             "name_rates": self.name_rates.rates(now, self.name_calls),
+            # calls it would dispatch again if an executor died, and calls waiting for an executor (retries.py)
+            "calls_remembered": len(self.in_flight),
+            "calls_waiting": len(self.parked),
             "in_flight": in_flight_estimate(s for s in executors.values() if s["status_age_s"] < TOP_SILENT_AFTER_S),
             "executors": executors,
             "registry": {"functions": {n: {"gpu": f.gpu} for n, f in self.functions.items()},

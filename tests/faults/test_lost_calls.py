@@ -62,3 +62,21 @@ def test_an_executor_dying_while_no_supervisor_watches_costs_no_call(start_clust
     assert not record.errors, f"a call failed although the other executor could run it: {record.errors[:3]}"
     assert client.cluster_info()["counters"]["retried_calls"] >= 1
     check_every_write_readable(client, record)
+
+
+def test_a_scheduler_forgets_the_calls_its_clients_have_finished(start_cluster):
+    """Clients report their finished calls on their next call, so the table of calls in flight stays as small
+    as the calls really in flight, with no message of its own (or else it would grow by every call for 60 s)."""
+    handle = start_cluster(executors=2)
+    handle.cli("deploy", str(FAULT_FNS), check=True)
+    client = handle.client()
+    futures = [client.call_async("fault_chain", f"batch-{i}", i) for i in range(8)]
+    assert [f.result(timeout=30) for f in futures] == [2 * i + 1 for i in range(8)]
+    for i in range(30):
+        assert client.call("fault_chain", f"seq-{i}", i, timeout=10) == 2 * i + 1
+    stored = client.call_async("fault_chain", "stored", 4, store_result=True)
+    assert stored.result(timeout=10) == 9
+    assert client.call("fault_chain", "last", 1, timeout=10) == 3
+    info = client.cluster_info()
+    assert info["calls_remembered"] <= 1, info["calls_remembered"]  # the last call, which nothing reported yet
+    assert info["calls_waiting"] == 0
