@@ -40,6 +40,7 @@ from cbctl.runtime.lattices import lattice_from_wire
 from cbctl.runtime.messages import (
     CallAborted,
     CallResult,
+    CallRetried,
     DagTrigger,
     DirectMessage,
     ExecutorLeaving,
@@ -149,8 +150,7 @@ class Executor:
             if not admitted:
                 return  # an older attempt's, still on its way: the newer attempt runs this step
             if newer:  # what an older attempt left waiting for its other triggers must not join this one's
-                for key in [k for k in self.joins if k[0] == trigger.call_id]:
-                    del self.joins[key], self.join_started[key]
+                self.drop_joins(trigger.call_id)
         if trigger.extras and multiexec.EXTRAS_KEY in trigger.extras and self.multiexec.on_trigger(trigger, self.ready):
             return
         upstream = upstream_of(trigger.edges, trigger.function)
@@ -219,13 +219,21 @@ class Executor:
 
     def on_call_aborted(self, message: CallAborted) -> None:
         self.aborted[message.call_id] = time.monotonic()
-        for key in [k for k in self.joins if k[0] == message.call_id]:
+        self.drop_joins(message.call_id)
+
+    def on_call_retried(self, message: CallRetried) -> None:
+        _, newer = self.attempts.admit(message.call_id, {ATTEMPT_KEY: message.attempt})
+        if newer:
+            self.drop_joins(message.call_id)
+
+    def drop_joins(self, call_id: str) -> None:
+        for key in [k for k in self.joins if k[0] == call_id]:
             del self.joins[key], self.join_started[key]
 
     HANDLERS = {DagTrigger: on_trigger, PinRequest: on_pin, UnpinRequest: on_unpin, DirectMessage: on_direct,
                 ExecutorLeaving: on_peer_leaving, LeavingAck: on_leaving_ack, KeyUpdate: on_key_update,
                 VersionRequest: on_version_request, VersionResponse: on_version_response,
-                SnapshotRelease: on_snapshot_release, CallAborted: on_call_aborted}
+                SnapshotRelease: on_snapshot_release, CallAborted: on_call_aborted, CallRetried: on_call_retried}
 
     # --- running -------------------------------------------------------------------------------------
 

@@ -477,3 +477,13 @@ class ExecutorLost(Message):
     address: str
     pid: int
     reason: str
+
+
+@message(111)
+class CallRetried(Message):
+    """A scheduler -> the surviving executors of a call it dispatches again as ``attempt``: drop what an older
+    attempt left waiting for its other triggers (the new attempt may place its joins elsewhere), and the older
+    attempt's triggers still on their way."""
+
+    call_id: str
+    attempt: int

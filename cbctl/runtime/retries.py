@@ -10,7 +10,9 @@ The contract (README, "When a process dies"):
   caller gets one result per call id (a client drops a late duplicate).
 - Attempts never mix: a trigger carries its attempt (``ATTEMPT_KEY`` in its extras, only from the second
   on, so a first attempt costs nothing); an executor drops the triggers of an attempt older than one it has
-  seen for that call, and the partial joins of the older attempt with them (``AttemptFilter``).
+  seen for that call, and the partial joins of the older attempt with them (``AttemptFilter``). The scheduler
+  also tells every executor of the older attempt (``CallRetried``), since the new one may place its joins
+  elsewhere and nothing else would clear what the older one left waiting there.
 """
 
 from __future__ import annotations

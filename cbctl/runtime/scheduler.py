@@ -29,8 +29,10 @@ from cbctl.runtime.defaults import (
     TOP_SILENT_AFTER_S,
 )
 from cbctl.runtime.messages import (
+    CallAborted,
     CallRequest,
     CallResult,
+    CallRetried,
     ClusterInfoRequest,
     ContinueCall,
     ControlResponse,
@@ -232,13 +234,22 @@ class Scheduler:
                     lost.reason, len(calls))
         for call in calls:
             what = self.describe_loss(call, lost)
+            # every executor of the call, the dead one's address too: its restarted process receives what its
+            # peers had queued for the dead one, older attempts' triggers included
+            executors = set(call.locations.values())
             if self.in_flight.out_of_attempts(call):
                 self.counters["lost_calls"] += 1
+                for address in executors:  # partial joins of a call that is over
+                    self.peers.send(address, CallAborted(call.request.call_id).pack())
                 self.reject(call.request, CallLost(
                     f"{what}; it was dispatched {call.attempt} times, the most allowed: the function may crash "
                     f"its executor (see `cbctl logs {lost.executor_id}`)"))
                 continue
             self.counters["retried_calls"] += 1
+            # before the new attempt's triggers, on the same sockets: the older attempt's partial joins go
+            frame = CallRetried(call.request.call_id, call.attempt + 1).pack()
+            for address in executors:
+                self.peers.send(address, frame)
             self.on_call(call.request, call.depth, call.attempt + 1, now + DISPATCH_WAIT_S, what)
 
     @staticmethod

@@ -26,3 +26,31 @@ cbctl.dag("fault_chain", [fault_double, fault_record])
 def crash_executor(cb, x):
     """Takes its executor down with it, every time (as a segfaulting extension would)."""
     os._exit(3)
+
+
+@cbctl.function
+def fan_split(cb, tag, x):
+    return [tag, x]
+
+
+@cbctl.function
+def fan_left(cb, tagged):
+    time.sleep(0.01)
+    return [tagged[0], 2 * tagged[1]]
+
+
+@cbctl.function
+def fan_right(cb, tagged):
+    time.sleep(0.01)
+    return [tagged[0], 3 * tagged[1]]
+
+
+@cbctl.function
+def fan_merge(cb, left, right):
+    total = left[1] + right[1]
+    cb.put(f"fault-fn/{left[0]}", total)
+    return total
+
+
+cbctl.dag("fault_fan", [fan_split, fan_left, fan_right, fan_merge],
+          edges=[(fan_split, fan_left), (fan_split, fan_right), (fan_left, fan_merge), (fan_right, fan_merge)])

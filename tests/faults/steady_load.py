@@ -27,6 +27,10 @@ def expected(x: int) -> int:
     return 2 * x + 1
 
 
+#: What each DAG of fault_fns.py answers for x.
+EXPECTED = {"fault_chain": expected, "fault_fan": lambda x: 5 * x}
+
+
 @dataclass
 class Record:
     acked_puts: dict[str, int] = field(default_factory=dict)  # client puts that returned
@@ -38,8 +42,9 @@ class Record:
 
 
 class SteadyLoad:
-    def __init__(self, handle: RunningCluster, threads: int = 4) -> None:
+    def __init__(self, handle: RunningCluster, threads: int = 4, dag: str = "fault_chain") -> None:
         self.handle = handle
+        self.dag, self.expected = dag, EXPECTED[dag]
         self.clients = [handle.client() for _ in range(threads)]
         self.record = Record()
         self.lock = threading.Lock()
@@ -81,8 +86,8 @@ class SteadyLoad:
                     self.record.errors.append(f"put {tag}: {type(exc).__name__}: {exc}")
             started = time.monotonic()
             try:
-                answer = client.call("fault_chain", tag, x, timeout=CALL_TIMEOUT_S)
-                outcome = None if answer == expected(x) else f"call {tag}: wrong answer {answer!r}"
+                answer = client.call(self.dag, tag, x, timeout=CALL_TIMEOUT_S)
+                outcome = None if answer == self.expected(x) else f"call {tag}: wrong answer {answer!r}"
             except CbctlError as exc:
                 answer, outcome = None, f"error: call {tag}: {type(exc).__name__}: {exc}"
             except Exception as exc:  # noqa: BLE001 - the very thing this test must catch
@@ -94,7 +99,7 @@ class SteadyLoad:
                     self.record.failures.append(f"call {tag} ended after {took:.1f} s")
                 if outcome is None:
                     self.record.answers += 1
-                    self.record.call_writes[f"fault-fn/{tag}"] = expected(x)
+                    self.record.call_writes[f"fault-fn/{tag}"] = self.expected(x)
                 elif outcome.startswith("error: "):
                     self.record.errors.append(outcome[len("error: "):])
                 else:

@@ -80,3 +80,29 @@ def test_a_scheduler_forgets_the_calls_its_clients_have_finished(start_cluster):
     info = client.cluster_info()
     assert info["calls_remembered"] <= 1, info["calls_remembered"]  # the last call, which nothing reported yet
     assert info["calls_waiting"] == 0
+
+
+def test_an_executor_killed_under_a_fan_in_dag_leaves_no_join_behind(start_cluster):
+    """A join never mixes two attempts of a call, and what an older attempt left waiting on the surviving (or
+    restarted) executors is dropped at once, not after the 600 s join timeout."""
+    handle = start_cluster(executors=2)
+    handle.cli("deploy", str(FAULT_FNS), check=True)
+    with SteadyLoad(handle, dag="fault_fan") as load:
+        wait_for_calls(load, 40)
+        kill(handle, "executor-0")
+        done = load.calls_done()
+        wait_for_calls(load, done + 40)
+        record = load.stop()
+    check_calls(record)
+    assert not record.errors, f"a call failed although the other executor could run it: {record.errors[:3]}"
+    client = handle.client()
+    assert client.cluster_info()["counters"]["retried_calls"] >= 1
+
+    def joins_left() -> dict:
+        executors = client.cluster_info()["executors"]
+        return {e: s["metrics"].get("pending_joins") for e, s in executors.items() if s["status_age_s"] < 1.5}
+
+    # statuses come once a second: wait for one from each executor, taken after the load stopped
+    handle.wait_for(lambda: len(joins_left()) == 2 and all(n == 0 for n in joins_left().values()), timeout=10,
+                    what="no partial joins left on the executors")
+    check_every_write_readable(client, record)
