@@ -52,5 +52,7 @@ def fan_merge(cb, left, right):
     return total
 
 
+# fan_right first: on an executor running both branches, the right one runs (and reaches the join) first, which
+# is the order in which a join could mix an older attempt's left result with a newer attempt's right one
 cbctl.dag("fault_fan", [fan_split, fan_left, fan_right, fan_merge],
-          edges=[(fan_split, fan_left), (fan_split, fan_right), (fan_left, fan_merge), (fan_right, fan_merge)])
+          edges=[(fan_split, fan_right), (fan_split, fan_left), (fan_right, fan_merge), (fan_left, fan_merge)])

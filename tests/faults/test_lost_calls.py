@@ -87,9 +87,12 @@ def test_an_executor_killed_under_a_fan_in_dag_leaves_no_join_behind(start_clust
     restarted) executors is dropped at once, not after the 600 s join timeout."""
     handle = start_cluster(executors=2)
     handle.cli("deploy", str(FAULT_FNS), check=True)
+    pins = {f["name"]: f["pinned"] for f in handle.client().list()["functions"]}
+    # the executor of the right branch, so the left one's results wait in joins elsewhere when it dies
+    victim = next((e for e in pins["fan_right"] if e not in pins["fan_merge"]), pins["fan_right"][0])
     with SteadyLoad(handle, dag="fault_fan") as load:
         wait_for_calls(load, 40)
-        kill(handle, "executor-0")
+        kill(handle, victim)
         done = load.calls_done()
         wait_for_calls(load, done + 40)
         record = load.stop()
