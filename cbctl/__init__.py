@@ -9,6 +9,7 @@ from cbctl.client import CallFuture, Client, connect
 from cbctl.declare import dag, function, trigger
 from cbctl.errors import (
     AuthenticationError,
+    CallLost,
     CallTimeout,
     CbctlError,
     ClusterAlreadyRunning,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AuthenticationError",
     "CallFuture",
+    "CallLost",
     "CallTimeout",
     "CbctlError",
     "Client",

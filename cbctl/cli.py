@@ -226,7 +226,9 @@ def scale(executors: int, as_json: bool, home: str | None) -> None:
 @handle_errors
 def status(as_json: bool, home: str | None) -> None:
     """Show every process of the cluster (role, pid, address, state, uptime, restarts) and a health summary
-    (calls/s, errors/s, executor states and utilization, the store), as `cbctl top` computes it.
+    (calls/s, errors/s, executor states and utilization, the store), as `cbctl top` computes it. If the
+    supervisor was killed, says so, stops the processes it left behind and exits 1: `cbctl up` in the same
+    home then brings back every key and registration.
 
     Example: cbctl status --json
     """

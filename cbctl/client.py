@@ -39,7 +39,13 @@ from cbctl.runtime import auth, cluster, limits, registry, serialization, user_e
 from cbctl.runtime.code_loading import source_file_of
 from cbctl.runtime.consistency import LWW, ClientSession, reveal
 from cbctl.runtime.dag import chain_edges, validate_dag
-from cbctl.runtime.defaults import CALL_TIMEOUT_S, CLIENT_LIVENESS_CHECK_S, CONTROL_TIMEOUT_S, DEPLOY_IMPORT_TIMEOUT_S
+from cbctl.runtime.defaults import (
+    CALL_TIMEOUT_S,
+    CLIENT_LIVENESS_CHECK_S,
+    CLIENT_RESEND_CHECK_S,
+    CONTROL_TIMEOUT_S,
+    DEPLOY_IMPORT_TIMEOUT_S,
+)
 from cbctl.runtime.messages import (
     AddTrigger,
     CallRequest,
@@ -74,6 +80,7 @@ class CallFuture:
         self.name = name
         self._stored = stored
         self._result: Any = _PENDING
+        self._request = b""  # the packed CallRequest, sent again if its scheduler restarts before answering
 
     def done(self) -> bool:
         if self._result is _PENDING:
@@ -154,6 +161,12 @@ class Client:
         self._reader_active = False
         self._closed = False
         self._next_liveness_check = time.monotonic() + CLIENT_LIVENESS_CHECK_S
+        # crash semantics (runtime/retries.py): ids of calls whose results came since the last request, which
+        # the next one tells the scheduler about; and the scheduler's pid, to notice its restart
+        self._completed: list[str] = []
+        self._stored_waiting: weakref.WeakValueDictionary[str, CallFuture] = weakref.WeakValueDictionary()
+        self._scheduler_pid = next((p.pid for p in self.cluster.processes if p.address == scheduler), 0)
+        self._next_restart_check = 0.0
 
     # --- registration ----------------------------------------------------------------------------------
 
@@ -332,19 +345,23 @@ class Client:
         if encoded_sources:
             size = len(encoded_args) + sum(len(v) for v in encoded_sources.values())
             limits.check_size(size, self.max_message_bytes, f"the arguments of the call of {name!r} together")
-        request = CallRequest(call_id, name, encoded_args, encoded_sources,
-                              self.response_address, store_result, consistency, refs, self._session.extras())
-        if not store_result:
-            with self._cond:
-                self._waiting[call_id] = future
+        with self._cond:
+            (self._stored_waiting if store_result else self._waiting)[call_id] = future
+            completed = self._completed
+            if completed:
+                self._completed = []
+        request = CallRequest(call_id, name, encoded_args, encoded_sources, self.response_address, store_result,
+                              consistency, refs, self._session.extras(), completed)
+        frame = future._request = request.pack()
         with self._call_lock:
             if self._closed:
                 raise CbctlError("this client is closed: make a new one with cbctl.connect()")
-            self._call_sock.send(request.pack())
+            self._call_sock.send(frame)
         return future
 
     def _poll_result(self, future: CallFuture, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         if self._closed:
             return  # its sockets are gone: the result cannot arrive any more
         if future._stored:
@@ -364,6 +381,8 @@ class Client:
                 try:
                     self._read_responses(_READ_SLICE_S if remaining is None else min(max(remaining, 0.0),
                                                                                      _READ_SLICE_S))
+                    if time.monotonic() - started >= CLIENT_RESEND_CHECK_S:
+                        self._resend_if_scheduler_restarted()
                 finally:
                     self._cond.acquire()
                     self._reader_active = False
@@ -392,6 +411,29 @@ class Client:
                     future = self._waiting.pop(result.call_id, None)
                     if future is not None:
                         future._result = result
+                        self._completed.append(result.call_id)
+
+    def _resend_if_scheduler_restarted(self) -> None:
+        """Work of a caller that has waited long: a restarted scheduler lost the calls it had not dispatched
+        yet, so every call still waiting is sent again (under its id: a scheduler ignores the ones it has).
+        The supervisor rewrites the cluster file with the new pid when it restarts the scheduler."""
+        now = time.monotonic()
+        if now < self._next_restart_check:
+            return
+        self._next_restart_check = now + CLIENT_RESEND_CHECK_S
+        found = cluster.ClusterFile.read(self.home)
+        pid = next((p.pid for p in found.processes if p.address == self._scheduler_address), 0) if found else 0
+        if not pid or pid == self._scheduler_pid:
+            return
+        self._scheduler_pid = pid
+        with self._cond:
+            waiting = [*self._waiting.values(), *self._stored_waiting.values()]
+        frames = [f._request for f in waiting if f._request]
+        with self._call_lock:
+            if self._closed:
+                return
+            for frame in frames:
+                self._call_sock.send(frame)
 
     def _check_refused(self) -> None:
         """Fail every waiting call if the scheduler refused this client's frames: it answers the call socket
@@ -429,16 +471,22 @@ class Client:
     def _poll_stored(self, future: CallFuture, deadline: float | None) -> None:
         delay = 0.001
         key = registry.result_key(future.call_id)
+        started = time.monotonic()
         while True:
             with self._store_lock:
                 (lattice,) = self._store.get_lattices([key])
             if lattice is not None and not getattr(lattice, "tombstone", False):
                 future._result = result = CallResult(**serialization.decode(lattice.value))
+                with self._cond:
+                    self._stored_waiting.pop(future.call_id, None)
+                    self._completed.append(future.call_id)
                 if result.extras:
                     self._session.record_result(result.extras)
                 return
             if deadline is not None and time.monotonic() + delay > deadline:
                 return
+            if time.monotonic() - started >= CLIENT_RESEND_CHECK_S:
+                self._resend_if_scheduler_restarted()
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 

@@ -67,6 +67,12 @@ class ConsistencyError(CbctlError):
     is no longer held anywhere, say), so the call failed instead of reading what the mode rules out: call again."""
 
 
+class CallLost(CbctlError):
+    """A call's executor died and the call could not be run to the end elsewhere: it was dispatched
+    ``CALL_MAX_ATTEMPTS`` times (the function may crash its executor), or no executor came back in time.
+    The function may have run (partly): call again if it is safe to."""
+
+
 class FunctionError(CbctlError):
     """The user's function raised; carries the remote exception type and traceback text."""
 
@@ -97,6 +103,7 @@ ERRORS_BY_NAME: dict[str, type[CbctlError]] = {
         MessageTooLarge,
         ContinuationDepthExceeded,
         ConsistencyError,
+        CallLost,
         FunctionError,
     )
 }

@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 
 from cbctl.errors import ClusterNotRunning, InvalidArgument
-from cbctl.runtime.defaults import DEFAULT_HOME, MAX_IPC_PATH, MAX_MESSAGE_BYTES
+from cbctl.runtime.defaults import DEFAULT_HOME, MAX_IPC_PATH, MAX_MESSAGE_BYTES, STALE_KILL_WAIT_S
 
 CLUSTER_FILE = "cluster.json"
 STARTUP_ERROR_FILE = "startup-error.txt"  # the supervisor's reason for a failed start, which `cbctl up` shows
@@ -188,11 +188,16 @@ def running_cluster(home: Path) -> ClusterFile:
 
 def cleanup_stale(home: Path, cluster: ClusterFile) -> None:
     """Kill what is left of a crashed cluster's children and remove its cluster file."""
+    killed = []
     for entry in cluster.processes:
         try:
             proc = psutil.Process(entry.pid)
             if abs(proc.create_time() - entry.started_at) < 2.0:
                 proc.kill()
+                killed.append(proc)
         except psutil.Error:
             pass
+    # gone before this returns: a `cbctl up` right after must not meet an orphan still holding the store's
+    # log or a socket path (SIGKILL takes milliseconds; the bound is for a process stuck in the kernel)
+    psutil.wait_procs(killed, timeout=STALE_KILL_WAIT_S)
     remove_cluster_file(home)

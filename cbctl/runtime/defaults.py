@@ -217,3 +217,37 @@ VERSION_FETCH_TIMEOUT_S = 30.0
 #: Most cached keys an executor lists in each status (most recently used first), for the scheduler's
 #: locality; bounds the status size of an executor caching many small values.
 CACHED_KEYS_REPORTED = 10_000
+
+# --- crash semantics: calls whose executor or scheduler died (cbctl/runtime/retries.py, README "When a process dies")
+
+#: Dispatches of one call (the first and the retries after its executor died) before its caller gets
+#: ``CallLost``: one crash is survived twice over, while a function that kills its executor every time (an
+#: ``os._exit``, a segfaulting extension) fails after three executors' worth of damage instead of looping.
+CALL_MAX_ATTEMPTS = 3
+
+#: Seconds a scheduler remembers a call it dispatched (to re-dispatch it if an executor it used dies) when the
+#: caller never reports it done; clients report finished calls on their next request, so this only bounds the
+#: calls of clients that went quiet. A call still running after this is no longer retried on a crash.
+IN_FLIGHT_MAX_AGE_S = 60.0
+
+#: Most calls a scheduler remembers in flight; past it the oldest are forgotten first (memory bound for
+#: callers that never report: triggered calls, clients that make one call and close).
+IN_FLIGHT_LIMIT = 100_000
+
+#: Seconds a call that must be (re-)dispatched while no executor can take it waits for one to report (a
+#: restarted executor reports within about a second of its start; a restarted scheduler hears every executor
+#: within a status interval) before its caller gets the error.
+DISPATCH_WAIT_S = 5.0
+
+#: Seconds after its start during which a scheduler parks calls it cannot place yet instead of failing them:
+#: it learns the executors from their statuses, which come once a second.
+SCHEDULER_WARMUP_S = 3.0 * STATUS_INTERVAL_S
+
+#: Seconds between a client's checks of the cluster file for a restarted scheduler, made only while it has
+#: calls waiting longer than this: a restarted scheduler forgot the calls it had not dispatched, so the client
+#: sends them again (same call ids: the scheduler ignores those it already has).
+CLIENT_RESEND_CHECK_S = 0.5
+
+#: Seconds a command that found a crashed cluster (its supervisor gone) waits for the orphans it killed to be
+#: gone, so that `cbctl up` in the same home never meets one still holding the store's log or a socket.
+STALE_KILL_WAIT_S = 5.0

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import zmq
 
 from cbctl.errors import CbctlError, ConsistencyError, InvalidArgument, NoSuchFunction, ProtocolError
@@ -54,6 +53,7 @@ from cbctl.runtime.lattices import lattice_from_wire
 from cbctl.runtime.messages import (
     CallAborted,
     CallResult,
+    CallRetried,
     DagTrigger,
     DirectMessage,
     ExecutorLeaving,
@@ -81,9 +81,11 @@ from cbctl.runtime.process import (
     freeze_startup_heap,
     new_context,
     new_socket,
+    process_alive,
     report_ready,
     setup_logging,
 )
+from cbctl.runtime.retries import ATTEMPT_KEY, AttemptFilter
 from cbctl.runtime.store_client import StoreClient
 from cbctl.runtime.userlib import UserLibrary
 
@@ -114,6 +116,7 @@ class Executor:
         self.joins: dict[tuple[str, str], dict[str, DagTrigger]] = {}
         self.join_started: dict[tuple[str, str], float] = {}
         self.aborted: dict[str, float] = {}  # failed calls -> when: their late triggers are dropped, not joined
+        self.attempts = AttemptFilter()  # calls dispatched again after an executor died (retries.py)
         self.ready: collections.deque[tuple[DagTrigger, list[DagTrigger]]] = collections.deque()
         self.inbox: collections.deque[tuple[str, Any]] = collections.deque()
         self.deferred: list[bytes] = []  # frames that arrived while user code waited in recv
@@ -162,6 +165,12 @@ class Executor:
             check_trigger_extras(trigger.extras)
         if self.aborted and trigger.call_id in self.aborted:
             return  # another step of this call failed: its caller has the error already
+        if self.attempts.latest or (trigger.extras and ATTEMPT_KEY in trigger.extras):
+            admitted, newer = self.attempts.admit(trigger.call_id, trigger.extras)
+            if not admitted:
+                return  # an older attempt's, still on its way: the newer attempt runs this step
+            if newer:  # what an older attempt left waiting for its other triggers must not join this one's
+                self.drop_joins(trigger.call_id)
         if trigger.extras and multiexec.EXTRAS_KEY in trigger.extras and self.multiexec.on_trigger(trigger, self.ready):
             return
         upstream = upstream_of(trigger.edges, trigger.function)
@@ -230,13 +239,21 @@ class Executor:
 
     def on_call_aborted(self, message: CallAborted) -> None:
         self.aborted[message.call_id] = time.monotonic()
-        for key in [k for k in self.joins if k[0] == message.call_id]:
+        self.drop_joins(message.call_id)
+
+    def on_call_retried(self, message: CallRetried) -> None:
+        _, newer = self.attempts.admit(message.call_id, {ATTEMPT_KEY: message.attempt})
+        if newer:
+            self.drop_joins(message.call_id)
+
+    def drop_joins(self, call_id: str) -> None:
+        for key in [k for k in self.joins if k[0] == call_id]:
             del self.joins[key], self.join_started[key]
 
     HANDLERS = {DagTrigger: on_trigger, PinRequest: on_pin, UnpinRequest: on_unpin, DirectMessage: on_direct,
                 ExecutorLeaving: on_peer_leaving, LeavingAck: on_leaving_ack, KeyUpdate: on_key_update,
                 VersionRequest: on_version_request, VersionResponse: on_version_response,
-                SnapshotRelease: on_snapshot_release, CallAborted: on_call_aborted}
+                SnapshotRelease: on_snapshot_release, CallAborted: on_call_aborted, CallRetried: on_call_retried}
 
     # --- running -------------------------------------------------------------------------------------
 
@@ -394,6 +411,7 @@ class Executor:
             del self.joins[key], self.join_started[key]
         for call_id in [c for c, t in self.aborted.items() if now - t > JOIN_TIMEOUT_S]:
             del self.aborted[call_id]
+        self.attempts.expire(JOIN_TIMEOUT_S)
         for key in self.multiexec.expire(JOIN_TIMEOUT_S):
             log.warning("multi-exec gather %s never got all its results; dropped", key)
 
@@ -515,7 +533,7 @@ class Executor:
         steps still waiting for inputs to the heir, where those inputs are redirected."""
         if self.ready or self.deferred:
             return False
-        self.departure.forget_exited(_process_alive)
+        self.departure.forget_exited(process_alive)
         if not self.departure.may_exit():
             return False
         if self.departure.awaiting:
@@ -571,13 +589,6 @@ def _message_of(exc: BaseException) -> str:
         return str(exc)
     except Exception:
         return f"<{type(exc).__name__}: str() failed>"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # exited, not yet reaped
-    except psutil.Error:
-        return False
 
 
 class StatusReporter:

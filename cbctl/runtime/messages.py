@@ -362,6 +362,9 @@ class CallRequest(Message):
     consistency: str
     refs: list[str]
     extras: dict[str, Any] = field(default_factory=dict)  # the client's session (see runtime/consistency.py)
+    # ids of this client's calls whose results came in since its previous request: the scheduler forgets
+    # them (see runtime/retries.py); riding here costs no message of its own
+    completed: list[str] = field(default_factory=list)
 
 
 @message(41)
@@ -580,3 +583,27 @@ class ListTriggers(Message):
 class RemoveTrigger(Message):
     req_id: int
     name: str
+
+
+# --- crash semantics (kinds 110-119; see runtime/retries.py) -------------------------------------------------
+
+
+@message(110)
+class ExecutorLost(Message):
+    """The supervisor -> every scheduler, as soon as it sees an executor process die: stop placing work at
+    ``address`` until a status of its restarted process comes, and re-dispatch the calls that used it."""
+
+    executor_id: str
+    address: str
+    pid: int
+    reason: str
+
+
+@message(111)
+class CallRetried(Message):
+    """A scheduler -> the surviving executors of a call it dispatches again as ``attempt``: drop what an older
+    attempt left waiting for its other triggers (the new attempt may place its joins elsewhere), and the older
+    attempt's triggers still on their way."""
+
+    call_id: str
+    attempt: int

@@ -249,6 +249,15 @@ class Policy:
         self._published.pop(key, None)
         self._invalidate()
 
+    def forget_lost(self, executor_id: str, pid: int) -> bool:
+        """An executor's process ``pid`` died: place nothing there until its restarted process reports (a
+        status with another pid makes it known again). False when that process was not the one known."""
+        view = self._by_id(executor_id)
+        if view is None or view.pid != pid:
+            return False
+        self.forget_executor(view)
+        return True
+
     def _drop_pins(self, view: ExecutorView) -> None:
         for function in list(view.pinned):
             self._remove_location(function, view)

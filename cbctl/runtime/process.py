@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import zmq
 
 from cbctl.runtime import auth, cluster
@@ -128,6 +129,14 @@ def report_ready(context: zmq.Context, config: ProcessConfig, address: str, erro
     sock.connect(config.supervisor_address)
     sock.send(ProcessReady(config.role, config.index, os.getpid(), address, error).pack())
     sock.close()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (an exited one not yet reaped, a zombie, does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def new_socket(context: zmq.Context, kind: int) -> zmq.Socket:

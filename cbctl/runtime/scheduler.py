@@ -17,18 +17,29 @@ from typing import Any
 
 import zmq
 
-from cbctl.errors import CbctlError, InvalidArgument, NoSuchFunction, ProtocolError
+from cbctl.errors import CallLost, CbctlError, InvalidArgument, NoExecutorAvailable, NoSuchFunction, ProtocolError
 from cbctl.runtime import consistency, limits, multiexec, registry, triggers
 from cbctl.runtime.continuation import DEPTH_KEY
 from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
-from cbctl.runtime.defaults import MAX_MESSAGE_BYTES, RATE_SAMPLE_S, RATE_WINDOW_S, STOP_LINGER_S, TOP_SILENT_AFTER_S
+from cbctl.runtime.defaults import (
+    DISPATCH_WAIT_S,
+    MAX_MESSAGE_BYTES,
+    RATE_SAMPLE_S,
+    RATE_WINDOW_S,
+    SCHEDULER_WARMUP_S,
+    STOP_LINGER_S,
+    TOP_SILENT_AFTER_S,
+)
 from cbctl.runtime.messages import (
+    CallAborted,
     CallRequest,
     CallResult,
+    CallRetried,
     ClusterInfoRequest,
     ContinueCall,
     ControlResponse,
     DagTrigger,
+    ExecutorLost,
     ExecutorStatus,
     LeavingAck,
     ListRequest,
@@ -54,9 +65,11 @@ from cbctl.runtime.process import (
     freeze_startup_heap,
     new_context,
     new_socket,
+    process_alive,
     report_ready,
     setup_logging,
 )
+from cbctl.runtime.retries import InFlightCall, InFlightTable, with_attempt
 from cbctl.runtime.store_client import StoreClient
 
 log = logging.getLogger(__name__)
@@ -85,6 +98,18 @@ class CallPlan:
     extras: dict[str, Any] = field(default_factory=dict)  # what every trigger carries (multi-exec run counts)
 
 
+@dataclass(slots=True)
+class ParkedCall:
+    """A call no executor could take when it came (or when its executor died): dispatched again as soon as
+    one reports, or failed at ``deadline``."""
+
+    request: CallRequest
+    depth: int
+    attempt: int
+    deadline: float
+    lost: str  # what died, for the error if none comes back ('' for a call not yet dispatched)
+
+
 class Scheduler:
     def __init__(self, config: ProcessConfig, context: zmq.Context, store: StoreClient) -> None:
         self.config = config
@@ -96,7 +121,14 @@ class Scheduler:
         self.functions: dict[str, registry.FunctionRecord] = {}
         self.dags: dict[str, registry.DagRecord] = {}
         self.plans: dict[str, CallPlan] = {}
-        self.counters = {"calls": 0, "dag_calls": 0, "dispatch_errors": 0, "protocol_errors": 0}
+        self.counters = {"calls": 0, "dag_calls": 0, "dispatch_errors": 0, "protocol_errors": 0,
+                         "executors_lost": 0, "retried_calls": 0, "lost_calls": 0, "duplicate_calls": 0}
+        # crash semantics (retries.py): the calls dispatched, those waiting for an executor, the dead
+        # processes whose late statuses are ignored, and until when a call nobody can take waits for one
+        self.in_flight = InFlightTable()
+        self.parked: list[ParkedCall] = []
+        self.lost_pids: set[int] = set()
+        self.wait_for_executors_until = time.monotonic() + SCHEDULER_WARMUP_S
         self.started = time.time()
         # for `cbctl top`: calls per function/DAG name, rates over both, and every executor's latest
         # status with when it came (kept apart from the policy's view, which may forget an executor)
@@ -139,9 +171,18 @@ class Scheduler:
 
     # --- handlers --------------------------------------------------------------------------------------
 
-    def on_call(self, request: CallRequest, depth: int = 0) -> None:
+    def on_call(self, request: CallRequest, depth: int = 0, attempt: int = 1, wait_until: float = 0.0,
+                lost: str = "") -> None:
         """Place every function of the call and trigger its sources; ``depth`` counts the continuations
-        that led here (0 for a client's call)."""
+        that led here (0 for a client's call), ``attempt`` the dispatches of this call id (see retries.py).
+        A call no executor can take waits until ``wait_until`` (or, fresh, while the scheduler is starting or
+        an executor is being restarted) for one to report."""
+        in_flight = self.in_flight
+        if request.completed:
+            in_flight.complete(request.completed)
+        if attempt == 1 and not depth and request.call_id in in_flight:
+            self.counters["duplicate_calls"] += 1  # a client's resend of a call that is under way
+            return
         try:
             plan = self.plan_for(request.name)
             if request.consistency not in CONSISTENCY_MODES:
@@ -154,21 +195,88 @@ class Scheduler:
                 parallel = plan.parallel[fn]
                 locations[fn] = pick(fn, plan.gpu[fn], request.refs,
                                      [locations[p] for p in parallel] if parallel else ()).address
+        except NoExecutorAvailable as exc:
+            deadline = wait_until or self.wait_for_executors_until
+            if time.monotonic() < deadline:
+                self.parked.append(ParkedCall(request, depth, attempt, deadline, lost))
+                return
+            self.counters["dispatch_errors"] += 1
+            self.reject(request, CallLost(f"{lost}; no executor came back within {DISPATCH_WAIT_S:.0f} s to run "
+                                          "it again: check `cbctl status`") if lost else exc)
+            return
         except CbctlError as exc:
             self.counters["dispatch_errors"] += 1
             self.reject(request, exc)
             return
         self.counters["dag_calls" if plan.dag else "calls"] += 1
         self.name_calls[plan.name] = self.name_calls.get(plan.name, 0) + 1
+        in_flight.add(request, locations, depth, attempt)
         extras = {**plan.extras, DEPTH_KEY: depth} if depth else plan.extras
         if request.extras:  # the client's read-your-writes session, and nothing else a client may set
             extras = (consistency.with_continued_call(extras, request.extras) if depth  # from an executor
                       else consistency.with_client_session(extras, request.extras))
+        if attempt > 1:
+            extras = with_attempt(extras, attempt)
         for source in plan.sources:
             trigger = DagTrigger(request.call_id, plan.dag, source, locations, plan.versions, plan.edges, "",
                                  request.source_args.get(source, request.args), request.response_address,
                                  request.store_result, request.consistency, extras)
             self.peers.send(locations[source], trigger.pack())
+
+    # --- crash semantics (see retries.py) ---------------------------------------------------------------
+
+    def on_executor_lost(self, lost: ExecutorLost) -> None:
+        """An executor process died (the supervisor says so, or its pid is gone): place nothing more there,
+        and dispatch every call that used it again, or fail it once out of attempts."""
+        if lost.pid in self.lost_pids:
+            return  # heard already (from the supervisor and from the pid check)
+        self.lost_pids.add(lost.pid)
+        self.counters["executors_lost"] += 1
+        self.policy.forget_lost(lost.executor_id, lost.pid)
+        now = time.monotonic()
+        self.wait_for_executors_until = max(self.wait_for_executors_until, now + DISPATCH_WAIT_S)
+        calls = self.in_flight.take_lost(lost.address)
+        log.warning("%s (pid %d) died (%s): dispatching its %d call(s) again", lost.executor_id, lost.pid,
+                    lost.reason, len(calls))
+        for call in calls:
+            what = self.describe_loss(call, lost)
+            # every executor of the call, the dead one's address too: its restarted process receives what its
+            # peers had queued for the dead one, older attempts' triggers included
+            executors = set(call.locations.values())
+            if self.in_flight.out_of_attempts(call):
+                self.counters["lost_calls"] += 1
+                for address in executors:  # partial joins of a call that is over
+                    self.peers.send(address, CallAborted(call.request.call_id).pack())
+                self.reject(call.request, CallLost(
+                    f"{what}; it was dispatched {call.attempt} times, the most allowed: the function may crash "
+                    f"its executor (see `cbctl logs {lost.executor_id}`)"))
+                continue
+            self.counters["retried_calls"] += 1
+            # before the new attempt's triggers, on the same sockets: the older attempt's partial joins go
+            frame = CallRetried(call.request.call_id, call.attempt + 1).pack()
+            for address in executors:
+                self.peers.send(address, frame)
+            self.on_call(call.request, call.depth, call.attempt + 1, now + DISPATCH_WAIT_S, what)
+
+    @staticmethod
+    def describe_loss(call: InFlightCall, lost: ExecutorLost) -> str:
+        functions = ", ".join(fn for fn, address in call.locations.items() if address == lost.address)
+        return (f"call {call.request.call_id} of {call.request.name!r}: {lost.executor_id} (pid {lost.pid}), which "
+                f"ran {functions}, died ({lost.reason})")
+
+    def check_executors_alive(self) -> None:
+        """Timer work: an executor on this host whose process is gone is lost, whether or not a supervisor
+        said so (a killed supervisor restarts nothing and tells no one)."""
+        for view in list(self.policy.executors.values()):
+            if view.host == self.policy.local_host and view.pid and not process_alive(view.pid):
+                self.on_executor_lost(ExecutorLost(view.executor_id, view.address, view.pid, "its process is gone"))
+
+    def retry_parked(self) -> None:
+        """Try each call that waits for an executor again (it parks itself again if there is still none, or
+        fails past its deadline); on every status while any wait, and on the timer."""
+        parked, self.parked = self.parked, []
+        for call in parked:
+            self.on_call(call.request, call.depth, call.attempt, call.deadline, call.lost)
 
     def on_continue(self, message: ContinueCall) -> None:
         """A sink returned ``cbctl.Continue``: the rest of its call is a call of ``message.name`` under the
@@ -268,6 +376,9 @@ class Scheduler:
             "rates": self.rates.rates(now, self.counters),
             "name_calls": dict(self.name_calls),
             "name_rates": self.name_rates.rates(now, self.name_calls),
+            # calls it would dispatch again if an executor died, and calls waiting for an executor (retries.py)
+            "calls_remembered": len(self.in_flight),
+            "calls_waiting": len(self.parked),
             "in_flight": in_flight_estimate(s for s in executors.values() if s["status_age_s"] < TOP_SILENT_AFTER_S),
             "executors": executors,
             "registry": {"functions": {n: {"gpu": f.gpu} for n, f in self.functions.items()},
@@ -276,8 +387,12 @@ class Scheduler:
         }
 
     def on_status(self, status: ExecutorStatus) -> None:
+        if self.lost_pids and status.pid in self.lost_pids:
+            return  # sent before its process died, read after: it must not bring the dead executor back
         self.statuses[status.executor_id] = (status, time.monotonic())
         self.policy.process_status(status)
+        if self.parked:
+            self.retry_parked()  # this executor may take what waits for one
         if not status.running:
             # the policy no longer places work there; this ack, behind every trigger sent there on the same
             # socket, tells the departing executor that nothing more will come from this scheduler
@@ -329,6 +444,8 @@ class Scheduler:
             sock.send_multipart([*parts[:-1], StatusAck(message.executor_id).pack()])
         elif kind is PinResponse:
             self.on_pin_response(message)
+        elif kind is ExecutorLost:
+            self.on_executor_lost(message)
         elif kind in self.CONTROL:
             try:
                 reply = ControlResponse(message.req_id, True, self.CONTROL[kind](self, message))
@@ -391,6 +508,10 @@ def main(config: ProcessConfig) -> None:
         scheduler.name_rates.maybe_sample(now, scheduler.name_calls)
         if now >= next_policy_update:
             next_policy_update = now + scheduler.policy.settings.update_interval_s
+            scheduler.check_executors_alive()
+            scheduler.in_flight.expire()
+            if scheduler.parked:
+                scheduler.retry_parked()  # those past their deadline fail now
             scheduler.apply(scheduler.policy.periodic_update())
         if now >= next_refresh:
             next_refresh = now + REGISTRY_REFRESH_S

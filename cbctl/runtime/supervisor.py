@@ -43,7 +43,14 @@ from cbctl.runtime.defaults import (
     SHUTDOWN_TIMEOUT_S,
     STARTUP_TIMEOUT_S,
 )
-from cbctl.runtime.messages import ControlResponse, ProcessReady, SupervisorRequest, unpack, version_refusal
+from cbctl.runtime.messages import (
+    ControlResponse,
+    ExecutorLost,
+    ProcessReady,
+    SupervisorRequest,
+    unpack,
+    version_refusal,
+)
 from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, drain, new_socket
 
 log = logging.getLogger(__name__)
@@ -134,6 +141,7 @@ class Supervisor:
         self._ps: dict[int, psutil.Process] = {}  # by pid, for CPU% in status()
         self.scaling: scaling.ScaleOperation | None = None  # a `cbctl scale` under way
         self.highest_executor_index = -1  # executor indices are never reused (see scaling.py)
+        self.scheduler_socks: list[zmq.Socket] = []  # DEALERs to the schedulers, for ExecutorLost
 
     # --- start ---------------------------------------------------------------------------------------
 
@@ -280,6 +288,9 @@ class Supervisor:
                 child.restart_at = now + child.backoff
                 log.warning("%s (pid %d) exited with code %s: restarting in %.1f s",
                             child.config.name, child.pid, code, child.backoff)
+                if child.config.role == "executor":
+                    self._tell_schedulers(ExecutorLost(child.config.name, child.address, child.pid,
+                                                       f"exited with code {code}"))
                 child.backoff = min(child.backoff * 2, RESTART_BACKOFF_MAX_S)
             elif child.state == "restarting" and now >= child.restart_at:
                 child.restarts += 1
@@ -287,6 +298,23 @@ class Supervisor:
                 changed = True
         if changed:
             self.write_cluster_file()
+
+    def _tell_schedulers(self, message: ExecutorLost) -> None:
+        """At once, not with the next status interval: the calls that the dead executor held are dispatched
+        again by the schedulers (see retries.py). A scheduler that is down misses it; it checks the pids of
+        the executors it knows on its timer as well."""
+        if not self.scheduler_socks:
+            for child in self.children.values():
+                if child.config.role == "scheduler" and child.address:
+                    sock = new_socket(self.context, zmq.DEALER)
+                    sock.connect(child.address)
+                    self.scheduler_socks.append(sock)
+        frame = message.pack()
+        for sock in self.scheduler_socks:
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # that scheduler is not reading: its own pid check finds the loss
 
     def _on_control_frames(self) -> None:
         for parts in drain(self.control_sock):
@@ -375,6 +403,8 @@ class Supervisor:
         for role in ("executor", "scheduler", "store"):
             self._stop_role(role)
         cluster.remove_cluster_file(self.home)
+        for sock in self.scheduler_socks:
+            sock.close()
         self.ready_sock.close()
         self.control_sock.close()
         self.context.term()
