@@ -62,7 +62,7 @@ from cbctl.runtime.messages import (
     SupervisorRequest,
     unpack,
 )
-from cbctl.runtime.process import Receiver, new_socket
+from cbctl.runtime.process import Receiver, new_socket, process_alive
 from cbctl.runtime.store_client import StoreClient
 
 _PENDING = object()
@@ -454,12 +454,13 @@ class Client:
             self._waiting.clear()
 
     def _fail_calls_if_cluster_stopped(self) -> None:
-        """While calls wait and nothing arrives: once the cluster's supervisor is gone (``cbctl down`` finished, or
-        it was killed), nothing can answer them any more, so each fails now with ``ClusterNotRunning`` instead
-        of waiting for its timeout, or for ever. (``cbctl down`` stops the executors first, and they send the
-        results of what they ran before they exit: a call that could finish has finished by then.)"""
+        """While calls wait and nothing arrives: once the cluster has stopped (``cbctl down`` finished: the
+        supervisor and this client's scheduler are gone), nothing can answer them any more, so each fails now
+        with ``ClusterNotRunning`` instead of waiting for its timeout, or for ever. (``cbctl down`` stops the
+        executors first, and they send the results of what they ran before they exit: a call that could finish
+        has finished by then.) A killed supervisor alone stops nothing: its children serve on, so calls wait."""
         self._next_liveness_check = time.monotonic() + CLIENT_LIVENESS_CHECK_S
-        if self.cluster.supervisor_alive():
+        if self.cluster.supervisor_alive() or (self._scheduler_pid and process_alive(self._scheduler_pid)):
             return
         error = ClusterNotRunning(f"the cluster in {self.home} stopped before this call returned: it did not run, "
                                   "or ran without a result reaching this client; start the cluster and call again")
