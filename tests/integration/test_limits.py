@@ -201,7 +201,7 @@ import cbctl
 def lim_never_registered(cb):
     return 1
 
-threading.Event().wait()
+threading.Event().wait(30)  # long past the timeouts below, and not for ever: no thread outlives the suite
 """
 
 

@@ -174,6 +174,7 @@ def test_a_file_that_hangs_at_import_is_given_up_on_and_declares_nothing_later(t
     release = builtins._cbctl_test_release = threading.Event()
     try:
         (tmp_path / "hangs.py").write_text(HANGING)
+        earlier = set(threading.enumerate())  # another test's abandoned import may have the same thread name
         started = time.monotonic()
         with pytest.raises(DeployFileError) as raised:
             load_file(tmp_path / "hangs.py", import_timeout=0.3)
@@ -182,7 +183,7 @@ def test_a_file_that_hangs_at_import_is_given_up_on_and_declares_nothing_later(t
         assert "hangs.py did not finish importing within 0.3 s" in text and "--import-timeout" in text
         release.set()  # the abandoned import now goes on and declares `late`...
         deadline = time.monotonic() + 5
-        while any(t.name == "cbctl-import-hangs.py" for t in threading.enumerate()):
+        while any(t.name == "cbctl-import-hangs.py" for t in set(threading.enumerate()) - earlier):
             assert time.monotonic() < deadline, "the abandoned import did not finish once released"
             time.sleep(0.01)
         (tmp_path / "plain.py").write_text(PLAIN)
