@@ -123,7 +123,11 @@ class Supervisor:
         self.home = home
         self.spec = spec
         self.context = auth.new_context(auth.load_keys(home) if spec.curve else None)
-        self.mp = multiprocessing.get_context("spawn")
+        # forkserver, not spawn: one server process imports cbctl's runtime once and every child (and every
+        # restart) is forked from it in milliseconds instead of starting an interpreter and importing it all again
+        # (about 0.4 s of CPU each); the server has no threads or zmq context, so forking it is safe
+        self.mp = multiprocessing.get_context("forkserver")
+        self.mp.set_forkserver_preload(sorted(set(ROLE_MODULES.values())))
         self.children: dict[str, Child] = {}
         self.shutdown = ShutdownFlag()
         self.started_at = time.time()
@@ -210,20 +214,29 @@ class Supervisor:
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         spec = self.spec
+        # On ipc every address is known before its process binds it, so every role starts at once: each
+        # interpreter's start-up overlaps the others' (about 0.4 s each), and a process whose peer is not bound
+        # yet just has its first frames queued by zmq until it is. On TCP the ports are picked at bind time, so
+        # each role waits for the addresses of the roles before it.
+        known = not spec.listen
         store = self._new_child("store", 0, {"durability": spec.durability})
-        self._spawn(store)
-        self._wait_ready(["store-0"])
+        self._start_role([store], known)
         schedulers = [self._new_child("scheduler", i, {"policy": spec.policy}) for i in range(spec.schedulers)]
-        for child in schedulers:
-            self._spawn(child)
-        self._wait_ready([c.config.name for c in schedulers])
-        # executors learn the scheduler addresses only once those are bound
+        self._start_role(schedulers, known)
         executors = [self._new_executor(i, "cpu") for i in range(spec.executors)]
         executors += [self._new_executor(spec.executors + i, "gpu", device=i) for i in range(spec.gpu_executors)]
-        for child in executors:
-            self._spawn(child)
-        self._wait_ready([c.config.name for c in executors])
+        self._start_role(executors, known)
+        if known:
+            self._wait_ready(list(self.children))
         self.write_cluster_file()
+
+    def _start_role(self, children: list[Child], addresses_known: bool) -> None:
+        for child in children:
+            if addresses_known:
+                child.address = cluster.ipc_address(self.home, child.config.name)  # what ProcessConfig.bind uses
+            self._spawn(child)
+        if not addresses_known:
+            self._wait_ready([c.config.name for c in children])
 
     def _new_executor(self, index: int, executor_type: str, device: int = -1) -> Child:
         options: dict[str, Any] = {"executor_type": executor_type, "cache_mb": self.spec.cache_mb,
