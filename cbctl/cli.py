@@ -30,7 +30,7 @@ from cbctl.runtime.defaults import (
     TOP_INTERVAL_S,
 )
 
-console = Console()
+console = Console(soft_wrap=True)  # a path or a message is never cut into lines a script would have to rejoin
 errors = Console(stderr=True, soft_wrap=True)  # soft_wrap: an error stays one line, whatever the terminal width
 
 

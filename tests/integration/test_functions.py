@@ -8,7 +8,6 @@ returns) start their own.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 
@@ -17,6 +16,7 @@ import pytest
 
 import cbctl
 from cbctl.declare import DeployFileError
+from cbctl.lifecycle import kill_processes
 from cbctl.runtime.cluster import socket_dir
 from cbctl.runtime.defaults import POLICY_STALE_S
 from tests.conftest import EXAMPLES, RunningCluster
@@ -333,4 +333,6 @@ def test_function_that_never_returns_times_out_and_others_keep_serving(start_clu
         assert stuck not in ran_on and ran_on
         assert psutil.Process(handle.pid_of(stuck)).is_running()  # stuck, not dead
     finally:
-        os.kill(handle.pid_of(stuck), 9)  # teardown would otherwise wait out the warm-stop deadline
+        # teardown would otherwise wait out the warm-stop deadline: killing only the napping executor is not
+        # enough, since its call would be retried (at least once) on the other one
+        kill_processes(handle.pids())
