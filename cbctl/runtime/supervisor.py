@@ -1,7 +1,9 @@
 """The supervisor: starts every process of a cluster, restarts the ones that die, stops them in order.
 
-Start order is store, then schedulers, then executors, each stage waiting for its ready reports, and
-the cluster file is written only once everything is ready. The loop then serves control requests
+Children fork from a forkserver that has imported the runtime once. On ipc (the default) every role starts
+at once, since each address is known before it is bound; on TCP the order is store, then schedulers, then
+executors, each stage waiting for the ports of the one before. The cluster file is written only once
+everything is ready. The loop then serves control requests
 (status, stop, scale) and watches children: a dead child is restarted on the same address after a
 backoff that doubles per consecutive crash, up to a limit per minute, after which it is left failed.
 A child that exits cleanly without being asked to (someone sent it SIGTERM) is restarted the same way:
