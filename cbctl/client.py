@@ -411,6 +411,7 @@ class Client:
                     future = self._waiting.pop(result.call_id, None)
                     if future is not None:
                         future._result = result
+                        future._request = b""  # its arguments need not be held any longer
                         self._completed.append(result.call_id)
 
     def _resend_if_scheduler_restarted(self) -> None:
@@ -478,6 +479,7 @@ class Client:
                 (lattice,) = self._store.get_lattices([key])
             if lattice is not None and not getattr(lattice, "tombstone", False):
                 future._result = result = CallResult(**serialization.decode(lattice.value))
+                future._request = b""
                 with self._cond:
                     self._stored_waiting.pop(future.call_id, None)
                     self._completed.append(future.call_id)

@@ -55,7 +55,7 @@ from cbctl.runtime.messages import (
     version_refusal,
 )
 from cbctl.runtime.metrics import RateWindow, in_flight_estimate
-from cbctl.runtime.policy import PinAction, Policy, PolicySettings
+from cbctl.runtime.policy import PinAction, Policy, PolicySettings, host_of
 from cbctl.runtime.process import (
     PeerSockets,
     ProcessConfig,
@@ -69,7 +69,7 @@ from cbctl.runtime.process import (
     report_ready,
     setup_logging,
 )
-from cbctl.runtime.retries import InFlightCall, InFlightTable, with_attempt
+from cbctl.runtime.retries import ATTEMPT_KEY, InFlightCall, InFlightTable, with_attempt
 from cbctl.runtime.store_client import StoreClient
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ class Scheduler:
         # processes whose late statuses are ignored, and until when a call nobody can take waits for one
         self.in_flight = InFlightTable()
         self.parked: list[ParkedCall] = []
+        self.parked_ids: set[str] = set()  # so a client's resend of a parked call is not dispatched twice
         self.lost_pids: set[int] = set()
         self.wait_for_executors_until = time.monotonic() + SCHEDULER_WARMUP_S
         self.started = time.time()
@@ -180,8 +181,8 @@ class Scheduler:
         in_flight = self.in_flight
         if request.completed:
             in_flight.complete(request.completed)
-        if attempt == 1 and not depth and request.call_id in in_flight:
-            self.counters["duplicate_calls"] += 1  # a client's resend of a call that is under way
+        if attempt == 1 and not depth and (request.call_id in in_flight or request.call_id in self.parked_ids):
+            self.counters["duplicate_calls"] += 1  # a client's resend of a call that is under way, or waiting
             return
         try:
             plan = self.plan_for(request.name)
@@ -199,6 +200,7 @@ class Scheduler:
             deadline = wait_until or self.wait_for_executors_until
             if time.monotonic() < deadline:
                 self.parked.append(ParkedCall(request, depth, attempt, deadline, lost))
+                self.parked_ids.add(request.call_id)
                 return
             self.counters["dispatch_errors"] += 1
             self.reject(request, CallLost(f"{lost}; no executor came back within {DISPATCH_WAIT_S:.0f} s to run "
@@ -256,7 +258,10 @@ class Scheduler:
             frame = CallRetried(call.request.call_id, call.attempt + 1).pack()
             for address in executors:
                 self.peers.send(address, frame)
-            self.on_call(call.request, call.depth, call.attempt + 1, now + DISPATCH_WAIT_S, what)
+            try:
+                self.on_call(call.request, call.depth, call.attempt + 1, now + DISPATCH_WAIT_S, what)
+            except Exception:  # one bad call must not cost the others their retry
+                log.exception("call %s: dispatching it again failed", call.request.call_id)
 
     @staticmethod
     def describe_loss(call: InFlightCall, lost: ExecutorLost) -> str:
@@ -275,16 +280,23 @@ class Scheduler:
         """Try each call that waits for an executor again (it parks itself again if there is still none, or
         fails past its deadline); on every status while any wait, and on the timer."""
         parked, self.parked = self.parked, []
+        self.parked_ids.clear()
         for call in parked:
-            self.on_call(call.request, call.depth, call.attempt, call.deadline, call.lost)
+            try:
+                self.on_call(call.request, call.depth, call.attempt, call.deadline, call.lost)
+            except Exception:  # one bad call must not cost the others their retry, nor kill the timer
+                log.exception("call %s: retrying it failed", call.request.call_id)
 
     def on_continue(self, message: ContinueCall) -> None:
         """A sink returned ``cbctl.Continue``: the rest of its call is a call of ``message.name`` under the
         same id and response address (the executor already checked the depth limit)."""
         self.counters["continuations"] = self.counters.get("continuations", 0) + 1
+        # a continuation of a re-dispatched call keeps its attempt, or executors that saw the newer attempt
+        # would drop its triggers as an older one's
+        attempt = message.extras.get(ATTEMPT_KEY, 1)
         self.on_call(CallRequest(message.call_id, message.name, message.args, {}, message.response_address,
                                  message.store_result, message.consistency, [], message.extras),
-                     depth=message.depth)
+                     depth=message.depth, attempt=attempt if type(attempt) is int and attempt > 0 else 1)
 
     def reject(self, request: CallRequest, exc: CbctlError) -> None:
         """Answer a call that cannot be dispatched where its caller looks: its response address, or the
@@ -389,6 +401,11 @@ class Scheduler:
     def on_status(self, status: ExecutorStatus) -> None:
         if self.lost_pids and status.pid in self.lost_pids:
             return  # sent before its process died, read after: it must not bring the dead executor back
+        view = self.policy.executors.get((host_of(status.address, self.policy.local_host), status.executor_id))
+        if view is not None and view.pid and view.pid != status.pid and view.pid not in self.lost_pids:
+            # restarted before this scheduler heard of the death (the supervisor's word lost, e.g. refused, and
+            # the pid check not run yet): the old process's calls are still to be dispatched again
+            self.on_executor_lost(ExecutorLost(status.executor_id, view.address, view.pid, "restarted"))
         self.statuses[status.executor_id] = (status, time.monotonic())
         self.policy.process_status(status)
         if self.parked:

@@ -296,6 +296,9 @@ class Supervisor:
                 if recent > RESTARTS_PER_MINUTE:
                     child.state = "failed"
                     log.error("%s died %d times in a minute: not restarting it", child.config.name, recent)
+                    if child.config.role == "executor":  # its calls still go elsewhere
+                        self._tell_schedulers(ExecutorLost(child.config.name, child.address, child.pid,
+                                                           f"exited with code {code}, not restarted"))
                     continue
                 if now - child.started_at > 30:
                     child.backoff = RESTART_BACKOFF_FIRST_S
@@ -322,7 +325,7 @@ class Supervisor:
             for child in self.children.values():
                 if child.config.role == "scheduler" and child.address:
                     sock = new_socket(self.context, zmq.DEALER)
-                    sock.connect(child.address)
+                    auth.connect(sock, child.address)  # with the cluster's keys on TCP, or CURVE refuses it
                     self.scheduler_socks.append(sock)
         frame = message.pack()
         for sock in self.scheduler_socks:

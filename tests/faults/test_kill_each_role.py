@@ -32,8 +32,8 @@ CALLS_AFTER = 40
 STOPPED_S = 0.3
 
 
-def deployed_cluster(start_cluster) -> RunningCluster:
-    handle = start_cluster(executors=2)
+def deployed_cluster(start_cluster, extra_args: tuple[str, ...] = ()) -> RunningCluster:
+    handle = start_cluster(executors=2, extra_args=extra_args)
     handle.cli("deploy", str(FAULT_FNS), check=True)
     return handle
 
@@ -42,9 +42,11 @@ def scheduler_counters(handle: RunningCluster) -> dict:
     return handle.client().cluster_info()["counters"]
 
 
-def test_an_executor_killed_mid_call_costs_no_call(start_cluster):
-    """Its calls are dispatched again on the other executor: every caller gets its right answer."""
-    handle = deployed_cluster(start_cluster)
+@pytest.mark.parametrize("listen", [(), ("--listen", "tcp://127.0.0.1")], ids=["ipc", "tcp-curve"])
+def test_an_executor_killed_mid_call_costs_no_call(start_cluster, listen):
+    """Its calls are dispatched again on the other executor: every caller gets its right answer. On TCP the
+    supervisor's word to the schedulers must pass CURVE like every other frame."""
+    handle = deployed_cluster(start_cluster, listen)
     with SteadyLoad(handle) as load:
         wait_for_calls(load, CALLS_BEFORE)
         probe = handle.client()
