@@ -128,7 +128,7 @@ class Scheduler:
         self.in_flight = InFlightTable()
         self.parked: list[ParkedCall] = []
         self.parked_ids: set[str] = set()  # so a client's resend of a parked call is not dispatched twice
-        self.lost_pids: set[int] = set()
+        self.lost_pids: set[tuple[str, int]] = set()  # (executor id, pid): a reused pid is another process's
         self.wait_for_executors_until = time.monotonic() + SCHEDULER_WARMUP_S
         self.started = time.time()
         # for `cbctl top`: calls per function/DAG name, rates over both, and every executor's latest
@@ -230,9 +230,9 @@ class Scheduler:
     def on_executor_lost(self, lost: ExecutorLost) -> None:
         """An executor process died (the supervisor says so, or its pid is gone): place nothing more there,
         and dispatch every call that used it again, or fail it once out of attempts."""
-        if lost.pid in self.lost_pids:
+        if (lost.executor_id, lost.pid) in self.lost_pids:
             return  # heard already (from the supervisor and from the pid check)
-        self.lost_pids.add(lost.pid)
+        self.lost_pids.add((lost.executor_id, lost.pid))
         self.counters["executors_lost"] += 1
         self.policy.forget_lost(lost.executor_id, lost.pid)
         now = time.monotonic()
@@ -399,10 +399,11 @@ class Scheduler:
         }
 
     def on_status(self, status: ExecutorStatus) -> None:
-        if self.lost_pids and status.pid in self.lost_pids:
+        if self.lost_pids and (status.executor_id, status.pid) in self.lost_pids:
             return  # sent before its process died, read after: it must not bring the dead executor back
         view = self.policy.executors.get((host_of(status.address, self.policy.local_host), status.executor_id))
-        if view is not None and view.pid and view.pid != status.pid and view.pid not in self.lost_pids:
+        if (view is not None and view.pid and view.pid != status.pid
+                and (status.executor_id, view.pid) not in self.lost_pids):
             # restarted before this scheduler heard of the death (the supervisor's word lost, e.g. refused, and
             # the pid check not run yet): the old process's calls are still to be dispatched again
             self.on_executor_lost(ExecutorLost(status.executor_id, view.address, view.pid, "restarted"))
