@@ -80,8 +80,9 @@ class RejectedFrameLog:
     says how many went unlogged; the counters (protocol_errors) count every frame."""
 
     def __init__(self, logger: logging.Logger, per_second: int = REJECTED_FRAME_LOG_PER_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, what: str = "rejected frames") -> None:
         self._log = logger
+        self._what = what
         self._clock = clock
         self._per_second = per_second
         self._second = 0
@@ -97,10 +98,15 @@ class RejectedFrameLog:
             return
         self._logged += 1
         if self._unlogged:
-            message += " (%d more rejected frames were not logged)"
-            args = (*args, self._unlogged)
+            message += " (%d more %s were not logged)"
+            args = (*args, self._unlogged, self._what)
             self._unlogged = 0
         self._log.warning(message, *args)
+
+
+#: Warnings about messages PeerSockets dropped, rate-limited too: reply addresses come from frames (a hostile
+#: or broken peer can name any), and a peer that stopped reading would otherwise cost a log line per message.
+_dropped_sends = RejectedFrameLog(log, what="dropped messages")
 
 
 def setup_logging(config: ProcessConfig) -> None:
@@ -168,7 +174,8 @@ class PeerSockets:
             except (zmq.ZMQError, TypeError) as exc:  # a reply address from a frame: it may be anything
                 sock.close()
                 self.dropped += 1
-                log.warning("dropped a message to %r: not an address zmq can connect to (%s)", address, exc)
+                _dropped_sends.warning("dropped a message to %r: not an address zmq can connect to (%s)",
+                                       address, exc)
                 return False
             self._sockets[address] = sock
             if len(self._sockets) > self._limit:
@@ -182,7 +189,7 @@ class PeerSockets:
             return True
         except zmq.Again:
             self.dropped += 1
-            log.warning("dropped a message to %s: peer not reading", address)
+            _dropped_sends.warning("dropped a message to %s: peer not reading", address)
             return False
 
     def close(self, linger_s: float = 0.0) -> None:
