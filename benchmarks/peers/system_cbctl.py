@@ -8,6 +8,7 @@ from typing import Any
 
 import cbctl
 from benchmarks._common import temp_cluster
+from benchmarks.latency import increment, left, merge, noop, right, split, square  # the same functions it times
 from benchmarks.peers.workloads import STATE_BYTES
 
 #: Executors of the cluster: one per core of the 2-core reference machine, as Ray and Dask get 2 workers.
@@ -15,34 +16,6 @@ EXECUTORS = 2
 #: Seconds a call may take before the run fails (a hung call must not hang the benchmark).
 CALL_TIMEOUT_S = 60.0
 STATE_KEY = "peers/state"
-
-
-def noop(cb: Any, x: int) -> int:
-    return x
-
-
-def increment(cb: Any, x: int) -> int:
-    return x + 1
-
-
-def square(cb: Any, x: int) -> int:
-    return x * x
-
-
-def split(cb: Any, x: int) -> int:
-    return x
-
-
-def left(cb: Any, x: int) -> int:
-    return 2 * x
-
-
-def right(cb: Any, x: int) -> int:
-    return 3 * x
-
-
-def merge(cb: Any, a: int, b: int) -> int:
-    return a + b
 
 
 def state_length(cb: Any, key: str) -> int:

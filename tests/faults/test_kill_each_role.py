@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import psutil
 import pytest
@@ -42,72 +43,55 @@ def scheduler_counters(handle: RunningCluster) -> dict:
     return handle.client().cluster_info()["counters"]
 
 
+def kill_under_load(handle: RunningCluster, name: str,
+                    prepare: Callable[[SteadyLoad], None] | None = None) -> None:
+    """kill -9 ``name`` mid-load (after ``prepare``, if given): every call and put then ends with its right answer,
+    a new call is served within RECOVERY_S, and every acknowledged write reads back."""
+    with SteadyLoad(handle) as load:
+        wait_for_calls(load, CALLS_BEFORE)
+        probe = handle.client()
+        if prepare is not None:
+            prepare(load)
+        _, killed_at = kill(handle, name)
+        recovery = seconds_until_served(probe, killed_at)
+        wait_for_calls(load, load.calls_done() + CALLS_AFTER)
+        record = load.stop()
+    print(f"{name} killed: served again after {recovery:.2f} s; slowest call {record.slowest_s:.2f} s; "
+          f"{record.answers} answers, {len(record.errors)} errors")
+    check_calls(record)
+    assert not record.errors, f"a call or put failed across the kill of {name}: {record.errors[:3]}"
+    assert recovery < RECOVERY_S
+    check_every_write_readable(handle.client(), record)
+
+
 @pytest.mark.parametrize("listen", [(), ("--listen", "tcp://127.0.0.1")], ids=["ipc", "tcp-curve"])
 def test_an_executor_killed_mid_call_costs_no_call(start_cluster, listen):
     """Its calls are dispatched again on the other executor: every caller gets its right answer. On TCP the
     supervisor's word to the schedulers must pass CURVE like every other frame."""
     handle = deployed_cluster(start_cluster, listen)
-    with SteadyLoad(handle) as load:
-        wait_for_calls(load, CALLS_BEFORE)
-        probe = handle.client()
-        _, killed_at = kill(handle, "executor-0")
-        recovery = seconds_until_served(probe, killed_at)
-        done = load.calls_done()
-        wait_for_calls(load, done + CALLS_AFTER)
-        record = load.stop()
-    print(f"executor killed: served again after {recovery:.2f} s; slowest call {record.slowest_s:.2f} s; "
-          f"{record.answers} answers, {len(record.errors)} errors")
-    check_calls(record)
-    assert not record.errors, f"a call failed although the other executor could run it: {record.errors[:3]}"
-    assert recovery < RECOVERY_S
+    kill_under_load(handle, "executor-0")
     assert scheduler_counters(handle)["retried_calls"] >= 1, "the kill hit no call: the test proved nothing"
-    check_every_write_readable(handle.client(), record)
 
 
 def test_a_scheduler_killed_mid_call_costs_no_call(start_cluster):
     """Calls it had dispatched finish (results go straight to the client); those it had not are sent again by
     the client once the supervisor has restarted it."""
     handle = deployed_cluster(start_cluster)
-    with SteadyLoad(handle) as load:
-        wait_for_calls(load, CALLS_BEFORE)
-        probe = handle.client()
+
+    def stop_it_first(load: SteadyLoad) -> None:
         # stopped first, so that calls are sure to be in its socket, read by no one, when it dies: only the
         # clients' resend can bring those back (a plain kill mostly hits calls already dispatched)
-        pid = handle.pid_of("scheduler-0")
-        os.kill(pid, signal.SIGSTOP)
+        os.kill(handle.pid_of("scheduler-0"), signal.SIGSTOP)
         stuck = load.calls_done()
         time.sleep(STOPPED_S)
         assert load.calls_done() - stuck <= 4, "calls went on with the scheduler stopped"  # 1 dispatched each
-        _, killed_at = kill(handle, "scheduler-0")
-        recovery = seconds_until_served(probe, killed_at)
-        done = load.calls_done()
-        wait_for_calls(load, done + CALLS_AFTER)
-        record = load.stop()
-    print(f"scheduler killed: served again after {recovery:.2f} s; slowest call {record.slowest_s:.2f} s; "
-          f"{record.answers} answers, {len(record.errors)} errors")
-    check_calls(record)
-    assert not record.errors, f"a call failed across the scheduler's restart: {record.errors[:3]}"
-    assert recovery < RECOVERY_S
-    check_every_write_readable(handle.client(), record)
+
+    kill_under_load(handle, "scheduler-0", stop_it_first)
 
 
 def test_a_store_killed_mid_write_loses_no_acknowledged_write(start_cluster):
     """Puts (the clients' and the functions') wait for the restarted store, which replays its log."""
-    handle = deployed_cluster(start_cluster)
-    with SteadyLoad(handle) as load:
-        wait_for_calls(load, CALLS_BEFORE)
-        probe = handle.client()
-        _, killed_at = kill(handle, "store-0")
-        recovery = seconds_until_served(probe, killed_at)
-        done = load.calls_done()
-        wait_for_calls(load, done + CALLS_AFTER)
-        record = load.stop()
-    print(f"store killed: served again after {recovery:.2f} s; slowest call {record.slowest_s:.2f} s; "
-          f"{record.answers} answers, {len(record.errors)} errors")
-    check_calls(record)
-    assert not record.errors, f"a put or call failed across the store's restart: {record.errors[:3]}"
-    assert recovery < RECOVERY_S
-    check_every_write_readable(handle.client(), record)
+    kill_under_load(deployed_cluster(start_cluster), "store-0")
 
 
 @pytest.mark.parametrize("status_first", [True, False], ids=["status-then-up", "up"])
