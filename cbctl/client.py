@@ -449,10 +449,7 @@ class Client:
             return
         except ProtocolError as exc:
             refused = exc
-        with self._cond:
-            for future in list(self._waiting.values()):
-                future._result = refused
-            self._waiting.clear()
+        self._fail_waiting(refused)
 
     def _fail_calls_if_cluster_stopped(self) -> None:
         """While calls wait and nothing arrives: once the cluster has stopped (``cbctl down`` finished: the
@@ -465,6 +462,10 @@ class Client:
             return
         error = ClusterNotRunning(f"the cluster in {self.home} stopped before this call returned: it did not run, "
                                   "or ran without a result reaching this client; start the cluster and call again")
+        self._fail_waiting(error)
+
+    def _fail_waiting(self, error: CbctlError) -> None:
+        """Every call still waiting for a reply ends with ``error`` (nothing can answer it any more)."""
         with self._cond:
             for future in list(self._waiting.values()):
                 future._result = error
