@@ -242,7 +242,8 @@ def test_kill_9_of_an_executor_during_a_stream_of_calls(start_cluster):
     handle = start_cluster(executors=2)
     handle.cli("deploy", str(EXAMPLES / "pipeline.py"), check=True)
     client = handle.client()
-    victim, call_timeout = "executor-0", 3.0
+    # generous: a call the kill hit is answered within a second when re-dispatched, and never when it is not
+    victim, call_timeout = "executor-0", 10.0
     old_pid = handle.pid_of(victim)
     right = wrong = 0
     failures: list[str] = []
@@ -254,6 +255,9 @@ def test_kill_9_of_an_executor_during_a_stream_of_calls(start_cluster):
         for _ in range(8):
             window.append((x, time.monotonic(), client.call_async("pipeline", x)))
             x += 1
+        if not killed and time.monotonic() - started > 1:
+            os.kill(old_pid, 9)  # while this window's calls are in flight
+            killed = True
         for arg, sent, future in window:
             try:
                 value = future.result(timeout=max(0.0, sent + call_timeout - time.monotonic()))
@@ -261,12 +265,13 @@ def test_kill_9_of_an_executor_during_a_stream_of_calls(start_cluster):
                 wrong += value != (arg + 1) ** 2
             except cbctl.CbctlError as exc:
                 failures.append(type(exc).__name__)
-            assert time.monotonic() - sent < call_timeout + 0.5, "a call outlived its timeout"
-        if not killed and time.monotonic() - started > 1:
-            os.kill(old_pid, 9)
-            killed = True
-    assert killed and right > 0 and wrong == 0
-    assert set(failures) <= {"CallTimeout"}, failures
+            assert time.monotonic() - sent < call_timeout + 2, "a call outlived its timeout"
+    assert killed
+    # the README's promise: the killed executor's calls are dispatched again and every caller gets the right
+    # answer (a timeout here is a call the kill lost)
+    assert failures == [] and wrong == 0, (failures, wrong)
+    assert right == x, f"{right} of {x} calls answered right"
+    assert client.cluster_info()["counters"]["retried_calls"] >= 1, "the kill hit no call: the test proved nothing"
 
     restarted = handle.wait_for(lambda: (lambda p: p if p["pid"] != old_pid and p["state"] == "ready" else None)(
         executor_state(client, victim)), timeout=20, what=f"{victim} to be restarted")
