@@ -205,6 +205,8 @@ def wait_until_up(home: Path, proc: subprocess.Popen, timeout_s: float = STARTUP
             proc.wait(SHUTDOWN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        cluster.remove_socket_dir(home)
         raise CbctlError("interrupted while the cluster was starting: the processes already started were "
                          "stopped; run `cbctl up` again") from None
 
@@ -216,6 +218,7 @@ def _wait_for_cluster_file(home: Path, proc: subprocess.Popen, timeout_s: float)
         if found is not None and found.supervisor_pid == proc.pid:
             return found
         if proc.poll() is not None:
+            cluster.remove_socket_dir(home)  # a supervisor that failed before stop() could not
             error_file = home / STARTUP_ERROR_FILE
             reason = error_file.read_text().strip() if error_file.exists() else f"exit code {proc.returncode}"
             raise CbctlError(f"the cluster did not start: {reason} (logs in {home / 'logs'})")
@@ -247,6 +250,7 @@ def stop_cluster(home: Path, timeout_s: float = 3 * SHUTDOWN_TIMEOUT_S + 10) -> 
             pass
     wait_gone(alive, 5)
     cluster.remove_cluster_file(home)
+    cluster.remove_socket_dir(home, found.control_address)  # the supervisor's own removal, if it was killed
     return len(procs)
 
 

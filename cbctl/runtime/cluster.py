@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import socket
 import stat
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -47,6 +49,34 @@ def socket_dir(home: Path) -> Path:
         return candidate
     digest = hashlib.sha1(str(home).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"cbctl-{digest}"
+
+
+def remove_socket_dir(home: Path, address: str = "") -> None:
+    """Remove the short socket directory under the temp directory that ``home`` falls back to (``socket_dir``)
+    once its cluster is gone: nothing else would, while the home's own ``sock/`` goes with the home. An ipc
+    ``address`` of the cluster names the directory when known (the caller's temp directory may not be the one
+    `cbctl up` ran with); a directory of another user, inside the home, or with a socket some process still
+    listens on (a cluster that started meanwhile) is left alone."""
+    directory = Path(address.removeprefix("ipc://")).parent if address.startswith("ipc://") else socket_dir(home)
+    if directory == home / "sock" or not directory.name.startswith("cbctl-"):
+        return
+    try:
+        if directory.stat().st_uid != os.getuid() or any(_listening(path) for path in directory.iterdir()):
+            return
+    except OSError:
+        return  # already gone
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _listening(path: Path) -> bool:
+    if not path.is_socket():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False  # refused: the socket file of a process that is gone
+    return True
 
 
 def secure_home(home: Path) -> list[Path]:
@@ -201,3 +231,4 @@ def cleanup_stale(home: Path, cluster: ClusterFile) -> None:
     # log or a socket path (SIGKILL takes milliseconds; the bound is for a process stuck in the kernel)
     psutil.wait_procs(killed, timeout=STALE_KILL_WAIT_S)
     remove_cluster_file(home)
+    remove_socket_dir(home, cluster.control_address)

@@ -426,6 +426,7 @@ class Supervisor:
         self.ready_sock.close()
         self.control_sock.close()
         self.context.term()
+        cluster.remove_socket_dir(self.home)  # every process that used it has stopped
         log.info("cluster stopped")
 
     def _stop_role(self, role: str) -> None:

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import zmq
 
-from cbctl.runtime.cluster import ClusterFile
+from cbctl.runtime.cluster import ClusterFile, socket_dir
 from cbctl.runtime.defaults import PROTOCOL_VERSION
 from cbctl.runtime.messages import Ack, CallRequest, GetRequest, PutRequest, SupervisorRequest
 from tests.conftest import EXAMPLES, RunningCluster, run_cli
@@ -222,6 +222,32 @@ def test_up_over_a_crashed_supervisor_kills_its_orphans(start_cluster):
     assert "cleaned it up" in result.stderr
     assert all_gone(children), "the crashed cluster's children must not outlive the clean-up"
     assert handle.cli("put", "k", "v", check=True).returncode == 0
+
+
+def test_a_long_homes_socket_directory_goes_with_its_cluster(start_cluster, tmp_path_factory):
+    """A home too long for ipc paths puts its sockets in cbctl-HASH under the temp directory, which nothing
+    else removes: `cbctl down`, the clean-up of a crashed cluster and a failed `cbctl up` must."""
+    home = tmp_path_factory.mktemp("longhome") / ("h" * 90)
+    sockets = socket_dir(home)
+    assert not sockets.is_relative_to(home), "the home is not long enough to test the fallback"
+    handle = start_cluster(executors=1, home=home)
+    assert any(sockets.iterdir())
+    handle.cli("down", check=True)
+    assert not sockets.exists(), "`cbctl down` left the socket directory"
+
+    handle.cli("up", "--executors", "1", check=True)
+    pids = handle.pids()
+    for pid in pids:  # the whole cluster crashes at once
+        os.kill(pid, signal.SIGKILL)
+    handle.wait_for(lambda: all_gone(pids), timeout=10, what="the killed processes to disappear")
+    assert sockets.exists()
+    assert_one_line_error(handle.cli("status"), "crashed", "cleaned up")
+    assert not sockets.exists(), "cleaning up a crashed cluster left its socket directory"
+
+    (home / "data" / "wal.log").write_bytes(b"not a log")  # the store cannot recover: `up` fails
+    result = handle.cli("up", "--executors", "1")
+    assert result.returncode == 1 and "did not start" in result.stderr, result.stderr
+    assert not sockets.exists(), "a failed `cbctl up` left its socket directory"
 
 
 def test_unreadable_cluster_file_is_cleaned(tmp_path):
