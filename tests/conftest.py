@@ -6,22 +6,30 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 import cbctl
-from cbctl.lifecycle import kill_processes
-from cbctl.runtime.cluster import ClusterFile
+from cbctl.runtime.cluster import ClusterFile, remove_socket_dir
+from tests.leftovers import cluster_processes, describe, kill_all, processes_naming
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
+
+#: Homes whose fixture (``start_cluster``, ``module_cluster``) stops them at its own teardown.
+FIXTURE_HOMES: set[Path] = set()
+#: Homes a test ran `cbctl up` in itself (most expect a refusal): ``stop_stray_clusters`` stops them after it.
+_stray_homes: list[Path] = []
 
 
 def run_cli(home: Path, *args: str, timeout: float = 60, check: bool = False,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``cbctl ARGS`` as a user would, against ``home``."""
+    if args[:1] == ("up",) and home not in FIXTURE_HOMES:
+        _stray_homes.append(home)
     env = {**os.environ, "CBCTL_HOME": str(home)}
     result = subprocess.run([sys.executable, "-m", "cbctl.cli", *args], capture_output=True, text=True,
                             env=env, timeout=timeout, input=input)
@@ -35,6 +43,7 @@ class RunningCluster:
 
     def __init__(self, home: Path) -> None:
         self.home = home
+        self.seen: dict[int, psutil.Process] = {}  # every process its cluster file named: teardown stops them all
         self._clients: list[cbctl.Client] = []
 
     def cli(self, *args: str, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -52,7 +61,10 @@ class RunningCluster:
 
     def pids(self) -> list[int]:
         found = ClusterFile.read(self.home)
-        return [] if found is None else found.pids()
+        pids = [] if found is None else found.pids()
+        if found is not None:
+            self.seen.update((proc.pid, proc) for proc in cluster_processes(found) if proc.pid not in self.seen)
+        return pids
 
     def pid_of(self, name: str) -> int:
         for p in self.cluster_file().processes:
@@ -78,6 +90,37 @@ class RunningCluster:
         self._clients.clear()
 
 
+def stop_everything(home: Path, known: Iterable[psutil.Process] = ()) -> None:
+    """Teardown of a cluster home, whatever failed before: `cbctl down` when a cluster file is there (one that
+    hangs or fails is not an error here), then SIGKILL of every process that still names the home or that a
+    cluster file named (``known``: those seen earlier, which psutil tells from a later process with the same
+    pid), and removal of its socket directory."""
+    found = ClusterFile.read(home)
+    procs = {proc.pid: proc for proc in known}
+    procs.update((proc.pid, proc) for proc in (cluster_processes(found) if found is not None else ()))
+    try:
+        if found is not None:
+            run_cli(home, "down", timeout=60)
+    except subprocess.TimeoutExpired:
+        pass  # the kill below stops what a hanging `down` did not
+    finally:
+        procs.update((proc.pid, proc) for proc in processes_naming([home]))
+        still = kill_all(procs.values())
+        remove_socket_dir(home, found.control_address if found is not None else "")
+        remove_socket_dir(home)
+        assert not still, f"teardown could not stop: {[describe(p) for p in still]}"
+
+
+@pytest.fixture(autouse=True)
+def stop_stray_clusters() -> Iterator[None]:
+    """A `cbctl up` a test runs itself gets a fixture's teardown: if a regression lets an `up` that should be
+    refused start a cluster, or one fails half-way, nothing it started outlives the test."""
+    _stray_homes.clear()
+    yield
+    while _stray_homes:
+        stop_everything(_stray_homes.pop())
+
+
 @pytest.fixture
 def start_cluster(tmp_path_factory) -> Iterator:
     """Factory: ``start_cluster(executors=2, extra_args=[...])`` -> RunningCluster; all stopped at teardown."""
@@ -87,16 +130,28 @@ def start_cluster(tmp_path_factory) -> Iterator:
         home = home or tmp_path_factory.mktemp("cbhome")
         handle = RunningCluster(home)
         started.append(handle)
+        FIXTURE_HOMES.add(home)
         run_cli(home, "up", "--executors", str(executors), *extra_args, check=True, timeout=90)
+        handle.pids()  # remembered for teardown
         return handle
 
-    yield start
-    for handle in started:
+    try:
+        yield start
+    finally:
+        stop_all(started)
+
+
+def stop_all(handles: list[RunningCluster]) -> None:
+    """``stop_everything`` for each handle, each one even when an earlier one failed."""
+    if not handles:
+        return
+    handle = handles.pop()
+    try:
         handle.close_clients()
-        pids = handle.pids()
-        if pids:
-            run_cli(handle.home, "down", timeout=60)
-        kill_processes(pids)  # anything `down` missed, so no test leaves processes behind
+        stop_everything(handle.home, handle.seen.values())
+    finally:
+        FIXTURE_HOMES.discard(handle.home)
+        stop_all(handles)
 
 
 @pytest.fixture

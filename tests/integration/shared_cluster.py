@@ -9,8 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cbctl.lifecycle import kill_processes
-from tests.conftest import RunningCluster, run_cli
+from tests.conftest import FIXTURE_HOMES, RunningCluster, run_cli, stop_all
 
 DEPLOYABLES = Path(__file__).resolve().parent / "deployables"
 TOOLKIT = DEPLOYABLES / "toolkit.py"
@@ -20,17 +19,15 @@ TOOLKIT = DEPLOYABLES / "toolkit.py"
 def module_cluster(home: Path, executors: int = 2, deploy: tuple[Path, ...] = (),
                    extra_args: tuple[str, ...] = ()) -> Iterator[RunningCluster]:
     handle = RunningCluster(home)
+    FIXTURE_HOMES.add(home)
     try:
         run_cli(home, "up", "--executors", str(executors), *extra_args, check=True, timeout=90)
+        handle.pids()  # remembered for teardown
         for path in deploy:
             handle.cli("deploy", str(path), check=True)
         yield handle
     finally:
-        handle.close_clients()
-        pids = handle.pids()
-        if pids:
-            run_cli(home, "down", timeout=60)
-        kill_processes(pids)
+        stop_all([handle])
 
 
 def registered_names(handle: RunningCluster) -> tuple[set[str], set[str]]:
