@@ -19,7 +19,7 @@ import zmq
 from cbctl.runtime.cluster import ClusterFile, socket_dir
 from cbctl.runtime.defaults import PROTOCOL_VERSION
 from cbctl.runtime.messages import Ack, CallRequest, GetRequest, PutRequest, SupervisorRequest
-from tests.conftest import EXAMPLES, RunningCluster, run_cli
+from tests.conftest import EXAMPLES, RunningCluster, run_cli, stop_everything
 
 # Frames no server may die of: not msgpack at all, msgpack of the wrong shape, and the wrong protocol version.
 GARBAGE_FRAMES = [
@@ -383,8 +383,5 @@ def test_ctrl_c_during_up_stops_the_half_started_cluster(tmp_path):
         assert ClusterFile.read(home) is None
     finally:
         cli.kill()
-        for proc in started:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
+        cli.wait()
+        stop_everything(home, started)
