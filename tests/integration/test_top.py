@@ -13,6 +13,8 @@ import pexpect
 import pytest
 
 from cbctl.errors import FunctionError
+from cbctl.runtime.defaults import STATUS_INTERVAL_S
+from cbctl.top import take_snapshot
 from tests.conftest import run_cli
 
 
@@ -39,12 +41,15 @@ def by_name(snapshot: dict) -> dict:
 
 
 class Load(threading.Thread):
-    """Calls ``name`` back to back from one client, idling ``idle_s`` between calls, until stopped."""
+    """Calls ``name`` back to back from one client, idling ``idle_s`` between calls, until stopped; records
+    when each call was sent and answered (time.monotonic), so that tests derive their bounds from what the
+    load really did on this machine, not from what it would do on a quiet one."""
 
     def __init__(self, client, name: str, busy_s: float, idle_s: float) -> None:
         super().__init__(daemon=True)
         self.client, self.name, self.busy_s, self.idle_s = client, name, busy_s, idle_s
         self.calls = 0
+        self.spans: list[tuple[float, float]] = []
         self.ran_on: set[str] = set()
         self.stop = threading.Event()
         self.error: BaseException | None = None
@@ -52,11 +57,21 @@ class Load(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stop.is_set():
+                sent = time.monotonic()
                 self.ran_on.add(self.client.call(self.name, self.busy_s, timeout=10))
+                self.spans.append((sent, time.monotonic()))
                 self.calls += 1
                 self.stop.wait(self.idle_s)
         except BaseException as exc:  # reported by the test, not lost in the thread
             self.error = exc
+
+    def longest_round_trip(self) -> float:
+        return max(end - sent for sent, end in self.spans)
+
+    def longest_cycle(self) -> float:
+        """The longest time from one answer to the next."""
+        ends = [end for _, end in self.spans]
+        return max(b - a for a, b in zip(ends, ends[1:]))
 
 
 @pytest.fixture
@@ -66,6 +81,23 @@ def gpu_cluster(start_cluster):
     return start_cluster(executors=2, extra_args=("--gpu-executors", "1", "--fake-gpus", "1"))
 
 
+def covers_load(home, load: Load, executor_id: str) -> dict | None:
+    """A snapshot whose status of ``executor_id`` reports an interval that began after the load's first call
+    (so the load ran throughout it), else None."""
+    asked = time.monotonic()
+    snapshot = take_snapshot(home)
+    row = by_id(snapshot)[executor_id]
+    if row["status_age_s"] is None or row["calls_per_s"] is None or not load.spans:
+        return None
+    reported = asked - row["status_age_s"]  # at the latest: the age was measured after `asked`
+    return snapshot if reported - TOP_INTERVAL_BOUND_S > load.spans[0][0] else None
+
+
+#: An upper bound on one status interval: STATUS_INTERVAL_S, stretched by a call in progress (50 ms here) and
+#: a loaded machine. Intervals are never shorter (an executor reports when STATUS_INTERVAL_S has passed).
+TOP_INTERVAL_BOUND_S = 2 * STATUS_INTERVAL_S
+
+
 def test_half_busy_executor_utilization_and_exact_call_counts(gpu_cluster):
     client = gpu_cluster.client()
     client.register(half_busy, name="half_busy", gpu=True)
@@ -73,9 +105,8 @@ def test_half_busy_executor_utilization_and_exact_call_counts(gpu_cluster):
     load = Load(client, "half_busy", busy_s=0.05, idle_s=0.05)
     load.start()
     try:
-        # two full status intervals under load, so the latest report covers a loaded interval throughout
-        time.sleep(2.5)
-        snapshot = top_json(gpu_cluster)
+        snapshot = gpu_cluster.wait_for(lambda: covers_load(gpu_cluster.home, load, "executor-2"), timeout=30,
+                                        interval=0.2, what="a status of executor-2 covering an interval of load")
     finally:
         load.stop.set()
         load.join(15)
@@ -84,18 +115,26 @@ def test_half_busy_executor_utilization_and_exact_call_counts(gpu_cluster):
     assert load.ran_on == {"executor-2"}
     gpu = executors["executor-2"]
     assert gpu["type"] == "gpu" and gpu["state"] == "ready"
-    assert 0.35 <= gpu["utilization"] <= 0.65, gpu
     assert gpu["busy"]["call"] == pytest.approx(gpu["utilization"]) and gpu["busy"]["dag"] == 0.0
     assert gpu["gpu"] == {"name": "", "utilization": None, "memory_used_bytes": None, "memory_total_bytes": None}
-    assert 5 <= gpu["calls_per_s"] <= 12  # one call per ~100 ms
-    assert 40_000 <= gpu["p50_us"] <= 70_000 and gpu["p99_us"] >= gpu["p50_us"]
+    # Bounds from what the load did here: each call holds the executor at least busy_s and at most its round
+    # trip. The executor counts a call's busy time when it ends, so utilization is calls/s times the mean
+    # time of the interval's calls, at most the slowest of them (p99 of under 100 calls: the slowest's
+    # histogram bucket, whose midpoint is within 1/32 of it).
+    busy_s, longest = load.busy_s, load.longest_round_trip()
+    slowest_s = gpu["p99_us"] / 1e6 * 1.04
+    assert gpu["calls_per_s"] * busy_s * 0.99 <= gpu["utilization"] <= gpu["calls_per_s"] * slowest_s, gpu
+    # one call at a time, each at least busy_s; and the load answered at least every longest_cycle()
+    assert 1 / load.longest_cycle() - 1 / STATUS_INTERVAL_S <= gpu["calls_per_s"] <= 1 / busy_s, gpu
+    # the histogram's buckets are within 1/16 of a value
+    assert busy_s * 1e6 * 0.94 <= gpu["p50_us"] <= gpu["p99_us"] <= longest * 1e6 * 1.07, (gpu, longest)
     for cpu_id in ("executor-0", "executor-1"):
         assert executors[cpu_id]["type"] == "cpu"
-        assert executors[cpu_id]["utilization"] < 0.1, executors[cpu_id]
+        assert executors[cpu_id]["calls_per_s"] == 0 and executors[cpu_id]["utilization"] < 0.1, executors[cpu_id]
     function = by_name(snapshot)["half_busy"]
     assert function["gpu"] is True and set(function["ran_on"]) == {"executor-2"}
-    assert 40_000 <= function["p50_us"] <= 70_000
-    assert snapshot["totals"]["calls_per_s"] > 3
+    assert busy_s * 1e6 * 0.94 <= function["p50_us"] <= longest * 1e6 * 1.07, (function, longest)
+    assert snapshot["totals"]["calls_per_s"] > 0
 
     # errors are counted per function, and counts match the calls made once the next status is in
     for _ in range(3):
