@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 
@@ -301,25 +300,30 @@ def test_describe_is_plain_data():
     assert described["unpinned"] == {"cpu": [], "gpu": ["executor-1"]}
 
 
-def test_picking_stays_cheap():
+def test_picking_reuses_candidates():
     """The hot path reuses candidates computed once per change of state (statuses, updates), so a call costs
     a dict lookup and a deque append for a function pinned once, and a short loop over several candidates.
-    The timing bounds are loose (the test machine is shared); the cache check is exact."""
+    What that costs in time is measured by ``python -m benchmarks.policy_pick``, not asserted here."""
     policy, _ = make_policy()
     feed(policy, *[status(i, pinned=["one"] if i == 0 else ["many"], cached=[f"k{i}"]) for i in range(9)])
     policy.periodic_update()
     policy.pick_executor("one")
     policy.pick_executor("many", refs=["k1", "k5"])
-    cached = policy._candidates[False]["many"]
-    started = time.perf_counter()
-    for _ in range(20_000):
+    single, cached = policy._candidates[False]["one"], policy._candidates[False]["many"]
+    for _ in range(1000):
         policy.pick_executor("one")
-    single_us = (time.perf_counter() - started) / 20_000 * 1e6
-    started = time.perf_counter()
-    for _ in range(20_000):
         policy.pick_executor("many", refs=["k1", "k5"])
-    several_us = (time.perf_counter() - started) / 20_000 * 1e6
-    assert policy._candidates[False]["many"] is cached  # not rebuilt per call
+    assert policy._candidates[False]["one"] is single  # not rebuilt per call
+    assert policy._candidates[False]["many"] is cached
     assert len(cached) == 8
-    assert single_us < 20, single_us
-    assert several_us < 100, several_us
+    feed(policy, status(9, pinned=["many"]))
+    policy.periodic_update()
+    policy.pick_executor("many")
+    assert policy._candidates[False]["many"] is not cached, "a change of state must rebuild the candidates"
+
+
+def test_the_pick_benchmark_runs():
+    from benchmarks.policy_pick import measure
+
+    found = measure(calls=50)
+    assert set(found) == {"single_us", "several_us", "floor_us"} and all(v > 0 for v in found.values())
