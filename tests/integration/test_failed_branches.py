@@ -24,8 +24,18 @@ def test_a_failed_branch_drops_the_other_branchs_waiting_result(cluster):
     for i in range(5):
         with pytest.raises(cbctl.FunctionError, match=f"branch failed on {i}"):
             client.call("half_broken", i, timeout=10)
-    time.sleep(0.5)  # the surviving branches reach the join after their calls failed
-    first_report = time.monotonic()
+    # every surviving branch finished (and sent its result on to the join) after its call had failed
+    cluster.wait_for(lambda: all(_written(client, f"failing_branch/survived/{i}") for i in range(5)), timeout=10,
+                     what="the surviving branches to finish")
+    first_report = time.monotonic()  # the next status of every executor covers their results' arrival
     cluster.wait_for(lambda: time.monotonic() - first_report > STATUS_INTERVAL_S and not any(
         pending_joins(client).values()), timeout=3 * STATUS_INTERVAL_S + 5, what="every executor to hold no join")
     assert set(pending_joins(client).values()) == {0}
+
+
+def _written(client: cbctl.Client, key: str) -> bool:
+    try:
+        client.get(key)
+    except cbctl.NoSuchKey:
+        return False
+    return True

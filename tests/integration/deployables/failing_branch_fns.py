@@ -18,6 +18,7 @@ def breaks(cb, x):
 @cbctl.function
 def survives(cb, x):
     time.sleep(0.2)  # arrives at the join after the other branch has failed the call
+    cb.put(f"failing_branch/survived/{x}", x)  # the test's sign that this branch is on its way to the join
     return x
 
 
