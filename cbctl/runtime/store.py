@@ -171,6 +171,8 @@ class StoreNode:
             "bytes": self.live_bytes,
             "log_bytes": self.wal.log_bytes,
             "snapshot_bytes": self.wal.snapshot_bytes,
+            "durability": self.wal.durability,  # `cbctl up --durability`
+            "log_syncs": self.wal.syncs,  # fsyncs of the log since the store started
             "uptime_s": time.time() - self.started,
             "subscriptions": self.subscriptions,  # cached keys, over every executor
             "epoch": self.epoch,

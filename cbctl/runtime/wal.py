@@ -112,6 +112,7 @@ class WriteAheadLog:
         self._fd: int | None = None  # None once closed
         self._dirty = False
         self._last_sync = clock()
+        self.syncs = 0  # fsyncs of appended records (not at close): what the durability mode decides
         self._dir.mkdir(parents=True, exist_ok=True)
         # We are the only writer, so a tmp file is debris from a crash mid-install, never a live write.
         for path in (self._snap_path, self._log_path):
@@ -203,9 +204,14 @@ class WriteAheadLog:
         elif self._durability == "batch":
             self._dirty = True
 
+    @property
+    def durability(self) -> str:
+        return self._durability
+
     def _sync(self) -> None:
         assert self._fd is not None
         _datasync(self._fd)
+        self.syncs += 1
         self._dirty = False
         self._last_sync = self._clock()
 

@@ -298,6 +298,23 @@ def test_other_modes_never_have_a_sync_pending(tmp_path: Path, durability: str) 
     wal.close()
 
 
+def test_syncs_counts_what_each_mode_fsyncs(tmp_path: Path) -> None:
+    clock = FakeClock()
+    counts = {}
+    for durability in ("always", "batch", "none"):
+        wal = WriteAheadLog(tmp_path / durability, durability=durability, batch_interval_s=0.5, clock=clock)
+        for _ in range(4):
+            wal.append(b"x")
+            wal.sync_if_due()
+        clock.now += 1.0
+        wal.sync_if_due()
+        counts[durability] = wal.syncs
+        assert wal.durability == durability
+        wal.close()
+        assert wal.syncs == counts[durability], "the close's sync is not one of the mode's"
+    assert counts == {"always": 4, "batch": 1, "none": 0}
+
+
 def test_needs_compaction_past_threshold(tmp_path: Path) -> None:
     wal, _ = reopen_and_replay(tmp_path, compact_threshold_bytes=1000)
     wal.append(b"x" * 500)
