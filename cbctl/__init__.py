@@ -24,6 +24,7 @@ from cbctl.errors import (
     NoSuchFunction,
     NoSuchKey,
     ProtocolError,
+    StoreUnavailable,
 )
 from cbctl.runtime.continuation import Continue
 from cbctl.runtime.serialization import Ref
@@ -51,6 +52,7 @@ __all__ = [
     "NoSuchKey",
     "ProtocolError",
     "Ref",
+    "StoreUnavailable",
     "connect",
     "dag",
     "function",

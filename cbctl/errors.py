@@ -48,6 +48,11 @@ class NoExecutorAvailable(CbctlError):
     """No executor of the needed type can take the function (e.g. ``gpu=True`` with no GPU executor)."""
 
 
+class StoreUnavailable(CbctlError):
+    """The store did not answer a put or get (the client's, or ``cb.put``/``cb.get`` in a function) within
+    ``STORE_RETRY_BUDGET_S`` of retries: check `cbctl status` and `cbctl logs store`, then try again."""
+
+
 class CallTimeout(CbctlError):
     """The call did not return before its timeout; the function may still be running."""
 
@@ -99,6 +104,7 @@ ERRORS_BY_NAME: dict[str, type[CbctlError]] = {
         InvalidArgument,
         NoSuchKey,
         NoExecutorAvailable,
+        StoreUnavailable,
         CallTimeout,
         MessageTooLarge,
         ContinuationDepthExceeded,

@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from cbctl.errors import CbctlError, NoSuchKey, error_from_wire
+from cbctl.errors import CbctlError, NoSuchKey, StoreUnavailable, error_from_wire
 from cbctl.runtime import auth, serialization
 from cbctl.runtime.defaults import STORE_REQUEST_TIMEOUT_S, STORE_RETRY_BUDGET_S
 from cbctl.runtime.lattices import Lattice, LWWLattice, lattice_from_wire
@@ -35,10 +35,6 @@ from cbctl.runtime.messages import (
     unpack,
 )
 from cbctl.runtime.process import new_socket
-
-
-class StoreUnavailable(CbctlError):
-    """The store did not answer within the retry budget."""
 
 
 class StoreClient:

@@ -88,3 +88,16 @@ def test_tracebacks_keep_the_users_frames_only_when_there_are_some():
     inner = call_like_the_executor(add, ())  # no user frame at all: everything is kept
     assert INTERNAL in user_traceback(inner)
     assert INTERNAL not in user_traceback(inner, only_users=True)
+
+
+def test_every_public_error_keeps_its_type_across_the_wire():
+    """A server sends an error by class name: one missing from the map reaches the caller as a bare CbctlError
+    (StoreUnavailable raised by cb.put in a function did, until it was added)."""
+    import cbctl
+    from cbctl.errors import error_from_wire
+
+    public = [getattr(cbctl, name) for name in cbctl.__all__]
+    errors = [cls for cls in public if isinstance(cls, type) and issubclass(cls, cbctl.CbctlError)]
+    assert cbctl.StoreUnavailable in errors
+    for cls in errors:
+        assert type(error_from_wire(cls.__name__, "why")) is cls, cls
