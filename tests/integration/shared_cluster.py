@@ -4,6 +4,7 @@ modules wrap in a module-scoped fixture. Tests on it use names of their own, so 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,3 +48,16 @@ def read_on_every_executor(client, key: str, count: int, consistency: str = "lww
         if len(seen) == count:
             return seen
     raise AssertionError(f"reads of {key!r} ran only on {sorted(seen)} in {tries} calls")
+
+
+def cache_metrics(client, after: float, timeout: float = 5.0) -> dict[str, dict[str, Any]]:
+    """Every executor's cache metrics from a status it sent after ``after`` (time.monotonic)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        asked = time.monotonic()
+        statuses = client.cluster_info()["executors"]
+        if statuses and all(asked - s["status_age_s"] > after for s in statuses.values()):
+            return {e: s["metrics"]["cache"] for e, s in statuses.items()}
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no status newer than {timeout} s ago from every executor")
+        time.sleep(0.1)

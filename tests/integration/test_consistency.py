@@ -21,7 +21,7 @@ from cbctl.errors import FunctionError, InvalidArgument, NoSuchKey
 from cbctl.runtime.store_client import StoreClient
 from tests.conftest import RunningCluster
 from tests.integration import shared_cluster
-from tests.integration.shared_cluster import DEPLOYABLES, module_cluster
+from tests.integration.shared_cluster import DEPLOYABLES, cache_metrics, module_cluster
 
 FUNCTIONS = DEPLOYABLES / "consistency_fns.py"
 EXECUTORS = 3  # three, so the policy pins the three steps of rr_chain on different executors
@@ -36,19 +36,6 @@ def shared(tmp_path_factory) -> Iterator[RunningCluster]:
 
 def executor_addresses(handle: RunningCluster) -> dict[str, str]:
     return {f"executor-{p.index}": p.address for p in handle.cluster_file().processes if p.role == "executor"}
-
-
-def cache_metrics(client, after: float, timeout: float = 5.0) -> dict[str, dict[str, Any]]:
-    """Every executor's cache metrics from a status it sent after ``after`` (time.monotonic)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        asked = time.monotonic()
-        statuses = client.cluster_info()["executors"]
-        if statuses and all(asked - s["status_age_s"] > after for s in statuses.values()):
-            return {e: s["metrics"]["cache"] for e, s in statuses.items()}
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no status newer than {timeout} s ago from every executor")
-        time.sleep(0.1)
 
 
 def drop_subscriptions(handle: RunningCluster, keys: list[str]) -> None:
@@ -88,7 +75,8 @@ def test_a_write_reaches_other_caches_without_them_asking(shared):
     assert set(read_on_every_executor(reader, "push-key").values()) == {"old"}
     before = cache_metrics(reader, time.monotonic())
     writer.put("push-key", "new")
-    shared.wait_for(lambda: set(read_on_every_executor(reader, "push-key").values()) == {"new"}, timeout=2.0,
+    # a generous deadline: the store_requests check below, not the time, tells a push from a refetch
+    shared.wait_for(lambda: set(read_on_every_executor(reader, "push-key").values()) == {"new"}, timeout=10,
                     what="every executor's cache to get the write")
     after = cache_metrics(reader, time.monotonic())
     for executor_id in after:

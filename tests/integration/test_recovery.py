@@ -14,9 +14,9 @@ import time
 import psutil
 
 from cbctl.lifecycle import wait_gone
-from cbctl.runtime.defaults import STATUS_INTERVAL_S
+from cbctl.runtime.defaults import DEPARTURE_ACK_TIMEOUT_S, STATUS_INTERVAL_S
 from tests.conftest import RunningCluster
-from tests.integration.shared_cluster import DEPLOYABLES, TOOLKIT
+from tests.integration.shared_cluster import DEPLOYABLES, TOOLKIT, cache_metrics
 
 CONSISTENCY_FNS = DEPLOYABLES / "consistency_fns.py"
 
@@ -51,15 +51,18 @@ def test_a_cache_follows_writes_made_after_a_store_restart(start_cluster):
     os.kill(old_pid, signal.SIGKILL)
     handle.wait_for(lambda: restarted(handle, "store-0", old_pid), timeout=20, what="the store to restart")
     writer.put("restart-key", "after")
-    written = time.monotonic()
     handle.wait_for(lambda: reader.call("read_key", "restart-key", timeout=10)[1] == "after",
                     timeout=3 * STATUS_INTERVAL_S + 2, interval=0.1, what="the executor to read the new value")
-    assert time.monotonic() - written < 3 * STATUS_INTERVAL_S + 2
     # and the cache is back in use: the key is subscribed again at the new store, so a later write is pushed
+    # (the executor asks the store nothing for it), not refetched
+    before = cache_metrics(reader, time.monotonic())
     writer.put("restart-key", "later")
-    handle.wait_for(lambda: reader.call("read_key", "restart-key", timeout=10)[1] == "later", timeout=2,
+    handle.wait_for(lambda: reader.call("read_key", "restart-key", timeout=10)[1] == "later", timeout=10,
                     interval=0.05, what="the push of a write made after the refetch")
-    assert reader.store_stats()["subscriptions"] >= 1
+    after = cache_metrics(reader, time.monotonic())
+    for executor_id in after:
+        assert after[executor_id]["store_requests"] == before[executor_id]["store_requests"], "refetched"
+        assert after[executor_id]["pushes_applied"] > before[executor_id]["pushes_applied"], "not pushed"
 
 
 # --- `cbctl down` with a dead store ------------------------------------------------------------------------------
@@ -94,7 +97,8 @@ def test_down_with_a_dead_store_is_prompt_and_leaves_nothing(start_cluster):
     result = handle.cli("down", timeout=60)
     took = time.monotonic() - started
     assert result.returncode == 0, result.stderr
-    assert took < 8, f"`cbctl down` took {took:.1f} s with the store dead"
+    # the bad case waits out the executors' departure deadline for the stuck scheduler's answers
+    assert took < DEPARTURE_ACK_TIMEOUT_S - 0.5, f"`cbctl down` took {took:.1f} s with the store dead"
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
     supervisor_log = (handle.home / "logs" / "supervisor-0.log").read_text()
     assert "cluster stopped" in supervisor_log, "the supervisor finished its own stop (it was not killed)"
@@ -139,6 +143,6 @@ def test_stopping_right_after_a_scheduler_died_does_not_wait_for_its_answer(star
     left = wait_gone(processes, 20)
     took = time.monotonic() - started
     assert not left, f"still running: {[p.pid for p in left]}"
-    assert took < 6, f"the cluster took {took:.1f} s to stop"
+    assert took < DEPARTURE_ACK_TIMEOUT_S - 0.5, f"the cluster took {took:.1f} s to stop: the departure deadline"
     for name in ("executor-0", "executor-1"):
         assert "left without an answer" not in (handle.home / "logs" / f"{name}.log").read_text()
