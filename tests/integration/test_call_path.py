@@ -56,20 +56,38 @@ def test_writes_made_before_a_continuation_are_the_callers_to_read(shared):
     assert set(read_on_every_executor(client, "continued-key").values()) == {"new"}
 
 
+def snapshots_held(client, after: float) -> int | None:
+    """Snapshots every executor holds, by statuses sent after ``after`` (None until each has sent one)."""
+    asked = time.monotonic()
+    statuses = client.cluster_info()["executors"].values()
+    if not all(asked - s["status_age_s"] > after for s in statuses):
+        return None
+    return sum(s["metrics"]["cache"]["snapshots"] for s in statuses)
+
+
+def snapshot_seen(client, after: float) -> bool:
+    """Whether a status sent after ``after`` shows a snapshot held (the napping executor sends none meanwhile:
+    its one thread runs the nap)."""
+    asked = time.monotonic()
+    return any(asked - s["status_age_s"] > after and s["metrics"]["cache"]["snapshots"] >= 1
+               for s in client.cluster_info()["executors"].values())
+
+
 def test_a_continued_repeatable_read_call_releases_its_snapshots(shared):
     client = shared.client()
     client.put("rr-continued", "v")
-    for _ in range(10):
-        client.call("read_then_continue", "rr-continued", consistency="repeatable_read", timeout=10)
+    # the positive control: a repeatable-read DAG call whose sink still runs holds its first step's snapshot
+    # (on the first step's executor, which reports it while the sink's naps)
+    pins = {f["name"]: f["pinned"] for f in client.list()["functions"]}
+    assert not set(pins["read_first"]) & set(pins["nap_after"]), pins
+    started = time.monotonic()
+    holding = client.call_async("read_then_nap", "rr-continued", 5, consistency="repeatable_read")
+    shared.wait_for(lambda: snapshot_seen(client, started), timeout=4.5,
+                    what="a running repeatable-read call's snapshot in a status")
+    assert holding.result(timeout=20).startswith("executor-")
+    answers = [client.call("read_then_continue", "rr-continued", consistency="repeatable_read", timeout=10)
+               for _ in range(10)]
+    assert all(answer.startswith("executor-") for answer in answers), answers  # answered by the continuation
     done = time.monotonic()
-
-    def snapshots_held() -> int | None:
-        """Snapshots every executor holds, by statuses sent after the calls (None until each has sent one)."""
-        asked = time.monotonic()
-        statuses = client.cluster_info()["executors"].values()
-        if not all(asked - s["status_age_s"] > done for s in statuses):
-            return None
-        return sum(s["metrics"]["cache"]["snapshots"] for s in statuses)
-
     # each holder releases its own at once, or on its next timer when another step ended the call
-    shared.wait_for(lambda: snapshots_held() == 0, timeout=5, what="no repeatable-read snapshot left held")
+    shared.wait_for(lambda: snapshots_held(client, done) == 0, timeout=5, what="no repeatable-read snapshot left held")

@@ -38,3 +38,22 @@ def read_then_continue(cb, key):
     """Read under the call's mode (a repeatable-read snapshot is kept), then hand the call on."""
     cb.get(key, None)
     return cbctl.Continue("whoami")
+
+
+@cbctl.function
+def read_first(cb, key, seconds):
+    """A DAG's first step: read under the call's mode (a repeatable-read snapshot is kept until the call ends)."""
+    cb.get(key, None)
+    return seconds
+
+
+@cbctl.function
+def nap_after(cb, seconds):
+    """The DAG's sink: holds the call (and so the first step's snapshot) for ``seconds``."""
+    import time
+
+    time.sleep(seconds)
+    return cb.getid()
+
+
+cbctl.dag("read_then_nap", [read_first, nap_after])
