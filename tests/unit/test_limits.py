@@ -79,12 +79,23 @@ def test_too_many_functions_is_refused_with_the_limit():
     assert "cbctl.Continue" in str(raised.value)
 
 
+class CountedEdges(list):
+    """A million edges that must not be looked at: the count alone decides (the duplicate check on this many
+    would be quadratic)."""
+
+    def __len__(self) -> int:
+        return 1_000_000
+
+    def __iter__(self):
+        raise AssertionError("the edges were read before their count was checked")
+
+    def __getitem__(self, index):
+        raise AssertionError("the edges were read before their count was checked")
+
+
 def test_too_many_edges_is_refused_with_the_limit_before_any_costly_check():
-    started = time.perf_counter()
-    edges = [("a", "b")] * 1_000_000  # duplicates: the duplicate check alone would be quadratic
     with pytest.raises(InvalidDag, match=f"1000000 edges, over the limit of {MAX_DAG_EDGES} per DAG"):
-        validate_dag("dense", ["a", "b"], edges, {"a", "b"})
-    assert time.perf_counter() - started < 1.0
+        validate_dag("dense", ["a", "b"], CountedEdges(), {"a", "b"})
 
 
 def test_limits_can_be_passed_explicitly():
@@ -178,7 +189,7 @@ def test_a_file_that_hangs_at_import_is_given_up_on_and_declares_nothing_later(t
         started = time.monotonic()
         with pytest.raises(DeployFileError) as raised:
             load_file(tmp_path / "hangs.py", import_timeout=0.3)
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 10  # given up on: the import itself never ends before release
         text = str(raised.value)
         assert "hangs.py did not finish importing within 0.3 s" in text and "--import-timeout" in text
         release.set()  # the abandoned import now goes on and declares `late`...
