@@ -34,7 +34,6 @@ def test_a_function_that_kills_its_executor_every_time_fails_with_call_lost(star
     took = time.monotonic() - started
     message = str(raised.value)
     print(f"CallLost after {took:.1f} s: {message}")
-    assert took < CALL_TIMEOUT_S
     assert "crash_executor" in message and "executor-" in message and f"{CALL_MAX_ATTEMPTS} times" in message
     counters = client.cluster_info()["counters"]
     assert counters["lost_calls"] == 1 and counters["retried_calls"] == CALL_MAX_ATTEMPTS - 1
