@@ -8,12 +8,14 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 import cbctl
-from cbctl.runtime.cluster import secure_home, socket_dir
+from cbctl.runtime.cluster import remove_socket_dir, secure_home
 from cbctl.runtime.defaults import WAL_BATCH_INTERVAL_S
 from tests.conftest import EXAMPLES, RunningCluster
 
@@ -62,23 +64,29 @@ def test_durability_must_be_one_of_the_modes(tmp_path):
     assert "always" in result.stderr and "batch" in result.stderr and "none" in result.stderr
 
 
-def pinned_to(handle: RunningCluster, index: int, home: Path) -> cbctl.Client:
+@contextmanager
+def pinned_to(handle: RunningCluster, index: int, home: Path) -> Iterator[cbctl.Client]:
     """A client of scheduler ``index`` only: a home holding a copy of the cluster file that names that one
     scheduler (as a client elsewhere would hold a copy; an ipc cluster needs no keys)."""
     found = json.loads((handle.home / "cluster.json").read_text())
     found["scheduler_addresses"] = [found["scheduler_addresses"][index]]
-    secure_home(home)  # with sock/, where the client binds its reply socket
-    assert socket_dir(home).is_relative_to(home), "a home this long would need its socket directory removed"
-    (home / "cluster.json").write_text(json.dumps(found))
-    client = cbctl.connect(home)
-    handle._clients.append(client)
-    return client
+    secure_home(home)  # with its socket directory, where the client binds its reply socket
+    try:
+        (home / "cluster.json").write_text(json.dumps(found))
+        with cbctl.connect(home) as client:
+            yield client
+    finally:
+        remove_socket_dir(home)  # under the temp directory when the home is long
 
 
 def test_two_schedulers_both_place_calls_and_share_registrations(start_cluster, tmp_path):
     handle = start_cluster(executors=2, extra_args=("--schedulers", "2"))
     assert len(handle.cluster_file().scheduler_addresses) == 2
-    first, second = pinned_to(handle, 0, tmp_path / "first"), pinned_to(handle, 1, tmp_path / "second")
+    with pinned_to(handle, 0, tmp_path / "first") as first, pinned_to(handle, 1, tmp_path / "second") as second:
+        check_two_schedulers(first, second)
+
+
+def check_two_schedulers(first: cbctl.Client, second: cbctl.Client) -> None:
     first.deploy_file(EXAMPLES / "pipeline.py")  # registered through the first scheduler only
 
     for client in (first, second):
