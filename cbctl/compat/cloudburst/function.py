@@ -1,0 +1,28 @@
+"""``CloudburstFunction``: a registered function as a callable handle; calling it returns a ``CloudburstFuture``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from cbctl import Client
+from cbctl.compat.cloudburst.future import CloudburstFuture
+
+if TYPE_CHECKING:
+    from cbctl.compat.cloudburst.client import CloudburstConnection
+
+
+class CloudburstFunction:
+    def __init__(self, name: str, conn: CloudburstConnection, kvs_client: Client) -> None:
+        self.name = name
+        self._conn = conn
+        self._kvs_client = kvs_client
+
+    def get_name(self) -> str:
+        return self.name
+
+    def __call__(self, *args: Any) -> CloudburstFuture:
+        call = self._conn._start_call(self.name, list(args))
+        return CloudburstFuture(call.call_id, self._kvs_client, call=call)
+
+    def __repr__(self) -> str:
+        return f"CloudburstFunction({self.name!r})"

@@ -1,0 +1,164 @@
+"""What runs on the executors: Cloudburst's user library over cbctl's, and the bodies the compat client registers.
+
+Every function or class a ``CloudburstConnection`` registers is registered as a ``FunctionBody`` around it.
+cbctl calls the body with its user library ``cb``; the body hands the user's code a ``CloudburstUserLibrary``
+over that ``cb`` and the arguments as Cloudburst's executor does (a tuple argument, such as an upstream
+function's tuple result, is spread into several arguments). On its first call in an executor process it runs
+``install()``, so the user's code may import ``cloudburst.*`` and ``anna.lattices`` there, as on Cloudburst.
+
+The other callables here are the small helper functions the compat client adds to DAGs (see ``shapes.py``):
+``FirstValid`` after each MULTIEXEC function, and ``OutputKeySource`` / ``StoreOutput`` for ``output_key``.
+Everything here is picklable by reference (module-level classes), so only the user's own code travels by value.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+_installed = False
+
+
+def _install_once() -> None:
+    global _installed
+    if not _installed:
+        _installed = True
+        from cbctl.compat.cloudburst import install  # the package imports this module: import late
+
+        install()
+
+
+class CloudburstUserLibrary:
+    """Cloudburst's user library (``cloudburst.server.executor.user_library``) over cbctl's ``cb``."""
+
+    def __init__(self, cb: Any) -> None:
+        self._cb = cb
+
+    def put(self, ref: str, value: Any) -> bool:
+        """Store ``value`` (any value, an ``anna.lattices`` object included: it is stored as that object)."""
+        self._cb.put(ref, value)
+        return True
+
+    def get(self, ref: str | list[str], deserialize: bool = True) -> Any:
+        """The value under ``ref``, None if there is none; for a list of keys, a dict of key -> value or None."""
+        if type(ref) is list:
+            return {key: self._cb.get(key, None) for key in ref}
+        return self._cb.get(ref, None)
+
+    def getid(self) -> str:
+        """The id ``send`` reaches this function by: its executor's id (Cloudburst's was an (ip, thread) pair)."""
+        return self._cb.getid()
+
+    def send(self, dest: str, bytestr: Any) -> None:
+        self._cb.send(dest, bytestr)
+
+    def recv(self) -> list[tuple[str, Any]]:
+        """The messages that have arrived, as ``(sender id, message)``; returns at once (empty when none)."""
+        return self._cb.recv()
+
+    def close(self) -> None:
+        """Drop unread messages, as Cloudburst's executor does after each request."""
+        self._cb.recv()
+
+    # the names Cloudburst's documentation gives these (docs/function-execution.md)
+    get_object = get
+    put_object = put
+    get_id = getid
+
+
+def spread_tuples(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Cloudburst's argument rule: each tuple argument becomes its elements (``_exec_func_normal``)."""
+    if not any(type(a) is tuple for a in args):
+        return args
+    spread: tuple[Any, ...] = ()
+    for arg in args:
+        spread += arg if type(arg) is tuple else (arg,)
+    return spread
+
+
+class FunctionBody:
+    """A Cloudburst function, or class (constructed once per executor with the user library and its init
+    arguments, then ``run`` per call), as cbctl runs it."""
+
+    def __init__(self, target: Any, init_args: tuple[Any, ...] | None = None) -> None:
+        self.target = target
+        self.init_args = init_args  # None: ``target`` is a function
+        self._instance: Any = None
+        self._library: CloudburstUserLibrary | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"target": self.target, "init_args": self.init_args}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["target"], state["init_args"])  # type: ignore[misc]
+
+    def __call__(self, cb: Any, *args: Any) -> Any:
+        library = self._library
+        if library is None or library._cb is not cb:
+            _install_once()
+            library = self._library = CloudburstUserLibrary(cb)
+        args = spread_tuples(args)
+        if self.init_args is None:
+            return self.target(library, *args)
+        if self._instance is None:
+            self._instance = self.target(library, *self.init_args)
+        return self._instance.run(library, *args)
+
+
+def _same(result: Any, invalid: Any) -> bool:
+    """Whether ``result`` is the invalid result ``invalid``: equal, or (for values whose ``==`` is not a
+    truth value, numpy arrays say) pickled alike, which is how Cloudburst compared them."""
+    try:
+        equal = result == invalid
+        if isinstance(equal, bool):
+            return equal
+    except Exception:  # noqa: BLE001 - a user type's __eq__ may raise
+        pass
+    try:
+        return pickle.dumps(result) == pickle.dumps(invalid)
+    except Exception:  # noqa: BLE001 - unpicklable: not the same as a value that was pickled
+        return False
+
+
+class NoValidResult(ValueError):
+    """Every run of a MULTIEXEC function returned one of its invalid results."""
+
+
+class FirstValid:
+    """After a MULTIEXEC function: of its results (cbctl gathers them in arrival order), the first that is
+    not one of ``invalid_results`` goes on; Cloudburst forwarded the valid results as they came."""
+
+    def __init__(self, function: str, invalid_results: list[Any]) -> None:
+        self.function = function
+        self.invalid_results = list(invalid_results)
+
+    def __call__(self, cb: Any, results: list[Any]) -> Any:
+        for result in results:
+            if not any(_same(result, invalid) for invalid in self.invalid_results):
+                return result
+        raise NoValidResult(f"every result of MULTIEXEC function {self.function!r} was one of its invalid results "
+                            f"({len(results)} runs)")
+
+
+class OutputKey:
+    """The ``output_key`` of a call, as the argument of the ``OutputKeySource`` helper."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+class OutputKeySource:
+    """A source added to a DAG called with ``output_key``: passes the key on to ``StoreOutput``."""
+
+    def __call__(self, cb: Any, output_key: OutputKey) -> OutputKey:
+        return output_key
+
+
+class StoreOutput:
+    """The sink added to a DAG called with ``output_key``: puts the DAG's result under the key and returns it."""
+
+    def __call__(self, cb: Any, *inputs: Any) -> Any:
+        keys = [i for i in inputs if type(i) is OutputKey]
+        (result,) = [i for i in inputs if type(i) is not OutputKey]
+        cb.put(keys[0].key, result)
+        return result
