@@ -1,5 +1,7 @@
 """Cloudburst's README and docs/function-execution.md, as a program: functions, futures, a DAG, the store."""
 
+# ruff: noqa: UP031 - written as Cloudburst's examples are, %-formatting included
+
 import json
 import sys
 
@@ -55,6 +57,12 @@ results['output_key_object'] = local_cloud.get_object('dag-output')
 
 # a future passed as an argument is its value
 results['future_argument'] = cloud_sq(cloud_incr(2)).get()
+
+# Cloudburst's consistency modes: NORMAL runs as cbctl's lww, SINGLE and MULTI as its causal mode
+from cloudburst.shared.proto.cloudburst_pb2 import MULTI, SINGLE  # noqa: E402
+
+results['multi'] = local_cloud.call_dag('dag', {'incr': [5]}, consistency=MULTI, direct_response=True)
+results['single_future'] = local_cloud.call_dag('dag', {'incr': [6]}, consistency=SINGLE).get()
 
 # the store
 local_cloud.put_object('greeting', {'hello': 'world'})
