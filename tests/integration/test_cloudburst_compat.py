@@ -78,3 +78,20 @@ def test_classes_and_multiexec(home):
     assert results["race_sink"] == 7
     assert results["race_none_valid"].startswith("FunctionError: NoValidResult: every result of MULTIEXEC "
                                                  "function 'check'")
+
+
+def test_continuations_and_errors(home):
+    results = run_program(home, "continuations_errors.py")
+    assert results["continuation_direct"] == 8  # (1 + 1) ** 2, doubled
+    assert results["continuation_future"] == 109  # (2 + 1) ** 2 + 100
+    assert results["continuation_mismatch"] == "Continuation does not have same direct response setting as " \
+                                               "current call."
+    kind, message, remote_traceback = results["raised"]
+    assert (kind, message) == ("FunctionError", "ZeroDivisionError: division by zero")
+    # the user's file and line, not the compat layer's or cloudpickle's <dynamic-code>
+    assert 'continuations_errors.py", line' in remote_traceback and "return 10 / x" in remote_traceback
+    assert "cbctl/compat" not in remote_traceback
+    assert results["unregistered"] == "Function nope not registered. Please register before including it in a DAG."
+    assert results["no_such_dag"] == "NoSuchFunction"
+    assert results["non_source_args"][0] == "InvalidArgument"
+    assert "not a source of 'first': its sources are incr" in results["non_source_args"][1]

@@ -18,7 +18,7 @@ import cbctl.compat.cloudburst as compat
 from cbctl import ClusterNotRunning, InvalidArgument, InvalidDag
 from cbctl.compat.cloudburst import client as compat_client
 from cbctl.compat.cloudburst import lattices, proto, shapes
-from cbctl.compat.cloudburst.user_library import FirstValid, FunctionBody, NoValidResult, spread_tuples
+from cbctl.compat.cloudburst.user_library import FirstValid, NoValidResult, body_class, spread_tuples
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -172,15 +172,14 @@ def test_multiexec_functions_get_a_first_valid_helper():
         shapes.from_cloudburst("bad", [("f",)], [])
 
 
-def test_output_key_variant_joins_the_sink_with_the_key():
-    functions, edges = shapes.with_output_key("dag", ["incr", "square"], [["incr", "square"]])
-    assert functions == ["incr", "square", shapes.OUTPUT_KEY_SOURCE, shapes.STORE_OUTPUT]
-    assert edges == [["incr", "square"], ["square", shapes.STORE_OUTPUT],
-                     [shapes.OUTPUT_KEY_SOURCE, shapes.STORE_OUTPUT]]
-    assert shapes.with_output_key("one", ["f"], [])[1] == [["f", shapes.STORE_OUTPUT],
-                                                            [shapes.OUTPUT_KEY_SOURCE, shapes.STORE_OUTPUT]]
+def test_tail_variant_joins_the_sink_with_the_call_tail():
+    functions, edges = shapes.with_tail("dag", ["incr", "square"], [["incr", "square"]])
+    assert functions == ["incr", "square", shapes.TAIL_SOURCE, shapes.TAIL]
+    assert edges == [["incr", "square"], ["square", shapes.TAIL], [shapes.TAIL_SOURCE, shapes.TAIL]]
+    assert shapes.with_tail("one", ["f"], [])[1] == [["f", shapes.TAIL], [shapes.TAIL_SOURCE, shapes.TAIL]]
+    assert shapes.with_tail("chain", ["a", "b"], [])[1][0] == ["a", "b"]  # no edges: cbctl's chain
     with pytest.raises(InvalidDag, match="2 sinks"):
-        shapes.with_output_key("forked", ["a", "b", "c"], [["a", "b"], ["a", "c"]])
+        shapes.with_tail("forked", ["a", "b", "c"], [["a", "b"], ["a", "c"]])
 
 
 class StandInLibrary:
@@ -210,7 +209,7 @@ def test_a_function_body_gives_cloudbursts_library_and_spreads_tuples():
         return cloudburst.get(["k", "missing"]), cloudburst.get("missing"), b + c, cloudburst.recv()
 
     cb = StandInLibrary()
-    found, missing, total, messages = FunctionBody(body)(cb, 1, (2, 3))
+    found, missing, total, messages = body_class(body)().run(cb, 1, (2, 3))
     assert found == {"k": {"v": 1}, "missing": None} and missing is None and total == 5
     assert messages == [("executor-1", b"hi")]
     assert spread_tuples((1, (2, (3,)), [4])) == (1, 2, (3,), [4])
@@ -226,9 +225,9 @@ def test_a_class_body_is_constructed_once_with_the_library_and_init_args():
             self.count += step
             return self.id, self.count
 
-    body = FunctionBody(Counter, (10,))
+    body = body_class(Counter, (10,))()
     cb = StandInLibrary()
-    assert [body(cb, 1), body(cb, 2)] == [("executor-0", 11), ("executor-0", 13)]
+    assert [body.run(cb, 1), body.run(cb, 2)] == [("executor-0", 11), ("executor-0", 13)]
 
 
 def test_a_pickled_body_imports_cloudburst_names_where_it_runs(tmp_path):
@@ -239,12 +238,12 @@ def test_a_pickled_body_imports_cloudburst_names_where_it_runs(tmp_path):
         return cp.loads(LWWPairLattice(1, cp.dumps(data)).reveal())
 
     pickled = tmp_path / "body.pkl"
-    pickled.write_bytes(cloudpickle.dumps(FunctionBody(uses_anna)))
+    pickled.write_bytes(cloudpickle.dumps(body_class(uses_anna)))
     done = run_python(f"""
         import pickle, sys
         assert "anna.lattices" not in sys.modules
-        body = pickle.loads(open({str(pickled)!r}, "rb").read())
-        print(body(object(), [1, 2]))
+        body = pickle.loads(open({str(pickled)!r}, "rb").read())()
+        print(body.run(object(), [1, 2]))
         """, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[1, 2]"

@@ -27,7 +27,7 @@ from cbctl.compat.cloudburst.proto import (
     CloudburstError,
 )
 from cbctl.compat.cloudburst.reference import CloudburstReference
-from cbctl.compat.cloudburst.user_library import FirstValid, FunctionBody, OutputKey, OutputKeySource, StoreOutput
+from cbctl.compat.cloudburst.user_library import CallTail, FirstValid, FunctionBody, Tail, TailSource, body_class
 
 _LOOPBACK = {"", "127.0.0.1", "localhost", "::1", "0.0.0.0"}
 _HOST_PORT = re.compile(r"^[\w.\-\[\]:]+:\d+$")
@@ -78,7 +78,7 @@ class DagCall:
     response_address: str = ""
 
 
-def _body_of(function: Any) -> FunctionBody:
+def _body_of(function: Any) -> type[FunctionBody]:
     """What ``register`` registers for a function, a class, or a ``(class, init_args)`` pair."""
     if isinstance(function, tuple):
         if len(function) != 2 or not isinstance(function[0], type):
@@ -89,12 +89,12 @@ def _body_of(function: Any) -> FunctionBody:
     elif isinstance(function, type):
         cls, init_args = function, ()
     elif callable(function):
-        return FunctionBody(function)
+        return body_class(function)
     else:
         raise InvalidArgument(f"{function!r} is not a function or a class: register a callable")
     if not callable(getattr(cls, "run", None)):
         raise InvalidArgument(f"class {cls.__name__} has no run(self, cloudburst, ...) method to call")
-    return FunctionBody(cls, init_args)
+    return body_class(cls, init_args)
 
 
 class CloudburstConnection:
@@ -107,8 +107,8 @@ class CloudburstConnection:
         self.service_addr, self.ip, self.tid, self.local = func_addr, ip, tid, local
         self.response_address = self.client.response_address
         self.rid = 0
-        self._bodies: dict[str, FunctionBody] = {}  # what this connection registered, for gpu/batching in DAGs
-        self._output_key_dags: set[str] = set()
+        self._bodies: dict[str, type[FunctionBody]] = {}  # what this connection registered (gpu/batching in DAGs)
+        self._tail_dags: set[str] = set()
         self._close = weakref.finalize(self, self.client.close)
 
     # --- functions and DAGs --------------------------------------------------------------------------
@@ -164,10 +164,10 @@ class CloudburstConnection:
         dags = {d["name"] for d in listed["dags"]}
         if dname not in dags:
             return False, NO_SUCH_DAG
-        variant = shapes.output_key_dag_name(dname)
+        variant = shapes.tail_dag_name(dname)
         if variant in dags:
             self.client.delete(variant)
-        self._output_key_dags.discard(dname)
+        self._tail_dags.discard(dname)
         self.client.delete(dname)
         filters = shapes.first_valid_name(dname, "")
         for f in listed["functions"]:
@@ -179,27 +179,55 @@ class CloudburstConnection:
 
     def call_dag(self, dname: str, arg_map: dict[str, Any], direct_response: bool = False,
                  consistency: int | str = NORMAL, output_key: str | None = None, client_id: str | None = None,
-                 dry_run: bool = False, continuation: Any = None) -> Any:
+                 dry_run: bool = False, continuation: DagCall | None = None) -> Any:
         """With ``direct_response`` the DAG's result (``cbctl.CallTimeout`` past cbctl's call timeout, where
         Cloudburst returned None after 1 s); else a ``CloudburstFuture``. ``arg_map`` maps a DAG's source
-        functions to their arguments (a list, or one value)."""
+        functions to their arguments (a list, or one value). ``continuation``, a ``dry_run`` call of another DAG,
+        is called with this DAG's result added to its sources' arguments, and its result is this call's."""
         if dry_run:
             return DagCall(dname, {f: v if type(v) is list else [v] for f, v in arg_map.items()}, consistency,
                            output_key or "", client_id or "", self.response_address if direct_response else "")
-        if continuation is not None:
-            raise InvalidArgument("Cloudburst continuations are not supported by cbctl's compat layer: have the "
-                                  "DAG's sink return cbctl.Continue(name, *args) to hand the call on")
         mode = _mode(consistency)
         args = {fname: [self._argument(a) for a in (v if type(v) is list else [v])] for fname, v in arg_map.items()}
+        tail = None
+        if continuation is not None:
+            tail = self._continuation_tail(continuation, direct_response)
+        if output_key and not direct_response:  # Cloudburst wrote a direct response to the client only
+            tail = tail or CallTail()
+            tail.output_key = output_key
+        target = dname
+        if tail is not None:
+            target = self._tail_dag(dname)
+            args[shapes.TAIL_SOURCE] = [tail]
         if direct_response:
-            return self.client.call(dname, consistency=mode, **args)
-        if output_key:
-            target = self._output_key_dag(dname)
-            args[shapes.OUTPUT_KEY_SOURCE] = [OutputKey(output_key)]
-        else:
-            target = dname
+            return self.client.call(target, consistency=mode, **args)
         call = self.client.call_async(target, consistency=mode, store_result=True, **args)
         return CloudburstFuture(output_key or call.call_id, self.kvs_client, call=call, output_key=output_key)
+
+    def _continuation_tail(self, continuation: Any, direct_response: bool) -> CallTail:
+        if not isinstance(continuation, DagCall):
+            raise InvalidArgument(f"continuation={continuation!r} is not a DAG call: pass what call_dag(..., "
+                                  "dry_run=True) returned")
+        if bool(continuation.response_address) != direct_response:
+            raise RuntimeError("Continuation does not have same direct response setting as current call.")
+        if continuation.output_key:
+            raise InvalidArgument(f"the continuation call of {continuation.name!r} has an output_key, which cbctl's "
+                                  "compat layer cannot honour (a continuation's result is its caller's): give the "
+                                  "output_key to the first call_dag")
+        found = [d for d in self.client.list()["dags"] if d["name"] == continuation.name]
+        if not found:
+            raise cbctl.NoSuchFunction(f"the continuation names {continuation.name!r}, which is not a registered DAG")
+        functions = found[0]["functions"]
+        sources = shapes.sources_of(functions, shapes.chain_if_no_edges(functions, found[0]["edges"]))
+        given = {fname: list(values) for fname, values in continuation.function_args.items()}
+        if set(given) - set(sources):
+            raise InvalidArgument(f"the continuation gives arguments to {sorted(set(given) - set(sources))}, which "
+                                  f"are not sources of {continuation.name!r} (its sources: {', '.join(sources)})")
+        if len({repr(given.get(s, [])) for s in sources}) > 1:
+            raise InvalidArgument(f"the continuation gives the sources of {continuation.name!r} different arguments; "
+                                  "cbctl hands a continuation one argument list, for every source: give them the same")
+        fixed = [self._argument(a) for a in given.get(sources[0], [])]
+        return CallTail(continuation=continuation.name, continuation_args=fixed)
 
     def exec_func(self, name: str, args: Sequence[Any]) -> str:
         """Call function ``name`` with ``args``; returns the response id (``CloudburstFuture(id, ...)`` reads
@@ -220,23 +248,23 @@ class CloudburstConnection:
             return value.get()
         return value
 
-    def _output_key_dag(self, dname: str) -> str:
-        """The name of ``dname``'s output-key variant (``shapes.with_output_key``), registered on first use."""
-        variant = shapes.output_key_dag_name(dname)
-        if dname in self._output_key_dags:
+    def _tail_dag(self, dname: str) -> str:
+        """The name of ``dname``'s variant with a ``CallTail`` (``shapes.with_tail``), registered on first use."""
+        variant = shapes.tail_dag_name(dname)
+        if dname in self._tail_dags:
             return variant
         listed = self.client.list()
         found = [d for d in listed["dags"] if d["name"] == dname]
         if not found:
             raise cbctl.NoSuchFunction(f"no DAG is registered as {dname!r}: register it with register_dag")
-        functions, edges = shapes.with_output_key(dname, found[0]["functions"], found[0]["edges"])
+        functions, edges = shapes.with_tail(dname, found[0]["functions"], found[0]["edges"])
         known = {f["name"] for f in listed["functions"]}
-        if shapes.OUTPUT_KEY_SOURCE not in known:
-            self.client.register(OutputKeySource(), name=shapes.OUTPUT_KEY_SOURCE)
-        if shapes.STORE_OUTPUT not in known:
-            self.client.register(StoreOutput(), name=shapes.STORE_OUTPUT)
+        if shapes.TAIL_SOURCE not in known:
+            self.client.register(TailSource(), name=shapes.TAIL_SOURCE)
+        if shapes.TAIL not in known:
+            self.client.register(Tail(), name=shapes.TAIL)
         self.client.register_dag(variant, functions, edges, **found[0]["options"])
-        self._output_key_dags.add(dname)
+        self._tail_dags.add(dname)
         return variant
 
     # --- the store -----------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ all named under ``HELPER_PREFIX`` and hidden from ``CloudburstConnection.list()`
   order, that is not one of ``invalid_results``. Cloudburst forwarded each valid result as it came and the
   next function ran on the first to arrive; cbctl gathers a multi-exec function's results before its
   successor runs, so the successor starts once every run finished, not at the first valid one.
-- ``call_dag(..., output_key=K)``: a second DAG, registered on first use, with a source that receives K and a
-  sink that joins the DAG's result with K and puts the result under K (Cloudburst's executor wrote it there).
+- ``call_dag(..., output_key=K)`` and ``call_dag(..., continuation=C)``: a second DAG, registered on first use,
+  with a source that receives the call's ``CallTail`` (K, C) and a sink that joins the DAG's result with it,
+  puts the result under K (Cloudburst's executor wrote it there) and hands the call on to C with
+  ``cbctl.Continue`` (Cloudburst's scheduler called C with the result).
 """
 
 from __future__ import annotations
@@ -21,16 +23,16 @@ from typing import Any
 from cbctl import InvalidDag
 
 HELPER_PREFIX = "cloudburst-compat/"
-OUTPUT_KEY_SOURCE = HELPER_PREFIX + "output-key"
-STORE_OUTPUT = HELPER_PREFIX + "store-output"
+TAIL_SOURCE = HELPER_PREFIX + "tail-source"
+TAIL = HELPER_PREFIX + "tail"
 
 
 def first_valid_name(dag: str, function: str) -> str:
     return f"{HELPER_PREFIX}{dag}/first-valid/{function}"
 
 
-def output_key_dag_name(dag: str) -> str:
-    return f"{HELPER_PREFIX}{dag}/output-key"
+def tail_dag_name(dag: str) -> str:
+    return f"{HELPER_PREFIX}{dag}/tail"
 
 
 def is_helper(name: str) -> bool:
@@ -65,19 +67,28 @@ def from_cloudburst(dag: str, functions: Sequence[Any], connections: Sequence[Se
                     {helper[fn]: (fn, invalid[fn]) for fn in invalid})
 
 
+def chain_if_no_edges(functions: Sequence[str], edges: Sequence[Sequence[str]]) -> list[list[str]]:
+    """``edges``, or the chain through ``functions`` when there are none (as cbctl reads a DAG without edges)."""
+    if edges or len(functions) < 2:
+        return [list(e) for e in edges]
+    return [[a, b] for a, b in zip(functions, functions[1:])]
+
+
 def sink_of(dag: str, functions: Sequence[str], edges: Sequence[Sequence[str]]) -> str:
     sinks = [f for f in functions if not any(a == f for a, _ in edges)]
     if len(sinks) != 1:
-        raise InvalidDag(f"DAG {dag!r} has {len(sinks)} sinks ({', '.join(sinks)}): an output_key needs exactly one")
+        raise InvalidDag(f"DAG {dag!r} has {len(sinks)} sinks ({', '.join(sinks)}): an output_key or a continuation "
+                         "needs exactly one")
     return sinks[0]
 
 
-def with_output_key(dag: str, functions: Sequence[str], edges: Sequence[Sequence[str]]) -> tuple[list[str],
-                                                                                                  list[list[str]]]:
-    """The functions and edges of ``dag`` called with an ``output_key`` (see the module docstring)."""
-    edges = [list(e) for e in edges]
-    if not edges and len(functions) > 1:  # a cbctl DAG registered without edges is a chain
-        edges = [[a, b] for a, b in zip(functions, functions[1:])]
+def sources_of(functions: Sequence[str], edges: Sequence[Sequence[str]]) -> list[str]:
+    return [f for f in functions if not any(b == f for _, b in edges)]
+
+
+def with_tail(dag: str, functions: Sequence[str], edges: Sequence[Sequence[str]]) -> tuple[list[str],
+                                                                                            list[list[str]]]:
+    """The functions and edges of ``dag`` called with an output key or a continuation (see the module docstring)."""
+    edges = chain_if_no_edges(functions, edges)
     sink = sink_of(dag, functions, edges)
-    return [*functions, OUTPUT_KEY_SOURCE, STORE_OUTPUT], [*edges, [sink, STORE_OUTPUT],
-                                                           [OUTPUT_KEY_SOURCE, STORE_OUTPUT]]
+    return [*functions, TAIL_SOURCE, TAIL], [*edges, [sink, TAIL], [TAIL_SOURCE, TAIL]]

@@ -1,14 +1,14 @@
 """What runs on the executors: Cloudburst's user library over cbctl's, and the bodies the compat client registers.
 
-Every function or class a ``CloudburstConnection`` registers is registered as a ``FunctionBody`` around it.
-cbctl calls the body with its user library ``cb``; the body hands the user's code a ``CloudburstUserLibrary``
+Every function or class a ``CloudburstConnection`` registers is registered as a ``FunctionBody`` class.
+cbctl calls its ``run`` with its user library ``cb``, which hands the user's code a ``CloudburstUserLibrary``
 over that ``cb`` and the arguments as Cloudburst's executor does (a tuple argument, such as an upstream
 function's tuple result, is spread into several arguments). On its first call in an executor process it runs
 ``install()``, so the user's code may import ``cloudburst.*`` and ``anna.lattices`` there, as on Cloudburst.
 
 The other callables here are the small helper functions the compat client adds to DAGs (see ``shapes.py``):
-``FirstValid`` after each MULTIEXEC function, and ``OutputKeySource`` / ``StoreOutput`` for ``output_key``.
-Everything here is picklable by reference (module-level classes), so only the user's own code travels by value.
+``FirstValid`` after each MULTIEXEC function, and ``TailSource`` / ``Tail`` for ``output_key`` and continuations.
+The helpers are module-level classes, pickled by reference; a body class travels by value, with the user's code.
 """
 
 from __future__ import annotations
@@ -77,22 +77,18 @@ def spread_tuples(args: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 class FunctionBody:
-    """A Cloudburst function, or class (constructed once per executor with the user library and its init
-    arguments, then ``run`` per call), as cbctl runs it."""
+    """What cbctl runs for one Cloudburst function or class: cbctl registers a subclass made by ``body_class``,
+    which it constructs once per executor and calls ``run(cb, *args)`` on per call. A Cloudburst class is
+    constructed on the first call, with the user library and its init arguments, and its ``run`` called after."""
 
-    def __init__(self, target: Any, init_args: tuple[Any, ...] | None = None) -> None:
-        self.target = target
-        self.init_args = init_args  # None: ``target`` is a function
+    target: Any = None  # the user's function (a staticmethod in the subclass) or class
+    init_args: tuple[Any, ...] | None = None  # None: ``target`` is a function
+
+    def __init__(self) -> None:
         self._instance: Any = None
         self._library: CloudburstUserLibrary | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"target": self.target, "init_args": self.init_args}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["target"], state["init_args"])  # type: ignore[misc]
-
-    def __call__(self, cb: Any, *args: Any) -> Any:
+    def run(self, cb: Any, *args: Any) -> Any:
         library = self._library
         if library is None or library._cb is not cb:
             _install_once()
@@ -103,6 +99,15 @@ class FunctionBody:
         if self._instance is None:
             self._instance = self.target(library, *self.init_args)
         return self._instance.run(library, *args)
+
+
+def body_class(target: Any, init_args: tuple[Any, ...] | None = None) -> type[FunctionBody]:
+    """The class cbctl registers for ``target``. It carries the user's code as a class attribute and claims the
+    user's module, so that cbctl records the user's source file at registration and puts it back on the code
+    it loads on the executors: a remote traceback names the user's file and lines."""
+    namespace = {"target": staticmethod(target) if init_args is None else target, "init_args": init_args,
+                 "__module__": getattr(target, "__module__", None) or __name__}
+    return type(f"CloudburstBody_{getattr(target, '__name__', 'function')}", (FunctionBody,), namespace)
 
 
 def _same(result: Any, invalid: Any) -> bool:
@@ -140,25 +145,34 @@ class FirstValid:
                             f"({len(results)} runs)")
 
 
-class OutputKey:
-    """The ``output_key`` of a call, as the argument of the ``OutputKeySource`` helper."""
+class CallTail:
+    """What happens after a DAG's sink in one call: its result put under ``output_key``, and/or the call handed
+    on to the DAG ``continuation`` names, with ``continuation_args`` and the result (Cloudburst's continuation)."""
 
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-
-class OutputKeySource:
-    """A source added to a DAG called with ``output_key``: passes the key on to ``StoreOutput``."""
-
-    def __call__(self, cb: Any, output_key: OutputKey) -> OutputKey:
-        return output_key
+    def __init__(self, output_key: str | None = None, continuation: str | None = None,
+                 continuation_args: list[Any] | None = None) -> None:
+        self.output_key = output_key
+        self.continuation = continuation
+        self.continuation_args = list(continuation_args or ())
 
 
-class StoreOutput:
-    """The sink added to a DAG called with ``output_key``: puts the DAG's result under the key and returns it."""
+class TailSource:
+    """A source added to a DAG called with a ``CallTail``: passes it on to ``Tail``."""
+
+    def __call__(self, cb: Any, tail: CallTail) -> CallTail:
+        return tail
+
+
+class Tail:
+    """The sink added to a DAG called with a ``CallTail``: joins the DAG's result with it and carries it out."""
 
     def __call__(self, cb: Any, *inputs: Any) -> Any:
-        keys = [i for i in inputs if type(i) is OutputKey]
-        (result,) = [i for i in inputs if type(i) is not OutputKey]
-        cb.put(keys[0].key, result)
+        (tail,) = [i for i in inputs if type(i) is CallTail]
+        (result,) = [i for i in inputs if type(i) is not CallTail]
+        if tail.output_key:
+            cb.put(tail.output_key, result)
+        if tail.continuation:
+            from cbctl import Continue
+
+            return Continue(tail.continuation, *tail.continuation_args, result)
         return result
