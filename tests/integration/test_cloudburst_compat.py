@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,30 @@ def test_continuations_and_errors(home):
     assert results["no_such_dag"] == "NoSuchFunction"
     assert results["non_source_args"][0] == "InvalidArgument"
     assert "not a source of 'first': its sources are incr" in results["non_source_args"][1]
+
+
+def test_a_call_referencing_a_cached_key_runs_where_it_is_cached(home):
+    """A ``CloudburstReference`` argument counts for placement as a ``cbctl.Ref`` does. (A DAG's functions are
+    pinned, so its calls go where they are pinned; this is a single function, placed per call.)"""
+    import cbctl
+    import cbctl.compat.cloudburst as compat
+
+    client = cbctl.connect(home)
+    with compat.CloudburstConnection(str(home)) as cloud:
+        where = cloud.register(lambda cloudburst, blob: [cloudburst.getid(), len(blob)], "where")
+        cloud.put_object("blob", b"x" * 200_000)
+        ref = compat.CloudburstReference("blob", True)
+        first, size = where(ref).get(timeout=10)
+        assert size == 200_000
+        deadline = time.monotonic() + 10
+        while "blob" not in client.cluster_info()["executors"][first]["cached_keys"]:
+            assert time.monotonic() < deadline, f"{first} never reported the cached key"
+            time.sleep(0.05)
+        seen = client.cluster_info()["policy"]["updates"]
+        while client.cluster_info()["policy"]["updates"] <= seen:
+            assert time.monotonic() < deadline + 10, "no policy update"
+            time.sleep(0.05)
+        assert {where(ref).get(timeout=10)[0] for _ in range(12)} == {first}
+        # the same function given the value instead of the reference spreads: locality is what kept it there
+        assert len({where(b"y").get(timeout=10)[0] for _ in range(12)}) > 1
+    client.close()
