@@ -77,6 +77,7 @@ def test_classes_and_multiexec(home):
     assert results["race_registered"] is True
     assert results["race"] == results["race_future"] == "winner:10"  # the only valid result of three runs
     assert results["race_sink"] == 7
+    assert results["batched"] == [10, 11, 12]
     assert results["race_none_valid"].startswith("FunctionError: NoValidResult: every result of MULTIEXEC "
                                                  "function 'check'")
 

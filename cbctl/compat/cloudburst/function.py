@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cbctl import Client
 from cbctl.compat.cloudburst.future import CloudburstFuture
 
-if TYPE_CHECKING:
-    from cbctl.compat.cloudburst.client import CloudburstConnection
-
 
 class CloudburstFunction:
-    def __init__(self, name: str, conn: CloudburstConnection, kvs_client: Client) -> None:
+    def __init__(self, name: str, conn: Any, kvs_client: Client) -> None:
+        """``conn`` is the ``CloudburstConnection`` that calls go through."""
         self.name = name
         self._conn = conn
         self._kvs_client = kvs_client

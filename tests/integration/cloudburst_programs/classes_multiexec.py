@@ -61,5 +61,14 @@ try:
 except Exception as exc:  # noqa: BLE001 - the type is checked by the test
     results['race_none_valid'] = type(exc).__name__ + ': ' + str(exc)
 
+# a batching function receives a list per parameter (one entry per queued call) and returns a list of results
+def add_pairs(cloudburst, xs, ys):
+    return [x + y for x, y in zip(xs, ys)]
+
+
+cloud.register(add_pairs, 'add_pairs')
+cloud.register_dag('batched', ['add_pairs'], [], batching_functions=['add_pairs'])
+results['batched'] = [cloud.call_dag('batched', {'add_pairs': [i, 10]}).get() for i in range(3)]
+
 print('RESULTS ' + json.dumps(results))
 sys.exit(0)
