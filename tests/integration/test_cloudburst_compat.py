@@ -95,8 +95,11 @@ def test_continuations_and_errors(home):
     assert "cbctl/compat" not in remote_traceback
     assert results["unregistered"] == "Function nope not registered. Please register before including it in a DAG."
     assert results["no_such_dag"] == "NoSuchFunction"
-    assert results["non_source_args"][0] == "InvalidArgument"
-    assert "not a source of 'first': its sources are incr" in results["non_source_args"][1]
+    assert results["inner_args"] == 25  # 10 * (1 + 1) + 5
+    assert results["inner_args_output_key"] == [31, 31]  # a tuple argument spreads: 10 * 3 + 1
+    assert results["args_for_unknown_function"] == [
+        "InvalidArgument", "arguments given for 'nope', which is not a function of DAG 'first' (its functions: "
+        "incr, square)"]
 
 
 def test_a_call_referencing_a_cached_key_runs_where_it_is_cached(home):

@@ -172,14 +172,24 @@ def test_multiexec_functions_get_a_first_valid_helper():
         shapes.from_cloudburst("bad", [("f",)], [])
 
 
-def test_tail_variant_joins_the_sink_with_the_call_tail():
-    functions, edges = shapes.with_tail("dag", ["incr", "square"], [["incr", "square"]])
+def test_variants_add_a_tail_and_fixed_arguments():
+    functions, edges = shapes.variant("dag", ["incr", "square"], [["incr", "square"]], tail=True)
     assert functions == ["incr", "square", shapes.TAIL_SOURCE, shapes.TAIL]
     assert edges == [["incr", "square"], ["square", shapes.TAIL], [shapes.TAIL_SOURCE, shapes.TAIL]]
-    assert shapes.with_tail("one", ["f"], [])[1] == [["f", shapes.TAIL], [shapes.TAIL_SOURCE, shapes.TAIL]]
-    assert shapes.with_tail("chain", ["a", "b"], [])[1][0] == ["a", "b"]  # no edges: cbctl's chain
+    assert shapes.variant("one", ["f"], [], tail=True)[1] == [["f", shapes.TAIL], [shapes.TAIL_SOURCE, shapes.TAIL]]
+    assert shapes.variant("chain", ["a", "b"], [], tail=True)[1][0] == ["a", "b"]  # no edges: cbctl's chain
     with pytest.raises(InvalidDag, match="2 sinks"):
-        shapes.with_tail("forked", ["a", "b", "c"], [["a", "b"], ["a", "c"]])
+        shapes.variant("forked", ["a", "b", "c"], [["a", "b"], ["a", "c"]], tail=True)
+    # fixed arguments for an inner function: a source of its own, whose edge comes first among its inputs
+    helper = shapes.fixed_args_name("join", "c")
+    functions, edges = shapes.variant("join", ["a", "b", "c"], [["a", "c"], ["b", "c"]], fixed=["c"])
+    assert functions == ["a", "b", "c", helper] and edges == [[helper, "c"], ["a", "c"], ["b", "c"]]
+    assert shapes.variant_name("join", ["c", "b"], tail=True) == "cloudburst-compat/join/args=b,c+tail"
+    assert shapes.variant_name("join") == "join"
+    with pytest.raises(InvalidDag, match="'a' is a source"):
+        shapes.variant("join", ["a", "b", "c"], [["a", "c"], ["b", "c"]], fixed=["a"])
+    with pytest.raises(InvalidDag, match="'z', which is not a function of DAG 'join'"):
+        shapes.variant("join", ["a", "b", "c"], [["a", "c"], ["b", "c"]], fixed=["z"])
 
 
 class StandInLibrary:

@@ -27,7 +27,15 @@ from cbctl.compat.cloudburst.proto import (
     CloudburstError,
 )
 from cbctl.compat.cloudburst.reference import CloudburstReference
-from cbctl.compat.cloudburst.user_library import CallTail, FirstValid, FunctionBody, Tail, TailSource, body_class
+from cbctl.compat.cloudburst.user_library import (
+    CallTail,
+    FirstValid,
+    FixedArgs,
+    FunctionBody,
+    Tail,
+    TailSource,
+    body_class,
+)
 
 _LOOPBACK = {"", "127.0.0.1", "localhost", "::1", "0.0.0.0"}
 _HOST_PORT = re.compile(r"^[\w.\-\[\]:]+:\d+$")
@@ -108,7 +116,8 @@ class CloudburstConnection:
         self.response_address = self.client.response_address
         self.rid = 0
         self._bodies: dict[str, type[FunctionBody]] = {}  # what this connection registered (gpu/batching in DAGs)
-        self._tail_dags: set[str] = set()
+        self._variants: dict[str, list[str]] = {}  # registered variant -> the sources of the DAG it varies
+        self._known_sources: dict[str, list[str]] = {}  # DAG -> its sources
         self._close = weakref.finalize(self, self.client.close)
 
     # --- functions and DAGs --------------------------------------------------------------------------
@@ -164,14 +173,14 @@ class CloudburstConnection:
         dags = {d["name"] for d in listed["dags"]}
         if dname not in dags:
             return False, NO_SUCH_DAG
-        variant = shapes.tail_dag_name(dname)
-        if variant in dags:
+        mine = shapes.variant_prefix(dname)
+        for variant in [d for d in dags if d.startswith(mine)]:
             self.client.delete(variant)
-        self._tail_dags.discard(dname)
+            self._variants.pop(variant, None)
         self.client.delete(dname)
-        filters = shapes.first_valid_name(dname, "")
+        self._known_sources.pop(dname, None)
         for f in listed["functions"]:
-            if f["name"].startswith(filters):
+            if f["name"].startswith(mine):  # its first-valid and fixed-args helpers
                 self.client.delete(f["name"])
         return True, NO_CLOUDBURST_ERROR
 
@@ -181,9 +190,10 @@ class CloudburstConnection:
                  consistency: int | str = NORMAL, output_key: str | None = None, client_id: str | None = None,
                  dry_run: bool = False, continuation: DagCall | None = None) -> Any:
         """With ``direct_response`` the DAG's result (``cbctl.CallTimeout`` past cbctl's call timeout, where
-        Cloudburst returned None after 1 s); else a ``CloudburstFuture``. ``arg_map`` maps a DAG's source
-        functions to their arguments (a list, or one value). ``continuation``, a ``dry_run`` call of another DAG,
-        is called with this DAG's result added to its sources' arguments, and its result is this call's."""
+        Cloudburst returned None after 1 s); else a ``CloudburstFuture``. ``arg_map`` maps functions to their
+        arguments (a list, or one value); a function that is not a source gets them before its upstream
+        results. ``continuation``, a ``dry_run`` call of another DAG, is called with this DAG's result added to
+        its sources' arguments, and its result is this call's."""
         if dry_run:
             return DagCall(dname, {f: v if type(v) is list else [v] for f, v in arg_map.items()}, consistency,
                            output_key or "", client_id or "", self.response_address if direct_response else "")
@@ -196,9 +206,12 @@ class CloudburstConnection:
             tail = tail or CallTail()
             tail.output_key = output_key
         target = dname
-        if tail is not None:
-            target = self._tail_dag(dname)
-            args[shapes.TAIL_SOURCE] = [tail]
+        fixed = [f for f in args if f not in self._sources(dname)] if args else []
+        if tail is not None or fixed:
+            target, sources = self._variant(dname, fixed, tail)
+            args = {(f if f in sources else shapes.fixed_args_name(dname, f)): values for f, values in args.items()}
+            if tail is not None:
+                args[shapes.TAIL_SOURCE] = [tail]
         if direct_response:
             return self.client.call(target, consistency=mode, **args)
         call = self.client.call_async(target, consistency=mode, store_result=True, **args)
@@ -214,11 +227,11 @@ class CloudburstConnection:
             raise InvalidArgument(f"the continuation call of {continuation.name!r} has an output_key, which cbctl's "
                                   "compat layer cannot honour (a continuation's result is its caller's): give the "
                                   "output_key to the first call_dag")
-        found = [d for d in self.client.list()["dags"] if d["name"] == continuation.name]
-        if not found:
-            raise cbctl.NoSuchFunction(f"the continuation names {continuation.name!r}, which is not a registered DAG")
-        functions = found[0]["functions"]
-        sources = shapes.sources_of(functions, shapes.chain_if_no_edges(functions, found[0]["edges"]))
+        try:
+            sources = self._sources(continuation.name)
+        except cbctl.NoSuchFunction:
+            raise cbctl.NoSuchFunction(f"the continuation names {continuation.name!r}, which is not a registered "
+                                       "DAG") from None
         given = {fname: list(values) for fname, values in continuation.function_args.items()}
         if set(given) - set(sources):
             raise InvalidArgument(f"the continuation gives arguments to {sorted(set(given) - set(sources))}, which "
@@ -248,24 +261,48 @@ class CloudburstConnection:
             return value.get()
         return value
 
-    def _tail_dag(self, dname: str) -> str:
-        """The name of ``dname``'s variant with a ``CallTail`` (``shapes.with_tail``), registered on first use."""
-        variant = shapes.tail_dag_name(dname)
-        if dname in self._tail_dags:
-            return variant
-        listed = self.client.list()
-        found = [d for d in listed["dags"] if d["name"] == dname]
+    def _sources(self, dname: str) -> list[str]:
+        """The sources of DAG ``dname``, looked up once per connection (a DAG's shape is fixed while it exists:
+        registering it again is refused, and ``delete_dag`` here forgets it)."""
+        sources = self._known_sources.get(dname)
+        if sources is None:
+            found = self._dag_entry(dname)
+            functions = found["functions"]
+            sources = self._known_sources[dname] = shapes.sources_of(
+                functions, shapes.chain_if_no_edges(functions, found["edges"]))
+        return sources
+
+    def _dag_entry(self, dname: str) -> dict[str, Any]:
+        found = [d for d in self.client.list()["dags"] if d["name"] == dname]
         if not found:
             raise cbctl.NoSuchFunction(f"no DAG is registered as {dname!r}: register it with register_dag")
-        functions, edges = shapes.with_tail(dname, found[0]["functions"], found[0]["edges"])
-        known = {f["name"] for f in listed["functions"]}
-        if shapes.TAIL_SOURCE not in known:
-            self.client.register(TailSource(), name=shapes.TAIL_SOURCE)
-        if shapes.TAIL not in known:
-            self.client.register(Tail(), name=shapes.TAIL)
-        self.client.register_dag(variant, functions, edges, **found[0]["options"])
-        self._tail_dags.add(dname)
-        return variant
+        return found[0]
+
+    def _variant(self, dname: str, fixed: list[str], tail: CallTail | None) -> tuple[str, list[str]]:
+        """The variant of ``dname`` for a call with fixed arguments for the inner functions ``fixed`` and/or a
+        tail (``shapes.variant``), registered on first use; and the sources of ``dname``."""
+        name = shapes.variant_name(dname, fixed, tail is not None)
+        if name in self._variants:
+            return name, self._variants[name]
+        found = self._dag_entry(dname)
+        multiexec = set(found["options"].get("multiexec") or ()) & set(fixed)
+        if multiexec:
+            raise InvalidArgument(f"arguments given for MULTIEXEC function(s) {sorted(multiexec)} of {dname!r}: "
+                                  "it runs once per input, so give its arguments to the function upstream of it")
+        try:
+            functions, edges = shapes.variant(dname, found["functions"], found["edges"], fixed, tail is not None)
+        except cbctl.InvalidDag as exc:
+            raise InvalidArgument(str(exc)) from None
+        known = {f["name"] for f in self.client.list()["functions"]}
+        helpers: dict[str, Any] = {shapes.fixed_args_name(dname, f): FixedArgs for f in fixed}
+        if tail is not None:
+            helpers.update({shapes.TAIL_SOURCE: TailSource, shapes.TAIL: Tail})
+        for helper, kind in helpers.items():
+            if helper not in known:
+                self.client.register(kind(), name=helper)
+        self.client.register_dag(name, functions, edges, **found["options"])
+        sources = self._variants[name] = self._sources(dname)
+        return name, sources
 
     # --- the store -----------------------------------------------------------------------------------
 

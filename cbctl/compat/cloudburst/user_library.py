@@ -7,7 +7,8 @@ function's tuple result, is spread into several arguments). On its first call in
 ``install()``, so the user's code may import ``cloudburst.*`` and ``anna.lattices`` there, as on Cloudburst.
 
 The other callables here are the small helper functions the compat client adds to DAGs (see ``shapes.py``):
-``FirstValid`` after each MULTIEXEC function, and ``TailSource`` / ``Tail`` for ``output_key`` and continuations.
+``FirstValid`` after each MULTIEXEC function, ``TailSource`` / ``Tail`` for ``output_key`` and continuations, and
+``FixedArgs`` for arguments given to functions that are not sources.
 The helpers are module-level classes, pickled by reference; a body class travels by value, with the user's code.
 """
 
@@ -143,6 +144,14 @@ class FirstValid:
                 return result
         raise NoValidResult(f"every result of MULTIEXEC function {self.function!r} was one of its invalid results "
                             f"({len(results)} runs)")
+
+
+class FixedArgs:
+    """A source added for a function given fixed arguments: returns them as one tuple, which the function's body
+    spreads ahead of its upstream results (tuples among them spread too, as Cloudburst spread every argument)."""
+
+    def __call__(self, cb: Any, *args: Any) -> tuple[Any, ...]:
+        return spread_tuples(args)
 
 
 class CallTail:

@@ -1,5 +1,6 @@
-"""Continuations (a dry-run call of a second DAG, called with the first one's result), and what a Cloudburst
-program sees when things go wrong: a function that raises, a DAG or function that does not exist."""
+"""Continuations (a dry-run call of a second DAG, called with the first one's result), arguments for functions
+that are not sources, and what a Cloudburst program sees when things go wrong: a function that raises, a DAG or
+function that does not exist."""
 
 # ruff: noqa: UP031 - written as Cloudburst's examples are, %-formatting included
 import json
@@ -27,6 +28,14 @@ try:
 except RuntimeError as exc:
     results['continuation_mismatch'] = str(exc)
 
+# arguments for an inner function come before its upstream results
+cloud.register(lambda _, scale, offset, a: scale * a + offset, 'scale_by')
+cloud.register_dag('incr_scale', ['incr', 'scale_by'], [('incr', 'scale_by')])
+results['inner_args'] = cloud.call_dag('incr_scale', {'incr': [1], 'scale_by': [10, 5]}, direct_response=True)
+results['inner_args_output_key'] = [
+    cloud.call_dag('incr_scale', {'incr': 2, 'scale_by': [10, (1,)]}, output_key='scaled').get(),
+    cloud.get_object('scaled')]
+
 
 def divide(cloudburst, x):
     return 10 / x
@@ -49,9 +58,9 @@ except Exception as exc:  # noqa: BLE001
     results['no_such_dag'] = type(exc).__name__
 
 try:
-    cloud.call_dag('first', {'square': [3]}, direct_response=True)
+    cloud.call_dag('first', {'incr': [1], 'nope': [3]}, direct_response=True)
 except Exception as exc:  # noqa: BLE001
-    results['non_source_args'] = [type(exc).__name__, str(exc)]
+    results['args_for_unknown_function'] = [type(exc).__name__, str(exc)]
 
 print('RESULTS ' + json.dumps(results))
 sys.exit(0)
