@@ -127,3 +127,26 @@ def test_a_call_referencing_a_cached_key_runs_where_it_is_cached(home):
         # the same function given the value instead of the reference spreads: locality is what kept it there
         assert len({where(b"y").get(timeout=10)[0] for _ in range(12)}) > 1
     client.close()
+
+
+def test_delete_dag_removes_its_variants_and_helpers(home):
+    import cbctl
+    import cbctl.compat.cloudburst as compat
+
+    def names(client: cbctl.Client) -> set[str]:
+        listed = client.list()
+        return {f["name"] for f in listed["functions"]} | {d["name"] for d in listed["dags"]}
+
+    with compat.CloudburstConnection(str(home)) as cloud:
+        cloud.register(lambda _, a: a, "pass_on")
+        cloud.register(lambda _, offset, a: a + offset, "shift")
+        cloud.register(lambda _, a: a if a > 0 else None, "positive")
+        cloud.register_dag("doomed", ["pass_on", "shift", ("positive", [None])],
+                           [("pass_on", "shift"), ("shift", "positive")])
+        assert cloud.call_dag("doomed", {"pass_on": 1, "shift": 2}, output_key="doomed-out").get() == 3
+        mine = {n for n in names(cloud.client) if n.startswith("cloudburst-compat/doomed/")}
+        assert mine == {"cloudburst-compat/doomed/first-valid/positive", "cloudburst-compat/doomed/fixed-args/shift",
+                        "cloudburst-compat/doomed/args=shift+tail"}
+        assert cloud.delete_dag("doomed") == (True, compat.CloudburstError.NO_CLOUDBURST_ERROR)
+        assert not {n for n in names(cloud.client) if "doomed" in n}
+        assert cloud.delete_dag("doomed") == (False, compat.CloudburstError.NO_SUCH_DAG)
