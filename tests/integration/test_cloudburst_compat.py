@@ -69,6 +69,7 @@ def test_references_to_arrays_and_the_user_library(home):
                                        "plain": ["u1", "u1"], "missing": None, "missing_single": None,
                                        "executor_id_is_str": True}
     assert results["client_sees_lattice"] == "LWWPairLattice"
+    assert results["package_global"] == "DAG_ALREADY_EXISTS"
 
 
 def test_classes_and_multiexec(home):

@@ -10,7 +10,6 @@ import textwrap
 import warnings
 from pathlib import Path
 
-import cloudpickle
 import numpy as np
 import pytest
 
@@ -241,22 +240,41 @@ def test_a_class_body_is_constructed_once_with_the_library_and_init_args():
 
 
 def test_a_pickled_body_imports_cloudburst_names_where_it_runs(tmp_path):
-    def uses_anna(cloudburst, data):
-        import cloudpickle as cp
-        from anna.lattices import LWWPairLattice
-
-        return cp.loads(LWWPairLattice(1, cp.dumps(data)).reveal())
-
+    """Unpickled in a process without the names (an executor), a body installs them before the user's code is
+    unpickled (which may hold the package ``cloudburst`` as a global) and runs (importing them in its body)."""
     pickled = tmp_path / "body.pkl"
-    pickled.write_bytes(cloudpickle.dumps(body_class(uses_anna)))
     done = run_python(f"""
+        import cloudpickle
+        import cbctl.compat.cloudburst as compat
+        compat.install()
+        import cloudburst.shared.reference
+        from cbctl.compat.cloudburst.user_library import body_class
+
+        def uses_names(cloudburst_library, data):
+            import cloudpickle as cp
+            from anna.lattices import LWWPairLattice
+
+            ref = cloudburst.shared.reference.CloudburstReference("k", True)
+            return [ref.key, cp.loads(LWWPairLattice(1, cp.dumps(data)).reveal())]
+
+        open({str(pickled)!r}, "wb").write(cloudpickle.dumps(body_class(uses_names)))
+        """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    done = run_python("""
         import pickle, sys
-        assert "anna.lattices" not in sys.modules
-        body = pickle.loads(open({str(pickled)!r}, "rb").read())()
+        body = pickle.loads(open("body.pkl", "rb").read())()
         print(body.run(object(), [1, 2]))
         """, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[1, 2]"
+    assert done.stdout.strip() == "['k', [1, 2]]"
+    # pickling a body installs nothing where it is pickled (the client's process)
+    done = run_python("""
+        import sys, cloudpickle
+        from cbctl.compat.cloudburst.user_library import body_class
+        cloudpickle.dumps(body_class(lambda cloudburst: None))
+        print("cloudburst" in sys.modules)
+        """, tmp_path)
+    assert done.stdout.strip() == "False", done.stderr
 
 
 def test_first_valid_skips_invalid_results_in_arrival_order():

@@ -3,8 +3,9 @@
 Every function or class a ``CloudburstConnection`` registers is registered as a ``FunctionBody`` class.
 cbctl calls its ``run`` with its user library ``cb``, which hands the user's code a ``CloudburstUserLibrary``
 over that ``cb`` and the arguments as Cloudburst's executor does (a tuple argument, such as an upstream
-function's tuple result, is spread into several arguments). On its first call in an executor process it runs
-``install()``, so the user's code may import ``cloudburst.*`` and ``anna.lattices`` there, as on Cloudburst.
+function's tuple result, is spread into several arguments). When an executor loads a body, it runs
+``install()`` before the user's code is unpickled (see ``InstallFirst``), so that code may refer to, and import,
+``cloudburst.*`` and ``anna.lattices`` there, as on Cloudburst.
 
 The other callables here are the small helper functions the compat client adds to DAGs (see ``shapes.py``):
 ``FirstValid`` after each MULTIEXEC function, ``TailSource`` / ``Tail`` for ``output_key`` and continuations, and
@@ -27,6 +28,21 @@ def _install_once() -> None:
         from cbctl.compat.cloudburst import install  # the package imports this module: import late
 
         install()
+
+
+class InstallFirst:
+    """The first entry of every body class: unpickling it runs ``install()``. A class travels as its dict, whose
+    entries are unpickled in order, so the names are installed in an executor before the user's function, which
+    may hold the module ``cloudburst`` itself as a global (``import cloudburst.shared.reference`` in the script),
+    is unpickled after it. Pickling it runs nothing: the client's process is left as it was."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _installed_marker, ()
+
+
+def _installed_marker() -> InstallFirst:
+    _install_once()
+    return InstallFirst()
 
 
 class CloudburstUserLibrary:
@@ -92,7 +108,6 @@ class FunctionBody:
     def run(self, cb: Any, *args: Any) -> Any:
         library = self._library
         if library is None or library._cb is not cb:
-            _install_once()
             library = self._library = CloudburstUserLibrary(cb)
         args = spread_tuples(args)
         if self.init_args is None:
@@ -106,7 +121,8 @@ def body_class(target: Any, init_args: tuple[Any, ...] | None = None) -> type[Fu
     """The class cbctl registers for ``target``. It carries the user's code as a class attribute and claims the
     user's module, so that cbctl records the user's source file at registration and puts it back on the code
     it loads on the executors: a remote traceback names the user's file and lines."""
-    namespace = {"target": staticmethod(target) if init_args is None else target, "init_args": init_args,
+    namespace = {"_install_first": InstallFirst(),  # first: see InstallFirst
+                 "target": staticmethod(target) if init_args is None else target, "init_args": init_args,
                  "__module__": getattr(target, "__module__", None) or __name__}
     return type(f"CloudburstBody_{getattr(target, '__name__', 'function')}", (FunctionBody,), namespace)
 

@@ -7,6 +7,7 @@ the function body)."""
 import json
 import sys
 
+import cloudburst.shared.proto.cloudburst_pb2  # binds the package `cloudburst`, which a function below uses
 import numpy as np
 from cloudburst.client.client import CloudburstConnection
 from cloudburst.shared.reference import CloudburstReference
@@ -71,6 +72,13 @@ results['user_library'] = cloudburst_client.register(store_user, 'store_user')('
 # the client reads what the function put, lattice object included
 lattice = cloudburst_client.get_object('user:u1')
 results['client_sees_lattice'] = type(lattice).__name__
+
+# a function whose global is the package `cloudburst` itself
+def error_name(_, number):
+    return cloudburst.shared.proto.cloudburst_pb2.CloudburstError.Name(number)
+
+
+results['package_global'] = cloudburst_client.register(error_name, 'error_name')(6).get()
 
 print('RESULTS ' + json.dumps(results, default=lambda a: a.tolist()))
 sys.exit(0)
