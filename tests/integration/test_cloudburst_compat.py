@@ -151,3 +151,25 @@ def test_delete_dag_removes_its_variants_and_helpers(home):
         assert cloud.delete_dag("doomed") == (True, compat.CloudburstError.NO_CLOUDBURST_ERROR)
         assert not {n for n in names(cloud.client) if "doomed" in n}
         assert cloud.delete_dag("doomed") == (False, compat.CloudburstError.NO_SUCH_DAG)
+
+
+def test_a_tcp_cluster_is_reached_by_its_address(start_cluster, monkeypatch):
+    """Cloudburst's ``func_addr`` as HOST:PORT: the cluster in $CBCTL_HOME that listens there (CURVE keys and
+    all); another address is refused with what to do."""
+    import socket
+
+    import cbctl
+    import cbctl.compat.cloudburst as compat
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    handle = start_cluster(executors=1, extra_args=("--listen", f"tcp://127.0.0.1:{port}"))
+    monkeypatch.setenv("CBCTL_HOME", str(handle.home))
+    with compat.CloudburstConnection(f"127.0.0.1:{port}", "127.0.0.1") as cloud:
+        assert cloud.register(lambda _, a: a + 1, "incr_tcp")(41).get(timeout=10) == 42
+        assert cloud.response_address.startswith("tcp://127.0.0.1:")
+    with compat.CloudburstConnection(f"tcp://localhost:{port}") as cloud:
+        assert cloud.get_function("incr_tcp")(1).get(timeout=10) == 2
+    with pytest.raises(cbctl.ClusterNotRunning, match=f"listens on tcp://127.0.0.1:{port}, not tcp://127.0.0.1:1"):
+        compat.CloudburstConnection("127.0.0.1:1")
