@@ -54,7 +54,7 @@ def test_quickstart(home):
         "register_dag": [True, "NO_CLOUDBURST_ERROR"], "register_again": [False, "DAG_ALREADY_EXISTS"],
         "dag_future": 4, "dag_direct": 16, "many": [i * i for i in range(10)], "exec_func": 49,
         "tuple_spread": 45, "output_key_future": ["dag-output", 25], "output_key_object": 25,
-        "future_argument": 9, "multi": 36, "single_future": 49,
+        "future_argument": 9, "multi": 36, "single_future": 49, "causal_get": [5, [5]],
         "get_object": {"hello": "world"}, "get_missing": None,
         "get_function_missing": True, "get_function": 25, "delete_dag": [True, True],
     }

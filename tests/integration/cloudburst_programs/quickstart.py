@@ -64,6 +64,22 @@ from cloudburst.shared.proto.cloudburst_pb2 import MULTI, SINGLE  # noqa: E402
 results['multi'] = local_cloud.call_dag('dag', {'incr': [5]}, consistency=MULTI, direct_response=True)
 results['single_future'] = local_cloud.call_dag('dag', {'incr': [6]}, consistency=SINGLE).get()
 
+
+def write_read(cloudburst, key, value):
+    cloudburst.put(key, value)
+    return cloudburst.get(key)
+
+
+local_cloud.register(write_read, 'write_read')
+local_cloud.register_dag('wr', ['write_read'], [])
+from cloudburst.shared.proto.cloudburst_pb2 import NORMAL  # noqa: E402
+
+# a causal read is the list of the key's concurrent values, as in Cloudburst's causal modes
+results['causal_get'] = [local_cloud.call_dag('wr', {'write_read': ['k-normal', 5]}, direct_response=True,
+                                              consistency=NORMAL),
+                         local_cloud.call_dag('wr', {'write_read': ['k-multi', 5]}, direct_response=True,
+                                              consistency=MULTI)]
+
 # the store
 local_cloud.put_object('greeting', {'hello': 'world'})
 results['get_object'] = local_cloud.get_object('greeting')
