@@ -90,6 +90,10 @@ RESTART_BACKOFF_MAX_S = 5.0
 #: Restarts of one process allowed per minute before the supervisor gives up on it.
 RESTARTS_PER_MINUTE = 10
 
+#: Most executors one supervisor runs: far above a machine's cores, and a bound on what a scale request (a
+#: frame, on TCP from anyone holding the keys) can make it spawn.
+MAX_EXECUTORS = 1024
+
 #: Outgoing zmq sockets to peers (clients, executors) kept open per process; the oldest is closed past this.
 MAX_PEER_SOCKETS = 256
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cbctl.errors import InvalidArgument
-from cbctl.runtime.defaults import SHUTDOWN_TIMEOUT_S, STARTUP_TIMEOUT_S
+from cbctl.runtime.defaults import MAX_EXECUTORS, SHUTDOWN_TIMEOUT_S, STARTUP_TIMEOUT_S
 from cbctl.runtime.messages import ControlResponse
 
 if TYPE_CHECKING:
@@ -39,8 +39,8 @@ def plan_scale(cpu_executors: list[tuple[int, str]], highest_index: int, target:
                other_executors: int) -> ScalePlan:
     """What to start or stop to run ``target`` CPU executors, given the active ones as ``(index, name)``,
     the highest executor index ever used, and how many other (GPU) executors stay."""
-    if not isinstance(target, int) or isinstance(target, bool) or target < 0:
-        raise InvalidArgument(f"--executors must be a whole number >= 0, not {target!r}")
+    if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target <= MAX_EXECUTORS:
+        raise InvalidArgument(f"--executors must be a whole number from 0 to {MAX_EXECUTORS}, not {target!r}")
     if target + other_executors < 1:
         raise InvalidArgument("a cluster needs at least one executor: pass --executors N with N >= 1")
     current = sorted(cpu_executors)
