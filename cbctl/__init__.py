@@ -25,8 +25,8 @@ from cbctl.errors import (
     NoSuchKey,
     ProtocolError,
 )
-from cbctl.runtime.continuation import Continue
-from cbctl.runtime.serialization import Ref
+from cbctl.runtime.executor.continuation import Continue
+from cbctl.runtime.wire.serialization import Ref
 
 __version__ = "0.1.0"
 

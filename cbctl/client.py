@@ -35,7 +35,7 @@ from cbctl.errors import (
     ProtocolError,
     error_from_wire,
 )
-from cbctl.runtime import auth, cluster, limits, registry, serialization, user_errors
+from cbctl.runtime import cluster, registry, user_errors
 from cbctl.runtime.code_loading import source_file_of
 from cbctl.runtime.consistency import LWW, ClientSession, reveal
 from cbctl.runtime.dag import chain_edges, validate_dag
@@ -46,7 +46,10 @@ from cbctl.runtime.defaults import (
     CONTROL_TIMEOUT_S,
     DEPLOY_IMPORT_TIMEOUT_S,
 )
-from cbctl.runtime.messages import (
+from cbctl.runtime.process import Receiver, new_socket, process_alive
+from cbctl.runtime.store_client import StoreClient
+from cbctl.runtime.wire import auth, limits, serialization
+from cbctl.runtime.wire.messages import (
     AddTrigger,
     CallRequest,
     CallResult,
@@ -62,8 +65,6 @@ from cbctl.runtime.messages import (
     SupervisorRequest,
     unpack,
 )
-from cbctl.runtime.process import Receiver, new_socket, process_alive
-from cbctl.runtime.store_client import StoreClient
 
 _PENDING = object()
 #: Longest single wait on the response socket, in seconds, so a waiting thread re-checks its deadline and

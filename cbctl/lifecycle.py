@@ -21,7 +21,7 @@ import psutil
 
 from cbctl.client import supervisor_request
 from cbctl.errors import CbctlError, ClusterAlreadyRunning, ClusterNotRunning, InvalidArgument
-from cbctl.runtime import auth, cluster
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
@@ -29,9 +29,10 @@ from cbctl.runtime.defaults import (
     SHUTDOWN_TIMEOUT_S,
     STARTUP_TIMEOUT_S,
 )
-from cbctl.runtime.policy import parse_policy_options
-from cbctl.runtime.scaling import SCALE_REQUEST_TIMEOUT_S
-from cbctl.runtime.supervisor import STARTUP_ERROR_FILE, ClusterSpec, count_gpus
+from cbctl.runtime.scheduler.policy import parse_policy_options
+from cbctl.runtime.supervisor.scaling import SCALE_REQUEST_TIMEOUT_S
+from cbctl.runtime.supervisor.supervisor import STARTUP_ERROR_FILE, ClusterSpec, count_gpus
+from cbctl.runtime.wire import auth
 
 LOOPBACK_HOSTS = ("localhost", "[::1]")  # and every 127.x.y.z (see is_loopback)
 _LISTEN = re.compile(r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\[\]]+)(?::(?P<port>[0-9]+))?")
@@ -186,7 +187,7 @@ def private_umask() -> Iterator[None]:
 def start_supervisor(home: Path, spec: ClusterSpec, foreground: bool = False) -> subprocess.Popen:
     """Start the supervisor of a cluster in ``home`` (made ready by ``prepare_home``), with a private umask
     that it and every process it starts inherit."""
-    command = [sys.executable, "-m", "cbctl.runtime.supervisor", "--home", str(home),
+    command = [sys.executable, "-m", "cbctl.runtime.supervisor.supervisor", "--home", str(home),
                "--spec", json.dumps(asdict(spec))]
     with private_umask():
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -27,9 +27,12 @@ from rich.table import Table
 from rich.text import Text
 
 from cbctl.errors import ClusterNotRunning, InvalidArgument, ProtocolError
-from cbctl.runtime import auth, cluster
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import TOP_REQUEST_TIMEOUT_S, TOP_SILENT_AFTER_S
-from cbctl.runtime.messages import (
+from cbctl.runtime.metrics import merge_histograms, percentile_us
+from cbctl.runtime.process import new_socket
+from cbctl.runtime.wire import auth
+from cbctl.runtime.wire.messages import (
     ClusterInfoRequest,
     ControlResponse,
     StoreStatsRequest,
@@ -37,8 +40,6 @@ from cbctl.runtime.messages import (
     SupervisorRequest,
     unpack,
 )
-from cbctl.runtime.metrics import merge_histograms, percentile_us
-from cbctl.runtime.process import new_socket
 
 #: Version of the ``--json`` snapshot; bumped only when a documented field changes meaning or goes away.
 SNAPSHOT_VERSION = 1

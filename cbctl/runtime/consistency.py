@@ -62,14 +62,14 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from cbctl.errors import CbctlError, ConsistencyError, NoSuchKey
-from cbctl.runtime import serialization
 from cbctl.runtime.defaults import SESSION_HORIZON_S, SESSION_MAX_KEYS, SNAPSHOT_TTL_S
 from cbctl.runtime.lattices import CausalLattice, Lattice, LWWLattice, VectorClock
-from cbctl.runtime.messages import SnapshotRelease, VersionRequest, VersionResponse
+from cbctl.runtime.wire import serialization
+from cbctl.runtime.wire.messages import SnapshotRelease, VersionRequest, VersionResponse
 
 if TYPE_CHECKING:
-    from cbctl.runtime.cache import CachedStore
-    from cbctl.runtime.messages import DagTrigger
+    from cbctl.runtime.executor.cache import CachedStore
+    from cbctl.runtime.wire.messages import DagTrigger
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ import msgpack
 import zmq
 
 from cbctl.errors import InvalidArgument, NoSuchFunction, NoSuchKey, ProtocolError
-from cbctl.runtime import auth, cluster, serialization
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     RESERVED_PREFIX,
     TRIGGER_MAX_ATTEMPTS,
@@ -50,11 +50,12 @@ from cbctl.runtime.defaults import (
     TRIGGER_RETRY_S,
 )
 from cbctl.runtime.lattices import Lattice, LWWLattice
-from cbctl.runtime.messages import AddTrigger, CallRequest, CallResult, ListTriggers, RemoveTrigger, unpack
 from cbctl.runtime.process import ProcessConfig, drain, new_socket
+from cbctl.runtime.wire import auth, serialization
+from cbctl.runtime.wire.messages import AddTrigger, CallRequest, CallResult, ListTriggers, RemoveTrigger, unpack
 
 if TYPE_CHECKING:
-    from cbctl.runtime.scheduler import Scheduler
+    from cbctl.runtime.scheduler.scheduler import Scheduler
     from cbctl.runtime.store_client import StoreClient
 
 log = logging.getLogger(__name__)

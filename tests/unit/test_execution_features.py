@@ -8,10 +8,12 @@ import msgpack
 import pytest
 
 from cbctl.errors import InvalidArgument, InvalidDag
-from cbctl.runtime import batching, multiexec, serialization, triggers
-from cbctl.runtime.continuation import Continue
+from cbctl.runtime import multiexec, triggers
+from cbctl.runtime.executor import batching
+from cbctl.runtime.executor.continuation import Continue
 from cbctl.runtime.lattices import LWWLattice, MaxLattice
-from cbctl.runtime.messages import CallRequest, CallResult, DagTrigger, unpack
+from cbctl.runtime.wire import serialization
+from cbctl.runtime.wire.messages import CallRequest, CallResult, DagTrigger, unpack
 
 
 def trigger(function: str, source: str = "", payload: object = (), call_id: str = "c1",
@@ -193,8 +195,8 @@ def test_the_in_flight_bound_forgets_the_oldest_call():
 
 
 def test_a_restarted_store_node_recovers_its_triggers_from_the_log(tmp_path):
-    from cbctl.runtime.messages import PutRequest
-    from cbctl.runtime.store import StoreNode
+    from cbctl.runtime.store.node import StoreNode
+    from cbctl.runtime.wire.messages import PutRequest
 
     node = StoreNode(tmp_path)
     node.handle_batch([PutRequest(1, triggers.PREFIX + "t", record("t", "in/").to_wire())])

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from cbctl.errors import ProtocolError
 from cbctl.runtime.defaults import PROTOCOL_VERSION
-from cbctl.runtime.messages import (
+from cbctl.runtime.store.node import StoreNode
+from cbctl.runtime.wire.messages import (
     CallRequest,
     DagTrigger,
     ExecutorStatus,
@@ -24,7 +25,6 @@ from cbctl.runtime.messages import (
     StoreStatsRequest,
     unpack,
 )
-from cbctl.runtime.store import StoreNode
 from tests.fuzz_frames import deep, hostile_frames, pack_array, seed_frames
 
 SEEDS = seed_frames({"PutRequest": {"key": "fuzz/k", "lattice": ["lww", 1, "w", b"v", False]}})

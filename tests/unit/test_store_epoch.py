@@ -7,11 +7,11 @@ from pathlib import Path
 
 import zmq
 
-from cbctl.runtime.cache import CachedStore
+from cbctl.runtime.executor.cache import CachedStore
 from cbctl.runtime.lattices import LWWLattice
-from cbctl.runtime.messages import Ack, SubscribeRequest
-from cbctl.runtime.store import StoreNode
+from cbctl.runtime.store.node import StoreNode
 from cbctl.runtime.store_client import StoreClient
+from cbctl.runtime.wire.messages import Ack, SubscribeRequest
 
 
 def subscribe(node: StoreNode, address: str, keys: list[str], unsubscribe: bool = False) -> None:

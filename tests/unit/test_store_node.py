@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cbctl.runtime.lattices import LWWLattice, MaxLattice, SetLattice, lattice_from_wire
-from cbctl.runtime.messages import (
+from cbctl.runtime.store.node import StoreNode
+from cbctl.runtime.wire.messages import (
     Ack,
     DeleteRequest,
     ErrorResponse,
@@ -22,7 +23,6 @@ from cbctl.runtime.messages import (
     StoreStatsResponse,
     SubscribeRequest,
 )
-from cbctl.runtime.store import StoreNode
 
 
 @pytest.fixture

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from cbctl.errors import InvalidArgument
 from cbctl.runtime.defaults import SHUTDOWN_TIMEOUT_S, STARTUP_TIMEOUT_S
-from cbctl.runtime.messages import ControlResponse
+from cbctl.runtime.wire.messages import ControlResponse
 
 if TYPE_CHECKING:
-    from cbctl.runtime.supervisor import Child, Supervisor
+    from cbctl.runtime.supervisor.supervisor import Child, Supervisor
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,7 @@ from typing import Any
 import zmq
 
 from cbctl.errors import CallLost, CbctlError, InvalidArgument, NoExecutorAvailable, NoSuchFunction, ProtocolError
-from cbctl.runtime import consistency, limits, multiexec, registry, triggers
-from cbctl.runtime.continuation import DEPTH_KEY
+from cbctl.runtime import consistency, multiexec, registry, triggers
 from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
 from cbctl.runtime.defaults import (
     DISPATCH_WAIT_S,
@@ -30,7 +29,26 @@ from cbctl.runtime.defaults import (
     STOP_LINGER_S,
     TOP_SILENT_AFTER_S,
 )
-from cbctl.runtime.messages import (
+from cbctl.runtime.executor.continuation import DEPTH_KEY
+from cbctl.runtime.metrics import RateWindow, in_flight_estimate
+from cbctl.runtime.process import (
+    PeerSockets,
+    ProcessConfig,
+    Receiver,
+    RejectedFrameLog,
+    ShutdownFlag,
+    freeze_startup_heap,
+    new_context,
+    new_socket,
+    process_alive,
+    report_ready,
+    setup_logging,
+)
+from cbctl.runtime.retries import ATTEMPT_KEY, InFlightCall, InFlightTable, with_attempt
+from cbctl.runtime.scheduler.policy import PinAction, Policy, PolicySettings, host_of
+from cbctl.runtime.store_client import StoreClient
+from cbctl.runtime.wire import limits
+from cbctl.runtime.wire.messages import (
     CallAborted,
     CallRequest,
     CallResult,
@@ -54,23 +72,6 @@ from cbctl.runtime.messages import (
     unpack,
     version_refusal,
 )
-from cbctl.runtime.metrics import RateWindow, in_flight_estimate
-from cbctl.runtime.policy import PinAction, Policy, PolicySettings, host_of
-from cbctl.runtime.process import (
-    PeerSockets,
-    ProcessConfig,
-    Receiver,
-    RejectedFrameLog,
-    ShutdownFlag,
-    freeze_startup_heap,
-    new_context,
-    new_socket,
-    process_alive,
-    report_ready,
-    setup_logging,
-)
-from cbctl.runtime.retries import ATTEMPT_KEY, InFlightCall, InFlightTable, with_attempt
-from cbctl.runtime.store_client import StoreClient
 
 log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited

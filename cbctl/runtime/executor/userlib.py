@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from cbctl.errors import InvalidArgument, NoSuchKey
 
 if TYPE_CHECKING:
-    from cbctl.runtime.executor import Executor
+    from cbctl.runtime.executor.executor import Executor
 
 _MISSING = object()
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from cbctl.errors import InvalidArgument, NoExecutorAvailable
 from cbctl.runtime import defaults
-from cbctl.runtime.messages import ExecutorStatus
+from cbctl.runtime.wire.messages import ExecutorStatus
 
 ExecutorKey = tuple[str, str]  # (host, executor_id)
 TYPES = ("cpu", "gpu")

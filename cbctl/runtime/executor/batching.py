@@ -27,10 +27,10 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from cbctl.runtime.messages import DagTrigger
+from cbctl.runtime.wire.messages import DagTrigger
 
 if TYPE_CHECKING:
-    from cbctl.runtime.executor import Executor, LoadedFunction
+    from cbctl.runtime.executor.executor import Executor, LoadedFunction
 
 ReadyEntry = tuple[DagTrigger, list[DagTrigger]]
 

@@ -17,7 +17,7 @@ import msgpack
 import zmq
 
 from cbctl.errors import ProtocolError
-from cbctl.runtime import cluster, limits
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     MAX_MESSAGE_BYTES,
     RATE_SAMPLE_S,
@@ -27,7 +27,21 @@ from cbctl.runtime.defaults import (
     WAL_COMPACT_BYTES,
 )
 from cbctl.runtime.lattices import Lattice, LWWLattice, lattice_from_wire
-from cbctl.runtime.messages import (
+from cbctl.runtime.metrics import RateWindow
+from cbctl.runtime.process import (
+    PeerSockets,
+    ProcessConfig,
+    RejectedFrameLog,
+    ShutdownFlag,
+    drain,
+    new_context,
+    new_socket,
+    report_ready,
+)
+from cbctl.runtime.store.wal import WriteAheadLog
+from cbctl.runtime.triggers import StoreTriggers, TriggerDispatcher
+from cbctl.runtime.wire import limits
+from cbctl.runtime.wire.messages import (
     Ack,
     DeleteRequest,
     ErrorResponse,
@@ -44,19 +58,6 @@ from cbctl.runtime.messages import (
     unpack,
     version_refusal,
 )
-from cbctl.runtime.metrics import RateWindow
-from cbctl.runtime.process import (
-    PeerSockets,
-    ProcessConfig,
-    RejectedFrameLog,
-    ShutdownFlag,
-    drain,
-    new_context,
-    new_socket,
-    report_ready,
-)
-from cbctl.runtime.triggers import StoreTriggers, TriggerDispatcher
-from cbctl.runtime.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from cbctl.errors import CbctlError, ContinuationDepthExceeded, InvalidArgument
-from cbctl.runtime import limits, serialization
-from cbctl.runtime.messages import ContinueCall, DagTrigger
+from cbctl.runtime.wire import limits, serialization
+from cbctl.runtime.wire.messages import ContinueCall, DagTrigger
 
 if TYPE_CHECKING:
-    from cbctl.runtime.executor import Executor
+    from cbctl.runtime.executor.executor import Executor
 
 #: ``DagTrigger.extras`` key holding how many hand-offs the call has made so far (absent: none).
 DEPTH_KEY = "depth"

@@ -34,7 +34,7 @@ import zmq
 
 import cbctl
 from cbctl.errors import ProtocolError
-from cbctl.runtime import auth, cluster, limits, scaling
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
@@ -45,7 +45,10 @@ from cbctl.runtime.defaults import (
     SHUTDOWN_TIMEOUT_S,
     STARTUP_TIMEOUT_S,
 )
-from cbctl.runtime.messages import (
+from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, drain, new_socket
+from cbctl.runtime.supervisor import scaling
+from cbctl.runtime.wire import auth, limits
+from cbctl.runtime.wire.messages import (
     ControlResponse,
     ExecutorLost,
     ProcessReady,
@@ -53,14 +56,13 @@ from cbctl.runtime.messages import (
     unpack,
     version_refusal,
 )
-from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, drain, new_socket
 
 log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
 
 STARTUP_ERROR_FILE = cluster.STARTUP_ERROR_FILE
-ROLE_MODULES = {"store": "cbctl.runtime.store", "scheduler": "cbctl.runtime.scheduler",
-                "executor": "cbctl.runtime.executor"}
+ROLE_MODULES = {"store": "cbctl.runtime.store.node", "scheduler": "cbctl.runtime.scheduler.scheduler",
+                "executor": "cbctl.runtime.executor.executor"}
 
 
 def run_role(config: ProcessConfig) -> None:

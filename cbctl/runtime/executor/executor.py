@@ -21,22 +21,9 @@ from typing import Any
 import zmq
 
 from cbctl.errors import CbctlError, ConsistencyError, InvalidArgument, NoSuchFunction, ProtocolError
-from cbctl.runtime import (
-    auth,
-    batching,
-    cluster,
-    consistency,
-    continuation,
-    limits,
-    multiexec,
-    registry,
-    serialization,
-    user_errors,
-)
-from cbctl.runtime.cache import CachedStore, StoreEpochProbe
+from cbctl.runtime import cluster, consistency, multiexec, registry, user_errors
 from cbctl.runtime.code_loading import load_target
 from cbctl.runtime.consistency import SessionManager
-from cbctl.runtime.continuation import Continue
 from cbctl.runtime.dag import downstream_of, upstream_of
 from cbctl.runtime.defaults import (
     CACHED_KEYS_REPORTED,
@@ -48,9 +35,31 @@ from cbctl.runtime.defaults import (
     STORE_REQUEST_TIMEOUT_S,
     VERSION_FETCH_TIMEOUT_S,
 )
-from cbctl.runtime.departure import Departure, Peer
+from cbctl.runtime.executor import batching, continuation
+from cbctl.runtime.executor.cache import CachedStore, StoreEpochProbe
+from cbctl.runtime.executor.continuation import Continue
+from cbctl.runtime.executor.departure import Departure, Peer
+from cbctl.runtime.executor.userlib import UserLibrary
 from cbctl.runtime.lattices import lattice_from_wire
-from cbctl.runtime.messages import (
+from cbctl.runtime.metrics import ExecutorMetrics
+from cbctl.runtime.process import (
+    PeerSockets,
+    ProcessConfig,
+    Receiver,
+    RejectedFrameLog,
+    ShutdownFlag,
+    drain,
+    freeze_startup_heap,
+    new_context,
+    new_socket,
+    process_alive,
+    report_ready,
+    setup_logging,
+)
+from cbctl.runtime.retries import ATTEMPT_KEY, AttemptFilter
+from cbctl.runtime.store_client import StoreClient
+from cbctl.runtime.wire import auth, limits, serialization
+from cbctl.runtime.wire.messages import (
     CallAborted,
     CallResult,
     CallRetried,
@@ -70,24 +79,6 @@ from cbctl.runtime.messages import (
     VersionResponse,
     unpack,
 )
-from cbctl.runtime.metrics import ExecutorMetrics
-from cbctl.runtime.process import (
-    PeerSockets,
-    ProcessConfig,
-    Receiver,
-    RejectedFrameLog,
-    ShutdownFlag,
-    drain,
-    freeze_startup_heap,
-    new_context,
-    new_socket,
-    process_alive,
-    report_ready,
-    setup_logging,
-)
-from cbctl.runtime.retries import ATTEMPT_KEY, AttemptFilter
-from cbctl.runtime.store_client import StoreClient
-from cbctl.runtime.userlib import UserLibrary
 
 log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
