@@ -25,7 +25,7 @@ from cbctl.errors import (
     NoSuchKey,
     ProtocolError,
 )
-from cbctl.runtime.executor.continuation import Continue
+from cbctl.runtime.continuation import Continue
 from cbctl.runtime.wire.serialization import Ref
 
 __version__ = "0.1.0"

@@ -15,7 +15,7 @@ import zmq
 from rich.console import Console
 from rich.table import Table
 
-from cbctl import lifecycle
+from cbctl import control, lifecycle
 from cbctl import top as topview
 from cbctl.client import Client
 from cbctl.declare import DeployFileError
@@ -210,7 +210,7 @@ def scale(executors: int, as_json: bool, home: str | None) -> None:
     Example: cbctl scale --executors 2
     """
     with console.status(f"scaling to {executors} CPU executors..."):
-        result = lifecycle.scale_cluster(cluster.resolve_home(home), executors)
+        result = control.scale_cluster(cluster.resolve_home(home), executors)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

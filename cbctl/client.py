@@ -24,6 +24,7 @@ from typing import Any
 import cloudpickle
 import zmq
 
+from cbctl.control import scale_cluster, supervisor_request
 from cbctl.declare import Declarations, dag_options, function_name, load_file
 from cbctl.errors import (
     AuthenticationError,
@@ -62,7 +63,6 @@ from cbctl.runtime.wire.messages import (
     RegisterFunction,
     RemoveRequest,
     RemoveTrigger,
-    SupervisorRequest,
     unpack,
 )
 
@@ -277,8 +277,6 @@ class Client:
 
     def scale(self, executors: int) -> dict[str, Any]:
         """Run ``executors`` CPU executors, as ``cbctl scale --executors N`` does; returns once done."""
-        from cbctl.lifecycle import scale_cluster  # lifecycle imports this module
-
         return scale_cluster(self.home, executors)
 
     def _control(self, build: Callable[[int], Message]) -> Any:
@@ -586,33 +584,6 @@ def _check_key(key: Any) -> None:
                               "(cbctl's own keys)")
 
 
-
-
-def supervisor_request(found: cluster.ClusterFile, command: str, timeout_s: float = CONTROL_TIMEOUT_S,
-                       home: Path | None = None, **arguments: Any) -> Any:
-    """One request to the supervisor's control socket (status, stop, scale). ``home`` is where the cluster
-    file was read (its keys are there), when that is not the home the cluster runs in."""
-    home = home or Path(found.home)
-    context = zmq.Context.instance()
-    keys = auth.cluster_keys(home, found.auth)
-    sock = new_socket(context, zmq.DEALER)
-    watch = auth.watch_handshakes(sock, found.control_address, keys)
-    try:
-        auth.connect(sock, found.control_address, keys)
-        sock.send(SupervisorRequest(1, command, arguments).pack())
-        if not auth.wait_for_reply(sock, timeout_s, watch, found.control_address, home):
-            raise ClusterNotRunning(f"the supervisor (pid {found.supervisor_pid}) did not answer within "
-                                    f"{timeout_s:.0f} s: see `cbctl logs supervisor`")
-        reply = unpack(sock.recv())
-    finally:
-        if watch is not None:
-            watch.close()
-        sock.close()
-    if not isinstance(reply, ControlResponse):
-        raise CbctlError(f"unexpected reply {type(reply).__name__} from the supervisor")
-    if not reply.ok:
-        raise error_from_wire(reply.error_type, reply.message)
-    return reply.payload
 
 
 def connect(home: str | os.PathLike[str] | None = None) -> Client:

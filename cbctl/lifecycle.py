@@ -15,11 +15,9 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import psutil
 
-from cbctl.client import supervisor_request
 from cbctl.errors import CbctlError, ClusterAlreadyRunning, ClusterNotRunning, InvalidArgument
 from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
@@ -30,7 +28,6 @@ from cbctl.runtime.defaults import (
     STARTUP_TIMEOUT_S,
 )
 from cbctl.runtime.scheduler.policy import parse_policy_options
-from cbctl.runtime.supervisor.scaling import SCALE_REQUEST_TIMEOUT_S
 from cbctl.runtime.supervisor.supervisor import STARTUP_ERROR_FILE, ClusterSpec, count_gpus
 from cbctl.runtime.wire import auth
 
@@ -249,16 +246,6 @@ def stop_cluster(home: Path, timeout_s: float = 3 * SHUTDOWN_TIMEOUT_S + 10) -> 
     wait_gone(alive, 5)
     cluster.remove_cluster_file(home)
     return len(procs)
-
-
-def scale_cluster(home: Path, executors: int) -> dict[str, Any]:
-    """Run ``executors`` CPU executors in the cluster in ``home``: start more, or depart the highest-numbered
-    ones gracefully (they finish the work they were sent; no call is lost). Returns once done, with
-    ``{"executors": N, "started": [names], "stopped": [names]}``."""
-    if isinstance(executors, bool) or not isinstance(executors, int) or executors < 0:
-        raise InvalidArgument(f"--executors must be a whole number >= 0, not {executors!r}")
-    found = cluster.running_cluster(home)
-    return supervisor_request(found, "scale", timeout_s=SCALE_REQUEST_TIMEOUT_S, home=home, executors=executors)
 
 
 def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:

@@ -28,6 +28,9 @@ STARTUP_TIMEOUT_S = 60.0
 #: Seconds `cbctl down` gives the cluster to stop warmly before killing what is left.
 SHUTDOWN_TIMEOUT_S = 20.0
 
+#: Seconds a client waits for a scale request: starting executors, or draining departing ones, plus slack.
+SCALE_REQUEST_TIMEOUT_S = STARTUP_TIMEOUT_S + SHUTDOWN_TIMEOUT_S + 10
+
 #: Seconds a stopping store or scheduler gives the frames it queued last (replies, the triggers of the calls it
 #: dispatched while draining) to leave before its sockets close. A live peer takes them in microseconds; one that is
 #: gone (an executor `cbctl down` already stopped) never does and costs this much on every stop, hence short.

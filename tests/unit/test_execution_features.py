@@ -8,10 +8,11 @@ import msgpack
 import pytest
 
 from cbctl.errors import InvalidArgument, InvalidDag
-from cbctl.runtime import multiexec, triggers
+from cbctl.runtime import multiexec
+from cbctl.runtime.continuation import Continue
 from cbctl.runtime.executor import batching
-from cbctl.runtime.executor.continuation import Continue
 from cbctl.runtime.lattices import LWWLattice, MaxLattice
+from cbctl.runtime.store import triggers
 from cbctl.runtime.wire import serialization
 from cbctl.runtime.wire.messages import CallRequest, CallResult, DagTrigger, unpack
 

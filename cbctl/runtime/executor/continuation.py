@@ -14,46 +14,16 @@ value of that DAG that was handed elsewhere would leave the successors without a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import zmq
 
 from cbctl.errors import CbctlError, ContinuationDepthExceeded, InvalidArgument
+from cbctl.runtime.continuation import DEPTH_KEY, Continue
+from cbctl.runtime.executor.host import ContinuationHost
 from cbctl.runtime.wire import limits, serialization
 from cbctl.runtime.wire.messages import ContinueCall, DagTrigger
 
-if TYPE_CHECKING:
-    from cbctl.runtime.executor.executor import Executor
 
-#: ``DagTrigger.extras`` key holding how many hand-offs the call has made so far (absent: none).
-DEPTH_KEY = "depth"
-
-
-class Continue:
-    """Returned by a function: "my caller's result is whatever ``name(*args)`` returns".
-
-    ``name`` is a registered function or DAG; ``args`` are its positional arguments (every source of a DAG
-    receives all of them). Example, a retry loop bounded by the continuation limit::
-
-        @cbctl.function
-        def poll(cb, job):
-            status = cb.get(f"jobs/{job}", default="pending")
-            return status if status == "done" else cbctl.Continue("poll", job)
-    """
-
-    __slots__ = ("name", "args")
-
-    def __init__(self, name: str, *args: Any) -> None:
-        if not isinstance(name, str) or not name:
-            raise InvalidArgument(f"cbctl.Continue needs the name of a registered function or DAG, got {name!r}")
-        self.name = name
-        self.args = args
-
-    def __repr__(self) -> str:
-        return f"Continue({self.name!r}, {', '.join(map(repr, self.args))})"
-
-
-def hand_off(executor: Executor, trigger: DagTrigger, continuation: Continue, is_sink: bool) -> None:
+def hand_off(executor: ContinuationHost, trigger: DagTrigger, continuation: Continue, is_sink: bool) -> None:
     """Send ``continuation`` on as the rest of ``trigger``'s call, or fail the call saying why it cannot."""
     if not is_sink:
         executor.fail(trigger, InvalidArgument(

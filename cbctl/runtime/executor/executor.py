@@ -14,7 +14,6 @@ import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from cbctl.errors import CbctlError, ConsistencyError, InvalidArgument, NoSuchFu
 from cbctl.runtime import cluster, consistency, multiexec, registry, user_errors
 from cbctl.runtime.code_loading import load_target
 from cbctl.runtime.consistency import SessionManager
+from cbctl.runtime.continuation import DEPTH_KEY, Continue
 from cbctl.runtime.dag import downstream_of, upstream_of
 from cbctl.runtime.defaults import (
     CACHED_KEYS_REPORTED,
@@ -37,8 +37,8 @@ from cbctl.runtime.defaults import (
 )
 from cbctl.runtime.executor import batching, continuation
 from cbctl.runtime.executor.cache import CachedStore, StoreEpochProbe
-from cbctl.runtime.executor.continuation import Continue
 from cbctl.runtime.executor.departure import Departure, Peer
+from cbctl.runtime.executor.host import LoadedFunction
 from cbctl.runtime.executor.userlib import UserLibrary
 from cbctl.runtime.lattices import lattice_from_wire
 from cbctl.runtime.metrics import ExecutorMetrics
@@ -85,12 +85,6 @@ rejected = RejectedFrameLog(log)  # warnings about frames this process drops, ra
 
 #: Seconds a partly-triggered DAG step waits for its other triggers before it is dropped.
 JOIN_TIMEOUT_S = 600.0
-
-
-@dataclass
-class LoadedFunction:
-    record: registry.FunctionRecord
-    target: Any  # the function, or the bound ``run`` of the constructed class
 
 
 class Executor:
@@ -558,7 +552,7 @@ class Executor:
 # than failing its step after the user's function ran. Entries not listed here are ignored by every reader.
 _EXTRAS_TYPES: dict[str, type] = {
     consistency.SESSION: dict, consistency.WRITES: dict, consistency.VERSIONS: dict, consistency.HOLDERS: list,
-    consistency.CAUSAL_FLOOR: dict, multiexec.EXTRAS_KEY: dict, continuation.DEPTH_KEY: int,
+    consistency.CAUSAL_FLOOR: dict, multiexec.EXTRAS_KEY: dict, DEPTH_KEY: int,
 }
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import zmq
 
 from cbctl.errors import CallLost, CbctlError, InvalidArgument, NoExecutorAvailable, NoSuchFunction, ProtocolError
-from cbctl.runtime import consistency, multiexec, registry, triggers
+from cbctl.runtime import consistency, multiexec, registry
+from cbctl.runtime.continuation import DEPTH_KEY
 from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
 from cbctl.runtime.defaults import (
     DISPATCH_WAIT_S,
@@ -29,7 +30,6 @@ from cbctl.runtime.defaults import (
     STOP_LINGER_S,
     TOP_SILENT_AFTER_S,
 )
-from cbctl.runtime.executor.continuation import DEPTH_KEY
 from cbctl.runtime.metrics import RateWindow, in_flight_estimate
 from cbctl.runtime.process import (
     PeerSockets,
@@ -45,10 +45,12 @@ from cbctl.runtime.process import (
     setup_logging,
 )
 from cbctl.runtime.retries import ATTEMPT_KEY, InFlightCall, InFlightTable, with_attempt
+from cbctl.runtime.scheduler import triggers
 from cbctl.runtime.scheduler.policy import PinAction, Policy, PolicySettings, host_of
 from cbctl.runtime.store_client import StoreClient
 from cbctl.runtime.wire import limits
 from cbctl.runtime.wire.messages import (
+    AddTrigger,
     CallAborted,
     CallRequest,
     CallResult,
@@ -61,12 +63,14 @@ from cbctl.runtime.wire.messages import (
     ExecutorStatus,
     LeavingAck,
     ListRequest,
+    ListTriggers,
     Message,
     PinRequest,
     PinResponse,
     RegisterDag,
     RegisterFunction,
     RemoveRequest,
+    RemoveTrigger,
     StatusAck,
     UnpinRequest,
     unpack,
@@ -146,6 +150,20 @@ class Scheduler:
         self.functions, self.dags = registry.load_all(store or self.store)
         self.plans.clear()
         self.apply(self.policy.set_wanted(pinned_functions(self.functions, self.dags)))
+
+    def is_registered(self, name: str) -> bool:
+        """Whether ``name`` is a registered function or DAG, after a fresh look at the registry."""
+        self.refresh_registry()
+        return name in self.functions or name in self.dags
+
+    def on_add_trigger(self, request: AddTrigger) -> dict[str, Any]:
+        return triggers.on_add(self.store, request, self.is_registered)
+
+    def on_list_triggers(self, request: ListTriggers) -> list[dict[str, Any]]:
+        return triggers.on_list(self.store, request)
+
+    def on_remove_trigger(self, request: RemoveTrigger) -> dict[str, Any]:
+        return triggers.on_remove(self.store, request)
 
     def plan_for(self, name: str) -> CallPlan:
         plan = self.plans.get(name)
@@ -440,7 +458,9 @@ class Scheduler:
         ListRequest: on_list,
         RemoveRequest: on_remove,
         ClusterInfoRequest: on_cluster_info,
-        **triggers.SCHEDULER_CONTROL,
+        AddTrigger: on_add_trigger,
+        ListTriggers: on_list_triggers,
+        RemoveTrigger: on_remove_trigger,
     }
 
     def handle(self, sock: zmq.Socket, parts: list[bytes]) -> None:

@@ -38,8 +38,8 @@ from cbctl.runtime.process import (
     new_socket,
     report_ready,
 )
+from cbctl.runtime.store.triggers import StoreTriggers, TriggerDispatcher
 from cbctl.runtime.store.wal import WriteAheadLog
-from cbctl.runtime.triggers import StoreTriggers, TriggerDispatcher
 from cbctl.runtime.wire import limits
 from cbctl.runtime.wire.messages import (
     Ack,
