@@ -33,7 +33,7 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,9 +91,9 @@ class StoreTriggers:
         self._boot = os.urandom(4).hex()  # call ids stay unique across store restarts
         self._last_error_log = 0.0
 
-    def load(self, data: Mapping[str, Lattice]) -> None:
-        """Rebuild the index from the store's recovered data."""
-        for key, lattice in data.items():
+    def load(self, records: Iterable[tuple[str, Lattice]]) -> None:
+        """Rebuild the index from the store's recovered trigger records (``(key, lattice)`` pairs)."""
+        for key, lattice in records:
             if key.startswith(PREFIX):
                 self._index(key, lattice)
 
