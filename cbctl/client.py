@@ -5,6 +5,9 @@ result comes back, from whichever executor ran the sink, to this client's own bo
 by call id. No background thread: whichever caller is waiting takes the role of reading the PULL socket
 and hands results to the other waiters (so a single-threaded caller pays no thread hop), and many calls,
 from many threads, can be in flight at once.
+
+Long on purpose: it is one object, ``Client``, whose registration, calls and state share its sockets, locks and
+call bookkeeping; the supervisor's control channel is ``control.py``.
 """
 
 from __future__ import annotations

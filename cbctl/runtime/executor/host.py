@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import zmq
 
 from cbctl.runtime import registry
-from cbctl.runtime.consistency import SessionManager
+from cbctl.runtime.executor.sessions import SessionManager
 from cbctl.runtime.metrics import ExecutorMetrics
 from cbctl.runtime.wire.messages import DagTrigger
 

@@ -9,6 +9,9 @@ which servers log, count and drop.
 Kind 0 is reserved, for ever, for one frame whose layout never changes: ``[sender_version, 0, text]``, a
 server's answer to a frame of another protocol version (``version_refusal``), so the peer is told in a form any
 version reads, and ``unpack`` turns it into a ``ProtocolError`` carrying the text.
+
+Long on purpose: this is the protocol's catalogue, every kind with its number, in one place where a reader
+checks that no number is used twice and a new kind finds its range.
 """
 
 from __future__ import annotations
