@@ -1,4 +1,8 @@
-"""The ``cbctl`` command: argument parsing and rendering only; the work is in the library."""
+"""The ``cbctl`` command: argument parsing and rendering only; the work is in the library.
+
+Long on purpose: one click command per ``cbctl`` subcommand, each short, with its help text; the rendering of
+``cbctl top`` is ``top.py``.
+"""
 
 from __future__ import annotations
 

@@ -38,3 +38,27 @@ def test_package_loads_no_other_role(target: str) -> None:
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(report["imported"]) > 1, report  # the probe found the package's modules
     assert report["foreign"] == [], f"importing cbctl.runtime.{target} loaded {report['foreign']}"
+
+
+def _imports_of(path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):  # every import, TYPE_CHECKING and function-local too
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.update([node.module, *(f"{node.module}.{a.name}" for a in node.names)])
+    return names
+
+
+def test_shared_modules_and_wire_import_no_role_even_for_type_hints() -> None:
+    from pathlib import Path
+
+    import cbctl.runtime
+
+    root = Path(cbctl.runtime.__file__).parent
+    below = [*root.glob("*.py"), *(root / "wire").glob("*.py")]
+    offenders = {f"{p.relative_to(root)} -> {name}" for p in below for name in _imports_of(p)
+                 if any(name == f"cbctl.runtime.{r}" or name.startswith(f"cbctl.runtime.{r}.") for r in ROLES)}
+    assert not offenders, sorted(offenders)

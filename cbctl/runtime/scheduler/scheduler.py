@@ -5,6 +5,9 @@ One ROUTER socket serves clients (calls and control requests) and executors (sta
 A call is answered by the sink executor, straight to the caller; the scheduler only writes back when the
 call cannot be dispatched. The registry lives in the store and is re-read periodically, so several
 schedulers, or a restarted one, serve the same functions.
+
+Long on purpose: ``Scheduler`` is one loop's state (registry view, plans, in-flight calls) and its handlers;
+placement is ``policy``, crash retries ``retries``, trigger requests ``triggers``.
 """
 
 from __future__ import annotations

@@ -495,7 +495,7 @@ class SupervisorRequest(Message):
     arguments: dict[str, Any] = field(default_factory=dict)
 
 
-# --- executor departure (kinds 70-79; see runtime/departure.py) ---------------------------------------------
+# --- executor departure (kinds 70-79; see executor/departure.py) ------------------------------------
 
 
 @message(70)
