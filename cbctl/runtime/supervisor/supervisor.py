@@ -44,7 +44,7 @@ from cbctl.runtime.defaults import (
     SHUTDOWN_TIMEOUT_S,
     STARTUP_TIMEOUT_S,
 )
-from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, drain, new_socket
+from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, TimerWork, drain, new_socket
 from cbctl.runtime.supervisor import scaling
 from cbctl.runtime.supervisor.child import Child
 from cbctl.runtime.wire import auth, limits
@@ -119,6 +119,7 @@ class Supervisor:
         self.mp.set_forkserver_preload(sorted(set(ROLE_MODULES.values())))
         self.children: dict[str, Child] = {}
         self.shutdown = ShutdownFlag()
+        self.timers = TimerWork(log)
         self.started_at = time.time()
         self.ready_sock = new_socket(self.context, zmq.PULL)
         self.ready_address = cluster.ipc_address(home, "supervisor-ready")
@@ -273,9 +274,9 @@ class Supervisor:
                 self.write_cluster_file()
             if self.control_sock in events:
                 self._on_control_frames()
-            self._watch_children()
+            self.timers.run(self._watch_children)
             if self.scaling is not None:
-                self._advance_scale()
+                self.timers.run(self._advance_scale)
         self.stop()
 
     def _watch_children(self) -> None:
