@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from cbctl.errors import InvalidArgument
-from cbctl.runtime.departure import Departure, Peer, choose_heir
-from cbctl.runtime.messages import ExecutorLeaving, LeavingAck, unpack
-from cbctl.runtime.scaling import ScalePlan, plan_scale
+from cbctl.runtime.executor.departure import Departure, Peer, choose_heir
+from cbctl.runtime.supervisor.scaling import ScalePlan, plan_scale
+from cbctl.runtime.wire.messages import ExecutorLeaving, LeavingAck, unpack
 
 
 class Clock:
