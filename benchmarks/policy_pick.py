@@ -18,8 +18,8 @@ import time
 from typing import Any
 
 from benchmarks._common import print_report
-from cbctl.runtime.messages import ExecutorStatus
-from cbctl.runtime.policy import Policy, PolicySettings
+from cbctl.runtime.scheduler.policy import Policy, PolicySettings
+from cbctl.runtime.wire.messages import ExecutorStatus
 
 SINGLE_BAR_US = 20.0
 SEVERAL_BAR_US = 100.0

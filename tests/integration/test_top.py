@@ -14,7 +14,7 @@ import pytest
 
 from cbctl.errors import FunctionError
 from cbctl.runtime.defaults import STATUS_INTERVAL_S
-from cbctl.top import take_snapshot
+from cbctl.snapshot import take_snapshot
 from tests.conftest import run_cli
 
 
