@@ -3,7 +3,8 @@
 ``$CBCTL_HOME`` holds ``cluster.json`` (written by the supervisor once every child is ready), ``data/``
 (the store's log and snapshots), ``logs/`` (one file per process) and ``sock/`` (ipc sockets). When the
 home path is too long for an ipc socket path, the sockets go to a short directory under the system temp
-directory named by a hash of the home, so two homes never share sockets. ``keys/`` holds the CURVE keys
+directory named by a hash of the home, so two homes never share sockets; it is removed when the cluster
+stops (``remove_socket_dir``). ``keys/`` holds the CURVE keys
 of a cluster that listens on TCP (``auth.py``).
 
 All of it is private to the user: directories 0700, files 0600 (``secure_home``, and a umask of 077 in
