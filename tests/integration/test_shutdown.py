@@ -131,6 +131,7 @@ def test_down_with_calls_in_flight_finishes_or_fails_each_clearly(start_cluster)
             x += 1
             time.sleep(0.05)
         outcomes: dict[int, Any] = {}
+        all_answered: list[float] = []
 
         def wait_all() -> None:
             for x, future in futures:
@@ -138,18 +139,27 @@ def test_down_with_calls_in_flight_finishes_or_fails_each_clearly(start_cluster)
                     outcomes[x] = future.result()  # no timeout: the client must not wait for ever
                 except cbctl.CbctlError as exc:
                     outcomes[x] = exc
+            all_answered.append(time.monotonic())
 
         waiter = threading.Thread(target=wait_all, daemon=True)
         waiter.start()
+        _, err = down.communicate(timeout=90)
+        down_returned = time.monotonic()  # every process is gone, the supervisor too
         waiter.join(90)
         assert not waiter.is_alive(), f"calls still waiting 90 s after `cbctl down`: {len(outcomes)} done"
     finally:
-        _, err = down.communicate(timeout=90)
+        if down.poll() is None:
+            down.kill()
+            down.communicate()
     assert down.returncode == 0, err
+    # "ClusterNotRunning, within about a second, for a call still waiting when the supervisor has gone"
+    # (the bad case: a call waits for ever, or for its timeout)
+    assert all_answered[0] - down_returned < 5, f"calls answered {all_answered[0] - down_returned:.1f} s after down"
     finished = [x for x, outcome in outcomes.items() if outcome == x]
     failed = {x: outcome for x, outcome in outcomes.items() if isinstance(outcome, cbctl.CbctlError)}
     kinds = collections.Counter(type(e).__name__ for e in failed.values())
-    print(f"down with calls in flight: {len(finished)} finished, failures: {dict(kinds)}")
+    print(f"down with calls in flight: {len(finished)} finished, failures: {dict(kinds)}, all answered "
+          f"{all_answered[0] - down_returned:+.2f} s after down returned")
     assert len(finished) + len(failed) == len(futures), outcomes
     assert all(x in finished for x in range(20)), "a call the executors had before `down` did not finish"
     for exc in failed.values():  # typed, and it says what happened
