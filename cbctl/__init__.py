@@ -24,6 +24,7 @@ from cbctl.errors import (
     NoSuchFunction,
     NoSuchKey,
     ProtocolError,
+    StoreFull,
 )
 from cbctl.runtime.continuation import Continue
 from cbctl.runtime.wire.serialization import Ref
@@ -51,6 +52,7 @@ __all__ = [
     "NoSuchKey",
     "ProtocolError",
     "Ref",
+    "StoreFull",
     "connect",
     "dag",
     "function",
