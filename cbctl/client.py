@@ -536,6 +536,8 @@ class Client:
             try:
                 self._store.put_lattice(key, self._store.new_lww(encoded))
             except InvalidArgument as exc:
+                if "ephemeral value" in str(exc):  # the store says why itself (a key is durable or ephemeral)
+                    raise
                 raise InvalidArgument(f"could not write {key!r}: {exc} (it holds values written by causal calls; "
                                       "use another key, or delete it first with delete_key)") from None
         self._session.record({key: written_after})

@@ -220,6 +220,8 @@ class CachedStore:
         try:
             self.client.put_lattice(key, lattice)
         except InvalidArgument as exc:
+            if "ephemeral value" in str(exc):  # the store says why itself (a key is durable or ephemeral)
+                raise
             raise InvalidArgument(
                 f"could not write {key!r}: {exc} (a key keeps the kind of value it was first written with: "
                 "lww and repeatable_read calls write last-writer-wins values, causal calls causal ones; "
