@@ -249,3 +249,27 @@ def test_the_message_carries_the_bucket_options_and_old_frames_still_unpack():
     assert unpack(frame) == AddTrigger(1, "t", "", "f", 0, 0.0, ["a", "b"], True)
     old = msgpack.packb([*msgpack.unpackb(AddTrigger(1, "t", "p/", "f").pack())[:6]])  # without the new fields
     assert unpack(old) == AddTrigger(1, "t", "p/", "f")
+
+
+def test_deploy_files_declare_bucket_triggers(tmp_path: Path):
+    from cbctl.declare import load_file
+
+    path = tmp_path / "buckets.py"
+    path.write_text(
+        "import cbctl\n\n"
+        "@cbctl.function\n"
+        "def f(cb, keys):\n"
+        "    return keys\n\n"
+        "cbctl.trigger('every10', prefix='ev/', function=f, batch=10)\n"
+        "cbctl.trigger('tick', prefix='ev/', function='f', window=2.5, values=True)\n"
+        "cbctl.trigger('all', function=f, join=['a', 'b'])\n")
+    declared = {t.name: t for t in load_file(path).triggers}
+    assert (declared["every10"].prefix, declared["every10"].batch) == ("ev/", 10)
+    assert (declared["tick"].window, declared["tick"].values) == (2.5, True)
+    assert (declared["all"].prefix, declared["all"].join, declared["all"].function) == ("", ["a", "b"], "f")
+    from cbctl.declare import trigger
+
+    with pytest.raises(InvalidArgument, match="names no function"):
+        trigger("t", "p/")
+    with pytest.raises(InvalidArgument, match="not one string"):
+        trigger("t", function="f", join="a")
