@@ -24,6 +24,7 @@ from cbctl.errors import (
     NoSuchFunction,
     NoSuchKey,
     ProtocolError,
+    StoreFull,
     StoreUnavailable,
 )
 from cbctl.runtime.continuation import Continue
@@ -52,6 +53,7 @@ __all__ = [
     "NoSuchKey",
     "ProtocolError",
     "Ref",
+    "StoreFull",
     "StoreUnavailable",
     "connect",
     "dag",

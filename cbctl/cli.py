@@ -282,21 +282,24 @@ def top(interval: float, sort: str, once: bool, as_json: bool, home: str | None)
 @main.command()
 @click.argument("key")
 @click.argument("value")
+@click.option("--ephemeral", is_flag=True, help="In the store's memory only, never logged; gone after --ttl.")
+@click.option("--ttl", type=float, default=None, help="Seconds an --ephemeral value lives (default 300).")
 @home_option
 @handle_errors
-def put(key: str, value: str, home: str | None) -> None:
+def put(key: str, value: str, ephemeral: bool, ttl: float | None, home: str | None) -> None:
     """Write VALUE under KEY: JSON when it parses, else a string; - reads VALUE from stdin (for big values).
 
     \b
     Example: cbctl put greeting '"hello"'
              cbctl put config '{"retries": 3}'
              cbctl put report - < report.json
+             cbctl put scratch/1 '[1, 2]' --ephemeral --ttl 60
     """
     if value == "-":
         value = sys.stdin.read()
     with Client(home) as client:
-        client.put(key, parse_value(value))
-    console.print(f"stored {key}", markup=False)
+        client.put(key, parse_value(value), durable=not ephemeral, ttl=ttl)
+    console.print(f"stored {key}" + (" (ephemeral)" if ephemeral else ""), markup=False)
 
 
 @main.command()
@@ -386,7 +389,20 @@ def deploy(file: Path, as_json: bool, import_timeout: float, home: str | None) -
         shape = " -> ".join(d["functions"]) if d["edges"] == chain else ", ".join(f"{a}->{b}" for a, b in d["edges"])
         console.print(f"dag      {d['name']}: {shape}", markup=False)
     for t in registered.get("triggers", []):
-        console.print(f"trigger  {t['name']}: puts under {t['prefix']!r} call {t['function']}", markup=False)
+        console.print(f"trigger  {t['name']}: {describe_trigger(t)}", markup=False)
+
+
+def describe_trigger(t: dict[str, Any]) -> str:
+    """What fires a trigger, in words: 'puts under 'in/' call f', 'every 2.0 s, keys under 'ev/' call f', ..."""
+    function = t["function"] + (" with values" if t.get("values") else "")
+    if t.get("join"):
+        shown = ", ".join(t["join"][:3]) + (f", ... ({len(t['join'])} keys)" if len(t["join"]) > 3 else "")
+        return f"once all of {shown} are put, call {function}"
+    if t.get("batch"):
+        return f"every {t['batch']} keys put under {t['prefix']!r}, call {function}"
+    if t.get("window_s"):
+        return f"every {t['window_s']:g} s, the keys put under {t['prefix']!r} call {function}"
+    return f"puts under {t['prefix']!r} call {function}"
 
 
 @main.command()
@@ -467,7 +483,8 @@ def rm(name: str, home: str | None) -> None:
 
 @main.group()
 def trigger() -> None:
-    """Storage triggers: every put to a key under a prefix calls a function or DAG with (key, value).
+    """Storage triggers: every put to a key under a prefix calls a function or DAG with (key, value);
+    or a bucket of puts (--batch, --window, --join) calls it with the keys that filled it.
 
     Calls are asynchronous (the put does not wait) and at least once: a call that does not finish within
     30 s is sent again, so make trigger functions idempotent. Deletes do not fire.
@@ -475,6 +492,9 @@ def trigger() -> None:
     \b
     Examples:
     cbctl trigger add on_upload --prefix uploads/ --function thumbnail
+    cbctl trigger add every100 --prefix events/ --batch 100 --function summarize
+    cbctl trigger add tick --prefix events/ --window 2 --function summarize
+    cbctl trigger add reduce --join part/0 --join part/1 --function reduce
     cbctl trigger ls
     cbctl trigger rm on_upload
     """
@@ -482,23 +502,31 @@ def trigger() -> None:
 
 @trigger.command(name="add")
 @click.argument("name")
-@click.option("--prefix", required=True, help="Watch keys starting with this (not with __cb/).")
-@click.option("--function", "function", required=True, help="Registered function or DAG to call with (key, value).")
+@click.option("--prefix", default="", help="Watch keys starting with this (not with __cb/); not with --join.")
+@click.option("--function", "function", required=True,
+              help="Registered function or DAG to call with (key, value), or (keys) for a bucket.")
+@click.option("--batch", type=int, default=0, help="Call once this many keys under --prefix were put.")
+@click.option("--window", type=float, default=0.0, help="Call every this many seconds with the keys put meanwhile.")
+@click.option("--join", "join", multiple=True, metavar="KEY", help="Call once every such KEY was put (repeat it).")
+@click.option("--values", is_flag=True, help="With a bucket: pass (keys, values), not only keys.")
 @click.option("--json", "as_json", is_flag=True, help="Print the trigger as JSON.")
 @home_option
 @handle_errors
-def trigger_add(name: str, prefix: str, function: str, as_json: bool, home: str | None) -> None:
+def trigger_add(name: str, prefix: str, function: str, batch: int, window: float, join: tuple[str, ...],
+                values: bool, as_json: bool, home: str | None) -> None:
     """Add trigger NAME (replacing one of the same name).
 
+    \b
     Example: cbctl trigger add on_upload --prefix uploads/ --function thumbnail
+             cbctl trigger add reduce --join part/0 --join part/1 --function reduce
     """
     with Client(home) as client:
-        added = client.add_trigger(name, prefix, function)
+        added = client.add_trigger(name, prefix, function, batch=batch, window=window, join=join, values=values)
     if as_json:
         click.echo(json.dumps(added, indent=2))
         return
     verb = "replaced" if added["replaced"] else "added"
-    console.print(f"{verb} trigger {name}: puts under {prefix!r} call {function}", markup=False)
+    console.print(f"{verb} trigger {name}: {describe_trigger(added)}", markup=False)
 
 
 @trigger.command(name="ls")
@@ -515,9 +543,10 @@ def trigger_ls(as_json: bool, home: str | None) -> None:
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
-    table = new_table("triggers", "name", "prefix", "function", "fired", "errors", "last error")
+    table = new_table("triggers", "name", "fires", "fired", "waiting", "errors", "last error")
     for t in found:
-        table.add_row(t["name"], t["prefix"], t["function"], str(t["fired"]), str(t["errors"]), t["last_error"] or "-")
+        table.add_row(t["name"], describe_trigger(t), str(t["fired"]), str(t.get("waiting", "-")), str(t["errors"]),
+                      t["last_error"] or "-")
     console.print(table)
 
 

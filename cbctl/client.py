@@ -28,7 +28,7 @@ import cloudpickle
 import zmq
 
 from cbctl.control import scale_cluster, supervisor_request
-from cbctl.declare import Declarations, dag_options, function_name, load_file
+from cbctl.declare import Declarations, TriggerSpec, dag_options, function_name, load_file
 from cbctl.errors import (
     AuthenticationError,
     CallTimeout,
@@ -236,7 +236,8 @@ class Client:
         for spec in declared.dags:
             registered["dags"].append(self.register_dag(spec.name, spec.functions, spec.edges, **spec.options))
         if declared.triggers:
-            registered["triggers"] = [self.add_trigger(t.name, t.prefix, t.function) for t in declared.triggers]
+            registered["triggers"] = [self.add_trigger(t.name, t.prefix, t.function, batch=t.batch, window=t.window,
+                                                       join=t.join, values=t.values) for t in declared.triggers]
         return registered
 
     def deploy_file(self, path: str | os.PathLike[str],
@@ -257,12 +258,20 @@ class Client:
         """Remove a function or DAG (a function still used by a DAG is refused)."""
         return self._control(lambda r: RemoveRequest(r, name))
 
-    def add_trigger(self, name: str, prefix: str, function: Any) -> dict[str, Any]:
+    def add_trigger(self, name: str, prefix: str | None, function: Any, *, batch: int = 0, window: float = 0.0,
+                    join: Sequence[str] = (), values: bool = False) -> dict[str, Any]:
         """Make every put to a key starting with ``prefix`` call ``function`` (a registered function or DAG,
         or its name) with ``(key, value)``, asynchronously and at least once: a call may run twice, so make it
-        idempotent. Replaces an earlier trigger of the same ``name``. Deletes do not fire."""
+        idempotent. Replaces an earlier trigger of the same ``name``. Deletes do not fire.
+
+        With one of these, ``function`` is called with ``(keys)`` (``(keys, values)`` with ``values=True``),
+        the distinct keys put since the trigger last fired, durable or ephemeral: ``batch=N`` once N keys under
+        ``prefix`` arrived; ``window=T`` every T seconds with what arrived under ``prefix`` (no call when nothing
+        did); ``join=[k1, ...]`` once every named key was put (no prefix needed: pass None)."""
         function = function_name(function)
-        return self._control(lambda r: AddTrigger(r, name, prefix, function))
+        spec = TriggerSpec(name, prefix or "", function, batch, window, list(join), values)
+        return self._control(lambda r: AddTrigger(r, spec.name, spec.prefix, spec.function, spec.batch,
+                                                  float(spec.window), spec.join, spec.values))
 
     def list_triggers(self) -> list[dict[str, Any]]:
         """Every trigger: name, prefix, function, and since the store started, calls fired and failed."""
@@ -507,16 +516,28 @@ class Client:
             (lattice,) = self._store.get_lattices([key])
         return reveal(key, lattice, LWW)
 
-    def put(self, key: str, value: Any) -> None:
-        """Write ``value`` under ``key`` (last-writer-wins); durable per the store's policy on return."""
+    def put(self, key: str, value: Any, durable: bool = True, ttl: float | None = None) -> None:
+        """Write ``value`` under ``key`` (last-writer-wins); durable per the store's policy on return.
+
+        ``durable=False``: an ephemeral value (as ``cb.put(..., durable=False)`` in a function): in the store's
+        memory only, never logged, for ``ttl`` seconds (default 300); lost if the store restarts."""
         _check_key(key)
         self._check_open()
         encoded = self._encode(value, "the value for key %r", key)
+        if not durable:
+            ttl_s = limits.check_ttl(ttl, default_as=0.0)
+            with self._store_lock:
+                self._store.put_ephemeral(key, self._store.new_lww(encoded), ttl_s)
+            return
+        if ttl is not None:
+            raise InvalidArgument("ttl applies to ephemeral values only: pass durable=False with it")
         written_after = time.time_ns()  # the write's timestamp is at least this: its read-your-writes token
         with self._store_lock:
             try:
                 self._store.put_lattice(key, self._store.new_lww(encoded))
             except InvalidArgument as exc:
+                if "ephemeral value" in str(exc):  # the store says why itself (a key is durable or ephemeral)
+                    raise
                 raise InvalidArgument(f"could not write {key!r}: {exc} (it holds values written by causal calls; "
                                       "use another key, or delete it first with delete_key)") from None
         self._session.record({key: written_after})

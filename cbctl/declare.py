@@ -18,7 +18,7 @@ from typing import Any
 
 import cloudpickle
 
-from cbctl.errors import CbctlError, InvalidDag
+from cbctl.errors import CbctlError, InvalidArgument, InvalidDag
 from cbctl.runtime import user_errors
 from cbctl.runtime.defaults import DEPLOY_IMPORT_TIMEOUT_S
 
@@ -45,6 +45,10 @@ class TriggerSpec:
     name: str
     prefix: str
     function: str
+    batch: int = 0
+    window: float = 0.0
+    join: list[str] = field(default_factory=list)
+    values: bool = False
 
 
 @dataclass
@@ -93,10 +97,19 @@ def dag(name: str, functions: Sequence[Any], edges: Iterable[Sequence[Any]] | No
     return spec
 
 
-def trigger(name: str, prefix: str, function: Any) -> TriggerSpec:
+def trigger(name: str, prefix: str | None = None, function: Any = None, *, batch: int = 0, window: float = 0.0,
+            join: Sequence[str] = (), values: bool = False) -> TriggerSpec:
     """Declare a storage trigger: every put to a key starting with ``prefix`` calls ``function`` (a function
-    or DAG, or its name) with ``(key, value)``, asynchronously and at least once (see ``cbctl trigger --help``)."""
-    spec = TriggerSpec(name, prefix, function_name(function))
+    or DAG, or its name) with ``(key, value)``, asynchronously and at least once (see ``cbctl trigger --help``).
+
+    Or a bucket trigger, calling ``function`` with ``(keys)`` (``(keys, values)`` with ``values=True``):
+    ``batch=N`` (N keys put under ``prefix``), ``window=T`` (every T seconds, what was put under ``prefix``),
+    ``join=[keys]`` (every named key put; no prefix needed). See ``Client.add_trigger``."""
+    if function is None:
+        raise InvalidArgument(f"trigger {name!r} names no function: pass function=...")
+    if isinstance(join, str):
+        raise InvalidArgument(f"trigger {name!r}: join takes a list of keys, not one string")
+    spec = TriggerSpec(name, prefix or "", function_name(function), batch, window, list(join), values)
     declared = _current()
     declared.triggers = [t for t in declared.triggers if t.name != name] + [spec]
     return spec

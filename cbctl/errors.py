@@ -41,7 +41,13 @@ class InvalidArgument(CbctlError):
 
 
 class NoSuchKey(CbctlError):
-    """The store holds no value for the key (never written, or deleted)."""
+    """The store holds no value for the key (never written, or deleted; an ephemeral value also after its TTL
+    passed or the store restarted)."""
+
+
+class StoreFull(CbctlError):
+    """An ephemeral put would take the store's ephemeral memory past its bound (``EPHEMERAL_MAX_BYTES``):
+    wait for earlier values to expire, give them shorter TTLs, or put this one durably."""
 
 
 class NoExecutorAvailable(CbctlError):
@@ -107,6 +113,7 @@ ERRORS_BY_NAME: dict[str, type[CbctlError]] = {
         StoreUnavailable,
         CallTimeout,
         MessageTooLarge,
+        StoreFull,
         ContinuationDepthExceeded,
         ConsistencyError,
         CallLost,

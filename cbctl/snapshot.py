@@ -211,6 +211,7 @@ def build_snapshot(raw: Mapping[str, Any], now: float | None = None) -> dict[str
             "keys": store.get("keys"), "bytes": store.get("bytes"), "log_bytes": store.get("log_bytes"),
             "snapshot_bytes": store.get("snapshot_bytes"), "ops_per_s": store.get("ops_per_s"),
             "gets": store.get("gets"), "puts": store.get("puts"), "deletes": store.get("deletes"),
+            "ephemeral_keys": store.get("ephemeral_keys"), "ephemeral_bytes": store.get("ephemeral_bytes"),
         },
         "policy": answered[0].get("policy") if answered else None,
     }

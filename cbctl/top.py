@@ -101,7 +101,10 @@ def store_text(snapshot: Mapping[str, Any]) -> Text:
     store = snapshot["store"]
     if store is None:
         return Text("store  not answering", style="bold red")
-    return Text(f"store  {_na(store['keys'])} keys  {format_bytes(store['bytes'])}  "
+    ephemeral = ""
+    if store.get("ephemeral_keys"):  # shown once there are any: most clusters never make one
+        ephemeral = f"ephemeral {store['ephemeral_keys']} keys {format_bytes(store['ephemeral_bytes'])}  "
+    return Text(f"store  {_na(store['keys'])} keys  {format_bytes(store['bytes'])}  {ephemeral}"
                 f"log {format_bytes(store['log_bytes'])}  {_na(store['ops_per_s'], '{:.1f}')} ops/s")
 
 

@@ -132,7 +132,8 @@ def reveal(key: str, lattice: Lattice | None, mode: str) -> Any:
     """The user's value of a key: decoded; under ``causal``, or for a causal value, the list of its
     concurrent values (sorted by encoding, so every reader lists them in the same order)."""
     if lattice is None or (type(lattice) is LWWLattice and lattice.tombstone):
-        raise NoSuchKey(f"no value is stored under {key!r}: write one with put first")
+        raise NoSuchKey(f"no value is stored under {key!r} (never written, deleted, or ephemeral and gone: "
+                        "its ttl passed or the store restarted): write one with put first")
     if type(lattice) is LWWLattice:
         value = serialization.decode(lattice.value)
         return [value] if mode == CAUSAL else value

@@ -152,6 +152,25 @@ TRIGGER_MAX_ATTEMPTS = 5
 #: ``trigger_dropped``) so a cluster with no live scheduler cannot grow the store's memory without bound.
 TRIGGER_OUTBOX_LIMIT = 100_000
 
+#: Seconds an ephemeral value (``cb.put(key, value, durable=False)``) lives when its put names no ``ttl``:
+#: long enough for the step that reads a map task's partial result to run, short enough that forgotten
+#: intermediate data leaves the store's memory within minutes.
+EPHEMERAL_TTL_S = 300.0
+
+#: Longest ``ttl`` an ephemeral put may ask for (a day): longer-lived data belongs in a durable put.
+EPHEMERAL_MAX_TTL_S = 86_400.0
+
+#: Bytes of ephemeral values the store node holds at most; a put past it fails
+#: with ``StoreFull`` instead of evicting someone's intermediate result or growing without bound.
+EPHEMERAL_MAX_BYTES = 1 << 30
+
+#: Shortest ``window`` a trigger may have: the store's loop wakes at least every 100 ms, so a shorter window
+#: would not fire on time anyway.
+TRIGGER_MIN_WINDOW_S = 0.1
+
+#: Most keys a ``join`` trigger may name, and the largest ``batch``: bounds what one trigger keeps in memory.
+TRIGGER_MAX_JOIN_KEYS = 10_000
+
 # --- placement policy (scheduler/policy.py); each can be set per cluster with `cbctl up --policy KEY=VALUE`
 
 #: Reported utilization (busy time / wall time) above which an executor goes into backoff; Cloudburst's 0.70

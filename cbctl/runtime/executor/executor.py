@@ -74,6 +74,7 @@ from cbctl.runtime.wire.messages import (
     DirectMessage,
     ExecutorLeaving,
     ExecutorStatus,
+    KeyDropped,
     KeyUpdate,
     LeavingAck,
     Message,
@@ -219,6 +220,9 @@ class Executor:
     def on_key_update(self, update: KeyUpdate) -> None:
         self.cached.on_push(update.key, update.lattice)
 
+    def on_key_dropped(self, message: KeyDropped) -> None:
+        self.cached.on_dropped(message.key)
+
     def on_version_request(self, request: VersionRequest) -> None:
         self.sessions.serve_version(request)
 
@@ -243,6 +247,7 @@ class Executor:
 
     HANDLERS = {DagTrigger: on_trigger, PinRequest: on_pin, UnpinRequest: on_unpin, DirectMessage: on_direct,
                 ExecutorLeaving: on_peer_leaving, LeavingAck: on_leaving_ack, KeyUpdate: on_key_update,
+                KeyDropped: on_key_dropped,
                 VersionRequest: on_version_request, VersionResponse: on_version_response,
                 SnapshotRelease: on_snapshot_release, CallAborted: on_call_aborted, CallRetried: on_call_retried}
 
@@ -426,6 +431,14 @@ class Executor:
         limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
         self.sessions.write(key, encoded)
 
+    def write_ephemeral(self, key: str, value: Any, ttl_s: float) -> None:
+        """An ephemeral put (``store/ephemeral.py``): to the store's memory, last-writer-wins in every
+        consistency mode, past the call's session (it is no version a repeatable read or causal call tracks)."""
+        encoded = serialization.encode(value)
+        limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
+        self.cached.cache.discard(key)  # reads of it go to the store from now on
+        self.store.put_ephemeral(key, self.store.new_lww(encoded), ttl_s)
+
     def serve_while_busy(self, timeout_s: float) -> bool:
         """While user code runs or waits (``cb.get``, ``cb.recv``, a repeatable-read version fetch), handle
         the frames that must not wait for it to return: store pushes, direct messages, peers' version
@@ -472,7 +485,7 @@ class Executor:
             self.on_version_response(response)
 
     SERVED_WHILE_BUSY = {KeyUpdate: on_key_update, DirectMessage: on_direct, VersionRequest: on_version_request,
-                         VersionResponse: on_awaited_version}
+                         VersionResponse: on_awaited_version, KeyDropped: on_key_dropped}
 
     def send_direct(self, executor_id: str, message: Any) -> None:
         address = self.executor_addresses.get(executor_id)

@@ -12,6 +12,7 @@ from typing import Any
 
 from cbctl.errors import InvalidArgument, NoSuchKey
 from cbctl.runtime.executor.host import UserHost
+from cbctl.runtime.wire import limits
 
 _MISSING = object()
 
@@ -33,13 +34,23 @@ class UserLibrary:
                 raise
             return default
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: Any, durable: bool = True, ttl: float | None = None) -> None:
         """Write ``value`` under ``key``; durable in the store when this returns. Last-writer-wins, except in a
         ``causal`` call, where it replaces the versions this call read of the key and is kept alongside
-        concurrent ones. ``MessageTooLarge`` if the value is over the cluster's limit (``--max-message-mb``)."""
+        concurrent ones. ``MessageTooLarge`` if the value is over the cluster's limit (``--max-message-mb``).
+
+        ``durable=False``: an ephemeral value, for intermediate results. It lives in the store's memory only
+        (never logged, never in a snapshot), for ``ttl`` seconds (default 300) from this put, and is lost if the
+        store restarts; any executor or client reads it with ``get`` or a ``Ref`` until then, and ``NoSuchKey``
+        after. Always last-writer-wins. A key is durable or ephemeral, not both (``InvalidArgument``)."""
         if not isinstance(key, str) or not key or key.startswith("__cb/"):
             raise InvalidArgument(f"key {key!r} is invalid: use a non-empty string not starting with '__cb/'")
-        self._executor.write_key(key, value)
+        if durable:
+            if ttl is not None:
+                raise InvalidArgument("ttl applies to ephemeral values only: pass durable=False with it")
+            self._executor.write_key(key, value)
+        else:
+            self._executor.write_ephemeral(key, value, limits.check_ttl(ttl, default_as=0.0))
 
     def getid(self) -> str:
         """This executor's id (as ``cbctl status`` and ``cbctl top`` show it)."""

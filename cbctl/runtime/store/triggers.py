@@ -1,5 +1,6 @@
 """Storage-triggered calls: every put to a key under a watched prefix calls a function or DAG with
-``(key, value)``, asynchronously, at least once.
+``(key, value)``, asynchronously, at least once; or, Pheromone-style, a bucket of puts calls it with the keys
+that filled it (a ``batch``, a ``window``, a ``join``).
 
 Where things live:
 - A trigger is a record in the store under ``__cb/trigger/NAME`` (``{name, prefix, function}``,
@@ -15,6 +16,14 @@ Where things live:
 Semantics a user can rely on (the README repeats them):
 - The function receives ``(key, value)``: the key written and its value after that put (two quick puts
   to one key may both report the later value). Deletes and ``__cb/`` keys never fire.
+- Bucket kinds (one per trigger) gather the distinct keys put since the trigger last fired, in arrival order:
+  ``batch=N`` fires once N keys under the prefix arrived; ``window=T`` fires every T seconds with the keys
+  that arrived under the prefix in that window, and not at all when none did; ``join=[k1, k2, ...]`` fires
+  once every named key was put. The function receives ``(keys)``, or with ``values=True``
+  ``(keys, values)``: each key's value when the trigger fires (a key deleted or expired by then is left out).
+  Ephemeral puts count like durable ones. What a bucket gathered is in memory: a store restart forgets it.
+  With ``values=True`` the values travel in the call, so their sum is bounded by the cluster's value limit;
+  a firing over it is not sent and counts as an error (use keys and ``cb.get``).
 - At least once: the store keeps each triggered call until its result (success or error) comes back and
   sends it again after ``TRIGGER_RETRY_S`` without one (up to ``TRIGGER_MAX_ATTEMPTS`` sends), so a call lost
   with a crashed scheduler or executor is redone. A call that is merely slower than the retry interval runs
@@ -44,6 +53,7 @@ import zmq
 from cbctl.errors import NoSuchKey, ProtocolError
 from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
+    MAX_MESSAGE_BYTES,
     RESERVED_PREFIX,
     TRIGGER_MAX_ATTEMPTS,
     TRIGGER_OUTBOX_LIMIT,
@@ -62,6 +72,16 @@ _SCHEDULER_LOOKUP_S = 1.0
 
 
 @dataclass
+class _Bucket:
+    """What a batch, window or join trigger gathered since it last fired."""
+
+    arrived: dict[str, None]  # distinct keys, in arrival order
+    wanted: frozenset[str]  # a join's keys
+    next_due: float  # a window's next firing
+    window_s: float  # a window's length (0: not a window)
+
+
+@dataclass
 class _InFlight:
     frame: bytes
     trigger: str
@@ -76,8 +96,14 @@ class StoreTriggers:
     ``take_due`` returns. Used only from the store's one thread."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, retry_s: float = TRIGGER_RETRY_S,
-                 max_attempts: int = TRIGGER_MAX_ATTEMPTS, limit: int = TRIGGER_OUTBOX_LIMIT) -> None:
+                 max_attempts: int = TRIGGER_MAX_ATTEMPTS, limit: int = TRIGGER_OUTBOX_LIMIT,
+                 lookup: Callable[[str], Lattice | None] = lambda _key: None,
+                 max_args_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.clock = clock
+        self.lookup = lookup  # a key's current value, for values=True buckets
+        self.max_args_bytes = max_args_bytes
+        self.buckets: dict[str, _Bucket] = {}  # per batch, window and join trigger
+        self.windows = 0  # how many of them are windows: tick() costs nothing without
         self.retry_s = retry_s
         self.max_attempts = max_attempts
         self.limit = limit
@@ -106,8 +132,32 @@ class StoreTriggers:
         if not self.index or (isinstance(lattice, LWWLattice) and lattice.tombstone):
             return
         for record in self.index.values():
-            if key.startswith(record.prefix):
-                self._fire(record, key, lattice)
+            bucket = self.buckets.get(record.name) if record.kind != "put" else None
+            if bucket is None:
+                if key.startswith(record.prefix):
+                    self._fire(record, key, lattice)
+            elif bucket.wanted:
+                if key in bucket.wanted:
+                    bucket.arrived[key] = None
+                    if len(bucket.arrived) == len(bucket.wanted):
+                        self._fire_bucket(record, bucket)
+            elif key.startswith(record.prefix):
+                bucket.arrived[key] = None
+                if record.batch and len(bucket.arrived) >= record.batch:
+                    self._fire_bucket(record, bucket)
+
+    def tick(self) -> None:
+        """Fire the windows that are due and gathered something (the store's loop calls this every turn)."""
+        if not self.windows:
+            return
+        now = self.clock()
+        for name, bucket in self.buckets.items():
+            record = self.index.get(name)
+            if record is None or not bucket.window_s or now < bucket.next_due:
+                continue
+            bucket.next_due = now + bucket.window_s
+            if bucket.arrived:
+                self._fire_bucket(record, bucket)
 
     def _index(self, key: str, lattice: Lattice) -> None:
         name = key[len(PREFIX):]
@@ -115,23 +165,61 @@ class StoreTriggers:
             # plain msgpack, no ext hook: a record is a dict of strings, and nothing here may unpickle
             raw = msgpack.unpackb(record_bytes(key, lattice), raw=False)
             record = TriggerRecord(**raw)
-            if not all(isinstance(v, str) and v for v in (record.name, record.prefix, record.function)):
-                raise TypeError("fields must be non-empty strings")
+            _check_record(record)
         except NoSuchKey:
             if self.index.pop(name, None) is not None:
+                self._drop_bucket(name)
                 log.info("trigger %s removed", name)
             return
         except (TypeError, ValueError) as exc:
             log.warning("ignored a malformed trigger record %s: %s", key, exc)
             return
+        if self.index.get(name) != record:  # a new definition starts with an empty bucket
+            self._drop_bucket(name)
+            if record.kind != "put":
+                self.buckets[name] = _Bucket({}, frozenset(record.join), self.clock() + record.window_s,
+                                             record.window_s)
+                self.windows += bool(record.window_s)
         self.index[name] = record
         self.per_trigger.setdefault(name, {"fired": 0, "errors": 0, "last_error": ""})
-        log.info("trigger %s: puts under %r call %s", name, record.prefix, record.function)
+        log.info("trigger %s (%s): keys under %r call %s", name, record.kind, record.prefix, record.function)
+
+    def _drop_bucket(self, name: str) -> None:
+        bucket = self.buckets.pop(name, None)
+        if bucket is not None and bucket.window_s:
+            self.windows -= 1
 
     def _fire(self, record: TriggerRecord, key: str, lattice: Lattice) -> None:
-        value = lattice.value if isinstance(lattice, LWWLattice) else serialization.encode(lattice.reveal())
         # the argument list [key, value] without decoding the value: an array header, then both encodings
-        args = msgpack.Packer().pack_array_header(2) + serialization.encode(key) + value
+        args = msgpack.Packer().pack_array_header(2) + serialization.encode(key) + _encoded(lattice)
+        self._send(record, key, args)
+
+    def _fire_bucket(self, record: TriggerRecord, bucket: _Bucket) -> None:
+        keys = list(bucket.arrived)
+        bucket.arrived.clear()
+        packer = msgpack.Packer()
+        if not record.values:
+            args = packer.pack_array_header(1) + serialization.encode(keys)
+        else:
+            present, values = [], []
+            for key in keys:
+                lattice = self.lookup(key)
+                if lattice is None or (isinstance(lattice, LWWLattice) and lattice.tombstone):
+                    continue  # deleted or expired since it arrived
+                present.append(key)
+                values.append(_encoded(lattice))
+            args = (packer.pack_array_header(2) + serialization.encode(present)
+                    + packer.pack_array_header(len(values)) + b"".join(values))
+        what = f"{len(keys)} keys ({keys[0]}, ...)" if len(keys) > 1 else keys[0]
+        if len(args) > self.max_args_bytes:
+            self.per_trigger[record.name]["fired"] += 1
+            self._count_error(record.name, what, f"MessageTooLarge: the values of {len(keys)} keys are "
+                              f"{len(args)} bytes, over the cluster's limit of {self.max_args_bytes} per call: "
+                              "add the trigger without values and read them with cb.get")
+            return
+        self._send(record, what, args)
+
+    def _send(self, record: TriggerRecord, key: str, args: bytes) -> None:
         self._ids += 1
         call_id = f"trigger-{self._boot}-{self._ids}"
         frame = CallRequest(call_id, record.function, args, {}, self.response_address, False, "lww", []).pack()
@@ -169,18 +257,46 @@ class StoreTriggers:
         call = self.in_flight.pop(result.call_id, None)
         if call is None or result.ok:
             return  # a duplicate, or done
+        self._count_error(call.trigger, call.key, f"{result.remote_type or result.error_type}: {result.message}")
+
+    def _count_error(self, trigger: str, key: str, error: str) -> None:
         self.counters["trigger_errors"] += 1
-        stats = self.per_trigger.setdefault(call.trigger, {"fired": 0, "errors": 0, "last_error": ""})
+        stats = self.per_trigger.setdefault(trigger, {"fired": 0, "errors": 0, "last_error": ""})
         stats["errors"] += 1
-        stats["last_error"] = f"{result.remote_type or result.error_type}: {result.message}"[:500]
+        stats["last_error"] = error[:500]
         now = self.clock()
         if now - self._last_error_log >= 1.0:  # at most one line a second, whatever the put rate
             self._last_error_log = now
-            log.warning("trigger %s: the call for %s failed: %s", call.trigger, call.key, stats["last_error"])
+            log.warning("trigger %s: the call for %s failed: %s", trigger, key, stats["last_error"])
 
     def stats(self) -> dict[str, Any]:
+        per_trigger = {n: dict(s) for n, s in self.per_trigger.items() if n in self.index}
+        for name, bucket in self.buckets.items():
+            if name in per_trigger:
+                per_trigger[name]["waiting"] = len(bucket.arrived)  # gathered, not fired yet
         return {"triggers": len(self.index), **self.counters, "trigger_pending": len(self.in_flight),
-                "trigger_stats": {n: dict(s) for n, s in self.per_trigger.items() if n in self.index}}
+                "trigger_stats": per_trigger}
+
+
+def _encoded(lattice: Lattice) -> bytes:
+    """A value as a function receives it, encoded: an LWW value's bytes as stored (never decoded here)."""
+    return lattice.value if isinstance(lattice, LWWLattice) else serialization.encode(lattice.reveal())
+
+
+def _check_record(record: TriggerRecord) -> None:
+    """The store's own check of a record it indexes (the scheduler checked it too; a record is data)."""
+    if not all(isinstance(v, str) and v for v in (record.name, record.function)) or not isinstance(record.prefix, str):
+        raise TypeError("name, prefix and function must be strings")
+    if not isinstance(record.join, list) or not all(isinstance(k, str) and k for k in record.join):
+        raise TypeError("join must be a list of keys")
+    if isinstance(record.batch, bool) or not isinstance(record.batch, int) or record.batch < 0:
+        raise TypeError("batch must be a count")
+    if not isinstance(record.window_s, (int, float)) or not record.window_s >= 0:
+        raise TypeError("window_s must be seconds")
+    if sum((bool(record.join), bool(record.batch), bool(record.window_s))) > 1:
+        raise ValueError("a trigger is at most one of batch, window and join")
+    if not record.join and not record.prefix:
+        raise ValueError("a trigger without join needs a prefix")
 
 
 class TriggerDispatcher:
@@ -203,6 +319,7 @@ class TriggerDispatcher:
         """Take the results that came back, then send what is due. Runs once per store loop turn, so with
         nothing to do it costs one socket-option read (the results socket must be emptied whenever it is
         readable, or the loop's poll would return at once forever)."""
+        self.triggers.tick()
         if self.results.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             for (frame,) in drain(self.results):
                 try:

@@ -10,8 +10,8 @@ value in them was checked against the limit and the rest of a frame is bounded b
 
 from __future__ import annotations
 
-from cbctl.errors import MessageTooLarge
-from cbctl.runtime.defaults import FRAME_HEADROOM_BYTES, MAX_MESSAGE_BYTES
+from cbctl.errors import InvalidArgument, MessageTooLarge
+from cbctl.runtime.defaults import EPHEMERAL_MAX_TTL_S, EPHEMERAL_TTL_S, FRAME_HEADROOM_BYTES, MAX_MESSAGE_BYTES
 
 #: The ``options`` key under which servers get the limit from the supervisor (``ProcessConfig.options``).
 OPTION = "max_message_bytes"
@@ -39,3 +39,14 @@ def too_large(size: int, limit: int, what: str) -> MessageTooLarge:
 def backstop_bytes(limit: int = MAX_MESSAGE_BYTES) -> int:
     """zmq ``MAXMSGSIZE`` for server sockets: the value limit plus room for the rest of an honest frame."""
     return limit + FRAME_HEADROOM_BYTES
+
+
+def check_ttl(ttl_s: float | None, default_as: float = EPHEMERAL_TTL_S) -> float:
+    """An ephemeral put's lifetime in seconds, checked where the put is made: None means the default
+    (``default_as``: the callers send 0.0, which the store reads as its default)."""
+    if ttl_s is None:
+        return default_as
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not 0 < ttl_s <= EPHEMERAL_MAX_TTL_S:
+        raise InvalidArgument(f"ttl {ttl_s!r} is invalid: give seconds, more than 0 and at most "
+                              f"{EPHEMERAL_MAX_TTL_S:.0f} (a day)")
+    return float(ttl_s)

@@ -49,8 +49,11 @@ class GetRequest(Message):
 
 @message(11)
 class GetResponse(Message):
+    """``ephemeral``: the positions in ``lattices`` of ephemeral values, which executor caches do not hold."""
+
     req_id: int
     lattices: list[Any]
+    ephemeral: list[int] = field(default_factory=list)
 
 
 @message(12)
@@ -128,6 +131,25 @@ class KeyUpdate(Message):
 
     key: str
     lattice: list[Any]
+
+
+@message(28)
+class EphemeralPut(Message):
+    """Merge ``lattice`` (an LWW value, wire form) into ``key``'s ephemeral value, in the store's memory only
+    (never logged); it lives ``ttl_s`` seconds from this put (see ``store/ephemeral.py``)."""
+
+    req_id: int
+    key: str
+    lattice: list[Any]
+    ttl_s: float
+
+
+@message(29)
+class KeyDropped(Message):
+    """Pushed by the store to the subscribers of ``key`` when it becomes ephemeral: drop the cached copy (and
+    the subscription, which the store has removed); the next read asks the store."""
+
+    key: str
 
 
 # --- control: clients and the supervisor talking to a scheduler --------------------------------------
@@ -405,12 +427,18 @@ class ContinueCall(Message):
 
 @message(101)
 class AddTrigger(Message):
-    """Client -> scheduler: every put to a key starting with ``prefix`` calls ``function`` with (key, value)."""
+    """Client -> scheduler: every put to a key starting with ``prefix`` calls ``function`` with (key, value);
+    or, with one of ``batch`` (N keys arrived), ``window_s`` (every T s, what arrived) or ``join`` (every named
+    key put), with the keys (and with ``values``, their values) that fired it (``store/triggers.py``)."""
 
     req_id: int
     name: str
     prefix: str
     function: str
+    batch: int = 0
+    window_s: float = 0.0
+    join: list[str] = field(default_factory=list)
+    values: bool = False
 
 
 @message(102)
