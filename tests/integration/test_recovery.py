@@ -113,21 +113,33 @@ def test_down_during_a_scale_down_lets_the_departing_executor_finish_its_calls(s
     handle = start_cluster(executors=2)
     handle.cli("deploy", str(TOOLKIT), check=True)
     client = handle.client()
-    futures = [client.call_async("nap", 1.5, f"nap-marker-{i}") for i in range(4)]
-    napping = lambda: {client.get(k) for k in client.list_keys("nap-marker-")}  # noqa: E731
-    handle.wait_for(lambda: napping() == {"executor-0", "executor-1"}, timeout=10, what="both executors napping")
+    # calls that run until the test writes the gate: executor-1 stays departing for as long as the test needs
+    futures = [client.call_async("hold", "hold-gate", f"hold-marker-{i}", i) for i in range(4)]
+    holding = lambda: {client.get(k) for k in client.list_keys("hold-marker-")}  # noqa: E731
+    handle.wait_for(lambda: holding() == {"executor-0", "executor-1"}, timeout=10, what="both executors holding")
 
-    scale = subprocess.Popen([sys.executable, "-m", "cbctl.cli", "scale", "--executors", "1"],
-                             env={**os.environ, "CBCTL_HOME": str(handle.home)},
+    env = {**os.environ, "CBCTL_HOME": str(handle.home)}
+    scale = subprocess.Popen([sys.executable, "-m", "cbctl.cli", "scale", "--executors", "1"], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    down = None
     try:
-        handle.wait_for(lambda: (process_entry(handle, "executor-1") or {}).get("state") == "stopping", timeout=10,
+        handle.wait_for(lambda: (process_entry(handle, "executor-1") or {}).get("state") == "stopping", timeout=20,
                         what="executor-1 departing")
-        down = handle.cli("down", timeout=60)
-        assert down.returncode == 0, down.stderr
+        down = subprocess.Popen([sys.executable, "-m", "cbctl.cli", "down"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        supervisor_log = handle.home / "logs" / "supervisor-0.log"  # busy stopping, it answers no status
+        handle.wait_for(lambda: "stopping the cluster" in supervisor_log.read_text(), timeout=20,
+                        what="`cbctl down` stopping the cluster")
+        client.put("hold-gate", "go")  # now the held calls end, during the down
+        _, err = down.communicate(timeout=60)
+        assert down.returncode == 0, err
     finally:
-        scale.communicate(timeout=30)
-    assert [f.result(timeout=10) for f in futures] == [1.5] * 4
+        for proc in (scale, down):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+            if proc is not None:
+                proc.communicate()
+    assert [f.result(timeout=10) for f in futures] == [0, 1, 2, 3]
     assert "second signal" not in (handle.home / "logs" / "executor-1.log").read_text()
 
 
