@@ -166,7 +166,12 @@ def test_ls_and_rm(shared, tmp_path):
         "cbctl.dag('rm_chain', [rm_a, rm_b])\n"
     )
     shared.cli("deploy", str(source), check=True)
-    listed = json.loads(shared.cli("ls", "--json", check=True).stdout)
+
+    def listed_once_pinned() -> dict | None:  # `ls` shows pins as executors report them (within a status)
+        listed = json.loads(shared.cli("ls", "--json", check=True).stdout)
+        return listed if all(f["pinned"] for f in listed["functions"] if f["name"] == "rm_a") else None
+
+    listed = shared.wait_for(listed_once_pinned, timeout=10, what="rm_a to be listed as pinned")
     functions = {f["name"]: f for f in listed["functions"]}
     assert functions["rm_b"]["batching"] is True and functions["rm_a"]["gpu"] is False
     assert len(functions["rm_a"]["pinned"]) == 1 and functions["rm_a"]["pinned"][0] in {"executor-0", "executor-1"}, \
