@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from cbctl.runtime import cluster, user_errors
 from cbctl.runtime.defaults import (
     CALL_TIMEOUT_S,
     DEPLOY_IMPORT_TIMEOUT_S,
+    JOIN_TIMEOUT_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
@@ -177,6 +179,11 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
         found = lifecycle.wait_until_up(home_path, proc)
     counts = f"{spec.executors} CPU + {spec.gpu_executors} GPU executors, {spec.schedulers} scheduler(s)"
     console.print(f"cluster up in {home_path} ({counts}) in {time.monotonic() - started:.1f} s", markup=False)
+    if spec.curve:
+        host = spec.listen.removeprefix("tcp://")
+        console.print(f"other machines join it (or call it) with a copy of {home_path / 'cluster.json'} and "
+                      f"{home_path / 'keys'}; on each, run:\n  {lifecycle.copy_command(home_path, host)}\n"
+                      f"  cbctl join {found.scheduler_addresses[0]} --executors N", markup=False)
     if foreground:
         console.print("running in the foreground: Ctrl-C stops it", markup=False)
         try:
@@ -201,6 +208,57 @@ def down(home: str | None) -> None:
     with console.status("stopping the cluster..."):
         count = lifecycle.stop_cluster(home_path)
     console.print(f"cluster in {home_path} stopped ({count} processes)", markup=False)
+
+
+@main.command()
+@click.argument("head", metavar="tcp://HEAD:PORT")
+@click.option("--executors", type=int, default=None, help="CPU executors on this machine. [default: CPU count]")
+@click.option("--gpu-executors", type=int, default=0, show_default=True, help="GPU executors, one device each.")
+@click.option("--advertise", default=None, metavar="tcp://ADDR",
+              help="The address of this machine that the head and other hosts reach it at (executors bind random "
+                   "ports of it). [default: this machine's address on the route to the head]")
+@click.option("--name", default=None, help="This host's name: executors here are NAME/executor-N. [default: ADDR]")
+@click.option("--cache-mb", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Each executor's cache of store values, in MiB.")
+@click.option("--fake-gpus", type=int, default=0, envvar="CBCTL_FAKE_GPUS", help="For testing only (see `up`).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=JOIN_TIMEOUT_S, show_default=True,
+              help="Seconds to wait for the head's first answer before giving up.")
+@home_option
+@handle_errors
+def join(head: str, executors: int | None, gpu_executors: int, advertise: str | None, name: str | None,
+         cache_mb: int, fake_gpus: int, timeout: float, home: str | None) -> None:
+    """Join this machine to the cluster whose head listens at HEAD: start executors here that take its calls.
+
+    The home must hold copies of the head's cluster.json and keys/ directory (server.key, server.key_secret,
+    client.key, client.key_secret); `cbctl up --listen` on the head prints the command that copies them.
+    Returns once every executor here is registered with the head's schedulers. `cbctl leave` departs them.
+
+    Example: cbctl join tcp://10.0.0.1:7100 --executors 4 --advertise tcp://10.0.0.2
+    """
+    home_path = cluster.resolve_home(home)
+    spec = lifecycle.plan_join(home_path, head, os.cpu_count() or 1 if executors is None else executors,
+                               gpu_executors, advertise, name, fake_gpus, cache_mb, timeout)
+    started = time.monotonic()
+    proc = lifecycle.start_node(home_path, spec)
+    with console.status(f"joining {head}..."):
+        node = lifecycle.wait_until_joined(home_path, proc)
+    console.print(f"joined {head} as {node.host}: {len(node.executors)} executor(s) at {spec.advertise} in "
+                  f"{time.monotonic() - started:.1f} s", markup=False)
+
+
+@main.command()
+@home_option
+@handle_errors
+def leave(home: str | None) -> None:
+    """Take this machine's executors out of the cluster it joined: each finishes what it was sent (no call is
+    lost) and the head stops placing work here; returns when they are gone.
+
+    Example: cbctl leave
+    """
+    home_path = cluster.resolve_home(home)
+    with console.status("leaving the cluster..."):
+        node = lifecycle.leave(home_path)
+    console.print(f"{node.host} left {node.head} ({len(node.executors)} executor(s) stopped)", markup=False)
 
 
 @main.command()

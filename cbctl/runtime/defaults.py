@@ -259,3 +259,19 @@ CLIENT_RESEND_CHECK_S = 0.5
 #: Seconds a command that found a crashed cluster (its supervisor gone) waits for the orphans it killed to be
 #: gone, so that `cbctl up` in the same home never meets one still holding the store's log or a socket.
 STALE_KILL_WAIT_S = 5.0
+
+
+# --- hosts (``cbctl join``) ------------------------------------------------------------------------------------
+
+#: Seconds between a node supervisor's heartbeats to the head. Small next to NODE_LOST_AFTER_S, so a few lost
+#: or late heartbeats (a busy head, a retransmitted packet) never look like a lost host.
+NODE_HEARTBEAT_S = 0.5
+
+#: Seconds without a heartbeat after which the head declares a joined host lost and has its calls dispatched
+#: again elsewhere. A host is detected lost within this plus one supervisor tick (0.1 s). Long enough that a link
+#: dropping for 2 s (TCP retransmits; zmq reconnects) is ridden out without losing the host, short enough that a
+#: dead machine's calls move on in seconds.
+NODE_LOST_AFTER_S = 4.0
+
+#: Seconds `cbctl join` waits for the head to answer before it says the head is unreachable.
+JOIN_TIMEOUT_S = 15.0
