@@ -302,18 +302,9 @@ def copy_command(home: Path, listen_host: str) -> str:
 
 
 def route_address(head: str) -> str:
-    """This machine's address on the route to ``head`` (``tcp://HOST:PORT``): what the head's processes can
-    reach it at, unless told otherwise. A UDP socket's connect picks the route and sends nothing."""
-    host, port = parse_tcp_address(head, "the head address")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect((host, port))
-        except OSError as exc:
-            raise InvalidArgument(f"no route to the head {head} ({exc.strerror}): check the address, or pass "
-                                  "--advertise tcp://ADDR") from None
-        local = probe.getsockname()[0]
-    return f"tcp://[{local}]" if family == socket.AF_INET6 else f"tcp://{local}"
+    """This machine's address on the route to ``head``: what the head's processes reach it at by default."""
+    parse_tcp_address(head, "the head address")
+    return cluster.address_towards(head)
 
 
 def parse_tcp_address(address: str, what: str) -> tuple[str, int]:

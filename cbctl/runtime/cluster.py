@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import stat
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -216,6 +217,23 @@ class NodeFile:
                     and proc.status() != psutil.STATUS_ZOMBIE)
         except psutil.Error:
             return False
+
+
+def address_towards(address: str) -> str:
+    """``tcp://LOCAL``: this machine's address on the route to ``address`` (``tcp://HOST:PORT``), which the
+    processes there can reach it at (unless a NAT stands between). A UDP socket's connect picks the route and
+    sends nothing."""
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((host, int(port)))
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(f"no route to {address} ({exc}): check the address, or say which address of this "
+                                  "machine to use (advertise=tcp://ADDR, or $CBCTL_ADVERTISE)") from None
+        local = probe.getsockname()[0]
+    return f"tcp://[{local}]" if family == socket.AF_INET6 else f"tcp://{local}"
 
 
 def remove_cluster_file(home: Path) -> None:
