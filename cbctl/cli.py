@@ -302,10 +302,10 @@ def status(as_json: bool, home: str | None) -> None:
         click.echo(json.dumps({**report, "health": snap.health(snapshot)}, indent=2))
         return
     table = new_table(f"cluster {report['home']}  up {report['uptime_s']:.0f} s",
-                      "process", "type", "pid", "address", "state", "uptime", "restarts")
+                      "process", "host", "type", "pid", "address", "state", "uptime", "restarts")
     for p in report["processes"]:
-        table.add_row(p["name"], p["executor_type"] or p["role"], str(p["pid"]), p["address"], p["state"],
-                      f"{p['uptime_s']:.0f} s", str(p["restarts"]))
+        table.add_row(p["name"], p.get("host", ""), p["executor_type"] or p["role"], str(p["pid"]), p["address"],
+                      p["state"], f"{p['uptime_s']:.0f} s", str(p["restarts"]))
     console.print(table)
     for line in topview.health_lines(snapshot):
         console.print(line)

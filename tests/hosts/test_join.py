@@ -52,6 +52,16 @@ def test_joined_executors_take_calls_and_leave_without_losing_one(hosts: TwoHost
     by_name = {p["name"]: p for p in status["processes"]}
     assert {by_name[i]["host"] for i in node_ids} == {hosts.node.address}
     assert by_name["executor-0"]["host"] == hosts.head.address
+    hosts_summary = {h["host"]: h for h in status["health"]["hosts"]}
+    assert hosts_summary[hosts.head.address]["head"] and hosts_summary[hosts.head.address]["executors"] == 1
+    node_row = hosts_summary[hosts.node.address]
+    assert node_row["executors"] == 2 and 0 <= node_row["heartbeat_age_s"] < 2
+    top = json.loads(cli(hosts.head, hosts.head_home, "top", "--json", check=True).stdout)
+    assert top["version"] == 1
+    assert {e["id"]: e["host"] for e in top["executors"]} == {
+        "executor-0": hosts.head.address, **{i: hosts.node.address for i in node_ids}}
+    text = cli(hosts.head, hosts.head_home, "status", check=True).stdout
+    assert f"host {hosts.node.address}  2 " in text and "heartbeat" in text
     # leave while a client calls: every call answers, none with an error
     load = hosts.head.start([sys.executable, "-c", UNDER_LOAD, "6"], env={"CBCTL_HOME": str(hosts.head_home)},
                             stdout=-1, text=True)
