@@ -268,10 +268,11 @@ STALE_KILL_WAIT_S = 5.0
 NODE_HEARTBEAT_S = 0.5
 
 #: Seconds without a heartbeat after which the head declares a joined host lost and has its calls dispatched
-#: again elsewhere. A host is detected lost within this plus one supervisor tick (0.1 s). Long enough that a link
-#: dropping for 2 s (TCP retransmits; zmq reconnects) is ridden out without losing the host, short enough that a
-#: dead machine's calls move on in seconds.
-NODE_LOST_AFTER_S = 4.0
+#: again elsewhere; a lost host is detected within this plus one supervisor tick (0.1 s). Long enough to ride out
+#: a link that drops for 2 s: TCP retransmits what was sent meanwhile with a doubling timeout (0.2, 0.4, 0.8,
+#: 1.6 s), so the first heartbeat after such a drop can arrive about 3.5 s after the one before it. Short enough
+#: that a dead machine's calls move on within seconds.
+NODE_LOST_AFTER_S = 5.0
 
 #: Seconds `cbctl join` waits for the head to answer before it says the head is unreachable.
 JOIN_TIMEOUT_S = 15.0
