@@ -155,7 +155,7 @@ def build_snapshot(raw: Mapping[str, Any], now: float | None = None) -> dict[str
     backoff = set().union(*(_backoff_ids(info.get("policy")) for info in answered)) if answered else set()
 
     executors = [_executor_row(p, statuses.get(p["name"]), backoff) for p in processes if p["role"] == "executor"]
-    executors.sort(key=lambda e: _natural(e["id"]))
+    executors.sort(key=lambda e: (e["host"] not in (None, supervisor.get("host")), _natural(e["id"])))
 
     registry_functions: dict[str, Any] = {}
     registry_dags: dict[str, list[str]] = {}

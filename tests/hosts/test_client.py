@@ -30,9 +30,16 @@ def hosts(lab3: Lab, tmp_path: Path) -> TwoHosts:
 
 def test_client_on_a_third_machine_calls_puts_and_gets(hosts: TwoHosts) -> None:
     hosts.up(head_executors=1)
-    hosts.join(executors=1)
+    hosts.join(1, "--gpu-executors", "1", "--fake-gpus", "1")
+    gpu = python(hosts.client, hosts.client_home, """
+import json, sys, cbctl
+with cbctl.connect(address=sys.argv[1], keys=sys.argv[2]) as c:
+    c.register(lambda cb: cb.getid(), name="on_gpu", gpu=True)
+    print(json.dumps(c.call("on_gpu", timeout=20)))
+""", hosts.address, str(hosts.client_home / "keys"))
+    assert gpu == f"{hosts.node.address}/executor-1"  # a joined host's GPU executor is a GPU executor
     out = python(hosts.client, hosts.client_home, REMOTE, hosts.address, str(hosts.client_home / "keys"))
-    assert {who for who, _ in out["ran"]} == {"executor-0", f"{hosts.node.address}/executor-0"}
+    assert {who for who, _ in out["ran"]} == {"executor-0", f"{hosts.node.address}/executor-0"}  # CPU ones
     assert [x for _, x in out["ran"]] == [2 * i for i in range(30)]
     assert out["in_flight"] == [2 * i for i in range(64)]
     assert out["get"] == {"a": 1}
