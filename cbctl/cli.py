@@ -301,8 +301,13 @@ def status(as_json: bool, home: str | None) -> None:
     if as_json:
         click.echo(json.dumps({**report, "health": snap.health(snapshot)}, indent=2))
         return
-    table = new_table(f"cluster {report['home']}  up {report['uptime_s']:.0f} s",
-                      "process", "host", "type", "pid", "address", "state", "uptime", "restarts")
+    table = Table(title=f"cluster {report['home']}  up {report['uptime_s']:.0f} s")
+    # names and hosts whole (a script or a person greps them); the address gives way on a narrow terminal
+    for column, values in (("process", [p["name"] for p in report["processes"]]),
+                           ("host", [p.get("host", "") for p in report["processes"]])):
+        table.add_column(column, no_wrap=True, min_width=max(map(len, values), default=0))
+    for column in ("type", "pid", "address", "state", "uptime", "restarts"):
+        table.add_column(column)
     for p in report["processes"]:
         table.add_row(p["name"], p.get("host", ""), p["executor_type"] or p["role"], str(p["pid"]), p["address"],
                       p["state"], f"{p['uptime_s']:.0f} s", str(p["restarts"]))
