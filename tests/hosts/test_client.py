@@ -4,6 +4,7 @@ the head's cluster.json and keys/ (the CLI); results come back to an address it 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -65,4 +66,13 @@ except cbctl.AuthenticationError as exc:
     print(json.dumps(str(exc)))
 """, hosts.address)
     assert "refused this client's CURVE keys" in bad
+    # status from another machine: the head's whole cluster
+    status = json.loads(cli(hosts.client, hosts.client_home, "status", "--json", check=True).stdout)
+    assert {p["host"] for p in status["processes"]} == {hosts.head.address, hosts.node.address}
+    # `cbctl down` on the head dismisses the joined host too: its node supervisor leaves and exits
     cli(hosts.head, hosts.head_home, "down", check=True)
+    deadline = time.monotonic() + 30
+    while (hosts.node_home / "node.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not (hosts.node_home / "node.json").exists()
+    assert cli(hosts.node, hosts.node_home, "leave").returncode == 1  # nothing left to leave

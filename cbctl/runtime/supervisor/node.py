@@ -171,9 +171,10 @@ class NodeSupervisor(Supervisor):
                 raise StartupError(f"the head refused this host: {ack.reason}")
             elif ack.reason.startswith("lost"):
                 self._start_afresh()
-            else:
-                log.error("the head no longer accepts this host: %s; stopping", ack.reason)
+            else:  # the head stops (`cbctl down`), or took this host for another: its executors depart
+                log.warning("the head no longer accepts this host: %s; leaving", ack.reason)
                 self.shutdown.requested = True
+                self.accepted = False  # nothing to tell a head that dismissed it
 
     def _keep_cluster_file(self, text: str) -> None:
         path = self.home / cluster.CLUSTER_FILE

@@ -39,6 +39,7 @@ from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
+    NODE_HEARTBEAT_S,
     NODE_LOST_AFTER_S,
     RESTART_BACKOFF_FIRST_S,
     RESTART_BACKOFF_MAX_S,
@@ -474,6 +475,7 @@ class Supervisor:
             reply = ControlResponse(self.scaling.req_id, False, None, "CbctlError", "the cluster is stopping")
             self.control_sock.send_multipart([*self.scaling.envelope, reply.pack()])
             self.scaling = None
+        self._dismiss_nodes()
         for role in ("executor", "scheduler", "store"):
             self._stop_role(role)
         cluster.remove_cluster_file(self.home)
@@ -483,6 +485,27 @@ class Supervisor:
         self.control_sock.close()
         self.context.term()
         log.info("cluster stopped")
+
+    def _dismiss_nodes(self) -> None:
+        """Answer each joined host's next heartbeat with "stopping", so its executors depart (gracefully, while
+        the schedulers still run) and its node supervisor exits: a stopped head's keys and ports die with it.
+        Waits at most two heartbeat intervals; a host that misses it leaves when its heartbeats go unanswered."""
+        waiting = set(self.nodes.nodes)
+        deadline = time.monotonic() + 2 * NODE_HEARTBEAT_S + 0.2
+        while waiting and time.monotonic() < deadline:
+            if not self.control_sock.poll(50):
+                continue
+            for parts in drain(self.control_sock):
+                try:
+                    beat = unpack(parts[-1])
+                except ProtocolError:
+                    continue
+                if isinstance(beat, NodeHeartbeat):
+                    waiting.discard(beat.host)
+                    reply = NodeAck(beat.seq, False, "stopping: `cbctl down` on the head", "")
+                    self.control_sock.send_multipart([*parts[:-1], reply.pack()])
+        if waiting:
+            log.warning("joined host(s) %s did not hear that the cluster stops", ", ".join(sorted(waiting)))
 
     def _stop_role(self, role: str) -> None:
         children = [c for c in self.children.values() if c.config.role == role and c.process is not None]
