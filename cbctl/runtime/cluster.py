@@ -155,8 +155,11 @@ class ClusterFile:
         return not self.pid_space or self.pid_space == pid_space()
 
     def pids(self) -> list[int]:
-        """The supervisor's pid, then every child's."""
-        return [self.supervisor_pid] + [p.pid for p in self.processes]
+        """The supervisor's pid, then every child's: of this machine only (a joined host's executors have pids of
+        their own machine; a copy of the head's file on another machine names none of this one's)."""
+        if not self.is_local():
+            return []
+        return [self.supervisor_pid] + [p.pid for p in self.processes if not p.host]
 
     def supervisor_alive(self) -> bool:
         try:
@@ -271,6 +274,8 @@ def cleanup_stale(home: Path, cluster: ClusterFile) -> None:
     """Kill what is left of a crashed cluster's children and remove its cluster file."""
     killed = []
     for entry in cluster.processes:
+        if entry.host:
+            continue  # another machine's process: its pid means nothing here
         try:
             proc = psutil.Process(entry.pid)
             if abs(proc.create_time() - entry.started_at) < 2.0:

@@ -49,3 +49,15 @@ def test_an_executor_restarted_on_its_host_is_reported_lost() -> None:
     table.on_heartbeat(beat([11, 12]), 0.0)
     verdict = table.on_heartbeat(beat([11, 13]), 1.0)
     assert [(m.executor_id, m.pid) for m in verdict.lost] == [("10.0.0.2/executor-1", 12)]
+
+
+def test_a_cluster_file_names_pids_of_its_own_machine_only() -> None:
+    from cbctl.runtime.cluster import ClusterFile, ProcessEntry, pid_space
+
+    entries = [ProcessEntry("executor", 0, 101, "tcp://10.0.0.1:1", 0.0),
+               ProcessEntry("executor", 0, 102, "tcp://10.0.0.2:1", 0.0, host="10.0.0.2")]
+    here = ClusterFile("/h", 100, 0.0, "tcp://10.0.0.1:2", "tcp://10.0.0.1:3", ["tcp://10.0.0.1:4"], 0.0, "0",
+                       entries, pid_space=pid_space())
+    assert here.is_local() and here.pids() == [100, 101]  # never the joined host's executor
+    copied = ClusterFile(**{**here.__dict__, "pid_space": "another-boot/pid:[1]"})
+    assert not copied.is_local() and copied.pids() == []
