@@ -1,4 +1,5 @@
-"""Faults across hosts: a whole host lost (its processes killed, its link cut), a link that drops for 2 s, and a
+"""Faults across hosts: a whole host lost (its processes killed, its link cut), a link that drops for 2 s, one cut
+off past the bound (lost, then back with fresh executors), and a
 long call that silences an executor. The head judges a host by its node supervisor's heartbeats alone."""
 
 from __future__ import annotations
@@ -119,3 +120,25 @@ with cbctl.connect() as c:
     out = python(hosts.head, hosts.head_home, script, timeout=120)
     assert any(who.startswith(f"{hosts.node.address}/") for who in out["ran"])
     assert out["counters"]["executors_lost"] == 0 and out["counters"]["retried_calls"] == 0
+
+
+def test_a_host_cut_off_past_the_bound_is_lost_then_starts_afresh(hosts: TwoHosts) -> None:
+    before = node_executors(hosts)
+    load = start_load(hosts, seconds=12 + NODE_LOST_AFTER_S)
+    time.sleep(1)
+    hosts.node.cut_link()
+    deadline = time.monotonic() + NODE_LOST_AFTER_S + 10
+    while node_executors(hosts) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not node_executors(hosts), "the head did not declare the silent host lost"
+    hosts.node.restore_link()
+    deadline = time.monotonic() + 30
+    while len(node_executors(hosts)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    after = node_executors(hosts)
+    assert set(after) == set(before) and not set(after.values()) & set(before.values())  # new processes
+    report = finish_load(load)
+    assert report["errors"] == []
+    assert report["counters"]["executors_lost"] == 2 and report["counters"]["lost_calls"] == 0
+    late = {who for t, who in report["results"][-200:]}
+    assert set(after) & late, f"the host's new executors took no call: {late}"

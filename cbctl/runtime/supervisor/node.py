@@ -75,6 +75,7 @@ class NodeSupervisor(Supervisor):
         super().__init__(home, spec)
         self.host = join.host
         self.seq = 0
+        self.fresh_after_seq = 0  # "lost" answers to heartbeats up to this one are about processes already replaced
         self.accepted = False
         self.next_heartbeat = 0.0
         self.last_ack = time.monotonic()
@@ -170,7 +171,8 @@ class NodeSupervisor(Supervisor):
             elif not self.accepted:
                 raise StartupError(f"the head refused this host: {ack.reason}")
             elif ack.reason.startswith("lost"):
-                self._start_afresh()
+                if ack.seq > self.fresh_after_seq:  # heartbeats queued while the link was down get one answer each
+                    self._start_afresh()
             else:  # the head stops (`cbctl down`), or took this host for another: its executors depart
                 log.warning("the head no longer accepts this host: %s; leaving", ack.reason)
                 self.shutdown.requested = True
@@ -202,6 +204,7 @@ class NodeSupervisor(Supervisor):
             if child.state in ("ready", "starting", "restarting"):
                 child.restarts += 1
                 self._spawn(child)
+        self.fresh_after_seq = self.seq
         self.write_cluster_file()
 
     # --- run and stop ------------------------------------------------------------------------------------
