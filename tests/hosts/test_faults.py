@@ -1,6 +1,6 @@
 """Faults across hosts: a whole host lost (its processes killed, its link cut), a link that drops for 2 s, one cut
-off past the bound (lost, then back with fresh executors), and a
-long call that silences an executor. The head judges a host by its node supervisor's heartbeats alone."""
+off past the bound (lost, then back with fresh executors), and a long call that silences an executor. The head
+judges a host by its node supervisor's heartbeats alone."""
 
 from __future__ import annotations
 
