@@ -385,7 +385,8 @@ def get(key: str, as_json: bool, home: str | None) -> None:
 @home_option
 @handle_errors
 def logs(role: str, follow: bool, lines: int, home: str | None) -> None:
-    """Print the per-process logs; ROLE narrows them (store, scheduler, executor, executor-1, supervisor).
+    """Print the per-process logs; ROLE narrows them (store, scheduler, executor, executor-1, supervisor; node on
+    a joined host).
 
     Example: cbctl logs executor -f
     """
