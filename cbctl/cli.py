@@ -179,7 +179,7 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
         found = lifecycle.wait_until_up(home_path, proc)
     counts = f"{spec.executors} CPU + {spec.gpu_executors} GPU executors, {spec.schedulers} scheduler(s)"
     console.print(f"cluster up in {home_path} ({counts}) in {time.monotonic() - started:.1f} s", markup=False)
-    if spec.curve:
+    if spec.curve and not lifecycle.is_loopback(spec.listen):
         host = spec.listen.removeprefix("tcp://")
         console.print(f"other machines join it (or call it) with a copy of {home_path / 'cluster.json'} and "
                       f"{home_path / 'keys'}; on each, run:\n  {lifecycle.copy_command(home_path, host)}\n"
