@@ -24,7 +24,16 @@ from typing import Any
 import cloudpickle
 import zmq
 
-from cbctl.declare import Declarations, dag_options, function_name, load_file
+from cbctl.declare import (
+    Declarations,
+    PreparedDeploy,
+    PreparedFunction,
+    check_declaration,
+    dag_options,
+    function_name,
+    prepare,
+)
+from cbctl.deploy_import import import_deploy_file
 from cbctl.errors import (
     AuthenticationError,
     CallTimeout,
@@ -32,10 +41,11 @@ from cbctl.errors import (
     ClusterNotRunning,
     FunctionError,
     InvalidArgument,
+    InvalidDag,
     ProtocolError,
     error_from_wire,
 )
-from cbctl.runtime import auth, cluster, limits, registry, serialization, user_errors
+from cbctl.runtime import auth, cluster, limits, registry, serialization
 from cbctl.runtime.code_loading import source_file_of
 from cbctl.runtime.consistency import LWW, ClientSession, reveal
 from cbctl.runtime.dag import chain_edges, validate_dag
@@ -174,11 +184,6 @@ class Client:
                  batching: bool = False, init_args: Sequence[Any] = ()) -> dict[str, Any]:
         """Register a function (or a class with a ``run(cb, ...)`` method, constructed once per executor
         with ``init_args``) under ``name`` (default: its ``__name__``); replaces an earlier one."""
-        is_class = isinstance(target, type)
-        if is_class and not callable(getattr(target, "run", None)):
-            raise InvalidArgument(f"class {target.__name__} has no run(cb, ...) method to call")
-        if not is_class and not callable(target):
-            raise InvalidArgument(f"{target!r} is neither a function nor a class: register a callable")
         if name is None:
             name = getattr(target, "__name__", None)
             if not isinstance(name, str) or name == "<lambda>":
@@ -186,64 +191,75 @@ class Client:
                 raise InvalidArgument(f"{shown} has no name to register it under: pass name=...")
         if not isinstance(name, str) or not name or name.startswith("__"):
             raise InvalidArgument(f"function name {name!r} is invalid: use a non-empty name not starting with '__'")
-        problem = user_errors.check_takes_user_library(target, name)
+        problem = check_declaration(target, name, init_args)
         if problem:
             raise InvalidArgument(problem)
-        options = {"gpu": gpu, "batching": batching, "is_class": is_class,
+        options = {"gpu": gpu, "batching": batching, "is_class": isinstance(target, type),
                    "init_args": self._encode(tuple(init_args), "the init_args of %r", name) if init_args else b"",
                    "source_file": source_file_of(target)}
-        code = cloudpickle.dumps(target)
-        limits.check_size(len(code), self.max_message_bytes, f"the code of function {name!r} (with what it captures)")
-        return self._control(lambda r: RegisterFunction(r, name, code, options))
+        return self._register_prepared(PreparedFunction(name, cloudpickle.dumps(target), options))
+
+    def _register_prepared(self, fn: PreparedFunction) -> dict[str, Any]:
+        limits.check_size(len(fn.code), self.max_message_bytes,
+                          f"the code of function {fn.name!r} (with what it captures)")
+        limits.check_size(len(fn.options.get("init_args", b"")), self.max_message_bytes,
+                          f"the init_args of {fn.name!r}")
+        return self._control(lambda r: RegisterFunction(r, fn.name, fn.code, fn.options))
 
     def register_dag(self, name: str, functions: Sequence[Any], edges: Iterable[Sequence[Any]] | None = None,
                      **options: Any) -> dict[str, Any]:
         """Register a DAG of registered functions (names or the decorated functions themselves); with no
         ``edges`` it is a chain in the given order. ``multiexec=[f, ...]`` marks functions that run once per
         upstream result as each arrives (see ``cbctl.runtime.multiexec``)."""
+        if isinstance(functions, str):
+            raise InvalidDag(f"DAG {name!r}: functions={functions!r} is one string: pass a list of names, "
+                             f"e.g. [{functions!r}]")
         names = [function_name(f) for f in functions]
         edge_names = [[function_name(a), function_name(b)] for a, b in edges] if edges else []
         options = dag_options(options)
         return self._control(lambda r: RegisterDag(r, name, names, edge_names, options))
 
-    def deploy(self, declared: Declarations) -> dict[str, list[dict[str, Any]]]:
-        """Register what a deploy file declared (``declare.load_file``): its functions, then its DAGs.
+    def deploy(self, declared: Declarations | PreparedDeploy, path: str = "<declarations>"
+               ) -> dict[str, list[dict[str, Any]]]:
+        """Register what a deploy file declared (``declare.load_file``, or ``declare.prepare``'d): its functions,
+        then its DAGs, then its triggers.
 
-        Everything is checked here first (each DAG against the file's functions and those already registered,
-        names that clash, functions that cannot take ``cb``), so a file with a mistake registers nothing at
-        all and the error names the problem."""
+        Everything is checked here first (each declaration, each DAG against the file's functions and those
+        already registered, names that clash, functions that cannot take ``cb``), so a file with a mistake
+        registers nothing at all and the error names the problem."""
+        prepared = declared if isinstance(declared, PreparedDeploy) else prepare(declared, path)
         listed = self.list()
-        known = {f["name"] for f in listed["functions"]} | {f.name for f in declared.functions}
-        dag_names = {d["name"] for d in listed["dags"]} | {d.name for d in declared.dags}
-        for spec in declared.dags:
+        known = {f["name"] for f in listed["functions"]} | {f.name for f in prepared.functions}
+        dag_names = {d["name"] for d in listed["dags"]} | {d.name for d in prepared.dags}
+        for spec in prepared.dags:
             validate_dag(spec.name, spec.functions, spec.edges or chain_edges(spec.functions), known)
             if spec.name in known:
                 raise InvalidArgument(f"DAG {spec.name!r} has the name of a function: give one of them another name")
-        for fn in declared.functions:
+        for fn in prepared.functions:
             if fn.name in dag_names:
                 raise InvalidArgument(f"function {fn.name!r} has the name of a DAG: give one of them another name")
-            problem = user_errors.check_takes_user_library(fn.target, fn.name)
-            if problem:
-                raise InvalidArgument(problem)
+            limits.check_size(len(fn.code), self.max_message_bytes,
+                              f"the code of function {fn.name!r} (with what it captures)")
         registered: dict[str, list[dict[str, Any]]] = {"functions": [], "dags": []}
-        for fn in declared.functions:
-            registered["functions"].append(self.register(
-                fn.target, name=fn.name, gpu=fn.gpu, batching=fn.batching, init_args=fn.init_args))
-        for spec in declared.dags:
+        for fn in prepared.functions:
+            registered["functions"].append(self._register_prepared(fn))
+        for spec in prepared.dags:
             registered["dags"].append(self.register_dag(spec.name, spec.functions, spec.edges, **spec.options))
-        if declared.triggers:
-            registered["triggers"] = [self.add_trigger(t.name, t.prefix, t.function) for t in declared.triggers]
+        if prepared.triggers:
+            registered["triggers"] = [self.add_trigger(t.name, t.prefix, t.function) for t in prepared.triggers]
         return registered
 
     def deploy_file(self, path: str | os.PathLike[str],
-                    import_timeout: float = DEPLOY_IMPORT_TIMEOUT_S) -> dict[str, list[dict[str, Any]]]:
-        """Import a deploy file and register what it declares (see ``deploy``); ``DeployFileError`` with
-        the user's traceback if it does not import, or if its import runs longer than ``import_timeout``
-        seconds (nothing is registered then), ``InvalidArgument`` if it declares nothing."""
-        declared = load_file(path, import_timeout)
-        if not declared.functions and not declared.dags and not declared.triggers:
+                    import_timeout: float | None = DEPLOY_IMPORT_TIMEOUT_S) -> dict[str, list[dict[str, Any]]]:
+        """Import a deploy file, in an interpreter of its own, and register what it declares (see ``deploy``);
+        ``DeployFileError`` naming the file if it does not import, declares something wrong (two functions of
+        one name, a class without ``run``, ...), ends its interpreter (``os._exit``), or imports for longer than
+        ``import_timeout`` seconds (None: no limit): nothing is registered then. ``InvalidArgument`` if it
+        declares nothing."""
+        prepared = import_deploy_file(path, import_timeout)
+        if not prepared.functions and not prepared.dags and not prepared.triggers:
             raise InvalidArgument(f"{path} declares no functions or DAGs: decorate them with @cbctl.function")
-        return self.deploy(declared)
+        return self.deploy(prepared)
 
     def list(self) -> dict[str, Any]:
         """Registered functions (with where they are pinned) and DAGs."""
