@@ -39,6 +39,7 @@ from cbctl.errors import (
     CallTimeout,
     CbctlError,
     ClusterNotRunning,
+    DecodeError,
     FunctionError,
     InvalidArgument,
     InvalidDag,
@@ -112,7 +113,10 @@ class CallFuture:
                               "still be running): wait longer with timeout=S (`cbctl call --timeout S`), or "
                               "timeout=None to wait until it is done")
         if isinstance(self._result, CallResult):
-            self._result = _outcome(self._result)
+            try:
+                self._result = _outcome(self._result)
+            except DecodeError as exc:  # kept: a second result() raises the same
+                self._result = serialization.renamed(exc, f"the result of call {self.call_id} of {self.name!r}")
         if isinstance(self._result, CbctlError):
             raise self._result
         return self._result
@@ -495,7 +499,11 @@ class Client:
             with self._store_lock:
                 (lattice,) = self._store.get_lattices([key])
             if lattice is not None and not getattr(lattice, "tombstone", False):
-                future._result = result = CallResult(**serialization.decode(lattice.value))
+                try:
+                    future._result = result = CallResult(**serialization.decode(lattice.value))
+                except (DecodeError, TypeError) as exc:
+                    future._result = result = CallResult(future.call_id, False, b"", "DecodeError", (
+                        f"the stored result of call {future.call_id} cannot be read ({exc}): call again"))
                 future._request = b""
                 with self._cond:
                     self._stored_waiting.pop(future.call_id, None)
@@ -512,18 +520,21 @@ class Client:
 
     # --- state -----------------------------------------------------------------------------------------
 
-    def get(self, key: str) -> Any:
-        """The value under ``key``; ``NoSuchKey`` when there is none. A key written by ``causal`` calls holds
-        a set of concurrent values: its value is their list (as ``cb.get`` returns it in a causal call)."""
-        _check_key(key)
+    def get(self, key: str, default: Any = _PENDING) -> Any:
+        """The value under ``key``; ``default`` if given and there is none, else ``NoSuchKey``. A key written by
+        ``causal`` calls holds a set of concurrent values: its value is their list (as ``cb.get`` returns it in a
+        causal call). ``DecodeError`` if the value cannot be decoded in this process (see its message)."""
+        limits.check_key(key)
         self._check_open()
         with self._store_lock:
             (lattice,) = self._store.get_lattices([key])
+        if default is not _PENDING and (lattice is None or getattr(lattice, "tombstone", False)):
+            return default
         return reveal(key, lattice, LWW)
 
     def put(self, key: str, value: Any) -> None:
         """Write ``value`` under ``key`` (last-writer-wins); durable per the store's policy on return."""
-        _check_key(key)
+        limits.check_key(key)
         self._check_open()
         encoded = self._encode(value, "the value for key %r", key)
         written_after = time.time_ns()  # the write's timestamp is at least this: its read-your-writes token
@@ -537,7 +548,7 @@ class Client:
 
     def delete_key(self, key: str) -> None:
         """Delete ``key`` (deleting a key that holds nothing is not an error)."""
-        _check_key(key)
+        limits.check_key(key)
         self._check_open()
         deleted_after = time.time_ns()
         with self._store_lock:
@@ -593,14 +604,6 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _check_key(key: Any) -> None:
-    if not isinstance(key, str) or not key or key.startswith("__cb/"):
-        raise InvalidArgument(f"key {key!r} is invalid: use a non-empty string not starting with '__cb/' "
-                              "(cbctl's own keys)")
-
-
 
 
 def supervisor_request(found: cluster.ClusterFile, command: str, timeout_s: float = CONTROL_TIMEOUT_S,

@@ -62,6 +62,12 @@ class ContinuationDepthExceeded(CbctlError):
     continuations); raise the limit with ``cbctl up --max-continuations N`` if the chain is meant to be long."""
 
 
+class DecodeError(CbctlError):
+    """A value (a stored value, a call's result or argument, a message) could not be turned back into a Python
+    object where it was read: its bytes are damaged, or it holds an object pickled by reference to a module that
+    cannot be imported there, or unpickling it raised. The message names which and what to do."""
+
+
 class ConsistencyError(CbctlError):
     """A call's consistency mode could not keep its promise (the version a ``repeatable_read`` call first read
     is no longer held anywhere, say), so the call failed instead of reading what the mode rules out: call again."""
@@ -103,6 +109,7 @@ ERRORS_BY_NAME: dict[str, type[CbctlError]] = {
         MessageTooLarge,
         ContinuationDepthExceeded,
         ConsistencyError,
+        DecodeError,
         CallLost,
         FunctionError,
     )

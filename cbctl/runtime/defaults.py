@@ -54,6 +54,11 @@ CALL_TIMEOUT_S = 60.0
 #: larger value could not be cached anyway; bigger data belongs in files whose paths travel instead.
 MAX_MESSAGE_BYTES = 64 << 20
 
+#: Longest key, in UTF-8 bytes. Every key lives in the store's memory, in each cache's index, in `list_keys`
+#: answers and in executors' status reports (their cached keys), so a 20 MB key costs many times its size;
+#: 4 KiB is longer than any path-like name needs. Past it: ``InvalidArgument``.
+MAX_KEY_BYTES = 4096
+
 #: Bytes a server socket accepts beyond the value limit (zmq ``MAXMSGSIZE`` = limit + this) before it drops the
 #: sender's connection: room for what travels next to a value in an honest frame, the largest being an executor
 #: status listing 10,000 cached key names (``CACHED_KEYS_REPORTED``) and the schedule of the largest DAG.

@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from cbctl.errors import CbctlError, ConsistencyError, InvalidArgument, NoSuchFunction, ProtocolError
+from cbctl.errors import CbctlError, ConsistencyError, DecodeError, InvalidArgument, NoSuchFunction, ProtocolError
 from cbctl.runtime import (
     auth,
     batching,
@@ -324,10 +324,13 @@ class Executor:
     def arguments(self, trigger: DagTrigger, inputs: list[DagTrigger]) -> list[Any]:
         """A step's positional arguments: the call's for a source, else one per upstream result; ``Ref``s
         are resolved to their keys' values."""
-        if trigger.source:
-            args = [serialization.decode(t.payload) for t in inputs]
-        else:
-            args = serialization.decode(trigger.payload)
+        try:
+            if trigger.source:
+                args = [serialization.decode(t.payload) for t in inputs]
+            else:
+                args = serialization.decode(trigger.payload)
+        except DecodeError as exc:
+            raise serialization.renamed(exc, f"an argument of {trigger.function!r} on {self.executor_id}") from None
         return [self.read_key(a.key) if type(a) is serialization.Ref else a for a in args]
 
     def deliver(self, trigger: DagTrigger, result: Any) -> None:

@@ -10,8 +10,13 @@ value in them was checked against the limit and the rest of a frame is bounded b
 
 from __future__ import annotations
 
-from cbctl.errors import MessageTooLarge
-from cbctl.runtime.defaults import FRAME_HEADROOM_BYTES, MAX_MESSAGE_BYTES
+from typing import Any
+
+from cbctl.errors import InvalidArgument, MessageTooLarge
+from cbctl.runtime.defaults import FRAME_HEADROOM_BYTES, MAX_KEY_BYTES, MAX_MESSAGE_BYTES
+
+#: Keys under this prefix are cbctl's own (the registry, stored results, triggers): users may not name them.
+RESERVED_PREFIX = "__cb/"
 
 #: The ``options`` key under which servers get the limit from the supervisor (``ProcessConfig.options``).
 OPTION = "max_message_bytes"
@@ -39,3 +44,24 @@ def too_large(size: int, limit: int, what: str) -> MessageTooLarge:
 def backstop_bytes(limit: int = MAX_MESSAGE_BYTES) -> int:
     """zmq ``MAXMSGSIZE`` for server sockets: the value limit plus room for the rest of an honest frame."""
     return limit + FRAME_HEADROOM_BYTES
+
+
+def check_key(key: Any) -> None:
+    """Raise ``InvalidArgument`` unless ``key`` is one a user may read or write: a non-empty string, UTF-8
+    encodable (no lone surrogates), at most ``MAX_KEY_BYTES`` long, not one of cbctl's own ``__cb/`` keys.
+    Where keys come from users: the client, ``cb.get``/``cb.put`` and ``Ref``."""
+    if type(key) is not str or not key or key.startswith(RESERVED_PREFIX):
+        if isinstance(key, str) and key.startswith(RESERVED_PREFIX):
+            raise InvalidArgument(f"key {key[:60]!r} is one of cbctl's own ({RESERVED_PREFIX}...): they are not "
+                                  "readable or writable from user code; use another key")
+        raise InvalidArgument(f"key {key!r:.60} is invalid: use a non-empty string not starting with "
+                              f"{RESERVED_PREFIX!r} (cbctl's own keys)")
+    try:
+        size = len(key.encode())
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(f"key {key[:60]!r} holds a character UTF-8 cannot carry ({exc.reason} at position "
+                              f"{exc.start}): keys are text; decode bytes with errors='replace', or use "
+                              "another key") from None
+    if size > MAX_KEY_BYTES:
+        raise InvalidArgument(f"key {key[:40]!r}... is {size} bytes long, over the limit of {MAX_KEY_BYTES}: use "
+                              "a shorter key (a hash of the long name, say) and store the name in the value")

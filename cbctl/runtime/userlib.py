@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from cbctl.errors import InvalidArgument, NoSuchKey
+from cbctl.errors import NoSuchKey
+from cbctl.runtime.limits import check_key
 
 if TYPE_CHECKING:
     from cbctl.runtime.executor import Executor
@@ -28,6 +29,7 @@ class UserLibrary:
         Served from this executor's cache when it holds the key. Under the call's consistency mode: with
         ``repeatable_read``, the version the call's first reader saw; with ``causal``, the *list* of the key's
         concurrent values (usually one; put a resolved value to merge them)."""
+        check_key(key)
         try:
             return self._executor.read_key(key)
         except NoSuchKey:
@@ -39,8 +41,7 @@ class UserLibrary:
         """Write ``value`` under ``key``; durable in the store when this returns. Last-writer-wins, except in a
         ``causal`` call, where it replaces the versions this call read of the key and is kept alongside
         concurrent ones. ``MessageTooLarge`` if the value is over the cluster's limit (``--max-message-mb``)."""
-        if not isinstance(key, str) or not key or key.startswith("__cb/"):
-            raise InvalidArgument(f"key {key!r} is invalid: use a non-empty string not starting with '__cb/'")
+        check_key(key)
         self._executor.write_key(key, value)
 
     def getid(self) -> str:

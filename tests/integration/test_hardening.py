@@ -8,12 +8,16 @@ One 2-executor cluster is shared by the module; tests use names of their own.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningCluster
+import cbctl
+from tests.conftest import REPO, RunningCluster
 from tests.integration.shared_cluster import module_cluster, registered_names
 
 
@@ -78,8 +82,6 @@ def test_a_deploy_file_that_ends_its_interpreter_is_a_clear_failure(shared, tmp_
 
 
 def test_the_python_api_refuses_the_same_mistakes(shared):
-    import cbctl
-
     client = shared.client()
 
     class NoRun:
@@ -101,3 +103,76 @@ def test_a_good_file_still_deploys_and_its_threads_do_not_hold_the_deploy(shared
     out = shared.cli("deploy", str(path), check=True, timeout=30).stdout
     assert "function hd_fine" in out
     assert json.loads(shared.cli("call", "hd_fine", "2", "--json", check=True).stdout) == 3
+
+
+# --- 6. values that survive the trip ------------------------------------------------------------------------
+
+
+def test_structured_record_and_masked_arrays_come_back_equal_through_calls_and_the_store(shared):
+    np = pytest.importorskip("numpy")
+    client = shared.client()
+    client.register(lambda cb, a: a, name="hd_ident")
+    client.register(lambda cb, k: cb.get(k), name="hd_read")
+    values = {
+        "structured": np.zeros(3, dtype=[("a", "i4"), ("b", "f8")]),
+        "records": np.rec.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
+        "masked": np.ma.array([1, 2, 3], mask=[0, 1, 0]),
+        "big_endian_masked": np.ma.array(np.arange(3, dtype=">i8"), mask=[1, 0, 0]),
+    }
+    for label, value in values.items():
+        client.put(f"hd/{label}", value)
+        for result in (client.call("hd_ident", value, timeout=10), client.get(f"hd/{label}"),
+                       client.call("hd_read", f"hd/{label}", timeout=10)):
+            assert type(result) is type(value) and result.dtype == value.dtype, (label, result)
+            assert result.tobytes() == value.tobytes()
+            if isinstance(value, np.ma.MaskedArray):
+                assert result.mask.tolist() == value.mask.tolist()
+
+
+# --- 7. decode failures and keys ----------------------------------------------------------------------------
+
+
+def test_a_value_only_its_writer_can_decode_is_one_line_naming_the_key_and_module(shared, tmp_path):
+    writer_dir = tmp_path / "writer"
+    writer_dir.mkdir()
+    (writer_dir / "mylocal.py").write_text("class Foo:\n    def __init__(self, n):\n        self.n = n\n")
+    script = ("import sys, cbctl, mylocal\n"
+              "with cbctl.connect(sys.argv[1]) as c:\n    c.put('hd/lm', mylocal.Foo(4))\n")
+    subprocess.run([sys.executable, "-c", script, str(shared.home)], cwd=writer_dir, check=True, timeout=60,
+                   env={**os.environ, "PYTHONPATH": f"{writer_dir}{os.pathsep}{REPO}"})
+    one_error_line(shared.cli("get", "hd/lm"), "the value under 'hd/lm' cannot be decoded here",
+                   "module 'mylocal'", "PYTHONPATH")
+    client = shared.client()
+    with pytest.raises(cbctl.DecodeError, match="module 'mylocal'"):
+        client.get("hd/lm")
+    client.register(lambda cb, k: cb.get(k), name="hd_read_lm")  # the executors cannot import mylocal either
+    with pytest.raises(cbctl.DecodeError, match="the value under 'hd/lm'"):
+        client.call("hd_read_lm", "hd/lm", timeout=10)
+
+
+def test_damaged_bytes_and_an_undecodable_result_are_decode_errors(shared):
+    client = shared.client()
+    client._store.put_lattice("hd/garbage", client._store.new_lww(b"\xc1 not msgpack"))
+    one_error_line(shared.cli("get", "hd/garbage"), "the value under 'hd/garbage'", "not a value cbctl wrote")
+    path = Path(__file__).resolve().parent / "deployables" / "hardening_fns.py"
+    shared.cli("deploy", str(path), check=True)
+    with pytest.raises(cbctl.DecodeError, match=r"the result of call \S+ of 'hd_unloadable'.*unpickling it raised"):
+        client.call("hd_unloadable", timeout=10)
+    assert client.call("hd_fine_after", 1, timeout=10) == 2  # nothing else broke
+
+
+def test_keys_users_may_not_use_are_refused_where_they_are_named(shared):
+    client = shared.client()
+    with pytest.raises(cbctl.InvalidArgument, match="UTF-8 cannot carry"):
+        client.put("\udcff", 1)
+    with pytest.raises(cbctl.InvalidArgument, match="over the limit of 4096"):
+        client.put("k" * 5000, 1)
+    with pytest.raises(cbctl.InvalidArgument, match="cbctl's own"):
+        cbctl.Ref("__cb/fn/hd_ident")
+    client.register(lambda cb, k: cb.get(k), name="hd_peek")
+    with pytest.raises(cbctl.FunctionError, match="cbctl's own") as raised:  # as cb.put's refusals
+        client.call("hd_peek", "__cb/fn/hd_peek", timeout=10)
+    assert raised.value.remote_type == "InvalidArgument"
+    assert client.get("hd/never-written", default="fallback") == "fallback"
+    with pytest.raises(cbctl.NoSuchKey):
+        client.get("hd/never-written")

@@ -1,0 +1,24 @@
+"""Functions tests/integration/test_hardening.py deploys: each shows one way a value goes wrong."""
+
+import cbctl
+
+
+def _refuse_to_load():
+    raise RuntimeError("this object cannot be rebuilt in the caller")
+
+
+class Unloadable:
+    """Pickles fine on the executor; its unpickling in the caller raises."""
+
+    def __reduce__(self):
+        return (_refuse_to_load, ())
+
+
+@cbctl.function
+def hd_unloadable(cb):
+    return Unloadable()
+
+
+@cbctl.function
+def hd_fine_after(cb, x):
+    return x + 1
