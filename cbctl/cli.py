@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import datetime
 import functools
 import json
+import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -29,8 +33,25 @@ from cbctl.runtime.defaults import (
     MAX_MESSAGE_BYTES,
     TOP_INTERVAL_S,
 )
+from cbctl.runtime.serialization import Ref
 
-console = Console(soft_wrap=True)  # a path or a message is never cut into lines a script would have to rejoin
+
+def _quiet_exit_on_closed_pipe() -> None:
+    """The reader of stdout went away (``cbctl logs | head -1``): end quietly with 0, as Unix tools do. stdout
+    points at /dev/null from here on, so the interpreter's own flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(0)
+
+
+class _Console(Console):
+    """rich's Console, but a closed pipe on stdout ends the command with 0 (rich's own default is exit 1)."""
+
+    def on_broken_pipe(self) -> None:
+        _quiet_exit_on_closed_pipe()
+
+
+console = _Console(soft_wrap=True)  # a path or a message is never cut into lines a script would have to rejoin
 errors = Console(stderr=True, soft_wrap=True)  # soft_wrap: an error stays one line, whatever the terminal width
 
 
@@ -49,6 +70,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 errors.print(exc.remote_traceback.rstrip(), markup=False, highlight=False)
             errors.print(f"error: the function raised {exc}", markup=False, highlight=False)
             sys.exit(1)
+        except BrokenPipeError:
+            _quiet_exit_on_closed_pipe()
         except DeployFileError as exc:
             if exc.user_traceback:
                 errors.print(exc.user_traceback.rstrip(), markup=False, highlight=False)
@@ -86,20 +109,89 @@ def parse_value(text: str, what: str = "value") -> Any:
 
 
 def render_value(value: Any, as_json: bool) -> str:
+    """A value for the terminal: a string as it is, anything else as JSON when it has a JSON form, else its
+    repr; with ``as_json`` always JSON (``json_form``), or a ``CbctlError`` saying what has none."""
+    if as_json:
+        return json.dumps(json_form(value), allow_nan=False)
+    if isinstance(value, str):
+        return value
     try:
-        return json.dumps(value) if as_json or not isinstance(value, str) else value
+        return json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
         return repr(value)
 
 
+def json_form(value: Any, where: str = "the value") -> Any:
+    """``value`` in the JSON encoding of ``--json`` output (README, "JSON output"): numpy arrays as nested lists
+    (masked entries null), numpy scalars as numbers, bytes as ``{"base64": ...}``, sets as sorted lists, tuples as
+    lists, complex numbers as ``{"real", "imag"}``, dates and times in ISO 8601, timedeltas in seconds, NaN and
+    infinities as null (as JavaScript's JSON.stringify writes them), a ``cbctl.Ref`` as ``{"ref": key}``.
+    Anything else raises a ``CbctlError`` naming where it is: no output a script would misparse."""
+    kind = type(value)
+    if value is None or kind in (bool, int, str):
+        return value
+    if kind is float or isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [json_form(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise CbctlError(f"{where} has a key of type {type(key).__name__} ({key!r:.40}), which JSON "
+                                 "cannot carry (keys are strings): print it without --json")
+            out[key if isinstance(key, str) else json.dumps(key)] = json_form(item, f"{where}[{key!r}]")
+        return out
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"base64": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, (set, frozenset)):
+        try:
+            items = sorted(value)
+        except TypeError:
+            items = sorted(value, key=repr)
+        return [json_form(v, f"{where} item") for v in items]
+    if isinstance(value, int):  # an IntEnum, say
+        return int(value)
+    if isinstance(value, complex):
+        return {"real": json_form(value.real), "imag": json_form(value.imag)}
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, Ref):
+        return {"ref": value.key}
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic)):
+        if value.dtype.kind == "M" and not value.dtype.name.endswith(("[s]", "[ms]", "[us]", "[D]", "[W]")):
+            value = value.astype("datetime64[us]")  # finer units: tolist() gives bare ints, not dates
+        return json_form(value.tolist(), where)
+    raise CbctlError(f"{where} is a {kind.__name__}, which has no JSON form: print it without --json, or return "
+                     "plain data (numbers, strings, lists, dicts, bytes, numpy arrays)")
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(json_form(value), indent=2, allow_nan=False))
+
+
 def home_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--home", envvar="CBCTL_HOME", default=None, show_default="$CBCTL_HOME or ~/.cbctl",
-                        help="Cluster directory.")(command)
+                        callback=_home_from_group, help="Cluster directory.")(command)
+
+
+def _home_from_group(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``cbctl --home X CMD`` as ``cbctl CMD --home X``: the command's own --home wins, then the group's, then
+    $CBCTL_HOME."""
+    if ctx.get_parameter_source("home") is click.core.ParameterSource.COMMANDLINE:
+        return value
+    return ctx.find_root().params.get("home") or value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cbctl")
-def main() -> None:
+@click.option("--home", default=None, metavar="DIR",
+              help="Cluster directory for the command that follows (as its own --home). [default: $CBCTL_HOME "
+                   "or ~/.cbctl]")
+def main(home: str | None) -> None:
     """cbctl: stateful functions as a service on your machine, in the line of Cloudburst.
 
     \b
@@ -212,7 +304,7 @@ def scale(executors: int, as_json: bool, home: str | None) -> None:
     with console.status(f"scaling to {executors} CPU executors..."):
         result = lifecycle.scale_cluster(cluster.resolve_home(home), executors)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        print_json(result)
         return
     changes = [f"started {', '.join(result['started'])}"] if result["started"] else []
     changes += [f"stopped {', '.join(result['stopped'])}"] if result["stopped"] else []
@@ -236,7 +328,7 @@ def status(as_json: bool, home: str | None) -> None:
         raw = probe.collect()
     report, snapshot = raw["supervisor"], topview.build_snapshot(raw)
     if as_json:
-        click.echo(json.dumps({**report, "health": topview.health(snapshot)}, indent=2))
+        print_json({**report, "health": topview.health(snapshot)})
         return
     table = new_table(f"cluster {report['home']}  up {report['uptime_s']:.0f} s",
                       "process", "type", "pid", "address", "state", "uptime", "restarts")
@@ -259,7 +351,8 @@ def status(as_json: bool, home: str | None) -> None:
 @handle_errors
 def top(interval: float, sort: str, once: bool, as_json: bool, home: str | None) -> None:
     """Live utilization tables: executors (utilization, CPU, memory, queue, calls/s, latency, state),
-    functions and DAGs, the store. q or Ctrl-C quits.
+    functions and DAGs, the store. q or Ctrl-C quits. With stdout not a terminal (a pipe, a file), prints one
+    snapshot every --interval seconds instead, until Ctrl-C or the reader goes away.
 
     Example: cbctl top --sort calls --interval 0.5
     """
@@ -267,9 +360,12 @@ def top(interval: float, sort: str, once: bool, as_json: bool, home: str | None)
     if as_json or once:
         snapshot = topview.take_snapshot(home_path)
         if as_json:
-            click.echo(json.dumps(snapshot, indent=2))
+            print_json(snapshot)
         else:
             console.print(topview.render(snapshot, sort, width=console.width))
+        return
+    if not console.is_terminal:  # a pipe, a file, a CI log: snapshots one after the other, as `top -b` prints
+        topview.run_snapshots(home_path, interval, sort, console)
         return
     topview.run_live(home_path, interval, sort, console)
 
@@ -371,7 +467,7 @@ def deploy(file: Path, as_json: bool, import_timeout: float, home: str | None) -
     with Client(home) as client:
         registered = client.deploy_file(file, import_timeout)
     if as_json:
-        click.echo(json.dumps(registered, indent=2))
+        print_json(registered)
         return
     for f in registered["functions"]:
         flags = ", ".join([k for k in ("gpu", "batching") if f[k]] + (["class"] if f.get("is_class") else []))
@@ -432,7 +528,7 @@ def list_registered(as_json: bool, home: str | None) -> None:
     with Client(home) as client:
         registered = client.list()
     if as_json:
-        click.echo(json.dumps(registered, indent=2))
+        print_json(registered)
         return
     functions = new_table("functions", "name", "gpu", "batching", "pinned on")
     for f in registered["functions"]:
@@ -490,7 +586,7 @@ def trigger_add(name: str, prefix: str, function: str, as_json: bool, home: str 
     with Client(home) as client:
         added = client.add_trigger(name, prefix, function)
     if as_json:
-        click.echo(json.dumps(added, indent=2))
+        print_json(added)
         return
     verb = "replaced" if added["replaced"] else "added"
     console.print(f"{verb} trigger {name}: puts under {prefix!r} call {function}", markup=False)
@@ -508,7 +604,7 @@ def trigger_ls(as_json: bool, home: str | None) -> None:
     with Client(home) as client:
         found = client.list_triggers()
     if as_json:
-        click.echo(json.dumps(found, indent=2))
+        print_json(found)
         return
     table = new_table("triggers", "name", "prefix", "function", "fired", "errors", "last error")
     for t in found:

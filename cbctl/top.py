@@ -626,3 +626,27 @@ def run_live(home: Path, interval: float, sort: str, console: Console) -> None:
         pass
     finally:
         probe.close()
+
+
+def run_snapshots(home: Path, interval: float, sort: str, console: Console, count: int | None = None) -> None:
+    """``cbctl top`` when stdout is not a terminal (a pipe, a file, a CI log), like ``top -b``: print one
+    snapshot every ``interval`` seconds, one after the other, until Ctrl-C, a closed pipe, ``count`` snapshots,
+    or the cluster going away (``ClusterNotRunning``). Nothing in it redraws or takes over a screen."""
+    if sort not in SORT_KEYS:
+        raise InvalidArgument(f"sort key {sort!r} is not one of {', '.join(SORT_KEYS)}")
+    probe = ClusterProbe(home, timeout_s=max(TOP_REQUEST_TIMEOUT_S, interval))
+    update = 0
+    try:
+        with _cluster_went_away(home):
+            while count is None or update < count:
+                if update:
+                    time.sleep(interval)
+                update += 1
+                snapshot = build_snapshot(probe.collect())
+                console.print(render(snapshot, sort, f"snapshot {update}  every {interval:g} s  Ctrl-C ends",
+                                     console.width))
+                console.file.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        probe.close()

@@ -52,16 +52,16 @@ def check_key(key: Any) -> None:
     Where keys come from users: the client, ``cb.get``/``cb.put`` and ``Ref``."""
     if type(key) is not str or not key or key.startswith(RESERVED_PREFIX):
         if isinstance(key, str) and key.startswith(RESERVED_PREFIX):
-            raise InvalidArgument(f"key {key[:60]!r} is one of cbctl's own ({RESERVED_PREFIX}...): they are not "
-                                  "readable or writable from user code; use another key")
+            raise InvalidArgument(f"key {key[:60]!r} is invalid: it is one of cbctl's own ({RESERVED_PREFIX}...), "
+                                  "which user code may not read or write; use another key")
         raise InvalidArgument(f"key {key!r:.60} is invalid: use a non-empty string not starting with "
                               f"{RESERVED_PREFIX!r} (cbctl's own keys)")
     try:
         size = len(key.encode())
     except UnicodeEncodeError as exc:
-        raise InvalidArgument(f"key {key[:60]!r} holds a character UTF-8 cannot carry ({exc.reason} at position "
+        raise InvalidArgument(f"key {key[:60]!r} is invalid: it holds a character UTF-8 cannot carry ({exc.reason} at position "
                               f"{exc.start}): keys are text; decode bytes with errors='replace', or use "
                               "another key") from None
     if size > MAX_KEY_BYTES:
-        raise InvalidArgument(f"key {key[:40]!r}... is {size} bytes long, over the limit of {MAX_KEY_BYTES}: use "
+        raise InvalidArgument(f"key {key[:40]!r}... is invalid: {size} bytes long, over the limit of {MAX_KEY_BYTES}: use "
                               "a shorter key (a hash of the long name, say) and store the name in the value")

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -176,3 +177,72 @@ def test_keys_users_may_not_use_are_refused_where_they_are_named(shared):
     assert client.get("hd/never-written", default="fallback") == "fallback"
     with pytest.raises(cbctl.NoSuchKey):
         client.get("hd/never-written")
+
+
+# --- 9. --json output a script can parse ----------------------------------------------------------------------
+
+
+def test_json_output_is_json_for_arrays_bytes_sets_and_nan(shared):
+    np = pytest.importorskip("numpy")
+    client = shared.client()
+    values = {"hd/npv": np.arange(6).reshape(2, 3), "hd/bv": b"\x00hi", "hd/sv": {2, 1},
+              "hd/nan": [float("nan"), float("inf"), 1.5], "hd/masked": np.ma.array([1, 2], mask=[0, 1]),
+              "hd/scalar": np.float32(2.5), "hd/tuple": (1, "a"), "hd/nested": {"a": np.array([True]), "b": b"\xff"}}
+    expected = {"hd/npv": [[0, 1, 2], [3, 4, 5]], "hd/bv": {"base64": "AGhp"}, "hd/sv": [1, 2],
+                "hd/nan": [None, None, 1.5], "hd/masked": [1, None], "hd/scalar": 2.5, "hd/tuple": [1, "a"],
+                "hd/nested": {"a": [True], "b": {"base64": "/w=="}}}
+    for key, value in values.items():
+        client.put(key, value)
+        out = shared.cli("get", key, "--json", check=True).stdout
+        assert json.loads(out) == expected[key], (key, out)
+    client.register(lambda cb: {"ids": {3, 1}, "raw": b"ab"}, name="hd_setres")
+    assert json.loads(shared.cli("call", "hd_setres", "--json", check=True).stdout) == {
+        "ids": [1, 3], "raw": {"base64": "YWI="}}
+
+
+def test_a_value_without_a_json_form_is_one_error_line(shared):
+    shared.cli("deploy", str(Path(__file__).resolve().parent / "deployables" / "hardening_fns.py"), check=True)
+    one_error_line(shared.cli("call", "hd_an_object", "--json"), "is a Opaque, which has no JSON form",
+                   "without --json")
+    assert shared.cli("call", "hd_an_object", check=True).stdout.startswith("<")  # the repr, without --json
+
+
+# --- 10. pipes, non-terminals and --home ----------------------------------------------------------------------
+
+
+def test_top_without_a_terminal_prints_snapshots_and_a_closed_pipe_ends_it_with_0(shared):
+    env = {**os.environ, "CBCTL_HOME": str(shared.home)}
+    top = subprocess.Popen([sys.executable, "-m", "cbctl.cli", "top", "--interval", "0.2"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = 0
+        deadline = time.monotonic() + 30
+        while seen < 2 and time.monotonic() < deadline:
+            line = top.stdout.readline()
+            assert line, top.stderr.read()
+            seen += "snapshot " in line
+        assert seen == 2
+        top.stdout.close()  # the reader goes away, as `| head` does
+        assert top.wait(timeout=20) == 0
+        assert top.stderr.read() == ""
+    finally:
+        top.kill()
+        top.wait()
+
+
+@pytest.mark.parametrize("command", [["ls"], ["logs"], ["status"], ["top", "--once"]])
+def test_a_closed_pipe_ends_a_command_quietly_with_0(shared, command):
+    env = {**os.environ, "CBCTL_HOME": str(shared.home)}
+    line = " ".join([f"'{sys.executable}'", "-m", "cbctl.cli", *command])
+    result = subprocess.run(["bash", "-c", f"{line} | head -1 >/dev/null; exit ${{PIPESTATUS[0]}}"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_home_is_accepted_before_the_command(shared, tmp_path):
+    env = {**os.environ, "CBCTL_HOME": str(tmp_path / "not-this-one")}
+    for command in (["status"], ["ls"], ["trigger", "ls"], ["get", "hd/never", "--json"]):
+        result = subprocess.run([sys.executable, "-m", "cbctl.cli", "--home", str(shared.home), *command], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert "no cluster is running" not in result.stderr, (command, result.stderr)
+        assert result.returncode == (1 if command[0] == "get" else 0), (command, result.stderr)

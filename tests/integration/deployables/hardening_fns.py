@@ -22,3 +22,12 @@ def hd_unloadable(cb):
 @cbctl.function
 def hd_fine_after(cb, x):
     return x + 1
+
+
+class Opaque:
+    """An object with no JSON form."""
+
+
+@cbctl.function
+def hd_an_object(cb):
+    return Opaque()
