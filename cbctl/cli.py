@@ -30,6 +30,8 @@ from cbctl.runtime.defaults import (
     DEPLOY_IMPORT_TIMEOUT_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
+    MAX_ERROR_MESSAGE_CHARS,
+    MAX_ERROR_TRACEBACK_CHARS,
     MAX_MESSAGE_BYTES,
     TOP_INTERVAL_S,
 )
@@ -68,23 +70,30 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 sys.exit(1)
             if exc.remote_traceback:
                 errors.print(exc.remote_traceback.rstrip(), markup=False, highlight=False)
-            errors.print(f"error: the function raised {exc}", markup=False, highlight=False)
+            # the traceback ends with the message already: the error line needs only its start
+            errors.print(f"error: the function raised {_shown(str(exc))}", markup=False, highlight=False)
             sys.exit(1)
         except BrokenPipeError:
             _quiet_exit_on_closed_pipe()
         except DeployFileError as exc:
             if exc.user_traceback:
-                errors.print(exc.user_traceback.rstrip(), markup=False, highlight=False)
-            errors.print(f"error: {exc}", markup=False, highlight=False)
+                errors.print(user_errors.cut(exc.user_traceback.rstrip(), MAX_ERROR_TRACEBACK_CHARS, keep_tail=True),
+                             markup=False, highlight=False)
+            errors.print(f"error: {_shown(str(exc))}", markup=False, highlight=False)
             sys.exit(1)
         except CbctlError as exc:
-            errors.print(f"error: {exc}", markup=False, highlight=False)
+            errors.print(f"error: {_shown(str(exc))}", markup=False, highlight=False)
             sys.exit(1)
         except (OSError, zmq.ZMQError) as exc:  # the machine said no (a full disk, a file gone): still one line
             errors.print(f"error: {exc}", markup=False, highlight=False)
             sys.exit(1)
 
     return wrapper
+
+
+def _shown(text: str) -> str:
+    """An error line's text, at most ``MAX_ERROR_MESSAGE_CHARS`` (a 50 MB message is not a line to print)."""
+    return user_errors.cut(text, MAX_ERROR_MESSAGE_CHARS)
 
 
 def new_table(title: str, *columns: str) -> Table:

@@ -54,6 +54,12 @@ CALL_TIMEOUT_S = 60.0
 #: larger value could not be cached anyway; bigger data belongs in files whose paths travel instead.
 MAX_MESSAGE_BYTES = 64 << 20
 
+#: Longest error message and traceback text, in characters, that a failed call carries to its caller (and the CLI
+#: prints). A function may raise with a 50 MB message; the caller gets the head (and the traceback its head and
+#: tail, where the raising line is), with a note naming the executor log that has the whole text.
+MAX_ERROR_MESSAGE_CHARS = 4_000
+MAX_ERROR_TRACEBACK_CHARS = 20_000
+
 #: Longest key, in UTF-8 bytes. Every key lives in the store's memory, in each cache's index, in `list_keys`
 #: answers and in executors' status reports (their cached keys), so a 20 MB key costs many times its size;
 #: 4 KiB is longer than any path-like name needs. Past it: ``InvalidArgument``.

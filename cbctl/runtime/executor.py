@@ -43,6 +43,8 @@ from cbctl.runtime.defaults import (
     DEPARTURE_LINGER_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
+    MAX_ERROR_MESSAGE_CHARS,
+    MAX_ERROR_TRACEBACK_CHARS,
     MAX_MESSAGE_BYTES,
     STATUS_INTERVAL_S,
     STORE_REQUEST_TIMEOUT_S,
@@ -369,7 +371,15 @@ class Executor:
         else:
             error_type, remote_type = "FunctionError", type(exc).__name__
         text = user_errors.user_traceback(exc)  # the user's frames, not the executor's
-        self.respond(trigger, CallResult(trigger.call_id, False, b"", error_type, _message_of(exc), text,
+        message = _message_of(exc)
+        if len(message) > MAX_ERROR_MESSAGE_CHARS or len(text) > MAX_ERROR_TRACEBACK_CHARS:
+            # the caller (and its terminal) gets a bounded text; the whole of it is kept here, once
+            log.warning("call %s: %s failed with a %d-character message; the caller's copy is cut; in full:\n%s",
+                        trigger.call_id, trigger.function, len(message), text)
+            where = f"`cbctl logs {self.executor_id}`"
+            message = user_errors.cut(message, MAX_ERROR_MESSAGE_CHARS, where)
+            text = user_errors.cut(text, MAX_ERROR_TRACEBACK_CHARS, where, keep_tail=True)
+        self.respond(trigger, CallResult(trigger.call_id, False, b"", error_type, message, text,
                                          self.executor_id, remote_type))
         if trigger.edges:
             self.abort_joins(trigger)

@@ -59,9 +59,10 @@ def check_key(key: Any) -> None:
     try:
         size = len(key.encode())
     except UnicodeEncodeError as exc:
-        raise InvalidArgument(f"key {key[:60]!r} is invalid: it holds a character UTF-8 cannot carry ({exc.reason} at position "
-                              f"{exc.start}): keys are text; decode bytes with errors='replace', or use "
-                              "another key") from None
+        raise InvalidArgument(f"key {key[:60]!r} is invalid: it holds a character UTF-8 cannot carry "
+                              f"({exc.reason} at position {exc.start}): keys are text; decode bytes with "
+                              "errors='replace', or use another key") from None
     if size > MAX_KEY_BYTES:
-        raise InvalidArgument(f"key {key[:40]!r}... is invalid: {size} bytes long, over the limit of {MAX_KEY_BYTES}: use "
-                              "a shorter key (a hash of the long name, say) and store the name in the value")
+        raise InvalidArgument(f"key {key[:40]!r}... is invalid: {size} bytes long, over the limit of "
+                              f"{MAX_KEY_BYTES}: use a shorter key (a hash of the long name, say) and store the "
+                              "name in the value")

@@ -246,3 +246,22 @@ def test_home_is_accepted_before_the_command(shared, tmp_path):
                                 capture_output=True, text=True, timeout=60)
         assert "no cluster is running" not in result.stderr, (command, result.stderr)
         assert result.returncode == (1 if command[0] == "get" else 0), (command, result.stderr)
+
+
+# --- 8. long error messages ---------------------------------------------------------------------------------
+
+
+def test_a_huge_exception_message_is_cut_for_display_and_kept_whole_in_the_log(shared):
+    client = shared.client()
+    client.register(lambda cb, n: (_ for _ in ()).throw(ValueError("m" * n + "END")), name="hd_loud")
+    result = shared.cli("call", "hd_loud", "5000000", timeout=60)
+    assert result.returncode == 1
+    assert len(result.stderr) < 40_000, len(result.stderr)  # was 10 MB: the message twice
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the function raised ValueError: mmm") and "characters cut" in last
+    assert "cbctl logs executor-" in result.stderr and "END" in result.stderr  # the traceback keeps its tail
+    with pytest.raises(cbctl.FunctionError) as raised:
+        client.call("hd_loud", 5_000_000, timeout=60)
+    executor = raised.value.args[0].rsplit("cbctl logs ", 1)[1].split("`")[0]
+    log = (shared.home / "logs" / f"{executor}.log").read_text()
+    assert "m" * 5_000_000 + "END" in log  # the whole text, once per call
