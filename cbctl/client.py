@@ -63,6 +63,7 @@ from cbctl.runtime.messages import (
     CallResult,
     ClusterInfoRequest,
     ControlResponse,
+    Deploy,
     ListRequest,
     ListTriggers,
     Message,
@@ -244,11 +245,13 @@ class Client:
                 raise InvalidArgument(f"function {fn.name!r} has the name of a DAG: give one of them another name")
             limits.check_size(len(fn.code), self.max_message_bytes,
                               f"the code of function {fn.name!r} (with what it captures)")
-        registered: dict[str, list[dict[str, Any]]] = {"functions": [], "dags": []}
-        for fn in prepared.functions:
-            registered["functions"].append(self._register_prepared(fn))
-        for spec in prepared.dags:
-            registered["dags"].append(self.register_dag(spec.name, spec.functions, spec.edges, **spec.options))
+        limits.check_size(sum(len(fn.code) + len(fn.options.get("init_args", b"")) for fn in prepared.functions),
+                          self.max_message_bytes, f"the code of the {len(prepared.functions)} functions deployed "
+                          "together (split the file)")
+        # one request: the scheduler switches to all of them at once (a call never runs some new, some old)
+        functions = [[fn.name, fn.code, fn.options] for fn in prepared.functions]
+        dags = [[d.name, d.functions, d.edges, d.options] for d in prepared.dags]
+        registered = self._control(lambda r: Deploy(r, functions, dags))
         if prepared.triggers:
             registered["triggers"] = [self.add_trigger(t.name, t.prefix, t.function) for t in prepared.triggers]
         return registered

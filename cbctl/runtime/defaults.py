@@ -60,6 +60,11 @@ MAX_MESSAGE_BYTES = 64 << 20
 MAX_ERROR_MESSAGE_CHARS = 4_000
 MAX_ERROR_TRACEBACK_CHARS = 20_000
 
+#: Seconds a replaced version of a function stays loadable, for calls dispatched before the deploy that
+#: replaced it (a call runs the versions current at its dispatch). The join timeout of a DAG step (600 s) bounds
+#: how long such a call can still be under way; past this its executor fails it with a clear error.
+FUNCTION_VERSION_KEEP_S = 900.0
+
 #: Longest key, in UTF-8 bytes. Every key lives in the store's memory, in each cache's index, in `list_keys`
 #: answers and in executors' status reports (their cached keys), so a 20 MB key costs many times its size;
 #: 4 KiB is longer than any path-like name needs. Past it: ``InvalidArgument``.

@@ -41,6 +41,7 @@ from cbctl.runtime.dag import downstream_of, upstream_of
 from cbctl.runtime.defaults import (
     CACHED_KEYS_REPORTED,
     DEPARTURE_LINGER_S,
+    FUNCTION_VERSION_KEEP_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_ERROR_MESSAGE_CHARS,
@@ -96,6 +97,9 @@ rejected = RejectedFrameLog(log)  # warnings about frames this process drops, ra
 
 #: Seconds a partly-triggered DAG step waits for its other triggers before it is dropped.
 JOIN_TIMEOUT_S = 600.0
+#: Older versions of functions an executor keeps loaded for calls dispatched before a redeploy (least recently
+#: used first out; one that is needed again is loaded again).
+OLDER_VERSIONS_KEPT = 8
 
 
 @dataclass
@@ -114,6 +118,7 @@ class Executor:
         self.peers = PeerSockets(context)
         self.userlib = UserLibrary(self)
         self.functions: dict[str, LoadedFunction] = {}
+        self.older: collections.OrderedDict[tuple[str, int], LoadedFunction] = collections.OrderedDict()
         self.pinned: set[str] = set()
         self.joins: dict[tuple[str, str], dict[str, DagTrigger]] = {}
         self.join_started: dict[tuple[str, str], float] = {}
@@ -260,10 +265,24 @@ class Executor:
     # --- running -------------------------------------------------------------------------------------
 
     def load(self, name: str, version: int) -> LoadedFunction:
+        """Function ``name`` at exactly ``version`` (0: whichever is loaded, else the latest): a call runs the
+        versions current when it was dispatched, even when a deploy replaced them since (see registry.py).
+        ``functions`` holds the newest version loaded; ``older`` the few older ones calls still asked for."""
         loaded = self.functions.get(name)
-        if loaded is not None and loaded.record.version >= version:
+        if loaded is not None and (loaded.record.version == version or not version):
             return loaded
+        if loaded is not None and version < loaded.record.version:
+            older = self.older.get((name, version))
+            if older is not None:
+                self.older.move_to_end((name, version))
+                return older
         record = registry.load_function(self.store, name)
+        if record is not None and version and record.version != version:
+            record = registry.load_function_version(self.store, name, version)
+            if record is None:
+                raise NoSuchFunction(f"version {version} of function {name!r}, current when this call was "
+                                     f"dispatched, is no longer kept (it was replaced over "
+                                     f"{FUNCTION_VERSION_KEEP_S:.0f} s ago): call again")
         if record is None:
             raise NoSuchFunction(f"function {name!r} is not registered (removed while the call was under way?)")
         try:
@@ -271,8 +290,14 @@ class Executor:
         except Exception as exc:
             raise InvalidArgument(f"function {name!r} could not be loaded on {self.executor_id}: "
                                   f"{type(exc).__name__}: {exc}") from exc
-        loaded = self.functions[name] = LoadedFunction(record, target)
-        return loaded
+        fresh = LoadedFunction(record, target)
+        if loaded is None or record.version > loaded.record.version:
+            self.functions[name] = fresh
+        else:
+            self.older[(name, record.version)] = fresh
+            while len(self.older) > OLDER_VERSIONS_KEPT:
+                self.older.popitem(last=False)
+        return fresh
 
     def run_next(self) -> None:
         trigger, inputs = self.ready.popleft()

@@ -313,6 +313,17 @@ class RegisterDag(Message):
     options: dict[str, Any] = field(default_factory=dict)
 
 
+@message(36)
+class Deploy(Message):
+    """A deploy file's functions and DAGs, registered as one step: no call placed meanwhile sees some of them new
+    and others old. ``functions``: ``[name, code, options]`` each (as ``RegisterFunction``); ``dags``: ``[name,
+    functions, edges, options]`` each (as ``RegisterDag``)."""
+
+    req_id: int
+    functions: list[list[Any]]
+    dags: list[list[Any]]
+
+
 @message(32)
 class ListRequest(Message):
     req_id: int

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -265,3 +266,63 @@ def test_a_huge_exception_message_is_cut_for_display_and_kept_whole_in_the_log(s
     executor = raised.value.args[0].rsplit("cbctl logs ", 1)[1].split("`")[0]
     log = (shared.home / "logs" / f"{executor}.log").read_text()
     assert "m" * 5_000_000 + "END" in log  # the whole text, once per call
+
+
+# --- 2. one version per call --------------------------------------------------------------------------------
+
+VERSIONED = """import cbctl
+
+@cbctl.function
+def hd_ver(cb, x):
+    return ["v{n}", x]
+
+@cbctl.function
+def hd_vpost(cb, p):
+    return p + ["post{n}"]
+
+cbctl.dag("hd_vdag", [hd_ver, hd_vpost])
+"""
+
+
+def test_a_dag_call_runs_the_versions_current_at_its_dispatch_while_redeploys_run(shared, tmp_path):
+    from cbctl.deploy_import import import_deploy_file
+
+    versions = []
+    for n in (1, 2, 3):
+        (tmp_path / f"ver{n}.py").write_text(VERSIONED.format(n=n))
+        versions.append(import_deploy_file(tmp_path / f"ver{n}.py", 30))
+    deployer = shared.client()
+    deployer.deploy(versions[0])
+    stop = threading.Event()
+    results: list[list] = []
+    failures: list[BaseException] = []
+
+    def call_in_a_loop() -> None:
+        client = cbctl.connect(shared.home)
+        try:
+            i = 0
+            while not stop.is_set():
+                results.append(client.call("hd_vdag", i, timeout=30))
+                i += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+        finally:
+            client.close()
+
+    callers = [threading.Thread(target=call_in_a_loop) for _ in range(3)]
+    for thread in callers:
+        thread.start()
+    deploys = 0
+    try:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            deployer.deploy(versions[deploys % 3])
+            deploys += 1
+    finally:
+        stop.set()
+        for thread in callers:
+            thread.join(60)
+    assert not failures, failures
+    mixed = [r for r in results if r[0][1:] != r[2][4:]]
+    assert len(results) > 100 and deploys > 20, (len(results), deploys)
+    assert not mixed, f"{len(mixed)} of {len(results)} calls mixed versions, e.g. {mixed[:3]}"
