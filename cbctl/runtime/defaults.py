@@ -161,6 +161,12 @@ TRIGGER_MAX_ATTEMPTS = 5
 #: ``trigger_dropped``) so a cluster with no live scheduler cannot grow the store's memory without bound.
 TRIGGER_OUTBOX_LIMIT = 100_000
 
+#: Most storage-triggered calls in one chain (a put fires call 1, a put that call makes fires call 2, ...),
+#: `cbctl up --max-trigger-depth N`. A function that writes under its own watched prefix is a loop (one ran
+#: 21,870 times in 5 s); continuations have the same kind of bound (MAX_CONTINUATIONS). Past it the put is
+#: stored but fires nothing, and the store logs an error and counts it for `cbctl trigger ls`.
+MAX_TRIGGER_DEPTH = 16
+
 # --- placement policy (cbctl/runtime/policy.py); each can be set per cluster with `cbctl up --policy KEY=VALUE`
 
 #: Reported utilization (busy time / wall time) above which an executor goes into backoff; Cloudburst's 0.70

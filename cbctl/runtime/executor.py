@@ -54,6 +54,7 @@ from cbctl.runtime.defaults import (
 from cbctl.runtime.departure import Departure, Peer
 from cbctl.runtime.lattices import lattice_from_wire
 from cbctl.runtime.messages import (
+    TRIGGER_DEPTH_EXTRA,
     CallAborted,
     CallResult,
     CallRetried,
@@ -306,6 +307,8 @@ class Executor:
         name = trigger.function
         ok = True
         self.sessions.begin(trigger, inputs)
+        # the step's puts tell the store which call of a chain of storage-triggered calls made them (triggers.py)
+        self.store.trigger_depth = trigger.extras.get(TRIGGER_DEPTH_EXTRA, 0) if trigger.extras else 0
         args = None
         try:
             loaded = self.load(name, trigger.versions.get(name, 0))
@@ -606,6 +609,7 @@ class Executor:
 _EXTRAS_TYPES: dict[str, type] = {
     consistency.SESSION: dict, consistency.WRITES: dict, consistency.VERSIONS: dict, consistency.HOLDERS: list,
     consistency.CAUSAL_FLOOR: dict, multiexec.EXTRAS_KEY: dict, continuation.DEPTH_KEY: int,
+    TRIGGER_DEPTH_EXTRA: int,
 }
 
 

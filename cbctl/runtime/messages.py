@@ -27,6 +27,10 @@ from cbctl.runtime.defaults import PROTOCOL_VERSION
 
 _KINDS: dict[int, type[Message]] = {}
 
+#: The entry of a ``DagTrigger``'s (and a store-made ``CallRequest``'s) extras that says which call of a chain of
+#: storage-triggered calls this is (see triggers.py): the executor passes it to the store with the call's puts.
+TRIGGER_DEPTH_EXTRA = "trigger_depth"
+
 #: The reserved kind of a version refusal (see the module docstring); no message class may use it.
 VERSION_REFUSAL_KIND = 0
 
@@ -221,6 +225,8 @@ class PutRequest(Message):
     req_id: int
     key: str
     lattice: list[Any]
+    #: the storage-triggered call this put is made by is call ``trigger_depth`` of its chain (0: not triggered)
+    trigger_depth: int = 0
 
 
 @message(13)

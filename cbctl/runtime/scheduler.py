@@ -32,6 +32,7 @@ from cbctl.runtime.defaults import (
     TOP_SILENT_AFTER_S,
 )
 from cbctl.runtime.messages import (
+    TRIGGER_DEPTH_EXTRA,
     CallAborted,
     CallRequest,
     CallResult,
@@ -219,6 +220,9 @@ class Scheduler:
         if request.extras:  # the client's read-your-writes session, and nothing else a client may set
             extras = (consistency.with_continued_call(extras, request.extras) if depth  # from an executor
                       else consistency.with_client_session(extras, request.extras))
+            chain = request.extras.get(TRIGGER_DEPTH_EXTRA)  # a storage-triggered call's place in its chain
+            if type(chain) is int:
+                extras = {**extras, TRIGGER_DEPTH_EXTRA: chain}
         if attempt > 1:
             extras = with_attempt(extras, attempt)
         for source in plan.sources:

@@ -20,6 +20,7 @@ from cbctl.errors import ProtocolError
 from cbctl.runtime import cluster, limits
 from cbctl.runtime.defaults import (
     MAX_MESSAGE_BYTES,
+    MAX_TRIGGER_DEPTH,
     RATE_SAMPLE_S,
     RATE_WINDOW_S,
     STOP_LINGER_S,
@@ -66,7 +67,7 @@ class StoreNode:
     """The state and handlers of one store node, independent of how messages arrive (tests drive it)."""
 
     def __init__(self, data_dir: Path, durability: str = "batch",
-                 compact_bytes: int = WAL_COMPACT_BYTES) -> None:
+                 compact_bytes: int = WAL_COMPACT_BYTES, max_trigger_depth: int = MAX_TRIGGER_DEPTH) -> None:
         self.data: dict[str, Lattice] = {}
         # kept up to date on every merge so stats (polled by `cbctl top` every second) cost O(1), not O(keys)
         self.live_keys_count = 0
@@ -81,7 +82,8 @@ class StoreNode:
         # Executors compare this with what they saw before (their once-per-status-interval stats probe): a new
         # epoch means the subscriptions their caches rely on are gone, so they drop their caches (cache.py).
         self.epoch = os.urandom(8).hex()
-        self.triggers = StoreTriggers()  # sees every write: storage-triggered calls (see triggers.py)
+        # sees every write: storage-triggered calls (see triggers.py)
+        self.triggers = StoreTriggers(max_depth=max_trigger_depth)
         self.triggers.load(self.data)
         self.counters = {"gets": 0, "puts": 0, "deletes": 0, "lists": 0, "protocol_errors": 0,
                          "request_errors": 0}
@@ -131,7 +133,7 @@ class StoreNode:
             lattice = lattice_from_wire(request.lattice)
             _check_key(request.key)
             changed[request.key] = self._merge(request.key, lattice)
-            self.triggers.on_write(request.key, changed[request.key])
+            self.triggers.on_write(request.key, changed[request.key], request.trigger_depth)
             records.append(msgpack.packb([request.key, request.lattice]))
             return Ack(request.req_id)
         if isinstance(request, DeleteRequest):
@@ -224,7 +226,8 @@ def main(config: ProcessConfig) -> None:
     context = new_context(config)
     try:
         node = StoreNode(cluster.data_dir(Path(config.home)),
-                         durability=config.options.get("durability", "batch"))
+                         durability=config.options.get("durability", "batch"),
+                         max_trigger_depth=int(config.options.get("max_trigger_depth", MAX_TRIGGER_DEPTH)))
     except Exception as exc:
         log.exception("store could not start")
         report_ready(context, config, "", f"store could not recover its data: {exc}")

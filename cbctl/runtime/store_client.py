@@ -53,6 +53,8 @@ class StoreClient:
         self._ids = itertools.count(1)
         self._sock: zmq.Socket | None = None
         self.requests = 0  # how many round trips this client made (tests count cache hits with it)
+        #: set by an executor for the step it runs: which call of a chain of storage-triggered calls makes the puts
+        self.trigger_depth = 0
 
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
@@ -99,7 +101,8 @@ class StoreClient:
 
     def put_lattice(self, key: str, lattice: Lattice) -> None:
         wire = lattice.to_wire()
-        reply = self._request(lambda r: PutRequest(r, key, wire))
+        depth = self.trigger_depth
+        reply = self._request(lambda r: PutRequest(r, key, wire, depth))
         assert isinstance(reply, Ack)
 
     # --- value level (last-writer-wins) ----------------------------------------------------------------

@@ -39,6 +39,7 @@ from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
+    MAX_TRIGGER_DEPTH,
     RESTART_BACKOFF_FIRST_S,
     RESTART_BACKOFF_MAX_S,
     RESTARTS_PER_MINUTE,
@@ -85,6 +86,7 @@ class ClusterSpec:
     cache_mb: int = 64
     max_batch: int = MAX_BATCH
     max_continuations: int = MAX_CONTINUATIONS
+    max_trigger_depth: int = MAX_TRIGGER_DEPTH
     policy: dict[str, Any] = field(default_factory=dict)  # placement policy settings (`cbctl up --policy`)
     max_message_bytes: int = MAX_MESSAGE_BYTES  # largest serialised value (`cbctl up --max-message-mb`)
 
@@ -221,7 +223,8 @@ class Supervisor:
         # yet just has its first frames queued by zmq until it is. On TCP the ports are picked at bind time, so
         # each role waits for the addresses of the roles before it.
         known = not spec.listen
-        store = self._new_child("store", 0, {"durability": spec.durability})
+        store = self._new_child("store", 0, {"durability": spec.durability,
+                                             "max_trigger_depth": spec.max_trigger_depth})
         self._start_role([store], known)
         schedulers = [self._new_child("scheduler", i, {"policy": spec.policy}) for i in range(spec.schedulers)]
         self._start_role(schedulers, known)

@@ -19,8 +19,12 @@ Semantics a user can rely on (the README repeats them):
   with a crashed scheduler or executor is redone. A call that is merely slower than the retry interval runs
   twice: trigger functions should be idempotent (write results under keys derived from the input key). A
   crash of the store itself forgets the calls still in flight (they are not in the log).
-- No order between the calls of different puts. A function that writes under its own watched prefix
-  triggers itself: that is a loop, and nothing stops it.
+- No order between the calls of different puts.
+- Chains are bounded: a put made by a triggered call carries which call of its chain that is
+  (``PutRequest.trigger_depth``, from ``TRIGGER_DEPTH_EXTRA`` in the call's extras), and a put by call
+  ``max_depth`` of a chain fires nothing (a function that writes under its own watched prefix is a loop). The put
+  itself is stored; the store logs an error (at most one line a second), counts ``trigger_depth_stops`` and
+  records it as the trigger's last error in ``cbctl trigger ls``. ``cbctl up --max-trigger-depth N`` sets it.
 - Metrics (``Client.store_stats()``): ``triggers``, ``triggered_calls`` (first sends), ``trigger_retries``,
   ``trigger_errors`` (calls that came back failed, the last message per trigger in ``trigger_stats``),
   ``trigger_pending`` (in flight), ``trigger_dropped`` (given up after the last attempt or over the bound).
@@ -44,13 +48,22 @@ import zmq
 from cbctl.errors import InvalidArgument, NoSuchFunction, NoSuchKey, ProtocolError
 from cbctl.runtime import auth, cluster, serialization
 from cbctl.runtime.defaults import (
+    MAX_TRIGGER_DEPTH,
     RESERVED_PREFIX,
     TRIGGER_MAX_ATTEMPTS,
     TRIGGER_OUTBOX_LIMIT,
     TRIGGER_RETRY_S,
 )
 from cbctl.runtime.lattices import Lattice, LWWLattice
-from cbctl.runtime.messages import AddTrigger, CallRequest, CallResult, ListTriggers, RemoveTrigger, unpack
+from cbctl.runtime.messages import (
+    TRIGGER_DEPTH_EXTRA,
+    AddTrigger,
+    CallRequest,
+    CallResult,
+    ListTriggers,
+    RemoveTrigger,
+    unpack,
+)
 from cbctl.runtime.process import ProcessConfig, drain, new_socket
 
 if TYPE_CHECKING:
@@ -158,8 +171,10 @@ class StoreTriggers:
     ``take_due`` returns. Used only from the store's one thread."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, retry_s: float = TRIGGER_RETRY_S,
-                 max_attempts: int = TRIGGER_MAX_ATTEMPTS, limit: int = TRIGGER_OUTBOX_LIMIT) -> None:
+                 max_attempts: int = TRIGGER_MAX_ATTEMPTS, limit: int = TRIGGER_OUTBOX_LIMIT,
+                 max_depth: int = MAX_TRIGGER_DEPTH) -> None:
         self.clock = clock
+        self.max_depth = max_depth
         self.retry_s = retry_s
         self.max_attempts = max_attempts
         self.limit = limit
@@ -168,7 +183,8 @@ class StoreTriggers:
         self.new: list[bytes] = []
         self.in_flight: collections.OrderedDict[str, _InFlight] = collections.OrderedDict()  # oldest send first
         self.per_trigger: dict[str, dict[str, Any]] = {}
-        self.counters = {"triggered_calls": 0, "trigger_retries": 0, "trigger_errors": 0, "trigger_dropped": 0}
+        self.counters = {"triggered_calls": 0, "trigger_retries": 0, "trigger_errors": 0, "trigger_dropped": 0,
+                         "trigger_depth_stops": 0}
         self._ids = 0
         self._boot = os.urandom(4).hex()  # call ids stay unique across store restarts
         self._last_error_log = 0.0
@@ -179,8 +195,9 @@ class StoreTriggers:
             if key.startswith(PREFIX):
                 self._index(key, lattice)
 
-    def on_write(self, key: str, lattice: Lattice) -> None:
-        """Called with the merged value after every put or delete of ``key``."""
+    def on_write(self, key: str, lattice: Lattice, depth: int = 0) -> None:
+        """Called with the merged value after every put or delete of ``key``; ``depth``: the put was made by call
+        ``depth`` of a chain of triggered calls (0: by anything else)."""
         if key.startswith(RESERVED_PREFIX):
             if key.startswith(PREFIX):
                 self._index(key, lattice)
@@ -189,7 +206,10 @@ class StoreTriggers:
             return
         for record in self.index.values():
             if key.startswith(record.prefix):
-                self._fire(record, key, lattice)
+                if depth >= self.max_depth:
+                    self._stop_chain(record, key, depth)
+                else:
+                    self._fire(record, key, lattice, depth + 1)
 
     def _index(self, key: str, lattice: Lattice) -> None:
         name = key[len(PREFIX):]
@@ -210,13 +230,26 @@ class StoreTriggers:
         self.per_trigger.setdefault(name, {"fired": 0, "errors": 0, "last_error": ""})
         log.info("trigger %s: puts under %r call %s", name, record.prefix, record.function)
 
-    def _fire(self, record: TriggerRecord, key: str, lattice: Lattice) -> None:
+    def _stop_chain(self, record: TriggerRecord, key: str, depth: int) -> None:
+        self.counters["trigger_depth_stops"] += 1
+        stats = self.per_trigger.setdefault(record.name, {"fired": 0, "errors": 0, "last_error": ""})
+        stats["errors"] += 1
+        stats["last_error"] = (f"TriggerDepthExceeded: the put of {key[:80]!r} was made by call {depth} of a chain "
+                               f"of triggered calls, the most allowed (--max-trigger-depth {self.max_depth}): it "
+                               "was stored but fired nothing (does the function write under its own prefix?)")
+        now = self.clock()
+        if now - self._last_error_log >= 1.0:  # a loop stops here on every put: one line a second
+            self._last_error_log = now
+            log.error("trigger %s: %s", record.name, stats["last_error"])
+
+    def _fire(self, record: TriggerRecord, key: str, lattice: Lattice, depth: int = 1) -> None:
         value = lattice.value if isinstance(lattice, LWWLattice) else serialization.encode(lattice.reveal())
         # the argument list [key, value] without decoding the value: an array header, then both encodings
         args = msgpack.Packer().pack_array_header(2) + serialization.encode(key) + value
         self._ids += 1
         call_id = f"trigger-{self._boot}-{self._ids}"
-        frame = CallRequest(call_id, record.function, args, {}, self.response_address, False, "lww", []).pack()
+        frame = CallRequest(call_id, record.function, args, {}, self.response_address, False, "lww", [],
+                            {TRIGGER_DEPTH_EXTRA: depth}).pack()
         if len(self.in_flight) >= self.limit:
             _, oldest = self.in_flight.popitem(last=False)
             self.counters["trigger_dropped"] += 1

@@ -326,3 +326,31 @@ def test_a_dag_call_runs_the_versions_current_at_its_dispatch_while_redeploys_ru
     mixed = [r for r in results if r[0][1:] != r[2][4:]]
     assert len(results) > 100 and deploys > 20, (len(results), deploys)
     assert not mixed, f"{len(mixed)} of {len(results)} calls mixed versions, e.g. {mixed[:3]}"
+
+
+# --- 3. triggered chains are bounded --------------------------------------------------------------------------
+
+
+def test_a_trigger_that_writes_under_its_own_prefix_stops_at_the_chain_limit(shared):
+    from cbctl.runtime.defaults import MAX_TRIGGER_DEPTH
+
+    shared.cli("deploy", str(Path(__file__).resolve().parent / "deployables" / "hardening_fns.py"), check=True)
+    client = shared.client()
+    client.add_trigger("hd_loop", "hd-loop/", "hd_loop_step")
+    try:
+        shared.cli("put", "hd-loop/0", "0", check=True)
+
+        def stopped() -> dict | None:
+            found = {t["name"]: t for t in client.list_triggers()}["hd_loop"]
+            return found if found["errors"] else None
+
+        found = shared.wait_for(stopped, timeout=30, what="the chain to stop")
+        assert "TriggerDepthExceeded" in found["last_error"] and "--max-trigger-depth 16" in found["last_error"]
+        assert found["fired"] == MAX_TRIGGER_DEPTH
+        assert client.list_keys("hd-loop/") == sorted(f"hd-loop/{i}" for i in range(MAX_TRIGGER_DEPTH + 1))
+        assert client.store_stats()["trigger_depth_stops"] == 1
+        assert "TriggerDepthExceeded" in (shared.home / "logs" / "store-0.log").read_text()
+        shared.cli("put", "hd-loop/0", "100", check=True)  # a put from outside starts a chain of its own
+        shared.wait_for(lambda: "hd-loop/101" in client.list_keys("hd-loop/"), what="a new chain")
+    finally:
+        client.remove_trigger("hd_loop")

@@ -198,3 +198,9 @@ def test_an_import_within_its_timeout_loads_as_before(tmp_path):
     (tmp_path / "plain.py").write_text(PLAIN)
     assert [f.name for f in load_file(tmp_path / "plain.py", import_timeout=30).functions] == ["plain"]
     assert [f.name for f in load_file(tmp_path / "plain.py", import_timeout=None).functions] == ["plain"]
+
+
+def test_max_trigger_depth_is_checked():
+    assert plan_spec(1, 0, 1, "", "batch", 0, 64, max_trigger_depth=4).max_trigger_depth == 4
+    with pytest.raises(InvalidArgument, match="--max-trigger-depth 0 is below 1"):
+        plan_spec(1, 0, 1, "", "batch", 0, 64, max_trigger_depth=0)

@@ -31,3 +31,9 @@ class Opaque:
 @cbctl.function
 def hd_an_object(cb):
     return Opaque()
+
+
+@cbctl.function
+def hd_loop_step(cb, key, value):
+    """Writes under its own trigger's prefix: a loop only the chain limit stops."""
+    cb.put(f"hd-loop/{value + 1}", value + 1)
