@@ -65,6 +65,12 @@ MAX_ERROR_TRACEBACK_CHARS = 20_000
 #: how long such a call can still be under way; past this its executor fails it with a clear error.
 FUNCTION_VERSION_KEEP_S = 900.0
 
+#: A running function's inbox of direct messages it has not read with ``cb.recv`` yet: at most this many
+#: messages and bytes (encoded). Past either, the receiver refuses the message and the sender's function gets
+#: ``InboxFull``. The bytes bound is the default largest value: one message of any allowed size fits alone.
+INBOX_MAX_MESSAGES = 10_000
+INBOX_MAX_BYTES = 64 << 20
+
 #: Longest key, in UTF-8 bytes. Every key lives in the store's memory, in each cache's index, in `list_keys`
 #: answers and in executors' status reports (their cached keys), so a 20 MB key costs many times its size;
 #: 4 KiB is longer than any path-like name needs. Past it: ``InvalidArgument``.

@@ -20,13 +20,22 @@ from typing import Any
 
 import zmq
 
-from cbctl.errors import CbctlError, ConsistencyError, DecodeError, InvalidArgument, NoSuchFunction, ProtocolError
+from cbctl.errors import (
+    CbctlError,
+    ConsistencyError,
+    DecodeError,
+    InboxFull,
+    InvalidArgument,
+    NoSuchFunction,
+    ProtocolError,
+)
 from cbctl.runtime import (
     auth,
     batching,
     cluster,
     consistency,
     continuation,
+    direct,
     limits,
     multiexec,
     registry,
@@ -52,6 +61,7 @@ from cbctl.runtime.defaults import (
     VERSION_FETCH_TIMEOUT_S,
 )
 from cbctl.runtime.departure import Departure, Peer
+from cbctl.runtime.direct import Inbox
 from cbctl.runtime.lattices import lattice_from_wire
 from cbctl.runtime.messages import (
     TRIGGER_DEPTH_EXTRA,
@@ -60,6 +70,7 @@ from cbctl.runtime.messages import (
     CallRetried,
     DagTrigger,
     DirectMessage,
+    DirectRefused,
     ExecutorLeaving,
     ExecutorStatus,
     KeyUpdate,
@@ -126,7 +137,7 @@ class Executor:
         self.aborted: dict[str, float] = {}  # failed calls -> when: their late triggers are dropped, not joined
         self.attempts = AttemptFilter()  # calls dispatched again after an executor died (retries.py)
         self.ready: collections.deque[tuple[DagTrigger, list[DagTrigger]]] = collections.deque()
-        self.inbox: collections.deque[tuple[str, Any]] = collections.deque()
+        self.inbox = Inbox()  # direct messages for the running function (direct.py)
         self.deferred: list[bytes] = []  # frames that arrived while user code waited in recv
         self.sock: zmq.Socket | None = None
         self.executor_addresses: dict[str, str] = {}
@@ -225,7 +236,22 @@ class Executor:
         self.pinned.discard(request.function)
 
     def on_direct(self, message: DirectMessage) -> None:
-        self.inbox.append((message.sender, serialization.decode(message.body)))
+        size = len(message.body)
+        verdict = self.inbox.admit(message.sent_ns, size)
+        if verdict == direct.ACCEPT:
+            try:
+                self.inbox.add(message.sender, serialization.decode(message.body), size)
+                return
+            except DecodeError as exc:
+                verdict = str(exc)
+        if verdict != direct.STALE and message.reply_address:
+            self.peers.send(message.reply_address,
+                            DirectRefused(self.executor_id, message.sent_ns, verdict).pack())
+
+    def on_direct_refused(self, message: DirectRefused) -> None:
+        if not self.inbox.on_refused(message.sent_ns, f"{message.receiver} refused a message: {message.reason}"):
+            rejected.warning("%s refused a message sent by a function that has returned since: %s",
+                             message.receiver, message.reason)
 
     def on_peer_leaving(self, message: ExecutorLeaving) -> None:
         self.peers.send(message.address, self.departure.on_peer_leaving(message))
@@ -259,6 +285,7 @@ class Executor:
             del self.joins[key], self.join_started[key]
 
     HANDLERS = {DagTrigger: on_trigger, PinRequest: on_pin, UnpinRequest: on_unpin, DirectMessage: on_direct,
+                DirectRefused: on_direct_refused,
                 ExecutorLeaving: on_peer_leaving, LeavingAck: on_leaving_ack, KeyUpdate: on_key_update,
                 VersionRequest: on_version_request, VersionResponse: on_version_response,
                 SnapshotRelease: on_snapshot_release, CallAborted: on_call_aborted, CallRetried: on_call_retried}
@@ -303,6 +330,7 @@ class Executor:
     def run_next(self) -> None:
         trigger, inputs = self.ready.popleft()
         self.running = trigger
+        self.inbox.begin_step()
         started = time.perf_counter_ns()
         name = trigger.function
         ok = True
@@ -521,7 +549,8 @@ class Executor:
         else:
             self.on_version_response(response)
 
-    SERVED_WHILE_BUSY = {KeyUpdate: on_key_update, DirectMessage: on_direct, VersionRequest: on_version_request,
+    SERVED_WHILE_BUSY = {KeyUpdate: on_key_update, DirectMessage: on_direct, DirectRefused: on_direct_refused,
+                         VersionRequest: on_version_request,
                          VersionResponse: on_awaited_version}
 
     def send_direct(self, executor_id: str, message: Any) -> None:
@@ -536,21 +565,31 @@ class Executor:
             raise InvalidArgument(f"no executor {executor_id!r} in this cluster: ids are as cb.getid() returns")
         body = serialization.encode(message)
         limits.check_size(len(body), self.max_message_bytes, f"the message to {executor_id}")
-        frame = DirectMessage(self.executor_id, body).pack()
+        self.serve_while_busy(0.0)  # refusals of earlier sends first
+        self.raise_refusals()
+        sent_ns = time.time_ns()
         if address == self.address:
-            self.inbox.append((self.executor_id, message))
-        else:
-            self.peers.send(address, frame)
+            verdict = self.inbox.admit(sent_ns, len(body))
+            if verdict not in (direct.ACCEPT, direct.STALE):
+                raise InboxFull(f"{executor_id} (this executor) refused a message: {verdict}")
+            self.inbox.add(self.executor_id, message, len(body))
+        elif not self.peers.send(address, DirectMessage(self.executor_id, body, sent_ns, self.address).pack()):
+            raise InboxFull(f"the message to {executor_id} could not be queued: it is not reading (busy or gone)")
 
     def receive_direct(self, deadline: float | None) -> list[tuple[str, Any]]:
         self.serve_while_busy(0.0)
-        while not self.inbox and deadline is not None:
+        self.raise_refusals()
+        while not self.inbox.messages and deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self.serve_while_busy(remaining + 0.001):
                 break
-        messages = list(self.inbox)
-        self.inbox.clear()
-        return messages
+        return self.inbox.take()
+
+    def raise_refusals(self) -> None:
+        refusals = self.inbox.take_refusals()
+        if refusals:
+            more = f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""
+            raise InboxFull(refusals[0] + more)
 
     # --- departure (see departure.py) ----------------------------------------------------------------
 
@@ -596,6 +635,7 @@ class Executor:
         report["frames_sent"], report["frames_received"] = self.peers.sent, self.frames_received
         report["cache"] = self.sessions.metrics()
         report["pending_joins"] = len(self.joins)
+        report["direct_dropped"], report["direct_refused"] = self.inbox.dropped, self.inbox.refused
         return ExecutorStatus(
             self.executor_id, self.address, self.executor_type, running, sorted(self.pinned),
             report["utilization"], len(self.ready), self.cached.cache.recent_keys(CACHED_KEYS_REPORTED), os.getpid(),
@@ -711,6 +751,7 @@ def main(config: ProcessConfig) -> None:
                 executor.run_next()
             except Exception as exc:  # the runtime's own failure (store gone mid-delivery, ...): answer, go on
                 executor.answer_failed_step(exc)
+            executor.inbox.end_step()  # what the function did not read is for no later call
         if reporter.due():
             reporter.report(running=not shutdown.requested)
             executor.expire_joins()

@@ -472,10 +472,23 @@ class UnpinRequest(Message):
 
 @message(55)
 class DirectMessage(Message):
-    """``cb.send(executor_id, message)``: one running function to another executor's ``cb.recv()``."""
+    """``cb.send(executor_id, message)``: one running function to another executor's ``cb.recv()``. ``sent_ns``
+    (wall clock) scopes it to the function running there at that time; a refusal goes to ``reply_address``."""
 
     sender: str
     body: bytes
+    sent_ns: int = 0
+    reply_address: str = ""
+
+
+@message(56)
+class DirectRefused(Message):
+    """The receiver of the ``DirectMessage`` sent at ``sent_ns`` refused it (its function's inbox was full):
+    the sender's function, if it is the one still running, gets ``InboxFull`` from its next send or recv."""
+
+    receiver: str
+    sent_ns: int
+    reason: str
 
 
 @message(57)

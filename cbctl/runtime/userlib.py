@@ -49,14 +49,19 @@ class UserLibrary:
         return self._executor.executor_id
 
     def send(self, executor_id: str, message: Any) -> None:
-        """Send ``message`` to whatever function runs on ``executor_id``; it reads it with ``recv``
-        (``MessageTooLarge`` if it is over the cluster's limit on one value)."""
+        """Send ``message`` to the function running on ``executor_id`` now; it reads it with ``recv``.
+
+        A message reaches only the function running there when it was sent: one sent where nothing runs, or not
+        read before that function returns, is dropped (never handed to a later call). ``MessageTooLarge`` if it is
+        over the cluster's limit on one value; ``InboxFull`` (here, or from the next ``send``/``recv``) if the
+        receiver's unread messages are at their bound (``INBOX_MAX_MESSAGES`` / ``INBOX_MAX_BYTES``)."""
         self._executor.send_direct(executor_id, message)
 
     def recv(self, timeout: float | None = None) -> list[tuple[str, Any]]:
-        """Messages sent to this executor as ``(sender_executor_id, message)`` pairs, oldest first.
+        """Messages sent to this function as ``(sender_executor_id, message)`` pairs, oldest first.
 
         Returns at once with what has arrived; with ``timeout`` (seconds), waits up to that long for at
-        least one message, returning an empty list if none came."""
+        least one message, returning an empty list if none came. ``InboxFull`` if a message this function sent
+        was refused."""
         deadline = None if timeout is None else time.monotonic() + timeout
         return self._executor.receive_direct(deadline)

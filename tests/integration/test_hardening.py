@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 import cbctl
-from tests.conftest import REPO, RunningCluster
+from tests.conftest import EXAMPLES, REPO, RunningCluster
 from tests.integration.shared_cluster import module_cluster, registered_names
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory) -> Iterator[RunningCluster]:
-    with module_cluster(tmp_path_factory.mktemp("cbhard")) as handle:
+    with module_cluster(tmp_path_factory.mktemp("cbhard"), deploy=(EXAMPLES / "messaging.py",)) as handle:
         yield handle
 
 
@@ -354,3 +354,31 @@ def test_a_trigger_that_writes_under_its_own_prefix_stops_at_the_chain_limit(sha
         shared.wait_for(lambda: "hd-loop/101" in client.list_keys("hd-loop/"), what="a new chain")
     finally:
         client.remove_trigger("hd_loop")
+
+
+# --- 4. direct messages are for the function running when they are sent ----------------------------------------
+
+
+def test_a_message_nobody_reads_never_reaches_a_later_unrelated_call(shared):
+    shared.cli("deploy", str(Path(__file__).resolve().parent / "deployables" / "hardening_fns.py"), check=True)
+    client = shared.client()
+    client.call("hd_send_everywhere", 2, "stale", timeout=10)  # to an idle executor, and to itself
+    seen: dict[str, list] = {}
+    for _ in range(40):
+        executor_id, heard = client.call("hd_recv_now", timeout=10)
+        seen.setdefault(executor_id, []).extend(heard)
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2, seen
+    assert seen == {executor_id: [] for executor_id in seen}, seen
+
+
+def test_a_full_inbox_is_an_error_for_the_sender_and_getid_then_send_keeps_working(shared):
+    shared.cli("deploy", str(Path(__file__).resolve().parent / "deployables" / "hardening_fns.py"), check=True)
+    client = shared.client()
+    small = client.call("hd_inbox", 1000, 1.0, timeout=120)  # 1 s for a refusal that must not come
+    assert small == {"heard": [1000, 1000, 1000], "outcome": "all accepted"}, small
+    big = client.call("hd_inbox", 25 << 20, 30.0, timeout=120)  # 75 MiB unread, over INBOX_MAX_BYTES (64 MiB)
+    assert big["heard"] == [25 << 20, 25 << 20], big["heard"]
+    assert big["outcome"].startswith("InboxFull: executor-") and "must cb.recv() them" in big["outcome"], big
+    assert client.call("messaging", "hello", timeout=30)["heard"][1] == "hello"
