@@ -238,6 +238,9 @@ def main(home: str | None) -> None:
 @click.option("--max-trigger-depth", type=int, default=MAX_TRIGGER_DEPTH, show_default=True,
               help="Most storage-triggered calls in one chain (a call's put firing the next); a put past it is "
                    "stored but fires nothing, and the store logs an error.")
+@click.option("--executor-memory-mb", type=int, default=0, show_default=True,
+              help="Recycle an executor whose resident memory is over this many MiB after a call: it finishes its "
+                   "queue and leaves, and a fresh one starts (0: never).")
 @click.option("--max-message-mb", type=int, default=MAX_MESSAGE_BYTES >> 20, show_default=True,
               help="Largest serialised value, in MiB: call arguments, a result, a put (larger ones are refused "
                    "with MessageTooLarge).")
@@ -249,7 +252,7 @@ def main(home: str | None) -> None:
 def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
        durability: str, cache_mb: int, fake_gpus: int, max_batch: int, max_continuations: int,
        max_message_mb: int, policy: tuple[str, ...], no_auth: bool, max_trigger_depth: int,
-       home: str | None) -> None:
+       executor_memory_mb: int, home: str | None) -> None:
     """Start a cluster in the home directory and return once every process is ready.
 
     The home is made private to you (0700/0600). With --listen, every TCP socket is a CURVE server that
@@ -266,7 +269,8 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     if note:
         errors.print(f"note: {note}", markup=False)
     spec = lifecycle.plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb,
-                               max_batch, max_continuations, policy, max_message_mb, no_auth, max_trigger_depth)
+                               max_batch, max_continuations, policy, max_message_mb, no_auth, max_trigger_depth,
+                               executor_memory_mb)
     if spec.listen and not lifecycle.is_loopback(spec.listen):
         errors.print(f"warning: listening on {spec.listen}, reachable beyond this machine (only holders of "
                      f"{home_path / 'keys'} can use it)", markup=False)

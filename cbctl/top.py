@@ -303,6 +303,7 @@ def _executor_row(process: Mapping[str, Any], status: Mapping[str, Any] | None, 
         "p50_us": metrics.get("p50_us") if fresh else None,
         "p99_us": metrics.get("p99_us") if fresh else None,
         "restarts": process["restarts"],
+        "recycles": process.get("recycles", 0),
         "status_age_s": age,
     }
 
@@ -503,7 +504,7 @@ def executors_table(snapshot: Mapping[str, Any], sort: str, wide: bool = True) -
             "CPU%": _na(e["cpu_percent"], "{:.0f}"), "RSS": format_bytes(e["rss_bytes"]), "GPU": _gpu_cell(e),
             "pinned": ", ".join(e["pinned"]) or "-", "queue": _na(e["queue"]),
             "calls/s": _na(e["calls_per_s"], "{:.1f}"), "p50": format_duration_us(e["p50_us"]),
-            "p99": format_duration_us(e["p99_us"]), "restarts": str(e["restarts"]),
+            "p99": format_duration_us(e["p99_us"]), "restarts": _restarts_cell(e),
             "state": Text(e["state"], style=STATE_STYLES.get(e["state"], "")),
         }
         table.add_row(*[cells[name] for name, _ in shown])
@@ -626,6 +627,12 @@ def run_live(home: Path, interval: float, sort: str, console: Console) -> None:
         pass
     finally:
         probe.close()
+
+
+def _restarts_cell(executor: Mapping[str, Any]) -> str:
+    """Restarts, with how many were recycles over --executor-memory-mb: "3 (2 mem)"."""
+    recycles = executor.get("recycles")
+    return f"{executor['restarts']} ({recycles} mem)" if recycles else str(executor["restarts"])
 
 
 def run_snapshots(home: Path, interval: float, sort: str, console: Console, count: int | None = None) -> None:

@@ -112,6 +112,11 @@ RESTART_BACKOFF_MAX_S = 5.0
 #: Restarts of one process allowed per minute before the supervisor gives up on it.
 RESTARTS_PER_MINUTE = 10
 
+#: Exit code of an executor that left because its memory was over ``cbctl up --executor-memory-mb`` after a call
+#: (it departed gracefully, as on SIGTERM): the supervisor starts a fresh one at once, with no crash backoff, and
+#: counts it under ``recycles`` (EX_TEMPFAIL: "try again", which is what the supervisor does).
+EXECUTOR_RECYCLE_EXIT_CODE = 75
+
 #: Outgoing zmq sockets to peers (clients, executors) kept open per process; the oldest is closed past this.
 MAX_PEER_SOCKETS = 256
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import zmq
 
 from cbctl.errors import (
@@ -50,6 +51,7 @@ from cbctl.runtime.dag import downstream_of, upstream_of
 from cbctl.runtime.defaults import (
     CACHED_KEYS_REPORTED,
     DEPARTURE_LINGER_S,
+    EXECUTOR_RECYCLE_EXIT_CODE,
     FUNCTION_VERSION_KEEP_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
@@ -157,6 +159,7 @@ class Executor:
         self.awaited_version: tuple[int, VersionResponse | None] | None = None  # (req_id, reply) of fetch_version
         self.departure = Departure(self.executor_id, address)  # this executor's leaving, and its peers'
         self.running: DagTrigger | None = None  # the step run_next is running: answered if the runtime fails it
+        self.recycling = False  # leaving because of --executor-memory-mb (a fresh process replaces it)
 
     # --- messages ------------------------------------------------------------------------------------
 
@@ -626,6 +629,20 @@ class Executor:
             self.join_started.clear()
         return True
 
+    def memory_over(self, limit_bytes: int) -> bool:
+        """Whether this process's resident memory is over ``limit_bytes`` (checked after each call when
+        ``--executor-memory-mb`` is set: a function that leaks, or caches too much, gets a fresh process)."""
+        try:
+            rss = psutil.Process().memory_info().rss
+        except psutil.Error:
+            return False
+        if rss <= limit_bytes:
+            return False
+        log.warning("resident memory %d MiB is over --executor-memory-mb %d after a call: recycling this executor "
+                    "(it finishes its queue and leaves; the supervisor starts a fresh one)", rss >> 20,
+                    limit_bytes >> 20)
+        return True
+
     # --- status --------------------------------------------------------------------------------------
 
     def status(self, running: bool) -> ExecutorStatus:
@@ -636,6 +653,8 @@ class Executor:
         report["cache"] = self.sessions.metrics()
         report["pending_joins"] = len(self.joins)
         report["direct_dropped"], report["direct_refused"] = self.inbox.dropped, self.inbox.refused
+        if self.recycling:
+            report["recycling"] = True  # the schedulers park calls for its successor instead of failing them
         return ExecutorStatus(
             self.executor_id, self.address, self.executor_type, running, sorted(self.pinned),
             report["utilization"], len(self.ready), self.cached.cache.recent_keys(CACHED_KEYS_REPORTED), os.getpid(),
@@ -741,6 +760,7 @@ def main(config: ProcessConfig) -> None:
     report_ready(context, config, address)
     freeze_startup_heap()
     receiver = Receiver(sock)
+    memory_limit = int(config.options.get("memory_limit_mb", 0)) << 20  # `cbctl up --executor-memory-mb`; 0: off
     while True:
         for frame in receiver.receive(0 if executor.ready or executor.deferred else 100):
             executor.on_frame(frame)
@@ -752,6 +772,9 @@ def main(config: ProcessConfig) -> None:
             except Exception as exc:  # the runtime's own failure (store gone mid-delivery, ...): answer, go on
                 executor.answer_failed_step(exc)
             executor.inbox.end_step()  # what the function did not read is for no later call
+            if memory_limit and not shutdown.requested and executor.memory_over(memory_limit):
+                # leave as on SIGTERM (the status that says so says why); the supervisor starts a fresh one
+                shutdown.requested = executor.recycling = True
         if reporter.due():
             reporter.report(running=not shutdown.requested)
             executor.expire_joins()
@@ -771,3 +794,5 @@ def main(config: ProcessConfig) -> None:
     sock.close()
     context.term()
     log.info("executor stopped")
+    if executor.recycling:
+        raise SystemExit(EXECUTOR_RECYCLE_EXIT_CODE)

@@ -461,6 +461,9 @@ class Scheduler:
         self.policy.process_status(status)
         if self.parked:
             self.retry_parked()  # this executor may take what waits for one
+        if not status.running and status.metrics.get("recycling"):
+            # over --executor-memory-mb: a fresh process replaces it, so calls wait for it rather than fail
+            self.wait_for_executors_until = max(self.wait_for_executors_until, time.monotonic() + DISPATCH_WAIT_S)
         if not status.running:
             # the policy no longer places work there; this ack, behind every trigger sent there on the same
             # socket, tells the departing executor that nothing more will come from this scheduler

@@ -36,6 +36,7 @@ import cbctl
 from cbctl.errors import ProtocolError
 from cbctl.runtime import auth, cluster, limits, scaling
 from cbctl.runtime.defaults import (
+    EXECUTOR_RECYCLE_EXIT_CODE,
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
@@ -87,6 +88,7 @@ class ClusterSpec:
     max_batch: int = MAX_BATCH
     max_continuations: int = MAX_CONTINUATIONS
     max_trigger_depth: int = MAX_TRIGGER_DEPTH
+    executor_memory_mb: int = 0  # recycle an executor whose memory is over this after a call (0: never)
     policy: dict[str, Any] = field(default_factory=dict)  # placement policy settings (`cbctl up --policy`)
     max_message_bytes: int = MAX_MESSAGE_BYTES  # largest serialised value (`cbctl up --max-message-mb`)
 
@@ -100,6 +102,7 @@ class Child:
     started_at: float = 0.0
     state: str = "starting"  # starting, ready, restarting, stopping, failed, stopped
     restarts: int = 0
+    recycles: int = 0  # restarts of an executor that left over --executor-memory-mb (counted in restarts too)
     crash_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
     restart_at: float = 0.0
     backoff: float = RESTART_BACKOFF_FIRST_S
@@ -246,7 +249,8 @@ class Supervisor:
     def _new_executor(self, index: int, executor_type: str, device: int = -1) -> Child:
         options: dict[str, Any] = {"executor_type": executor_type, "cache_mb": self.spec.cache_mb,
                                    "max_batch": self.spec.max_batch,
-                                   "max_continuations": self.spec.max_continuations}
+                                   "max_continuations": self.spec.max_continuations,
+                                   "memory_limit_mb": self.spec.executor_memory_mb}
         if executor_type == "gpu":
             # set before user code runs in the child, so frameworks see exactly one device
             options["env"] = {"CUDA_VISIBLE_DEVICES": str(device)}
@@ -294,6 +298,13 @@ class Supervisor:
         for child in self.children.values():
             if child.state in ("ready", "starting") and not child.process.is_alive():
                 code = child.process.exitcode
+                if code == EXECUTOR_RECYCLE_EXIT_CODE and child.config.role == "executor":
+                    # it left gracefully (its calls finished or went to its heir): a fresh one now, no backoff
+                    child.recycles += 1
+                    child.state, child.restart_at = "restarting", now
+                    log.info("%s (pid %d) recycled: its memory was over --executor-memory-mb %d after a call",
+                             child.config.name, child.pid, self.spec.executor_memory_mb)
+                    continue
                 child.crash_times.append(now)
                 recent = sum(1 for t in child.crash_times if now - t < 60)
                 if recent > RESTARTS_PER_MINUTE:
@@ -404,7 +415,8 @@ class Supervisor:
                 "name": child.config.name, "role": child.config.role, "index": child.config.index,
                 "pid": child.pid, "address": child.address, "state": child.state,
                 "uptime_s": round(now - child.started_at, 1) if child.state == "ready" else 0.0,
-                "restarts": child.restarts, "executor_type": child.config.options.get("executor_type", ""),
+                "restarts": child.restarts, "recycles": child.recycles,
+                "executor_type": child.config.options.get("executor_type", ""),
                 "cpu_percent": cpu, "rss_bytes": rss,
             })
         live = {child.pid for child in self.children.values()}

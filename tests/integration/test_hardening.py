@@ -382,3 +382,28 @@ def test_a_full_inbox_is_an_error_for_the_sender_and_getid_then_send_keeps_worki
     assert big["heard"] == [25 << 20, 25 << 20], big["heard"]
     assert big["outcome"].startswith("InboxFull: executor-") and "must cb.recv() them" in big["outcome"], big
     assert client.call("messaging", "hello", timeout=30)["heard"][1] == "hello"
+
+
+# --- 5. executors that grow are recycled --------------------------------------------------------------------
+
+
+def test_an_executor_over_its_memory_limit_after_a_call_is_recycled_and_top_shows_it(tmp_path):
+    path = Path(__file__).resolve().parent / "deployables" / "hardening_fns.py"
+    with module_cluster(tmp_path / "home", executors=1, deploy=(path,),
+                        extra_args=("--executor-memory-mb", "300")) as handle:
+        client = handle.client()
+        first_pid = handle.pid_of("executor-0")
+        leaked = [client.call("hd_leak", 100, timeout=60)[1] for _ in range(6)]
+        # the module global grows until the process is over 300 MiB after a call; the fresh one starts empty
+        assert leaked[0] == 1 and 1 in leaked[1:], leaked
+        assert max(leaked) <= 4, leaked
+        status = json.loads(handle.cli("status", "--json", check=True).stdout)
+        (executor,) = [p for p in status["processes"] if p["name"] == "executor-0"]
+        assert executor["recycles"] >= 1 and executor["pid"] != first_pid
+        top = json.loads(handle.cli("top", "--json", check=True).stdout)
+        assert top["executors"][0]["recycles"] >= 1
+        from cbctl.top import _restarts_cell
+
+        assert _restarts_cell(top["executors"][0]).endswith(" mem)")  # the restarts column of the table
+        log = (handle.home / "logs" / "executor-0.log").read_text()
+        assert "over --executor-memory-mb 300 after a call: recycling" in log

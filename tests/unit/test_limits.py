@@ -204,3 +204,10 @@ def test_max_trigger_depth_is_checked():
     assert plan_spec(1, 0, 1, "", "batch", 0, 64, max_trigger_depth=4).max_trigger_depth == 4
     with pytest.raises(InvalidArgument, match="--max-trigger-depth 0 is below 1"):
         plan_spec(1, 0, 1, "", "batch", 0, 64, max_trigger_depth=0)
+
+
+def test_executor_memory_mb_is_off_by_default_and_checked():
+    assert plan_spec(1, 0, 1, "", "batch", 0, 64).executor_memory_mb == 0
+    assert plan_spec(1, 0, 1, "", "batch", 0, 64, executor_memory_mb=512).executor_memory_mb == 512
+    with pytest.raises(InvalidArgument, match="--executor-memory-mb -1 is negative"):
+        plan_spec(1, 0, 1, "", "batch", 0, 64, executor_memory_mb=-1)

@@ -101,3 +101,13 @@ def hd_inbox_report(cb, heard, outcome):
 cbctl.dag("hd_inbox", functions=[hd_inbox_start, hd_inbox_listener, hd_inbox_sender, hd_inbox_report],
           edges=[(hd_inbox_start, hd_inbox_listener), (hd_inbox_start, hd_inbox_sender),
                  (hd_inbox_listener, hd_inbox_report), (hd_inbox_sender, hd_inbox_report)])
+
+
+_LEAKED: list = []
+
+
+@cbctl.function
+def hd_leak(cb, mib):
+    """Keeps ``mib`` MiB more in a module global on every call: a leak, as a cache that never evicts is."""
+    _LEAKED.append(bytearray(mib << 20))
+    return [cb.getid(), len(_LEAKED)]
