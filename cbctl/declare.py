@@ -20,9 +20,10 @@ from typing import Any
 import cloudpickle
 
 from cbctl.errors import CbctlError, InvalidDag
-from cbctl.runtime import serialization, user_errors
+from cbctl.runtime import user_errors
 from cbctl.runtime.code_loading import source_file_of
 from cbctl.runtime.defaults import DEPLOY_IMPORT_TIMEOUT_S
+from cbctl.runtime.wire import serialization
 
 
 @dataclass

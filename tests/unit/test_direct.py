@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from cbctl.runtime.direct import ACCEPT, STALE, Inbox
+from cbctl.runtime.executor.direct import ACCEPT, STALE, Inbox
 
 
 def test_a_message_is_for_the_function_running_when_it_was_sent():

@@ -27,7 +27,7 @@ import cloudpickle
 import msgpack
 
 from cbctl.errors import DecodeError
-from cbctl.runtime.limits import check_key
+from cbctl.runtime.wire.limits import check_key
 
 EXT_NDARRAY = 1
 EXT_REF = 2
