@@ -97,6 +97,9 @@ class CallFuture:
         self._stored = stored
         self._result: Any = _PENDING
         self._request = b""  # the packed CallRequest, sent again if its scheduler restarts before answering
+        #: a stored result (``store_result``) is deleted from the store once this future has read it, so stored
+        #: results do not pile up; cbctl's Cloudburst layer keeps them (Cloudburst's results stay in the KVS)
+        self.delete_stored_after_read = False  # call_async sets it for its own store_result calls
 
     def done(self) -> bool:
         if self._result is _PENDING:
@@ -355,11 +358,13 @@ class Client:
     def call_async(self, name: str, *args: Any, consistency: str = "lww", store_result: bool = False,
                    **source_args: Sequence[Any]) -> CallFuture:
         """Start a call and return its future at once. With ``store_result`` the result is written to the
-        store under the call id and the future reads it from there (it outlives this client)."""
+        store under the call id and the future reads it from there (it outlives this client); once the future has
+        read it, it is deleted from the store (a result never read stays)."""
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"{name!r} is not a function or DAG name: pass the name it was registered under")
         call_id = f"{self.client_id}-{next(self._ids)}"
         future = CallFuture(self, call_id, name, stored=store_result)
+        future.delete_stored_after_read = store_result
         encoded_sources = {}
         for fn, values in source_args.items():
             if not isinstance(values, (list, tuple)):
@@ -510,6 +515,12 @@ class Client:
                     future._result = result = CallResult(future.call_id, False, b"", "DecodeError", (
                         f"the stored result of call {future.call_id} cannot be read ({exc}): call again"))
                 future._request = b""
+                if future.delete_stored_after_read:
+                    try:
+                        with self._store_lock:
+                            self._store.delete(key)
+                    except CbctlError:
+                        pass  # only housekeeping: the result is in hand
                 with self._cond:
                     self._stored_waiting.pop(future.call_id, None)
                     self._completed.append(future.call_id)

@@ -407,3 +407,16 @@ def test_an_executor_over_its_memory_limit_after_a_call_is_recycled_and_top_show
         assert _restarts_cell(top["executors"][0]).endswith(" mem)")  # the restarts column of the table
         log = (handle.home / "logs" / "executor-0.log").read_text()
         assert "over --executor-memory-mb 300 after a call: recycling" in log
+
+
+# --- what is missing: stored results are cleaned up -----------------------------------------------------------
+
+
+def test_a_stored_result_is_deleted_once_its_future_read_it(shared):
+    client = shared.client()
+    client.register(lambda cb, x: x * 2, name="hd_double")
+    before = client.store_stats()["keys"]
+    futures = [client.call_async("hd_double", i, store_result=True) for i in range(50)]
+    assert [f.result(timeout=30) for f in futures] == [i * 2 for i in range(50)]
+    assert [f.result(timeout=0) for f in futures[:3]] == [0, 2, 4]  # read again: from the future, not the store
+    assert client.store_stats()["keys"] <= before + 1, (before, client.store_stats()["keys"])
