@@ -12,6 +12,7 @@ current for ``FUNCTION_VERSION_KEEP_S`` (``prune_versions``); a call that still 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -73,15 +74,25 @@ def load_function_version(store: StoreClient, name: str, version: int) -> Functi
         return None
 
 
-def prune_versions(store: StoreClient, name: str, now_ns: int, keep_ns: int, remove_all: bool = False) -> int:
-    """Delete the kept copies of ``name``'s versions that a newer version replaced more than ``keep_ns`` ago
-    (every copy, with ``remove_all``: the function is gone). Returns how many were deleted."""
-    prefix = f"{VERSION_PREFIX}{name}/"
-    versions = sorted(int(k[len(prefix):]) for k in store.list_keys(prefix) if k[len(prefix):].isdigit())
-    doomed = versions if remove_all else [v for v, newer in zip(versions, versions[1:]) if newer < now_ns - keep_ns]
-    for version in doomed:
-        store.delete(version_key(name, version))
-    return len(doomed)
+def prune_versions(store: StoreClient, names: Iterable[str], now_ns: int, keep_ns: int,
+                   remove_all: bool = False) -> int:
+    """Delete the kept copies of the ``names``' versions that a newer version replaced more than ``keep_ns`` ago
+    (every copy, with ``remove_all``: the functions are gone), with one listing of the store's version keys for
+    all of them. Returns how many were deleted."""
+    names = set(names)
+    versions: dict[str, list[int]] = {}
+    for key in store.list_keys(VERSION_PREFIX):
+        name, _, version = key[len(VERSION_PREFIX):].rpartition("/")
+        if name in names and version.isdigit():
+            versions.setdefault(name, []).append(int(version))
+    deleted = 0
+    for name, found in versions.items():
+        found.sort()
+        doomed = found if remove_all else [v for v, newer in zip(found, found[1:]) if newer < now_ns - keep_ns]
+        for version in doomed:
+            store.delete(version_key(name, version))
+        deleted += len(doomed)
+    return deleted
 
 
 def save_dag(store: StoreClient, record: DagRecord) -> None:

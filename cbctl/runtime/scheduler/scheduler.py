@@ -424,12 +424,12 @@ class Scheduler:
         if dags:
             self.apply(self.policy.set_wanted(pinned_functions(self.functions, self.dags)))
             self.apply(self.policy.ensure_pinned())  # pins settle as the executors answer, within milliseconds
-        now = time.time_ns()
-        for record in functions:
+        if functions:
             try:
-                registry.prune_versions(self.store, record.name, now, int(FUNCTION_VERSION_KEEP_S * 1e9))
+                registry.prune_versions(self.store, [r.name for r in functions], time.time_ns(),
+                                        int(FUNCTION_VERSION_KEEP_S * 1e9))
             except CbctlError as exc:  # only housekeeping: the next registration prunes again
-                log.warning("could not prune old versions of %s: %s", record.name, exc)
+                log.warning("could not prune old versions of %s: %s", ", ".join(r.name for r in functions), exc)
 
     def on_list(self, _request: ListRequest) -> Any:
         self.refresh_registry()
@@ -453,7 +453,7 @@ class Scheduler:
                 raise InvalidArgument(f"function {name!r} is used by DAG(s) {', '.join(users)}: remove those first "
                                       "with `cbctl rm NAME`")
             self.store.delete(registry.FUNCTION_PREFIX + name)
-            registry.prune_versions(self.store, name, time.time_ns(), 0, remove_all=True)
+            registry.prune_versions(self.store, [name], time.time_ns(), 0, remove_all=True)
             kind = "function"
         else:
             raise NoSuchFunction(f"no function or DAG is registered as {name!r}: see `cbctl ls`")
