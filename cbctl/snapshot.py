@@ -295,6 +295,7 @@ def _executor_row(process: Mapping[str, Any], status: Mapping[str, Any] | None, 
         "p50_us": metrics.get("p50_us") if fresh else None,
         "p99_us": metrics.get("p99_us") if fresh else None,
         "restarts": process["restarts"],
+        "recycles": process.get("recycles", 0),
         "status_age_s": age,
     }
 
