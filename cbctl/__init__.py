@@ -1,8 +1,8 @@
 """cbctl: stateful functions as a service, in the line of Cloudburst.
 
-The public API: ``connect`` to a cluster, declare functions, DAGs and storage triggers with ``function``,
-``dag`` and ``trigger``, reference store keys with ``Ref``, hand a call on with ``Continue``, and the
-``CbctlError`` family of exceptions.
+The public API: start a cluster for the life of a ``with`` block with ``local``, ``connect`` to a running one,
+declare functions, DAGs and storage triggers with ``function``, ``dag`` and ``trigger``, reference store keys
+with ``Ref``, hand a call on with ``Continue``, and the ``CbctlError`` family of exceptions.
 """
 
 from cbctl.client import CallFuture, Client, connect
@@ -25,6 +25,7 @@ from cbctl.errors import (
     NoSuchKey,
     ProtocolError,
 )
+from cbctl.local_cluster import LocalCluster, local
 from cbctl.runtime.continuation import Continue
 from cbctl.runtime.serialization import Ref
 
@@ -45,6 +46,7 @@ __all__ = [
     "FunctionError",
     "InvalidArgument",
     "InvalidDag",
+    "LocalCluster",
     "MessageTooLarge",
     "NoExecutorAvailable",
     "NoSuchFunction",
@@ -54,6 +56,7 @@ __all__ = [
     "connect",
     "dag",
     "function",
+    "local",
     "trigger",
     "__version__",
 ]

@@ -122,7 +122,7 @@ def main() -> None:
 @click.option("--no-auth", is_flag=True,
               help="With a loopback --listen only: plain TCP without keys (any local user can then run code "
                    "in the cluster).")
-@click.option("--durability", type=click.Choice(["always", "batch", "none"]), default="batch", show_default=True,
+@click.option("--durability", type=click.Choice(lifecycle.DURABILITY_MODES), default="batch", show_default=True,
               help="When the store fsyncs its log: every write, at most every 50 ms, or never.")
 @click.option("--cache-mb", type=click.IntRange(min=0), default=64, show_default=True,
               help="Each executor's cache of store values, in MiB (0: no cache).")
@@ -156,16 +156,12 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     cbctl up --listen tcp://127.0.0.1:7100    the scheduler on port 7100, CURVE keys in HOME/keys
     """
     home_path = cluster.resolve_home(home)
-    note = lifecycle.check_not_running(home_path)
-    if note:
-        errors.print(f"note: {note}", markup=False)
-    spec = lifecycle.plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb,
-                               max_batch, max_continuations, policy, max_message_mb, no_auth)
-    if spec.listen and not lifecycle.is_loopback(spec.listen):
-        errors.print(f"warning: listening on {spec.listen}, reachable beyond this machine (only holders of "
-                     f"{home_path / 'keys'} can use it)", markup=False)
-    for note in lifecycle.prepare_home(home_path, spec):
-        errors.print(f"note: {note}", markup=False)
+    spec, notes = lifecycle.plan_up(
+        home_path, executors=executors, gpu_executors=gpu_executors, schedulers=schedulers, listen=listen,
+        no_auth=no_auth, durability=durability, cache_mb=cache_mb, fake_gpus=fake_gpus, max_batch=max_batch,
+        max_continuations=max_continuations, max_message_mb=max_message_mb, policy=policy)
+    for note in notes:
+        errors.print(note, markup=False)
     started = time.monotonic()
     proc = lifecycle.start_supervisor(home_path, spec, foreground)
     with console.status("starting the cluster..."):

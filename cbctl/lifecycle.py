@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ _LISTEN = re.compile(r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\[\]]+)(?::(?P<port
 #: Highest ``--max-message-mb``: msgpack carries at most 4 GiB in one bytes value, and a value travels inside a
 #: frame with room to spare (``FRAME_HEADROOM_BYTES``).
 MAX_MESSAGE_MB_CEILING = 2048
+#: ``--durability``: when the store fsyncs its log (every write, at most every 50 ms, never)
+DURABILITY_MODES = ("always", "batch", "none")
 
 
 def check_not_running(home: Path) -> str:
@@ -103,10 +105,48 @@ def check_port_free(listen: str, port: int) -> None:
                                   "none (tcp://HOST) for random ones") from None
 
 
+def plan_up(home: Path, *, executors: int | None = None, gpu_executors: int | None = None, schedulers: int = 1,
+            listen: str = "", no_auth: bool = False, durability: str = "batch", cache_mb: int = 64,
+            fake_gpus: int = 0, max_batch: int = MAX_BATCH, max_continuations: int = MAX_CONTINUATIONS,
+            max_message_mb: int = MAX_MESSAGE_BYTES >> 20,
+            policy: Iterable[str] | Mapping[str, Any] = ()) -> tuple[ClusterSpec, list[str]]:
+    """Everything ``cbctl up`` (and ``cbctl.local()``) does before starting a process, from its options (the
+    keywords are the command's options): refuse a second cluster in ``home``, check the options into a
+    ``ClusterSpec``, make the home ready and private. Returns the spec and lines to show the user
+    (``note: ...``, ``warning: ...``); any bad option raises ``InvalidArgument`` before anything is touched."""
+    shown = []
+    stale = check_not_running(home)
+    if stale:
+        shown.append(f"note: {stale}")
+    spec = plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb, max_batch,
+                     max_continuations, policy, max_message_mb, no_auth)
+    if spec.listen and not is_loopback(spec.listen):
+        shown.append(f"warning: listening on {spec.listen}, reachable beyond this machine (only holders of "
+                     f"{home / 'keys'} can use it)")
+    shown += [f"note: {note}" for note in prepare_home(home, spec)]
+    return spec, shown
+
+
 def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int, listen: str,
               durability: str, fake_gpus: int, cache_mb: int, max_batch: int = MAX_BATCH,
-              max_continuations: int = MAX_CONTINUATIONS, policy: Iterable[str] = (),
+              max_continuations: int = MAX_CONTINUATIONS, policy: Iterable[str] | Mapping[str, Any] = (),
               max_message_mb: int = MAX_MESSAGE_BYTES >> 20, no_auth: bool = False) -> ClusterSpec:
+    counts = {"--executors": executors, "--gpu-executors": gpu_executors, "--schedulers": schedulers,
+              "--fake-gpus": fake_gpus, "--cache-mb": cache_mb, "--max-batch": max_batch,
+              "--max-continuations": max_continuations, "--max-message-mb": max_message_mb}
+    for flag, count in counts.items():  # the command line parses these; a Python caller may pass anything
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+            raise InvalidArgument(f"{flag} must be a whole number, not {count!r}")
+    if durability not in DURABILITY_MODES:
+        raise InvalidArgument(f"--durability {durability!r} is not one of {', '.join(DURABILITY_MODES)}")
+    if cache_mb < 0:
+        raise InvalidArgument(f"--cache-mb {cache_mb} is negative: pass 0 for no cache, or a size in MiB")
+    if isinstance(policy, Mapping):
+        policy = [f"{name}={value}" for name, value in policy.items()]
+    elif isinstance(policy, str):
+        policy = [policy]
+    if not isinstance(listen, str):
+        raise InvalidArgument(f"--listen must be a string like tcp://127.0.0.1, not {listen!r}")
     listen, scheduler_port = parse_listen(listen)
     curve = check_auth(listen, no_auth)
     if executors is None:
@@ -198,7 +238,7 @@ def wait_until_up(home: Path, proc: subprocess.Popen, timeout_s: float = STARTUP
     the half-started cluster: its supervisor is detached and would otherwise run on with no cluster file for
     `cbctl down` to find."""
     try:
-        return _wait_for_cluster_file(home, proc, timeout_s)
+        return wait_for_cluster(home, proc, timeout_s)
     except KeyboardInterrupt:
         proc.terminate()  # the supervisor stops the children it already started, in order
         try:
@@ -209,7 +249,10 @@ def wait_until_up(home: Path, proc: subprocess.Popen, timeout_s: float = STARTUP
                          "stopped; run `cbctl up` again") from None
 
 
-def _wait_for_cluster_file(home: Path, proc: subprocess.Popen, timeout_s: float) -> cluster.ClusterFile:
+def wait_for_cluster(home: Path, proc: subprocess.Popen,
+                     timeout_s: float = STARTUP_TIMEOUT_S + 10) -> cluster.ClusterFile:
+    """The cluster file once the supervisor ``proc`` wrote it (every process ready); ``CbctlError`` with the
+    supervisor's reason if it exits first, or at the deadline."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         found = cluster.ClusterFile.read(home)

@@ -87,6 +87,9 @@ class ClusterSpec:
     max_continuations: int = MAX_CONTINUATIONS
     policy: dict[str, Any] = field(default_factory=dict)  # placement policy settings (`cbctl up --policy`)
     max_message_bytes: int = MAX_MESSAGE_BYTES  # largest serialised value (`cbctl up --max-message-mb`)
+    # the process that started this supervisor and owns the cluster (`cbctl.local()`): when it is gone, even
+    # killed without a chance to clean up, the cluster stops; 0 (`cbctl up`): the cluster outlives the command
+    owner_pid: int = 0
 
 
 @dataclass
@@ -176,7 +179,7 @@ class Supervisor:
     def _wait_ready(self, names: list[str], timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
         while any(self.children[n].state != "ready" for n in names):
-            if self.shutdown.requested:
+            if self.shutdown.requested or self.owner_gone():
                 raise StartupError("interrupted while starting")
             if time.monotonic() > deadline:
                 late = [n for n in names if self.children[n].state != "ready"]
@@ -274,6 +277,9 @@ class Supervisor:
         poller.register(self.ready_sock, zmq.POLLIN)
         poller.register(self.control_sock, zmq.POLLIN)
         while not self.shutdown.requested:
+            if self.owner_gone():
+                log.warning("the process that owns this cluster (pid %d) is gone: stopping", self.spec.owner_pid)
+                break
             events = dict(poller.poll(100))
             if self.ready_sock in events:
                 self._on_ready_frames()
@@ -284,6 +290,11 @@ class Supervisor:
             if self.scaling is not None:
                 self._advance_scale()
         self.stop()
+
+    def owner_gone(self) -> bool:
+        """Whether the owner (``ClusterSpec.owner_pid``), this process's parent, exited: an orphan is
+        re-parented, so the parent pid changes (one cheap syscall, no pid that could be reused)."""
+        return bool(self.spec.owner_pid) and os.getppid() != self.spec.owner_pid
 
     def _watch_children(self) -> None:
         now = time.time()
