@@ -68,17 +68,20 @@ class _Clusters:
         from cbctl import CbctlError, local
 
         cluster = local(**options)
+        error = ""
         try:
             cluster.start().close()  # start() hands out a client; tests take their own
             if deploy:
                 with cluster.client() as client:
                     for path in deploy:
                         client.deploy_file(path)
-        except BaseException as exc:
-            cluster.close()
-            if not isinstance(exc, CbctlError):
-                raise
+        except CbctlError as exc:  # said in one line, as `cbctl up` would (anything else: its traceback)
             error = f"the cbctl cluster for {owner.nodeid or 'this session'} did not start: {exc}"
+        except BaseException:
+            cluster.close()
+            raise
+        if error:
+            cluster.close()
             self.by_owner[owner.nodeid] = (key, None, error)
             pytest.fail(error, pytrace=False)
         self.by_owner[owner.nodeid] = (key, cluster, "")
