@@ -77,6 +77,7 @@ from cbctl.runtime.process import (
     Receiver,
     RejectedFrameLog,
     ShutdownFlag,
+    TimerWork,
     drain,
     freeze_startup_heap,
     new_context,
@@ -659,6 +660,7 @@ def main(config: ProcessConfig) -> None:
     report_ready(context, config, address)
     freeze_startup_heap()
     receiver = Receiver(sock)
+    timers = TimerWork(log)
     while True:
         for frame in receiver.receive(0 if executor.ready or executor.deferred else 100):
             executor.on_frame(frame)
@@ -670,10 +672,10 @@ def main(config: ProcessConfig) -> None:
             except Exception as exc:  # the runtime's own failure (store gone mid-delivery, ...): answer, go on
                 executor.answer_failed_step(exc)
         if reporter.due():
-            reporter.report(running=not shutdown.requested)
-            executor.expire_joins()
-            executor.sessions.maintain(time.monotonic())
-            executor.check_store_epoch()
+            timers.run(reporter.report, not shutdown.requested)
+            timers.run(executor.expire_joins)
+            timers.run(executor.sessions.maintain, time.monotonic())
+            timers.run(executor.check_store_epoch)
         if shutdown.requested and not executor.departure.leaving:
             # warm stop: the schedulers stop placing work here when they see running=False
             reporter.report(running=False)

@@ -13,12 +13,14 @@ version reads, and ``unpack`` turns it into a ``ProtocolError`` carrying the tex
 
 from __future__ import annotations
 
+import math
 import operator
+import re
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgpack
 
@@ -26,6 +28,50 @@ from cbctl.errors import ProtocolError
 from cbctl.runtime.defaults import PROTOCOL_VERSION
 
 _KINDS: dict[int, type[Message]] = {}
+
+
+@dataclass(frozen=True)
+class Valid:
+    """``Annotated`` metadata: a check of a field's value, made at unpack after its type check. Types alone let
+    through values that end a server later, far from the frame (a negative pid reaching psutil on a timer); the
+    values that reach the OS, psutil, zmq or a file name are checked here, once, like the types."""
+
+    predicate: Callable[[Any], bool]
+    what: str  # what a good value is, for the error: "a pid (1 to 2**22)"
+
+
+#: Linux's PID_MAX_LIMIT: no process has a larger pid (2**22 on 64-bit kernels).
+MAX_PID = 2**22
+#: Counts, indexes, depths and versions: far above anything real, far below what overflows a C long.
+MAX_COUNT = 2**31 - 1
+#: Longest address accepted: an ipc path is bounded by the OS (about 100 bytes); a tcp address by DNS names.
+MAX_ADDRESS_CHARS = 512
+#: Executor ids: ``executor-N``, or ``HOST/executor-N`` for an executor that joined from another host.
+EXECUTOR_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,62}/)?executor-[0-9]{1,7}")
+_ADDRESS = re.compile(r"(?:ipc://[^\x00]+|tcp://[A-Za-z0-9_.:\[\]-]+:[0-9]{1,5})")
+
+
+def is_address(value: str) -> bool:
+    """Whether ``value`` is a zmq address a server may connect to: ``ipc://PATH`` or ``tcp://HOST:PORT``."""
+    return len(value) <= MAX_ADDRESS_CHARS and _ADDRESS.fullmatch(value) is not None
+
+
+def is_executor_id(value: str) -> bool:
+    return len(value) <= 80 and EXECUTOR_ID.fullmatch(value) is not None
+
+
+Pid = Annotated[int, Valid(lambda v: 0 < v <= MAX_PID, "a pid (1 to 2**22)")]
+Count = Annotated[int, Valid(lambda v: 0 <= v <= MAX_COUNT, "a count (0 to 2**31-1)")]
+#: Versions are registration times in nanoseconds: any non-negative int64.
+Version = Annotated[int, Valid(lambda v: 0 <= v < 2**63, "a version (a non-negative int64)")]
+Address = Annotated[str, Valid(is_address, "an address (ipc://PATH or tcp://HOST:PORT)")]
+AddressOrNone = Annotated[str, Valid(lambda v: v == "" or is_address(v), "an address or ''")]
+ExecutorId = Annotated[str, Valid(is_executor_id, "an executor id (executor-N or HOST/executor-N)")]
+ExecutorIdOrNone = Annotated[str, Valid(lambda v: v == "" or is_executor_id(v), "an executor id or ''")]
+ExecutorType = Annotated[str, Valid(lambda v: v in ("cpu", "gpu"), "an executor type (cpu or gpu)")]
+Role = Annotated[str, Valid(lambda v: v in ("store", "scheduler", "executor"), "a role (store, scheduler, executor)")]
+#: A utilization: finite and non-negative (NaN compares false with everything, and would stick in a policy).
+Utilization = Annotated[float, Valid(lambda v: math.isfinite(v) and 0.0 <= v <= 1e6, "a finite utilization >= 0")]
 
 #: The reserved kind of a version refusal (see the module docstring); no message class may use it.
 VERSION_REFUSAL_KIND = 0
@@ -91,12 +137,27 @@ def unpack(frame: bytes) -> Message:
     # code that reads what the handler stored). Fields left at their defaults need no check.
     bad = cls._CHECK(data)
     if bad:
-        name = cls._FIELDS[bad - 2]
-        annotation = typing.get_type_hints(cls)[name]
-        annotation = annotation.__name__ if type(annotation) is type else str(annotation).replace("typing.", "")
-        raise ProtocolError(f"{cls.__name__}.{name} is a {type(data[bad]).__name__}, not {annotation}: "
+        name = cls._FIELDS[abs(bad) - 2]
+        described = _describe(typing.get_type_hints(cls, include_extras=True)[name])
+        if bad < 0:  # the type is right, the value is not
+            shown = repr(data[-bad])
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise ProtocolError(f"{cls.__name__}.{name} is {shown}, not {described}: the frame is refused")
+        raise ProtocolError(f"{cls.__name__}.{name} is a {type(data[bad]).__name__}, not {described}: "
                             "the sender is not speaking this protocol")
     return message
+
+
+def _describe(annotation: Any) -> str:
+    """An annotation as an error message shows it: ``list[str]``, or a checked value's description."""
+    if typing.get_origin(annotation) is Annotated:
+        return annotation.__metadata__[0].what
+    if type(annotation) is type:
+        return annotation.__name__
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (list, dict):
+        return f"{typing.get_origin(annotation).__name__}[{', '.join(_describe(a) for a in args)}]"
+    return str(annotation).replace("typing.", "")
 
 
 def _compile_checks(cls: type) -> Callable[[list[Any]], int]:
@@ -107,21 +168,36 @@ def _compile_checks(cls: type) -> Callable[[list[Any]], int]:
 
     Exact types (``type(v) is int``), so a bool is not an int; a float field takes ints too (``1`` is as good as
     ``1.0``). Containers are checked element by element (a trigger's schedule is a few entries, and handlers
-    index into it). Fields left at their defaults (absent from the frame) need no check."""
-    hints = typing.get_type_hints(cls)
+    index into it). Fields left at their defaults (absent from the frame) need no check. A field annotated with
+    ``Valid`` has its value checked after its type: a failure there returns the position negated."""
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in fields(cls)]
     required = sum(1 for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
     lines = ["def check(d):", "    n = len(d)"]
+    predicates: dict[str, Any] = {"_all_str": _all_str, "_all_int": _all_int}
     for i, name in enumerate(names):
-        test = _type_test(hints[name], f"d[{i + 2}]")
-        if test is None:
-            continue
+        annotation = hints[name]
+        value_test = None
+        if typing.get_origin(annotation) is Annotated:  # top level: type and value fail apart, for the error
+            value_test = _value_test(annotation, f"d[{i + 2}]", predicates)
+            annotation = annotation.__origin__
+        test = _type_test(annotation, f"d[{i + 2}]", predicates)
         guard = "" if i < required else f"n > {i + 2} and "
-        lines.append(f"    if {guard}not ({test}): return {i + 2}")
+        if test is not None:
+            lines.append(f"    if {guard}not ({test}): return {i + 2}")
+        if value_test is not None:
+            lines.append(f"    if {guard}not ({value_test}): return -{i + 2}")
     lines.append("    return 0")
     namespace: dict[str, Any] = {}
-    exec("\n".join(lines), {"_all_str": _all_str, "_all_int": _all_int}, namespace)  # noqa: S102 - our own source
+    exec("\n".join(lines), predicates, namespace)  # noqa: S102 - our own source
     return namespace["check"]
+
+
+def _value_test(annotation: Any, expr: str, predicates: dict[str, Any]) -> str:
+    """The call of an ``Annotated`` field's ``Valid`` predicate on ``expr``, registered in ``predicates``."""
+    name = f"_valid_{len(predicates)}"
+    predicates[name] = annotation.__metadata__[0].predicate
+    return f"{name}({expr})"
 
 
 def _all_str(values: Any) -> bool:
@@ -138,8 +214,12 @@ def _all_int(values: Any) -> bool:
     return True
 
 
-def _type_test(annotation: Any, expr: str) -> str | None:
-    """A Python expression that is true when ``expr`` holds a value of ``annotation`` (None for ``Any``)."""
+def _type_test(annotation: Any, expr: str, predicates: dict[str, Any]) -> str | None:
+    """A Python expression that is true when ``expr`` holds a value of ``annotation`` (None for ``Any``); a
+    checked element type (``list[Address]``) checks each element's value too."""
+    if typing.get_origin(annotation) is Annotated:
+        test = _type_test(annotation.__origin__, expr, predicates)
+        return f"({test}) and {_value_test(annotation, expr, predicates)}"
     if annotation is Any:
         return None
     if annotation is float:
@@ -149,14 +229,14 @@ def _type_test(annotation: Any, expr: str) -> str | None:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (types.UnionType, typing.Union) and type(None) in args:
         (inner,) = [a for a in args if a is not type(None)]
-        test = _type_test(inner, expr)
+        test = _type_test(inner, expr, predicates)
         return None if test is None else f"{expr} is None or ({test})"
     if origin is list:
         if args[0] is Any:
             return f"type({expr}) is list"
         if args[0] in (str, int):
             return f"type({expr}) is list and _all_{args[0].__name__}({expr})"
-        item = _type_test(args[0], "x")
+        item = _type_test(args[0], "x", predicates)
         return f"type({expr}) is list and all({item} for x in {expr})"
     if origin is dict and args[0] is str:
         keys = f"type({expr}) is dict and _all_str({expr})"
@@ -164,7 +244,7 @@ def _type_test(annotation: Any, expr: str) -> str | None:
             return keys
         if args[1] in (str, int):
             return f"{keys} and _all_{args[1].__name__}({expr}.values())"
-        value = _type_test(args[1], "x")
+        value = _type_test(args[1], "x", predicates)
         return f"{keys} and all({value} for x in {expr}.values())"
     raise TypeError(f"messages cannot carry fields of type {annotation!r}: use msgpack types, str-keyed dicts")
 
@@ -278,7 +358,7 @@ class SubscribeRequest(Message):
 
     req_id: int
     subscriber: str
-    address: str
+    address: Address
     keys: list[str]
     unsubscribe: bool = False
 
@@ -357,7 +437,7 @@ class CallRequest(Message):
     name: str
     args: bytes
     source_args: dict[str, bytes]
-    response_address: str
+    response_address: AddressOrNone
     store_result: bool
     consistency: str
     refs: list[str]
@@ -381,12 +461,12 @@ class DagTrigger(Message):
     call_id: str
     dag: str
     function: str
-    locations: dict[str, str]
+    locations: dict[str, Address]
     versions: dict[str, int]
     edges: list[list[str]]
     source: str
     payload: bytes
-    response_address: str
+    response_address: AddressOrNone
     store_result: bool
     consistency: str
     extras: dict[str, Any]
@@ -402,7 +482,7 @@ class CallResult(Message):
     error_type: str = ""
     message: str = ""
     traceback: str = ""
-    executor_id: str = ""
+    executor_id: ExecutorIdOrNone = ""
     remote_type: str = ""  # the user exception's class name, for FunctionError
     extras: dict[str, Any] = field(default_factory=dict)  # the call's writes, for the client's session
 
@@ -414,21 +494,21 @@ class CallResult(Message):
 class ExecutorStatus(Message):
     """Every executor -> every scheduler, about once a second, and once at start and on leaving."""
 
-    executor_id: str
-    address: str
-    executor_type: str
+    executor_id: ExecutorId
+    address: Address
+    executor_type: ExecutorType
     running: bool
     pinned: list[str]
-    utilization: float
-    queue_length: int
+    utilization: Utilization
+    queue_length: Count
     cached_keys: list[str]
-    pid: int
+    pid: Pid
     metrics: dict[str, Any]
 
 
 @message(51)
 class StatusAck(Message):
-    executor_id: str
+    executor_id: ExecutorId
 
 
 @message(52)
@@ -436,13 +516,13 @@ class PinRequest(Message):
     """Scheduler -> executor: load ``function`` and keep it ready (classes are constructed now)."""
 
     function: str
-    version: int
-    scheduler_address: str
+    version: Version
+    scheduler_address: Address
 
 
 @message(53)
 class PinResponse(Message):
-    executor_id: str
+    executor_id: ExecutorId
     function: str
     accepted: bool
     reason: str = ""
@@ -476,10 +556,10 @@ class CallAborted(Message):
 class ProcessReady(Message):
     """A child -> the supervisor, once it is serving (or ``error`` if it could not start)."""
 
-    role: str
-    index: int
-    pid: int
-    address: str
+    role: Role
+    index: Count
+    pid: Pid
+    address: AddressOrNone
     error: str = ""
 
 
@@ -500,9 +580,9 @@ class ExecutorLeaving(Message):
     """A departing executor -> every other executor: send nothing more to ``address``; send what was meant
     for it to ``heir_address`` ('' when it has no heir) and acknowledge with ``LeavingAck``."""
 
-    executor_id: str
-    address: str
-    heir_address: str
+    executor_id: ExecutorId
+    address: Address
+    heir_address: AddressOrNone
 
 
 @message(71)
@@ -510,7 +590,7 @@ class LeavingAck(Message):
     """A scheduler or executor -> a departing executor, on the socket that carried its earlier triggers
     there, so every one of them arrived before this: ``sender`` (its own address) will send nothing more."""
 
-    sender: str
+    sender: Address
 
 
 # --- consistency: repeatable-read snapshots between executors (kinds 90-99; see runtime/consistency.py) ---
@@ -524,7 +604,7 @@ class VersionRequest(Message):
     req_id: int
     call_id: str
     key: str
-    reply_to: str
+    reply_to: Address
 
 
 @message(91)
@@ -557,10 +637,10 @@ class ContinueCall(Message):
     call_id: str
     name: str
     args: bytes
-    response_address: str
+    response_address: AddressOrNone
     store_result: bool
     consistency: str
-    depth: int
+    depth: Count
     extras: dict[str, Any] = field(default_factory=dict)  # the call's extras, for its client session
 
 
@@ -593,9 +673,9 @@ class ExecutorLost(Message):
     """The supervisor -> every scheduler, as soon as it sees an executor process die: stop placing work at
     ``address`` until a status of its restarted process comes, and re-dispatch the calls that used it."""
 
-    executor_id: str
-    address: str
-    pid: int
+    executor_id: ExecutorId
+    address: Address
+    pid: Pid
     reason: str
 
 
@@ -606,4 +686,4 @@ class CallRetried(Message):
     attempt's triggers still on their way."""
 
     call_id: str
-    attempt: int
+    attempt: Count

@@ -62,6 +62,7 @@ from cbctl.runtime.process import (
     Receiver,
     RejectedFrameLog,
     ShutdownFlag,
+    TimerWork,
     freeze_startup_heap,
     new_context,
     new_socket,
@@ -118,6 +119,7 @@ class Scheduler:
                              local_host=socket.gethostname())
         self.address = ""  # this scheduler's ROUTER address, set once bound: where executors answer pins
         self.peers = PeerSockets(context)
+        self.timers = TimerWork(log)
         self.functions: dict[str, registry.FunctionRecord] = {}
         self.dags: dict[str, registry.DagRecord] = {}
         self.plans: dict[str, CallPlan] = {}
@@ -273,8 +275,16 @@ class Scheduler:
         """Timer work: an executor on this host whose process is gone is lost, whether or not a supervisor
         said so (a killed supervisor restarts nothing and tells no one)."""
         for view in list(self.policy.executors.values()):
-            if view.host == self.policy.local_host and view.pid and not process_alive(view.pid):
-                self.on_executor_lost(ExecutorLost(view.executor_id, view.address, view.pid, "its process is gone"))
+            try:
+                if view.host == self.policy.local_host and view.pid and not process_alive(view.pid):
+                    self.on_executor_lost(ExecutorLost(view.executor_id, view.address, view.pid,
+                                                       "its process is gone"))
+            except Exception as exc:  # one bad entry must not cost the others their check, nor end the timer
+                self.timers.failed(f"checking executor {view.executor_id}", exc)
+
+    def update_policy(self) -> None:
+        """Timer work: the policy's periodic update, and the pins and unpins it decides."""
+        self.apply(self.policy.periodic_update())
 
     def retry_parked(self) -> None:
         """Try each call that waits for an executor again (it parks itself again if there is still none, or
@@ -526,11 +536,12 @@ def main(config: ProcessConfig) -> None:
         scheduler.name_rates.maybe_sample(now, scheduler.name_calls)
         if now >= next_policy_update:
             next_policy_update = now + scheduler.policy.settings.update_interval_s
-            scheduler.check_executors_alive()
-            scheduler.in_flight.expire()
+            timers = scheduler.timers
+            timers.run(scheduler.check_executors_alive)
+            timers.run(scheduler.in_flight.expire)
             if scheduler.parked:
-                scheduler.retry_parked()  # those past their deadline fail now
-            scheduler.apply(scheduler.policy.periodic_update())
+                timers.run(scheduler.retry_parked)  # those past their deadline fail now
+            timers.run(scheduler.update_policy)
         if now >= next_refresh:
             next_refresh = now + REGISTRY_REFRESH_S
             try:

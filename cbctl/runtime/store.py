@@ -50,6 +50,7 @@ from cbctl.runtime.process import (
     ProcessConfig,
     RejectedFrameLog,
     ShutdownFlag,
+    TimerWork,
     drain,
     new_context,
     new_socket,
@@ -239,12 +240,14 @@ def main(config: ProcessConfig) -> None:
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     poller.register(dispatcher.results, zmq.POLLIN)
+    # node.maintain() stays unguarded: a store whose log cannot sync must stop, not go on acknowledging writes
+    timers = TimerWork(log)
     while not shutdown.requested:
         due = node.wal.time_until_sync()
         timeout_ms = 100 if due is None else max(0, min(100, int(due * 1000)))
         if poller.poll(timeout_ms):
             _serve(node, sock, peers, drain(sock))
-        dispatcher.service()  # after the batch is logged: triggered calls, their results and retries
+        timers.run(dispatcher.service)  # after the batch is logged: triggered calls, their results and retries
         node.maintain()
     # warm stop: requests that already arrived are served and answered; close() then syncs the log
     _serve(node, sock, peers, drain(sock))

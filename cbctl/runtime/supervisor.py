@@ -53,7 +53,7 @@ from cbctl.runtime.messages import (
     unpack,
     version_refusal,
 )
-from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, drain, new_socket
+from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, TimerWork, drain, new_socket
 
 log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
@@ -135,6 +135,7 @@ class Supervisor:
         self.mp.set_forkserver_preload(sorted(set(ROLE_MODULES.values())))
         self.children: dict[str, Child] = {}
         self.shutdown = ShutdownFlag()
+        self.timers = TimerWork(log)
         self.started_at = time.time()
         self.ready_sock = new_socket(self.context, zmq.PULL)
         self.ready_address = cluster.ipc_address(home, "supervisor-ready")
@@ -286,9 +287,9 @@ class Supervisor:
                 self.write_cluster_file()
             if self.control_sock in events:
                 self._on_control_frames()
-            self._watch_children()
+            self.timers.run(self._watch_children)
             if self.scaling is not None:
-                self._advance_scale()
+                self.timers.run(self._advance_scale)
         self.stop()
 
     def owner_gone(self) -> bool:
