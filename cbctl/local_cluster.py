@@ -172,6 +172,9 @@ class LocalCluster:
     def _remove_home(self) -> None:
         if self.home is None:
             return
+        sockets = cluster.socket_dir(self.home)
+        if not sockets.is_relative_to(self.home):  # a long home's sockets live in a short directory elsewhere
+            shutil.rmtree(sockets, ignore_errors=True)
         if self._given_home is None:
             shutil.rmtree(self.home, ignore_errors=True)
         else:

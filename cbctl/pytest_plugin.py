@@ -2,7 +2,9 @@
 functions, started with ``cbctl.local()`` and always stopped.
 
 - ``cbctl_client``: a ``Client`` connected to the cluster of this test, closed after it.
-- ``cbctl_cluster``: that cluster (a ``cbctl.LocalCluster``: ``.home``, ``.client()``, ``.pids()``).
+- ``cbctl_cluster``: that cluster (a ``cbctl.LocalCluster``: ``.home``, ``.client()``, ``.pids()``). Its
+  home is in pytest's temporary directory (``tmp_path_factory``), so its logs are there after a failure,
+  kept for as long as pytest keeps ``tmp_path``s.
 - ``@pytest.mark.cbctl(scope="module", deploy=[...], **options)`` on a test, a class or a module
   (``pytestmark``): the tests under one scope node (default: the module) with the same options share one
   cluster, stopped when that node is torn down; ``deploy`` files (relative to the test file) are deployed
@@ -67,6 +69,8 @@ class _Clusters:
             owner.addfinalizer(lambda: self._stop(owner.nodeid))
         from cbctl import CbctlError, local
 
+        if "home" not in options:  # in pytest's temporary directory, as tmp_path: its logs outlive a failure
+            options["home"] = _temporary_home(request)
         cluster = local(**options)
         error = ""
         try:
@@ -110,6 +114,14 @@ def _marker_options(request: pytest.FixtureRequest) -> tuple[str, tuple[str, ...
     base = Path(request.node.path).parent
     paths = tuple(str(base / Path(p).expanduser()) for p in deploy)  # an absolute path stays as it is
     return scope, paths, {**DEFAULT_OPTIONS, **merged}
+
+
+def _temporary_home(request: pytest.FixtureRequest) -> Path | None:
+    try:
+        factory = request.getfixturevalue("tmp_path_factory")
+    except pytest.FixtureLookupError:  # pytest's tmpdir plugin is off: cbctl.local()'s own, removed afterwards
+        return None
+    return factory.mktemp("cbctl")
 
 
 def _scope_node(request: pytest.FixtureRequest, scope: str) -> pytest.Item | pytest.Collector | pytest.Session:

@@ -128,4 +128,7 @@ def test_the_fixtures_in_a_users_test_suite(pytester: pytest.Pytester):
     while alive(every_pid) and time.monotonic() < deadline:  # the run is over: only reaping may lag
         time.sleep(0.05)
     assert not alive(every_pid), "the plugin left processes of its clusters behind"
-    assert not any(Path(entry["home"]).exists() for entry in seen.values())
+    for entry in seen.values():  # homes in pytest's temporary directory, logs kept for a post-mortem
+        home = Path(entry["home"])
+        assert home.is_relative_to(pytester.path) and (home / "logs" / "executor-0.log").exists()
+        assert not (home / "cluster.json").exists()
