@@ -1,5 +1,6 @@
-"""A cluster shared by the tests of one module (starting one costs a few seconds): a context manager the
-modules wrap in a module-scoped fixture. Tests on it use names of their own, so order does not matter."""
+"""A cluster shared by the tests of one module (starting one costs a few seconds): the plugin's
+``cbctl_cluster`` (cbctl/pytest_plugin.py), as a user's tests get it. Tests on it use names of their own, so
+order does not matter."""
 
 from __future__ import annotations
 
@@ -9,28 +10,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cbctl.lifecycle import kill_processes
-from tests.conftest import RunningCluster, run_cli
+from cbctl import LocalCluster
+from tests.conftest import RunningCluster
 
 DEPLOYABLES = Path(__file__).resolve().parent / "deployables"
 TOOLKIT = DEPLOYABLES / "toolkit.py"
 
 
 @contextmanager
-def module_cluster(home: Path, executors: int = 2, deploy: tuple[Path, ...] = (),
-                   extra_args: tuple[str, ...] = ()) -> Iterator[RunningCluster]:
-    handle = RunningCluster(home)
+def view(cbctl_cluster: LocalCluster) -> Iterator[RunningCluster]:
+    """The cluster the plugin's ``cbctl_cluster`` fixture gives (one per module, started with the module's
+    ``@pytest.mark.cbctl`` options and deploy files, stopped after its last test), seen through the tests'
+    ``RunningCluster`` helpers; the clients a test makes through it are closed after the test."""
+    handle = RunningCluster(cbctl_cluster.home)
     try:
-        run_cli(home, "up", "--executors", str(executors), *extra_args, check=True, timeout=90)
-        for path in deploy:
-            handle.cli("deploy", str(path), check=True)
         yield handle
     finally:
         handle.close_clients()
-        pids = handle.pids()
-        if pids:
-            run_cli(home, "down", timeout=60)
-        kill_processes(pids)
 
 
 def registered_names(handle: RunningCluster) -> tuple[set[str], set[str]]:
