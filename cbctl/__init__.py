@@ -42,7 +42,7 @@ _LAZY = {
     "LocalCluster": "cbctl.local_cluster",
     "local": "cbctl.local_cluster",
     "Continue": "cbctl.runtime.continuation",
-    "Ref": "cbctl.runtime.serialization",
+    "Ref": "cbctl.runtime.wire.serialization",
 }
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from cbctl.declare import dag, function, trigger
     from cbctl.local_cluster import LocalCluster, local
     from cbctl.runtime.continuation import Continue
-    from cbctl.runtime.serialization import Ref
+    from cbctl.runtime.wire.serialization import Ref
 
 
 def __getattr__(name: str) -> Any:

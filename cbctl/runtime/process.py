@@ -20,9 +20,10 @@ from typing import Any
 import psutil
 import zmq
 
-from cbctl.runtime import auth, cluster
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import MAX_PEER_SOCKETS, REJECTED_FRAME_LOG_PER_S, SOCKET_HWM
-from cbctl.runtime.messages import ProcessReady
+from cbctl.runtime.wire import auth
+from cbctl.runtime.wire.messages import ProcessReady
 
 log = logging.getLogger(__name__)
 

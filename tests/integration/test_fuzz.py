@@ -22,9 +22,10 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from cbctl.errors import ProtocolError
-from cbctl.runtime import cluster, serialization
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import PROTOCOL_VERSION, REJECTED_FRAME_LOG_PER_S
-from cbctl.runtime.messages import (
+from cbctl.runtime.wire import serialization
+from cbctl.runtime.wire.messages import (
     CallRequest,
     ClusterInfoRequest,
     ControlResponse,

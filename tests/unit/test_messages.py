@@ -9,9 +9,9 @@ import msgpack
 import pytest
 
 from cbctl.errors import ProtocolError
-from cbctl.runtime import messages
 from cbctl.runtime.defaults import PROTOCOL_VERSION
-from cbctl.runtime.messages import GetRequest, Message, all_kinds, unpack
+from cbctl.runtime.wire import messages
+from cbctl.runtime.wire.messages import GetRequest, Message, all_kinds, unpack
 
 # Values per field annotation (messages.py uses postponed annotations, so these are the source strings).
 # Each is non-default and non-empty, so a field dropped or swapped on the way shows up as a difference.

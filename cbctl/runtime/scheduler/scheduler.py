@@ -5,6 +5,9 @@ One ROUTER socket serves clients (calls and control requests) and executors (sta
 A call is answered by the sink executor, straight to the caller; the scheduler only writes back when the
 call cannot be dispatched. The registry lives in the store and is re-read periodically, so several
 schedulers, or a restarted one, serve the same functions.
+
+Long on purpose: ``Scheduler`` is one loop's state (registry view, plans, in-flight calls) and its handlers;
+placement is ``policy``, crash retries ``retries``, trigger requests ``triggers``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 import zmq
 
 from cbctl.errors import CallLost, CbctlError, InvalidArgument, NoExecutorAvailable, NoSuchFunction, ProtocolError
-from cbctl.runtime import consistency, limits, multiexec, registry, triggers
+from cbctl.runtime import consistency, multiexec, registry
 from cbctl.runtime.continuation import DEPTH_KEY
 from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
 from cbctl.runtime.defaults import (
@@ -30,32 +33,7 @@ from cbctl.runtime.defaults import (
     STOP_LINGER_S,
     TOP_SILENT_AFTER_S,
 )
-from cbctl.runtime.messages import (
-    CallAborted,
-    CallRequest,
-    CallResult,
-    CallRetried,
-    ClusterInfoRequest,
-    ContinueCall,
-    ControlResponse,
-    DagTrigger,
-    ExecutorLost,
-    ExecutorStatus,
-    LeavingAck,
-    ListRequest,
-    Message,
-    PinRequest,
-    PinResponse,
-    RegisterDag,
-    RegisterFunction,
-    RemoveRequest,
-    StatusAck,
-    UnpinRequest,
-    unpack,
-    version_refusal,
-)
 from cbctl.runtime.metrics import RateWindow, in_flight_estimate
-from cbctl.runtime.policy import PinAction, Policy, PolicySettings, host_of
 from cbctl.runtime.process import (
     PeerSockets,
     ProcessConfig,
@@ -71,7 +49,37 @@ from cbctl.runtime.process import (
     setup_logging,
 )
 from cbctl.runtime.retries import ATTEMPT_KEY, InFlightCall, InFlightTable, with_attempt
+from cbctl.runtime.scheduler import triggers
+from cbctl.runtime.scheduler.policy import PinAction, Policy, PolicySettings, host_of
 from cbctl.runtime.store_client import StoreClient
+from cbctl.runtime.wire import limits
+from cbctl.runtime.wire.messages import (
+    AddTrigger,
+    CallAborted,
+    CallRequest,
+    CallResult,
+    CallRetried,
+    ClusterInfoRequest,
+    ContinueCall,
+    ControlResponse,
+    DagTrigger,
+    ExecutorLost,
+    ExecutorStatus,
+    LeavingAck,
+    ListRequest,
+    ListTriggers,
+    Message,
+    PinRequest,
+    PinResponse,
+    RegisterDag,
+    RegisterFunction,
+    RemoveRequest,
+    RemoveTrigger,
+    StatusAck,
+    UnpinRequest,
+    unpack,
+    version_refusal,
+)
 
 log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
@@ -147,6 +155,20 @@ class Scheduler:
         self.functions, self.dags = registry.load_all(store or self.store)
         self.plans.clear()
         self.apply(self.policy.set_wanted(pinned_functions(self.functions, self.dags)))
+
+    def is_registered(self, name: str) -> bool:
+        """Whether ``name`` is a registered function or DAG, after a fresh look at the registry."""
+        self.refresh_registry()
+        return name in self.functions or name in self.dags
+
+    def on_add_trigger(self, request: AddTrigger) -> dict[str, Any]:
+        return triggers.on_add(self.store, request, self.is_registered)
+
+    def on_list_triggers(self, request: ListTriggers) -> list[dict[str, Any]]:
+        return triggers.on_list(self.store, request)
+
+    def on_remove_trigger(self, request: RemoveTrigger) -> dict[str, Any]:
+        return triggers.on_remove(self.store, request)
 
     def plan_for(self, name: str) -> CallPlan:
         plan = self.plans.get(name)
@@ -449,7 +471,9 @@ class Scheduler:
         ListRequest: on_list,
         RemoveRequest: on_remove,
         ClusterInfoRequest: on_cluster_info,
-        **triggers.SCHEDULER_CONTROL,
+        AddTrigger: on_add_trigger,
+        ListTriggers: on_list_triggers,
+        RemoveTrigger: on_remove_trigger,
     }
 
     def handle(self, sock: zmq.Socket, parts: list[bytes]) -> None:

@@ -15,7 +15,6 @@ Shutdown drains executors first (they finish their queues), then stops scheduler
 from __future__ import annotations
 
 import argparse
-import collections
 import importlib
 import json
 import logging
@@ -34,7 +33,7 @@ import zmq
 
 import cbctl
 from cbctl.errors import ProtocolError
-from cbctl.runtime import auth, cluster, limits, scaling
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
@@ -45,7 +44,11 @@ from cbctl.runtime.defaults import (
     SHUTDOWN_TIMEOUT_S,
     STARTUP_TIMEOUT_S,
 )
-from cbctl.runtime.messages import (
+from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, TimerWork, drain, new_socket
+from cbctl.runtime.supervisor import scaling
+from cbctl.runtime.supervisor.child import Child
+from cbctl.runtime.wire import auth, limits
+from cbctl.runtime.wire.messages import (
     ControlResponse,
     ExecutorLost,
     ProcessReady,
@@ -53,14 +56,13 @@ from cbctl.runtime.messages import (
     unpack,
     version_refusal,
 )
-from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, TimerWork, drain, new_socket
 
 log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
 
 STARTUP_ERROR_FILE = cluster.STARTUP_ERROR_FILE
-ROLE_MODULES = {"store": "cbctl.runtime.store", "scheduler": "cbctl.runtime.scheduler",
-                "executor": "cbctl.runtime.executor"}
+ROLE_MODULES = {"store": "cbctl.runtime.store.node", "scheduler": "cbctl.runtime.scheduler.scheduler",
+                "executor": "cbctl.runtime.executor.executor"}
 
 
 def run_role(config: ProcessConfig) -> None:
@@ -90,21 +92,6 @@ class ClusterSpec:
     # the process that started this supervisor and owns the cluster (`cbctl.local()`): when it is gone, even
     # killed without a chance to clean up, the cluster stops; 0 (`cbctl up`): the cluster outlives the command
     owner_pid: int = 0
-
-
-@dataclass
-class Child:
-    config: ProcessConfig
-    process: Any = None
-    pid: int = 0
-    address: str = ""
-    started_at: float = 0.0
-    state: str = "starting"  # starting, ready, restarting, stopping, failed, stopped
-    restarts: int = 0
-    crash_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
-    restart_at: float = 0.0
-    backoff: float = RESTART_BACKOFF_FIRST_S
-    error: str = ""
 
 
 def count_gpus() -> int:
@@ -254,6 +241,12 @@ class Supervisor:
             options["device"] = device
             options["fake_gpu"] = self.spec.fake_gpus > 0
         return self._new_child("executor", index, options)
+
+    def start_executor(self, index: int, executor_type: str) -> Child:
+        """Start one more executor (``cbctl scale``); it reports ready like any child."""
+        child = self._new_executor(index, executor_type)
+        self._spawn(child)
+        return child
 
     def write_cluster_file(self) -> None:
         me = psutil.Process()
