@@ -6,26 +6,21 @@ Long on purpose: one click command per ``cbctl`` subcommand, each short, with it
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import zmq
-from rich.console import Console
-from rich.table import Table
 
-from cbctl import control, lifecycle
-from cbctl import snapshot as snap
-from cbctl import top as topview
-from cbctl.client import Client
-from cbctl.declare import DeployFileError
+from cbctl import lifecycle
 from cbctl.errors import CbctlError, FunctionError, InvalidArgument
-from cbctl.runtime import cluster, user_errors
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     CALL_TIMEOUT_S,
     DEPLOY_IMPORT_TIMEOUT_S,
@@ -33,10 +28,45 @@ from cbctl.runtime.defaults import (
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
     TOP_INTERVAL_S,
+    TOP_SORT_KEYS,
 )
 
-console = Console(soft_wrap=True)  # a path or a message is never cut into lines a script would have to rejoin
-errors = Console(stderr=True, soft_wrap=True)  # soft_wrap: an error stays one line, whatever the terminal width
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cbctl.client import Client
+
+# What only some commands use (the client, rich, the top view) is imported by them: `cbctl up` is the first
+# thing a user runs and waits for, and most of its time was once the imports of things it never used.
+
+
+class _LazyConsole:
+    """A rich ``Console`` made (and rich imported) when first used."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+console = _LazyConsole(soft_wrap=True)  # a path or a message is never cut into lines a script would have to rejoin
+errors = _LazyConsole(stderr=True, soft_wrap=True)  # soft_wrap: an error stays one line, whatever the width
+
+
+def connect_client(home: str | None) -> Client:
+    from cbctl.client import Client
+
+    return Client(home)
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -47,6 +77,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except FunctionError as exc:
+            from cbctl.runtime import user_errors
+
             if exc.remote_type in user_errors.DIAGNOSES:  # cbctl's finding, not something the code raised
                 errors.print(f"error: {exc.args[0]}", markup=False, highlight=False)
                 sys.exit(1)
@@ -54,15 +86,16 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 errors.print(exc.remote_traceback.rstrip(), markup=False, highlight=False)
             errors.print(f"error: the function raised {exc}", markup=False, highlight=False)
             sys.exit(1)
-        except DeployFileError as exc:
-            if exc.user_traceback:
-                errors.print(exc.user_traceback.rstrip(), markup=False, highlight=False)
-            errors.print(f"error: {exc}", markup=False, highlight=False)
-            sys.exit(1)
         except CbctlError as exc:
+            user_traceback = getattr(exc, "user_traceback", "")  # a DeployFileError's: the deploy file's own
+            if user_traceback:
+                errors.print(user_traceback.rstrip(), markup=False, highlight=False)
             errors.print(f"error: {exc}", markup=False, highlight=False)
             sys.exit(1)
-        except (OSError, zmq.ZMQError) as exc:  # the machine said no (a full disk, a file gone): still one line
+        except Exception as exc:  # the machine said no (a full disk, a file gone): still one line
+            zmq = sys.modules.get("zmq")  # a ZMQError comes only from a command that imported zmq
+            if not isinstance(exc, OSError) and (zmq is None or not isinstance(exc, zmq.ZMQError)):
+                raise
             errors.print(f"error: {exc}", markup=False, highlight=False)
             sys.exit(1)
 
@@ -70,6 +103,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def new_table(title: str, *columns: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=title)
     for column in columns:
         table.add_column(column)
@@ -141,6 +176,7 @@ def main() -> None:
 @click.option("--max-message-mb", type=int, default=MAX_MESSAGE_BYTES >> 20, show_default=True,
               help="Largest serialised value, in MiB: call arguments, a result, a put (larger ones are refused "
                    "with MessageTooLarge).")
+@click.option("--verbose", "-v", is_flag=True, help="Also show where the start-up time went, phase by phase.")
 @click.option("--policy", "policy", multiple=True, metavar="KEY=VALUE",
               help="Tune the placement policy (repeatable), e.g. backoff_window_s=2 scale_in_calm_s=5 "
                    "locality=false; keys and defaults are in cbctl/runtime/defaults.py (POLICY_*).")
@@ -148,7 +184,7 @@ def main() -> None:
 @handle_errors
 def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
        durability: str, cache_mb: int, fake_gpus: int, max_batch: int, max_continuations: int,
-       max_message_mb: int, policy: tuple[str, ...], no_auth: bool, home: str | None) -> None:
+       max_message_mb: int, policy: tuple[str, ...], no_auth: bool, verbose: bool, home: str | None) -> None:
     """Start a cluster in the home directory and return once every process is ready.
 
     The home is made private to you (0700/0600). With --listen, every TCP socket is a CURVE server that
@@ -159,7 +195,9 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     Examples:
     cbctl up --executors 4 --gpu-executors 1
     cbctl up --listen tcp://127.0.0.1:7100    the scheduler on port 7100, CURVE keys in HOME/keys
+    cbctl up --verbose                        and where the time went
     """
+    stamps = {"cli_started": lifecycle.process_started_at(), "cli_entered": time.time()}
     home_path = cluster.resolve_home(home)
     spec, notes = lifecycle.plan_up(
         home_path, executors=executors, gpu_executors=gpu_executors, schedulers=schedulers, listen=listen,
@@ -168,11 +206,18 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     for note in notes:
         errors.print(note, markup=False)
     started = time.monotonic()
+    stamps["launching"] = time.time()
     proc = lifecycle.start_supervisor(home_path, spec, foreground)
-    with console.status("starting the cluster..."):
+    with status_after(SPINNER_AFTER_S, "starting the cluster..."):
         found = lifecycle.wait_until_up(home_path, proc)
+    stamps["seen"] = time.time()
     counts = f"{spec.executors} CPU + {spec.gpu_executors} GPU executors, {spec.schedulers} scheduler(s)"
-    console.print(f"cluster up in {home_path} ({counts}) in {time.monotonic() - started:.1f} s", markup=False)
+    click.echo(f"cluster up in {home_path} ({counts}) in {time.monotonic() - started:.1f} s")
+    stamps["printed"] = time.time()
+    if verbose:
+        click.echo(f"  {'phase':<44}{'took':>9} {'at':>9}")
+        for name, took_s, at_s in lifecycle.startup_phases({**found.startup, **stamps}):
+            click.echo(f"  {name:<44}{took_s * 1e3:>6.0f} ms {at_s * 1e3:>6.0f} ms")
     if foreground:
         console.print("running in the foreground: Ctrl-C stops it", markup=False)
         try:
@@ -180,6 +225,36 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
         except KeyboardInterrupt:
             lifecycle.stop_cluster(home_path)
         del found
+
+
+#: Seconds `cbctl up` waits before it shows a spinner: a start that is over by then needs none (nor rich's import).
+SPINNER_AFTER_S = 0.7
+
+
+@contextlib.contextmanager
+def status_after(delay_s: float, text: str) -> Iterator[None]:
+    """A spinner with ``text`` on stderr once ``delay_s`` passed, until the block ends."""
+    lock = threading.Lock()  # the spinner starts in the timer's thread, and must not start after the block
+    ended = False
+    spinners: list[Any] = []
+
+    def show() -> None:
+        with lock:
+            if not ended:
+                spinners.append(errors.status(text))
+                spinners[-1].start()
+
+    timer = threading.Timer(delay_s, show)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        with lock:
+            ended = True
+            for spinner in spinners:
+                spinner.stop()
 
 
 @main.command()
@@ -211,6 +286,8 @@ def scale(executors: int, as_json: bool, home: str | None) -> None:
     Example: cbctl scale --executors 2
     """
     with console.status(f"scaling to {executors} CPU executors..."):
+        from cbctl import control
+
         result = control.scale_cluster(cluster.resolve_home(home), executors)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -233,6 +310,9 @@ def status(as_json: bool, home: str | None) -> None:
 
     Example: cbctl status --json
     """
+    from cbctl import snapshot as snap
+    from cbctl import top as topview
+
     with snap.ClusterProbe(cluster.resolve_home(home)) as probe:
         raw = probe.collect()
     report, snapshot = raw["supervisor"], snap.build_snapshot(raw)
@@ -252,7 +332,7 @@ def status(as_json: bool, home: str | None) -> None:
 @main.command()
 @click.option("--interval", type=click.FloatRange(min=0.1), default=TOP_INTERVAL_S, show_default=True,
               help="Seconds between refreshes.")
-@click.option("--sort", type=click.Choice(snap.SORT_KEYS), default="util", show_default=True,
+@click.option("--sort", type=click.Choice(TOP_SORT_KEYS), default="util", show_default=True,
               help="Order of the executors (and functions) tables.")
 @click.option("--once", is_flag=True, help="Print one snapshot and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print one snapshot as JSON (implies --once; see README).")
@@ -264,6 +344,9 @@ def top(interval: float, sort: str, once: bool, as_json: bool, home: str | None)
 
     Example: cbctl top --sort calls --interval 0.5
     """
+    from cbctl import snapshot as snap
+    from cbctl import top as topview
+
     home_path = cluster.resolve_home(home)
     if as_json or once:
         snapshot = snap.take_snapshot(home_path)
@@ -272,7 +355,7 @@ def top(interval: float, sort: str, once: bool, as_json: bool, home: str | None)
         else:
             console.print(topview.render(snapshot, sort, width=console.width))
         return
-    topview.run_live(home_path, interval, sort, console)
+    topview.run_live(home_path, interval, sort, console.get())
 
 
 @main.command()
@@ -290,7 +373,7 @@ def put(key: str, value: str, home: str | None) -> None:
     """
     if value == "-":
         value = sys.stdin.read()
-    with Client(home) as client:
+    with connect_client(home) as client:
         client.put(key, parse_value(value))
     console.print(f"stored {key}", markup=False)
 
@@ -305,7 +388,7 @@ def get(key: str, as_json: bool, home: str | None) -> None:
 
     Example: cbctl get greeting
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         value = client.get(key)
     click.echo(render_value(value, as_json))
 
@@ -369,7 +452,7 @@ def deploy(file: Path, as_json: bool, import_timeout: float, home: str | None) -
     Example: cbctl deploy examples/pipeline.py
              cbctl deploy model.py --import-timeout 300
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         registered = client.deploy_file(file, import_timeout)
     if as_json:
         click.echo(json.dumps(registered, indent=2))
@@ -416,7 +499,7 @@ def call(name: str, args: tuple[str, ...], source_args: tuple[str, ...], as_json
             raise InvalidArgument(f"--arg {item!r} must look like FUNCTION=VALUE")
         per_source.setdefault(function, []).append(parse_value(value, f"--arg {function} value"))
     values = [parse_value(a, "argument") for a in args]
-    with Client(home) as client:
+    with connect_client(home) as client:
         result = client.call(name, *values, timeout=timeout, consistency=consistency, **per_source)
     click.echo(render_value(result, as_json))
 
@@ -430,7 +513,7 @@ def list_registered(as_json: bool, home: str | None) -> None:
 
     Example: cbctl ls --json
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         registered = client.list()
     if as_json:
         click.echo(json.dumps(registered, indent=2))
@@ -455,7 +538,7 @@ def rm(name: str, home: str | None) -> None:
 
     Example: cbctl rm pipeline
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         removed = client.delete(name)
     console.print(f"removed {removed['kind']} {removed['removed']}", markup=False)
 
@@ -488,7 +571,7 @@ def trigger_add(name: str, prefix: str, function: str, as_json: bool, home: str 
 
     Example: cbctl trigger add on_upload --prefix uploads/ --function thumbnail
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         added = client.add_trigger(name, prefix, function)
     if as_json:
         click.echo(json.dumps(added, indent=2))
@@ -506,7 +589,7 @@ def trigger_ls(as_json: bool, home: str | None) -> None:
 
     Example: cbctl trigger ls --json
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         found = client.list_triggers()
     if as_json:
         click.echo(json.dumps(found, indent=2))
@@ -526,7 +609,7 @@ def trigger_rm(name: str, home: str | None) -> None:
 
     Example: cbctl trigger rm on_upload
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         client.remove_trigger(name)
     console.print(f"removed trigger {name}", markup=False)
 

@@ -22,14 +22,14 @@ import psutil
 from cbctl.errors import CbctlError, ClusterAlreadyRunning, ClusterNotRunning, InvalidArgument
 from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
+    CLUSTER_FILE_POLL_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
     SHUTDOWN_TIMEOUT_S,
     STARTUP_TIMEOUT_S,
 )
-from cbctl.runtime.scheduler.policy import parse_policy_options
-from cbctl.runtime.supervisor.supervisor import STARTUP_ERROR_FILE, ClusterSpec, count_gpus
+from cbctl.runtime.supervisor.spec import ClusterSpec, count_gpus
 from cbctl.runtime.wire import auth
 
 LOOPBACK_HOSTS = ("localhost", "[::1]")  # and every 127.x.y.z (see is_loopback)
@@ -146,6 +146,12 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
         policy = [policy]
     if not isinstance(listen, str):
         raise InvalidArgument(f"--listen must be a string like tcp://127.0.0.1, not {listen!r}")
+    if policy:  # the policy's module imports the message catalogue: only for a cluster that tunes it
+        from cbctl.runtime.scheduler.policy import parse_policy_options
+
+        policy_options = parse_policy_options(policy)
+    else:
+        policy_options = {}
     listen, scheduler_port = parse_listen(listen)
     curve = check_auth(listen, no_auth)
     if executors is None:
@@ -179,7 +185,7 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
                        listen=listen, scheduler_port=scheduler_port, curve=curve, durability=durability,
                        fake_gpus=fake_gpus,
                        cache_mb=cache_mb, max_batch=max_batch, max_continuations=max_continuations,
-                       policy=parse_policy_options(policy), max_message_bytes=max_message_mb << 20)
+                       policy=policy_options, max_message_bytes=max_message_mb << 20)
 
 
 def prepare_home(home: Path, spec: ClusterSpec) -> list[str]:
@@ -189,7 +195,7 @@ def prepare_home(home: Path, spec: ClusterSpec) -> list[str]:
     try:
         with private_umask():
             tightened = cluster.secure_home(home)
-            (home / STARTUP_ERROR_FILE).unlink(missing_ok=True)
+            (home / cluster.STARTUP_ERROR_FILE).unlink(missing_ok=True)
             probe = home / ".write-test"  # a read-only home may still list: only a write tells
             probe.write_bytes(b"")
             probe.unlink()
@@ -225,7 +231,7 @@ def private_umask() -> Iterator[None]:
 def start_supervisor(home: Path, spec: ClusterSpec, foreground: bool = False) -> subprocess.Popen:
     """Start the supervisor of a cluster in ``home`` (made ready by ``prepare_home``), with a private umask
     that it and every process it starts inherit."""
-    command = [sys.executable, "-m", "cbctl.runtime.supervisor.supervisor", "--home", str(home),
+    command = [sys.executable, "-m", "cbctl.runtime.supervisor", "--home", str(home),
                "--spec", json.dumps(asdict(spec))]
     with private_umask():
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -258,12 +264,48 @@ def wait_for_cluster(home: Path, proc: subprocess.Popen,
         if found is not None and found.supervisor_pid == proc.pid:
             return found
         if proc.poll() is not None:
-            error_file = home / STARTUP_ERROR_FILE
+            error_file = home / cluster.STARTUP_ERROR_FILE
             reason = error_file.read_text().strip() if error_file.exists() else f"exit code {proc.returncode}"
             raise CbctlError(f"the cluster did not start: {reason} (logs in {home / 'logs'})")
-        time.sleep(0.05)
+        time.sleep(CLUSTER_FILE_POLL_S)
     proc.terminate()
     raise CbctlError(f"the cluster did not report ready within {timeout_s:.0f} s: see {home / 'logs'}")
+
+
+#: `cbctl up --verbose`: (phase, the step it starts at, the step it ends at), the steps being the keys of the
+#: cluster file's ``startup`` (the supervisor's) and the command's own.
+STARTUP_PHASES = (
+    ("cli: interpreter and imports", "cli_started", "cli_entered"),
+    ("cli: options, home", "cli_entered", "launching"),
+    ("supervisor: interpreter", "launching", "supervisor_entered"),
+    ("supervisor: forkserver launched", "supervisor_entered", "forkserver_started"),
+    ("supervisor: imports (forkserver's alongside)", "forkserver_started", "supervisor_imported"),
+    ("forkserver preload done, children forked", "supervisor_imported", "children_forked"),
+    ("children: until every one reported ready", "children_forked", "children_ready"),
+    ("supervisor: cluster file written", "children_ready", "cluster_file"),
+    ("cli: saw the cluster file", "cluster_file", "seen"),
+    ("cli: ready printed", "seen", "printed"),
+)
+
+
+def startup_phases(stamps: dict[str, float]) -> list[tuple[str, float, float]]:
+    """``[(phase, seconds it took, seconds since the command started at its end)]`` from the unix times of
+    the start-up's steps; a phase with a step missing (a supervisor started otherwise) is left out."""
+    origin = stamps.get("cli_started", min(stamps.values(), default=0.0))
+    return [(name, stamps[end] - stamps[begin], stamps[end] - origin) for name, begin, end in STARTUP_PHASES
+            if begin in stamps and end in stamps]
+
+
+def process_started_at() -> float:
+    """The unix time this process started: on Linux to the clock tick (10 ms), from its start in ticks since
+    boot and the time since boot (psutil's create_time adds the boot time, which Linux gives in whole seconds)."""
+    try:
+        with open("/proc/self/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()  # after the command name, which may hold spaces
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return time.time() - age
+    except (OSError, ValueError, IndexError, AttributeError):
+        return psutil.Process().create_time()
 
 
 def stop_cluster(home: Path, timeout_s: float = 3 * SHUTDOWN_TIMEOUT_S + 10) -> int:

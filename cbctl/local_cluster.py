@@ -13,6 +13,7 @@ atexit (SIGKILL, ``os._exit``), the supervisor sees its owner gone and stops the
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import os
 import shutil
@@ -24,15 +25,17 @@ import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from cbctl import lifecycle
-from cbctl.client import Client
 from cbctl.errors import CbctlError, ClusterNotRunning
 from cbctl.runtime import cluster
 from cbctl.runtime.defaults import MAX_BATCH, MAX_CONTINUATIONS, MAX_MESSAGE_BYTES, SHUTDOWN_TIMEOUT_S
+
+if TYPE_CHECKING:
+    from cbctl.client import Client
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,7 @@ class LocalCluster:
             spec.owner_pid = os.getpid()
             self._supervisor = lifecycle.start_supervisor(self.home, spec)
             self._track(self._supervisor.pid)
+            importlib.import_module("cbctl.client")  # its imports (zmq, the messages) while the cluster starts
             lifecycle.wait_for_cluster(self.home, self._supervisor)
             self._track_descendants()
             return self.client()
@@ -83,6 +87,8 @@ class LocalCluster:
         if self._closed or self.home is None:
             raise ClusterNotRunning("this cbctl.local() cluster is not running: start it with `with "
                                     "cbctl.local() as client:`")
+        from cbctl.client import Client
+
         client = Client(self.home)
         self._clients.add(client)
         return client

@@ -25,13 +25,12 @@ import psutil
 
 from cbctl.errors import ClusterNotRunning, InvalidArgument
 from cbctl.runtime.defaults import DEFAULT_HOME, MAX_IPC_PATH, MAX_MESSAGE_BYTES, STALE_KILL_WAIT_S
+from cbctl.runtime.defaults import PRIVATE_UMASK as PRIVATE_UMASK  # what `cbctl up` and every process create under
 
 CLUSTER_FILE = "cluster.json"
 STARTUP_ERROR_FILE = "startup-error.txt"  # the supervisor's reason for a failed start, which `cbctl up` shows
 #: The files cbctl itself writes at the top of the home (the home may hold others: they are not ours to touch).
 TOP_LEVEL_FILES = (CLUSTER_FILE, CLUSTER_FILE + ".tmp", STARTUP_ERROR_FILE)
-#: What `cbctl up` and every cluster process create files under: directories 0700, files 0600.
-PRIVATE_UMASK = 0o077
 PRIVATE_SUBDIRS = ("logs", "data", "keys")
 
 
@@ -125,6 +124,8 @@ class ClusterFile:
     processes: list[ProcessEntry] = field(default_factory=list)
     max_message_bytes: int = MAX_MESSAGE_BYTES  # the largest serialised value clients may send
     auth: str = "none"  # "curve": TCP sockets admit only holders of HOME/keys (see auth.py); never a key itself
+    # unix times of the supervisor's start-up steps (`cbctl up --verbose` shows where the time went)
+    startup: dict[str, float] = field(default_factory=dict)
 
     def write(self, home: Path) -> None:
         tmp = home / (CLUSTER_FILE + ".tmp")
