@@ -215,9 +215,9 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     click.echo(f"cluster up in {home_path} ({counts}) in {time.monotonic() - started:.1f} s")
     stamps["printed"] = time.time()
     if verbose:
-        click.echo(f"  {'phase':<44}{'took':>9} {'at':>9}")
+        click.echo(f"  {'phase':<38}{'took':>9} {'at':>9}")
         for name, took_s, at_s in lifecycle.startup_phases({**found.startup, **stamps}):
-            click.echo(f"  {name:<44}{took_s * 1e3:>6.0f} ms {at_s * 1e3:>6.0f} ms")
+            click.echo(f"  {name:<38}{took_s * 1e3:>6.0f} ms {at_s * 1e3:>6.0f} ms")
     if foreground:
         console.print("running in the foreground: Ctrl-C stops it", markup=False)
         try:

@@ -156,7 +156,8 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
     curve = check_auth(listen, no_auth)
     if executors is None:
         executors = os.cpu_count() or 1
-    found_gpus = fake_gpus or count_gpus()
+    # nvidia-smi takes a while to answer: asked only when the count matters
+    found_gpus = fake_gpus or (count_gpus() if gpu_executors is None or gpu_executors > 0 else 0)
     if gpu_executors is None:
         gpu_executors = found_gpus
     elif gpu_executors > found_gpus:
@@ -275,16 +276,16 @@ def wait_for_cluster(home: Path, proc: subprocess.Popen,
 #: `cbctl up --verbose`: (phase, the step it starts at, the step it ends at), the steps being the keys of the
 #: cluster file's ``startup`` (the supervisor's) and the command's own.
 STARTUP_PHASES = (
-    ("cli: interpreter and imports", "cli_started", "cli_entered"),
+    ("cli: interpreter, imports", "cli_started", "cli_entered"),
     ("cli: options, home", "cli_entered", "launching"),
     ("supervisor: interpreter", "launching", "supervisor_entered"),
     ("supervisor: forkserver launched", "supervisor_entered", "forkserver_started"),
-    ("supervisor: imports (forkserver's alongside)", "forkserver_started", "supervisor_imported"),
-    ("forkserver preload done, children forked", "supervisor_imported", "children_forked"),
-    ("children: until every one reported ready", "children_forked", "children_ready"),
-    ("supervisor: cluster file written", "children_ready", "cluster_file"),
+    ("supervisor: imports", "forkserver_started", "supervisor_imported"),  # the forkserver's preload alongside
+    ("forkserver: preload, children forked", "supervisor_imported", "children_forked"),
+    ("children: all ready", "children_forked", "children_ready"),  # each has shaken hands with every scheduler
+    ("supervisor: cluster file", "children_ready", "cluster_file"),
     ("cli: saw the cluster file", "cluster_file", "seen"),
-    ("cli: ready printed", "seen", "printed"),
+    ("cli: printed ready", "seen", "printed"),
 )
 
 

@@ -19,7 +19,7 @@ def test_every_phase_from_consecutive_steps_adds_up_to_the_total():
 def test_a_phase_with_a_step_missing_is_left_out():
     stamps = {"cli_started": 10.0, "cli_entered": 10.2, "launching": 10.3, "seen": 11.0, "printed": 11.1}
     assert [name for name, _, _ in startup_phases(stamps)] == [
-        "cli: interpreter and imports", "cli: options, home", "cli: ready printed"]
+        "cli: interpreter, imports", "cli: options, home", "cli: printed ready"]
 
 
 def test_this_process_started_before_now_and_not_long_ago():
