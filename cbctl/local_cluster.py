@@ -55,6 +55,7 @@ class LocalCluster:
         self._processes: dict[int, psutil.Process] = {}  # every process of the cluster seen so far, by pid
         self._clients: weakref.WeakSet[Client] = weakref.WeakSet()  # those still open are closed with it
         self._closed = False
+        self._owner_pid = os.getpid()
         self._lock = threading.Lock()  # close() from atexit and from a thread at once
 
     # --- start ---------------------------------------------------------------------------------------
@@ -64,6 +65,7 @@ class LocalCluster:
         if self._supervisor is not None or self._closed:
             raise CbctlError("this cbctl.local() cluster was started already: call cbctl.local() again for "
                              "another one")
+        self._owner_pid = os.getpid()
         atexit.register(self.close)
         try:
             if self.home is None:
@@ -71,7 +73,7 @@ class LocalCluster:
             spec, notes = lifecycle.plan_up(self.home, **self.options)
             for note in notes:
                 log.warning("%s", note)
-            spec.owner_pid = os.getpid()
+            spec.owner_pid = self._owner_pid
             self._supervisor = lifecycle.start_supervisor(self.home, spec)
             self._track(self._supervisor.pid)
             importlib.import_module("cbctl.client")  # its imports (zmq, the messages) while the cluster starts
@@ -120,6 +122,8 @@ class LocalCluster:
     def close(self) -> None:
         """Stop every process of the cluster (warm: executors finish their calls, the store flushes) and
         remove the temporary home; idempotent. Ctrl-C while it waits makes the stop cold (SIGKILL now)."""
+        if os.getpid() != self._owner_pid:
+            return  # a fork of the owner (its atexit handlers came along): the cluster is the parent's
         with self._lock:
             if self._closed:
                 return

@@ -192,3 +192,22 @@ def test_a_killed_owner_takes_its_cluster_with_it():
     os.kill(child.pid, signal.SIGKILL)
     finish(child)
     wait_all_gone(pids)
+
+
+def test_a_fork_of_the_owner_leaving_the_block_leaves_the_cluster_alone():
+    """A forked child inherits the block and the atexit handler: its exit must not stop its parent's cluster."""
+    body = ("import os\n"
+            "with cluster as client:\n"
+            "    pid = os.fork()\n"
+            "    if pid == 0:\n"
+            "        sys.exit(0)\n"
+            "    os.waitpid(pid, 0)\n"
+            "    client.register(lambda cb: 'still here', name='alive')\n"
+            "    " + REPORT +
+            "    print(client.call('alive', timeout=10), flush=True)\n")
+    child, pids, home = start_child(body)
+    assert child.stdout.readline().strip() == "still here"
+    stderr = finish(child)
+    assert child.returncode == 0, stderr
+    wait_all_gone(pids, timeout=0)
+    assert not home.exists()
