@@ -1,5 +1,6 @@
-"""A cluster shared by the tests of one module (starting one costs a few seconds): the plugin's
-``cbctl_cluster`` (cbctl/pytest_plugin.py), as a user's tests get it. Tests on it use names of their own, so
+"""A cluster shared by the tests of one module (starting one costs a few seconds). Most modules take it from
+the plugin's ``cbctl_cluster`` fixture (``view``), as a user's tests would; ``module_cluster`` starts one with
+`cbctl up` (for a module that needs the command line's own options). Tests on it use names of their own, so
 order does not matter."""
 
 from __future__ import annotations
@@ -11,10 +12,28 @@ from pathlib import Path
 from typing import Any
 
 from cbctl import LocalCluster
-from tests.conftest import RunningCluster
+from cbctl.lifecycle import kill_processes
+from tests.conftest import RunningCluster, run_cli
 
 DEPLOYABLES = Path(__file__).resolve().parent / "deployables"
 TOOLKIT = DEPLOYABLES / "toolkit.py"
+
+
+@contextmanager
+def module_cluster(home: Path, executors: int = 2, deploy: tuple[Path, ...] = (),
+                   extra_args: tuple[str, ...] = ()) -> Iterator[RunningCluster]:
+    handle = RunningCluster(home)
+    try:
+        run_cli(home, "up", "--executors", str(executors), *extra_args, check=True, timeout=90)
+        for path in deploy:
+            handle.cli("deploy", str(path), check=True)
+        yield handle
+    finally:
+        handle.close_clients()
+        pids = handle.pids()
+        if pids:
+            run_cli(home, "down", timeout=60)
+        kill_processes(pids)
 
 
 @contextmanager
