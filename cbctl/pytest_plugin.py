@@ -81,6 +81,9 @@ class _Clusters:
                         client.deploy_file(path)
         except CbctlError as exc:  # said in one line, as `cbctl up` would (anything else: its traceback)
             error = f"the cbctl cluster for {owner.nodeid or 'this session'} did not start: {exc}"
+            user_traceback = getattr(exc, "user_traceback", "")  # a deploy file that failed: where it did
+            if user_traceback:
+                error = f"{user_traceback.rstrip()}\n{error}"
         except BaseException:
             cluster.close()
             raise
