@@ -109,11 +109,15 @@ class LocalCluster:
     def _track_descendants(self) -> None:
         """Remember every descendant of the supervisor now: restarted children and the forkserver too; a
         process orphaned later (its parent gone) is then still known by pid."""
-        if self._supervisor is None:
+        # The supervisor is this process's child: its pid names it until this process reaps it (returncode set),
+        # and no longer; the Process object seen at start refuses a pid that names another process since.
+        if self._supervisor is None or self._supervisor.returncode is not None:
             return
+        supervisor = self._processes.get(self._supervisor.pid)
         try:
-            for proc in psutil.Process(self._supervisor.pid).children(recursive=True):
-                self._processes.setdefault(proc.pid, proc)
+            if supervisor is not None:
+                for proc in supervisor.children(recursive=True):
+                    self._processes.setdefault(proc.pid, proc)
         except psutil.Error:
             pass
 
