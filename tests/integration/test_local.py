@@ -211,3 +211,32 @@ def test_a_fork_of_the_owner_leaving_the_block_leaves_the_cluster_alone():
     assert child.returncode == 0, stderr
     wait_all_gone(pids, timeout=0)
     assert not home.exists()
+
+
+def test_ctrl_c_while_the_cluster_starts_leaves_nothing():
+    child = subprocess.Popen([sys.executable, "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    child.stdin.write(CHILD_PROLOGUE + "cluster.start()\nprint('started', flush=True)\n")
+    child.stdin.close()
+    seen: dict[int, psutil.Process] = {}
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        # the supervisor and its forkserver are up, the cluster not yet ready
+        while len(seen) < 3 and time.monotonic() < deadline:
+            for proc in psutil.Process(child.pid).children(recursive=True):
+                seen[proc.pid] = proc
+            time.sleep(0.005)
+        assert len(seen) >= 3, f"the child never started a supervisor and its forkserver: {seen}"
+        home = next(Path(p.cmdline()[p.cmdline().index("--home") + 1]) for p in seen.values()
+                    if "--home" in p.cmdline())
+        child.send_signal(signal.SIGINT)
+        stderr = finish(child)
+        assert "KeyboardInterrupt" in stderr and "started" not in child.stdout.read(), stderr
+        wait_all_gone(list(seen))
+        assert not home.exists()
+    finally:
+        for proc in seen.values():
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
