@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,9 +16,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from cbctl.errors import CbctlError, ClusterAlreadyRunning, ClusterNotRunning, InvalidArgument
 from cbctl.runtime import cluster
@@ -30,7 +29,12 @@ from cbctl.runtime.defaults import (
     STARTUP_TIMEOUT_S,
 )
 from cbctl.runtime.supervisor.spec import ClusterSpec, count_gpus
-from cbctl.runtime.wire import auth
+
+if TYPE_CHECKING:
+    import psutil
+
+# psutil and zmq (through wire/auth) are imported where they are used: `cbctl up` of an ipc cluster in a fresh
+# home uses neither before the supervisor runs, and the command's imports are the first part of every start.
 
 LOOPBACK_HOSTS = ("localhost", "[::1]")  # and every 127.x.y.z (see is_loopback)
 _LISTEN = re.compile(r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\[\]]+)(?::(?P<port>[0-9]+))?")
@@ -201,9 +205,11 @@ def prepare_home(home: Path, spec: ClusterSpec) -> list[str]:
             probe.write_bytes(b"")
             probe.unlink()
             if spec.curve:
+                from cbctl.runtime.wire import auth
+
                 auth.generate_keys(home)
-            else:
-                auth.remove_keys(home)  # an earlier TCP cluster's, of no use to this one
+            else:  # an earlier TCP cluster's keys, of no use to this one
+                shutil.rmtree(home / cluster.KEYS_DIR, ignore_errors=True)
     except (FileExistsError, NotADirectoryError):
         raise InvalidArgument(f"the cluster directory {home} is (or is inside) a file: point CBCTL_HOME or --home "
                               "at a directory") from None
@@ -306,6 +312,8 @@ def process_started_at() -> float:
         age = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
         return time.time() - age
     except (OSError, ValueError, IndexError, AttributeError):
+        import psutil
+
         return psutil.Process().create_time()
 
 
@@ -313,6 +321,8 @@ def stop_cluster(home: Path, timeout_s: float = 3 * SHUTDOWN_TIMEOUT_S + 10) -> 
     """Stop the cluster in ``home`` and wait until every one of its processes is gone; returns how many
     processes were stopped. The wait covers the supervisor's own deadlines (one per role: executors,
     schedulers, store) so a warm stop that is still finishing long calls is not cut short."""
+    import psutil
+
     found = cluster.running_cluster(home)
     procs = []
     for pid in [found.supervisor_pid] + [p.pid for p in found.processes]:
@@ -350,6 +360,8 @@ def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Proc
 def kill_processes(pids: list[int], timeout_s: float = 10.0) -> None:
     """SIGKILL whatever of ``pids`` still runs and wait until it is gone (what teardown code uses when a
     warm stop did not finish)."""
+    import psutil
+
     procs = []
     for pid in pids:
         try:
@@ -365,6 +377,8 @@ def kill_processes(pids: list[int], timeout_s: float = 10.0) -> None:
 
 
 def _running(proc: psutil.Process) -> bool:
+    import psutil
+
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:

@@ -29,7 +29,7 @@ def heavy_modules_loaded_by(module: str) -> list[str]:
 
 @pytest.mark.parametrize("module, allowed", [
     ("cbctl", ()),  # the public API's names load on first use
-    ("cbctl.cli", ("zmq", "psutil")),  # `cbctl up` needs these (the home's keys, processes by pid)
+    ("cbctl.cli", ()),  # what `cbctl up` of an ipc cluster in a fresh home needs, and no more
     # the supervisor's entry point starts the forkserver before anything heavy is imported
     ("cbctl.runtime.supervisor.forkserver", ()),
     ("cbctl.runtime.supervisor.spec", ()),

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from cbctl.errors import AuthenticationError
+from cbctl.runtime.cluster import KEYS_DIR
 
 if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator
@@ -40,7 +41,6 @@ from cbctl.runtime.defaults import HANDSHAKE_REFUSALS_CONCLUSIVE, ZAP_DENIAL_LOG
 
 log = logging.getLogger(__name__)
 
-KEYS_DIR = "keys"
 #: The ``auth`` field of the cluster file: what a client must present to a cluster's TCP sockets.
 AUTH_CURVE = "curve"
 AUTH_NONE = "none"
