@@ -19,7 +19,9 @@ from cbctl.errors import (
     ClusterNotRunning,
     ConsistencyError,
     ContinuationDepthExceeded,
+    DecodeError,
     FunctionError,
+    InboxFull,
     InvalidArgument,
     InvalidDag,
     MessageTooLarge,
@@ -27,6 +29,7 @@ from cbctl.errors import (
     NoSuchFunction,
     NoSuchKey,
     ProtocolError,
+    StoreFull,
 )
 
 # The rest is imported on first use (PEP 562): the supervisor, the processes it starts and the command line
@@ -80,7 +83,9 @@ __all__ = [
     "ConsistencyError",
     "Continue",
     "ContinuationDepthExceeded",
+    "DecodeError",
     "FunctionError",
+    "InboxFull",
     "InvalidArgument",
     "InvalidDag",
     "LocalCluster",
@@ -90,6 +95,7 @@ __all__ = [
     "NoSuchKey",
     "ProtocolError",
     "Ref",
+    "StoreFull",
     "connect",
     "dag",
     "function",

@@ -25,6 +25,7 @@ from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
+    MAX_TRIGGER_DEPTH,
     SHUTDOWN_TIMEOUT_S,
     STARTUP_TIMEOUT_S,
 )
@@ -111,8 +112,8 @@ def check_port_free(listen: str, port: int) -> None:
 def plan_up(home: Path, *, executors: int | None = None, gpu_executors: int | None = None, schedulers: int = 1,
             listen: str = "", no_auth: bool = False, durability: str = "batch", cache_mb: int = 64,
             fake_gpus: int = 0, max_batch: int = MAX_BATCH, max_continuations: int = MAX_CONTINUATIONS,
-            max_message_mb: int = MAX_MESSAGE_BYTES >> 20,
-            policy: Iterable[str] | Mapping[str, Any] = ()) -> tuple[ClusterSpec, list[str]]:
+            max_message_mb: int = MAX_MESSAGE_BYTES >> 20, policy: Iterable[str] | Mapping[str, Any] = (),
+            max_trigger_depth: int = MAX_TRIGGER_DEPTH, executor_memory_mb: int = 0) -> tuple[ClusterSpec, list[str]]:
     """Everything ``cbctl up`` (and ``cbctl.local()``) does before starting a process, from its options (the
     keywords are the command's options): refuse a second cluster in ``home``, check the options into a
     ``ClusterSpec``, make the home ready and private. Returns the spec and lines to show the user
@@ -122,7 +123,7 @@ def plan_up(home: Path, *, executors: int | None = None, gpu_executors: int | No
     if stale:
         shown.append(f"note: {stale}")
     spec = plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb, max_batch,
-                     max_continuations, policy, max_message_mb, no_auth)
+                     max_continuations, policy, max_message_mb, no_auth, max_trigger_depth, executor_memory_mb)
     if spec.listen and not is_loopback(spec.listen):
         shown.append(f"warning: listening on {spec.listen}, reachable beyond this machine (only holders of "
                      f"{home / 'keys'} can use it)")
@@ -133,10 +134,12 @@ def plan_up(home: Path, *, executors: int | None = None, gpu_executors: int | No
 def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int, listen: str,
               durability: str, fake_gpus: int, cache_mb: int, max_batch: int = MAX_BATCH,
               max_continuations: int = MAX_CONTINUATIONS, policy: Iterable[str] | Mapping[str, Any] = (),
-              max_message_mb: int = MAX_MESSAGE_BYTES >> 20, no_auth: bool = False) -> ClusterSpec:
+              max_message_mb: int = MAX_MESSAGE_BYTES >> 20, no_auth: bool = False,
+              max_trigger_depth: int = MAX_TRIGGER_DEPTH, executor_memory_mb: int = 0) -> ClusterSpec:
     counts = {"--executors": executors, "--gpu-executors": gpu_executors, "--schedulers": schedulers,
               "--fake-gpus": fake_gpus, "--cache-mb": cache_mb, "--max-batch": max_batch,
-              "--max-continuations": max_continuations, "--max-message-mb": max_message_mb}
+              "--max-continuations": max_continuations, "--max-message-mb": max_message_mb,
+              "--max-trigger-depth": max_trigger_depth, "--executor-memory-mb": executor_memory_mb}
     for flag, count in counts.items():  # the command line parses these; a Python caller may pass anything
         if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
             raise InvalidArgument(f"{flag} must be a whole number, not {count!r}")
@@ -182,6 +185,12 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
     if max_continuations < 0:
         raise InvalidArgument(f"--max-continuations {max_continuations} is negative: pass 0 to forbid "
                               "cbctl.Continue, or a hand-off count")
+    if executor_memory_mb < 0:
+        raise InvalidArgument(f"--executor-memory-mb {executor_memory_mb} is negative: pass 0 (never recycle, the "
+                              "default) or a size in MiB")
+    if max_trigger_depth < 1:
+        raise InvalidArgument(f"--max-trigger-depth {max_trigger_depth} is below 1: it counts the calls in one chain "
+                              "of storage-triggered calls (1: a triggered call's puts fire nothing)")
     if not 1 <= max_message_mb <= MAX_MESSAGE_MB_CEILING:
         raise InvalidArgument(f"--max-message-mb {max_message_mb} is out of range: pass 1 to "
                               f"{MAX_MESSAGE_MB_CEILING} (MiB per serialised value)")
@@ -190,6 +199,7 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
                        listen=listen, scheduler_port=scheduler_port, curve=curve, durability=durability,
                        fake_gpus=fake_gpus,
                        cache_mb=cache_mb, max_batch=max_batch, max_continuations=max_continuations,
+                       max_trigger_depth=max_trigger_depth, executor_memory_mb=executor_memory_mb,
                        policy=policy_options, max_message_bytes=max_message_mb << 20)
 
 

@@ -32,7 +32,13 @@ import psutil
 from cbctl import lifecycle
 from cbctl.errors import CbctlError, ClusterNotRunning
 from cbctl.runtime import cluster
-from cbctl.runtime.defaults import MAX_BATCH, MAX_CONTINUATIONS, MAX_MESSAGE_BYTES, SHUTDOWN_TIMEOUT_S
+from cbctl.runtime.defaults import (
+    MAX_BATCH,
+    MAX_CONTINUATIONS,
+    MAX_MESSAGE_BYTES,
+    MAX_TRIGGER_DEPTH,
+    SHUTDOWN_TIMEOUT_S,
+)
 
 if TYPE_CHECKING:
     from cbctl.client import Client
@@ -212,7 +218,8 @@ def local(executors: int | None = None, *, home: str | os.PathLike[str] | None =
           gpu_executors: int | None = None, schedulers: int = 1, listen: str = "", no_auth: bool = False,
           durability: str = "batch", cache_mb: int = 64, fake_gpus: int = 0, max_batch: int = MAX_BATCH,
           max_continuations: int = MAX_CONTINUATIONS, max_message_mb: int = MAX_MESSAGE_BYTES >> 20,
-          policy: Mapping[str, Any] | Iterable[str] = ()) -> LocalCluster:
+          policy: Mapping[str, Any] | Iterable[str] = (), max_trigger_depth: int = MAX_TRIGGER_DEPTH,
+          executor_memory_mb: int = 0) -> LocalCluster:
     """A cluster for the life of a ``with`` block: ``with cbctl.local(executors=2) as client: ...``.
 
     The keywords are ``cbctl up``'s options (``executors`` defaults to the CPU count, ``gpu_executors`` to
@@ -224,7 +231,8 @@ def local(executors: int | None = None, *, home: str | os.PathLike[str] | None =
     options = {"executors": executors, "gpu_executors": gpu_executors, "schedulers": schedulers,
                "listen": listen, "no_auth": no_auth, "durability": durability, "cache_mb": cache_mb,
                "fake_gpus": fake_gpus, "max_batch": max_batch, "max_continuations": max_continuations,
-               "max_message_mb": max_message_mb, "policy": policy}
+               "max_message_mb": max_message_mb, "policy": policy, "max_trigger_depth": max_trigger_depth,
+               "executor_memory_mb": executor_memory_mb}
     return LocalCluster(home, options)
 
 

@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from cbctl.runtime.defaults import MAX_BATCH, MAX_CONTINUATIONS, MAX_MESSAGE_BYTES
+from cbctl.runtime.defaults import MAX_BATCH, MAX_CONTINUATIONS, MAX_MESSAGE_BYTES, MAX_TRIGGER_DEPTH
 
 
 @dataclass
@@ -26,6 +26,8 @@ class ClusterSpec:
     cache_mb: int = 64
     max_batch: int = MAX_BATCH
     max_continuations: int = MAX_CONTINUATIONS
+    max_trigger_depth: int = MAX_TRIGGER_DEPTH
+    executor_memory_mb: int = 0  # recycle an executor whose memory is over this after a call (0: never)
     policy: dict[str, Any] = field(default_factory=dict)  # placement policy settings (`cbctl up --policy`)
     max_message_bytes: int = MAX_MESSAGE_BYTES  # largest serialised value (`cbctl up --max-message-mb`)
     # the process that started this supervisor and owns the cluster (`cbctl.local()`): when it is gone, even
