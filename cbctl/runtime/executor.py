@@ -31,6 +31,8 @@ from cbctl.runtime import (
     multiexec,
     registry,
     serialization,
+    stealing,
+    step_records,
     user_errors,
 )
 from cbctl.runtime.cache import CachedStore, StoreEpochProbe
@@ -45,6 +47,7 @@ from cbctl.runtime.defaults import (
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
     STATUS_INTERVAL_S,
+    STEAL_WAIT_S,
     STORE_REQUEST_TIMEOUT_S,
     VERSION_FETCH_TIMEOUT_S,
 )
@@ -52,11 +55,13 @@ from cbctl.runtime.departure import Departure, Peer
 from cbctl.runtime.lattices import lattice_from_wire
 from cbctl.runtime.messages import (
     CallAborted,
+    CallMoved,
     CallResult,
     CallRetried,
     DagTrigger,
     DirectMessage,
     ExecutorLeaving,
+    ExecutorLoad,
     ExecutorStatus,
     KeyUpdate,
     LeavingAck,
@@ -65,6 +70,8 @@ from cbctl.runtime.messages import (
     PinResponse,
     SnapshotRelease,
     StatusAck,
+    StealHint,
+    StealRequest,
     UnpinRequest,
     VersionRequest,
     VersionResponse,
@@ -138,6 +145,14 @@ class Executor:
         self.awaited_version: tuple[int, VersionResponse | None] | None = None  # (req_id, reply) of fetch_version
         self.departure = Departure(self.executor_id, address)  # this executor's leaving, and its peers'
         self.running: DagTrigger | None = None  # the step run_next is running: answered if the runtime fails it
+        # placement by outstanding work (stealing.py): load reports to the schedulers (not with Cloudburst's
+        # policy, which has no use for them), steps handed to idle peers, and hints acted on
+        self.load_edges = stealing.LoadEdges() if config.options.get("load_reports", True) else None
+        self.deferred_triggers = 0  # DagTriggers among ``deferred``: steps held besides ``ready``
+        self.steal_asked_until = 0.0
+        self.steals = {"given": 0, "asked": 0, "hints_ignored": 0}
+        self.recorder = step_records.StepRecorder(Path(config.home), self.executor_id) \
+            if step_records.enabled() else None
 
     # --- messages ------------------------------------------------------------------------------------
 
@@ -246,6 +261,75 @@ class Executor:
         if newer:
             self.drop_joins(message.call_id)
 
+    # --- load reports and work stealing (stealing.py) -------------------------------------------------
+
+    def observe_load(self, load: int) -> None:
+        """Report ``load`` (steps held, the running one included) to every scheduler if the executor turned
+        idle, busy or backlogged and the rate limit allows; else it is reported when the limit does."""
+        if self.load_edges is not None and self.load_edges.observe(load):
+            frame = ExecutorLoad(self.executor_id, self.address, os.getpid(), load).pack()
+            for sock in self.scheduler_sockets:
+                try:
+                    sock.send(frame, zmq.NOBLOCK)
+                except zmq.Again:
+                    self.peers.dropped += 1
+
+    def on_steal_hint(self, hint: StealHint) -> None:
+        """A scheduler says ``hint.victim`` has calls queued behind a running one: ask it for one, if this
+        executor is idle (handled between steps only, so nothing runs now) and not waiting for one already."""
+        now = time.monotonic()
+        if self.ready or self.deferred_triggers or now < self.steal_asked_until or self.departure.leaving:
+            self.steals["hints_ignored"] += 1
+            return
+        self.steal_asked_until = now + STEAL_WAIT_S
+        self.steals["asked"] += 1
+        self.peers.send(hint.victim, StealRequest(self.address, self.executor_type).pack())
+
+    def on_steal_request(self, request: StealRequest) -> None:
+        """Between steps: hand a queued step to the idle peer that asks, but not the one that runs next."""
+        self.hand_over_queued(request, keep=1)
+
+    def on_steal_request_busy(self, request: StealRequest) -> None:
+        """From within a running step (``cb.get`` and the like): every queued step may go."""
+        self.hand_over_queued(request, keep=0)
+
+    def hand_over_queued(self, request: StealRequest, keep: int) -> None:
+        """Give ``request.thief`` the newest queued step that can run anywhere (it waits longest here), and tell
+        the schedulers where it went; nothing if no step can go (the thief stays idle)."""
+        if request.executor_type != self.executor_type or request.thief == self.address:
+            return
+        for i in range(len(self.deferred) - 1, -1, -1):  # arrived during the running step: the newest
+            frame = self.deferred[i]
+            try:
+                trigger = unpack(frame)
+            except ProtocolError:
+                continue
+            if type(trigger) is DagTrigger and self.may_hand_over(trigger, [trigger]):
+                del self.deferred[i]
+                self.deferred_triggers -= 1
+                self.hand_over(trigger, frame, request.thief)
+                return
+        for i in range(len(self.ready) - 1, keep - 1, -1):
+            trigger, inputs = self.ready[i]
+            if self.may_hand_over(trigger, inputs):
+                del self.ready[i]
+                self.hand_over(trigger, trigger.pack(), request.thief)
+                return
+
+    def may_hand_over(self, trigger: DagTrigger, inputs: list[DagTrigger]) -> bool:
+        loaded = self.functions.get(trigger.function)
+        return stealing.stealable(trigger, inputs, loaded is not None and loaded.record.batching)
+
+    def hand_over(self, trigger: DagTrigger, frame: bytes, thief: str) -> None:
+        self.peers.send(thief, frame)
+        moved = CallMoved(trigger.call_id, trigger.function, self.address, thief).pack()
+        for sock in self.scheduler_sockets:
+            try:
+                sock.send(moved, zmq.NOBLOCK)
+            except zmq.Again:
+                self.peers.dropped += 1
+        self.steals["given"] += 1
+
     def drop_joins(self, call_id: str) -> None:
         for key in [k for k in self.joins if k[0] == call_id]:
             del self.joins[key], self.join_started[key]
@@ -253,7 +337,8 @@ class Executor:
     HANDLERS = {DagTrigger: on_trigger, PinRequest: on_pin, UnpinRequest: on_unpin, DirectMessage: on_direct,
                 ExecutorLeaving: on_peer_leaving, LeavingAck: on_leaving_ack, KeyUpdate: on_key_update,
                 VersionRequest: on_version_request, VersionResponse: on_version_response,
-                SnapshotRelease: on_snapshot_release, CallAborted: on_call_aborted, CallRetried: on_call_retried}
+                SnapshotRelease: on_snapshot_release, CallAborted: on_call_aborted, CallRetried: on_call_retried,
+                StealHint: on_steal_hint, StealRequest: on_steal_request}
 
     # --- running -------------------------------------------------------------------------------------
 
@@ -296,7 +381,11 @@ class Executor:
             self.fail(trigger, user_errors.explain_call_error(exc, name, target, args))
         else:
             self.deliver(trigger, result)
-        self.metrics.record_call(name, bool(trigger.dag), time.perf_counter_ns() - started, ok)
+        finished = time.perf_counter_ns()
+        self.metrics.record_call(name, bool(trigger.dag), finished - started, ok)
+        if self.recorder is not None:  # tests and benchmarks only (step_records.py)
+            self.recorder.record(trigger.call_id, name, trigger.source, trigger.extras,
+                                 time.monotonic() - (finished - started) / 1e9, time.monotonic())
 
     def answer_failed_step(self, exc: Exception) -> None:
         """The step ``run_next`` was running failed in the runtime's own code, not the user's (a trigger whose
@@ -441,6 +530,9 @@ class Executor:
         requests (two executors fetching from each other cannot deadlock) and the version reply awaited.
         Everything else waits in ``deferred`` until the function returns. Returns whether anything came."""
         assert self.sock is not None
+        edges = self.load_edges
+        if edges is not None and edges.pending:  # a change folded by the rate limit is due now or soon
+            self.observe_load(1 + len(self.ready) + self.deferred_triggers)
         if not self.sock.poll(max(0, int(timeout_s * 1000))):
             return False
         for (frame,) in drain(self.sock):
@@ -452,8 +544,12 @@ class Executor:
             handler = self.SERVED_WHILE_BUSY.get(type(message))
             if handler is None:
                 self.deferred.append(frame)
+                if type(message) is DagTrigger:
+                    self.deferred_triggers += 1
             else:
                 handler(self, message)
+        if edges is not None:  # a step queued behind this one makes the executor backlogged: say so
+            self.observe_load(1 + len(self.ready) + self.deferred_triggers)
         return True
 
     def fetch_version(self, address: str, call_id: str, key: str) -> tuple[bool, Any]:
@@ -481,7 +577,7 @@ class Executor:
             self.on_version_response(response)
 
     SERVED_WHILE_BUSY = {KeyUpdate: on_key_update, DirectMessage: on_direct, VersionRequest: on_version_request,
-                         VersionResponse: on_awaited_version}
+                         VersionResponse: on_awaited_version, StealRequest: on_steal_request_busy}
 
     def send_direct(self, executor_id: str, message: Any) -> None:
         address = self.executor_addresses.get(executor_id)
@@ -555,6 +651,7 @@ class Executor:
         report["frames_sent"], report["frames_received"] = self.peers.sent, self.frames_received
         report["cache"] = self.sessions.metrics()
         report["pending_joins"] = len(self.joins)
+        report["steals"] = dict(self.steals, load_reports=self.load_edges.sent if self.load_edges else 0)
         return ExecutorStatus(
             self.executor_id, self.address, self.executor_type, running, sorted(self.pinned),
             report["utilization"], len(self.ready), self.cached.cache.recent_keys(CACHED_KEYS_REPORTED), os.getpid(),
@@ -659,18 +756,27 @@ def main(config: ProcessConfig) -> None:
     report_ready(context, config, address)
     freeze_startup_heap()
     receiver = Receiver(sock)
+    edges = executor.load_edges
     while True:
-        for frame in receiver.receive(0 if executor.ready or executor.deferred else 100):
+        wait_ms = 0 if executor.ready or executor.deferred else 100 if edges is None else edges.wait_ms(100)
+        for frame in receiver.receive(wait_ms):
             executor.on_frame(frame)
         while executor.deferred:
             executor.on_frame(executor.deferred.pop(0))
+        executor.deferred_triggers = 0
         if executor.ready:
+            if edges is not None:
+                executor.observe_load(len(executor.ready))  # turned busy (or backlogged): before it runs
             try:
                 executor.run_next()
             except Exception as exc:  # the runtime's own failure (store gone mid-delivery, ...): answer, go on
                 executor.answer_failed_step(exc)
+        if edges is not None:
+            executor.observe_load(len(executor.ready))  # turned idle, or a folded change is due
         if reporter.due():
             reporter.report(running=not shutdown.requested)
+            if executor.recorder is not None:
+                executor.recorder.flush()
             executor.expire_joins()
             executor.sessions.maintain(time.monotonic())
             executor.check_store_epoch()
@@ -681,6 +787,8 @@ def main(config: ProcessConfig) -> None:
         if executor.departure.leaving and executor.finish_departure():
             break
     reporter.report(running=False)
+    if executor.recorder is not None:
+        executor.recorder.flush()
     reporter.close()
     executor.store_probe.close()
     executor.peers.close(linger_s=DEPARTURE_LINGER_S)

@@ -607,3 +607,46 @@ class CallRetried(Message):
 
     call_id: str
     attempt: int
+
+
+# --- placement by outstanding work (kinds 120-129; see runtime/placement.py and runtime/stealing.py) --------
+
+
+@message(120)
+class ExecutorLoad(Message):
+    """Executor -> every scheduler, only when it turns idle, busy, or backlogged (work queued behind the step it
+    runs), at most once per ``LOAD_REPORT_MIN_INTERVAL_S`` (the latest state follows when that passes): ``load``
+    is the steps it holds, the running one included (0: idle). Never sent per call."""
+
+    executor_id: str
+    address: str
+    pid: int
+    load: int
+
+
+@message(121)
+class StealHint(Message):
+    """Scheduler -> an idle executor: the executor at ``victim`` has calls queued behind a running one; ask it
+    for one (``StealRequest``) if you are still idle."""
+
+    victim: str
+
+
+@message(122)
+class StealRequest(Message):
+    """An idle executor -> a backlogged one: hand me one queued call. No answer when none can be handed (the
+    thief stays idle and asks again only on another hint)."""
+
+    thief: str
+    executor_type: str
+
+
+@message(123)
+class CallMoved(Message):
+    """A victim -> every scheduler, after handing the step ``function`` of ``call_id`` to the executor at
+    ``to``: a scheduler that dispatched the call dispatches it again if that executor dies, not the victim."""
+
+    call_id: str
+    function: str
+    source: str  # the victim's address
+    to: str

@@ -69,11 +69,15 @@ class InFlightTable:
             self.forgotten += 1
         calls[call_id] = InFlightCall(request, locations, depth, attempt, self.clock())
 
-    def complete(self, call_ids: Iterable[str]) -> None:
-        """The caller has these results: nothing more to retry."""
+    def complete(self, call_ids: Iterable[str]) -> list[InFlightCall]:
+        """The caller has these results: nothing more to retry. Returns the calls it remembered of them."""
         pop = self.calls.pop
+        done = []
         for call_id in call_ids:
-            pop(call_id, None)
+            call = pop(call_id, None)
+            if call is not None:
+                done.append(call)
+        return done
 
     def expire(self) -> int:
         """Forget calls dispatched longer than ``max_age_s`` ago; returns how many."""

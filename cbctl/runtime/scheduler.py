@@ -18,7 +18,7 @@ from typing import Any
 import zmq
 
 from cbctl.errors import CallLost, CbctlError, InvalidArgument, NoExecutorAvailable, NoSuchFunction, ProtocolError
-from cbctl.runtime import consistency, limits, multiexec, registry, triggers
+from cbctl.runtime import consistency, limits, multiexec, registry, step_records, triggers
 from cbctl.runtime.continuation import DEPTH_KEY
 from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
 from cbctl.runtime.defaults import (
@@ -32,6 +32,7 @@ from cbctl.runtime.defaults import (
 )
 from cbctl.runtime.messages import (
     CallAborted,
+    CallMoved,
     CallRequest,
     CallResult,
     CallRetried,
@@ -39,6 +40,7 @@ from cbctl.runtime.messages import (
     ContinueCall,
     ControlResponse,
     DagTrigger,
+    ExecutorLoad,
     ExecutorLost,
     ExecutorStatus,
     LeavingAck,
@@ -50,12 +52,14 @@ from cbctl.runtime.messages import (
     RegisterFunction,
     RemoveRequest,
     StatusAck,
+    StealHint,
     UnpinRequest,
     unpack,
     version_refusal,
 )
 from cbctl.runtime.metrics import RateWindow, in_flight_estimate
-from cbctl.runtime.policy import PinAction, Policy, PolicySettings, host_of
+from cbctl.runtime.placement import new_policy
+from cbctl.runtime.policy import PinAction, PolicySettings, host_of
 from cbctl.runtime.process import (
     PeerSockets,
     ProcessConfig,
@@ -114,8 +118,9 @@ class Scheduler:
     def __init__(self, config: ProcessConfig, context: zmq.Context, store: StoreClient) -> None:
         self.config = config
         self.store = store
-        self.policy = Policy(PolicySettings.from_options(config.options.get("policy", {})),
-                             local_host=socket.gethostname())
+        self.policy = new_policy(PolicySettings.from_options(config.options.get("policy", {})),
+                                 local_host=socket.gethostname())
+        self.record_steps = step_records.enabled()  # tests and benchmarks: stamp triggers with dispatch times
         self.address = ""  # this scheduler's ROUTER address, set once bound: where executors answer pins
         self.peers = PeerSockets(context)
         self.functions: dict[str, registry.FunctionRecord] = {}
@@ -180,7 +185,9 @@ class Scheduler:
         an executor is being restarted) for one to report."""
         in_flight = self.in_flight
         if request.completed:
-            in_flight.complete(request.completed)
+            done = in_flight.complete(request.completed)
+            if done:
+                self.policy.calls_finished(done)  # the steps they placed are no longer outstanding
         if attempt == 1 and not depth and (request.call_id in in_flight or request.call_id in self.parked_ids):
             self.counters["duplicate_calls"] += 1  # a client's resend of a call that is under way, or waiting
             return
@@ -210,6 +217,8 @@ class Scheduler:
             self.counters["dispatch_errors"] += 1
             self.reject(request, exc)
             return
+        if self.policy.actions:
+            self.apply(self.policy.take_actions())  # pinned on an idle executor, all others being busy
         self.counters["dag_calls" if plan.dag else "calls"] += 1
         self.name_calls[plan.name] = self.name_calls.get(plan.name, 0) + 1
         in_flight.add(request, locations, depth, attempt)
@@ -219,6 +228,8 @@ class Scheduler:
                       else consistency.with_client_session(extras, request.extras))
         if attempt > 1:
             extras = with_attempt(extras, attempt)
+        if self.record_steps:
+            extras = step_records.stamp(extras)
         for source in plan.sources:
             trigger = DagTrigger(request.call_id, plan.dag, source, locations, plan.versions, plan.edges, "",
                                  request.source_args.get(source, request.args), request.response_address,
@@ -416,6 +427,21 @@ class Scheduler:
             # socket, tells the departing executor that nothing more will come from this scheduler
             self.peers.send(status.address, LeavingAck(self.address).pack())
 
+    def on_load(self, load: ExecutorLoad) -> None:
+        """An executor turned idle, busy or backlogged (placement.py): recount it, and hint idle executors to
+        take a call each from a backlogged one."""
+        if self.lost_pids and (load.executor_id, load.pid) in self.lost_pids:
+            return
+        for thief, victim in self.policy.process_load(load):
+            self.peers.send(thief.address, StealHint(victim).pack())
+
+    def on_call_moved(self, moved: CallMoved) -> None:
+        """An executor handed a queued step to another: a retry after that one dies must find it there."""
+        call = self.in_flight.calls.get(moved.call_id)
+        if call is not None and call.locations.get(moved.function) == moved.source:
+            call.locations = {**call.locations, moved.function: moved.to}  # the trigger's dict is shared
+        self.policy.call_moved(moved.source, moved.to)
+
     def on_pin_response(self, response: PinResponse) -> None:
         if not response.accepted:
             log.info("%s refused to pin %s: %s", response.executor_id, response.function, response.reason)
@@ -460,8 +486,12 @@ class Scheduler:
         elif kind is ExecutorStatus:
             self.on_status(message)
             sock.send_multipart([*parts[:-1], StatusAck(message.executor_id).pack()])
+        elif kind is ExecutorLoad:
+            self.on_load(message)
         elif kind is PinResponse:
             self.on_pin_response(message)
+        elif kind is CallMoved:
+            self.on_call_moved(message)
         elif kind is ExecutorLost:
             self.on_executor_lost(message)
         elif kind in self.CONTROL:

@@ -39,6 +39,7 @@ from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
+    POLICY_PLACEMENT,
     RESTART_BACKOFF_FIRST_S,
     RESTART_BACKOFF_MAX_S,
     RESTARTS_PER_MINUTE,
@@ -243,7 +244,9 @@ class Supervisor:
     def _new_executor(self, index: int, executor_type: str, device: int = -1) -> Child:
         options: dict[str, Any] = {"executor_type": executor_type, "cache_mb": self.spec.cache_mb,
                                    "max_batch": self.spec.max_batch,
-                                   "max_continuations": self.spec.max_continuations}
+                                   "max_continuations": self.spec.max_continuations,
+                                   # load reports serve placement by outstanding work only (placement.py)
+                                   "load_reports": self.spec.policy.get("placement", POLICY_PLACEMENT) != "cloudburst"}
         if executor_type == "gpu":
             # set before user code runs in the child, so frameworks see exactly one device
             options["env"] = {"CUDA_VISIBLE_DEVICES": str(device)}
