@@ -200,11 +200,15 @@ POLICY_PLACEMENTS = ("outstanding", "cloudburst")
 
 # --- load reports and work stealing (cbctl/runtime/placement.py, cbctl/runtime/stealing.py)
 
-#: Least seconds between two load reports (ExecutorLoad) of one executor. An executor reports when it turns
-#: idle, busy or backlogged; under a stream of short calls it flips thousands of times a second, so flips within
-#: this interval are folded into one report of the latest state at its end. 10 ms: far under the 1 s status
+#: Seconds per load report (ExecutorLoad) of one executor, on average. An executor reports when it turns idle,
+#: busy or backlogged; under a stream of short calls it flips thousands of times a second, so beyond this rate
+#: flips are folded into one report of the state when the next is allowed. 10 ms: far under the 1 s status
 #: interval, yet at most 100 reports a second per executor for a scheduler to read.
 LOAD_REPORT_MIN_INTERVAL_S = 0.01
+
+#: Load reports an executor may send at once before the rate above applies: a call's busy and idle edges and
+#: a steal's, so that a burst of calls after a quiet spell is reported as it happens, not 10 ms late.
+LOAD_REPORT_BURST = 4
 
 #: Seconds an executor that asked a backlogged peer for a call (StealRequest) ignores further hints, so two
 #: hints in a row do not bring it two calls; the peer answers within a step boundary or a `cb.get`, or not at all.

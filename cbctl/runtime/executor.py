@@ -66,6 +66,7 @@ from cbctl.runtime.messages import (
     KeyUpdate,
     LeavingAck,
     Message,
+    NothingToSteal,
     PinRequest,
     PinResponse,
     SnapshotRelease,
@@ -149,6 +150,7 @@ class Executor:
         # policy, which has no use for them), steps handed to idle peers, and hints acted on
         self.load_edges = stealing.LoadEdges() if config.options.get("load_reports", True) else None
         self.deferred_triggers = 0  # DagTriggers among ``deferred``: steps held besides ``ready``
+        self.deferred_movable = 0  # those of them another executor could run (stealing.stealable)
         self.steal_asked_until = 0.0
         self.steals = {"given": 0, "asked": 0, "hints_ignored": 0}
         self.recorder = step_records.StepRecorder(Path(config.home), self.executor_id) \
@@ -176,6 +178,8 @@ class Executor:
             rejected.warning("dropped a malformed %s: %s: %s", type(message).__name__, type(exc).__name__, exc)
 
     def on_trigger(self, trigger: DagTrigger) -> None:
+        if self.steal_asked_until:
+            self.steal_asked_until = 0.0  # busy now (with the step asked for, or another): hints wait till idle
         if trigger.extras:
             check_trigger_extras(trigger.extras)
         if self.aborted and trigger.call_id in self.aborted:
@@ -263,11 +267,23 @@ class Executor:
 
     # --- load reports and work stealing (stealing.py) -------------------------------------------------
 
-    def observe_load(self, load: int) -> None:
-        """Report ``load`` (steps held, the running one included) to every scheduler if the executor turned
-        idle, busy or backlogged and the rate limit allows; else it is reported when the limit does."""
-        if self.load_edges is not None and self.load_edges.observe(load):
-            frame = ExecutorLoad(self.executor_id, self.address, os.getpid(), load).pack()
+    def observe_load(self, running: int, force: bool = False, denied_by: str = "") -> None:
+        """Report the steps held (``running``: 1 from within a step, 0 between steps) to every scheduler if the
+        executor turned idle, busy or backlogged (a step another executor could run waits here) and the rate
+        limit allows (else when it does), or at once if ``force``."""
+        edges = self.load_edges
+        if edges is None:
+            return
+        ready = self.ready
+        load = running + len(ready) + self.deferred_triggers
+        movable = self.deferred_movable > 0
+        if load >= 2 and not movable:  # between steps ready[0] runs next; the newest few are enough to look at
+            for i in range(len(ready) - 1, max(1 - running, len(ready) - 8) - 1, -1):
+                if self.may_hand_over(*ready[i]):
+                    movable = True
+                    break
+        if edges.observe(load, movable, force):
+            frame = ExecutorLoad(self.executor_id, self.address, os.getpid(), load, movable, denied_by).pack()
             for sock in self.scheduler_sockets:
                 try:
                     sock.send(frame, zmq.NOBLOCK)
@@ -278,8 +294,12 @@ class Executor:
         """A scheduler says ``hint.victim`` has calls queued behind a running one: ask it for one, if this
         executor is idle (handled between steps only, so nothing runs now) and not waiting for one already."""
         now = time.monotonic()
-        if self.ready or self.deferred_triggers or now < self.steal_asked_until or self.departure.leaving:
+        if now < self.steal_asked_until or self.departure.leaving:
+            self.steals["hints_ignored"] += 1  # a call asked for is on its way
+            return
+        if self.ready or self.deferred:
             self.steals["hints_ignored"] += 1
+            self.observe_load(0, force=True)  # the scheduler that hinted counts it idle: it is not
             return
         self.steal_asked_until = now + STEAL_WAIT_S
         self.steals["asked"] += 1
@@ -307,6 +327,7 @@ class Executor:
             if type(trigger) is DagTrigger and self.may_hand_over(trigger, [trigger]):
                 del self.deferred[i]
                 self.deferred_triggers -= 1
+                self.deferred_movable -= 1
                 self.hand_over(trigger, frame, request.thief)
                 return
         for i in range(len(self.ready) - 1, keep - 1, -1):
@@ -315,12 +336,22 @@ class Executor:
                 del self.ready[i]
                 self.hand_over(trigger, trigger.pack(), request.thief)
                 return
+        self.peers.send(request.thief, NothingToSteal(self.address).pack())
+        if self.load_edges is not None:  # the thief tells the schedulers; they stop hinting until told again
+            self.load_edges.not_backlogged()
+
+    def on_nothing_to_steal(self, message: NothingToSteal) -> None:
+        """Nothing could be taken: the schedulers that hinted this executor count it busy until told, and
+        hint others to the victim until told it has nothing to give."""
+        self.steal_asked_until = 0.0
+        self.observe_load(0, force=True, denied_by=message.victim)
 
     def may_hand_over(self, trigger: DagTrigger, inputs: list[DagTrigger]) -> bool:
         loaded = self.functions.get(trigger.function)
         return stealing.stealable(trigger, inputs, loaded is not None and loaded.record.batching)
 
     def hand_over(self, trigger: DagTrigger, frame: bytes, thief: str) -> None:
+        log.debug("call %s: step %s handed to %s", trigger.call_id, trigger.function, thief)
         self.peers.send(thief, frame)
         moved = CallMoved(trigger.call_id, trigger.function, self.address, thief).pack()
         for sock in self.scheduler_sockets:
@@ -338,7 +369,7 @@ class Executor:
                 ExecutorLeaving: on_peer_leaving, LeavingAck: on_leaving_ack, KeyUpdate: on_key_update,
                 VersionRequest: on_version_request, VersionResponse: on_version_response,
                 SnapshotRelease: on_snapshot_release, CallAborted: on_call_aborted, CallRetried: on_call_retried,
-                StealHint: on_steal_hint, StealRequest: on_steal_request}
+                StealHint: on_steal_hint, StealRequest: on_steal_request, NothingToSteal: on_nothing_to_steal}
 
     # --- running -------------------------------------------------------------------------------------
 
@@ -532,7 +563,7 @@ class Executor:
         assert self.sock is not None
         edges = self.load_edges
         if edges is not None and edges.pending:  # a change folded by the rate limit is due now or soon
-            self.observe_load(1 + len(self.ready) + self.deferred_triggers)
+            self.observe_load(1)
         if not self.sock.poll(max(0, int(timeout_s * 1000))):
             return False
         for (frame,) in drain(self.sock):
@@ -546,10 +577,12 @@ class Executor:
                 self.deferred.append(frame)
                 if type(message) is DagTrigger:
                     self.deferred_triggers += 1
+                    if self.may_hand_over(message, [message]):
+                        self.deferred_movable += 1
             else:
                 handler(self, message)
         if edges is not None:  # a step queued behind this one makes the executor backlogged: say so
-            self.observe_load(1 + len(self.ready) + self.deferred_triggers)
+            self.observe_load(1)
         return True
 
     def fetch_version(self, address: str, call_id: str, key: str) -> tuple[bool, Any]:
@@ -761,18 +794,18 @@ def main(config: ProcessConfig) -> None:
         wait_ms = 0 if executor.ready or executor.deferred else 100 if edges is None else edges.wait_ms(100)
         for frame in receiver.receive(wait_ms):
             executor.on_frame(frame)
+        executor.deferred_triggers = executor.deferred_movable = 0  # (a hint among them sees ``deferred``)
         while executor.deferred:
             executor.on_frame(executor.deferred.pop(0))
-        executor.deferred_triggers = 0
         if executor.ready:
             if edges is not None:
-                executor.observe_load(len(executor.ready))  # turned busy (or backlogged): before it runs
+                executor.observe_load(0)  # turned busy (or backlogged): before it runs
             try:
                 executor.run_next()
             except Exception as exc:  # the runtime's own failure (store gone mid-delivery, ...): answer, go on
                 executor.answer_failed_step(exc)
         if edges is not None:
-            executor.observe_load(len(executor.ready))  # turned idle, or a folded change is due
+            executor.observe_load(0)  # turned idle, or a folded change is due
         if reporter.due():
             reporter.report(running=not shutdown.requested)
             if executor.recorder is not None:

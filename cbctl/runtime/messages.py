@@ -614,14 +614,17 @@ class CallRetried(Message):
 
 @message(120)
 class ExecutorLoad(Message):
-    """Executor -> every scheduler, only when it turns idle, busy, or backlogged (work queued behind the step it
-    runs), at most once per ``LOAD_REPORT_MIN_INTERVAL_S`` (the latest state follows when that passes): ``load``
-    is the steps it holds, the running one included (0: idle). Never sent per call."""
+    """Executor -> every scheduler, only when it turns idle, busy, or backlogged (a step that could run
+    elsewhere waits behind the one it runs), at most once per ``LOAD_REPORT_MIN_INTERVAL_S`` (the latest state
+    follows when that passes): ``load`` is the steps it holds, the running one included (0: idle). Never sent
+    per call."""
 
     executor_id: str
     address: str
     pid: int
     load: int
+    movable: bool  # a waiting step could run on another executor (stealing.stealable): worth a thief
+    denied_by: str = ""  # the address of a backlogged executor that just had nothing this one could take
 
 
 @message(121)
@@ -634,8 +637,8 @@ class StealHint(Message):
 
 @message(122)
 class StealRequest(Message):
-    """An idle executor -> a backlogged one: hand me one queued call. No answer when none can be handed (the
-    thief stays idle and asks again only on another hint)."""
+    """An idle executor -> a backlogged one: hand me one queued call (a ``DagTrigger``), or say there is none
+    (``NothingToSteal``)."""
 
     thief: str
     executor_type: str
@@ -650,3 +653,11 @@ class CallMoved(Message):
     function: str
     source: str  # the victim's address
     to: str
+
+
+@message(124)
+class NothingToSteal(Message):
+    """A backlogged executor -> a thief, when it has no queued call that can move (another thief took it, or
+    it ran it meanwhile): the thief reports itself idle again, so no scheduler keeps counting it busy."""
+
+    victim: str

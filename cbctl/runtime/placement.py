@@ -21,9 +21,10 @@ there and the function is pinned there at once (``take_actions``), not at the ne
 pin bookkeeping and everything else are Cloudburst's (inherited).
 
 Several schedulers each count only their own placements between reports, so two may both place a call on an
-executor they each believe idle. That executor then reports itself backlogged (load 2 or more), and every
-scheduler hints idle executors of its type to take one queued call each from it (``process_load`` returns the
-hints; the executors' side is stealing.py). The hinted executor is counted busy until it reports again.
+executor they each believe idle. That executor then reports itself backlogged (a step that could run elsewhere
+waits), and every scheduler hints idle executors of its type to take one queued call each from it
+(``process_load`` returns the hints; so does an executor's report that it turned idle, and the scheduler's
+timer, ``rehint``, while one stays backlogged); the executors' side is stealing.py.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class OutstandingPolicy(Policy):
             return
         self.by_address[view.address] = view
         # sent between steps, so its queue is everything it holds
-        view.outstanding, view.load_at = status.queue_length, self.tick
+        view.outstanding = view.reported_load = status.queue_length
+        view.load_at = self.tick
 
     def forget_executor(self, view: ExecutorView) -> None:
         super().forget_executor(view)
@@ -75,17 +77,47 @@ class OutstandingPolicy(Policy):
         view = self.by_address.get(load.address)
         if view is None or view.pid != load.pid or view.executor_id != load.executor_id:
             return []  # not known yet (its first status makes it known), or an old process's last word
-        now = self.clock()
-        view.outstanding, view.load_at = load.load, now
-        if load.load < 2 or not self.settings.work_stealing:
+        view.outstanding, view.load_at, view.reported_load = load.load, self.clock(), load.load
+        view.movable = load.movable
+        if load.denied_by:
+            # what waits there cannot move (a join, another consistency mode) or was taken: no more hints for
+            # it until it reports again, or two executors could ask and be denied for ever
+            victim = self.by_address.get(load.denied_by)
+            if victim is not None:
+                victim.movable = False
+        if load.load == 0 and self.settings.work_stealing:  # idle now: the thief for the most backlogged one
+            backlogged = [v for v in self.executors.values()
+                          if v.movable and v.reported_load >= 2 and v.executor_type == view.executor_type]
+            if backlogged:
+                victim = max(backlogged, key=lambda v: (v.reported_load, v.key))
+                self.steal_hints += 1
+                return [(view, victim.address)]
+        return self._hints_for(view)
+
+    def rehint(self) -> list[tuple[ExecutorView, str]]:
+        """Hints again for executors whose latest own report says backlogged (the scheduler's timer): the
+        executors hinted before may have found nothing (another took it) or been busy, and a backlogged
+        executor reports again only when its state changes."""
+        hints = []
+        for view in self.executors.values():
+            if view.movable:
+                hints += self._hints_for(view)
+        return hints
+
+    def _hints_for(self, view: ExecutorView) -> list[tuple[ExecutorView, str]]:
+        if not view.movable or view.reported_load < 2 or not self.settings.work_stealing:
             return []
+        now = self.clock()
+        # in a fixed order, so two schedulers hearing the same report hint the same executor (it asks once)
         idle = sorted((v for v in self.executors.values()
                        if v.outstanding == 0 and v is not view and v.executor_type == view.executor_type
                        and now - v.last_seen <= self.settings.stale_s), key=lambda v: v.key)
-        self.rng.shuffle(idle)  # two schedulers hearing the same report seldom hint the same executor
         hints = []
-        for thief in idle[:load.load - 1]:  # one call each for what waits behind the running step
-            thief.outstanding += 1  # as if placed: the call it takes, if any, comes back as its own report
+        # a thief per step waiting behind the running one, and two more: a thief this scheduler believes idle
+        # may be busy already (it then ignores the hint), and one that finds nothing reports itself idle and is
+        # hinted to the next backlogged executor. A thief is not counted busy until it says so (a count would
+        # go stale if it found nothing); it asks once however many hints it gets.
+        for thief in idle[:view.reported_load + 1]:
             hints.append((thief, view.address))
         self.steal_hints += len(hints)
         return hints

@@ -145,6 +145,8 @@ class ExecutorView:
     # the steps placed there since, less those known finished since), and when that report came
     outstanding: int = 0
     load_at: float = 0.0
+    reported_load: int = 0  # the executor's own count in that report
+    movable: bool = False  # its latest load report says a waiting step could run elsewhere (a thief's hint)
 
     @property
     def host(self) -> str:
@@ -574,6 +576,10 @@ class Policy:
 
     def call_moved(self, source: str, to: str) -> None:
         """An executor handed a queued step to another (work stealing)."""
+
+    def rehint(self) -> list[tuple[ExecutorView, str]]:
+        """Steal hints again for executors still backlogged (the scheduler's timer); see ``process_load``."""
+        return []
 
     def take_actions(self) -> list[PinAction]:
         """Pins decided while placing calls, for the scheduler to send; Cloudburst's policy pins only on its

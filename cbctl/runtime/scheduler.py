@@ -59,7 +59,7 @@ from cbctl.runtime.messages import (
 )
 from cbctl.runtime.metrics import RateWindow, in_flight_estimate
 from cbctl.runtime.placement import new_policy
-from cbctl.runtime.policy import PinAction, PolicySettings, host_of
+from cbctl.runtime.policy import ExecutorView, PinAction, PolicySettings, host_of
 from cbctl.runtime.process import (
     PeerSockets,
     ProcessConfig,
@@ -432,7 +432,10 @@ class Scheduler:
         take a call each from a backlogged one."""
         if self.lost_pids and (load.executor_id, load.pid) in self.lost_pids:
             return
-        for thief, victim in self.policy.process_load(load):
+        self.send_hints(self.policy.process_load(load))
+
+    def send_hints(self, hints: list[tuple[ExecutorView, str]]) -> None:
+        for thief, victim in hints:
             self.peers.send(thief.address, StealHint(victim).pack())
 
     def on_call_moved(self, moved: CallMoved) -> None:
@@ -561,6 +564,7 @@ def main(config: ProcessConfig) -> None:
             if scheduler.parked:
                 scheduler.retry_parked()  # those past their deadline fail now
             scheduler.apply(scheduler.policy.periodic_update())
+            scheduler.send_hints(scheduler.policy.rehint())  # for executors still backlogged
         if now >= next_refresh:
             next_refresh = now + REGISTRY_REFRESH_S
             try:

@@ -39,8 +39,9 @@ def status(executor: int, pinned=(), queue: int = 0, cached=(), executor_type: s
                           utilization, queue, list(cached), 100 + executor, {})
 
 
-def load(executor: int, steps: int) -> ExecutorLoad:
-    return ExecutorLoad(f"executor-{executor}", address(executor), 100 + executor, steps)
+def load(executor: int, steps: int, movable: bool = True, denied_by: str = "") -> ExecutorLoad:
+    return ExecutorLoad(f"executor-{executor}", address(executor), 100 + executor, steps, movable and steps > 1,
+                        denied_by)
 
 
 def make(n: int = 4, seed: int = 7, **settings) -> tuple[OutstandingPolicy, Clock]:
@@ -142,42 +143,60 @@ def test_parallel_branches_still_avoid_executors_of_their_call():
     assert policy.pick_executor("right", avoid=[first.address]) is not first
 
 
-def test_a_backlogged_executor_gets_idle_thieves_one_per_queued_call():
-    policy, _ = make(4)
+def test_a_backlogged_executor_gets_idle_thieves():
+    policy, _ = make(6)
     policy.process_load(load(1, 1))
-    hints = policy.process_load(load(0, 3))  # runs one, two queued behind it
-    assert len(hints) == 2
+    hints = policy.process_load(load(0, 2))  # runs one, one that could run elsewhere waits behind it
     assert {victim for _, victim in hints} == {address(0)}
-    assert {thief.executor_id for thief, _ in hints} == {"executor-2", "executor-3"}  # 1 is busy
-    assert all(thief.outstanding == 1 for thief, _ in hints)  # not hinted twice, nor given new calls first
-    assert policy.process_load(load(0, 2)) == []  # nobody idle left
+    # one per waiting step and two spares (a thief may be busy already), idle ones only, in a fixed order so
+    # that two schedulers hint the same ones
+    assert [thief.executor_id for thief, _ in hints] == ["executor-2", "executor-3", "executor-4"]
+    assert all(thief.outstanding == 0 for thief, _ in hints)  # not counted busy before they say so
+    assert policy.process_load(load(0, 3, movable=False)) == []  # what waits must run there: no thief
     stealing_off, _ = make(4, work_stealing=False)
     assert stealing_off.process_load(load(0, 3)) == []
 
 
+def test_an_executor_turning_idle_is_sent_to_a_backlogged_one_until_that_has_nothing_to_give():
+    policy, clock = make(3)
+    policy.process_load(load(1, 1))
+    policy.process_load(load(2, 1))
+    policy.process_load(load(0, 3))  # nobody idle to hint yet
+    (hint,) = policy.process_load(load(1, 0))
+    assert (hint[0].executor_id, hint[1]) == ("executor-1", address(0))
+    # it asked, executor-0 had nothing that could move after all: no more hints there until it reports again
+    assert policy.process_load(load(1, 0, denied_by=address(0))) == []
+    assert policy.rehint() == []
+    policy.process_load(load(0, 2))
+    clock.advance(1)
+    assert [(t.executor_id, v) for t, v in policy.rehint()] == [("executor-1", address(0))]
+
+
 def test_an_old_processes_load_report_is_ignored():
     policy, _ = make(1)
-    policy.process_load(ExecutorLoad("executor-0", address(0), 999, 5))
+    policy.process_load(ExecutorLoad("executor-0", address(0), 999, 5, True))
     assert policy.executors[("10.0.0.1", "executor-0")].outstanding == 0
 
 
 def test_load_reports_go_on_state_changes_only_and_are_rate_limited():
     clock = Clock()
-    edges = LoadEdges(0.01, clock)
-    assert edges.observe(1)  # idle -> busy
-    assert not edges.observe(1)
-    clock.advance(0.02)
-    assert edges.observe(3)  # busy -> backlogged
-    assert not edges.observe(2)  # still backlogged
+    edges = LoadEdges(0.01, burst=2, clock=clock)
+    assert edges.observe(1, False)  # idle -> busy
+    assert not edges.observe(1, False)
+    assert not edges.observe(3, False)  # more steps, none of which could move: still just busy
+    assert edges.observe(3, True)  # busy -> backlogged: the burst is spent
+    assert not edges.observe(2, True)  # still backlogged
     clock.advance(0.001)
-    assert not edges.observe(0)  # idle, but inside the interval: folded
+    assert not edges.observe(0, False)  # idle, but no token left: folded
     assert edges.pending and 0 < edges.wait_ms(100) <= 10
-    assert not edges.observe(3)  # back to what was sent: nothing due
+    assert not edges.observe(3, True)  # back to what was sent: nothing due
     assert not edges.pending and edges.wait_ms(100) == 100
-    assert not edges.observe(0)
+    assert not edges.observe(0, False)
     clock.advance(0.01)
-    assert edges.observe(0)  # the folded change, once the interval passed
-    assert edges.sent == 3
+    assert edges.observe(0, False)  # the folded change, once a token came
+    assert edges.observe(1, False, force=True)  # forced (a thief correcting its schedulers) goes regardless
+    edges.not_backlogged()
+    assert edges.sent == 4
 
 
 def trigger(consistency: str = "lww", extras=None, edges=()) -> DagTrigger:
