@@ -206,6 +206,11 @@ POLICY_PLACEMENTS = ("outstanding", "cloudburst")
 #: interval, yet at most 100 reports a second per executor for a scheduler to read.
 LOAD_REPORT_MIN_INTERVAL_S = 0.01
 
+#: Seconds a scheduler assumes a step may take to reach its executor and the executor's load report to come back
+#: (a report folded by the rate above comes up to 10 ms late): a report counts the steps placed within this
+#: window on top of the executor's own count, unless their calls are known finished.
+LOAD_REPORT_WINDOW_S = 0.02
+
 #: Load reports an executor may send at once before the rate above applies: a call's busy and idle edges and
 #: a steal's, so that a burst of calls after a quiet spell is reported as it happens, not 10 ms late.
 LOAD_REPORT_BURST = 4

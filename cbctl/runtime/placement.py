@@ -12,6 +12,10 @@ This policy keeps, per executor, its outstanding steps (``ExecutorView.outstandi
 - minus one per step of a call this scheduler placed there after that report, once the call's caller reports
   it finished (``calls_finished``: the ids a client lists on its next request, which travel anyway).
 
+A report may cross a placement (the executor counted before the step arrived), so a report counts, on top of
+the executor's number, the steps placed there in the last ``LOAD_REPORT_WINDOW_S`` whose calls are not known
+finished: an executor that just got a call is never taken for idle by a report sent before it came.
+
 A call goes to an idle candidate when there is one (among idle ones, the one caching most of the keys the call
 references; then at random), else to the candidate with the fewest outstanding steps (then locality, then
 random). Candidates are Cloudburst's: the function's pinned locations, else every fresh executor of its type,
@@ -35,6 +39,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from cbctl.errors import NoExecutorAvailable
+from cbctl.runtime.defaults import LOAD_REPORT_WINDOW_S
 from cbctl.runtime.messages import ExecutorLoad, ExecutorStatus
 from cbctl.runtime.policy import ExecutorView, PinAction, Policy, PolicySettings, host_of
 
@@ -65,8 +70,7 @@ class OutstandingPolicy(Policy):
             return
         self.by_address[view.address] = view
         # sent between steps, so its queue is everything it holds
-        view.outstanding = view.reported_load = status.queue_length
-        view.load_at = self.tick
+        self._reported(view, status.queue_length, self.tick)
 
     def forget_executor(self, view: ExecutorView) -> None:
         super().forget_executor(view)
@@ -77,7 +81,7 @@ class OutstandingPolicy(Policy):
         view = self.by_address.get(load.address)
         if view is None or view.pid != load.pid or view.executor_id != load.executor_id:
             return []  # not known yet (its first status makes it known), or an old process's last word
-        view.outstanding, view.load_at, view.reported_load = load.load, self.clock(), load.load
+        self._reported(view, load.load, self.clock())
         view.movable = load.movable
         if load.denied_by:
             # what waits there cannot move (a join, another consistency mode) or was taken: no more hints for
@@ -93,6 +97,18 @@ class OutstandingPolicy(Policy):
                 self.steal_hints += 1
                 return [(view, victim.address)]
         return self._hints_for(view)
+
+    @staticmethod
+    def _reported(view: ExecutorView, load: int, now: float) -> None:
+        """An executor's own count arrived: it is what it holds, plus the steps placed there in the last
+        ``LOAD_REPORT_WINDOW_S`` whose calls are not known finished (they may have been on their way when it
+        counted, or it may have counted them: an overcount lasts until their caller reports them done)."""
+        placed = view.placed
+        horizon = now - LOAD_REPORT_WINDOW_S
+        while placed and placed[0] < horizon:
+            placed.popleft()
+        view.outstanding = load + len(placed)
+        view.reported_load, view.load_at = load, now
 
     def rehint(self) -> list[tuple[ExecutorView, str]]:
         """Hints again for executors whose latest own report says backlogged (the scheduler's timer): the
@@ -128,8 +144,14 @@ class OutstandingPolicy(Policy):
             dispatched_at = call.dispatched_at
             for address in call.locations.values():
                 view = by_address.get(address)
-                # a step placed before the executor's latest report is in that report (or finished before it)
-                if view is not None and view.outstanding and dispatched_at > view.load_at:
+                if view is None:
+                    continue
+                placed = view.placed
+                if placed and dispatched_at >= placed[0] and dispatched_at in placed:
+                    placed.remove(dispatched_at)  # counted on top of any report since
+                elif dispatched_at <= view.load_at:
+                    continue  # in the executor's latest report (or finished before it)
+                if view.outstanding:
                     view.outstanding -= 1
 
     def call_moved(self, source: str, to: str) -> None:
@@ -144,7 +166,7 @@ class OutstandingPolicy(Policy):
     # --- calls (the hot path) ----------------------------------------------------------------------------
 
     def pick_executor(self, function: str, gpu: bool = False, refs: list[str] | None = None,
-                      avoid: Collection[str] = ()) -> ExecutorView:
+                      avoid: Collection[str] = (), now: float = 0.0) -> ExecutorView:
         candidates = self._candidates[gpu].get(function)
         if candidates is None:
             candidates = self._build_candidates(function, gpu)
@@ -152,6 +174,10 @@ class OutstandingPolicy(Policy):
         if chosen.outstanding and self.settings.scale_out:
             chosen = self._scale_out_now(function, chosen, avoid) or chosen
         chosen.outstanding += 1
+        placed = chosen.placed
+        placed.append(now)
+        if len(placed) > 64 and placed[0] < now - LOAD_REPORT_WINDOW_S:  # bounded between reports
+            placed.popleft()
         return chosen
 
     def _build_candidates(self, function: str, gpu: bool) -> tuple[ExecutorView, ...]:

@@ -58,8 +58,10 @@ class InFlightTable:
     def __len__(self) -> int:
         return len(self.calls)
 
-    def add(self, request: Any, locations: dict[str, str], depth: int = 0, attempt: int = 1) -> None:
-        """Remember a dispatch (a continuation or a re-dispatch replaces the call's earlier entry)."""
+    def add(self, request: Any, locations: dict[str, str], depth: int = 0, attempt: int = 1,
+            at: float | None = None) -> None:
+        """Remember a dispatch at ``at`` (default: now; a continuation or a re-dispatch replaces the call's
+        earlier entry)."""
         calls = self.calls
         call_id = request.call_id
         if call_id in calls:
@@ -67,7 +69,7 @@ class InFlightTable:
         elif len(calls) >= self.limit:
             del calls[next(iter(calls))]
             self.forgotten += 1
-        calls[call_id] = InFlightCall(request, locations, depth, attempt, self.clock())
+        calls[call_id] = InFlightCall(request, locations, depth, attempt, self.clock() if at is None else at)
 
     def complete(self, call_ids: Iterable[str]) -> list[InFlightCall]:
         """The caller has these results: nothing more to retry. Returns the calls it remembered of them."""

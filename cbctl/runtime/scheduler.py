@@ -198,11 +198,12 @@ class Scheduler:
             if request.source_args:
                 check_source_args(plan, request.source_args)
             pick = self.policy.pick_executor
+            now = time.monotonic()  # the dispatch time, for the policy and the in-flight table alike
             locations: dict[str, str] = {}
             for fn in plan.functions:
                 parallel = plan.parallel[fn]
                 locations[fn] = pick(fn, plan.gpu[fn], request.refs,
-                                     [locations[p] for p in parallel] if parallel else ()).address
+                                     [locations[p] for p in parallel] if parallel else (), now).address
         except NoExecutorAvailable as exc:
             deadline = wait_until or self.wait_for_executors_until
             if time.monotonic() < deadline:
@@ -221,7 +222,7 @@ class Scheduler:
             self.apply(self.policy.take_actions())  # pinned on an idle executor, all others being busy
         self.counters["dag_calls" if plan.dag else "calls"] += 1
         self.name_calls[plan.name] = self.name_calls.get(plan.name, 0) + 1
-        in_flight.add(request, locations, depth, attempt)
+        in_flight.add(request, locations, depth, attempt, now)
         extras = {**plan.extras, DEPTH_KEY: depth} if depth else plan.extras
         if request.extras:  # the client's read-your-writes session, and nothing else a client may set
             extras = (consistency.with_continued_call(extras, request.extras) if depth  # from an executor

@@ -109,16 +109,30 @@ def test_locality_wins_among_idle_executors_but_not_over_idleness():
 def test_finished_calls_reported_by_the_client_make_an_executor_idle_again():
     policy, clock = make(1)
     clock.advance(1)
-    chosen = policy.pick_executor("f")
+    chosen = policy.pick_executor("f", now=clock.now)
     assert chosen.outstanding == 1
     policy.calls_finished([InFlightCall(None, {"f": chosen.address}, 0, 1, clock.now)])
     assert chosen.outstanding == 0
-    # a call placed before the executor's latest report is in that report already: not subtracted again
-    policy.pick_executor("f")
-    policy.process_load(load(0, 1))
+    # a call placed well before the executor's latest report is in that report: not subtracted again
+    policy.pick_executor("f", now=clock.now)
     clock.advance(1)
-    policy.calls_finished([InFlightCall(None, {"f": chosen.address}, 0, 1, clock.now - 2)])
+    policy.process_load(load(0, 1))
+    policy.calls_finished([InFlightCall(None, {"f": chosen.address}, 0, 1, clock.now - 1)])
     assert chosen.outstanding == 1
+
+
+def test_a_report_that_crossed_a_placement_does_not_make_the_executor_look_idle():
+    policy, clock = make(1)
+    policy.pick_executor("f", now=clock.now)  # on its way when the executor reported idle (its last call done)
+    clock.advance(0.001)
+    policy.process_load(load(0, 0))
+    assert policy.executors[("10.0.0.1", "executor-0")].outstanding == 1
+    policy.calls_finished([InFlightCall(None, {"f": address(0)}, 0, 1, clock.now - 0.001)])
+    assert policy.executors[("10.0.0.1", "executor-0")].outstanding == 0
+    clock.advance(1)  # long enough for any step to arrive: the executor's count is the truth
+    policy.pick_executor("f", now=clock.now - 0.5)
+    policy.process_load(load(0, 0))
+    assert policy.executors[("10.0.0.1", "executor-0")].outstanding == 0
 
 
 def test_a_busy_pinned_function_is_pinned_at_once_on_an_idle_unpinned_executor():
