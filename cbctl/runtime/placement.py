@@ -243,4 +243,9 @@ class OutstandingPolicy(Policy):
     def describe(self) -> dict[str, Any]:
         described = super().describe()
         described["steal_hints"] = self.steal_hints
+        # utilization backoff still times scale-in, but no call avoids an executor for it (`cbctl top` shows
+        # "backoff" for executors the policy avoids)
+        described["backoff"] = {}
+        for executor in described["executors"].values():
+            executor["backoff"] = False
         return described
