@@ -2,6 +2,7 @@
 for Cloudburst's policy (``cbctl up --policy placement=cloudburst``) and cbctl's default side by side.
 
     python -m benchmarks.placement [--executors 4] [--seconds 8] [--naps-in-flight 2] [--noop-pause-ms 5]
+                                   [--schedulers 1]
 
 Each case runs on a fresh cluster with step records on ($CBCTL_RECORD_STEPS, see cbctl/runtime/step_records.py).
 One client keeps ``--naps-in-flight`` calls of a 50 ms function in flight (2 on 4 executors: half the
@@ -118,7 +119,8 @@ def executor_ids(home: Path) -> list[str]:
 
 def run_case(placement: str, args: argparse.Namespace) -> dict[str, Any]:
     os.environ[step_records.ENV] = "1"
-    with temp_cluster(args.executors, ["--policy", f"placement={placement}"]) as home, \
+    extra = ["--policy", f"placement={placement}", "--schedulers", str(args.schedulers)]
+    with temp_cluster(args.executors, extra) as home, \
             cbctl.connect(home) as client:
         client.register(nap)
         client.register(noop)
@@ -153,13 +155,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds of mixed load per policy")
     parser.add_argument("--naps-in-flight", type=int, default=2, help="50 ms calls kept in flight (half of 4)")
     parser.add_argument("--noop-pause-ms", type=float, default=5.0, help="pause between no-op calls")
+    parser.add_argument("--schedulers", type=int, default=1, help="schedulers (each client picks one at random)")
     args = parser.parse_args(argv)
     if __name__ != "__main__":
         cloudpickle.register_pickle_by_value(sys.modules[__name__])  # executors need not import benchmarks/
     rows = [run_case("cloudburst", args), run_case("outstanding", args)]
     print_report("placement under mixed load: 50 ms calls at half capacity plus no-ops", rows, {
         "executors": args.executors, "seconds": args.seconds, "naps_in_flight": args.naps_in_flight,
-        "noop_pause_ms": args.noop_pause_ms, "cpus": os.cpu_count()})
+        "noop_pause_ms": args.noop_pause_ms, "schedulers": args.schedulers, "cpus": os.cpu_count()})
 
 
 if __name__ == "__main__":
