@@ -152,6 +152,7 @@ class Executor:
         self.deferred_triggers = 0  # DagTriggers among ``deferred``: steps held besides ``ready``
         self.deferred_movable = 0  # those of them another executor could run (stealing.stealable)
         self.steal_asked_until = 0.0
+        self.last_call = ""
         self.steals = {"given": 0, "asked": 0, "hints_ignored": 0}
         self.recorder = step_records.StepRecorder(Path(config.home), self.executor_id) \
             if step_records.enabled() else None
@@ -178,6 +179,7 @@ class Executor:
             rejected.warning("dropped a malformed %s: %s: %s", type(message).__name__, type(exc).__name__, exc)
 
     def on_trigger(self, trigger: DagTrigger) -> None:
+        self.last_call = trigger.call_id  # (load reports say which, so a scheduler knows what they counted)
         if self.steal_asked_until:
             self.steal_asked_until = 0.0  # busy now (with the step asked for, or another): hints wait till idle
         if trigger.extras:
@@ -283,7 +285,8 @@ class Executor:
                     movable = True
                     break
         if edges.observe(load, movable, force):
-            frame = ExecutorLoad(self.executor_id, self.address, os.getpid(), load, movable, denied_by).pack()
+            frame = ExecutorLoad(self.executor_id, self.address, os.getpid(), load, movable, self.last_call,
+                                 denied_by).pack()
             for sock in self.scheduler_sockets:
                 try:
                     sock.send(frame, zmq.NOBLOCK)

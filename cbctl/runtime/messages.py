@@ -624,6 +624,7 @@ class ExecutorLoad(Message):
     pid: int
     load: int
     movable: bool  # a waiting step could run on another executor (stealing.stealable): worth a thief
+    last_call: str  # the call of the latest step it received: what a scheduler placed before it, it counted
     denied_by: str = ""  # the address of a backlogged executor that just had nothing this one could take
 
 

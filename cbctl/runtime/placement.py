@@ -70,7 +70,7 @@ class OutstandingPolicy(Policy):
             return
         self.by_address[view.address] = view
         # sent between steps, so its queue is everything it holds
-        self._reported(view, status.queue_length, self.tick)
+        self._reported(view, status.queue_length, self.tick, "")
 
     def forget_executor(self, view: ExecutorView) -> None:
         super().forget_executor(view)
@@ -81,7 +81,7 @@ class OutstandingPolicy(Policy):
         view = self.by_address.get(load.address)
         if view is None or view.pid != load.pid or view.executor_id != load.executor_id:
             return []  # not known yet (its first status makes it known), or an old process's last word
-        self._reported(view, load.load, self.clock())
+        self._reported(view, load.load, self.clock(), load.last_call)
         view.movable = load.movable
         if load.denied_by:
             # what waits there cannot move (a join, another consistency mode) or was taken: no more hints for
@@ -99,14 +99,22 @@ class OutstandingPolicy(Policy):
         return self._hints_for(view)
 
     @staticmethod
-    def _reported(view: ExecutorView, load: int, now: float) -> None:
-        """An executor's own count arrived: it is what it holds, plus the steps placed there in the last
-        ``LOAD_REPORT_WINDOW_S`` whose calls are not known finished (they may have been on their way when it
-        counted, or it may have counted them: an overcount lasts until their caller reports them done)."""
+    def _reported(view: ExecutorView, load: int, now: float, last_call: str) -> None:
+        """An executor's own count arrived: it is what it holds, plus the steps placed there since it received
+        the step of ``last_call`` (a scheduler's steps reach an executor in the order they were placed), or,
+        when that is not one of this scheduler's, those placed in the last ``LOAD_REPORT_WINDOW_S`` whose calls
+        are not known finished (they may have been on their way when it counted: an overcount lasts until their
+        caller reports them done, or the next report)."""
         placed = view.placed
         horizon = now - LOAD_REPORT_WINDOW_S
-        while placed and placed[0] < horizon:
+        while placed and placed[0][0] < horizon:
             placed.popleft()
+        if last_call and placed:
+            for i, (_, call_id) in enumerate(placed):
+                if call_id == last_call:
+                    for _ in range(i + 1):
+                        placed.popleft()
+                    break
         view.outstanding = load + len(placed)
         view.reported_load, view.load_at = load, now
 
@@ -147,8 +155,9 @@ class OutstandingPolicy(Policy):
                 if view is None:
                     continue
                 placed = view.placed
-                if placed and dispatched_at >= placed[0] and dispatched_at in placed:
-                    placed.remove(dispatched_at)  # counted on top of any report since
+                entry = (dispatched_at, call.request.call_id)
+                if placed and dispatched_at >= placed[0][0] and entry in placed:
+                    placed.remove(entry)  # counted on top of any report since
                 elif dispatched_at <= view.load_at:
                     continue  # in the executor's latest report (or finished before it)
                 if view.outstanding:
@@ -166,7 +175,7 @@ class OutstandingPolicy(Policy):
     # --- calls (the hot path) ----------------------------------------------------------------------------
 
     def pick_executor(self, function: str, gpu: bool = False, refs: list[str] | None = None,
-                      avoid: Collection[str] = (), now: float = 0.0) -> ExecutorView:
+                      avoid: Collection[str] = (), now: float = 0.0, call_id: str = "") -> ExecutorView:
         candidates = self._candidates[gpu].get(function)
         if candidates is None:
             candidates = self._build_candidates(function, gpu)
@@ -175,8 +184,8 @@ class OutstandingPolicy(Policy):
             chosen = self._scale_out_now(function, chosen, avoid) or chosen
         chosen.outstanding += 1
         placed = chosen.placed
-        placed.append(now)
-        if len(placed) > 64 and placed[0] < now - LOAD_REPORT_WINDOW_S:  # bounded between reports
+        placed.append((now, call_id))
+        if len(placed) > 64 and placed[0][0] < now - LOAD_REPORT_WINDOW_S:  # bounded between reports
             placed.popleft()
         return chosen
 

@@ -146,7 +146,7 @@ class ExecutorView:
     outstanding: int = 0
     load_at: float = 0.0
     reported_load: int = 0  # the executor's own count in that report
-    placed: collections.deque[float] = field(default_factory=collections.deque)  # dispatch times, last few ms
+    placed: collections.deque[tuple[float, str]] = field(default_factory=collections.deque)  # (time, call id)
     movable: bool = False  # its latest load report says a waiting step could run elsewhere (a thief's hint)
 
     @property
@@ -315,11 +315,11 @@ class Policy:
     # --- calls (the hot path) -------------------------------------------------------------------------------
 
     def pick_executor(self, function: str, gpu: bool = False, refs: list[str] | None = None,
-                      avoid: Collection[str] = (), now: float = 0.0) -> ExecutorView:
+                      avoid: Collection[str] = (), now: float = 0.0, call_id: str = "") -> ExecutorView:
         """The executor for one call of ``function``. ``refs`` are the store keys the call references;
         executors whose address is in ``avoid`` (running a parallel branch of the same call) only when no
-        other candidate is left; ``now``, the call's dispatch time (placement.py's policy uses it). Raises
-        ``NoExecutorAvailable`` when no live executor can run it."""
+        other candidate is left; ``now`` and ``call_id``, the call's dispatch time and id (placement.py's policy
+        uses them). Raises ``NoExecutorAvailable`` when no live executor can run it."""
         candidates = self._candidates[gpu].get(function)
         if candidates is None:
             candidates = self._build_candidates(function, gpu)

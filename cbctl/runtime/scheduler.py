@@ -203,7 +203,8 @@ class Scheduler:
             for fn in plan.functions:
                 parallel = plan.parallel[fn]
                 locations[fn] = pick(fn, plan.gpu[fn], request.refs,
-                                     [locations[p] for p in parallel] if parallel else (), now).address
+                                     [locations[p] for p in parallel] if parallel else (), now,
+                                     request.call_id).address
         except NoExecutorAvailable as exc:
             deadline = wait_until or self.wait_for_executors_until
             if time.monotonic() < deadline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
@@ -39,9 +40,9 @@ def status(executor: int, pinned=(), queue: int = 0, cached=(), executor_type: s
                           utilization, queue, list(cached), 100 + executor, {})
 
 
-def load(executor: int, steps: int, movable: bool = True, denied_by: str = "") -> ExecutorLoad:
+def load(executor: int, steps: int, movable: bool = True, denied_by: str = "", last_call: str = "") -> ExecutorLoad:
     return ExecutorLoad(f"executor-{executor}", address(executor), 100 + executor, steps, movable and steps > 1,
-                        denied_by)
+                        last_call, denied_by)
 
 
 def make(n: int = 4, seed: int = 7, **settings) -> tuple[OutstandingPolicy, Clock]:
@@ -106,33 +107,43 @@ def test_locality_wins_among_idle_executors_but_not_over_idleness():
     assert policy.pick_executor("f", refs=["k"]).executor_id == "executor-0"  # idle beats cached
 
 
+def finished(call_id: str, executor: int, dispatched_at: float) -> InFlightCall:
+    return InFlightCall(SimpleNamespace(call_id=call_id), {"f": address(executor)}, 0, 1, dispatched_at)
+
+
 def test_finished_calls_reported_by_the_client_make_an_executor_idle_again():
     policy, clock = make(1)
     clock.advance(1)
-    chosen = policy.pick_executor("f", now=clock.now)
+    chosen = policy.pick_executor("f", now=clock.now, call_id="c1")
     assert chosen.outstanding == 1
-    policy.calls_finished([InFlightCall(None, {"f": chosen.address}, 0, 1, clock.now)])
+    policy.calls_finished([finished("c1", 0, clock.now)])
     assert chosen.outstanding == 0
     # a call placed well before the executor's latest report is in that report: not subtracted again
-    policy.pick_executor("f", now=clock.now)
+    policy.pick_executor("f", now=clock.now, call_id="c2")
     clock.advance(1)
     policy.process_load(load(0, 1))
-    policy.calls_finished([InFlightCall(None, {"f": chosen.address}, 0, 1, clock.now - 1)])
+    policy.calls_finished([finished("c2", 0, clock.now - 1)])
     assert chosen.outstanding == 1
 
 
 def test_a_report_that_crossed_a_placement_does_not_make_the_executor_look_idle():
     policy, clock = make(1)
-    policy.pick_executor("f", now=clock.now)  # on its way when the executor reported idle (its last call done)
+    view = policy.executors[("10.0.0.1", "executor-0")]
+    policy.pick_executor("f", now=clock.now, call_id="c1")
     clock.advance(0.001)
-    policy.process_load(load(0, 0))
-    assert policy.executors[("10.0.0.1", "executor-0")].outstanding == 1
-    policy.calls_finished([InFlightCall(None, {"f": address(0)}, 0, 1, clock.now - 0.001)])
-    assert policy.executors[("10.0.0.1", "executor-0")].outstanding == 0
+    policy.pick_executor("f", now=clock.now, call_id="c2")  # on its way when the executor reported idle
+    clock.advance(0.001)
+    policy.process_load(load(0, 0, last_call="c1"))  # had received (and run) c1, not c2
+    assert view.outstanding == 1
+    policy.calls_finished([finished("c2", 0, clock.now - 0.001)])
+    assert view.outstanding == 0
+    # a report naming no call of this scheduler's counts every recent placement not known finished
+    policy.pick_executor("f", now=clock.now, call_id="c3")
+    policy.process_load(load(0, 0, last_call="another-schedulers-call"))
+    assert view.outstanding == 1
     clock.advance(1)  # long enough for any step to arrive: the executor's count is the truth
-    policy.pick_executor("f", now=clock.now - 0.5)
     policy.process_load(load(0, 0))
-    assert policy.executors[("10.0.0.1", "executor-0")].outstanding == 0
+    assert view.outstanding == 0
 
 
 def test_a_busy_pinned_function_is_pinned_at_once_on_an_idle_unpinned_executor():
@@ -188,7 +199,7 @@ def test_an_executor_turning_idle_is_sent_to_a_backlogged_one_until_that_has_not
 
 def test_an_old_processes_load_report_is_ignored():
     policy, _ = make(1)
-    policy.process_load(ExecutorLoad("executor-0", address(0), 999, 5, True))
+    policy.process_load(ExecutorLoad("executor-0", address(0), 999, 5, True, ""))
     assert policy.executors[("10.0.0.1", "executor-0")].outstanding == 0
 
 
