@@ -180,7 +180,7 @@ class OutstandingPolicy(Policy):
         if candidates is None:
             candidates = self._build_candidates(function, gpu)
         chosen = candidates[0] if len(candidates) == 1 else self._choose(candidates, refs, avoid)
-        if chosen.outstanding and self.settings.scale_out:
+        if chosen.outstanding and self.unpinned_executors.get(chosen.executor_type) and self.settings.scale_out:
             chosen = self._scale_out_now(function, chosen, avoid) or chosen
         chosen.outstanding += 1
         placed = chosen.placed
