@@ -1,4 +1,4 @@
-"""Placement by outstanding work on real clusters (cbctl/runtime/placement.py, stealing.py):
+"""Placement by outstanding work on real clusters (cbctl/runtime/scheduler/placement.py, executor/stealing.py):
 
 - a rendezvous (N calls on N executors, each waiting until all N have started) completes on N distinct
   executors, 20 rounds in a row, after a warm-up of mixed load, with 1 scheduler and with 2 (where the

@@ -11,12 +11,12 @@ import pytest
 
 from cbctl.errors import InvalidArgument
 from cbctl.runtime import multiexec
-from cbctl.runtime.messages import DagTrigger, ExecutorLoad, ExecutorStatus
-from cbctl.runtime.placement import OutstandingPolicy, new_policy
-from cbctl.runtime.policy import Policy, PolicySettings, parse_policy_options
+from cbctl.runtime.executor.stealing import LoadEdges, stealable
 from cbctl.runtime.retries import InFlightCall
-from cbctl.runtime.stealing import LoadEdges, stealable
+from cbctl.runtime.scheduler.placement import OutstandingPolicy, new_policy
+from cbctl.runtime.scheduler.policy import Policy, PolicySettings, parse_policy_options
 from cbctl.runtime.step_records import waited_while_idle
+from cbctl.runtime.wire.messages import DagTrigger, ExecutorLoad, ExecutorStatus
 
 
 class Clock:

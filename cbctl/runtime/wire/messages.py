@@ -1,203 +1,42 @@
-"""Every message that crosses a process boundary, one small typed class per kind.
+"""Every message that crosses a process boundary, one small typed class per kind: the protocol's catalogue.
 
-A message is one zmq frame: the msgpack array ``[PROTOCOL_VERSION, KIND, *fields]``, with the fields in
-declaration order. User values inside messages are already-encoded bytes (see ``serialization``), so
-unpacking a frame never runs user code. ``unpack`` is the only place a frame is trusted: anything that is
-not a well-formed message of this version, with every field of its declared type, raises ``ProtocolError``,
-which servers log, count and drop.
-
-Kind 0 is reserved, for ever, for one frame whose layout never changes: ``[sender_version, 0, text]``, a
-server's answer to a frame of another protocol version (``version_refusal``), so the peer is told in a form any
-version reads, and ``unpack`` turns it into a ``ProtocolError`` carrying the text.
+How a message is packed, unpacked and checked is ``frames.py`` (its names are importable from here too). User
+values inside messages are already-encoded bytes (see ``serialization``), so unpacking a frame never runs user
+code. A field's annotation is its check at unpack: a type, or a checked value (``Pid``, ``Address``, ...).
+Each section below holds a range of kinds, so a reader sees that no number is used twice.
 """
 
 from __future__ import annotations
 
-import operator
-import types
-import typing
-from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import field
+from typing import Any
 
-import msgpack
-
-from cbctl.errors import ProtocolError
-from cbctl.runtime.defaults import PROTOCOL_VERSION
-
-_KINDS: dict[int, type[Message]] = {}
-
-#: The reserved kind of a version refusal (see the module docstring); no message class may use it.
-VERSION_REFUSAL_KIND = 0
-
-
-class Message:
-    """Base of all messages: ``pack`` to a frame, ``unpack`` (module function) back."""
-
-    __slots__ = ()
-    KIND: ClassVar[int]
-    _FIELDS: ClassVar[tuple[str, ...]]
-    _VALUES: ClassVar[Callable[[Message], tuple[Any, ...]]]  # the fields' values in order, in one C call
-    _CHECK: ClassVar[Callable[[list[Any]], int]]  # position of a decoded frame's first ill-typed field, or 0
-
-    def pack(self) -> bytes:
-        return msgpack.packb([PROTOCOL_VERSION, self.KIND, *self._VALUES(self)])
-
-
-def message(kind: int):
-    """Class decorator: a slotted dataclass registered under ``kind``."""
-
-    def register(cls: type) -> type:
-        cls = dataclass(slots=True)(cls)
-        if kind in _KINDS or kind == VERSION_REFUSAL_KIND:
-            raise RuntimeError(f"message kind {kind} registered twice")
-        cls.KIND = kind
-        cls._FIELDS = tuple(f.name for f in fields(cls))
-        # attrgetter of several names returns a tuple, of one name the bare value: keep it a tuple
-        getter = operator.attrgetter(*cls._FIELDS) if cls._FIELDS else (lambda _m: ())
-        cls._VALUES = staticmethod(getter if len(cls._FIELDS) != 1 else (lambda m, _get=getter: (_get(m),)))
-        cls._CHECK = staticmethod(_compile_checks(cls))
-        _KINDS[kind] = cls
-        return cls
-
-    return register
-
-
-def unpack(frame: bytes) -> Message:
-    """Parse one frame; raise ``ProtocolError`` for anything that is not a message of this version, and for a
-    peer's version refusal (with its text)."""
-    try:
-        data = msgpack.unpackb(frame, raw=False, strict_map_key=False)
-    except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise ProtocolError(f"frame of {len(frame)} bytes is not msgpack: {exc}") from None
-    if not isinstance(data, list) or len(data) < 2:
-        raise ProtocolError("frame is not a [version, kind, ...] array")
-    if data[1] == VERSION_REFUSAL_KIND and type(data[1]) is int:  # before the version: any version's refusal
-        text = data[2] if len(data) > 2 and isinstance(data[2], str) else "no reason given"
-        raise ProtocolError(f"the cluster refused this request: {text}")
-    if data[0] != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {data[0]!r} is not {PROTOCOL_VERSION}: upgrade both sides")
-    cls = _KINDS.get(data[1]) if isinstance(data[1], int) else None
-    if cls is None:
-        raise ProtocolError(f"unknown message kind {data[1]!r}")
-    try:
-        message = cls(*data[2:])
-    except TypeError:
-        raise ProtocolError(
-            f"{cls.__name__} frame has {len(data) - 2} fields, expected {len(cls._FIELDS)}"
-        ) from None
-    # Field types are checked here, once, so no handler meets a well-formed frame whose fields are of the
-    # wrong type (a str where a dict belongs would otherwise fail deep inside a handler, or later, in timer
-    # code that reads what the handler stored). Fields left at their defaults need no check.
-    bad = cls._CHECK(data)
-    if bad:
-        name = cls._FIELDS[bad - 2]
-        annotation = typing.get_type_hints(cls)[name]
-        annotation = annotation.__name__ if type(annotation) is type else str(annotation).replace("typing.", "")
-        raise ProtocolError(f"{cls.__name__}.{name} is a {type(data[bad]).__name__}, not {annotation}: "
-                            "the sender is not speaking this protocol")
-    return message
-
-
-def _compile_checks(cls: type) -> Callable[[list[Any]], int]:
-    """One function per kind that checks a decoded frame's fields against the annotations, as msgpack decodes
-    them, and returns the position of the first ill-typed one (0: all fine). Generated as source, as dataclasses
-    generates ``__init__``, because this runs for every frame on the call path: one function with the checks
-    inlined costs about a microsecond less per frame than a loop over per-field predicates.
-
-    Exact types (``type(v) is int``), so a bool is not an int; a float field takes ints too (``1`` is as good as
-    ``1.0``). Containers are checked element by element (a trigger's schedule is a few entries, and handlers
-    index into it). Fields left at their defaults (absent from the frame) need no check."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    required = sum(1 for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
-    lines = ["def check(d):", "    n = len(d)"]
-    for i, name in enumerate(names):
-        test = _type_test(hints[name], f"d[{i + 2}]")
-        if test is None:
-            continue
-        guard = "" if i < required else f"n > {i + 2} and "
-        lines.append(f"    if {guard}not ({test}): return {i + 2}")
-    lines.append("    return 0")
-    namespace: dict[str, Any] = {}
-    exec("\n".join(lines), {"_all_str": _all_str, "_all_int": _all_int}, namespace)  # noqa: S102 - our own source
-    return namespace["check"]
-
-
-def _all_str(values: Any) -> bool:
-    for v in values:  # noqa: SIM110 - a loop is about twice as fast as all() over a generator here
-        if type(v) is not str:
-            return False
-    return True
-
-
-def _all_int(values: Any) -> bool:
-    for v in values:  # noqa: SIM110 - as in _all_str
-        if type(v) is not int:
-            return False
-    return True
-
-
-def _type_test(annotation: Any, expr: str) -> str | None:
-    """A Python expression that is true when ``expr`` holds a value of ``annotation`` (None for ``Any``)."""
-    if annotation is Any:
-        return None
-    if annotation is float:
-        return f"type({expr}) is float or type({expr}) is int"
-    if annotation in (int, str, bytes, bool):
-        return f"type({expr}) is {annotation.__name__}"
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (types.UnionType, typing.Union) and type(None) in args:
-        (inner,) = [a for a in args if a is not type(None)]
-        test = _type_test(inner, expr)
-        return None if test is None else f"{expr} is None or ({test})"
-    if origin is list:
-        if args[0] is Any:
-            return f"type({expr}) is list"
-        if args[0] in (str, int):
-            return f"type({expr}) is list and _all_{args[0].__name__}({expr})"
-        item = _type_test(args[0], "x")
-        return f"type({expr}) is list and all({item} for x in {expr})"
-    if origin is dict and args[0] is str:
-        keys = f"type({expr}) is dict and _all_str({expr})"
-        if args[1] is Any:
-            return keys
-        if args[1] in (str, int):
-            return f"{keys} and _all_{args[1].__name__}({expr}.values())"
-        value = _type_test(args[1], "x")
-        return f"{keys} and all({value} for x in {expr}.values())"
-    raise TypeError(f"messages cannot carry fields of type {annotation!r}: use msgpack types, str-keyed dicts")
-
-
-def version_refusal(frame: bytes, server: str) -> bytes | None:
-    """The frame ``server`` (e.g. "the scheduler") answers ``frame`` with when ``frame`` is a message of another
-    protocol version, else None (nothing to answer: not a message, this version, or itself a refusal, which
-    must never be answered or two servers could refuse each other for ever). Called only after ``unpack``
-    failed, so the second parse costs nothing on the way of a good frame."""
-    try:
-        data = msgpack.unpackb(frame, raw=False, strict_map_key=False)
-    except Exception:
-        return None
-    if not isinstance(data, list) or len(data) < 2:
-        return None
-    if data[0] == PROTOCOL_VERSION or data[1] == VERSION_REFUSAL_KIND:
-        return None
-    from cbctl import __version__  # late: the package imports this module
-
-    theirs = repr(data[0])
-    theirs = theirs if len(theirs) <= 20 else theirs[:17] + "..."
-    text = (f"{server} speaks cbctl protocol version {PROTOCOL_VERSION} (cbctl {__version__}), not {theirs}: "
-            "run the same cbctl version in the cluster and its clients (after an upgrade, restart the cluster "
-            "with `cbctl down` and `cbctl up`)")
-    return msgpack.packb([PROTOCOL_VERSION, VERSION_REFUSAL_KIND, text])
-
-
-def all_kinds() -> dict[int, type[Message]]:
-    """The registry of message classes by kind (for tests and diagnostics)."""
-    return dict(_KINDS)
-
-
-# --- store -----------------------------------------------------------------------------------------
+# The machinery's names stay importable from here (noqa: F401), as before frames.py was split off.
+from cbctl.runtime.wire.frames import (
+    EXECUTOR_ID,  # noqa: F401
+    MAX_ADDRESS_CHARS,  # noqa: F401
+    MAX_COUNT,  # noqa: F401
+    MAX_PID,  # noqa: F401
+    VERSION_REFUSAL_KIND,  # noqa: F401
+    Address,
+    AddressOrNone,
+    Count,
+    ExecutorId,
+    ExecutorIdOrNone,
+    ExecutorType,
+    Message,
+    Pid,
+    Role,
+    Utilization,
+    Valid,  # noqa: F401
+    Version,
+    all_kinds,  # noqa: F401
+    is_address,  # noqa: F401
+    is_executor_id,  # noqa: F401
+    message,
+    unpack,  # noqa: F401
+    version_refusal,  # noqa: F401
+)
 
 
 @message(10)
@@ -278,7 +117,7 @@ class SubscribeRequest(Message):
 
     req_id: int
     subscriber: str
-    address: str
+    address: Address
     keys: list[str]
     unsubscribe: bool = False
 
@@ -357,7 +196,7 @@ class CallRequest(Message):
     name: str
     args: bytes
     source_args: dict[str, bytes]
-    response_address: str
+    response_address: AddressOrNone
     store_result: bool
     consistency: str
     refs: list[str]
@@ -381,12 +220,12 @@ class DagTrigger(Message):
     call_id: str
     dag: str
     function: str
-    locations: dict[str, str]
+    locations: dict[str, Address]
     versions: dict[str, int]
     edges: list[list[str]]
     source: str
     payload: bytes
-    response_address: str
+    response_address: AddressOrNone
     store_result: bool
     consistency: str
     extras: dict[str, Any]
@@ -402,7 +241,7 @@ class CallResult(Message):
     error_type: str = ""
     message: str = ""
     traceback: str = ""
-    executor_id: str = ""
+    executor_id: ExecutorIdOrNone = ""
     remote_type: str = ""  # the user exception's class name, for FunctionError
     extras: dict[str, Any] = field(default_factory=dict)  # the call's writes, for the client's session
 
@@ -414,21 +253,21 @@ class CallResult(Message):
 class ExecutorStatus(Message):
     """Every executor -> every scheduler, about once a second, and once at start and on leaving."""
 
-    executor_id: str
-    address: str
-    executor_type: str
+    executor_id: ExecutorId
+    address: Address
+    executor_type: ExecutorType
     running: bool
     pinned: list[str]
-    utilization: float
-    queue_length: int
+    utilization: Utilization
+    queue_length: Count
     cached_keys: list[str]
-    pid: int
+    pid: Pid
     metrics: dict[str, Any]
 
 
 @message(51)
 class StatusAck(Message):
-    executor_id: str
+    executor_id: ExecutorId
 
 
 @message(52)
@@ -436,13 +275,13 @@ class PinRequest(Message):
     """Scheduler -> executor: load ``function`` and keep it ready (classes are constructed now)."""
 
     function: str
-    version: int
-    scheduler_address: str
+    version: Version
+    scheduler_address: Address
 
 
 @message(53)
 class PinResponse(Message):
-    executor_id: str
+    executor_id: ExecutorId
     function: str
     accepted: bool
     reason: str = ""
@@ -476,10 +315,10 @@ class CallAborted(Message):
 class ProcessReady(Message):
     """A child -> the supervisor, once it is serving (or ``error`` if it could not start)."""
 
-    role: str
-    index: int
-    pid: int
-    address: str
+    role: Role
+    index: Count
+    pid: Pid
+    address: AddressOrNone
     error: str = ""
 
 
@@ -492,7 +331,7 @@ class SupervisorRequest(Message):
     arguments: dict[str, Any] = field(default_factory=dict)
 
 
-# --- executor departure (kinds 70-79; see runtime/departure.py) ---------------------------------------------
+# --- executor departure (kinds 70-79; see executor/departure.py) ------------------------------------
 
 
 @message(70)
@@ -500,9 +339,9 @@ class ExecutorLeaving(Message):
     """A departing executor -> every other executor: send nothing more to ``address``; send what was meant
     for it to ``heir_address`` ('' when it has no heir) and acknowledge with ``LeavingAck``."""
 
-    executor_id: str
-    address: str
-    heir_address: str
+    executor_id: ExecutorId
+    address: Address
+    heir_address: AddressOrNone
 
 
 @message(71)
@@ -510,7 +349,7 @@ class LeavingAck(Message):
     """A scheduler or executor -> a departing executor, on the socket that carried its earlier triggers
     there, so every one of them arrived before this: ``sender`` (its own address) will send nothing more."""
 
-    sender: str
+    sender: Address
 
 
 # --- consistency: repeatable-read snapshots between executors (kinds 90-99; see runtime/consistency.py) ---
@@ -524,7 +363,7 @@ class VersionRequest(Message):
     req_id: int
     call_id: str
     key: str
-    reply_to: str
+    reply_to: Address
 
 
 @message(91)
@@ -557,10 +396,10 @@ class ContinueCall(Message):
     call_id: str
     name: str
     args: bytes
-    response_address: str
+    response_address: AddressOrNone
     store_result: bool
     consistency: str
-    depth: int
+    depth: Count
     extras: dict[str, Any] = field(default_factory=dict)  # the call's extras, for its client session
 
 
@@ -593,9 +432,9 @@ class ExecutorLost(Message):
     """The supervisor -> every scheduler, as soon as it sees an executor process die: stop placing work at
     ``address`` until a status of its restarted process comes, and re-dispatch the calls that used it."""
 
-    executor_id: str
-    address: str
-    pid: int
+    executor_id: ExecutorId
+    address: Address
+    pid: Pid
     reason: str
 
 
@@ -606,10 +445,10 @@ class CallRetried(Message):
     attempt's triggers still on their way."""
 
     call_id: str
-    attempt: int
+    attempt: Count
 
 
-# --- placement by outstanding work (kinds 120-129; see runtime/placement.py and runtime/stealing.py) --------
+# --- placement by outstanding work (kinds 120-129; see scheduler/placement.py and executor/stealing.py) -----
 
 
 @message(120)

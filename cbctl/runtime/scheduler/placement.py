@@ -40,8 +40,8 @@ from typing import Any
 
 from cbctl.errors import NoExecutorAvailable
 from cbctl.runtime.defaults import LOAD_REPORT_WINDOW_S
-from cbctl.runtime.messages import ExecutorLoad, ExecutorStatus
-from cbctl.runtime.policy import ExecutorView, PinAction, Policy, PolicySettings, host_of
+from cbctl.runtime.scheduler.policy import ExecutorView, PinAction, Policy, PolicySettings, host_of
+from cbctl.runtime.wire.messages import ExecutorLoad, ExecutorStatus
 
 
 def new_policy(settings: PolicySettings | None = None, clock: Callable[[], float] = time.monotonic,

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from cbctl.runtime import multiexec
 from cbctl.runtime.defaults import LOAD_REPORT_BURST, LOAD_REPORT_MIN_INTERVAL_S
-from cbctl.runtime.messages import DagTrigger
+from cbctl.runtime.wire.messages import DagTrigger
 
 #: Load states a report is sent on a change between: idle, busy (running a step, perhaps with others waiting
 #: that must run here), backlogged (a step that could run on another executor waits behind the running one).
