@@ -35,7 +35,6 @@ from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
-    STEAL_WAIT_S,
     STORE_REQUEST_TIMEOUT_S,
     VERSION_FETCH_TIMEOUT_S,
 )
@@ -69,13 +68,11 @@ from cbctl.runtime.store_client import StoreClient
 from cbctl.runtime.wire import limits, serialization
 from cbctl.runtime.wire.messages import (
     CallAborted,
-    CallMoved,
     CallResult,
     CallRetried,
     DagTrigger,
     DirectMessage,
     ExecutorLeaving,
-    ExecutorLoad,
     ExecutorStatus,
     KeyUpdate,
     LeavingAck,
@@ -136,13 +133,8 @@ class Executor:
         self.departure = Departure(self.executor_id, address)  # this executor's leaving, and its peers'
         self.running: DagTrigger | None = None  # the step run_next is running: answered if the runtime fails it
         # placement by outstanding work (stealing.py): load reports to the schedulers (not with Cloudburst's
-        # policy, which has no use for them), steps handed to idle peers, and hints acted on
-        self.load_edges = stealing.LoadEdges() if config.options.get("load_reports", True) else None
-        self.deferred_triggers = 0  # DagTriggers among ``deferred``: steps held besides ``ready``
-        self.deferred_movable = 0  # those of them another executor could run (stealing.stealable)
-        self.steal_asked_until = 0.0
-        self.last_call = ""
-        self.steals = {"given": 0, "asked": 0, "hints_ignored": 0}
+        # policy, which has no use for them), and steps handed to idle peers
+        self.sharing = stealing.WorkSharing(self, config.options.get("load_reports", True))
         self.recorder = step_records.StepRecorder(Path(config.home), self.executor_id) \
             if step_records.enabled() else None
 
@@ -168,9 +160,10 @@ class Executor:
             rejected.warning("dropped a malformed %s: %s: %s", type(message).__name__, type(exc).__name__, exc)
 
     def on_trigger(self, trigger: DagTrigger) -> None:
-        self.last_call = trigger.call_id  # (load reports say which, so a scheduler knows what they counted)
-        if self.steal_asked_until:
-            self.steal_asked_until = 0.0  # busy now (with the step asked for, or another): hints wait till idle
+        sharing = self.sharing
+        sharing.last_call = trigger.call_id  # (load reports name it: a scheduler knows what they counted)
+        if sharing.asked_until:
+            sharing.asked_until = 0.0  # busy now (with the step asked for, or another): hints wait till idle
         if trigger.extras:
             check_trigger_extras(trigger.extras)
         if self.aborted and trigger.call_id in self.aborted:
@@ -256,102 +249,19 @@ class Executor:
         if newer:
             self.drop_joins(message.call_id)
 
-    # --- load reports and work stealing (stealing.py) -------------------------------------------------
-
-    def observe_load(self, running: int, force: bool = False, denied_by: str = "") -> None:
-        """Report the steps held (``running``: 1 from within a step, 0 between steps) to every scheduler if the
-        executor turned idle, busy or backlogged (a step another executor could run waits here) and the rate
-        limit allows (else when it does), or at once if ``force``."""
-        edges = self.load_edges
-        if edges is None:
-            return
-        ready = self.ready
-        load = running + len(ready) + self.deferred_triggers
-        movable = self.deferred_movable > 0
-        if load >= 2 and not movable:  # between steps ready[0] runs next; the newest few are enough to look at
-            for i in range(len(ready) - 1, max(1 - running, len(ready) - 8) - 1, -1):
-                if self.may_hand_over(*ready[i]):
-                    movable = True
-                    break
-        if edges.observe(load, movable, force):
-            frame = ExecutorLoad(self.executor_id, self.address, os.getpid(), load, movable, self.last_call,
-                                 denied_by).pack()
-            for sock in self.scheduler_sockets:
-                try:
-                    sock.send(frame, zmq.NOBLOCK)
-                except zmq.Again:
-                    self.peers.dropped += 1
+    # --- load reports and work stealing (stealing.py, ``WorkSharing`` does the work) --------------------
 
     def on_steal_hint(self, hint: StealHint) -> None:
-        """A scheduler says ``hint.victim`` has calls queued behind a running one: ask it for one, if this
-        executor is idle (handled between steps only, so nothing runs now) and not waiting for one already."""
-        now = time.monotonic()
-        if now < self.steal_asked_until or self.departure.leaving:
-            self.steals["hints_ignored"] += 1  # a call asked for is on its way
-            return
-        if self.ready or self.deferred:
-            self.steals["hints_ignored"] += 1
-            self.observe_load(0, force=True)  # the scheduler that hinted counts it idle: it is not
-            return
-        self.steal_asked_until = now + STEAL_WAIT_S
-        self.steals["asked"] += 1
-        self.peers.send(hint.victim, StealRequest(self.address, self.executor_type).pack())
+        self.sharing.on_hint(hint)
 
     def on_steal_request(self, request: StealRequest) -> None:
-        """Between steps: hand a queued step to the idle peer that asks, but not the one that runs next."""
-        self.hand_over_queued(request, keep=1)
+        self.sharing.hand_over_queued(request, keep=1)  # between steps: ready[0] runs next, the rest may go
 
     def on_steal_request_busy(self, request: StealRequest) -> None:
-        """From within a running step (``cb.get`` and the like): every queued step may go."""
-        self.hand_over_queued(request, keep=0)
-
-    def hand_over_queued(self, request: StealRequest, keep: int) -> None:
-        """Give ``request.thief`` the newest queued step that can run anywhere (it waits longest here), and tell
-        the schedulers where it went; nothing if no step can go (the thief stays idle)."""
-        if request.executor_type != self.executor_type or request.thief == self.address:
-            return
-        for i in range(len(self.deferred) - 1, -1, -1):  # arrived during the running step: the newest
-            frame = self.deferred[i]
-            try:
-                trigger = unpack(frame)
-            except ProtocolError:
-                continue
-            if type(trigger) is DagTrigger and self.may_hand_over(trigger, [trigger]):
-                del self.deferred[i]
-                self.deferred_triggers -= 1
-                self.deferred_movable -= 1
-                self.hand_over(trigger, frame, request.thief)
-                return
-        for i in range(len(self.ready) - 1, keep - 1, -1):
-            trigger, inputs = self.ready[i]
-            if self.may_hand_over(trigger, inputs):
-                del self.ready[i]
-                self.hand_over(trigger, trigger.pack(), request.thief)
-                return
-        self.peers.send(request.thief, NothingToSteal(self.address).pack())
-        if self.load_edges is not None:  # the thief tells the schedulers; they stop hinting until told again
-            self.load_edges.not_backlogged()
+        self.sharing.hand_over_queued(request, keep=0)  # from within a running step: every waiting one may go
 
     def on_nothing_to_steal(self, message: NothingToSteal) -> None:
-        """Nothing could be taken: the schedulers that hinted this executor count it busy until told, and
-        hint others to the victim until told it has nothing to give."""
-        self.steal_asked_until = 0.0
-        self.observe_load(0, force=True, denied_by=message.victim)
-
-    def may_hand_over(self, trigger: DagTrigger, inputs: list[DagTrigger]) -> bool:
-        loaded = self.functions.get(trigger.function)
-        return stealing.stealable(trigger, inputs, loaded is not None and loaded.record.batching)
-
-    def hand_over(self, trigger: DagTrigger, frame: bytes, thief: str) -> None:
-        log.debug("call %s: step %s handed to %s", trigger.call_id, trigger.function, thief)
-        self.peers.send(thief, frame)
-        moved = CallMoved(trigger.call_id, trigger.function, self.address, thief).pack()
-        for sock in self.scheduler_sockets:
-            try:
-                sock.send(moved, zmq.NOBLOCK)
-            except zmq.Again:
-                self.peers.dropped += 1
-        self.steals["given"] += 1
+        self.sharing.on_nothing_to_steal(message)
 
     def drop_joins(self, call_id: str) -> None:
         for key in [k for k in self.joins if k[0] == call_id]:
@@ -553,9 +463,9 @@ class Executor:
         requests (two executors fetching from each other cannot deadlock) and the version reply awaited.
         Everything else waits in ``deferred`` until the function returns. Returns whether anything came."""
         assert self.sock is not None
-        edges = self.load_edges
-        if edges is not None and edges.pending:  # a change folded by the rate limit is due now or soon
-            self.observe_load(1)
+        sharing = self.sharing
+        if sharing.edges is not None and sharing.edges.pending:  # a change the rate limit folded may be due
+            sharing.observe(1)
         if not self.sock.poll(max(0, int(timeout_s * 1000))):
             return False
         for (frame,) in drain(self.sock):
@@ -568,13 +478,11 @@ class Executor:
             if handler is None:
                 self.deferred.append(frame)
                 if type(message) is DagTrigger:
-                    self.deferred_triggers += 1
-                    if self.may_hand_over(message, [message]):
-                        self.deferred_movable += 1
+                    sharing.deferred(message)
             else:
                 handler(self, message)
-        if edges is not None:  # a step queued behind this one makes the executor backlogged: say so
-            self.observe_load(1)
+        if sharing.edges is not None:  # a step queued behind this one makes the executor backlogged: say so
+            sharing.observe(1)
         return True
 
     def fetch_version(self, address: str, call_id: str, key: str) -> tuple[bool, Any]:
@@ -676,7 +584,7 @@ class Executor:
         report["frames_sent"], report["frames_received"] = self.peers.sent, self.frames_received
         report["cache"] = self.sessions.metrics()
         report["pending_joins"] = len(self.joins)
-        report["steals"] = dict(self.steals, load_reports=self.load_edges.sent if self.load_edges else 0)
+        report["steals"] = self.sharing.metrics()
         return ExecutorStatus(
             self.executor_id, self.address, self.executor_type, running, sorted(self.pinned),
             report["utilization"], len(self.ready), self.cached.cache.recent_keys(CACHED_KEYS_REPORTED), os.getpid(),
@@ -715,24 +623,25 @@ def main(config: ProcessConfig) -> None:
     report_ready(context, config, address)
     freeze_startup_heap()
     receiver = Receiver(sock)
-    edges = executor.load_edges
+    sharing = executor.sharing
+    edges = sharing.edges
     timers = TimerWork(log)
     while True:
         wait_ms = 0 if executor.ready or executor.deferred else 100 if edges is None else edges.wait_ms(100)
         for frame in receiver.receive(wait_ms):
             executor.on_frame(frame)
-        executor.deferred_triggers = executor.deferred_movable = 0  # (a hint among them sees ``deferred``)
+        sharing.deferred_triggers = sharing.deferred_movable = 0  # (a hint among them sees ``deferred``)
         while executor.deferred:
             executor.on_frame(executor.deferred.pop(0))
         if executor.ready:
             if edges is not None:
-                executor.observe_load(0)  # turned busy (or backlogged): before it runs
+                sharing.observe(0)  # turned busy (or backlogged): before it runs
             try:
                 executor.run_next()
             except Exception as exc:  # the runtime's own failure (store gone mid-delivery, ...): answer, go on
                 executor.answer_failed_step(exc)
         if edges is not None:
-            executor.observe_load(0)  # turned idle, or a folded change is due
+            sharing.observe(0)  # turned idle, or a folded change is due
         if reporter.due():
             timers.run(reporter.report, not shutdown.requested)
             timers.run(executor.expire_joins)

@@ -18,12 +18,28 @@ which is exactly when a call waits for one queued behind it.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Callable
+from typing import Any
 
+import zmq
+
+from cbctl.errors import ProtocolError
 from cbctl.runtime import multiexec
-from cbctl.runtime.defaults import LOAD_REPORT_BURST, LOAD_REPORT_MIN_INTERVAL_S
-from cbctl.runtime.wire.messages import DagTrigger
+from cbctl.runtime.defaults import LOAD_REPORT_BURST, LOAD_REPORT_MIN_INTERVAL_S, STEAL_WAIT_S
+from cbctl.runtime.wire.messages import (
+    CallMoved,
+    DagTrigger,
+    ExecutorLoad,
+    NothingToSteal,
+    StealHint,
+    StealRequest,
+    unpack,
+)
+
+log = logging.getLogger(__name__)
 
 #: Load states a report is sent on a change between: idle, busy (running a step, perhaps with others waiting
 #: that must run here), backlogged (a step that could run on another executor waits behind the running one).
@@ -86,3 +102,123 @@ def stealable(trigger: DagTrigger, inputs: list[DagTrigger], batching: bool) -> 
     multi-exec step (its gathering state is here), and not of a batching function (batches gather here)."""
     return (len(inputs) == 1 and trigger.consistency == "lww" and not batching
             and not (trigger.extras and multiexec.EXTRAS_KEY in trigger.extras))
+
+
+class WorkSharing:
+    """One executor's load reports and work stealing. The executor calls ``observe`` before and after every
+    step (and from ``serve_while_busy``), ``deferred`` for each trigger it puts aside while a step runs, and
+    hands over the steal messages. Only the executor's thread touches it.
+
+    ``executor`` is the ``Executor`` (executor.py imports this module, hence no annotation): its ready queue,
+    deferred frames, loaded functions, sockets and identity are read here."""
+
+    def __init__(self, executor: Any, load_reports: bool) -> None:
+        self.executor = executor
+        self.edges = LoadEdges() if load_reports else None
+        self.deferred_triggers = 0  # DagTriggers among the executor's ``deferred`` frames: held besides ``ready``
+        self.deferred_movable = 0  # those of them another executor could run
+        self.asked_until = 0.0  # a thief waits this long for the call it asked for before heeding other hints
+        self.last_call = ""  # the call of the latest step received (load reports name it)
+        self.counts = {"given": 0, "asked": 0, "hints_ignored": 0}
+
+    def metrics(self) -> dict[str, int]:
+        return dict(self.counts, load_reports=self.edges.sent if self.edges else 0)
+
+    def deferred(self, trigger: DagTrigger) -> None:
+        """A trigger arrived while a step runs and waits in ``deferred`` (``serve_while_busy``)."""
+        self.deferred_triggers += 1
+        if self.may_hand_over(trigger, [trigger]):
+            self.deferred_movable += 1
+
+    def observe(self, running: int, force: bool = False, denied_by: str = "") -> None:
+        """Report the steps held (``running``: 1 from within a step, 0 between steps) to every scheduler if the
+        executor turned idle, busy or backlogged (a step another executor could run waits) and the rate limit
+        allows (else when it does), or at once if ``force``."""
+        edges = self.edges
+        if edges is None:
+            return
+        ready = self.executor.ready
+        load = running + len(ready) + self.deferred_triggers
+        movable = self.deferred_movable > 0
+        if load >= 2 and not movable:  # between steps ready[0] runs next; the newest few are enough to look at
+            for i in range(len(ready) - 1, max(1 - running, len(ready) - 8) - 1, -1):
+                if self.may_hand_over(*ready[i]):
+                    movable = True
+                    break
+        if edges.observe(load, movable, force):
+            executor = self.executor
+            self._to_schedulers(ExecutorLoad(executor.executor_id, executor.address, os.getpid(), load, movable,
+                                             self.last_call, denied_by).pack())
+
+    def on_hint(self, hint: StealHint) -> None:
+        """A scheduler says ``hint.victim`` has a call waiting that could run here: ask for it, if this executor
+        is idle (hints are handled between steps only, so nothing runs now) and not waiting for one already."""
+        executor = self.executor
+        now = time.monotonic()
+        if now < self.asked_until or executor.departure.leaving:
+            self.counts["hints_ignored"] += 1  # a call asked for is on its way
+            return
+        if executor.ready or executor.deferred:
+            self.counts["hints_ignored"] += 1
+            self.observe(0, force=True)  # the scheduler that hinted counts this executor idle: it is not
+            return
+        self.asked_until = now + STEAL_WAIT_S
+        self.counts["asked"] += 1
+        executor.peers.send(hint.victim, StealRequest(executor.address, executor.executor_type).pack())
+
+    def hand_over_queued(self, request: StealRequest, keep: int) -> None:
+        """Give ``request.thief`` the newest waiting step that can run anywhere (it would wait longest here),
+        past the first ``keep`` of the ready queue, and tell the schedulers where it went; else tell the thief
+        there is none."""
+        executor = self.executor
+        if request.executor_type != executor.executor_type or request.thief == executor.address:
+            return
+        deferred = executor.deferred
+        for i in range(len(deferred) - 1, -1, -1):  # arrived during the running step: the newest
+            frame = deferred[i]
+            try:
+                trigger = unpack(frame)
+            except ProtocolError:
+                continue
+            if type(trigger) is DagTrigger and self.may_hand_over(trigger, [trigger]):
+                del deferred[i]
+                self.deferred_triggers -= 1
+                self.deferred_movable -= 1
+                self._hand_over(trigger, frame, request.thief)
+                return
+        ready = executor.ready
+        for i in range(len(ready) - 1, keep - 1, -1):
+            trigger, inputs = ready[i]
+            if self.may_hand_over(trigger, inputs):
+                del ready[i]
+                self._hand_over(trigger, trigger.pack(), request.thief)
+                return
+        executor.peers.send(request.thief, NothingToSteal(executor.address).pack())
+        if self.edges is not None:  # the thief tells the schedulers; they stop hinting until told again
+            self.edges.not_backlogged()
+
+    def on_nothing_to_steal(self, message: NothingToSteal) -> None:
+        """Nothing could be taken: the schedulers that hinted this executor count it busy until told, and
+        hint others to the victim until told it has nothing to give."""
+        self.asked_until = 0.0
+        self.observe(0, force=True, denied_by=message.victim)
+
+    def may_hand_over(self, trigger: DagTrigger, inputs: list[DagTrigger]) -> bool:
+        loaded = self.executor.functions.get(trigger.function)
+        return stealable(trigger, inputs, loaded is not None and loaded.record.batching)
+
+    def _hand_over(self, trigger: DagTrigger, frame: bytes, thief: str) -> None:
+        executor = self.executor
+        log.debug("call %s: step %s handed to %s", trigger.call_id, trigger.function, thief)
+        executor.peers.send(thief, frame)
+        self._to_schedulers(CallMoved(trigger.call_id, trigger.function, executor.address, thief).pack())
+        self.counts["given"] += 1
+
+    def _to_schedulers(self, frame: bytes) -> None:
+        """On the status reporter's DEALERs: ordered after this executor's earlier statuses."""
+        executor = self.executor
+        for sock in executor.scheduler_sockets:
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                executor.peers.dropped += 1
