@@ -13,8 +13,10 @@ This policy keeps, per executor, its outstanding steps (``ExecutorView.outstandi
   it finished (``calls_finished``: the ids a client lists on its next request, which travel anyway).
 
 A report may cross a placement (the executor counted before the step arrived), so a report counts, on top of
-the executor's number, the steps placed there in the last ``LOAD_REPORT_WINDOW_S`` whose calls are not known
-finished: an executor that just got a call is never taken for idle by a report sent before it came.
+the executor's number, this scheduler's steps placed there after the one the report names as the latest it
+received (one scheduler's steps reach an executor in order), or, when it names another scheduler's, those
+placed in the last ``LOAD_REPORT_WINDOW_S`` whose calls are not known finished: an executor that just got a
+call is never taken for idle by a report sent before it came.
 
 A call goes to an idle candidate when there is one (among idle ones, the one caching most of the keys the call
 references; then at random), else to the candidate with the fewest outstanding steps (then locality, then
