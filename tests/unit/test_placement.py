@@ -146,6 +146,20 @@ def test_a_report_that_crossed_a_placement_does_not_make_the_executor_look_idle(
     assert view.outstanding == 0
 
 
+def test_a_busy_report_is_undone_by_its_calls_end_even_if_the_idle_report_is_folded():
+    policy, clock = make(1)
+    view = policy.executors[("10.0.0.1", "executor-0")]
+    policy.pick_executor("f", now=clock.now, call_id="c1")
+    clock.advance(0.001)
+    policy.process_load(load(0, 1, last_call="c1"))  # busy: about to run c1; its idle report is folded
+    assert view.outstanding == 1
+    clock.advance(0.001)
+    policy.calls_finished([finished("c1", 0, clock.now - 0.002)])  # the client's next call says c1 is done
+    assert view.outstanding == 0
+    policy.calls_finished([finished("c1", 0, clock.now - 0.002)])  # (said twice: still not negative)
+    assert view.outstanding == 0
+
+
 def test_a_busy_pinned_function_is_pinned_at_once_on_an_idle_unpinned_executor():
     policy, _ = make(3)
     policy.process_status(status(0, pinned=["f"]))
@@ -222,6 +236,14 @@ def test_load_reports_go_on_state_changes_only_and_are_rate_limited():
     assert edges.observe(1, False, force=True)  # forced (a thief correcting its schedulers) goes regardless
     edges.not_backlogged()
     assert edges.sent == 4
+    clock.advance(1)
+    # idle again after calls the schedulers have not heard of (its busy report folded): news, once
+    assert edges.observe(0, False, last_call="c7")
+    assert not edges.observe(0, False, last_call="c7")
+    assert edges.observe(1, False, last_call="c8")  # busy with another call: the burst's second token
+    assert not edges.observe(0, False, last_call="c8")  # idle after it: no token, folded ...
+    clock.advance(0.011)
+    assert edges.observe(0, False, last_call="c8")  # ... and sent with the next one
 
 
 def trigger(consistency: str = "lww", extras=None, edges=()) -> DagTrigger:

@@ -55,16 +55,19 @@ class LoadEdges:
         self.burst = burst
         self.clock = clock
         self.sent_state = IDLE  # what the schedulers last heard (an executor starts idle)
+        self.sent_call = ""  # and the latest call it had received then
         self.tokens = float(burst)  # a token bucket: ``burst`` reports at once, then one per interval
         self.filled_at = clock()
         self.pending = False  # a change that found no token, to report when one comes
         self.sent = 0
 
-    def observe(self, load: int, movable: bool, force: bool = False) -> bool:
-        """The executor holds ``load`` steps now, and ``movable`` says whether one that waits could run on
-        another executor; True when it must report that now (always if ``force``)."""
+    def observe(self, load: int, movable: bool, last_call: str = "", force: bool = False) -> bool:
+        """The executor holds ``load`` steps now, ``movable`` says whether one that waits could run on another
+        executor, ``last_call`` is the call of the latest step it received; True when it must report that now
+        (always if ``force``). Idle again after calls the schedulers have not heard of is news too: a scheduler
+        counts a call it placed as outstanding until a report names it (or its caller says it is done)."""
         state = IDLE if not load else BACKLOGGED if movable else BUSY
-        if state == self.sent_state and not force:
+        if state == self.sent_state and (state != IDLE or last_call == self.sent_call) and not force:
             self.pending = False
             return False
         self._refill()
@@ -72,7 +75,7 @@ class LoadEdges:
             self.pending = True
             return False
         self.tokens = max(0.0, self.tokens - 1.0)
-        self.sent_state, self.pending = state, False
+        self.sent_state, self.sent_call, self.pending = state, last_call, False
         self.sent += 1
         return True
 
@@ -145,7 +148,7 @@ class WorkSharing:
                 if self.may_hand_over(*ready[i]):
                     movable = True
                     break
-        if edges.observe(load, movable, force):
+        if edges.observe(load, movable, self.last_call, force):
             executor = self.executor
             self._to_schedulers(ExecutorLoad(executor.executor_id, executor.address, os.getpid(), load, movable,
                                              self.last_call, denied_by).pack())

@@ -118,7 +118,7 @@ class OutstandingPolicy(Policy):
                         placed.popleft()
                     break
         view.outstanding = load + len(placed)
-        view.reported_load, view.load_at = load, now
+        view.reported_load, view.load_at, view.load_call = load, now, last_call
 
     def rehint(self) -> list[tuple[ExecutorView, str]]:
         """Hints again for executors whose latest own report says backlogged (the scheduler's timer): the
@@ -160,6 +160,11 @@ class OutstandingPolicy(Policy):
                 entry = (dispatched_at, call.request.call_id)
                 if placed and dispatched_at >= placed[0][0] and entry in placed:
                     placed.remove(entry)  # counted on top of any report since
+                elif call.request.call_id == view.load_call and view.reported_load:
+                    # the step the latest report was sent for (busy, before it ran), so it counted it: without
+                    # this, an executor whose next report the rate limit folds would look busy until then
+                    view.load_call = ""
+                    view.reported_load -= 1
                 elif dispatched_at <= view.load_at:
                     continue  # in the executor's latest report (or finished before it)
                 if view.outstanding:
@@ -257,6 +262,8 @@ class OutstandingPolicy(Policy):
         # utilization backoff still times scale-in, but no call avoids an executor for it (`cbctl top` shows
         # "backoff" for executors the policy avoids)
         described["backoff"] = {}
-        for executor in described["executors"].values():
+        for view in self.executors.values():
+            executor = described["executors"][view.executor_id]
             executor["backoff"] = False
+            executor["reported_load"], executor["movable"] = view.reported_load, view.movable
         return described

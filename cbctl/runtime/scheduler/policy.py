@@ -148,6 +148,7 @@ class ExecutorView:
     outstanding: int = 0
     load_at: float = 0.0
     reported_load: int = 0  # the executor's own count in that report
+    load_call: str = ""  # the call of the latest step it had received then
     placed: collections.deque[tuple[float, str]] = field(default_factory=collections.deque)  # (time, call id)
     movable: bool = False  # its latest load report says a waiting step could run elsewhere (a thief's hint)
 

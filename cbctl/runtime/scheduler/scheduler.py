@@ -623,3 +623,4 @@ def main(config: ProcessConfig) -> None:
     store.close()
     context.term()
     log.info("scheduler stopped")
+
