@@ -91,12 +91,12 @@ class LoadEdges:
             self.sent_state = BUSY
 
     def wait_ms(self, longest_ms: int) -> int:
-        """How long the executor's loop may block before a folded change is due (``longest_ms`` if none)."""
+        """How long the executor's loop may block before a folded change is due (``longest_ms`` if none): one
+        interval, not the exact time to the next token, so the receive timeout takes two values only (setting
+        it costs a call per loop pass when it changes), and a folded change goes at most one interval late."""
         if not self.pending:
             return longest_ms
-        self._refill()
-        due_ms = (1.0 - self.tokens) * self.min_interval_s * 1000
-        return max(0, min(longest_ms, int(due_ms) + 1))
+        return min(longest_ms, int(self.min_interval_s * 1000) + 1)
 
 
 def stealable(trigger: DagTrigger, inputs: list[DagTrigger], batching: bool) -> bool:
