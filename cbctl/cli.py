@@ -289,8 +289,9 @@ def main(home: str | None) -> None:
                    "with MessageTooLarge).")
 @click.option("--verbose", "-v", is_flag=True, help="Also show where the start-up time went, phase by phase.")
 @click.option("--policy", "policy", multiple=True, metavar="KEY=VALUE",
-              help="Tune the placement policy (repeatable), e.g. backoff_window_s=2 scale_in_calm_s=5 "
-                   "locality=false; keys and defaults are in cbctl/runtime/defaults.py (POLICY_*).")
+              help="Tune the placement policy (repeatable), e.g. placement=cloudburst (Cloudburst's policy instead "
+                   "of placement by outstanding work) scale_in_calm_s=5 locality=false; keys and defaults are in "
+                   "cbctl/runtime/defaults.py (POLICY_*).")
 @home_option
 @handle_errors
 def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
