@@ -11,6 +11,7 @@ import os
 import select
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,20 @@ def health_lines(snapshot: Mapping[str, Any]) -> list[Text]:
     states = ", ".join(f"{count} {state}" for state, count in summary["executor_states"].items() if count)
     load = Text(f"executors  {states or 'none'}  utilization mean "
                 f"{_na(summary['utilization_mean'], '{:.0%}')} max {_na(summary['utilization_max'], '{:.0%}')}")
-    return [header_text(snapshot), load, store_text(snapshot)]
+    return [header_text(snapshot), load, *hosts_lines(snapshot), store_text(snapshot)]
+
+
+def hosts_lines(snapshot: Mapping[str, Any]) -> list[Text]:
+    """One line per host, once more than one takes part (``cbctl join``): executors by state, load, heartbeat."""
+    if len(snapshot["hosts"]) < 2:
+        return []
+    lines = []
+    for h in snapshot["hosts"]:
+        states = ", ".join(f"{count} {state}" for state, count in h["states"].items()) or "no executors"
+        beat = "head" if h["head"] else f"heartbeat {_na(h['heartbeat_age_s'], '{:.1f}')} s ago"
+        lines.append(Text(f"host {h['host']}  {states}  utilization mean {_na(h['utilization_mean'], '{:.0%}')}  "
+                          f"calls/s {h['calls_per_s']:.1f}  {beat}"))
+    return lines
 
 
 def _gpu_cell(executor: Mapping[str, Any]) -> str:
@@ -145,7 +159,9 @@ def executors_table(snapshot: Mapping[str, Any], sort: str, wide: bool = True) -
         rows.sort(key=lambda e: -(e["utilization"] or 0.0))
     elif sort == "calls":
         rows.sort(key=lambda e: -(e["calls_per_s"] or 0.0))
-    columns = [("id", "left", True), ("type", "left", True), ("pid", "right", False),
+    several_hosts = len(snapshot.get("hosts", ())) > 1
+    columns = [("id", "left", True), *([("host", "left", True)] if several_hosts else []),
+               ("type", "left", True), ("pid", "right", False),
                ("utilization", "left", True), ("call/dag/pin%", "right", False), ("CPU%", "right", True),
                ("RSS", "right", False), ("GPU", "right", True), ("pinned", "left", False), ("queue", "right", True),
                ("calls/s", "right", True), ("p50", "right", True), ("p99", "right", True),
@@ -157,14 +173,14 @@ def executors_table(snapshot: Mapping[str, Any], sort: str, wide: bool = True) -
     for e in rows:
         busy = e["busy"]
         cells = {
-            "id": e["id"], "type": e["type"].upper(), "pid": str(e["pid"]),
+            "id": e["id"], "host": e["host"] or "-", "type": e["type"].upper(), "pid": str(e["pid"]),
             "utilization": utilization_bar(e["utilization"], 10 if wide else 6),
             "call/dag/pin%": "n/a" if not busy else "/".join(f"{busy.get(a, 0) * 100:.0f}"
                                                              for a in ("call", "dag", "pin")),
             "CPU%": _na(e["cpu_percent"], "{:.0f}"), "RSS": format_bytes(e["rss_bytes"]), "GPU": _gpu_cell(e),
             "pinned": ", ".join(e["pinned"]) or "-", "queue": _na(e["queue"]),
             "calls/s": _na(e["calls_per_s"], "{:.1f}"), "p50": format_duration_us(e["p50_us"]),
-            "p99": format_duration_us(e["p99_us"]), "restarts": str(e["restarts"]),
+            "p99": format_duration_us(e["p99_us"]), "restarts": _restarts_cell(e),
             "state": Text(e["state"], style=STATE_STYLES.get(e["state"], "")),
         }
         table.add_row(*[cells[name] for name, _ in shown])
@@ -195,7 +211,8 @@ def functions_table(snapshot: Mapping[str, Any], sort: str) -> Table:
 
 def render(snapshot: Mapping[str, Any], sort: str = "util", footer: str = "", width: int = WIDE_COLUMNS) -> Group:
     """The whole screen of ``cbctl top`` for one snapshot, for a console ``width`` columns wide."""
-    parts: list[Any] = [header_text(snapshot), executors_table(snapshot, sort, wide=width >= WIDE_COLUMNS),
+    parts: list[Any] = [header_text(snapshot), *hosts_lines(snapshot),
+                        executors_table(snapshot, sort, wide=width >= WIDE_COLUMNS),
                         functions_table(snapshot, sort), store_text(snapshot)]
     if footer:
         parts.append(Text(footer, style="dim"))
@@ -283,6 +300,36 @@ def run_live(home: Path, interval: float, sort: str, console: Console) -> None:
                 snapshot = build_snapshot(probe.collect())
                 update += 1
                 live.update(screen(), refresh=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        probe.close()
+
+
+def _restarts_cell(executor: Mapping[str, Any]) -> str:
+    """Restarts, with how many were recycles over --executor-memory-mb: "3 (2 mem)"."""
+    recycles = executor.get("recycles")
+    return f"{executor['restarts']} ({recycles} mem)" if recycles else str(executor["restarts"])
+
+
+def run_snapshots(home: Path, interval: float, sort: str, console: Console, count: int | None = None) -> None:
+    """``cbctl top`` when stdout is not a terminal (a pipe, a file, a CI log), like ``top -b``: print one
+    snapshot every ``interval`` seconds, one after the other, until Ctrl-C, a closed pipe, ``count`` snapshots,
+    or the cluster going away (``ClusterNotRunning``). Nothing in it redraws or takes over a screen."""
+    if sort not in SORT_KEYS:
+        raise InvalidArgument(f"sort key {sort!r} is not one of {', '.join(SORT_KEYS)}")
+    probe = ClusterProbe(home, timeout_s=max(TOP_REQUEST_TIMEOUT_S, interval))
+    update = 0
+    try:
+        with _cluster_went_away(home):
+            while count is None or update < count:
+                if update:
+                    time.sleep(interval)
+                update += 1
+                snapshot = build_snapshot(probe.collect())
+                console.print(render(snapshot, sort, f"snapshot {update}  every {interval:g} s  Ctrl-C ends",
+                                     console.width))
+                console.file.flush()
     except KeyboardInterrupt:
         pass
     finally:

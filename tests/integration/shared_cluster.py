@@ -1,5 +1,7 @@
-"""A cluster shared by the tests of one module (starting one costs a few seconds): a context manager the
-modules wrap in a module-scoped fixture. Tests on it use names of their own, so order does not matter."""
+"""A cluster shared by the tests of one module (starting one costs a few seconds). Most modules take it from
+the plugin's ``cbctl_cluster`` fixture (``view``), as a user's tests would; ``module_cluster`` starts one with
+`cbctl up` (for a module that needs the command line's own options). Tests on it use names of their own, so
+order does not matter."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cbctl import LocalCluster
 from tests.conftest import FIXTURE_HOMES, RunningCluster, run_cli, stop_all
 
 DEPLOYABLES = Path(__file__).resolve().parent / "deployables"
@@ -29,6 +32,18 @@ def module_cluster(home: Path, executors: int = 2, deploy: tuple[Path, ...] = ()
         yield handle
     finally:
         stop_all([handle])
+
+
+@contextmanager
+def view(cbctl_cluster: LocalCluster) -> Iterator[RunningCluster]:
+    """The cluster the plugin's ``cbctl_cluster`` fixture gives (one per module, started with the module's
+    ``@pytest.mark.cbctl`` options and deploy files, stopped after its last test), seen through the tests'
+    ``RunningCluster`` helpers; the clients a test makes through it are closed after the test."""
+    handle = RunningCluster(cbctl_cluster.home)
+    try:
+        yield handle
+    finally:
+        handle.close_clients()
 
 
 def registered_names(handle: RunningCluster) -> tuple[set[str], set[str]]:

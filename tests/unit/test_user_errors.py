@@ -102,3 +102,15 @@ def test_every_public_error_keeps_its_type_across_the_wire():
     assert cbctl.StoreUnavailable in errors
     for cls in errors:
         assert type(error_from_wire(cls.__name__, "why")) is cls, cls
+
+
+def test_cut_keeps_short_text_and_bounds_long_text():
+    from cbctl.runtime.user_errors import cut
+
+    assert cut("short", 10) == "short"
+    long = "a" * 1000 + "TAIL"
+    head_only = cut(long, 100, "the log")
+    assert head_only.startswith("a" * 100) and "904 of 1,004 characters cut; in full in the log" in head_only
+    assert len(head_only) < 200 and "TAIL" not in head_only
+    both = cut(long, 100, keep_tail=True)
+    assert both.endswith("TAIL") and len(both) < 200

@@ -12,20 +12,31 @@ placement is ``policy``, crash retries ``retries``, trigger requests ``triggers`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
 
-from cbctl.errors import CallLost, CbctlError, InvalidArgument, NoExecutorAvailable, NoSuchFunction, ProtocolError
-from cbctl.runtime import consistency, multiexec, registry
+from cbctl.errors import (
+    CallLost,
+    CbctlError,
+    ClusterNotRunning,
+    InvalidArgument,
+    NoExecutorAvailable,
+    NoSuchFunction,
+    ProtocolError,
+)
+from cbctl.runtime import cluster, consistency, multiexec, registry, step_records
 from cbctl.runtime.continuation import DEPTH_KEY
 from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
 from cbctl.runtime.defaults import (
     DISPATCH_WAIT_S,
+    FUNCTION_VERSION_KEEP_S,
     MAX_MESSAGE_BYTES,
     RATE_SAMPLE_S,
     RATE_WINDOW_S,
@@ -50,12 +61,15 @@ from cbctl.runtime.process import (
 )
 from cbctl.runtime.retries import ATTEMPT_KEY, InFlightCall, InFlightTable, with_attempt
 from cbctl.runtime.scheduler import triggers
-from cbctl.runtime.scheduler.policy import PinAction, Policy, PolicySettings, host_of
+from cbctl.runtime.scheduler.placement import new_policy
+from cbctl.runtime.scheduler.policy import ExecutorView, PinAction, PolicySettings, host_of
 from cbctl.runtime.store_client import StoreClient
 from cbctl.runtime.wire import limits
 from cbctl.runtime.wire.messages import (
+    TRIGGER_DEPTH_EXTRA,
     AddTrigger,
     CallAborted,
+    CallMoved,
     CallRequest,
     CallResult,
     CallRetried,
@@ -63,6 +77,9 @@ from cbctl.runtime.wire.messages import (
     ContinueCall,
     ControlResponse,
     DagTrigger,
+    Deploy,
+    DescribeCluster,
+    ExecutorLoad,
     ExecutorLost,
     ExecutorStatus,
     LeavingAck,
@@ -76,6 +93,7 @@ from cbctl.runtime.wire.messages import (
     RemoveRequest,
     RemoveTrigger,
     StatusAck,
+    StealHint,
     UnpinRequest,
     unpack,
     version_refusal,
@@ -123,8 +141,11 @@ class Scheduler:
     def __init__(self, config: ProcessConfig, context: zmq.Context, store: StoreClient) -> None:
         self.config = config
         self.store = store
-        self.policy = Policy(PolicySettings.from_options(config.options.get("policy", {})),
-                             local_host=socket.gethostname())
+        # the host of this machine's executors as the policy keys them (host_of): on TCP, the --listen host, so
+        # the pid check below covers exactly the executors of this machine and never a joined host's
+        local_host = config.listen.removeprefix("tcp://") if config.listen else socket.gethostname()
+        self.policy = new_policy(PolicySettings.from_options(config.options.get("policy", {})), local_host=local_host)
+        self.record_steps = step_records.enabled()  # tests and benchmarks: stamp triggers with dispatch times
         self.address = ""  # this scheduler's ROUTER address, set once bound: where executors answer pins
         self.peers = PeerSockets(context)
         self.timers = TimerWork(log)
@@ -204,7 +225,9 @@ class Scheduler:
         an executor is being restarted) for one to report."""
         in_flight = self.in_flight
         if request.completed:
-            in_flight.complete(request.completed)
+            done = in_flight.complete(request.completed)
+            if done:
+                self.policy.calls_finished(done)  # the steps they placed are no longer outstanding
         if attempt == 1 and not depth and (request.call_id in in_flight or request.call_id in self.parked_ids):
             self.counters["duplicate_calls"] += 1  # a client's resend of a call that is under way, or waiting
             return
@@ -215,11 +238,13 @@ class Scheduler:
             if request.source_args:
                 check_source_args(plan, request.source_args)
             pick = self.policy.pick_executor
+            now = time.monotonic()  # the dispatch time, for the policy and the in-flight table alike
             locations: dict[str, str] = {}
             for fn in plan.functions:
                 parallel = plan.parallel[fn]
                 locations[fn] = pick(fn, plan.gpu[fn], request.refs,
-                                     [locations[p] for p in parallel] if parallel else ()).address
+                                     [locations[p] for p in parallel] if parallel else (), now,
+                                     request.call_id).address
         except NoExecutorAvailable as exc:
             deadline = wait_until or self.wait_for_executors_until
             if time.monotonic() < deadline:
@@ -234,15 +259,22 @@ class Scheduler:
             self.counters["dispatch_errors"] += 1
             self.reject(request, exc)
             return
+        if self.policy.actions:
+            self.apply(self.policy.take_actions())  # pinned on an idle executor, all others being busy
         self.counters["dag_calls" if plan.dag else "calls"] += 1
         self.name_calls[plan.name] = self.name_calls.get(plan.name, 0) + 1
-        in_flight.add(request, locations, depth, attempt)
+        in_flight.add(request, locations, depth, attempt, now)
         extras = {**plan.extras, DEPTH_KEY: depth} if depth else plan.extras
         if request.extras:  # the client's read-your-writes session, and nothing else a client may set
             extras = (consistency.with_continued_call(extras, request.extras) if depth  # from an executor
                       else consistency.with_client_session(extras, request.extras))
+            chain = request.extras.get(TRIGGER_DEPTH_EXTRA)  # a storage-triggered call's place in its chain
+            if type(chain) is int:
+                extras = {**extras, TRIGGER_DEPTH_EXTRA: chain}
         if attempt > 1:
             extras = with_attempt(extras, attempt)
+        if self.record_steps:
+            extras = step_records.stamp(extras)
         for source in plan.sources:
             trigger = DagTrigger(request.call_id, plan.dag, source, locations, plan.versions, plan.edges, "",
                                  request.source_args.get(source, request.args), request.response_address,
@@ -305,8 +337,10 @@ class Scheduler:
                 self.timers.failed(f"checking executor {view.executor_id}", exc)
 
     def update_policy(self) -> None:
-        """Timer work: the policy's periodic update, and the pins and unpins it decides."""
+        """Timer work: the policy's periodic update, and the pins and unpins it decides; steal hints again for
+        executors still backlogged (placement.py)."""
         self.apply(self.policy.periodic_update())
+        self.send_hints(self.policy.rehint())
 
     def retry_parked(self) -> None:
         """Try each call that waits for an executor again (it parks itself again if there is still none, or
@@ -343,44 +377,87 @@ class Scheduler:
             log.warning("call %s: could not store its dispatch error: %s", request.call_id, store_exc)
 
     def on_register_function(self, request: RegisterFunction) -> Any:
-        name = request.name
-        if not isinstance(name, str) or not name or name.startswith("__"):
-            raise InvalidArgument(f"function name {name!r} is invalid: use a non-empty name not starting with '__'")
-        if name in self.dags or registry.load_dag(self.store, name) is not None:  # (another scheduler's, too)
-            raise InvalidArgument(f"{name!r} is already a DAG's name: give the function another name")
-        options = request.options
-        if options.get("gpu") and not any(v.executor_type == "gpu" for v in self.policy.executors.values()):
-            from cbctl.errors import NoExecutorAvailable
-
-            raise NoExecutorAvailable(
-                f"function {name!r} needs a GPU but this cluster has no GPU executor: "
-                "start it with `cbctl up --gpu-executors N`")
-        record = registry.FunctionRecord(
-            name=name, code=request.code, version=time.time_ns(), gpu=bool(options.get("gpu")),
-            batching=bool(options.get("batching")), is_class=bool(options.get("is_class")),
-            init_args=options.get("init_args", b""), source_file=str(options.get("source_file", "")))
-        registry.save_function(self.store, record)
-        self.functions[name] = record
-        self.plans.clear()
+        record = self.function_record(request.name, request.code, request.options)
+        self.save_registrations([record], [])
         return record.describe()
 
     def on_register_dag(self, request: RegisterDag) -> Any:
         self.refresh_registry()
-        edges = request.edges if request.edges else [list(e) for e in chain_edges(request.functions)]
-        shape = validate_dag(request.name, request.functions, edges, self.functions)
-        options = dict(request.options or {})
-        if multiexec.OPTION in options:
-            options[multiexec.OPTION] = multiexec.validate(request.name, shape.functions, options[multiexec.OPTION])
-        if request.name in self.functions:
-            raise InvalidArgument(f"{request.name!r} is already a function's name: give the DAG another name")
-        record = registry.DagRecord(request.name, list(shape.functions), [list(e) for e in shape.edges],
-                                    time.time_ns(), options)
-        registry.save_dag(self.store, record)
-        self.dags[record.name] = record
-        self.plans.clear()
-        self.apply(self.policy.set_wanted(pinned_functions(self.functions, self.dags)))
-        self.apply(self.policy.ensure_pinned())  # pins settle as the executors answer, within milliseconds
+        record = self.dag_record(request.name, request.functions, request.edges, request.options, self.functions)
+        self.save_registrations([], [record])
         return record.describe()
+
+    def on_deploy(self, request: Deploy) -> Any:
+        """A deploy file's functions and DAGs: all checked first, then saved and switched to in one handler, so
+        no call is placed with some of them new and others old (this loop handles nothing in between)."""
+        self.refresh_registry()
+        records = []
+        for entry in request.functions:
+            if len(entry) != 3:
+                raise InvalidArgument("a deploy's function entry is not [name, code, options]")
+            records.append(self.function_record(*entry))
+        functions = {**self.functions, **{r.name: r for r in records}}
+        dag_records = []
+        for entry in request.dags:
+            if len(entry) != 4:
+                raise InvalidArgument("a deploy's DAG entry is not [name, functions, edges, options]")
+            dag_records.append(self.dag_record(*entry, functions))
+        self.save_registrations(records, dag_records)
+        return {"functions": [r.describe() for r in records], "dags": [d.describe() for d in dag_records]}
+
+    def function_record(self, name: Any, code: Any, options: Any) -> registry.FunctionRecord:
+        """A new version of function ``name``, checked (nothing is saved yet)."""
+        if not isinstance(name, str) or not name or name.startswith("__"):
+            raise InvalidArgument(f"function name {name!r} is invalid: use a non-empty name not starting with '__'")
+        if not isinstance(code, bytes) or not isinstance(options, dict):
+            raise InvalidArgument(f"function {name!r}: its code must be bytes and its options a dict")
+        if name in self.dags or registry.load_dag(self.store, name) is not None:  # (another scheduler's, too)
+            raise InvalidArgument(f"{name!r} is already a DAG's name: give the function another name")
+        if options.get("gpu") and not any(v.executor_type == "gpu" for v in self.policy.executors.values()):
+            raise NoExecutorAvailable(
+                f"function {name!r} needs a GPU but this cluster has no GPU executor: "
+                "start it with `cbctl up --gpu-executors N`")
+        version = max(time.time_ns(), self.functions[name].version + 1 if name in self.functions else 0)
+        return registry.FunctionRecord(
+            name=name, code=code, version=version, gpu=bool(options.get("gpu")),
+            batching=bool(options.get("batching")), is_class=bool(options.get("is_class")),
+            init_args=options.get("init_args", b""), source_file=str(options.get("source_file", "")))
+
+    def dag_record(self, name: Any, functions: Any, edges: Any, options: Any,
+                   known: dict[str, registry.FunctionRecord]) -> registry.DagRecord:
+        """DAG ``name`` over ``known`` functions, checked (nothing is saved yet)."""
+        if not isinstance(name, str) or not isinstance(functions, list) or not isinstance(edges, list):
+            raise InvalidArgument("a DAG needs a name, a list of functions and a list of edges")
+        edges = edges if edges else [list(e) for e in chain_edges(functions)]
+        shape = validate_dag(name, functions, edges, known)
+        options = dict(options or {})
+        if multiexec.OPTION in options:
+            options[multiexec.OPTION] = multiexec.validate(name, shape.functions, options[multiexec.OPTION])
+        if name in known:
+            raise InvalidArgument(f"{name!r} is already a function's name: give the DAG another name")
+        return registry.DagRecord(name, list(shape.functions), [list(e) for e in shape.edges], time.time_ns(),
+                                  options)
+
+    def save_registrations(self, functions: list[registry.FunctionRecord], dags: list[registry.DagRecord]) -> None:
+        """Save checked records and make them current together; prune versions no call can need any more."""
+        for record in functions:
+            registry.save_function(self.store, record)
+        for dag in dags:
+            registry.save_dag(self.store, dag)
+        for record in functions:
+            self.functions[record.name] = record
+        for dag in dags:
+            self.dags[dag.name] = dag
+        self.plans.clear()
+        if dags:
+            self.apply(self.policy.set_wanted(pinned_functions(self.functions, self.dags)))
+            self.apply(self.policy.ensure_pinned())  # pins settle as the executors answer, within milliseconds
+        if functions:
+            try:
+                registry.prune_versions(self.store, [r.name for r in functions], time.time_ns(),
+                                        int(FUNCTION_VERSION_KEEP_S * 1e9))
+            except CbctlError as exc:  # only housekeeping: the next registration prunes again
+                log.warning("could not prune old versions of %s: %s", ", ".join(r.name for r in functions), exc)
 
     def on_list(self, _request: ListRequest) -> Any:
         self.refresh_registry()
@@ -404,6 +481,7 @@ class Scheduler:
                 raise InvalidArgument(f"function {name!r} is used by DAG(s) {', '.join(users)}: remove those first "
                                       "with `cbctl rm NAME`")
             self.store.delete(registry.FUNCTION_PREFIX + name)
+            registry.prune_versions(self.store, [name], time.time_ns(), 0, remove_all=True)
             kind = "function"
         else:
             raise NoSuchFunction(f"no function or DAG is registered as {name!r}: see `cbctl ls`")
@@ -430,6 +508,14 @@ class Scheduler:
             "policy": self.policy.describe(),
         }
 
+    def on_describe_cluster(self, _request: DescribeCluster) -> Any:
+        """The cluster file, for a client on another machine (``cbctl.connect(address=...)``): the store's and
+        the schedulers' addresses, the limits, the version. It holds no key."""
+        found = cluster.ClusterFile.read(Path(self.config.home))
+        if found is None:
+            raise ClusterNotRunning("the cluster file is missing on the head: the cluster is starting or stopping")
+        return dataclasses.asdict(found)
+
     def on_status(self, status: ExecutorStatus) -> None:
         if self.lost_pids and (status.executor_id, status.pid) in self.lost_pids:
             return  # sent before its process died, read after: it must not bring the dead executor back
@@ -443,10 +529,31 @@ class Scheduler:
         self.policy.process_status(status)
         if self.parked:
             self.retry_parked()  # this executor may take what waits for one
+        if not status.running and status.metrics.get("recycling"):
+            # over --executor-memory-mb: a fresh process replaces it, so calls wait for it rather than fail
+            self.wait_for_executors_until = max(self.wait_for_executors_until, time.monotonic() + DISPATCH_WAIT_S)
         if not status.running:
             # the policy no longer places work there; this ack, behind every trigger sent there on the same
             # socket, tells the departing executor that nothing more will come from this scheduler
             self.peers.send(status.address, LeavingAck(self.address).pack())
+
+    def on_load(self, load: ExecutorLoad) -> None:
+        """An executor turned idle, busy or backlogged (placement.py): recount it, and hint idle executors to
+        take a call each from a backlogged one."""
+        if self.lost_pids and (load.executor_id, load.pid) in self.lost_pids:
+            return
+        self.send_hints(self.policy.process_load(load))
+
+    def send_hints(self, hints: list[tuple[ExecutorView, str]]) -> None:
+        for thief, victim in hints:
+            self.peers.send(thief.address, StealHint(victim).pack())
+
+    def on_call_moved(self, moved: CallMoved) -> None:
+        """An executor handed a queued step to another: a retry after that one dies must find it there."""
+        call = self.in_flight.calls.get(moved.call_id)
+        if call is not None and call.locations.get(moved.function) == moved.source:
+            call.locations = {**call.locations, moved.function: moved.to}  # the trigger's dict is shared
+        self.policy.call_moved(moved.source, moved.to)
 
     def on_pin_response(self, response: PinResponse) -> None:
         if not response.accepted:
@@ -468,12 +575,14 @@ class Scheduler:
     CONTROL = {
         RegisterFunction: on_register_function,
         RegisterDag: on_register_dag,
+        Deploy: on_deploy,
         ListRequest: on_list,
         RemoveRequest: on_remove,
         ClusterInfoRequest: on_cluster_info,
         AddTrigger: on_add_trigger,
         ListTriggers: on_list_triggers,
         RemoveTrigger: on_remove_trigger,
+        DescribeCluster: on_describe_cluster,
     }
 
     def handle(self, sock: zmq.Socket, parts: list[bytes]) -> None:
@@ -494,8 +603,12 @@ class Scheduler:
         elif kind is ExecutorStatus:
             self.on_status(message)
             sock.send_multipart([*parts[:-1], StatusAck(message.executor_id).pack()])
+        elif kind is ExecutorLoad:
+            self.on_load(message)
         elif kind is PinResponse:
             self.on_pin_response(message)
+        elif kind is CallMoved:
+            self.on_call_moved(message)
         elif kind is ExecutorLost:
             self.on_executor_lost(message)
         elif kind in self.CONTROL:
@@ -586,3 +699,4 @@ def main(config: ProcessConfig) -> None:
     store.close()
     context.term()
     log.info("scheduler stopped")
+
