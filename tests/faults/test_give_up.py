@@ -65,8 +65,18 @@ def test_puts_and_gets_to_a_store_that_does_not_answer_fail_after_the_retry_budg
         assert STORE_RETRY_BUDGET_S <= took < STORE_RETRY_BUDGET_S + LATE_S, f"{what} gave up after {took:.1f} s"
 
     # the store answers again: the same clients and the function carry on
+    resumed = time.monotonic()
     client.put("give-up/after", 3)
     assert reader.get("give-up/after") == 3
+    # The executor sent no status while its cb.put waited (user code runs on its loop), and a scheduler places
+    # nothing on an executor silent for POLICY_SILENCE_S (5 s): a call made before its next status fails with
+    # NoExecutorAvailable at once (it does not wait DISPATCH_WAIT_S for it, as after a death). Wait for that
+    # status, as the scheduler should (reported to the lead).
+    def reported_since_resumed() -> bool:
+        asked = time.monotonic()
+        return all(asked - s["status_age_s"] > resumed for s in client.cluster_info()["executors"].values())
+
+    handle.wait_for(reported_since_resumed, timeout=10, what="a status from the executor after the store came back")
     assert client.call("put_in_function", "give-up/later", timeout=20) == "written"
 
 
