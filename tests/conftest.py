@@ -156,14 +156,22 @@ def nothing_left_behind(tmp_path_factory) -> Iterator[None]:
         deadline = time.monotonic() + 5  # a process killed by the last teardown may take a moment to go
         while (left := [p for key, p in ours().items() if key not in before]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        files = sorted(p.name for p in private.iterdir() if not p.name.startswith(FORKSERVER_DIR_PREFIX))
+        files = [_show(p, private) for p in sorted(private.iterdir()) if not p.name.startswith(FORKSERVER_DIR_PREFIX)]
         described = [describe(p) for p in left]
         kill_all(left)
         shutil.rmtree(private, ignore_errors=True)
         problems = ([f"{len(left)} process(es) outlived the tests: {described}"] if left else [])
-        problems += [f"left in the temp directory: {files} (cbctl-HASH: a long home's sockets)"] if files else []
+        problems += [f"left in the temp directory {private}: {files} (cbctl-HASH, 16 hex digits: a long home's "
+                     "sockets)"] if files else []
         if problems:
             pytest.fail("the test session left things behind: " + "; ".join(problems), pytrace=False)
+
+
+def _show(path: Path, root: Path, most: int = 8) -> str:
+    """``path`` relative to ``root``, with the first few things inside it (to tell who left it)."""
+    inside = sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.is_dir() else []
+    more = f", +{len(inside) - most}" if len(inside) > most else ""
+    return f"{path.relative_to(root)}" + (f" [{', '.join(inside[:most])}{more}]" if inside else "")
 
 
 @pytest.fixture(autouse=True)
