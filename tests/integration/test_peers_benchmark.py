@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
@@ -27,9 +30,16 @@ def processes_marked(mark: str) -> list[psutil.Process]:
     return found
 
 
+def own_temp_dir() -> Path:
+    """A temp directory for the benchmark's processes (their TMPDIR), which the test removes: a runner stopped
+    at its deadline is killed, and then nothing else removes its cluster's temporary home."""
+    return Path(tempfile.mkdtemp(prefix="peers-"))
+
+
 def test_peers_benchmark_runs_cbctl_end_to_end():
     mark = uuid.uuid4().hex
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PEERS_TEST_MARK": mark}
+    tmp = own_temp_dir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PEERS_TEST_MARK": mark, "TMPDIR": str(tmp)}
     try:
         result = subprocess.run([sys.executable, "-m", "benchmarks.peers", "--only", "cbctl", "--calls", "20"],
                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=100)
@@ -50,13 +60,16 @@ def test_peers_benchmark_runs_cbctl_end_to_end():
     finally:
         for process in processes_marked(mark):  # never leave a cluster behind, even when an assert failed
             process.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_a_round_past_its_deadline_fails_and_leaves_no_process(monkeypatch):
     from benchmarks.peers import driver
 
     mark = uuid.uuid4().hex
+    tmp = own_temp_dir()
     monkeypatch.setenv("PEERS_TEST_MARK", mark)
+    monkeypatch.setenv("TMPDIR", str(tmp))  # the runner's; this process's temp directory is unchanged
     try:
         # 1.5 s: the runner is stopped while `cbctl up` is still starting the cluster
         with pytest.raises(driver.RoundFailed, match="cbctl: no result within 2 s"):
@@ -65,3 +78,4 @@ def test_a_round_past_its_deadline_fails_and_leaves_no_process(monkeypatch):
     finally:
         for process in processes_marked(mark):
             process.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
