@@ -136,6 +136,9 @@ def main() -> None:
 @click.option("--max-message-mb", type=int, default=MAX_MESSAGE_BYTES >> 20, show_default=True,
               help="Largest serialised value, in MiB: call arguments, a result, a put (larger ones are refused "
                    "with MessageTooLarge).")
+@click.option("--store", default="", envvar="CBCTL_STORE", metavar="URL",
+              help="Keep the data in Redis instead of a store process: redis://[USER:PASS@]HOST:PORT[/DB], "
+                   "rediss://... (TLS) or redis+cluster://HOST:PORT[,HOST:PORT...] (see README, Store backends).")
 @click.option("--policy", "policy", multiple=True, metavar="KEY=VALUE",
               help="Tune the placement policy (repeatable), e.g. backoff_window_s=2 scale_in_calm_s=5 "
                    "locality=false; keys and defaults are in cbctl/runtime/defaults.py (POLICY_*).")
@@ -143,7 +146,7 @@ def main() -> None:
 @handle_errors
 def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
        durability: str, cache_mb: int, fake_gpus: int, max_batch: int, max_continuations: int,
-       max_message_mb: int, policy: tuple[str, ...], no_auth: bool, home: str | None) -> None:
+       max_message_mb: int, policy: tuple[str, ...], no_auth: bool, store: str, home: str | None) -> None:
     """Start a cluster in the home directory and return once every process is ready.
 
     The home is made private to you (0700/0600). With --listen, every TCP socket is a CURVE server that
@@ -154,6 +157,7 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     Examples:
     cbctl up --executors 4 --gpu-executors 1
     cbctl up --listen tcp://127.0.0.1:7100    the scheduler on port 7100, CURVE keys in HOME/keys
+    cbctl up --store redis://127.0.0.1:6379   the data in Redis (AOF on, maxmemory-policy noeviction)
     """
     home_path = cluster.resolve_home(home)
     note = lifecycle.check_not_running(home_path)
@@ -161,10 +165,14 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
         errors.print(f"note: {note}", markup=False)
     spec = lifecycle.plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb,
                                max_batch, max_continuations, policy, max_message_mb, no_auth)
+    if store:
+        spec.store, store_warnings = lifecycle.check_store(store, durability)
+        for warning in store_warnings:
+            errors.print(f"warning: {warning}", markup=False)
     if spec.listen and not lifecycle.is_loopback(spec.listen):
         errors.print(f"warning: listening on {spec.listen}, reachable beyond this machine (only holders of "
                      f"{home_path / 'keys'} can use it)", markup=False)
-    for note in lifecycle.prepare_home(home_path, spec):
+    for note in lifecycle.prepare_home(home_path, spec, store or None):
         errors.print(f"note: {note}", markup=False)
     started = time.monotonic()
     proc = lifecycle.start_supervisor(home_path, spec, foreground)

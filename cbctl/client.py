@@ -63,7 +63,8 @@ from cbctl.runtime.messages import (
     unpack,
 )
 from cbctl.runtime.process import Receiver, new_socket, process_alive
-from cbctl.runtime.store_client import StoreClient
+from cbctl.runtime.redis_store import url as redis_url
+from cbctl.runtime.store_client import connect_store
 
 _PENDING = object()
 #: Longest single wait on the response socket, in seconds, so a waiting thread re-checks its deadline and
@@ -150,7 +151,8 @@ class Client:
                 raise CbctlError(f"cannot open this client's reply socket {self.response_address} ({exc}): "
                                  f"the cluster directory {self.home} must be writable") from None
         self._receiver = Receiver(self._responses)  # used only by whichever thread holds the reader role
-        self._store = StoreClient(self._context, self.cluster.store_address, writer_id=f"client-{self.client_id}")
+        self._store = connect_store(self._context, redis_url.resolve_address(self.home, self.cluster.store_address),
+                                    writer_id=f"client-{self.client_id}")
         self._store_lock = threading.Lock()
         # this client's recent writes, carried by its calls so no executor cache serves it older versions
         self._session = ClientSession()

@@ -30,6 +30,7 @@ from cbctl.runtime.defaults import (
     STARTUP_TIMEOUT_S,
 )
 from cbctl.runtime.policy import parse_policy_options
+from cbctl.runtime.redis_store import url as redis_url
 from cbctl.runtime.scaling import SCALE_REQUEST_TIMEOUT_S
 from cbctl.runtime.supervisor import STARTUP_ERROR_FILE, ClusterSpec, count_gpus
 
@@ -143,9 +144,19 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
                        policy=parse_policy_options(policy), max_message_bytes=max_message_mb << 20)
 
 
-def prepare_home(home: Path, spec: ClusterSpec) -> list[str]:
-    """Make the cluster directory ready and private, with fresh CURVE keys for a TCP cluster, or say in one line
-    why it cannot be used. Returns notes for the user (permissions it had to tighten)."""
+def check_store(store: str, durability: str) -> tuple[str, list[str]]:
+    """``cbctl up --store URL``: parse it and check the server (reachable, no evicting maxmemory-policy, AOF on
+    unless ``--durability none``); returns the redacted URL for the spec and warnings to show."""
+    from cbctl.runtime.redis_store.url import check_server, parse_store_url
+
+    url = parse_store_url(store)
+    return url.redacted(), check_server(url, durability)
+
+
+def prepare_home(home: Path, spec: ClusterSpec, store_url: str | None = None) -> list[str]:
+    """Make the cluster directory ready and private, with fresh CURVE keys for a TCP cluster and the store URL
+    of a Redis store (``store_url``, with its password, in a file of its own), or say in one line why it cannot
+    be used. Returns notes for the user (permissions it had to tighten)."""
     notes = []
     try:
         with private_umask():
@@ -158,6 +169,7 @@ def prepare_home(home: Path, spec: ClusterSpec) -> list[str]:
                 auth.generate_keys(home)
             else:
                 auth.remove_keys(home)  # an earlier TCP cluster's, of no use to this one
+            redis_url.save_secret(home, store_url)
     except (FileExistsError, NotADirectoryError):
         raise InvalidArgument(f"the cluster directory {home} is (or is inside) a file: point CBCTL_HOME or --home "
                               "at a directory") from None

@@ -26,7 +26,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from cbctl.errors import ClusterNotRunning, InvalidArgument, ProtocolError
+from cbctl.errors import CbctlError, ClusterNotRunning, InvalidArgument, ProtocolError
 from cbctl.runtime import auth, cluster
 from cbctl.runtime.defaults import TOP_REQUEST_TIMEOUT_S, TOP_SILENT_AFTER_S
 from cbctl.runtime.messages import (
@@ -39,6 +39,8 @@ from cbctl.runtime.messages import (
 )
 from cbctl.runtime.metrics import merge_histograms, percentile_us
 from cbctl.runtime.process import new_socket
+from cbctl.runtime.redis_store import url as redis_url
+from cbctl.runtime.store_client import connect_store
 
 #: Version of the ``--json`` snapshot; bumped only when a documented field changes meaning or goes away.
 SNAPSHOT_VERSION = 1
@@ -62,6 +64,7 @@ class ClusterProbe:
         self._sockets: dict[str, zmq.Socket] = {}  # by address; kept across snapshots
         self._watches: dict[str, auth.HandshakeWatch | None] = {}  # by address: did it refuse our keys?
         self._ids = itertools.count(1)
+        self._redis: Any = None  # a RedisStoreClient, for a cluster whose store is Redis
 
     def _socket(self, address: str) -> zmq.Socket:
         sock = self._sockets.get(address)
@@ -80,11 +83,15 @@ class ClusterProbe:
             self._cluster_started_at = found.started_at
         req_id = next(self._ids)
         scheduler_names = {p.address: f"{p.role}-{p.index}" for p in found.processes if p.role == "scheduler"}
-        asked: dict[str, str] = {found.control_address: "supervisor", found.store_address: "store"}
+        on_redis = redis_url.is_store_url(found.store_address)  # no store process: INFO from Redis itself
+        asked: dict[str, str] = {found.control_address: "supervisor"}
+        if not on_redis:
+            asked[found.store_address] = "store"
         for address in found.scheduler_addresses:
             asked[address] = scheduler_names.get(address, address)
         self._socket(found.control_address).send(SupervisorRequest(req_id, "status").pack())
-        self._socket(found.store_address).send(StoreStatsRequest(req_id).pack())
+        if not on_redis:
+            self._socket(found.store_address).send(StoreStatsRequest(req_id).pack())
         for address in found.scheduler_addresses:
             self._socket(address).send(ClusterInfoRequest(req_id).pack())
         answers: dict[str, Any] = {}
@@ -128,8 +135,21 @@ class ClusterProbe:
             "home": str(self.home),
             "supervisor": answers[found.control_address],
             "schedulers": {asked[a]: answers.get(a) for a in found.scheduler_addresses},
-            "store": answers.get(found.store_address),
+            "store": self._redis_stats(found) if on_redis else answers.get(found.store_address),
         }
+
+    def _redis_stats(self, found: cluster.ClusterFile) -> dict[str, Any] | None:
+        """The store row from Redis INFO (None when Redis does not answer within the snapshot's timeout)."""
+        if self._redis is None:
+            try:
+                self._redis = connect_store(self._context, redis_url.resolve_address(self.home, found.store_address),
+                                            "top", request_timeout_s=self.timeout_s, retry_budget_s=0.0)
+            except CbctlError:
+                return None
+        try:
+            return self._redis.stats()
+        except CbctlError:
+            return None
 
     def _forget_sockets(self) -> None:
         for watch in self._watches.values():
@@ -142,6 +162,9 @@ class ClusterProbe:
 
     def close(self) -> None:
         self._forget_sockets()
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
         self._context.term()
 
     def __enter__(self) -> ClusterProbe:
@@ -217,6 +240,7 @@ def build_snapshot(raw: Mapping[str, Any], now: float | None = None) -> dict[str
         "functions": functions,
         "dags": dags,
         "store": None if store is None else {
+            "backend": store.get("backend", "embedded"),
             "keys": store.get("keys"), "bytes": store.get("bytes"), "log_bytes": store.get("log_bytes"),
             "snapshot_bytes": store.get("snapshot_bytes"), "ops_per_s": store.get("ops_per_s"),
             "gets": store.get("gets"), "puts": store.get("puts"), "deletes": store.get("deletes"),
@@ -443,7 +467,9 @@ def store_text(snapshot: Mapping[str, Any]) -> Text:
     store = snapshot["store"]
     if store is None:
         return Text("store  not answering", style="bold red")
-    return Text(f"store  {_na(store['keys'])} keys  {format_bytes(store['bytes'])}  "
+    backend = store.get("backend", "embedded")
+    label = "store" if backend == "embedded" else f"store ({backend})"
+    return Text(f"{label}  {_na(store['keys'])} keys  {format_bytes(store['bytes'])}  "
                 f"log {format_bytes(store['log_bytes'])}  {_na(store['ops_per_s'], '{:.1f}')} ops/s")
 
 

@@ -65,6 +65,7 @@ from cbctl.runtime.messages import (
     PinResponse,
     SnapshotRelease,
     StatusAck,
+    StoreEpoch,
     UnpinRequest,
     VersionRequest,
     VersionResponse,
@@ -86,7 +87,7 @@ from cbctl.runtime.process import (
     setup_logging,
 )
 from cbctl.runtime.retries import ATTEMPT_KEY, AttemptFilter
-from cbctl.runtime.store_client import StoreClient
+from cbctl.runtime.store_client import StoreAccess, connect_store
 from cbctl.runtime.userlib import UserLibrary
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class LoadedFunction:
 
 
 class Executor:
-    def __init__(self, config: ProcessConfig, context: zmq.Context, store: StoreClient, address: str) -> None:
+    def __init__(self, config: ProcessConfig, context: zmq.Context, store: StoreAccess, address: str) -> None:
         self.config = config
         self.executor_id = config.name
         self.executor_type = config.options.get("executor_type", "cpu")
@@ -132,7 +133,9 @@ class Executor:
         self.frames_received = 0  # with peers.sent, what a test counts messages per call with
         # the cache in front of the store, and the consistency modes' per-call state (cache.py, consistency.py)
         self.cached = CachedStore(store, self.executor_id, address, int(config.options.get("cache_mb", 64)) << 20)
-        self.store_probe = StoreEpochProbe(context, config.store_address)  # notices a restarted store
+        # notices a restarted store (on Redis: a pub/sub reconnect, which StoreEpoch frames also report at once)
+        probe = getattr(store, "epoch_probe", None)
+        self.store_probe = probe() if probe is not None else StoreEpochProbe(context, config.store_address)
         self.sessions = SessionManager(self.cached, address, self.executor_id, self.fetch_version, self.peers.send)
         self._version_ids = itertools.count(1)
         self.awaited_version: tuple[int, VersionResponse | None] | None = None  # (req_id, reply) of fetch_version
@@ -228,6 +231,9 @@ class Executor:
     def on_key_update(self, update: KeyUpdate) -> None:
         self.cached.on_push(update.key, update.lattice)
 
+    def on_store_epoch(self, message: StoreEpoch) -> None:
+        self.cached.on_store_epoch(message.epoch)
+
     def on_version_request(self, request: VersionRequest) -> None:
         self.sessions.serve_version(request)
 
@@ -252,6 +258,7 @@ class Executor:
 
     HANDLERS = {DagTrigger: on_trigger, PinRequest: on_pin, UnpinRequest: on_unpin, DirectMessage: on_direct,
                 ExecutorLeaving: on_peer_leaving, LeavingAck: on_leaving_ack, KeyUpdate: on_key_update,
+                StoreEpoch: on_store_epoch,
                 VersionRequest: on_version_request, VersionResponse: on_version_response,
                 SnapshotRelease: on_snapshot_release, CallAborted: on_call_aborted, CallRetried: on_call_retried}
 
@@ -480,7 +487,8 @@ class Executor:
         else:
             self.on_version_response(response)
 
-    SERVED_WHILE_BUSY = {KeyUpdate: on_key_update, DirectMessage: on_direct, VersionRequest: on_version_request,
+    SERVED_WHILE_BUSY = {KeyUpdate: on_key_update, StoreEpoch: on_store_epoch, DirectMessage: on_direct,
+                         VersionRequest: on_version_request,
                          VersionResponse: on_awaited_version}
 
     def send_direct(self, executor_id: str, message: Any) -> None:
@@ -641,11 +649,14 @@ def main(config: ProcessConfig) -> None:
     setup_logging(config)
     shutdown = ShutdownFlag()
     context = new_context(config)
-    store = StoreClient(context, config.store_address, writer_id=config.name)
+    store = connect_store(context, config.store_address, writer_id=config.name)
     sock = new_socket(context, zmq.PULL)
     # no MAXMSGSIZE backstop here, unlike the scheduler and the store: the store pushes merged lattices (a causal
     # key's concurrent values, a set that grew by merges), which may honestly exceed the limit on one value
     address = config.bind(sock)
+    enable_pushes = getattr(store, "enable_pushes", None)  # a Redis store: pushes come from pub/sub
+    if enable_pushes is not None:
+        enable_pushes(context, sock, config.name)
     executor = Executor(config, context, store, address)
     executor.sock = sock
     reporter = StatusReporter(context, executor, config.scheduler_addresses)

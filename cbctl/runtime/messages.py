@@ -291,6 +291,15 @@ class KeyUpdate(Message):
     lattice: list[Any]
 
 
+@message(22)
+class StoreEpoch(Message):
+    """Sent to an executor by its own Redis pub/sub reader (redis_store/pushes.py) when pushes may have been
+    missed (the connection dropped): a new ``epoch`` makes the executor drop its cache, as a restarted embedded
+    store's new epoch does."""
+
+    epoch: str
+
+
 # --- control: clients and the supervisor talking to a scheduler --------------------------------------
 
 

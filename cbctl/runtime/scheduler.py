@@ -70,7 +70,7 @@ from cbctl.runtime.process import (
     setup_logging,
 )
 from cbctl.runtime.retries import ATTEMPT_KEY, InFlightCall, InFlightTable, with_attempt
-from cbctl.runtime.store_client import StoreClient
+from cbctl.runtime.store_client import StoreClient, connect_store
 
 log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
@@ -502,15 +502,15 @@ def main(config: ProcessConfig) -> None:
     setup_logging(config)
     shutdown = ShutdownFlag()
     context = new_context(config)
-    store = StoreClient(context, config.store_address, writer_id=config.name)
+    store = connect_store(context, config.store_address, writer_id=config.name)
     scheduler = Scheduler(config, context, store)
     sock = new_socket(context, zmq.ROUTER)
     # a peer sending a frame past this loses its connection, instead of costing the scheduler its memory
     sock.setsockopt(zmq.MAXMSGSIZE, limits.backstop_bytes(config.options.get(limits.OPTION, MAX_MESSAGE_BYTES)))
     address = scheduler.address = config.bind(sock)
     report_ready(context, config, address)
-    refresh_store = StoreClient(context, config.store_address, writer_id=config.name,
-                                request_timeout_s=REGISTRY_REFRESH_TIMEOUT_S, retry_budget_s=0.0)
+    refresh_store = connect_store(context, config.store_address, writer_id=config.name,
+                                  request_timeout_s=REGISTRY_REFRESH_TIMEOUT_S, retry_budget_s=0.0)
     freeze_startup_heap()
     receiver = Receiver(sock, multipart=True)
     next_refresh = time.monotonic() + REGISTRY_REFRESH_S

@@ -41,7 +41,46 @@ class StoreUnavailable(CbctlError):
     """The store did not answer within the retry budget."""
 
 
-class StoreClient:
+class StoreAccess:
+    """The value-level (last-writer-wins) methods every store client shares, over its lattice-level
+    ``get_lattices`` / ``put_lattice``: the embedded store's ``StoreClient`` and Redis's ``RedisStoreClient``."""
+
+    writer_id: str
+
+    def get_lattices(self, keys: list[str]) -> list[Lattice | None]:
+        raise NotImplementedError
+
+    def put_lattice(self, key: str, lattice: Lattice) -> None:
+        raise NotImplementedError
+
+    def get(self, key: str) -> Any:
+        """The value under ``key``; ``NoSuchKey`` if it was never written or was deleted."""
+        return serialization.decode(self.get_encoded(key))
+
+    def get_encoded(self, key: str) -> bytes:
+        (lattice,) = self.get_lattices([key])
+        return reveal_encoded(key, lattice)
+
+    def put(self, key: str, value: Any) -> None:
+        self.put_lattice(key, self.new_lww(serialization.encode(value)))
+
+    def new_lww(self, encoded: bytes) -> LWWLattice:
+        return LWWLattice(time.time_ns(), self.writer_id, encoded)
+
+
+def connect_store(context: zmq.Context, address: str, writer_id: str, **options: Any) -> StoreAccess:
+    """The client for a cluster's store address: the embedded store node's zmq address, or a Redis URL
+    (``cbctl up --store redis://...``; redis-py is imported only then)."""
+    from cbctl.runtime.redis_store.url import is_store_url
+
+    if is_store_url(address):
+        from cbctl.runtime.redis_store.client import RedisStoreClient
+
+        return RedisStoreClient(address, writer_id, **options)
+    return StoreClient(context, address, writer_id, **options)
+
+
+class StoreClient(StoreAccess):
     def __init__(self, context: zmq.Context, address: str, writer_id: str,
                  request_timeout_s: float = STORE_REQUEST_TIMEOUT_S,
                  retry_budget_s: float = STORE_RETRY_BUDGET_S) -> None:
@@ -101,22 +140,6 @@ class StoreClient:
         wire = lattice.to_wire()
         reply = self._request(lambda r: PutRequest(r, key, wire))
         assert isinstance(reply, Ack)
-
-    # --- value level (last-writer-wins) ----------------------------------------------------------------
-
-    def get(self, key: str) -> Any:
-        """The value under ``key``; ``NoSuchKey`` if it was never written or was deleted."""
-        return serialization.decode(self.get_encoded(key))
-
-    def get_encoded(self, key: str) -> bytes:
-        (lattice,) = self.get_lattices([key])
-        return reveal_encoded(key, lattice)
-
-    def put(self, key: str, value: Any) -> None:
-        self.put_lattice(key, self.new_lww(serialization.encode(value)))
-
-    def new_lww(self, encoded: bytes) -> LWWLattice:
-        return LWWLattice(time.time_ns(), self.writer_id, encoded)
 
     def delete(self, key: str) -> None:
         reply = self._request(lambda r: DeleteRequest(r, key, time.time_ns(), self.writer_id))

@@ -54,6 +54,7 @@ from cbctl.runtime.messages import (
     version_refusal,
 )
 from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, drain, new_socket
+from cbctl.runtime.redis_store import url as redis_url
 
 log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
@@ -87,6 +88,7 @@ class ClusterSpec:
     max_continuations: int = MAX_CONTINUATIONS
     policy: dict[str, Any] = field(default_factory=dict)  # placement policy settings (`cbctl up --policy`)
     max_message_bytes: int = MAX_MESSAGE_BYTES  # largest serialised value (`cbctl up --max-message-mb`)
+    store: str = ""  # "" for the embedded store; else the Redis URL, redacted (the full one is in HOME/store-url)
 
 
 @dataclass
@@ -152,10 +154,9 @@ class Supervisor:
     # --- start ---------------------------------------------------------------------------------------
 
     def _new_child(self, role: str, index: int, options: dict[str, Any] | None = None) -> Child:
-        store = self.children.get("store-0")
         config = ProcessConfig(
             home=str(self.home), role=role, index=index, supervisor_address=self.ready_address,
-            store_address=store.address if store else "",
+            store_address=self.store_address(secret=True),
             scheduler_addresses=[c.address for c in self.children.values() if c.config.role == "scheduler"],
             listen=self.spec.listen, curve=self.spec.curve,
             options={limits.OPTION: self.spec.max_message_bytes, **(options or {})},
@@ -165,6 +166,15 @@ class Supervisor:
         child = Child(config)
         self.children[config.name] = child
         return child
+
+    def store_address(self, secret: bool) -> str:
+        """Where the store is: the store process's address, or the Redis URL (with its password for children,
+        which get it through the forkserver's pipe, never a file or a command line; redacted for the cluster
+        file)."""
+        if self.spec.store:
+            return redis_url.resolve_address(self.home, self.spec.store) if secret else self.spec.store
+        store = self.children.get("store-0")
+        return store.address if store else ""
 
     def _spawn(self, child: Child) -> None:
         child.process = self.mp.Process(target=run_role, args=(child.config,), name=child.config.name)
@@ -221,8 +231,9 @@ class Supervisor:
         # yet just has its first frames queued by zmq until it is. On TCP the ports are picked at bind time, so
         # each role waits for the addresses of the roles before it.
         known = not spec.listen
-        store = self._new_child("store", 0, {"durability": spec.durability})
-        self._start_role([store], known)
+        if not spec.store:  # on Redis there is no store process: every role talks to Redis directly
+            store = self._new_child("store", 0, {"durability": spec.durability})
+            self._start_role([store], known)
         schedulers = [self._new_child("scheduler", i, {"policy": spec.policy}) for i in range(spec.schedulers)]
         self._start_role(schedulers, known)
         executors = [self._new_executor(i, "cpu") for i in range(spec.executors)]
@@ -260,7 +271,7 @@ class Supervisor:
         ]
         cluster.ClusterFile(
             home=str(self.home), supervisor_pid=me.pid, supervisor_create_time=me.create_time(),
-            control_address=self.control_address, store_address=self.children["store-0"].address,
+            control_address=self.control_address, store_address=self.store_address(secret=False),
             scheduler_addresses=[c.address for c in self.children.values() if c.config.role == "scheduler"],
             started_at=self.started_at, version=cbctl.__version__, processes=entries,
             max_message_bytes=self.spec.max_message_bytes,

@@ -22,6 +22,7 @@ class Merger:
         self.script = client.register_script(MERGE_LUA)
         self.push = push
 
-    def __call__(self, redis_key: str, packed: bytes, client: Any = None) -> int:
-        """Merge ``packed`` (msgpack of ``Lattice.to_wire()``) into ``redis_key``; 1 if the value changed."""
-        return self.script(keys=[redis_key], args=[packed, self.push, redis_key], client=client)
+    def __call__(self, redis_key: str, packed: bytes, channel: str | None = None, client: Any = None) -> int:
+        """Merge ``packed`` (msgpack of ``Lattice.to_wire()``) into ``redis_key``, publishing the result on
+        ``channel`` (default: the key's name) if this merger pushes; 1 if the value changed."""
+        return self.script(keys=[redis_key], args=[packed, self.push, channel or redis_key], client=client)
