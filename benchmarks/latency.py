@@ -1,7 +1,7 @@
 """Call latency and throughput of the DAG call path, next to a raw pyzmq relay measured in the same run.
 
     python -m benchmarks.latency [--calls 2000] [--throughput-calls 3000] [--rounds 10] [--executors 2]
-                                 [--listen tcp://127.0.0.1 [--no-auth]]
+                                 [--listen tcp://127.0.0.1 [--no-auth]] [--store redis://HOST:PORT]
 
 Cases, on a fresh cluster in a temporary home:
 - ``noop``: one function that returns its argument (client -> scheduler -> executor -> client);
@@ -232,11 +232,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--executors", type=int, default=2, help="Executors of the cluster.")
     parser.add_argument("--listen", default="", help="Run the cluster on TCP (e.g. tcp://127.0.0.1), not ipc.")
     parser.add_argument("--no-auth", action="store_true", help="With --listen: plain TCP, without CURVE.")
+    parser.add_argument("--store", default="", help="The cluster's store: a redis:// or redis+cluster:// URL "
+                                                    "(default: the embedded store).")
     args = parser.parse_args(argv)
     if args.calls < 100 or args.throughput_calls < 64 or args.executors < 1 or not 1 <= args.rounds <= args.calls:
         parser.error("use --calls >= 100, --throughput-calls >= 64, --executors >= 1, 1 <= --rounds <= --calls")
 
     cluster_args = (["--listen", args.listen] if args.listen else []) + (["--no-auth"] if args.no_auth else [])
+    cluster_args += ["--store", args.store] if args.store else []
     with tempfile.TemporaryDirectory(prefix="cbrelay-") as tmp, temp_cluster(args.executors, cluster_args) as home, \
             cbctl.connect(home) as client:
         deploy(client)
@@ -253,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     print_report("call latency (us) and throughput (calls/s)", [floor_row, *rows], {
         "executors": args.executors, "calls": args.calls, "cpus": os.cpu_count(),
         "transport": f"{args.listen} ({'plain' if args.no_auth else 'curve'})" if args.listen else "ipc",
+        "store": args.store.split("@")[-1] if args.store else "embedded",
         "target": {"chain_x_floor": TARGET_RATIO, "chain_p99_us": TARGET_P99_US}, "target_met": met,
     })
 

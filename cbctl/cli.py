@@ -337,7 +337,7 @@ def logs(role: str, follow: bool, lines: int, home: str | None) -> None:
     files = matching()
     if not files:
         raise InvalidArgument(f"no logs{' for ' + repr(role) if role else ''} in {directory}: "
-                              "roles are store, scheduler, executor and supervisor")
+                              "roles are store (triggers on a Redis store), scheduler, executor and supervisor")
     positions = {}
     try:  # Ctrl-C is how -f ends, and may come at any point
         for path in files:

@@ -61,7 +61,8 @@ rejected = RejectedFrameLog(log)  # warnings about frames this process drops, ra
 
 STARTUP_ERROR_FILE = cluster.STARTUP_ERROR_FILE
 ROLE_MODULES = {"store": "cbctl.runtime.store", "scheduler": "cbctl.runtime.scheduler",
-                "executor": "cbctl.runtime.executor"}
+                "executor": "cbctl.runtime.executor",
+                "triggers": "cbctl.runtime.redis_store.triggers"}  # on a Redis store only: the trigger relay
 
 
 def run_role(config: ProcessConfig) -> None:
@@ -236,6 +237,8 @@ class Supervisor:
             self._start_role([store], known)
         schedulers = [self._new_child("scheduler", i, {"policy": spec.policy}) for i in range(spec.schedulers)]
         self._start_role(schedulers, known)
+        if spec.store:  # Redis fires no triggers: a relay watches the trigger prefixes' pushes
+            self._start_role([self._new_child("triggers", 0)], known)
         executors = [self._new_executor(i, "cpu") for i in range(spec.executors)]
         executors += [self._new_executor(spec.executors + i, "gpu", device=i) for i in range(spec.gpu_executors)]
         self._start_role(executors, known)
@@ -429,7 +432,7 @@ class Supervisor:
             reply = ControlResponse(self.scaling.req_id, False, None, "CbctlError", "the cluster is stopping")
             self.control_sock.send_multipart([*self.scaling.envelope, reply.pack()])
             self.scaling = None
-        for role in ("executor", "scheduler", "store"):
+        for role in ("executor", "scheduler", "triggers", "store"):
             self._stop_role(role)
         cluster.remove_cluster_file(self.home)
         for sock in self.scheduler_socks:

@@ -91,6 +91,9 @@ def on_add(scheduler: Scheduler, request: AddTrigger) -> dict[str, Any]:
     replaced = name in _load_all(scheduler.store)
     record = TriggerRecord(name, prefix, function, time.time_ns())
     scheduler.store.put(PREFIX + name, asdict(record))  # the store indexes it before it acknowledges
+    wait_watched = getattr(scheduler.store, "wait_trigger_watched", None)
+    if wait_watched is not None:  # a Redis store: the trigger relay indexes it, and says when it watches
+        wait_watched(name, record.created_ns)
     return {**asdict(record), "replaced": replaced}
 
 

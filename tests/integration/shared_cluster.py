@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cbctl.lifecycle import kill_processes
-from tests.conftest import RunningCluster, run_cli
+from tests.conftest import RunningCluster, run_cli, store_server
 
 DEPLOYABLES = Path(__file__).resolve().parent / "deployables"
 TOOLKIT = DEPLOYABLES / "toolkit.py"
@@ -18,19 +18,21 @@ TOOLKIT = DEPLOYABLES / "toolkit.py"
 
 @contextmanager
 def module_cluster(home: Path, executors: int = 2, deploy: tuple[Path, ...] = (),
-                   extra_args: tuple[str, ...] = ()) -> Iterator[RunningCluster]:
-    handle = RunningCluster(home)
-    try:
-        run_cli(home, "up", "--executors", str(executors), *extra_args, check=True, timeout=90)
-        for path in deploy:
-            handle.cli("deploy", str(path), check=True)
-        yield handle
-    finally:
-        handle.close_clients()
-        pids = handle.pids()
-        if pids:
-            run_cli(home, "down", timeout=60)
-        kill_processes(pids)
+                   extra_args: tuple[str, ...] = (), store: str = "embedded") -> Iterator[RunningCluster]:
+    """A cluster in ``home`` on ``store`` (a ``store_backend``: "redis" starts a redis-server of its own)."""
+    with store_server(store, home.parent / f"{home.name}-redis") as (store_args, server):
+        handle = RunningCluster(home, server)
+        try:
+            run_cli(home, "up", "--executors", str(executors), *store_args, *extra_args, check=True, timeout=90)
+            for path in deploy:
+                handle.cli("deploy", str(path), check=True)
+            yield handle
+        finally:
+            handle.close_clients()
+            pids = handle.pids()
+            if pids:
+                run_cli(home, "down", timeout=60)
+            kill_processes(pids)
 
 
 def registered_names(handle: RunningCluster) -> tuple[set[str], set[str]]:

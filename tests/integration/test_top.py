@@ -13,7 +13,13 @@ import pexpect
 import pytest
 
 from cbctl.errors import FunctionError
-from tests.conftest import run_cli
+from tests.conftest import STORE_BACKENDS, run_cli
+
+
+@pytest.fixture(scope="module", params=STORE_BACKENDS)
+def store_backend(request) -> str:
+    """Every test here runs on the embedded store and on Redis."""
+    return request.param
 
 
 def half_busy(cb, seconds):

@@ -27,7 +27,8 @@ import msgpack
 import zmq
 
 from cbctl.errors import CbctlError, InvalidArgument
-from cbctl.runtime.defaults import STORE_REQUEST_TIMEOUT_S, STORE_RETRY_BUDGET_S
+from cbctl.runtime import serialization
+from cbctl.runtime.defaults import RESERVED_PREFIX, STORE_REQUEST_TIMEOUT_S, STORE_RETRY_BUDGET_S
 from cbctl.runtime.lattices import Lattice, SetLattice, lattice_from_wire, new_tombstone
 from cbctl.runtime.redis_store.merge import PUBLISH, SCRIPT_ERROR_PREFIX, Merger
 from cbctl.runtime.redis_store.pushes import PushBridge, SubscribeTimeout
@@ -35,6 +36,12 @@ from cbctl.runtime.redis_store.url import StoreURL, parse_store_url
 from cbctl.runtime.store_client import StoreAccess, StoreUnavailable
 
 KEY_PREFIX = "cb:"
+#: Where the trigger relay (triggers.py) leaves its counters for ``stats``.
+TRIGGER_STATS_KEY = RESERVED_PREFIX + "trigger-stats"
+#: The trigger relay writes a trigger's created_ns here once it watches the trigger's prefix.
+TRIGGER_WATCHED_PREFIX = RESERVED_PREFIX + "trigger-watched/"
+#: How long `trigger add` waits for the relay to watch the new prefix (seconds), and how often it looks.
+TRIGGER_WATCH_TIMEOUT_S, TRIGGER_WATCH_POLL_S = 10.0, 0.005
 _LWW_HEAD = msgpack.packb(["lww"])[:1] + msgpack.packb("lww")  # an LWW value's first 5 bytes
 _TOMBSTONE_TAIL = b"\xc0\xc3"  # ... nil value, tombstone True: the last two bytes of an LWW tombstone
 _GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
@@ -179,6 +186,20 @@ class RedisStoreClient(StoreAccess):
     def epoch_probe(self) -> PushEpochProbe:
         return PushEpochProbe(self)
 
+    def wait_trigger_watched(self, name: str, created_ns: int) -> None:
+        """Return once the trigger relay watches trigger ``name`` as of its record ``created_ns`` (the scheduler
+        acknowledges `trigger add` only then, so a put right after it fires, as with the embedded store)."""
+        deadline = time.monotonic() + TRIGGER_WATCH_TIMEOUT_S
+        key = TRIGGER_WATCHED_PREFIX + name
+        while True:
+            (lattice,) = self.get_lattices([key])
+            if getattr(lattice, "value", None) and serialization.decode(lattice.value) >= created_ns:
+                return
+            if time.monotonic() > deadline:
+                raise CbctlError(f"the trigger relay did not start watching trigger {name!r} within "
+                                 f"{TRIGGER_WATCH_TIMEOUT_S:.0f} s: see `cbctl logs triggers`")
+            time.sleep(TRIGGER_WATCH_POLL_S)  # a poll with a deadline: the relay's write is in another process
+
     # --- status -------------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -193,6 +214,9 @@ class RedisStoreClient(StoreAccess):
         else:
             infos = [self._redis.info("all")]
             keys = self._redis.dbsize()
+
+        (relay,) = self._read([KEY_PREFIX + TRIGGER_STATS_KEY])
+        triggers = serialization.decode(relay.value) if getattr(relay, "value", None) else {}
 
         def total(field: str) -> int:
             return sum(int(info.get(field, 0) or 0) for info in infos)
@@ -221,6 +245,9 @@ class RedisStoreClient(StoreAccess):
             "maxmemory_policy": infos[0].get("maxmemory_policy", ""),
             "protocol_errors": 0,
             "request_errors": 0,
+            "triggers": 0, "triggered_calls": 0, "trigger_retries": 0, "trigger_errors": 0, "trigger_dropped": 0,
+            "trigger_pending": 0, "trigger_stats": {},
+            **triggers,  # the trigger relay's counters, as of its last write (at most a second old)
         }
 
     def close(self) -> None:
