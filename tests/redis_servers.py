@@ -60,7 +60,8 @@ class RedisServer:
     """One ``redis-server`` process (not daemonized: its pid is ours to signal), AOF on by default."""
 
     def __init__(self, directory: Path, port: int | None = None, appendfsync: str = "everysec",
-                 appendonly: bool = True, cluster: bool = False, extra: tuple[str, ...] = ()) -> None:
+                 appendonly: bool = True, cluster: bool = False, extra: tuple[str, ...] = (),
+                 password: str | None = None) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port(with_bus=cluster)
@@ -71,6 +72,9 @@ class RedisServer:
         if cluster:
             self.args += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / "nodes.conf"),
                           "--cluster-node-timeout", "5000"]
+        if password is not None:
+            self.args += ["--requirepass", password]
+        self.password = password
         self.process: subprocess.Popen | None = None
 
     @property
@@ -90,7 +94,8 @@ class RedisServer:
         raise RuntimeError(f"redis-server on port {self.port} did not answer PING within {READY_TIMEOUT_S} s")
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([CLI, "-h", "127.0.0.1", "-p", str(self.port), *args], capture_output=True,
+        auth = ["--no-auth-warning", "-a", self.password] if self.password is not None else []
+        return subprocess.run([CLI, "-h", "127.0.0.1", "-p", str(self.port), *auth, *args], capture_output=True,
                               text=True, timeout=30, check=check)
 
     def kill9(self) -> None:

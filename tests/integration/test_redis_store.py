@@ -110,7 +110,7 @@ def test_down_leaves_redis_running_with_the_data_and_up_finds_it_again(start_clu
 def test_the_password_stays_out_of_the_cluster_file_status_and_logs(start_cluster, tmp_path):
     require_redis()
     secret = "s3cret-for-this-test"
-    server = RedisServer(tmp_path / "redis", extra=("--requirepass", secret)).start()
+    server = RedisServer(tmp_path / "redis", password=secret).start()
     try:
         url = f"redis://:{secret}@127.0.0.1:{server.port}"
         handle = start_cluster(executors=1, extra_args=("--store", url))

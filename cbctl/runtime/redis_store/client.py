@@ -42,8 +42,9 @@ TRIGGER_STATS_KEY = RESERVED_PREFIX + "trigger-stats"
 TRIGGER_WATCHED_PREFIX = RESERVED_PREFIX + "trigger-watched/"
 #: How long `trigger add` waits for the relay to watch the new prefix (seconds), and how often it looks.
 TRIGGER_WATCH_TIMEOUT_S, TRIGGER_WATCH_POLL_S = 10.0, 0.005
-_LWW_HEAD = msgpack.packb(["lww"])[:1] + msgpack.packb("lww")  # an LWW value's first 5 bytes
-_TOMBSTONE_TAIL = b"\xc0\xc3"  # ... nil value, tombstone True: the last two bytes of an LWW tombstone
+_TOMBSTONE = msgpack.packb(["lww", 0, "", None, True])
+_LWW_HEAD = _TOMBSTONE[:5]  # an LWW value's first 5 bytes: a 5-array header, then "lww"
+_TOMBSTONE_TAIL = _TOMBSTONE[-2:]  # ... nil value, tombstone True: the last two bytes of an LWW tombstone
 _GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 _BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.01, 0.5
 T = TypeVar("T")
