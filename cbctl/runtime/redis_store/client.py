@@ -3,7 +3,9 @@
 Same methods as the embedded ``StoreClient``, so executors, schedulers and the client library need no other
 change. How each maps onto Redis:
 
-- a key K lives in the Redis key ``cb:K`` (cbctl's keys stay apart from anything else in the database);
+- a key K lives in the Redis key ``cb:K`` (cbctl's keys stay apart from anything else in the database), and
+  cbctl's own keys ``__cb/R`` in ``cbr:{cb}R``: one cluster slot, with a SET indexing them (``cbr:{cb}index``),
+  so the schedulers' registry refresh (every 2 s) lists them without a SCAN of the whole database;
 - ``put_lattice``: the merge script (``merge.lua``), which also publishes the merged value on K's channel;
 - ``get_lattices``: MGET (per node on a cluster); a key MGET does not find may be a set lattice, which is a
   native Redis SET: those are read with SMEMBERS in one more round trip;
@@ -36,6 +38,8 @@ from cbctl.runtime.redis_store.url import StoreURL, parse_store_url
 from cbctl.runtime.store_client import StoreAccess, StoreUnavailable
 
 KEY_PREFIX = "cb:"
+RESERVED_KEY_PREFIX = "cbr:{cb}"  # the hash tag {cb} puts every reserved key in one cluster slot, with the index
+RESERVED_INDEX = RESERVED_KEY_PREFIX + "index"  # no reserved key maps here: theirs all go on with "/"
 #: Where the trigger relay (triggers.py) leaves its counters for ``stats``.
 TRIGGER_STATS_KEY = RESERVED_PREFIX + "trigger-stats"
 #: The trigger relay writes a trigger's created_ns here once it watches the trigger's prefix.
@@ -101,13 +105,23 @@ class RedisStoreClient(StoreAccess):
                     raise InvalidArgument(text[len(SCRIPT_ERROR_PREFIX):].split(" script: ")[0]) from None
                 raise CbctlError(f"Redis at {self.address} refused a request: {text}") from None
 
-    def redis_key(self, key: str) -> str:
+    @staticmethod
+    def redis_key(key: str) -> str:
+        """Where ``key`` lives in Redis (user keys cannot collide with reserved ones: another prefix)."""
+        if key.startswith(RESERVED_PREFIX):
+            return RESERVED_KEY_PREFIX + key[len(RESERVED_PREFIX) - 1:]  # keeps the "/": never "index"
         return KEY_PREFIX + key
+
+    @staticmethod
+    def key_of(name: str) -> str:
+        if name.startswith(RESERVED_KEY_PREFIX):
+            return RESERVED_PREFIX[:-1] + name[len(RESERVED_KEY_PREFIX):]
+        return name[len(KEY_PREFIX):]
 
     # --- lattice level ------------------------------------------------------------------------------
 
     def get_lattices(self, keys: list[str]) -> list[Lattice | None]:
-        names = [KEY_PREFIX + key for key in keys]
+        names = [self.redis_key(key) for key in keys]
         return self._retrying(lambda: self._read(names))
 
     def _read(self, names: list[str]) -> list[Lattice | None]:
@@ -130,9 +144,10 @@ class RedisStoreClient(StoreAccess):
         if not isinstance(key, str) or not key:
             raise InvalidArgument(f"a key must be a non-empty string, got {key!r}")
         packed = msgpack.packb(lattice.to_wire())
-        name = KEY_PREFIX + key
+        name = self.redis_key(key)
         channel = self.channel_prefix + key
-        self._retrying(lambda: self._merge(name, packed, channel))
+        index = RESERVED_INDEX if key.startswith(RESERVED_PREFIX) else None
+        self._retrying(lambda: self._merge(name, packed, channel, index))
 
     def delete(self, key: str) -> None:
         self.put_lattice(key, new_tombstone(self.writer_id))
@@ -141,8 +156,17 @@ class RedisStoreClient(StoreAccess):
         return self._retrying(lambda: self._list(prefix))
 
     def _list(self, prefix: str) -> list[str]:
-        pattern = (KEY_PREFIX + prefix).translate(_GLOB_SPECIAL) + "*"
-        names = sorted({name for name in self._redis.scan_iter(match=pattern, count=1000)})
+        names: set[bytes] = set()
+        if prefix.startswith(RESERVED_PREFIX) or RESERVED_PREFIX.startswith(prefix):  # cbctl's own: the index
+            wanted = self.redis_key(prefix if prefix.startswith(RESERVED_PREFIX) else RESERVED_PREFIX).encode()
+            names.update(n for n in self._redis.smembers(RESERVED_INDEX) if n.startswith(wanted))
+        if not prefix.startswith(RESERVED_PREFIX):
+            pattern = (KEY_PREFIX + prefix).translate(_GLOB_SPECIAL) + "*"
+            names.update(self._redis.scan_iter(match=pattern, count=1000))
+        return self._live(sorted(names))
+
+    def _live(self, names: list[bytes]) -> list[str]:
+        """``names`` (Redis keys) whose value is not a tombstone, as cbctl keys, in order."""
         if not names:
             return []
         pipe = self._redis.pipeline(transaction=False)
@@ -155,8 +179,8 @@ class RedisStoreClient(StoreAccess):
             head, tail = ends[2 * i], ends[2 * i + 1]
             # an error is WRONGTYPE: a set lattice, which exists only while it has elements
             if isinstance(head, Exception) or not (head == _LWW_HEAD and tail == _TOMBSTONE_TAIL):
-                live.append(name.decode()[len(KEY_PREFIX):])
-        return live
+                live.append(self.key_of(name.decode()))
+        return sorted(live)
 
     # --- executor caches ----------------------------------------------------------------------------
 
@@ -216,7 +240,7 @@ class RedisStoreClient(StoreAccess):
             infos = [self._redis.info("all")]
             keys = self._redis.dbsize()
 
-        (relay,) = self._read([KEY_PREFIX + TRIGGER_STATS_KEY])
+        (relay,) = self._read([self.redis_key(TRIGGER_STATS_KEY)])
         triggers = serialization.decode(relay.value) if getattr(relay, "value", None) else {}
 
         def total(field: str) -> int:

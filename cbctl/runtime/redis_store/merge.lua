@@ -2,6 +2,8 @@
 -- byte for byte: the stored value is always msgpack.packb(merged.to_wire()).
 --
 -- KEYS[1]  the Redis key
+-- KEYS[2]  optional: a Redis SET indexing the keys written (cbctl's own keys: listing them needs no SCAN);
+--          in KEYS[1]'s cluster slot
 -- ARGV[1]  the incoming lattice: msgpack of Lattice.to_wire() (what the embedded store receives)
 -- ARGV[2]  '' | 'publish' | 'spublish': push the merged value (a set: the incoming elements) on ARGV[3]
 -- ARGV[3]  the channel (the Redis key's own name, so SPUBLISH stays in the key's slot)
@@ -399,7 +401,7 @@ end
 
 -- ---- the script --------------------------------------------------------------------------------------
 
-local key, incoming, mode, channel = KEYS[1], ARGV[1], ARGV[2] or '', ARGV[3] or KEYS[1]
+local key, index, incoming, mode, channel = KEYS[1], KEYS[2], ARGV[1], ARGV[2] or '', ARGV[3] or KEYS[1]
 
 local function publish(message)
   if mode == 'publish' then
@@ -442,6 +444,7 @@ if kind == 'set' then
     added = added + redis.call('SADD', key, unpack(members, i, math.min(i + 3999, #members)))
   end
   if added == 0 then return 0 end
+  if index then redis.call('SADD', index, key) end
   publish(incoming)
   return 1
 end
@@ -480,5 +483,6 @@ else
   end
 end
 redis.call('SET', key, merged)
+if index then redis.call('SADD', index, key) end
 publish(merged)
 return 1

@@ -22,7 +22,10 @@ class Merger:
         self.script = client.register_script(MERGE_LUA)
         self.push = push
 
-    def __call__(self, redis_key: str, packed: bytes, channel: str | None = None, client: Any = None) -> int:
+    def __call__(self, redis_key: str, packed: bytes, channel: str | None = None, index: str | None = None,
+                 client: Any = None) -> int:
         """Merge ``packed`` (msgpack of ``Lattice.to_wire()``) into ``redis_key``, publishing the result on
-        ``channel`` (default: the key's name) if this merger pushes; 1 if the value changed."""
-        return self.script(keys=[redis_key], args=[packed, self.push, channel or redis_key], client=client)
+        ``channel`` (default: the key's name) if this merger pushes, and adding the key to the SET ``index`` if
+        given (same cluster slot); 1 if the value changed."""
+        keys = [redis_key] if index is None else [redis_key, index]
+        return self.script(keys=keys, args=[packed, self.push, channel or redis_key], client=client)
