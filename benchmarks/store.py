@@ -78,7 +78,7 @@ def _run_ops(op: str, address: str, ops: int, seed: int) -> list[float]:
             sock.close()
             context.term()
         return samples
-    from cbctl.runtime.store_client import connect_store
+    from cbctl.runtime.stores import connect_store
 
     context = zmq.Context()
     client = connect_store(context, address, writer_id=f"bench-{seed}")

@@ -5,6 +5,9 @@ result comes back, from whichever executor ran the sink, to this client's own bo
 by call id. No background thread: whichever caller is waiting takes the role of reading the PULL socket
 and hands results to the other waiters (so a single-threaded caller pays no thread hop), and many calls,
 from many threads, can be in flight at once.
+
+Long on purpose: it is one object, ``Client``, whose registration, calls and state share its sockets, locks and
+call bookkeeping; the supervisor's control channel is ``control.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import cloudpickle
 import zmq
 
+from cbctl.control import scale_cluster, supervisor_request
 from cbctl.declare import Declarations, dag_options, function_name, load_file
 from cbctl.errors import (
     AuthenticationError,
@@ -35,7 +39,7 @@ from cbctl.errors import (
     ProtocolError,
     error_from_wire,
 )
-from cbctl.runtime import auth, cluster, limits, registry, serialization, user_errors
+from cbctl.runtime import cluster, registry, user_errors
 from cbctl.runtime.code_loading import source_file_of
 from cbctl.runtime.consistency import LWW, ClientSession, reveal
 from cbctl.runtime.dag import chain_edges, validate_dag
@@ -46,7 +50,11 @@ from cbctl.runtime.defaults import (
     CONTROL_TIMEOUT_S,
     DEPLOY_IMPORT_TIMEOUT_S,
 )
-from cbctl.runtime.messages import (
+from cbctl.runtime.process import Receiver, new_socket, process_alive
+from cbctl.runtime.redis_store import url as redis_url
+from cbctl.runtime.stores import connect_store
+from cbctl.runtime.wire import auth, limits, serialization
+from cbctl.runtime.wire.messages import (
     AddTrigger,
     CallRequest,
     CallResult,
@@ -59,12 +67,8 @@ from cbctl.runtime.messages import (
     RegisterFunction,
     RemoveRequest,
     RemoveTrigger,
-    SupervisorRequest,
     unpack,
 )
-from cbctl.runtime.process import Receiver, new_socket, process_alive
-from cbctl.runtime.redis_store import url as redis_url
-from cbctl.runtime.store_client import connect_store
 
 _PENDING = object()
 #: Longest single wait on the response socket, in seconds, so a waiting thread re-checks its deadline and
@@ -278,8 +282,6 @@ class Client:
 
     def scale(self, executors: int) -> dict[str, Any]:
         """Run ``executors`` CPU executors, as ``cbctl scale --executors N`` does; returns once done."""
-        from cbctl.lifecycle import scale_cluster  # lifecycle imports this module
-
         return scale_cluster(self.home, executors)
 
     def _control(self, build: Callable[[int], Message]) -> Any:
@@ -587,33 +589,6 @@ def _check_key(key: Any) -> None:
                               "(cbctl's own keys)")
 
 
-
-
-def supervisor_request(found: cluster.ClusterFile, command: str, timeout_s: float = CONTROL_TIMEOUT_S,
-                       home: Path | None = None, **arguments: Any) -> Any:
-    """One request to the supervisor's control socket (status, stop, scale). ``home`` is where the cluster
-    file was read (its keys are there), when that is not the home the cluster runs in."""
-    home = home or Path(found.home)
-    context = zmq.Context.instance()
-    keys = auth.cluster_keys(home, found.auth)
-    sock = new_socket(context, zmq.DEALER)
-    watch = auth.watch_handshakes(sock, found.control_address, keys)
-    try:
-        auth.connect(sock, found.control_address, keys)
-        sock.send(SupervisorRequest(1, command, arguments).pack())
-        if not auth.wait_for_reply(sock, timeout_s, watch, found.control_address, home):
-            raise ClusterNotRunning(f"the supervisor (pid {found.supervisor_pid}) did not answer within "
-                                    f"{timeout_s:.0f} s: see `cbctl logs supervisor`")
-        reply = unpack(sock.recv())
-    finally:
-        if watch is not None:
-            watch.close()
-        sock.close()
-    if not isinstance(reply, ControlResponse):
-        raise CbctlError(f"unexpected reply {type(reply).__name__} from the supervisor")
-    if not reply.ok:
-        raise error_from_wire(reply.error_type, reply.message)
-    return reply.payload
 
 
 def connect(home: str | os.PathLike[str] | None = None) -> Client:

@@ -15,13 +15,11 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import psutil
 
-from cbctl.client import supervisor_request
 from cbctl.errors import CbctlError, ClusterAlreadyRunning, ClusterNotRunning, InvalidArgument
-from cbctl.runtime import auth, cluster
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
@@ -29,10 +27,10 @@ from cbctl.runtime.defaults import (
     SHUTDOWN_TIMEOUT_S,
     STARTUP_TIMEOUT_S,
 )
-from cbctl.runtime.policy import parse_policy_options
 from cbctl.runtime.redis_store import url as redis_url
-from cbctl.runtime.scaling import SCALE_REQUEST_TIMEOUT_S
-from cbctl.runtime.supervisor import STARTUP_ERROR_FILE, ClusterSpec, count_gpus
+from cbctl.runtime.scheduler.policy import parse_policy_options
+from cbctl.runtime.supervisor.supervisor import STARTUP_ERROR_FILE, ClusterSpec, count_gpus
+from cbctl.runtime.wire import auth
 
 LOOPBACK_HOSTS = ("localhost", "[::1]")  # and every 127.x.y.z (see is_loopback)
 _LISTEN = re.compile(r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\[\]]+)(?::(?P<port>[0-9]+))?")
@@ -198,7 +196,7 @@ def private_umask() -> Iterator[None]:
 def start_supervisor(home: Path, spec: ClusterSpec, foreground: bool = False) -> subprocess.Popen:
     """Start the supervisor of a cluster in ``home`` (made ready by ``prepare_home``), with a private umask
     that it and every process it starts inherit."""
-    command = [sys.executable, "-m", "cbctl.runtime.supervisor", "--home", str(home),
+    command = [sys.executable, "-m", "cbctl.runtime.supervisor.supervisor", "--home", str(home),
                "--spec", json.dumps(asdict(spec))]
     with private_umask():
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -260,16 +258,6 @@ def stop_cluster(home: Path, timeout_s: float = 3 * SHUTDOWN_TIMEOUT_S + 10) -> 
     wait_gone(alive, 5)
     cluster.remove_cluster_file(home)
     return len(procs)
-
-
-def scale_cluster(home: Path, executors: int) -> dict[str, Any]:
-    """Run ``executors`` CPU executors in the cluster in ``home``: start more, or depart the highest-numbered
-    ones gracefully (they finish the work they were sent; no call is lost). Returns once done, with
-    ``{"executors": N, "started": [names], "stopped": [names]}``."""
-    if isinstance(executors, bool) or not isinstance(executors, int) or executors < 0:
-        raise InvalidArgument(f"--executors must be a whole number >= 0, not {executors!r}")
-    found = cluster.running_cluster(home)
-    return supervisor_request(found, "scale", timeout_s=SCALE_REQUEST_TIMEOUT_S, home=home, executors=executors)
 
 
 def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:

@@ -16,10 +16,11 @@ from typing import Any
 import zmq
 
 from cbctl.errors import CbctlError, NoSuchKey, error_from_wire
-from cbctl.runtime import auth, serialization
 from cbctl.runtime.defaults import STORE_REQUEST_TIMEOUT_S, STORE_RETRY_BUDGET_S
 from cbctl.runtime.lattices import Lattice, LWWLattice, lattice_from_wire
-from cbctl.runtime.messages import (
+from cbctl.runtime.process import new_socket
+from cbctl.runtime.wire import auth, serialization
+from cbctl.runtime.wire.messages import (
     Ack,
     DeleteRequest,
     ErrorResponse,
@@ -34,7 +35,6 @@ from cbctl.runtime.messages import (
     SubscribeRequest,
     unpack,
 )
-from cbctl.runtime.process import new_socket
 
 
 class StoreUnavailable(CbctlError):
@@ -66,18 +66,6 @@ class StoreAccess:
 
     def new_lww(self, encoded: bytes) -> LWWLattice:
         return LWWLattice(time.time_ns(), self.writer_id, encoded)
-
-
-def connect_store(context: zmq.Context, address: str, writer_id: str, **options: Any) -> StoreAccess:
-    """The client for a cluster's store address: the embedded store node's zmq address, or a Redis URL
-    (``cbctl up --store redis://...``; redis-py is imported only then)."""
-    from cbctl.runtime.redis_store.url import is_store_url
-
-    if is_store_url(address):
-        from cbctl.runtime.redis_store.client import RedisStoreClient
-
-        return RedisStoreClient(address, writer_id, **options)
-    return StoreClient(context, address, writer_id, **options)
 
 
 class StoreClient(StoreAccess):

@@ -17,7 +17,7 @@ import pytest
 from cbctl.runtime.defaults import STORE_RETRY_BUDGET_S
 from cbctl.runtime.lattices import new_lww
 from cbctl.runtime.redis_store.merge import Merger
-from cbctl.runtime.serialization import encode
+from cbctl.runtime.wire.serialization import encode
 from tests.conftest import RunningCluster, run_cli
 from tests.integration.shared_cluster import DEPLOYABLES
 from tests.redis_servers import RedisClusterServers, RedisServer, require_redis

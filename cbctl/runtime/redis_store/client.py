@@ -29,13 +29,13 @@ import msgpack
 import zmq
 
 from cbctl.errors import CbctlError, InvalidArgument
-from cbctl.runtime import serialization
 from cbctl.runtime.defaults import RESERVED_PREFIX, STORE_REQUEST_TIMEOUT_S, STORE_RETRY_BUDGET_S
 from cbctl.runtime.lattices import Lattice, SetLattice, lattice_from_wire, new_tombstone
 from cbctl.runtime.redis_store.merge import PUBLISH, SCRIPT_ERROR_PREFIX, Merger
 from cbctl.runtime.redis_store.pushes import PushBridge, SubscribeTimeout
 from cbctl.runtime.redis_store.url import StoreURL, parse_store_url
 from cbctl.runtime.store_client import StoreAccess, StoreUnavailable
+from cbctl.runtime.wire import serialization
 
 KEY_PREFIX = "cb:"
 RESERVED_KEY_PREFIX = "cbr:{cb}"  # the hash tag {cb} puts every reserved key in one cluster slot, with the index

@@ -28,8 +28,8 @@ from collections.abc import Iterable
 import msgpack
 import zmq
 
-from cbctl.runtime.messages import KeyUpdate, StoreEpoch
 from cbctl.runtime.redis_store.url import StoreURL
+from cbctl.runtime.wire.messages import KeyUpdate, StoreEpoch
 
 log = logging.getLogger(__name__)
 

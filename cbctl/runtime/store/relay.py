@@ -1,4 +1,5 @@
-"""The trigger relay: on a Redis store, the process (role ``triggers``) that fires storage triggers.
+"""The trigger relay: on a Redis store, the store role's only process (role ``triggers``), which fires storage
+triggers.
 
 With the embedded store, the store node sees every write and fires the triggers whose prefix matches. On Redis
 no cbctl process is in the data path, so this one watches: it pattern-subscribes to the merge script's pushes
@@ -26,7 +27,8 @@ import msgpack
 from cbctl.runtime.lattices import lattice_from_wire
 from cbctl.runtime.process import ProcessConfig, ShutdownFlag, new_context, report_ready, setup_logging
 from cbctl.runtime.redis_store.client import TRIGGER_STATS_KEY, TRIGGER_WATCHED_PREFIX, RedisStoreClient
-from cbctl.runtime.triggers import PREFIX, StoreTriggers, TriggerDispatcher
+from cbctl.runtime.store.triggers import StoreTriggers, TriggerDispatcher
+from cbctl.runtime.trigger_records import PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ class TriggerFeed:
 
 def load_index(store: RedisStoreClient, triggers: StoreTriggers) -> None:
     keys = store.list_keys(PREFIX)
-    records = dict(zip(keys, store.get_lattices(keys))) if keys else {}
+    records = list(zip(keys, store.get_lattices(keys))) if keys else []
     triggers.index.clear()
     triggers.load(records)
 

@@ -15,7 +15,6 @@ Shutdown drains executors first (they finish their queues), then stops scheduler
 from __future__ import annotations
 
 import argparse
-import collections
 import importlib
 import json
 import logging
@@ -34,7 +33,7 @@ import zmq
 
 import cbctl
 from cbctl.errors import ProtocolError
-from cbctl.runtime import auth, cluster, limits, scaling
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
@@ -45,7 +44,12 @@ from cbctl.runtime.defaults import (
     SHUTDOWN_TIMEOUT_S,
     STARTUP_TIMEOUT_S,
 )
-from cbctl.runtime.messages import (
+from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, TimerWork, drain, new_socket
+from cbctl.runtime.redis_store import url as redis_url
+from cbctl.runtime.supervisor import scaling
+from cbctl.runtime.supervisor.child import Child
+from cbctl.runtime.wire import auth, limits
+from cbctl.runtime.wire.messages import (
     ControlResponse,
     ExecutorLost,
     ProcessReady,
@@ -53,16 +57,14 @@ from cbctl.runtime.messages import (
     unpack,
     version_refusal,
 )
-from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, drain, new_socket
-from cbctl.runtime.redis_store import url as redis_url
 
 log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
 
 STARTUP_ERROR_FILE = cluster.STARTUP_ERROR_FILE
-ROLE_MODULES = {"store": "cbctl.runtime.store", "scheduler": "cbctl.runtime.scheduler",
-                "executor": "cbctl.runtime.executor",
-                "triggers": "cbctl.runtime.redis_store.triggers"}  # on a Redis store only: the trigger relay
+ROLE_MODULES = {"store": "cbctl.runtime.store.node", "scheduler": "cbctl.runtime.scheduler.scheduler",
+                "executor": "cbctl.runtime.executor.executor",
+                "triggers": "cbctl.runtime.store.relay"}  # on a Redis store only: the trigger relay
 
 
 def run_role(config: ProcessConfig) -> None:
@@ -90,21 +92,6 @@ class ClusterSpec:
     policy: dict[str, Any] = field(default_factory=dict)  # placement policy settings (`cbctl up --policy`)
     max_message_bytes: int = MAX_MESSAGE_BYTES  # largest serialised value (`cbctl up --max-message-mb`)
     store: str = ""  # "" for the embedded store; else the Redis URL, redacted (the full one is in HOME/store-url)
-
-
-@dataclass
-class Child:
-    config: ProcessConfig
-    process: Any = None
-    pid: int = 0
-    address: str = ""
-    started_at: float = 0.0
-    state: str = "starting"  # starting, ready, restarting, stopping, failed, stopped
-    restarts: int = 0
-    crash_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
-    restart_at: float = 0.0
-    backoff: float = RESTART_BACKOFF_FIRST_S
-    error: str = ""
 
 
 def count_gpus() -> int:
@@ -135,6 +122,7 @@ class Supervisor:
         self.mp.set_forkserver_preload(sorted(set(ROLE_MODULES.values())))
         self.children: dict[str, Child] = {}
         self.shutdown = ShutdownFlag()
+        self.timers = TimerWork(log)
         self.started_at = time.time()
         self.ready_sock = new_socket(self.context, zmq.PULL)
         self.ready_address = cluster.ipc_address(home, "supervisor-ready")
@@ -265,6 +253,12 @@ class Supervisor:
             options["fake_gpu"] = self.spec.fake_gpus > 0
         return self._new_child("executor", index, options)
 
+    def start_executor(self, index: int, executor_type: str) -> Child:
+        """Start one more executor (``cbctl scale``); it reports ready like any child."""
+        child = self._new_executor(index, executor_type)
+        self._spawn(child)
+        return child
+
     def write_cluster_file(self) -> None:
         me = psutil.Process()
         entries = [
@@ -294,9 +288,9 @@ class Supervisor:
                 self.write_cluster_file()
             if self.control_sock in events:
                 self._on_control_frames()
-            self._watch_children()
+            self.timers.run(self._watch_children)
             if self.scaling is not None:
-                self._advance_scale()
+                self.timers.run(self._advance_scale)
         self.stop()
 
     def _watch_children(self) -> None:
