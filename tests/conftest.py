@@ -103,10 +103,11 @@ class RunningCluster:
 
 
 @pytest.fixture(scope="module")
-def store_backend() -> str:
+def store_backend(request) -> str:
     """The store the clusters of a test keep their data in: the embedded store, unless the module overrides
-    this fixture with ``params=STORE_BACKENDS`` to run its tests on Redis too."""
-    return "embedded"
+    this fixture with ``params=STORE_BACKENDS``, or a test asks for both with
+    ``@pytest.mark.parametrize("store_backend", STORE_BACKENDS, indirect=True)``."""
+    return getattr(request, "param", "embedded")
 
 
 @pytest.fixture

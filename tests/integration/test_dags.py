@@ -15,14 +15,21 @@ from pathlib import Path
 import pytest
 
 import cbctl
-from tests.conftest import EXAMPLES, RunningCluster
+from tests.conftest import EXAMPLES, STORE_BACKENDS, RunningCluster
 from tests.integration.shared_cluster import TOOLKIT, module_cluster, registered_names
 
 
+@pytest.fixture(scope="module", params=STORE_BACKENDS)
+def store_backend(request) -> str:
+    """Every test here runs on the embedded store and on Redis (deploys, the registry, the examples' state)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> Iterator[RunningCluster]:
+def shared(tmp_path_factory, store_backend) -> Iterator[RunningCluster]:
     """A 2-executor cluster with examples/pipeline.py and the test toolkit deployed, for this module."""
-    with module_cluster(tmp_path_factory.mktemp("cbdags"), deploy=(EXAMPLES / "pipeline.py", TOOLKIT)) as handle:
+    with module_cluster(tmp_path_factory.mktemp("cbdags"), deploy=(EXAMPLES / "pipeline.py", TOOLKIT),
+                        store=store_backend) as handle:
         yield handle
 
 
