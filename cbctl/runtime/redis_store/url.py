@@ -57,12 +57,9 @@ class StoreURL:
     def connect(self, **options: Any) -> Any:
         """A redis-py client: ``redis.Redis`` or ``redis.cluster.RedisCluster`` (RESP2: plain replies, the
         shape every redis-py version parses the same way)."""
-        try:
-            import redis
-            from redis.cluster import ClusterNode, RedisCluster
-        except ImportError:
-            raise CbctlError("this cluster's store is Redis, and the redis package is missing: "
-                             "pip install 'cbctl[redis]'") from None
+        redis = redis_py()
+        from redis.cluster import ClusterNode, RedisCluster
+
         common = {"username": self.username, "password": self.password, "protocol": 2, **options}
         if self.tls:
             common["ssl"] = True
@@ -70,6 +67,15 @@ class StoreURL:
             return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self.hosts], **common)
         host, port = self.hosts[0]
         return redis.Redis(host=host, port=port, db=self.db, **common)
+
+
+def redis_py() -> Any:
+    """The redis package (an optional dependency: the ``redis`` extra), or a ``CbctlError`` saying how to get it."""
+    try:
+        import redis
+    except ImportError:
+        raise CbctlError("the store is Redis, and the redis package is missing: pip install 'cbctl[redis]'") from None
+    return redis
 
 
 def parse_store_url(text: str) -> StoreURL:
@@ -116,8 +122,7 @@ def check_server(url: StoreURL, durability: str) -> list[str]:
     """What `cbctl up` checks before it uses ``url``: reachable, no evicting ``maxmemory-policy`` (refused: it
     drops keys silently), and ``appendonly yes`` (refused unless ``durability`` is "none", since a restart would
     lose every write). Returns warnings to show; raises ``CbctlError`` with the fix for a refusal."""
-    import redis
-
+    redis = redis_py()
     warnings: list[str] = []
     client = url.connect(socket_timeout=5, socket_connect_timeout=5)
     try:
