@@ -56,6 +56,10 @@ def free_port(with_bus: bool = False) -> int:
     raise RuntimeError("found no free loopback port pair for a Redis Cluster node")
 
 
+class PortTaken(Exception):
+    """Another process bound the port between our pick and redis-server's bind."""
+
+
 class RedisServer:
     """One ``redis-server`` process (not daemonized: its pid is ours to signal), AOF on by default."""
 
@@ -64,6 +68,8 @@ class RedisServer:
                  password: str | None = None) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.cluster = cluster
+        self.fixed_port = port is not None
         self.port = port or free_port(with_bus=cluster)
         self.args = [SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
                      "--appendonly", "yes" if appendonly else "no", "--appendfsync", appendfsync, "--save", "",
@@ -82,21 +88,43 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self) -> RedisServer:
+        """Start the server and wait for PING. A port picked here may be taken by another test between the pick
+        and the bind (tests run in parallel): then another port is tried, twice at most."""
+        for attempt in range(3):
+            try:
+                return self._start()
+            except PortTaken:
+                if attempt == 2 or self.fixed_port:
+                    raise
+                self._repick_port()
+        raise AssertionError("unreachable")
+
+    def _repick_port(self) -> None:
+        self.port = free_port(with_bus=self.cluster)
+        self.args[self.args.index("--port") + 1] = str(self.port)
+
+    def _start(self) -> RedisServer:
         self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                log = (self.dir / "redis.log").read_text(errors="replace") if (self.dir / "redis.log").exists() else ""
+                if "Address already in use" in log[-2000:]:
+                    raise PortTaken(self.port)
                 raise RuntimeError(f"redis-server on port {self.port} exited with {self.process.returncode}: "
                                    f"see {self.dir / 'redis.log'}")
-            if self.cli("PING", check=False).stdout.strip() == "PONG":
-                return self
+            try:
+                if self.cli("PING", check=False, timeout=1).stdout.strip() == "PONG":
+                    return self
+            except subprocess.TimeoutExpired:  # something else answers on the port: redis-server will exit
+                pass
             time.sleep(0.02)
         raise RuntimeError(f"redis-server on port {self.port} did not answer PING within {READY_TIMEOUT_S} s")
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         auth = ["--no-auth-warning", "-a", self.password] if self.password is not None else []
         return subprocess.run([CLI, "-h", "127.0.0.1", "-p", str(self.port), *auth, *args], capture_output=True,
-                              text=True, timeout=30, check=check)
+                              text=True, timeout=timeout, check=check)
 
     def kill9(self) -> None:
         if self.process is not None and self.process.poll() is None:
