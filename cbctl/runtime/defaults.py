@@ -259,3 +259,22 @@ CLIENT_RESEND_CHECK_S = 0.5
 #: Seconds a command that found a crashed cluster (its supervisor gone) waits for the orphans it killed to be
 #: gone, so that `cbctl up` in the same home never meets one still holding the store's log or a socket.
 STALE_KILL_WAIT_S = 5.0
+
+# --- the Redis store (`cbctl up --store redis://...`, cbctl/runtime/redis_store/) ---------------------------
+
+#: Seconds between a Redis store client's retries of a request Redis did not answer (restarting, loading its
+#: AOF, failing over), doubling from the first to the last; the whole wait is bounded by STORE_RETRY_BUDGET_S.
+REDIS_RETRY_FIRST_S, REDIS_RETRY_MAX_S = 0.01, 0.5
+#: Seconds an executor's pub/sub reader waits for data before it checks whether it should stop.
+REDIS_PUSH_POLL_S = 0.2
+#: Seconds between the pub/sub reader's reconnect attempts, doubling from the first to the last: short, since
+#: the executor's cache is dropped (and every read goes to Redis) until it is back.
+REDIS_RECONNECT_FIRST_S, REDIS_RECONNECT_MAX_S = 0.02, 0.5
+#: How long `trigger add` waits for the trigger relay to watch the new prefix (seconds), and how often it looks
+#: (it is a control request: a few milliseconds of polling cost nothing on the call path).
+TRIGGER_WATCH_TIMEOUT_S, TRIGGER_WATCH_POLL_S = 10.0, 0.005
+#: Seconds between the trigger relay's writes of its counters (only when they changed): store_stats() on Redis
+#: shows trigger counters at most this old.
+TRIGGER_RELAY_STATS_S = 1.0
+#: Seconds one wait of the trigger relay for a push may block its loop (results and retries are served between).
+TRIGGER_RELAY_POLL_S = 0.05

@@ -29,7 +29,15 @@ import msgpack
 import zmq
 
 from cbctl.errors import CbctlError, InvalidArgument
-from cbctl.runtime.defaults import RESERVED_PREFIX, STORE_REQUEST_TIMEOUT_S, STORE_RETRY_BUDGET_S
+from cbctl.runtime.defaults import (
+    REDIS_RETRY_FIRST_S,
+    REDIS_RETRY_MAX_S,
+    RESERVED_PREFIX,
+    STORE_REQUEST_TIMEOUT_S,
+    STORE_RETRY_BUDGET_S,
+    TRIGGER_WATCH_POLL_S,
+    TRIGGER_WATCH_TIMEOUT_S,
+)
 from cbctl.runtime.lattices import Lattice, SetLattice, lattice_from_wire, new_tombstone
 from cbctl.runtime.redis_store.merge import PUBLISH, SCRIPT_ERROR_PREFIX, Merger
 from cbctl.runtime.redis_store.pushes import PushBridge, SubscribeTimeout
@@ -44,13 +52,10 @@ RESERVED_INDEX = RESERVED_KEY_PREFIX + "index"  # no reserved key maps here: the
 TRIGGER_STATS_KEY = RESERVED_PREFIX + "trigger-stats"
 #: The trigger relay writes a trigger's created_ns here once it watches the trigger's prefix.
 TRIGGER_WATCHED_PREFIX = RESERVED_PREFIX + "trigger-watched/"
-#: How long `trigger add` waits for the relay to watch the new prefix (seconds), and how often it looks.
-TRIGGER_WATCH_TIMEOUT_S, TRIGGER_WATCH_POLL_S = 10.0, 0.005
 _TOMBSTONE = msgpack.packb(["lww", 0, "", None, True])
 _LWW_HEAD = _TOMBSTONE[:5]  # an LWW value's first 5 bytes: a 5-array header, then "lww"
 _TOMBSTONE_TAIL = _TOMBSTONE[-2:]  # ... nil value, tombstone True: the last two bytes of an LWW tombstone
 _GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
-_BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.01, 0.5
 T = TypeVar("T")
 
 
@@ -88,7 +93,7 @@ class RedisStoreClient(StoreAccess):
     def _retrying(self, operation: Callable[[], T]) -> T:
         self.requests += 1
         deadline = time.monotonic() + self._retry_budget_s
-        delay = _BACKOFF_FIRST_S
+        delay = REDIS_RETRY_FIRST_S
         while True:
             try:
                 return operation()
@@ -98,7 +103,7 @@ class RedisStoreClient(StoreAccess):
                         f"Redis at {self.address} did not answer for {self._retry_budget_s:.0f} s ({exc}): check "
                         "that it is running and reachable") from None
                 time.sleep(delay)  # backoff between attempts at a server that is down, not a synchronisation
-                delay = min(delay * 2, _BACKOFF_MAX_S)
+                delay = min(delay * 2, REDIS_RETRY_MAX_S)
             except self._response_error as exc:
                 text = str(exc)
                 if text.startswith(SCRIPT_ERROR_PREFIX):  # the merge script refused the value

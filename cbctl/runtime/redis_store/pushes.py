@@ -28,15 +28,12 @@ from collections.abc import Iterable
 import msgpack
 import zmq
 
+from cbctl.runtime.defaults import REDIS_PUSH_POLL_S, REDIS_RECONNECT_FIRST_S, REDIS_RECONNECT_MAX_S
 from cbctl.runtime.redis_store.url import StoreURL
 from cbctl.runtime.wire.messages import KeyUpdate, StoreEpoch
 
 log = logging.getLogger(__name__)
 
-#: Seconds the reader waits for data before it looks at ``closed`` again.
-POLL_S = 0.2
-#: Reconnect backoff, doubling from the first to the last (seconds).
-RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.02, 0.5
 #: Channels per SUBSCRIBE when subscribing again after a reconnect.
 RESUBSCRIBE_BATCH = 1000
 
@@ -53,7 +50,7 @@ class PushBridge:
         self.timeout_s = timeout_s
         self._push = context.socket(zmq.PUSH)  # used by the reader thread only
         self._push.setsockopt(zmq.LINGER, 0)
-        self._push.setsockopt(zmq.SNDTIMEO, int(POLL_S * 1000))
+        self._push.setsockopt(zmq.SNDTIMEO, int(REDIS_PUSH_POLL_S * 1000))
         self._push.connect(push_address)
         self._cond = threading.Condition()
         self.channels: set[bytes] = set()
@@ -114,19 +111,19 @@ class PushBridge:
     # --- the reader thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
-        delay = RECONNECT_FIRST_S
+        delay = REDIS_RECONNECT_FIRST_S
         while not self.closed.is_set():
             if self._conn is None:
                 try:
                     self._connect()
-                    delay = RECONNECT_FIRST_S
+                    delay = REDIS_RECONNECT_FIRST_S
                 except Exception as exc:
                     log.debug("pub/sub connect failed: %s", exc)
                     self.closed.wait(delay)
-                    delay = min(delay * 2, RECONNECT_MAX_S)
+                    delay = min(delay * 2, REDIS_RECONNECT_MAX_S)
                 continue
             try:
-                if not self._conn.can_read(timeout=POLL_S):
+                if not self._conn.can_read(timeout=REDIS_PUSH_POLL_S):
                     continue
                 reply = self._conn.read_response()
             except Exception as exc:  # the connection is gone: anything published meanwhile is lost

@@ -24,6 +24,7 @@ from typing import Any
 
 import msgpack
 
+from cbctl.runtime.defaults import TRIGGER_RELAY_POLL_S, TRIGGER_RELAY_STATS_S
 from cbctl.runtime.lattices import lattice_from_wire
 from cbctl.runtime.process import ProcessConfig, ShutdownFlag, new_context, report_ready, setup_logging
 from cbctl.runtime.redis_store.client import TRIGGER_STATS_KEY, TRIGGER_WATCHED_PREFIX, RedisStoreClient
@@ -32,10 +33,6 @@ from cbctl.runtime.trigger_records import PREFIX
 
 log = logging.getLogger(__name__)
 
-#: Seconds between writes of the counters to ``TRIGGER_STATS_KEY`` (only when they changed).
-STATS_INTERVAL_S = 1.0
-#: How long one wait for a push may block the loop (results and retries are served between waits).
-POLL_S = 0.05
 #: How long the relay waits for Redis to confirm a new pattern subscription.
 CONFIRM_TIMEOUT_S = 5.0
 _GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
@@ -139,7 +136,7 @@ def main(config: ProcessConfig) -> None:
     last_stats: dict[str, Any] = {}
     next_stats = 0.0
     while not shutdown.requested:
-        for key, lattice in feed.poll(POLL_S):
+        for key, lattice in feed.poll(TRIGGER_RELAY_POLL_S):
             triggers.on_write(key, lattice)
         try:
             if feed.reconnected:
@@ -155,7 +152,7 @@ def main(config: ProcessConfig) -> None:
         dispatcher.service()
         now = time.monotonic()
         if now >= next_stats:
-            next_stats = now + STATS_INTERVAL_S
+            next_stats = now + TRIGGER_RELAY_STATS_S
             stats = triggers.stats()
             if stats != last_stats:
                 try:
