@@ -1,5 +1,7 @@
-"""A cluster shared by the tests of one module (starting one costs a few seconds): a context manager the
-modules wrap in a module-scoped fixture. Tests on it use names of their own, so order does not matter."""
+"""A cluster shared by the tests of one module (starting one costs a few seconds). Most modules take it from
+the plugin's ``cbctl_cluster`` fixture (``view``), as a user's tests would; ``module_cluster`` starts one with
+`cbctl up` (for a module that needs the command line's own options). Tests on it use names of their own, so
+order does not matter."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cbctl import LocalCluster
 from cbctl.lifecycle import kill_processes
 from tests.conftest import RunningCluster, run_cli, store_server
 
@@ -35,6 +38,18 @@ def module_cluster(home: Path, executors: int = 2, deploy: tuple[Path, ...] = ()
             kill_processes(pids)
 
 
+@contextmanager
+def view(cbctl_cluster: LocalCluster) -> Iterator[RunningCluster]:
+    """The cluster the plugin's ``cbctl_cluster`` fixture gives (one per module, started with the module's
+    ``@pytest.mark.cbctl`` options and deploy files, stopped after its last test), seen through the tests'
+    ``RunningCluster`` helpers; the clients a test makes through it are closed after the test."""
+    handle = RunningCluster(cbctl_cluster.home)
+    try:
+        yield handle
+    finally:
+        handle.close_clients()
+
+
 def registered_names(handle: RunningCluster) -> tuple[set[str], set[str]]:
     """The registered function names and DAG names, as `cbctl ls --json` reports them."""
     listed = json.loads(handle.cli("ls", "--json", check=True).stdout)
@@ -52,3 +67,29 @@ def read_on_every_executor(client, key: str, count: int, consistency: str = "lww
         if len(seen) == count:
             return seen
     raise AssertionError(f"reads of {key!r} ran only on {sorted(seen)} in {tries} calls")
+
+
+def redis_module_cluster(tmp_path_factory: Any, backend: str, executors: int = 2,
+                         deploy: tuple[Path, ...] = ()) -> Iterator[RunningCluster | None]:
+    """For a module-scoped fixture of a module whose tests run on both store backends: its cluster on Redis
+    (a redis-server of its own, with the module's executors and deploy files), or None on the embedded store,
+    where the plugin's ``cbctl_cluster`` serves (see ``shared_on``)."""
+    if backend == "embedded":
+        yield None
+        return
+    with module_cluster(tmp_path_factory.mktemp(f"cb{backend}"), executors=executors, deploy=deploy,
+                        store=backend) as handle:
+        yield handle
+
+
+@contextmanager
+def shared_on(request: Any, on_redis: RunningCluster | None) -> Iterator[RunningCluster]:
+    """The module's shared cluster for this test: the Redis one, or the plugin's (embedded) one."""
+    if on_redis is not None:
+        try:
+            yield on_redis
+        finally:
+            on_redis.close_clients()
+        return
+    with view(request.getfixturevalue("cbctl_cluster")) as handle:
+        yield handle

@@ -26,21 +26,30 @@ from cbctl.cli import main
 from cbctl.lifecycle import kill_processes
 from cbctl.runtime.cluster import ClusterFile
 from tests.conftest import EXAMPLES, STORE_BACKENDS, RunningCluster, run_cli
-from tests.integration.shared_cluster import DEPLOYABLES, module_cluster
+from tests.integration import shared_cluster
+from tests.integration.shared_cluster import DEPLOYABLES
 
 FUNCTIONS = DEPLOYABLES / "usability_fns.py"
 
 
+pytestmark = pytest.mark.cbctl(deploy=[EXAMPLES / "pipeline.py", FUNCTIONS])
+
+
 @pytest.fixture(scope="module", params=STORE_BACKENDS)
 def store_backend(request) -> str:
-    """Every test here runs on the embedded store and on Redis."""
+    """Every test here runs on the embedded store (the plugin's cluster) and on Redis."""
     return request.param
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory, store_backend) -> Iterator[RunningCluster]:
-    deploy = (EXAMPLES / "pipeline.py", FUNCTIONS)
-    with module_cluster(tmp_path_factory.mktemp("cbusability"), deploy=deploy, store=store_backend) as handle:
+def on_redis(tmp_path_factory, store_backend) -> Iterator[RunningCluster | None]:
+    yield from shared_cluster.redis_module_cluster(tmp_path_factory, store_backend, 2,
+                                                   (EXAMPLES / "pipeline.py", FUNCTIONS))
+
+
+@pytest.fixture
+def shared(request, on_redis) -> Iterator[RunningCluster]:
+    with shared_cluster.shared_on(request, on_redis) as handle:
         yield handle
 
 

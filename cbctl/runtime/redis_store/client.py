@@ -82,6 +82,9 @@ class RedisStoreClient(StoreAccess):
         self.channel_prefix = f"cb{self.url.db}:" if self.url.db else KEY_PREFIX
         self.pushes: PushBridge | None = None
         self.requests = 0  # round trips asked for (tests count a cache hit's store requests with it)
+        # set by the executor per call, as on the embedded store's client; Redis does not carry it to the trigger
+        # relay yet, so --max-trigger-depth is not enforced on a Redis store (see README)
+        self.trigger_depth = 0
         # (BusyLoadingError, a restarted server still reading its AOF, is a ConnectionError)
         self._retryable = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError,
                            redis.exceptions.TryAgainError, redis.exceptions.ClusterError,
@@ -129,6 +132,10 @@ class RedisStoreClient(StoreAccess):
         names = [self.redis_key(key) for key in keys]
         return self._retrying(lambda: self._read(names))
 
+    def read(self, keys: list[str]) -> tuple[list[Lattice | None], list[int]]:
+        """The keys' lattices, and the positions of ephemeral values: none (Redis holds no ephemeral values)."""
+        return self.get_lattices(keys), []
+
     def _read(self, names: list[str]) -> list[Lattice | None]:
         raws = self._redis.mget_nonatomic(names) if self.cluster else self._redis.mget(names)
         out: list[Lattice | None] = [None if raw is None else lattice_from_wire(msgpack.unpackb(raw, raw=False))
@@ -153,6 +160,10 @@ class RedisStoreClient(StoreAccess):
         channel = self.channel_prefix + key
         index = RESERVED_INDEX if key.startswith(RESERVED_PREFIX) else None
         self._retrying(lambda: self._merge(name, packed, channel, index))
+
+    def put_ephemeral(self, key: str, lattice: Lattice, ttl_s: float = 0.0) -> None:
+        raise InvalidArgument(f"could not write {key!r} as an ephemeral value: ephemeral puts live in the embedded "
+                              "store's memory, and this cluster's store is Redis; use a durable put instead")
 
     def delete(self, key: str) -> None:
         self.put_lattice(key, new_tombstone(self.writer_id))
@@ -204,6 +215,10 @@ class RedisStoreClient(StoreAccess):
             except SubscribeTimeout as exc:
                 raise StoreUnavailable(f"{exc}: check that it is running and reachable") from None
         return self.get_lattices(keys)
+
+    def subscribe_and_read(self, subscriber: str, address: str,
+                           keys: list[str]) -> tuple[list[Lattice | None], list[int]]:
+        return self.subscribe_and_get(subscriber, address, keys), []
 
     def subscribe(self, subscriber: str, address: str, keys: list[str], unsubscribe: bool = False) -> None:
         if self.pushes is None:
