@@ -24,12 +24,18 @@ from typing import Any
 
 import msgpack
 
-from cbctl.runtime.defaults import TRIGGER_RELAY_POLL_S, TRIGGER_RELAY_STATS_S
+from cbctl.runtime.defaults import (
+    MAX_MESSAGE_BYTES,
+    MAX_TRIGGER_DEPTH,
+    TRIGGER_RELAY_POLL_S,
+    TRIGGER_RELAY_STATS_S,
+)
 from cbctl.runtime.lattices import lattice_from_wire
 from cbctl.runtime.process import ProcessConfig, ShutdownFlag, new_context, report_ready, setup_logging
 from cbctl.runtime.redis_store.client import TRIGGER_STATS_KEY, TRIGGER_WATCHED_PREFIX, RedisStoreClient
 from cbctl.runtime.store.triggers import StoreTriggers, TriggerDispatcher
 from cbctl.runtime.trigger_records import PREFIX
+from cbctl.runtime.wire import limits
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +126,11 @@ def main(config: ProcessConfig) -> None:
     shutdown = ShutdownFlag()
     context = new_context(config)
     store = RedisStoreClient(config.store_address, writer_id=config.name)
-    triggers = StoreTriggers()
+    # values=True buckets read the keys they gathered from Redis; the depth limit applies to what the relay
+    # sees, which is depth 0 for every put (Redis pushes do not carry a put's trigger depth yet)
+    triggers = StoreTriggers(lookup=lambda key: store.get_lattices([key])[0],
+                             max_args_bytes=int(config.options.get(limits.OPTION, MAX_MESSAGE_BYTES)),
+                             max_depth=int(config.options.get("max_trigger_depth", MAX_TRIGGER_DEPTH)))
     dispatcher = TriggerDispatcher(context, config, triggers)
     feed = TriggerFeed(store)
     try:
