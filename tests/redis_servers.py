@@ -119,6 +119,7 @@ class RedisServer:
             except subprocess.TimeoutExpired:  # something else answers on the port: redis-server will exit
                 pass
             time.sleep(0.02)
+        self.kill9()  # never leave a server behind that a caller cannot stop (it has no handle yet)
         raise RuntimeError(f"redis-server on port {self.port} did not answer PING within {READY_TIMEOUT_S} s")
 
     def cli(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
