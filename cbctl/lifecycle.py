@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 
+from cbctl.control import parse_autoscale_policy
 from cbctl.errors import CbctlError, ClusterAlreadyRunning, ClusterNotRunning, InvalidArgument
 from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
@@ -28,6 +29,8 @@ from cbctl.runtime.defaults import (
     STARTUP_TIMEOUT_S,
 )
 from cbctl.runtime.scheduler.policy import parse_policy_options
+from cbctl.runtime.supervisor.autoscaler import POLICY_PREFIX, parse_range
+from cbctl.runtime.supervisor.autoscaling import default_max_executors
 from cbctl.runtime.supervisor.supervisor import STARTUP_ERROR_FILE, ClusterSpec, count_gpus
 from cbctl.runtime.wire import auth
 
@@ -104,8 +107,21 @@ def check_port_free(listen: str, port: int) -> None:
 def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int, listen: str,
               durability: str, fake_gpus: int, cache_mb: int, max_batch: int = MAX_BATCH,
               max_continuations: int = MAX_CONTINUATIONS, policy: Iterable[str] = (),
-              max_message_mb: int = MAX_MESSAGE_BYTES >> 20, no_auth: bool = False) -> ClusterSpec:
+              max_message_mb: int = MAX_MESSAGE_BYTES >> 20, no_auth: bool = False,
+              autoscale: str = "") -> ClusterSpec:
     listen, scheduler_port = parse_listen(listen)
+    policy = list(policy)
+    autoscale_policy = {k: float(v) for k, v in parse_autoscale_policy(
+        [p for p in policy if p.strip().startswith(POLICY_PREFIX)]).items()}
+    policy = [p for p in policy if not p.strip().startswith(POLICY_PREFIX)]
+    if autoscale_policy and not autoscale:
+        raise InvalidArgument("--policy autoscale_... settings apply only with --autoscale MIN:MAX")
+    span: list[int] = []
+    if autoscale:
+        low, high = parse_range(autoscale, default_max_executors(cache_mb))
+        span = [low, high]
+        # it starts at --executors if given (kept within the range), else at MIN
+        executors = low if executors is None else max(low, min(high, executors))
     curve = check_auth(listen, no_auth)
     if executors is None:
         executors = os.cpu_count() or 1
@@ -119,7 +135,7 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
     for flag, count in (("--executors", executors), ("--gpu-executors", gpu_executors)):
         if count < 0:
             raise InvalidArgument(f"{flag} {count} is negative: pass a count of executors")
-    if executors + gpu_executors == 0:
+    if executors + gpu_executors == 0 and not (span and span[1] > 0):
         raise InvalidArgument("a cluster needs at least one executor: pass --executors N with N >= 1")
     if schedulers < 1:
         raise InvalidArgument("a cluster needs at least one scheduler: pass --schedulers N with N >= 1")
@@ -138,7 +154,8 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
                        listen=listen, scheduler_port=scheduler_port, curve=curve, durability=durability,
                        fake_gpus=fake_gpus,
                        cache_mb=cache_mb, max_batch=max_batch, max_continuations=max_continuations,
-                       policy=parse_policy_options(policy), max_message_bytes=max_message_mb << 20)
+                       policy=parse_policy_options(policy), max_message_bytes=max_message_mb << 20,
+                       autoscale=span, autoscale_policy=autoscale_policy)
 
 
 def prepare_home(home: Path, spec: ClusterSpec) -> list[str]:

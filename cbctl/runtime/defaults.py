@@ -278,3 +278,43 @@ CLIENT_RESEND_CHECK_S = 0.5
 #: Seconds a command that found a crashed cluster (its supervisor gone) waits for the orphans it killed to be
 #: gone, so that `cbctl up` in the same home never meets one still holding the store's log or a socket.
 STALE_KILL_WAIT_S = 5.0
+
+# --- autoscaling (cbctl/runtime/supervisor/autoscaler.py); `cbctl up --autoscale MIN:MAX`, and each can be set with
+# `--policy autoscale_NAME=VALUE` (the names below without AUTOSCALE_, lower case)
+
+#: Executors' worth of running work each CPU executor should carry: the autoscaler wants
+#: ``busy / target_utilization + queued + parked`` executors. The policy's backoff threshold (0.70, Cloudburst's),
+#: so the autoscaler adds an executor exactly when the placement policy starts steering calls away from a hot one.
+AUTOSCALE_TARGET_UTILIZATION = 0.70
+
+#: Seconds a need above the current size must last, in every report, before executors are added: two reports
+#: (schedulers report every second), so one busy status interval or a burst the executors drain within about a
+#: second adds nothing, while a queue that stays is answered within ~2 s (measured: README, "Autoscaling").
+AUTOSCALE_UP_WINDOW_S = 2.0
+
+#: Seconds every report must show a need below the current size before idle executors are removed (the size kept
+#: is the highest need seen in the window, so a load oscillating faster than this never removes anything). An
+#: executor starts in about 0.1 s from the forkserver, so a wrong removal is cheap; 30 s rides out the pauses of a
+#: bursty client and is Knative's scale-to-zero grace period.
+AUTOSCALE_DOWN_WINDOW_S = 30.0
+
+#: Seconds after a change during which reports are not acted on: a new executor reports its first status within
+#: ~0.1 s of its start, but busy and queue figures describe the cluster after the change only once every executor
+#: has reported a full status interval (1 s) and the schedulers have sent their next report (1 s).
+AUTOSCALE_SETTLE_S = 2.0
+
+#: Seconds without a report from any scheduler after which the autoscaler decides nothing (it never shrinks a
+#: cluster it cannot see).
+AUTOSCALE_STALE_S = 5.0
+
+#: Seconds between the schedulers' load reports to the supervisor (one status interval: nothing changes faster).
+AUTOSCALE_REPORT_INTERVAL_S = 1.0
+
+#: Seconds a call waits in a scheduler for an executor to start when the cluster autoscales and none runs (scale
+#: from zero): an executor starts in about 0.1 s; the rest covers a loaded machine, and a call that waits this
+#: long fails with NoExecutorAvailable rather than hang.
+AUTOSCALE_PARK_S = 30.0
+
+#: Bytes of memory one CPU executor is budgeted (its interpreter with the runtime, ~60 MiB resident, plus its
+#: default 64 MiB cache and room for a function's working set) when the default MAX is derived from the machine.
+AUTOSCALE_EXECUTOR_BUDGET_BYTES = 256 << 20
