@@ -193,6 +193,8 @@ class AutoscaleControl:
                 continue
             if child.process is not None:
                 child.process.join(0)
+            # its index is never reused: a late message for it must not reach a newcomer
+            self.pool.highest_executor_index = max(self.pool.highest_executor_index, child.config.index)
             del self.pool.children[name]
             del self.departing[name]
             changed = True
