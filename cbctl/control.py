@@ -15,8 +15,6 @@ from cbctl.errors import CbctlError, ClusterNotRunning, InvalidArgument, error_f
 from cbctl.runtime import cluster
 from cbctl.runtime.defaults import CONTROL_TIMEOUT_S, SCALE_REQUEST_TIMEOUT_S
 from cbctl.runtime.process import new_socket
-from cbctl.runtime.supervisor.autoscaler import POLICY_PREFIX, AutoscaleSettings, parse_range
-from cbctl.runtime.supervisor.autoscaling import default_max_executors
 from cbctl.runtime.wire import auth
 from cbctl.runtime.wire.messages import ControlResponse, SupervisorRequest, unpack
 
@@ -63,6 +61,10 @@ def autoscale_cluster(home: Path, span: str, policy: tuple[str, ...] | list[str]
     """Autoscale the cluster in ``home`` between ``span`` = "MIN:MAX" CPU executors ("MIN:" for the machine's
     default MAX), tuned by ``policy`` items ``autoscale_NAME=VALUE``; or ``span`` = "off": a fixed size again,
     ``executors`` of them (default: as many as run now). Returns the autoscaler's state (`cbctl status`)."""
+    # here, not at the top: the client imports this module, and no role may load the supervisor's package
+    from cbctl.runtime.supervisor.autoscaler import AutoscaleSettings, parse_range
+    from cbctl.runtime.supervisor.autoscaling import default_max_executors
+
     options = parse_autoscale_policy(policy)
     found = cluster.running_cluster(home)
     if span == "off":
@@ -78,6 +80,8 @@ def autoscale_cluster(home: Path, span: str, policy: tuple[str, ...] | list[str]
 
 def parse_autoscale_policy(items: tuple[str, ...] | list[str]) -> dict[str, str]:
     """``autoscale_NAME=VALUE`` items -> ``{autoscale_NAME: VALUE}``, checked by ``AutoscaleSettings``."""
+    from cbctl.runtime.supervisor.autoscaler import POLICY_PREFIX, AutoscaleSettings
+
     options = {}
     for item in items:
         name, sep, value = item.partition("=")
