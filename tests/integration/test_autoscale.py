@@ -139,3 +139,27 @@ def test_an_executor_killed_while_the_autoscaler_adds_executors_loses_no_call(st
     state = autoscale_state(handle)
     handle.wait_for(lambda: len(cpu_executors(handle)) == autoscale_state(handle)["target"], timeout=20,
                     what=f"the pool at its target ({state['target']})")
+
+
+def test_a_load_oscillating_around_a_threshold_scales_up_once_and_holds(start_cluster):
+    """3 calls in flight for 3 s, then 1 for 3 s, for 24 s: the need swings between 3 and 2 executors every
+    phase, shorter than the 4 s down window. It scales up (once or twice on the way) and never down."""
+    handle = start_cluster(executors=1, extra_args=(
+        "--autoscale", "1:3", "--policy", "autoscale_up_window_s=1", "--policy", "autoscale_down_window_s=4",
+        "--policy", "autoscale_settle_s=1"))
+    handle.cli("deploy", str(FNS), check=True)
+    client = handle.client()
+    pending: list = []
+    started = time.monotonic()
+    done = 0
+    while time.monotonic() - started < 24:
+        in_flight = 3 if int((time.monotonic() - started) / 3) % 2 == 0 else 1
+        while len(pending) < in_flight:
+            pending.append(client.call_async("work", done))
+        pending.pop(0).result(timeout=30)
+        done += 1
+    for future in pending:
+        future.result(timeout=30)
+    state = autoscale_state(handle)
+    assert 1 <= state["scale_ups"] <= 2 and state["scale_downs"] == 0, (state, decisions(handle))
+    assert state["target"] >= 2
