@@ -1,7 +1,7 @@
 """Autoscaling under a step load: idle, a burst of 50 ms calls well above one executor's capacity, idle again;
 on an autoscaled cluster (MIN:MAX) and on fixed clusters of MIN and of MAX executors.
 
-    python -m benchmarks.autoscale [--min 1] [--max 4] [--rate 40] [--idle 5] [--burst 15] [--after 45]
+    python -m benchmarks.autoscale [--min 1] [--max 4] [--rate 40] [--idle 5] [--burst 15] [--after 60]
                                    [--policy autoscale_NAME=VALUE ...] [--zero-rounds 5] [--plot FILE.png]
 
 The load is open-loop: calls are sent on a fixed schedule (``--rate`` calls/s during the burst, none while idle),
@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=40.0, help="calls/s during the burst")
     parser.add_argument("--idle", type=float, default=5.0, help="seconds idle before the burst")
     parser.add_argument("--burst", type=float, default=15.0, help="seconds of burst")
-    parser.add_argument("--after", type=float, default=45.0, help="seconds idle after the burst (the down window "
+    parser.add_argument("--after", type=float, default=60.0, help="seconds idle after the burst (the down window "
                                                                   "is 30 s by default)")
     parser.add_argument("--policy", action="append", default=[], metavar="autoscale_NAME=VALUE")
     parser.add_argument("--zero-rounds", type=int, default=5, help="first calls from zero to time (0: skip)")

@@ -66,17 +66,25 @@ def test_a_burst_shorter_than_the_up_window_adds_nothing():
     assert scaler.target == 1 and scaler.ups == 0
 
 
-def test_idle_shrinks_to_min_only_after_the_whole_down_window_and_to_the_highest_need_in_it():
+def test_idle_shrinks_to_min_only_after_the_whole_down_window_following_the_highest_need_in_it():
     clock = Clock()
     scaler = Autoscaler(1, 8, 4, SETTINGS, clock)
     clock.now += SETTINGS.settle_s
     assert run(scaler, clock, LoadFigures(1.0, 0, 0), 1) == []  # need 2 once, then calm
     assert run(scaler, clock, IDLE, 9) == []  # 10 s not covered yet
     assert run(scaler, clock, IDLE, 1) == [2]  # the window still holds the need of 2
-    clock.now += SETTINGS.settle_s
-    assert run(scaler, clock, IDLE, 11) == [1]  # MIN, once 10 s of reports after the settle
+    # the window goes on: as soon as that need ages out, MIN (not a whole window more per step)
+    assert run(scaler, clock, IDLE, 1) == [1]
     assert scaler.downs == 2 and "calm" in scaler.last.reason
     assert run(scaler, clock, IDLE, 30) == []  # and stays
+
+
+def test_after_a_scale_down_a_need_returning_scales_up_again_after_the_up_window():
+    clock = Clock()
+    scaler = Autoscaler(1, 8, 3, SETTINGS, clock)
+    clock.now += SETTINGS.settle_s
+    assert run(scaler, clock, IDLE, 11) == [1]
+    assert run(scaler, clock, LoadFigures(1.0, 1, 0), 3) == [3]
 
 
 def test_scale_to_zero_and_the_first_parked_call_starts_one_at_once():

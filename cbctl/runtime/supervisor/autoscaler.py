@@ -18,8 +18,9 @@ The rule, with the defaults of ``defaults.py`` (each one a ``--policy autoscale_
   window); more follow by the rule above.
 - *Down.* When every recommendation of the last ``down_window_s`` is below the target, the target becomes the
   highest of them (Kubernetes' scale-down stabilization): a load that returns within the window keeps its
-  executors, so a load oscillating around a threshold does not add and remove executors every window.
-- *Settle.* After a change, reports are ignored for ``settle_s`` (new executors must report a full interval
+  executors, so a load oscillating around a threshold does not add and remove executors every window. The
+  window goes on after a scale-down, so the target keeps following its highest need down as that ages out.
+- *Settle.* After a change up, reports are ignored for ``settle_s`` (new executors must report a full interval
   before the figures describe the new size) and each window starts over.
 """
 
@@ -171,7 +172,7 @@ class Autoscaler:
         if down and all(r < self.target for _, r, _ in down):
             level = max(r for _, r, _ in down)
             return self._change(level, f"calm: need at most {level} for {settings.down_window_s:g} s "
-                                       f"({figures.describe()})")
+                                       f"({figures.describe()})", settle=False)
         return None
 
     def _window(self, now: float, length: float) -> list[tuple[float, int, LoadFigures]]:
@@ -185,7 +186,10 @@ class Autoscaler:
         first = max(i for i, (t, _, _) in enumerate(history) if t <= start)
         return list(history)[first:]
 
-    def _change(self, target: int, reason: str) -> Decision:
+    def _change(self, target: int, reason: str, settle: bool = True) -> Decision:
+        """Move to ``target``. After a scale-down the window goes on (``settle`` False): the executors that
+        stay report the same work, so as the window's highest need ages out the target follows it down at once,
+        instead of a whole window per step."""
         now = self.clock()
         decision = Decision(now, self.target, target, reason)
         if target > self.target:
@@ -193,8 +197,9 @@ class Autoscaler:
         else:
             self.downs += 1
         self.target = target
-        self.changed_at = now
-        self.history.clear()
+        if settle:
+            self.changed_at = now
+            self.history.clear()
         self.last = decision
         return decision
 
