@@ -6,37 +6,87 @@ Long on purpose: one click command per ``cbctl`` subcommand, each short, with it
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import datetime
 import functools
 import json
+import math
+import os
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import zmq
-from rich.console import Console
-from rich.table import Table
 
-from cbctl import control, lifecycle
-from cbctl import snapshot as snap
-from cbctl import top as topview
-from cbctl.client import Client
-from cbctl.declare import DeployFileError
+from cbctl import lifecycle
 from cbctl.errors import CbctlError, FunctionError, InvalidArgument
-from cbctl.runtime import cluster, user_errors
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     CALL_TIMEOUT_S,
     DEPLOY_IMPORT_TIMEOUT_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
+    MAX_ERROR_MESSAGE_CHARS,
+    MAX_ERROR_TRACEBACK_CHARS,
     MAX_MESSAGE_BYTES,
+    MAX_TRIGGER_DEPTH,
     TOP_INTERVAL_S,
+    TOP_SORT_KEYS,
 )
 
-console = Console(soft_wrap=True)  # a path or a message is never cut into lines a script would have to rejoin
-errors = Console(stderr=True, soft_wrap=True)  # soft_wrap: an error stays one line, whatever the terminal width
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cbctl.client import Client
+
+# What only some commands use (the client, rich, the top view) is imported by them: `cbctl up` is the first
+# thing a user runs and waits for, and most of its time was once the imports of things it never used.
+
+
+def _quiet_exit_on_closed_pipe() -> None:
+    """The reader of stdout went away (``cbctl logs | head -1``): end quietly with 0, as Unix tools do. stdout
+    points at /dev/null from here on, so the interpreter's own flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(0)
+
+
+class _LazyConsole:
+    """A rich ``Console`` made (and rich imported) when first used; on stdout, a closed pipe ends the command
+    with 0 (rich's own default is exit 1)."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            class _Console(Console):
+                def on_broken_pipe(self) -> None:
+                    _quiet_exit_on_closed_pipe()
+
+            self._console = _Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+console = _LazyConsole(soft_wrap=True)  # a path or a message is never cut into lines a script would have to rejoin
+errors = _LazyConsole(stderr=True, soft_wrap=True)  # soft_wrap: an error stays one line, whatever the width
+
+
+def connect_client(home: str | None) -> Client:
+    from cbctl.client import Client
+
+    return Client(home)
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -47,29 +97,47 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except FunctionError as exc:
+            from cbctl.runtime import user_errors
+
             if exc.remote_type in user_errors.DIAGNOSES:  # cbctl's finding, not something the code raised
                 errors.print(f"error: {exc.args[0]}", markup=False, highlight=False)
                 sys.exit(1)
             if exc.remote_traceback:
                 errors.print(exc.remote_traceback.rstrip(), markup=False, highlight=False)
-            errors.print(f"error: the function raised {exc}", markup=False, highlight=False)
+            # the traceback ends with the message already: the error line needs only its start
+            errors.print(f"error: the function raised {_shown(str(exc))}", markup=False, highlight=False)
             sys.exit(1)
-        except DeployFileError as exc:
-            if exc.user_traceback:
-                errors.print(exc.user_traceback.rstrip(), markup=False, highlight=False)
-            errors.print(f"error: {exc}", markup=False, highlight=False)
-            sys.exit(1)
+        except BrokenPipeError:
+            _quiet_exit_on_closed_pipe()
         except CbctlError as exc:
-            errors.print(f"error: {exc}", markup=False, highlight=False)
+            user_traceback = getattr(exc, "user_traceback", "")  # a DeployFileError's: the deploy file's own
+            if user_traceback:
+                from cbctl.runtime import user_errors
+
+                errors.print(user_errors.cut(user_traceback.rstrip(), MAX_ERROR_TRACEBACK_CHARS, keep_tail=True),
+                             markup=False, highlight=False)
+            errors.print(f"error: {_shown(str(exc))}", markup=False, highlight=False)
             sys.exit(1)
-        except (OSError, zmq.ZMQError) as exc:  # the machine said no (a full disk, a file gone): still one line
+        except Exception as exc:  # the machine said no (a full disk, a file gone): still one line
+            zmq = sys.modules.get("zmq")  # a ZMQError comes only from a command that imported zmq
+            if not isinstance(exc, OSError) and (zmq is None or not isinstance(exc, zmq.ZMQError)):
+                raise
             errors.print(f"error: {exc}", markup=False, highlight=False)
             sys.exit(1)
 
     return wrapper
 
 
+def _shown(text: str) -> str:
+    """An error line's text, at most ``MAX_ERROR_MESSAGE_CHARS`` (a 50 MB message is not a line to print)."""
+    from cbctl.runtime import user_errors
+
+    return user_errors.cut(text, MAX_ERROR_MESSAGE_CHARS)
+
+
 def new_table(title: str, *columns: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=title)
     for column in columns:
         table.add_column(column)
@@ -91,20 +159,91 @@ def parse_value(text: str, what: str = "value") -> Any:
 
 
 def render_value(value: Any, as_json: bool) -> str:
+    """A value for the terminal: a string as it is, anything else as JSON when it has a JSON form, else its
+    repr; with ``as_json`` always JSON (``json_form``), or a ``CbctlError`` saying what has none."""
+    if as_json:
+        return json.dumps(json_form(value), allow_nan=False)
+    if isinstance(value, str):
+        return value
     try:
-        return json.dumps(value) if as_json or not isinstance(value, str) else value
+        return json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
         return repr(value)
 
 
+def json_form(value: Any, where: str = "the value") -> Any:
+    """``value`` in the JSON encoding of ``--json`` output (README, "JSON output"): numpy arrays as nested lists
+    (masked entries null), numpy scalars as numbers, bytes as ``{"base64": ...}``, sets as sorted lists, tuples as
+    lists, complex numbers as ``{"real", "imag"}``, dates and times in ISO 8601, timedeltas in seconds, NaN and
+    infinities as null (as JavaScript's JSON.stringify writes them), a ``cbctl.Ref`` as ``{"ref": key}``.
+    Anything else raises a ``CbctlError`` naming where it is: no output a script would misparse."""
+    kind = type(value)
+    if value is None or kind in (bool, int, str):
+        return value
+    if kind is float or isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [json_form(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise CbctlError(f"{where} has a key of type {type(key).__name__} ({key!r:.40}), which JSON "
+                                 "cannot carry (keys are strings): print it without --json")
+            out[key if isinstance(key, str) else json.dumps(key)] = json_form(item, f"{where}[{key!r}]")
+        return out
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"base64": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, (set, frozenset)):
+        try:
+            items = sorted(value)
+        except TypeError:
+            items = sorted(value, key=repr)
+        return [json_form(v, f"{where} item") for v in items]
+    if isinstance(value, int):  # an IntEnum, say
+        return int(value)
+    if isinstance(value, complex):
+        return {"real": json_form(value.real), "imag": json_form(value.imag)}
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    from cbctl.runtime.wire.serialization import Ref  # here: it imports msgpack and cloudpickle
+
+    if isinstance(value, Ref):
+        return {"ref": value.key}
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic)):
+        if value.dtype.kind == "M" and not value.dtype.name.endswith(("[s]", "[ms]", "[us]", "[D]", "[W]")):
+            value = value.astype("datetime64[us]")  # finer units: tolist() gives bare ints, not dates
+        return json_form(value.tolist(), where)
+    raise CbctlError(f"{where} is a {kind.__name__}, which has no JSON form: print it without --json, or return "
+                     "plain data (numbers, strings, lists, dicts, bytes, numpy arrays)")
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(json_form(value), indent=2, allow_nan=False))
+
+
 def home_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--home", envvar="CBCTL_HOME", default=None, show_default="$CBCTL_HOME or ~/.cbctl",
-                        help="Cluster directory.")(command)
+                        callback=_home_from_group, help="Cluster directory.")(command)
+
+
+def _home_from_group(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``cbctl --home X CMD`` as ``cbctl CMD --home X``: the command's own --home wins, then the group's, then
+    $CBCTL_HOME."""
+    if ctx.get_parameter_source("home") is click.core.ParameterSource.COMMANDLINE:
+        return value
+    return ctx.find_root().params.get("home") or value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cbctl")
-def main() -> None:
+@click.option("--home", default=None, metavar="DIR",
+              help="Cluster directory for the command that follows (as its own --home). [default: $CBCTL_HOME "
+                   "or ~/.cbctl]")
+def main(home: str | None) -> None:
     """cbctl: stateful functions as a service on your machine, in the line of Cloudburst.
 
     \b
@@ -127,7 +266,7 @@ def main() -> None:
 @click.option("--no-auth", is_flag=True,
               help="With a loopback --listen only: plain TCP without keys (any local user can then run code "
                    "in the cluster).")
-@click.option("--durability", type=click.Choice(["always", "batch", "none"]), default="batch", show_default=True,
+@click.option("--durability", type=click.Choice(lifecycle.DURABILITY_MODES), default="batch", show_default=True,
               help="When the store fsyncs its log: every write, at most every 50 ms, or never.")
 @click.option("--cache-mb", type=click.IntRange(min=0), default=64, show_default=True,
               help="Each executor's cache of store values, in MiB (0: no cache).")
@@ -138,9 +277,16 @@ def main() -> None:
               help="Most queued calls of a batching=True function one invocation serves.")
 @click.option("--max-continuations", type=int, default=MAX_CONTINUATIONS, show_default=True,
               help="Most cbctl.Continue hand-offs one call may make before it fails.")
+@click.option("--max-trigger-depth", type=int, default=MAX_TRIGGER_DEPTH, show_default=True,
+              help="Most storage-triggered calls in one chain (a call's put firing the next); a put past it is "
+                   "stored but fires nothing, and the store logs an error.")
+@click.option("--executor-memory-mb", type=int, default=0, show_default=True,
+              help="Recycle an executor whose resident memory is over this many MiB after a call: it finishes its "
+                   "queue and leaves, and a fresh one starts (0: never).")
 @click.option("--max-message-mb", type=int, default=MAX_MESSAGE_BYTES >> 20, show_default=True,
               help="Largest serialised value, in MiB: call arguments, a result, a put (larger ones are refused "
                    "with MessageTooLarge).")
+@click.option("--verbose", "-v", is_flag=True, help="Also show where the start-up time went, phase by phase.")
 @click.option("--policy", "policy", multiple=True, metavar="KEY=VALUE",
               help="Tune the placement policy (repeatable), e.g. backoff_window_s=2 scale_in_calm_s=5 "
                    "locality=false; keys and defaults are in cbctl/runtime/defaults.py (POLICY_*); with "
@@ -153,7 +299,8 @@ def main() -> None:
 @handle_errors
 def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
        durability: str, cache_mb: int, fake_gpus: int, max_batch: int, max_continuations: int,
-       max_message_mb: int, policy: tuple[str, ...], autoscale: str, no_auth: bool, home: str | None) -> None:
+       max_message_mb: int, policy: tuple[str, ...], no_auth: bool, max_trigger_depth: int,
+       executor_memory_mb: int, verbose: bool, autoscale: str, home: str | None) -> None:
     """Start a cluster in the home directory and return once every process is ready.
 
     The home is made private to you (0700/0600). With --listen, every TCP socket is a CURVE server that
@@ -164,27 +311,33 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     Examples:
     cbctl up --executors 4 --gpu-executors 1
     cbctl up --listen tcp://127.0.0.1:7100    the scheduler on port 7100, CURVE keys in HOME/keys
+    cbctl up --verbose                        and where the time went
     cbctl up --autoscale 0:4                  0 to 4 CPU executors, following the load
     """
+    stamps = {"cli_started": lifecycle.process_started_at(), "cli_entered": time.time()}
     home_path = cluster.resolve_home(home)
-    note = lifecycle.check_not_running(home_path)
-    if note:
-        errors.print(f"note: {note}", markup=False)
-    spec = lifecycle.plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb,
-                               max_batch, max_continuations, policy, max_message_mb, no_auth, autoscale)
-    if spec.listen and not lifecycle.is_loopback(spec.listen):
-        errors.print(f"warning: listening on {spec.listen}, reachable beyond this machine (only holders of "
-                     f"{home_path / 'keys'} can use it)", markup=False)
-    for note in lifecycle.prepare_home(home_path, spec):
-        errors.print(f"note: {note}", markup=False)
+    spec, notes = lifecycle.plan_up(
+        home_path, executors=executors, gpu_executors=gpu_executors, schedulers=schedulers, listen=listen,
+        no_auth=no_auth, durability=durability, cache_mb=cache_mb, fake_gpus=fake_gpus, max_batch=max_batch,
+        max_continuations=max_continuations, max_message_mb=max_message_mb, policy=policy,
+        max_trigger_depth=max_trigger_depth, executor_memory_mb=executor_memory_mb, autoscale=autoscale)
+    for note in notes:
+        errors.print(note, markup=False)
     started = time.monotonic()
+    stamps["launching"] = time.time()
     proc = lifecycle.start_supervisor(home_path, spec, foreground)
-    with console.status("starting the cluster..."):
+    with status_after(SPINNER_AFTER_S, "starting the cluster..."):
         found = lifecycle.wait_until_up(home_path, proc)
+    stamps["seen"] = time.time()
     counts = f"{spec.executors} CPU + {spec.gpu_executors} GPU executors, {spec.schedulers} scheduler(s)"
     if spec.autoscale:
         counts += f", autoscaling {spec.autoscale[0]}:{spec.autoscale[1]} CPU executors"
-    console.print(f"cluster up in {home_path} ({counts}) in {time.monotonic() - started:.1f} s", markup=False)
+    click.echo(f"cluster up in {home_path} ({counts}) in {time.monotonic() - started:.1f} s")
+    stamps["printed"] = time.time()
+    if verbose:
+        click.echo(f"  {'phase':<38}{'took':>9} {'at':>9}")
+        for name, took_s, at_s in lifecycle.startup_phases({**found.startup, **stamps}):
+            click.echo(f"  {name:<38}{took_s * 1e3:>6.0f} ms {at_s * 1e3:>6.0f} ms")
     if foreground:
         console.print("running in the foreground: Ctrl-C stops it", markup=False)
         try:
@@ -192,6 +345,36 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
         except KeyboardInterrupt:
             lifecycle.stop_cluster(home_path)
         del found
+
+
+#: Seconds `cbctl up` waits before it shows a spinner: a start that is over by then needs none (nor rich's import).
+SPINNER_AFTER_S = 0.7
+
+
+@contextlib.contextmanager
+def status_after(delay_s: float, text: str) -> Iterator[None]:
+    """A spinner with ``text`` on stderr once ``delay_s`` passed, until the block ends."""
+    lock = threading.Lock()  # the spinner starts in the timer's thread, and must not start after the block
+    ended = False
+    spinners: list[Any] = []
+
+    def show() -> None:
+        with lock:
+            if not ended:
+                spinners.append(errors.status(text))
+                spinners[-1].start()
+
+    timer = threading.Timer(delay_s, show)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        with lock:
+            ended = True
+            for spinner in spinners:
+                spinner.stop()
 
 
 @main.command()
@@ -223,9 +406,11 @@ def scale(executors: int, as_json: bool, home: str | None) -> None:
     Example: cbctl scale --executors 2
     """
     with console.status(f"scaling to {executors} CPU executors..."):
+        from cbctl import control
+
         result = control.scale_cluster(cluster.resolve_home(home), executors)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        print_json(result)
         return
     changes = [f"started {', '.join(result['started'])}"] if result["started"] else []
     changes += [f"stopped {', '.join(result['stopped'])}"] if result["stopped"] else []
@@ -253,9 +438,11 @@ def autoscale(span: str, policy: tuple[str, ...], executors: int | None, as_json
              cbctl autoscale 1: --policy autoscale_down_window_s=10
              cbctl autoscale off --executors 2
     """
+    from cbctl import control
+
     result = control.autoscale_cluster(cluster.resolve_home(home), span, policy, executors)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        print_json(result)
         return
     console.print(autoscale_line(result), markup=False)
 
@@ -286,11 +473,14 @@ def status(as_json: bool, home: str | None) -> None:
 
     Example: cbctl status --json
     """
+    from cbctl import snapshot as snap
+    from cbctl import top as topview
+
     with snap.ClusterProbe(cluster.resolve_home(home)) as probe:
         raw = probe.collect()
     report, snapshot = raw["supervisor"], snap.build_snapshot(raw)
     if as_json:
-        click.echo(json.dumps({**report, "health": snap.health(snapshot)}, indent=2))
+        print_json({**report, "health": snap.health(snapshot)})
         return
     table = new_table(f"cluster {report['home']}  up {report['uptime_s']:.0f} s",
                       "process", "type", "pid", "address", "state", "uptime", "restarts")
@@ -307,7 +497,7 @@ def status(as_json: bool, home: str | None) -> None:
 @main.command()
 @click.option("--interval", type=click.FloatRange(min=0.1), default=TOP_INTERVAL_S, show_default=True,
               help="Seconds between refreshes.")
-@click.option("--sort", type=click.Choice(snap.SORT_KEYS), default="util", show_default=True,
+@click.option("--sort", type=click.Choice(TOP_SORT_KEYS), default="util", show_default=True,
               help="Order of the executors (and functions) tables.")
 @click.option("--once", is_flag=True, help="Print one snapshot and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print one snapshot as JSON (implies --once; see README).")
@@ -315,19 +505,26 @@ def status(as_json: bool, home: str | None) -> None:
 @handle_errors
 def top(interval: float, sort: str, once: bool, as_json: bool, home: str | None) -> None:
     """Live utilization tables: executors (utilization, CPU, memory, queue, calls/s, latency, state),
-    functions and DAGs, the store. q or Ctrl-C quits.
+    functions and DAGs, the store. q or Ctrl-C quits. With stdout not a terminal (a pipe, a file), prints one
+    snapshot every --interval seconds instead, until Ctrl-C or the reader goes away.
 
     Example: cbctl top --sort calls --interval 0.5
     """
+    from cbctl import snapshot as snap
+    from cbctl import top as topview
+
     home_path = cluster.resolve_home(home)
     if as_json or once:
         snapshot = snap.take_snapshot(home_path)
         if as_json:
-            click.echo(json.dumps(snapshot, indent=2))
+            print_json(snapshot)
         else:
             console.print(topview.render(snapshot, sort, width=console.width))
         return
-    topview.run_live(home_path, interval, sort, console)
+    if not console.is_terminal:  # a pipe, a file, a CI log: snapshots one after the other, as `top -b` prints
+        topview.run_snapshots(home_path, interval, sort, console.get())
+        return
+    topview.run_live(home_path, interval, sort, console.get())
 
 
 @main.command()
@@ -348,7 +545,7 @@ def put(key: str, value: str, ephemeral: bool, ttl: float | None, home: str | No
     """
     if value == "-":
         value = sys.stdin.read()
-    with Client(home) as client:
+    with connect_client(home) as client:
         client.put(key, parse_value(value), durable=not ephemeral, ttl=ttl)
     console.print(f"stored {key}" + (" (ephemeral)" if ephemeral else ""), markup=False)
 
@@ -363,7 +560,7 @@ def get(key: str, as_json: bool, home: str | None) -> None:
 
     Example: cbctl get greeting
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         value = client.get(key)
     click.echo(render_value(value, as_json))
 
@@ -427,10 +624,10 @@ def deploy(file: Path, as_json: bool, import_timeout: float, home: str | None) -
     Example: cbctl deploy examples/pipeline.py
              cbctl deploy model.py --import-timeout 300
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         registered = client.deploy_file(file, import_timeout)
     if as_json:
-        click.echo(json.dumps(registered, indent=2))
+        print_json(registered)
         return
     for f in registered["functions"]:
         flags = ", ".join([k for k in ("gpu", "batching") if f[k]] + (["class"] if f.get("is_class") else []))
@@ -487,7 +684,7 @@ def call(name: str, args: tuple[str, ...], source_args: tuple[str, ...], as_json
             raise InvalidArgument(f"--arg {item!r} must look like FUNCTION=VALUE")
         per_source.setdefault(function, []).append(parse_value(value, f"--arg {function} value"))
     values = [parse_value(a, "argument") for a in args]
-    with Client(home) as client:
+    with connect_client(home) as client:
         result = client.call(name, *values, timeout=timeout, consistency=consistency, **per_source)
     click.echo(render_value(result, as_json))
 
@@ -501,10 +698,10 @@ def list_registered(as_json: bool, home: str | None) -> None:
 
     Example: cbctl ls --json
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         registered = client.list()
     if as_json:
-        click.echo(json.dumps(registered, indent=2))
+        print_json(registered)
         return
     functions = new_table("functions", "name", "gpu", "batching", "pinned on")
     for f in registered["functions"]:
@@ -526,7 +723,7 @@ def rm(name: str, home: str | None) -> None:
 
     Example: cbctl rm pipeline
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         removed = client.delete(name)
     console.print(f"removed {removed['kind']} {removed['removed']}", markup=False)
 
@@ -571,10 +768,10 @@ def trigger_add(name: str, prefix: str, function: str, batch: int, window: float
     Example: cbctl trigger add on_upload --prefix uploads/ --function thumbnail
              cbctl trigger add reduce --join part/0 --join part/1 --function reduce
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         added = client.add_trigger(name, prefix, function, batch=batch, window=window, join=join, values=values)
     if as_json:
-        click.echo(json.dumps(added, indent=2))
+        print_json(added)
         return
     verb = "replaced" if added["replaced"] else "added"
     console.print(f"{verb} trigger {name}: {describe_trigger(added)}", markup=False)
@@ -589,10 +786,10 @@ def trigger_ls(as_json: bool, home: str | None) -> None:
 
     Example: cbctl trigger ls --json
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         found = client.list_triggers()
     if as_json:
-        click.echo(json.dumps(found, indent=2))
+        print_json(found)
         return
     table = new_table("triggers", "name", "fires", "fired", "waiting", "errors", "last error")
     for t in found:
@@ -610,7 +807,7 @@ def trigger_rm(name: str, home: str | None) -> None:
 
     Example: cbctl trigger rm on_upload
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         client.remove_trigger(name)
     console.print(f"removed trigger {name}", markup=False)
 

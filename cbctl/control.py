@@ -63,7 +63,7 @@ def autoscale_cluster(home: Path, span: str, policy: tuple[str, ...] | list[str]
     ``executors`` of them (default: as many as run now). Returns the autoscaler's state (`cbctl status`)."""
     # here, not at the top: the client imports this module, and no role may load the supervisor's package
     from cbctl.runtime.supervisor.autoscaler import AutoscaleSettings, parse_range
-    from cbctl.runtime.supervisor.autoscaling import default_max_executors
+    from cbctl.runtime.supervisor.spec import default_max_executors
 
     options = parse_autoscale_policy(policy)
     found = cluster.running_cluster(home)

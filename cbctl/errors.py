@@ -68,6 +68,18 @@ class ContinuationDepthExceeded(CbctlError):
     continuations); raise the limit with ``cbctl up --max-continuations N`` if the chain is meant to be long."""
 
 
+class DecodeError(CbctlError):
+    """A value (a stored value, a call's result or argument, a message) could not be turned back into a Python
+    object where it was read: its bytes are damaged, or it holds an object pickled by reference to a module that
+    cannot be imported there, or unpickling it raised. The message names which and what to do."""
+
+
+class InboxFull(CbctlError):
+    """A direct message (``cb.send``) was refused: the receiving function has not read the messages it already
+    has, and its inbox holds ``INBOX_MAX_MESSAGES`` or ``INBOX_MAX_BYTES``. Raised in the sender, by its next
+    ``cb.send`` or ``cb.recv`` (the refusal comes back asynchronously)."""
+
+
 class ConsistencyError(CbctlError):
     """A call's consistency mode could not keep its promise (the version a ``repeatable_read`` call first read
     is no longer held anywhere, say), so the call failed instead of reading what the mode rules out: call again."""
@@ -110,6 +122,8 @@ ERRORS_BY_NAME: dict[str, type[CbctlError]] = {
         StoreFull,
         ContinuationDepthExceeded,
         ConsistencyError,
+        DecodeError,
+        InboxFull,
         CallLost,
         FunctionError,
     )

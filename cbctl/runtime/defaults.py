@@ -11,6 +11,14 @@ PROTOCOL_VERSION = 1
 #: Default cluster directory when $CBCTL_HOME is unset.
 DEFAULT_HOME = "~/.cbctl"
 
+#: What `cbctl up` and every cluster process create files under: directories 0700, files 0600 (the home holds
+#: the cluster's keys, data and sockets: they are the user's alone).
+PRIVATE_UMASK = 0o077
+
+#: Seconds between two looks at the cluster file while `cbctl up` waits for it: reading a small file 100 times
+#: a second costs nothing, and a coarser poll would add its half to every start (which takes about 0.5 s).
+CLUSTER_FILE_POLL_S = 0.01
+
 #: A ZAP handler logs the 1st, (N+1)th, (2N+1)th ... refused CURVE handshake: every refusal is worth knowing
 #: about, but a client retrying against the port (zmq reconnects every 100 ms) must not fill the log.
 ZAP_DENIAL_LOG_EVERY = 100
@@ -57,6 +65,28 @@ CALL_TIMEOUT_S = 60.0
 #: larger value could not be cached anyway; bigger data belongs in files whose paths travel instead.
 MAX_MESSAGE_BYTES = 64 << 20
 
+#: Longest error message and traceback text, in characters, that a failed call carries to its caller (and the CLI
+#: prints). A function may raise with a 50 MB message; the caller gets the head (and the traceback its head and
+#: tail, where the raising line is), with a note naming the executor log that has the whole text.
+MAX_ERROR_MESSAGE_CHARS = 4_000
+MAX_ERROR_TRACEBACK_CHARS = 20_000
+
+#: Seconds a replaced version of a function stays loadable, for calls dispatched before the deploy that
+#: replaced it (a call runs the versions current at its dispatch). The join timeout of a DAG step (600 s) bounds
+#: how long such a call can still be under way; past this its executor fails it with a clear error.
+FUNCTION_VERSION_KEEP_S = 900.0
+
+#: A running function's inbox of direct messages it has not read with ``cb.recv`` yet: at most this many
+#: messages and bytes (encoded). Past either, the receiver refuses the message and the sender's function gets
+#: ``InboxFull``. The bytes bound is the default largest value: one message of any allowed size fits alone.
+INBOX_MAX_MESSAGES = 10_000
+INBOX_MAX_BYTES = 64 << 20
+
+#: Longest key, in UTF-8 bytes. Every key lives in the store's memory, in each cache's index, in `list_keys`
+#: answers and in executors' status reports (their cached keys), so a 20 MB key costs many times its size;
+#: 4 KiB is longer than any path-like name needs. Past it: ``InvalidArgument``.
+MAX_KEY_BYTES = 4096
+
 #: Bytes a server socket accepts beyond the value limit (zmq ``MAXMSGSIZE`` = limit + this) before it drops the
 #: sender's connection: room for what travels next to a value in an honest frame, the largest being an executor
 #: status listing 10,000 cached key names (``CACHED_KEYS_REPORTED``) and the schedule of the largest DAG.
@@ -93,6 +123,11 @@ RESTART_BACKOFF_MAX_S = 5.0
 #: Restarts of one process allowed per minute before the supervisor gives up on it.
 RESTARTS_PER_MINUTE = 10
 
+#: Exit code of an executor that left because its memory was over ``cbctl up --executor-memory-mb`` after a call
+#: (it departed gracefully, as on SIGTERM): the supervisor starts a fresh one at once, with no crash backoff, and
+#: counts it under ``recycles`` (EX_TEMPFAIL: "try again", which is what the supervisor does).
+EXECUTOR_RECYCLE_EXIT_CODE = 75
+
 #: Most executors one supervisor runs: far above a machine's cores, and a bound on what a scale request (a
 #: frame, on TCP from anyone holding the keys) can make it spawn.
 MAX_EXECUTORS = 1024
@@ -123,6 +158,9 @@ RATE_SAMPLE_S = 1.0
 #: Seconds between `cbctl top` refreshes by default (statuses arrive about once a second, so faster shows
 #: nothing new).
 TOP_INTERVAL_S = 1.0
+
+#: `cbctl top --sort`: executors (and functions) by utilization, by calls per second, or by name.
+TOP_SORT_KEYS = ("util", "calls", "name")
 
 #: Seconds `cbctl top` and `cbctl status` wait for the supervisor, schedulers and store to answer one
 #: snapshot; short, so that a cluster going away is noticed within a refresh or two.
@@ -170,6 +208,11 @@ TRIGGER_MIN_WINDOW_S = 0.1
 
 #: Most keys a ``join`` trigger may name, and the largest ``batch``: bounds what one trigger keeps in memory.
 TRIGGER_MAX_JOIN_KEYS = 10_000
+#: Most storage-triggered calls in one chain (a put fires call 1, a put that call makes fires call 2, ...),
+#: `cbctl up --max-trigger-depth N`. A function that writes under its own watched prefix is a loop (one ran
+#: 21,870 times in 5 s); continuations have the same kind of bound (MAX_CONTINUATIONS). Past it the put is
+#: stored but fires nothing, and the store logs an error and counts it for `cbctl trigger ls`.
+MAX_TRIGGER_DEPTH = 16
 
 # --- placement policy (scheduler/policy.py); each can be set per cluster with `cbctl up --policy KEY=VALUE`
 

@@ -54,6 +54,8 @@ class StoreClient:
         self._ids = itertools.count(1)
         self._sock: zmq.Socket | None = None
         self.requests = 0  # how many round trips this client made (tests count cache hits with it)
+        #: set by an executor for the step it runs: which call of a chain of storage-triggered calls makes the puts
+        self.trigger_depth = 0
 
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
@@ -104,14 +106,16 @@ class StoreClient:
 
     def put_lattice(self, key: str, lattice: Lattice) -> None:
         wire = lattice.to_wire()
-        reply = self._request(lambda r: PutRequest(r, key, wire))
+        depth = self.trigger_depth
+        reply = self._request(lambda r: PutRequest(r, key, wire, depth))
         assert isinstance(reply, Ack)
 
     def put_ephemeral(self, key: str, lattice: LWWLattice, ttl_s: float = 0.0) -> None:
         """Merge ``lattice`` into ``key``'s ephemeral value in the store's memory (never logged), to live
         ``ttl_s`` seconds (0: the store's default)."""
         wire = lattice.to_wire()
-        reply = self._request(lambda r: EphemeralPut(r, key, wire, float(ttl_s)))
+        depth = self.trigger_depth
+        reply = self._request(lambda r: EphemeralPut(r, key, wire, float(ttl_s), depth))
         assert isinstance(reply, Ack)
 
     # --- value level (last-writer-wins) ----------------------------------------------------------------

@@ -273,3 +273,23 @@ def test_deploy_files_declare_bucket_triggers(tmp_path: Path):
         trigger("t", "p/")
     with pytest.raises(InvalidArgument, match="not one string"):
         trigger("t", function="f", join="a")
+
+
+def test_deploy_checks_a_bucket_triggers_function_against_what_the_bucket_passes(tmp_path: Path):
+    """A per-put trigger calls (cb, key, value), a bucket (cb, keys), with values=True (cb, keys, values): a function
+    that takes the other shape is refused before anything is registered, naming the shape it must take."""
+    from cbctl.declare import DeployFileError, load_file, prepare
+
+    def deploy(declaration: str) -> None:
+        path = tmp_path / "t.py"
+        path.write_text("import cbctl\n\n@cbctl.function\ndef f(cb, keys):\n    return keys\n\n"
+                        "@cbctl.function\ndef g(cb, key, value):\n    return key\n\n" + declaration + "\n")
+        prepare(load_file(path), path)
+
+    deploy("cbctl.trigger('b', prefix='p/', function='f', batch=2)")
+    deploy("cbctl.trigger('p', prefix='p/', function='g')")
+    deploy("cbctl.trigger('v', prefix='p/', function='g', window=1.0, values=True)")
+    with pytest.raises(DeployFileError, match=r"calls g with \(keys\).*define it as g\(cb, keys\)"):
+        deploy("cbctl.trigger('j', function='g', join=['a', 'b'])")
+    with pytest.raises(DeployFileError, match=r"calls f with \(key, value\)"):
+        deploy("cbctl.trigger('p', prefix='p/', function='f')")

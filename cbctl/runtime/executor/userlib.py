@@ -27,6 +27,7 @@ class UserLibrary:
         Served from this executor's cache when it holds the key. Under the call's consistency mode: with
         ``repeatable_read``, the version the call's first reader saw; with ``causal``, the *list* of the key's
         concurrent values (usually one; put a resolved value to merge them)."""
+        limits.check_key(key)
         try:
             return self._executor.read_key(key)
         except NoSuchKey:
@@ -43,8 +44,7 @@ class UserLibrary:
         (never logged, never in a snapshot), for ``ttl`` seconds (default 300) from this put, and is lost if the
         store restarts; any executor or client reads it with ``get`` or a ``Ref`` until then, and ``NoSuchKey``
         after. Always last-writer-wins. A key is durable or ephemeral, not both (``InvalidArgument``)."""
-        if not isinstance(key, str) or not key or key.startswith("__cb/"):
-            raise InvalidArgument(f"key {key!r} is invalid: use a non-empty string not starting with '__cb/'")
+        limits.check_key(key)
         if durable:
             if ttl is not None:
                 raise InvalidArgument("ttl applies to ephemeral values only: pass durable=False with it")
@@ -57,14 +57,19 @@ class UserLibrary:
         return self._executor.executor_id
 
     def send(self, executor_id: str, message: Any) -> None:
-        """Send ``message`` to whatever function runs on ``executor_id``; it reads it with ``recv``
-        (``MessageTooLarge`` if it is over the cluster's limit on one value)."""
+        """Send ``message`` to the function running on ``executor_id`` now; it reads it with ``recv``.
+
+        A message reaches only the function running there when it was sent: one sent where nothing runs, or not
+        read before that function returns, is dropped (never handed to a later call). ``MessageTooLarge`` if it is
+        over the cluster's limit on one value; ``InboxFull`` (here, or from the next ``send``/``recv``) if the
+        receiver's unread messages are at their bound (``INBOX_MAX_MESSAGES`` / ``INBOX_MAX_BYTES``)."""
         self._executor.send_direct(executor_id, message)
 
     def recv(self, timeout: float | None = None) -> list[tuple[str, Any]]:
-        """Messages sent to this executor as ``(sender_executor_id, message)`` pairs, oldest first.
+        """Messages sent to this function as ``(sender_executor_id, message)`` pairs, oldest first.
 
         Returns at once with what has arrived; with ``timeout`` (seconds), waits up to that long for at
-        least one message, returning an empty list if none came."""
+        least one message, returning an empty list if none came. ``InboxFull`` if a message this function sent
+        was refused."""
         deadline = None if timeout is None else time.monotonic() + timeout
         return self._executor.receive_direct(deadline)

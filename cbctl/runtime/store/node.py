@@ -23,6 +23,7 @@ from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     EPHEMERAL_MAX_BYTES,
     MAX_MESSAGE_BYTES,
+    MAX_TRIGGER_DEPTH,
     RATE_SAMPLE_S,
     RATE_WINDOW_S,
     RESERVED_PREFIX,
@@ -75,7 +76,7 @@ class StoreNode:
     """The state and handlers of one store node, independent of how messages arrive (tests drive it)."""
 
     def __init__(self, backend: StoreBackend, ephemeral_max_bytes: int = EPHEMERAL_MAX_BYTES,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, max_trigger_depth: int = MAX_TRIGGER_DEPTH) -> None:
         self.backend = backend
         self.ephemeral = EphemeralTable(ephemeral_max_bytes)  # never logged, never in the backend
         self.subscribers: dict[str, set[str]] = {}  # in memory only: a restarted store has none
@@ -84,7 +85,8 @@ class StoreNode:
         # epoch means the subscriptions their caches rely on are gone, so they drop their caches (cache.py).
         self.epoch = os.urandom(8).hex()
         # sees every write, durable or ephemeral: storage-triggered calls (see triggers.py)
-        self.triggers = StoreTriggers(lookup=self.lookup, max_args_bytes=max_message_bytes)
+        self.triggers = StoreTriggers(lookup=self.lookup, max_args_bytes=max_message_bytes,
+                                      max_depth=max_trigger_depth)
         self.triggers.load(backend.scan(PREFIX))
         self.counters = {"gets": 0, "puts": 0, "deletes": 0, "lists": 0, "protocol_errors": 0,
                          "request_errors": 0}
@@ -147,7 +149,7 @@ class StoreNode:
                 raise InvalidArgument(f"key {request.key!r} holds an ephemeral value: a key is durable or "
                                       "ephemeral, not both; use another key, or delete it first")
             changed[request.key] = self.backend.merge(request.key, lattice)
-            self.triggers.on_write(request.key, changed[request.key])
+            self.triggers.on_write(request.key, changed[request.key], request.trigger_depth)
             return Ack(request.req_id)
         if isinstance(request, EphemeralPut):
             return self._put_ephemeral(request, dropped)
@@ -201,7 +203,7 @@ class StoreNode:
             self.subscriptions -= len(addresses)
             frame = KeyDropped(key)
             dropped.extend((address, frame) for address in addresses)
-        self.triggers.on_write(key, merged)
+        self.triggers.on_write(key, merged, request.trigger_depth)
         return Ack(request.req_id)
 
     def time_until_due(self) -> float | None:
@@ -261,7 +263,8 @@ def main(config: ProcessConfig) -> None:
     try:
         node = StoreNode(open_backend(config),
                          int(config.options.get("ephemeral_max_bytes", EPHEMERAL_MAX_BYTES)),
-                         int(config.options.get(limits.OPTION, MAX_MESSAGE_BYTES)))
+                         int(config.options.get(limits.OPTION, MAX_MESSAGE_BYTES)),
+                         max_trigger_depth=int(config.options.get("max_trigger_depth", MAX_TRIGGER_DEPTH)))
     except Exception as exc:
         log.exception("store could not start")
         report_ready(context, config, "", f"store could not recover its data: {exc}")

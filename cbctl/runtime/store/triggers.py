@@ -29,8 +29,12 @@ Semantics a user can rely on (the README repeats them):
   with a crashed scheduler or executor is redone. A call that is merely slower than the retry interval runs
   twice: trigger functions should be idempotent (write results under keys derived from the input key). A
   crash of the store itself forgets the calls still in flight (they are not in the log).
-- No order between the calls of different puts. A function that writes under its own watched prefix
-  triggers itself: that is a loop, and nothing stops it.
+- No order between the calls of different puts.
+- Chains are bounded: a put made by a triggered call carries which call of its chain that is
+  (``PutRequest.trigger_depth``, from ``TRIGGER_DEPTH_EXTRA`` in the call's extras), and a put by call
+  ``max_depth`` of a chain fires nothing (a function that writes under its own watched prefix is a loop). The put
+  itself is stored; the store logs an error (at most one line a second), counts ``trigger_depth_stops`` and
+  records it as the trigger's last error in ``cbctl trigger ls``. ``cbctl up --max-trigger-depth N`` sets it.
 - Metrics (``Client.store_stats()``): ``triggers``, ``triggered_calls`` (first sends), ``trigger_retries``,
   ``trigger_errors`` (calls that came back failed, the last message per trigger in ``trigger_stats``),
   ``trigger_pending`` (in flight), ``trigger_dropped`` (given up after the last attempt or over the bound).
@@ -54,6 +58,7 @@ from cbctl.errors import NoSuchKey, ProtocolError
 from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     MAX_MESSAGE_BYTES,
+    MAX_TRIGGER_DEPTH,
     RESERVED_PREFIX,
     TRIGGER_MAX_ATTEMPTS,
     TRIGGER_OUTBOX_LIMIT,
@@ -63,7 +68,7 @@ from cbctl.runtime.lattices import Lattice, LWWLattice
 from cbctl.runtime.process import ProcessConfig, drain, new_socket
 from cbctl.runtime.trigger_records import PREFIX, TriggerRecord, record_bytes
 from cbctl.runtime.wire import auth, serialization
-from cbctl.runtime.wire.messages import CallRequest, CallResult, unpack
+from cbctl.runtime.wire.messages import TRIGGER_DEPTH_EXTRA, CallRequest, CallResult, unpack
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,7 @@ class _Bucket:
     wanted: frozenset[str]  # a join's keys
     next_due: float  # a window's next firing
     window_s: float  # a window's length (0: not a window)
+    depth: int = 0  # the deepest chain of triggered calls that made one of the arrived puts
 
 
 @dataclass
@@ -98,8 +104,9 @@ class StoreTriggers:
     def __init__(self, clock: Callable[[], float] = time.monotonic, retry_s: float = TRIGGER_RETRY_S,
                  max_attempts: int = TRIGGER_MAX_ATTEMPTS, limit: int = TRIGGER_OUTBOX_LIMIT,
                  lookup: Callable[[str], Lattice | None] = lambda _key: None,
-                 max_args_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_args_bytes: int = MAX_MESSAGE_BYTES, max_depth: int = MAX_TRIGGER_DEPTH) -> None:
         self.clock = clock
+        self.max_depth = max_depth
         self.lookup = lookup  # a key's current value, for values=True buckets
         self.max_args_bytes = max_args_bytes
         self.buckets: dict[str, _Bucket] = {}  # per batch, window and join trigger
@@ -112,7 +119,8 @@ class StoreTriggers:
         self.new: list[bytes] = []
         self.in_flight: collections.OrderedDict[str, _InFlight] = collections.OrderedDict()  # oldest send first
         self.per_trigger: dict[str, dict[str, Any]] = {}
-        self.counters = {"triggered_calls": 0, "trigger_retries": 0, "trigger_errors": 0, "trigger_dropped": 0}
+        self.counters = {"triggered_calls": 0, "trigger_retries": 0, "trigger_errors": 0, "trigger_dropped": 0,
+                         "trigger_depth_stops": 0}
         self._ids = 0
         self._boot = os.urandom(4).hex()  # call ids stay unique across store restarts
         self._last_error_log = 0.0
@@ -123,8 +131,9 @@ class StoreTriggers:
             if key.startswith(PREFIX):
                 self._index(key, lattice)
 
-    def on_write(self, key: str, lattice: Lattice) -> None:
-        """Called with the merged value after every put or delete of ``key``."""
+    def on_write(self, key: str, lattice: Lattice, depth: int = 0) -> None:
+        """Called with the merged value after every put or delete of ``key``; ``depth``: the put was made by call
+        ``depth`` of a chain of triggered calls (0: by anything else)."""
         if key.startswith(RESERVED_PREFIX):
             if key.startswith(PREFIX):
                 self._index(key, lattice)
@@ -135,14 +144,19 @@ class StoreTriggers:
             bucket = self.buckets.get(record.name) if record.kind != "put" else None
             if bucket is None:
                 if key.startswith(record.prefix):
-                    self._fire(record, key, lattice)
+                    if depth >= self.max_depth:
+                        self._stop_chain(record, key, depth)
+                    else:
+                        self._fire(record, key, lattice, depth + 1)
             elif bucket.wanted:
                 if key in bucket.wanted:
                     bucket.arrived[key] = None
+                    bucket.depth = max(bucket.depth, depth)
                     if len(bucket.arrived) == len(bucket.wanted):
                         self._fire_bucket(record, bucket)
             elif key.startswith(record.prefix):
                 bucket.arrived[key] = None
+                bucket.depth = max(bucket.depth, depth)
                 if record.batch and len(bucket.arrived) >= record.batch:
                     self._fire_bucket(record, bucket)
 
@@ -189,14 +203,30 @@ class StoreTriggers:
         if bucket is not None and bucket.window_s:
             self.windows -= 1
 
-    def _fire(self, record: TriggerRecord, key: str, lattice: Lattice) -> None:
+    def _stop_chain(self, record: TriggerRecord, key: str, depth: int) -> None:
+        self.counters["trigger_depth_stops"] += 1
+        stats = self.per_trigger.setdefault(record.name, {"fired": 0, "errors": 0, "last_error": ""})
+        stats["errors"] += 1
+        stats["last_error"] = (f"TriggerDepthExceeded: the put of {key[:80]!r} was made by call {depth} of a chain "
+                               f"of triggered calls, the most allowed (--max-trigger-depth {self.max_depth}): it "
+                               "was stored but fired nothing (does the function write under its own prefix?)")
+        now = self.clock()
+        if now - self._last_error_log >= 1.0:  # a loop stops here on every put: one line a second
+            self._last_error_log = now
+            log.error("trigger %s: %s", record.name, stats["last_error"])
+
+    def _fire(self, record: TriggerRecord, key: str, lattice: Lattice, depth: int = 1) -> None:
         # the argument list [key, value] without decoding the value: an array header, then both encodings
         args = msgpack.Packer().pack_array_header(2) + serialization.encode(key) + _encoded(lattice)
-        self._send(record, key, args)
+        self._send(record, key, args, depth)
 
     def _fire_bucket(self, record: TriggerRecord, bucket: _Bucket) -> None:
         keys = list(bucket.arrived)
+        depth, bucket.depth = bucket.depth, 0
         bucket.arrived.clear()
+        if depth >= self.max_depth:  # a put of the chain's last allowed call filled it: the chain stops here
+            self._stop_chain(record, keys[-1], depth)
+            return
         packer = msgpack.Packer()
         if not record.values:
             args = packer.pack_array_header(1) + serialization.encode(keys)
@@ -217,12 +247,13 @@ class StoreTriggers:
                               f"{len(args)} bytes, over the cluster's limit of {self.max_args_bytes} per call: "
                               "add the trigger without values and read them with cb.get")
             return
-        self._send(record, what, args)
+        self._send(record, what, args, depth + 1)
 
-    def _send(self, record: TriggerRecord, key: str, args: bytes) -> None:
+    def _send(self, record: TriggerRecord, key: str, args: bytes, depth: int) -> None:
         self._ids += 1
         call_id = f"trigger-{self._boot}-{self._ids}"
-        frame = CallRequest(call_id, record.function, args, {}, self.response_address, False, "lww", []).pack()
+        frame = CallRequest(call_id, record.function, args, {}, self.response_address, False, "lww", [],
+                            {TRIGGER_DEPTH_EXTRA: depth}).pack()
         if len(self.in_flight) >= self.limit:
             _, oldest = self.in_flight.popitem(last=False)
             self.counters["trigger_dropped"] += 1

@@ -16,35 +16,16 @@ head's own executors are the pool.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
-import psutil
-
-from cbctl.runtime.defaults import (
-    AUTOSCALE_EXECUTOR_BUDGET_BYTES,
-    AUTOSCALE_REPORT_INTERVAL_S,
-    MAX_EXECUTORS,
-    SHUTDOWN_TIMEOUT_S,
-)
+from cbctl.runtime.defaults import AUTOSCALE_REPORT_INTERVAL_S, SHUTDOWN_TIMEOUT_S
 from cbctl.runtime.supervisor.autoscaler import Autoscaler, AutoscaleSettings, Decision, LoadFigures
 from cbctl.runtime.supervisor.child import Child
 from cbctl.runtime.supervisor.scaling import ACTIVE_STATES, ExecutorPool
 from cbctl.runtime.wire.messages import LoadReport
 
 log = logging.getLogger(__name__)
-
-
-def default_max_executors(cache_mb: int = 64) -> int:
-    """The MAX of ``--autoscale MIN:`` on this machine: one CPU executor per core (what `cbctl up` runs without
-    ``--executors``: an executor runs one call at a time on up to one core, so for CPU-bound functions more only
-    time-share the cores, adding latency and memory but no throughput), and no more than half the available
-    memory allows at ``AUTOSCALE_EXECUTOR_BUDGET_BYTES`` (plus the cache) each. At least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    budget = AUTOSCALE_EXECUTOR_BUDGET_BYTES + (cache_mb << 20)
-    by_memory = psutil.virtual_memory().available // 2 // budget
-    return max(1, min(cores, by_memory, MAX_EXECUTORS))
 
 
 class AutoscaleControl:

@@ -15,16 +15,11 @@ Shutdown drains executors first (they finish their queues), then stops scheduler
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
-import multiprocessing
 import os
-import shutil
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +30,8 @@ import cbctl
 from cbctl.errors import ProtocolError
 from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
-    MAX_BATCH,
-    MAX_CONTINUATIONS,
+    EXECUTOR_RECYCLE_EXIT_CODE,
     MAX_EXECUTORS,
-    MAX_MESSAGE_BYTES,
     RESTART_BACKOFF_FIRST_S,
     RESTART_BACKOFF_MAX_S,
     RESTARTS_PER_MINUTE,
@@ -50,6 +43,8 @@ from cbctl.runtime.supervisor import scaling
 from cbctl.runtime.supervisor.autoscaler import AutoscaleSettings
 from cbctl.runtime.supervisor.autoscaling import AutoscaleControl
 from cbctl.runtime.supervisor.child import Child
+from cbctl.runtime.supervisor.forkserver import run_role, start_forkserver
+from cbctl.runtime.supervisor.spec import ClusterSpec
 from cbctl.runtime.wire import auth, limits
 from cbctl.runtime.wire.messages import (
     AutoscaleMode,
@@ -67,48 +62,6 @@ log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
 
 STARTUP_ERROR_FILE = cluster.STARTUP_ERROR_FILE
-ROLE_MODULES = {"store": "cbctl.runtime.store.node", "scheduler": "cbctl.runtime.scheduler.scheduler",
-                "executor": "cbctl.runtime.executor.executor"}
-
-
-def run_role(config: ProcessConfig) -> None:
-    """Child entry point: apply the child's environment (a GPU executor's device) before any user code."""
-    for name, value in config.options.get("env", {}).items():
-        os.environ[name] = value
-    importlib.import_module(ROLE_MODULES[config.role]).main(config)
-
-
-@dataclass
-class ClusterSpec:
-    """What ``cbctl up`` asked for."""
-
-    executors: int
-    gpu_executors: int = 0
-    schedulers: int = 1
-    listen: str = ""  # "tcp://HOST", or "" for ipc sockets in the home
-    scheduler_port: int = 0  # the first scheduler's port on HOST (0: random, like every other process's)
-    curve: bool = False  # TCP sockets authenticate with the keys in HOME/keys (see auth.py)
-    durability: str = "batch"
-    fake_gpus: int = 0
-    cache_mb: int = 64
-    max_batch: int = MAX_BATCH
-    max_continuations: int = MAX_CONTINUATIONS
-    policy: dict[str, Any] = field(default_factory=dict)  # placement policy settings (`cbctl up --policy`)
-    max_message_bytes: int = MAX_MESSAGE_BYTES  # largest serialised value (`cbctl up --max-message-mb`)
-    autoscale: list[int] = field(default_factory=list)  # [MIN, MAX] (`cbctl up --autoscale`), [] for a fixed size
-    autoscale_policy: dict[str, float] = field(default_factory=dict)  # `--policy autoscale_NAME=VALUE`
-
-
-def count_gpus() -> int:
-    """GPUs visible through nvidia-smi (0 when there is no driver or no tool)."""
-    tool = shutil.which("nvidia-smi")
-    if tool is None:
-        return 0
-    try:
-        out = subprocess.run([tool, "-L"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
 class StartupError(Exception):
@@ -119,12 +72,13 @@ class Supervisor:
     def __init__(self, home: Path, spec: ClusterSpec) -> None:
         self.home = home
         self.spec = spec
-        self.context = auth.new_context(auth.load_keys(home) if spec.curve else None)
         # forkserver, not spawn: one server process imports cbctl's runtime once and every child (and every
         # restart) is forked from it in milliseconds instead of starting an interpreter and importing it all again
         # (about 0.4 s of CPU each); the server has no threads or zmq context, so forking it is safe
-        self.mp = multiprocessing.get_context("forkserver")
-        self.mp.set_forkserver_preload(sorted(set(ROLE_MODULES.values())))
+        self.mp = start_forkserver()  # started already by the entry point (__main__), so a no-op then
+        self.context = auth.new_context(auth.load_keys(home) if spec.curve else None)
+        #: unix times of the start-up steps, for the cluster file (`cbctl up --verbose` shows them)
+        self.startup: dict[str, float] = {}
         self.children: dict[str, Child] = {}
         self.shutdown = ShutdownFlag()
         self.timers = TimerWork(log)
@@ -173,7 +127,7 @@ class Supervisor:
     def _wait_ready(self, names: list[str], timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
         while any(self.children[n].state != "ready" for n in names):
-            if self.shutdown.requested:
+            if self.shutdown.requested or self.owner_gone():
                 raise StartupError("interrupted while starting")
             if time.monotonic() > deadline:
                 late = [n for n in names if self.children[n].state != "ready"]
@@ -227,7 +181,8 @@ class Supervisor:
         # yet just has its first frames queued by zmq until it is. On TCP the ports are picked at bind time, so
         # each role waits for the addresses of the roles before it.
         known = not spec.listen
-        store = self._new_child("store", 0, {"durability": spec.durability})
+        store = self._new_child("store", 0, {"durability": spec.durability,
+                                             "max_trigger_depth": spec.max_trigger_depth})
         self._start_role([store], known)
         may_start = bool(spec.autoscale) and spec.autoscale[1] > 0  # a CPU call with no executor waits for one
         schedulers = [self._new_child("scheduler", i, {"policy": spec.policy, "autoscale": may_start})
@@ -236,8 +191,10 @@ class Supervisor:
         executors = [self._new_executor(i, "cpu") for i in range(spec.executors)]
         executors += [self._new_executor(spec.executors + i, "gpu", device=i) for i in range(spec.gpu_executors)]
         self._start_role(executors, known)
+        self.startup["children_forked"] = time.time()
         if known:
             self._wait_ready(list(self.children))
+        self.startup["children_ready"] = time.time()
         self.write_cluster_file()
         if spec.autoscale:
             self.autoscale = AutoscaleControl(self, spec.autoscale[0], spec.autoscale[1],
@@ -255,7 +212,8 @@ class Supervisor:
     def _new_executor(self, index: int, executor_type: str, device: int = -1) -> Child:
         options: dict[str, Any] = {"executor_type": executor_type, "cache_mb": self.spec.cache_mb,
                                    "max_batch": self.spec.max_batch,
-                                   "max_continuations": self.spec.max_continuations}
+                                   "max_continuations": self.spec.max_continuations,
+                                   "memory_limit_mb": self.spec.executor_memory_mb}
         if executor_type == "gpu":
             # set before user code runs in the child, so frameworks see exactly one device
             options["env"] = {"CUDA_VISIBLE_DEVICES": str(device)}
@@ -283,6 +241,7 @@ class Supervisor:
             started_at=self.started_at, version=cbctl.__version__, processes=entries,
             max_message_bytes=self.spec.max_message_bytes,
             auth=auth.AUTH_CURVE if self.spec.curve else auth.AUTH_NONE,
+            startup={**self.startup, "cluster_file": time.time()},
         ).write(self.home)
 
     # --- run -----------------------------------------------------------------------------------------
@@ -292,6 +251,9 @@ class Supervisor:
         poller.register(self.ready_sock, zmq.POLLIN)
         poller.register(self.control_sock, zmq.POLLIN)
         while not self.shutdown.requested:
+            if self.owner_gone():
+                log.warning("the process that owns this cluster (pid %d) is gone: stopping", self.spec.owner_pid)
+                break
             events = dict(poller.poll(100))
             if self.ready_sock in events and self._on_ready_frames():
                 self.write_cluster_file()
@@ -304,12 +266,24 @@ class Supervisor:
                 self.timers.run(self.autoscale.step)
         self.stop()
 
+    def owner_gone(self) -> bool:
+        """Whether the owner (``ClusterSpec.owner_pid``), this process's parent, exited: an orphan is
+        re-parented, so the parent pid changes (one cheap syscall, no pid that could be reused)."""
+        return bool(self.spec.owner_pid) and os.getppid() != self.spec.owner_pid
+
     def _watch_children(self) -> None:
         now = time.time()
         changed = False
         for child in self.children.values():
             if child.state in ("ready", "starting") and not child.process.is_alive():
                 code = child.process.exitcode
+                if code == EXECUTOR_RECYCLE_EXIT_CODE and child.config.role == "executor":
+                    # it left gracefully (its calls finished or went to its heir): a fresh one now, no backoff
+                    child.recycles += 1
+                    child.state, child.restart_at = "restarting", now
+                    log.info("%s (pid %d) recycled: its memory was over --executor-memory-mb %d after a call",
+                             child.config.name, child.pid, self.spec.executor_memory_mb)
+                    continue
                 child.crash_times.append(now)
                 recent = sum(1 for t in child.crash_times if now - t < 60)
                 if recent > RESTARTS_PER_MINUTE:
@@ -484,7 +458,8 @@ class Supervisor:
                 "name": child.config.name, "role": child.config.role, "index": child.config.index,
                 "pid": child.pid, "address": child.address, "state": child.state,
                 "uptime_s": round(now - child.started_at, 1) if child.state == "ready" else 0.0,
-                "restarts": child.restarts, "executor_type": child.config.options.get("executor_type", ""),
+                "restarts": child.restarts, "recycles": child.recycles,
+                "executor_type": child.config.options.get("executor_type", ""),
                 "cpu_percent": cpu, "rss_bytes": rss,
             })
         live = {child.pid for child in self.children.values()}
@@ -529,7 +504,9 @@ class Supervisor:
             child.state = "stopped"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, startup: dict[str, float] | None = None) -> None:
+    """Run the supervisor (``python -m cbctl.runtime.supervisor`` runs it, see ``__main__``); ``startup``: the
+    unix times of the entry point's steps before this, for the cluster file."""
     parser = argparse.ArgumentParser(description="cbctl supervisor (started by `cbctl up`)")
     parser.add_argument("--home", required=True)
     parser.add_argument("--spec", required=True, help="ClusterSpec as JSON")
@@ -544,6 +521,7 @@ def main(argv: list[str] | None = None) -> None:
     (home / STARTUP_ERROR_FILE).unlink(missing_ok=True)
     try:
         supervisor = Supervisor(home, spec)
+        supervisor.startup.update(startup or {})
     except Exception as exc:  # e.g. its control socket cannot bind: `cbctl up` shows this file's text
         log.exception("start failed")
         (home / STARTUP_ERROR_FILE).write_text(str(exc))
@@ -558,5 +536,3 @@ def main(argv: list[str] | None = None) -> None:
     supervisor.run()
 
 
-if __name__ == "__main__":
-    main()

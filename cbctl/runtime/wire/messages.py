@@ -38,6 +38,10 @@ from cbctl.runtime.wire.frames import (
     version_refusal,  # noqa: F401
 )
 
+#: The entry of a ``DagTrigger``'s (and a store-made ``CallRequest``'s) extras that says which call of a chain of
+#: storage-triggered calls this is (see store/triggers.py): the executor passes it to the store with its puts.
+TRIGGER_DEPTH_EXTRA = "trigger_depth"
+
 
 @message(10)
 class GetRequest(Message):
@@ -63,6 +67,8 @@ class PutRequest(Message):
     req_id: int
     key: str
     lattice: list[Any]
+    #: the storage-triggered call this put is made by is call ``trigger_depth`` of its chain (0: not triggered)
+    trigger_depth: Count = 0
 
 
 @message(13)
@@ -142,6 +148,7 @@ class EphemeralPut(Message):
     key: str
     lattice: list[Any]
     ttl_s: float
+    trigger_depth: Count = 0  # as PutRequest's
 
 
 @message(29)
@@ -172,6 +179,17 @@ class RegisterDag(Message):
     functions: list[str]
     edges: list[list[str]]
     options: dict[str, Any] = field(default_factory=dict)
+
+
+@message(36)
+class Deploy(Message):
+    """A deploy file's functions and DAGs, registered as one step: no call placed meanwhile sees some of them new
+    and others old. ``functions``: ``[name, code, options]`` each (as ``RegisterFunction``); ``dags``: ``[name,
+    functions, edges, options]`` each (as ``RegisterDag``)."""
+
+    req_id: int
+    functions: list[list[Any]]
+    dags: list[list[Any]]
 
 
 @message(32)
@@ -316,10 +334,23 @@ class UnpinRequest(Message):
 
 @message(55)
 class DirectMessage(Message):
-    """``cb.send(executor_id, message)``: one running function to another executor's ``cb.recv()``."""
+    """``cb.send(executor_id, message)``: one running function to another executor's ``cb.recv()``. ``sent_ns``
+    (wall clock) scopes it to the function running there at that time; a refusal goes to ``reply_address``."""
 
     sender: str
     body: bytes
+    sent_ns: Version = 0
+    reply_address: AddressOrNone = ""
+
+
+@message(56)
+class DirectRefused(Message):
+    """The receiver of the ``DirectMessage`` sent at ``sent_ns`` refused it (its function's inbox was full):
+    the sender's function, if it is the one still running, gets ``InboxFull`` from its next send or recv."""
+
+    receiver: str
+    sent_ns: Version
+    reason: str
 
 
 @message(57)
