@@ -322,6 +322,23 @@ CLIENT_RESEND_CHECK_S = 0.5
 #: gone, so that `cbctl up` in the same home never meets one still holding the store's log or a socket.
 STALE_KILL_WAIT_S = 5.0
 
+
+# --- hosts (``cbctl join``) ------------------------------------------------------------------------------------
+
+#: Seconds between a node supervisor's heartbeats to the head. Small next to NODE_LOST_AFTER_S, so a few lost
+#: or late heartbeats (a busy head, a retransmitted packet) never look like a lost host.
+NODE_HEARTBEAT_S = 0.5
+
+#: Seconds without a heartbeat after which the head declares a joined host lost and has its calls dispatched
+#: again elsewhere; a lost host is detected within this plus one supervisor tick (0.1 s). Long enough to ride out
+#: a link that drops for 2 s: TCP retransmits what was sent meanwhile with a doubling timeout (0.2, 0.4, 0.8,
+#: 1.6 s), so the first heartbeat after such a drop can arrive about 3.5 s after the one before it. Short enough
+#: that a dead machine's calls move on within seconds.
+NODE_LOST_AFTER_S = 5.0
+
+#: Seconds `cbctl join` waits for the head to answer before it says the head is unreachable.
+JOIN_TIMEOUT_S = 15.0
+
 # --- autoscaling (cbctl/runtime/supervisor/autoscaler.py); `cbctl up --autoscale MIN:MAX`, and each can be set with
 # `--policy autoscale_NAME=VALUE` (the names below without AUTOSCALE_, lower case)
 

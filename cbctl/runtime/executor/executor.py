@@ -116,7 +116,9 @@ OLDER_VERSIONS_KEPT = 8
 class Executor:
     def __init__(self, config: ProcessConfig, context: zmq.Context, store: StoreClient, address: str) -> None:
         self.config = config
-        self.executor_id = config.name
+        # an executor on a joined host (`cbctl join`) is HOST/executor-N, so ids stay unique across hosts
+        self.host = config.options.get("host", "")
+        self.executor_id = f"{self.host}/{config.name}" if self.host else config.name
         self.executor_type = config.options.get("executor_type", "cpu")
         self.address = address
         self.store = store
@@ -565,7 +567,8 @@ class Executor:
             found = cluster.ClusterFile.read(Path(self.config.home))
             for entry in found.processes if found else ():
                 if entry.role == "executor":
-                    self.executor_addresses[f"executor-{entry.index}"] = entry.address
+                    prefix = f"{entry.host}/" if entry.host else ""
+                    self.executor_addresses[f"{prefix}executor-{entry.index}"] = entry.address
             address = self.executor_addresses.get(executor_id)
         if address is None:
             raise InvalidArgument(f"no executor {executor_id!r} in this cluster: ids are as cb.getid() returns")
@@ -603,10 +606,15 @@ class Executor:
         """SIGTERM: refuse pins from now on and tell every other executor to route around this one (the
         status reporter tells the schedulers, with running=False)."""
         found = cluster.ClusterFile.read(Path(self.config.home))
-        executors = [Peer(e.address, e.pid, e.index, e.executor_type or "cpu")
+        # a pid is checked only where it means something: the head's processes, seen from the head (a joined
+        # host's copy of the file names the head's pids; the head's file names joined hosts' executors)
+        here = found is not None and found.is_local()
+        executors = [Peer(e.address, e.pid if here and not e.host and not self.host else 0, e.index,
+                          e.executor_type or "cpu")
                      for e in (found.processes if found else ()) if e.role == "executor"]
         # with their pids, so a scheduler that died (and cannot answer) is not waited for until the deadline
-        pids = {e.address: e.pid for e in (found.processes if found else ()) if e.role == "scheduler"}
+        pids = {e.address: e.pid for e in (found.processes if found else ())
+                if e.role == "scheduler" and here and not self.host}
         schedulers = [Peer(address, pids.get(address, 0)) for address in self.config.scheduler_addresses]
         addresses, frame = self.departure.begin(executors, schedulers, self.executor_type)
         for address in addresses:
@@ -678,7 +686,8 @@ def main(config: ProcessConfig) -> None:
     setup_logging(config)
     shutdown = ShutdownFlag()
     context = new_context(config)
-    store = StoreClient(context, config.store_address, writer_id=config.name)
+    host = config.options.get("host", "")
+    store = StoreClient(context, config.store_address, writer_id=f"{host}/{config.name}" if host else config.name)
     sock = new_socket(context, zmq.PULL)
     # no MAXMSGSIZE backstop here, unlike the scheduler and the store: the store pushes merged lattices (a causal
     # key's concurrent values, a set that grew by merges), which may honestly exceed the limit on one value

@@ -12,16 +12,26 @@ placement is ``policy``, crash retries ``retries``, trigger requests ``triggers`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
 
-from cbctl.errors import CallLost, CbctlError, InvalidArgument, NoExecutorAvailable, NoSuchFunction, ProtocolError
-from cbctl.runtime import consistency, multiexec, registry
+from cbctl.errors import (
+    CallLost,
+    CbctlError,
+    ClusterNotRunning,
+    InvalidArgument,
+    NoExecutorAvailable,
+    NoSuchFunction,
+    ProtocolError,
+)
+from cbctl.runtime import cluster, consistency, multiexec, registry
 from cbctl.runtime.continuation import DEPTH_KEY
 from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
 from cbctl.runtime.defaults import (
@@ -69,6 +79,7 @@ from cbctl.runtime.wire.messages import (
     ControlResponse,
     DagTrigger,
     Deploy,
+    DescribeCluster,
     ExecutorLost,
     ExecutorStatus,
     LeavingAck,
@@ -129,8 +140,10 @@ class Scheduler:
     def __init__(self, config: ProcessConfig, context: zmq.Context, store: StoreClient) -> None:
         self.config = config
         self.store = store
-        self.policy = Policy(PolicySettings.from_options(config.options.get("policy", {})),
-                             local_host=socket.gethostname())
+        # the host of this machine's executors as the policy keys them (host_of): on TCP, the --listen host, so
+        # the pid check below covers exactly the executors of this machine and never a joined host's
+        local_host = config.listen.removeprefix("tcp://") if config.listen else socket.gethostname()
+        self.policy = Policy(PolicySettings.from_options(config.options.get("policy", {})), local_host=local_host)
         self.address = ""  # this scheduler's ROUTER address, set once bound: where executors answer pins
         self.peers = PeerSockets(context)
         self.timers = TimerWork(log)
@@ -503,6 +516,14 @@ class Scheduler:
             "policy": self.policy.describe(),
         }
 
+    def on_describe_cluster(self, _request: DescribeCluster) -> Any:
+        """The cluster file, for a client on another machine (``cbctl.connect(address=...)``): the store's and
+        the schedulers' addresses, the limits, the version. It holds no key."""
+        found = cluster.ClusterFile.read(Path(self.config.home))
+        if found is None:
+            raise ClusterNotRunning("the cluster file is missing on the head: the cluster is starting or stopping")
+        return dataclasses.asdict(found)
+
     def on_status(self, status: ExecutorStatus) -> None:
         if self.lost_pids and (status.executor_id, status.pid) in self.lost_pids:
             return  # sent before its process died, read after: it must not bring the dead executor back
@@ -551,6 +572,7 @@ class Scheduler:
         AddTrigger: on_add_trigger,
         ListTriggers: on_list_triggers,
         RemoveTrigger: on_remove_trigger,
+        DescribeCluster: on_describe_cluster,
     }
 
     def handle(self, sock: zmq.Socket, parts: list[bytes]) -> None:

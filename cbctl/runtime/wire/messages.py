@@ -24,6 +24,7 @@ from cbctl.runtime.wire.frames import (
     ExecutorId,
     ExecutorIdOrNone,
     ExecutorType,
+    HostName,
     Message,
     Pid,
     Role,
@@ -505,6 +506,43 @@ class CallRetried(Message):
 
     call_id: str
     attempt: Count
+
+
+# --- hosts: joined machines (kinds 120-129; see supervisor/nodes.py and supervisor/node.py) -------------------
+
+
+@message(120)
+class NodeHeartbeat(Message):
+    """A joined host's node supervisor -> the head's supervisor, every ``NODE_HEARTBEAT_S``: the host is alive,
+    and these are its executors, each ``[index, pid, address, type, state, started_at, restarts]``. The head
+    judges the host by these alone (an executor's silent status may be one long call). ``leaving``: the host
+    departs (`cbctl leave`); its executors have left or are leaving, as in ``cbctl scale``."""
+
+    host: HostName
+    node_pid: Pid
+    seq: Count
+    executors: list[list[Any]]
+    leaving: bool = False
+
+
+@message(121)
+class NodeAck(Message):
+    """The head's supervisor -> a node supervisor, for each heartbeat: ``accepted`` False with ``reason`` when
+    the host may not (or may no longer) take part, else the head's cluster file (JSON; no key is ever in it),
+    which the host keeps as its copy, so its executors see every other host's executors."""
+
+    seq: Count
+    accepted: bool
+    reason: str
+    cluster_file: str
+
+
+@message(122)
+class DescribeCluster(Message):
+    """Client -> scheduler: the cluster file (the addresses a client on another machine needs, and the limits),
+    answered in a ``ControlResponse``."""
+
+    req_id: int
 
 
 # --- autoscaling (kinds 140-149; see supervisor/autoscaler.py and supervisor/autoscaling.py) -----------------
