@@ -7,10 +7,11 @@ counted for `cbctl top`. While autoscaling is on, the pool is reconciled to the 
 executor that dies (restarted as usual) or one that could not start is made up for, and `cbctl scale` is
 refused (it would fight the autoscaler).
 
-Joined hosts: ``autoscaler.spread`` says how many executors each host runs for a target, from each host's
-capacity (``cbctl join --max-executors N``); the head then starts or departs its own here, and sends each node
-supervisor its count with the heartbeat answer for it to carry out. Until joined hosts report a capacity, the
-head's own executors are the pool.
+Joined hosts run a fixed number of executors (``cbctl join --executors N``): the pool here is the head's own
+CPU executors, and the figures leave the joined ones out. How their capacity plugs in (a follow-up): a host's
+``cbctl join --max-executors N`` travels in its heartbeat, ``autoscaler.spread`` splits the target over the
+hosts' capacities, the head applies its own share here and sends each node supervisor its count in the
+heartbeat's answer, which the node carries out with the same ``apply``/``reap`` steps.
 """
 
 from __future__ import annotations
