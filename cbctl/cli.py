@@ -289,9 +289,10 @@ def main(home: str | None) -> None:
                    "with MessageTooLarge).")
 @click.option("--verbose", "-v", is_flag=True, help="Also show where the start-up time went, phase by phase.")
 @click.option("--policy", "policy", multiple=True, metavar="KEY=VALUE",
-              help="Tune the placement policy (repeatable), e.g. backoff_window_s=2 scale_in_calm_s=5 "
-                   "locality=false; keys and defaults are in cbctl/runtime/defaults.py (POLICY_*); with "
-                   "--autoscale also autoscale_NAME=VALUE (AUTOSCALE_*), e.g. autoscale_down_window_s=10.")
+              help="Tune the placement policy (repeatable), e.g. placement=cloudburst (Cloudburst's policy instead "
+                   "of placement by outstanding work) scale_in_calm_s=5 locality=false; keys and defaults are in "
+                   "cbctl/runtime/defaults.py (POLICY_*); with --autoscale also autoscale_NAME=VALUE (AUTOSCALE_*), "
+                   "e.g. autoscale_down_window_s=10.")
 @click.option("--autoscale", default="", metavar="MIN:MAX",
               help="Run between MIN and MAX CPU executors as the load asks (MIN may be 0: an idle cluster then "
                    "runs none, and the first call starts one); MIN: takes the default MAX, one per core within "

@@ -258,6 +258,39 @@ POLICY_SILENCE_S = 5.0
 #: or one that did not register the DAG, waits for them instead of pinning a second time.
 POLICY_START_GRACE_S = 2.0
 
+#: The placement policy a scheduler runs unless `cbctl up --policy placement=...` says otherwise: "outstanding"
+#: (cbctl's: an idle executor first, then the fewest calls outstanding; cbctl/runtime/scheduler/placement.py) or
+#: "cloudburst" (Cloudburst's: locality, then the fewest calls placed in the last POLICY_CALL_WINDOW_S, with
+#: backoff from utilization reports; cbctl/runtime/scheduler/policy.py). See the README, "Placement".
+POLICY_PLACEMENT = "outstanding"
+
+#: The values ``placement`` may take.
+POLICY_PLACEMENTS = ("outstanding", "cloudburst")
+
+# --- load reports and work stealing (cbctl/runtime/scheduler/placement.py, cbctl/runtime/executor/stealing.py)
+
+#: Seconds per load report (ExecutorLoad) of one executor, on average. An executor reports when it turns idle,
+#: busy or backlogged; under a stream of short calls it flips thousands of times a second, so beyond this rate
+#: flips are folded into one report of the state when the next is allowed. 10 ms: far under the 1 s status
+#: interval, yet at most 100 reports a second per executor for a scheduler to read.
+LOAD_REPORT_MIN_INTERVAL_S = 0.01
+
+#: Seconds a scheduler assumes a step may take to reach its executor and the executor's load report to come back
+#: (a report folded by the rate above comes up to 10 ms late): a report counts the steps placed within this
+#: window on top of the executor's own count, unless their calls are known finished.
+LOAD_REPORT_WINDOW_S = 0.02
+
+#: Load reports an executor may send at once before the rate above applies: a call's busy and idle edges and
+#: a steal's, so that a burst of calls after a quiet spell is reported as it happens, not 10 ms late.
+LOAD_REPORT_BURST = 4
+
+#: Seconds an executor that asked a backlogged peer for a call (StealRequest) ignores further hints, so two
+#: hints in a row do not bring it two calls; the peer answers within a step boundary or a `cb.get`, or not at all.
+STEAL_WAIT_S = 0.2
+
+#: Steps an executor keeps in its step records when $CBCTL_RECORD_STEPS is set (tests and benchmarks only).
+STEP_RECORDS_KEPT = 100_000
+
 # --- executor departure (cbctl/runtime/executor/departure.py)
 
 #: Seconds a departing executor waits for every scheduler and peer executor to acknowledge that it is leaving
@@ -343,8 +376,9 @@ JOIN_TIMEOUT_S = 15.0
 # `--policy autoscale_NAME=VALUE` (the names below without AUTOSCALE_, lower case)
 
 #: Executors' worth of running work each CPU executor should carry: the autoscaler wants
-#: ``busy / target_utilization + queued + parked`` executors. The policy's backoff threshold (0.70, Cloudburst's),
-#: so the autoscaler adds an executor exactly when the placement policy starts steering calls away from a hot one.
+#: ``busy / target_utilization + queued + parked`` executors. Cloudburst's backoff threshold (0.70: its policy,
+#: ``placement=cloudburst``, steers calls away from an executor past it), leaving headroom so that a queue does
+#: not build before an executor is added.
 AUTOSCALE_TARGET_UTILIZATION = 0.70
 
 #: Seconds a need above the current size must last, in every report, before executors are added: two reports in

@@ -24,6 +24,9 @@ def test_a_report_lists_running_cpu_executors_and_counts_a_silent_one_as_busy():
                 "executor-2": (status("executor-2", 0.9, 1, running=False), 99.9),  # leaving
                 "executor-3": (status("executor-3", 0.9, 0, kind="gpu"), 99.9)}
     assert executor_figures(statuses, now=100.0) == {"executor-0": [0.25, 3.0], "executor-1": [1.0, 0.0]}
+    # placement by outstanding work counts steps placed since the status: the fresher, larger figure wins
+    assert executor_figures(statuses, now=100.0, outstanding={"executor-0": 2, "executor-1": 6}) == {
+        "executor-0": [0.25, 3.0], "executor-1": [1.0, 5.0]}
 
 
 class Pool:

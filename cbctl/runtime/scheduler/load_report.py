@@ -20,16 +20,20 @@ from cbctl.runtime.wire.messages import ExecutorStatus, LoadReport
 IMMEDIATE_MIN_INTERVAL_S = 0.05
 
 
-def executor_figures(statuses: Mapping[str, tuple[ExecutorStatus, float]], now: float) -> dict[str, list[float]]:
-    """``{executor id: [utilization, queue_length]}`` of the CPU executors that run (not leaving). One whose
-    status is late is counted fully busy: its one thread is in a long call (that is what silences it), and a
-    dead one is left out by the supervisor, which knows which processes run."""
+def executor_figures(statuses: Mapping[str, tuple[ExecutorStatus, float]], now: float,
+                     outstanding: Mapping[str, int] | None = None) -> dict[str, list[float]]:
+    """``{executor id: [utilization, queued]}`` of the CPU executors that run (not leaving). ``queued`` is the
+    larger of the queue in its latest status and, with placement by outstanding work, the steps the policy
+    counts there now beyond the one running (fresher: it moves with every placement, not once a second). One
+    whose status is late is counted fully busy: its one thread is in a long call (that is what silences it),
+    and a dead one is left out by the supervisor, which knows which processes run."""
     figures = {}
     for executor_id, (status, seen) in statuses.items():
         if not status.running or status.executor_type != "cpu":
             continue
         utilization = 1.0 if now - seen > POLICY_STALE_S else min(1.0, float(status.utilization))
-        figures[executor_id] = [utilization, float(status.queue_length)]
+        queued = max(status.queue_length, (outstanding or {}).get(executor_id, 0) - 1)
+        figures[executor_id] = [utilization, float(queued)]
     return figures
 
 
@@ -47,9 +51,9 @@ class LoadReporter:
         self.sent = 0
 
     def send(self, statuses: Mapping[str, tuple[ExecutorStatus, float]], parked: int,
-             now: float | None = None) -> None:
+             now: float | None = None, outstanding: Mapping[str, int] | None = None) -> None:
         now = time.monotonic() if now is None else now
-        frame = LoadReport(self.scheduler, executor_figures(statuses, now), parked).pack()
+        frame = LoadReport(self.scheduler, executor_figures(statuses, now, outstanding), parked).pack()
         try:
             self.sock.send(frame, zmq.NOBLOCK)
             self.sent += 1

@@ -35,6 +35,7 @@ from cbctl.runtime.defaults import (
     MAX_EXECUTORS,
     NODE_HEARTBEAT_S,
     NODE_LOST_AFTER_S,
+    POLICY_PLACEMENT,
     RESTART_BACKOFF_FIRST_S,
     RESTART_BACKOFF_MAX_S,
     RESTARTS_PER_MINUTE,
@@ -222,7 +223,9 @@ class Supervisor:
         options: dict[str, Any] = {"executor_type": executor_type, "cache_mb": self.spec.cache_mb,
                                    "max_batch": self.spec.max_batch,
                                    "max_continuations": self.spec.max_continuations,
-                                   "memory_limit_mb": self.spec.executor_memory_mb}
+                                   "memory_limit_mb": self.spec.executor_memory_mb,
+                                   # load reports serve placement by outstanding work only (placement.py)
+                                   "load_reports": self.spec.policy.get("placement", POLICY_PLACEMENT) != "cloudburst"}
         if executor_type == "gpu":
             # set before user code runs in the child, so frameworks see exactly one device
             options["env"] = {"CUDA_VISIBLE_DEVICES": str(device)}

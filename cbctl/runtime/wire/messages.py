@@ -545,6 +545,61 @@ class DescribeCluster(Message):
     req_id: int
 
 
+# --- placement by outstanding work (kinds 130-139; see scheduler/placement.py and executor/stealing.py) -----
+
+
+@message(130)
+class ExecutorLoad(Message):
+    """Executor -> every scheduler, only when it turns idle, busy, or backlogged (a step that could run
+    elsewhere waits behind the one it runs), at most once per ``LOAD_REPORT_MIN_INTERVAL_S`` (the latest state
+    follows when that passes): ``load`` is the steps it holds, the running one included (0: idle). Never sent
+    per call."""
+
+    executor_id: ExecutorId
+    address: Address
+    pid: Pid
+    load: Count
+    movable: bool  # a waiting step could run on another executor (stealing.stealable): worth a thief
+    last_call: str  # the call of the latest step it received: what a scheduler placed before it, it counted
+    denied_by: AddressOrNone = ""  # the address of a backlogged executor that just had nothing this one could take
+
+
+@message(131)
+class StealHint(Message):
+    """Scheduler -> an idle executor: the executor at ``victim`` has calls queued behind a running one; ask it
+    for one (``StealRequest``) if you are still idle."""
+
+    victim: Address
+
+
+@message(132)
+class StealRequest(Message):
+    """An idle executor -> a backlogged one: hand me one queued call (a ``DagTrigger``), or say there is none
+    (``NothingToSteal``)."""
+
+    thief: Address
+    executor_type: ExecutorType
+
+
+@message(133)
+class CallMoved(Message):
+    """A victim -> every scheduler, after handing the step ``function`` of ``call_id`` to the executor at
+    ``to``: a scheduler that dispatched the call dispatches it again if that executor dies, not the victim."""
+
+    call_id: str
+    function: str
+    source: Address  # the victim's address
+    to: Address
+
+
+@message(134)
+class NothingToSteal(Message):
+    """A backlogged executor -> a thief, when it has no queued call that can move (another thief took it, or
+    it ran it meanwhile): the thief reports itself idle again, so no scheduler keeps counting it busy."""
+
+    victim: Address
+
+
 # --- autoscaling (kinds 140-149; see supervisor/autoscaler.py and supervisor/autoscaling.py) -----------------
 
 
