@@ -62,7 +62,7 @@ from cbctl.runtime.defaults import (
     CONTROL_TIMEOUT_S,
     DEPLOY_IMPORT_TIMEOUT_S,
 )
-from cbctl.runtime.process import Receiver, new_socket, process_alive
+from cbctl.runtime.process import Receiver, new_socket, process_alive, send_message
 from cbctl.runtime.store_client import StoreClient
 from cbctl.runtime.wire import auth, limits, serialization
 from cbctl.runtime.wire.messages import (
@@ -396,7 +396,7 @@ class Client:
         with self._call_lock:
             if self._closed:
                 raise CbctlError("this client is closed: make a new one with cbctl.connect()")
-            self._call_sock.send(frame)
+            send_message(self._call_sock, frame)
         return future
 
     def _poll_result(self, future: CallFuture, timeout: float | None) -> None:
@@ -474,7 +474,7 @@ class Client:
             if self._closed:
                 return
             for frame in frames:
-                self._call_sock.send(frame)
+                send_message(self._call_sock, frame)
 
     def _check_refused(self) -> None:
         """Fail every waiting call if the scheduler refused this client's frames: it answers the call socket

@@ -111,6 +111,10 @@ JOIN_TIMEOUT_S = 600.0
 #: Older versions of functions an executor keeps loaded for calls dispatched before a redeploy (least recently
 #: used first out; one that is needed again is loaded again).
 OLDER_VERSIONS_KEPT = 8
+#: Seconds a step waits, before its user code runs, for zmq to finish sending the large results earlier steps
+#: returned (sent from the arrays' own memory, which the next step's code could change). A transfer to a live
+#: peer takes milliseconds (its zmq I/O thread reads whether or not its loop is busy); a dead peer's is dropped.
+SENT_BEFORE_NEXT_STEP_S = 5.0
 
 
 class Executor:
@@ -327,6 +331,10 @@ class Executor:
 
     def run_next(self) -> None:
         trigger, inputs = self.ready.popleft()
+        if self.peers.unsent and not self.peers.wait_sent(SENT_BEFORE_NEXT_STEP_S):
+            # the step may change an array an earlier one returned, which zmq still sends from its memory
+            log.warning("results sent from their arrays' memory were not sent within %.0f s: running %s anyway",
+                        SENT_BEFORE_NEXT_STEP_S, trigger.function)
         self.running = trigger
         self.inbox.begin_step()
         started = time.perf_counter_ns()
