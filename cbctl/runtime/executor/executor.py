@@ -475,6 +475,7 @@ class Executor:
                                        f"the result of call {trigger.call_id}")
                 result = CallResult(trigger.call_id, False, b"", type(exc).__name__, str(exc), "", self.executor_id)
             fields = {f: getattr(result, f) for f in result._FIELDS}
+            fields["value"] = serialization.inline(result.value)  # the store keeps values inline
             self.store.put(registry.result_key(trigger.call_id), fields)
         else:
             self.peers.send(trigger.response_address, result.pack())
@@ -506,14 +507,14 @@ class Executor:
         return self.sessions.read(key)
 
     def write_key(self, key: str, value: Any) -> None:
-        encoded = serialization.encode(value)
+        encoded = serialization.encode(value, out_of_band=False)  # the store keeps values inline (see README)
         limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
         self.sessions.write(key, encoded)
 
     def write_ephemeral(self, key: str, value: Any, ttl_s: float) -> None:
         """An ephemeral put (``store/ephemeral.py``): to the store's memory, last-writer-wins in every
         consistency mode, past the call's session (it is no version a repeatable read or causal call tracks)."""
-        encoded = serialization.encode(value)
+        encoded = serialization.encode(value, out_of_band=False)  # the store keeps values inline (see README)
         limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
         self.cached.cache.discard(key)  # reads of it go to the store from now on
         self.store.put_ephemeral(key, self.store.new_lww(encoded), ttl_s)

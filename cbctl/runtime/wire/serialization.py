@@ -86,16 +86,18 @@ def _marked(values: list[Any]) -> list[Any]:
     return values
 
 
-def _pack(value: Any, buffers: list[Any]) -> bytes:
+def _pack(value: Any, buffers: list[Any] | None) -> bytes:
+    """``value``'s msgpack body; its large buffers appended to ``buffers`` (None: all of it inline)."""
     return msgpack.packb(value, default=lambda v: _default(v, buffers), strict_types=True, use_bin_type=True)
 
 
-def _default(value: Any, buffers: list[Any]) -> msgpack.ExtType:
+def _default(value: Any, buffers: list[Any] | None) -> msgpack.ExtType:
     if type(value) is _LargeBytes:
         buffers.append(value.data)
         return msgpack.ExtType(EXT_BYTES_FRAME, msgpack.packb(len(buffers) - 1))
     if type(value) is tuple:
-        return msgpack.ExtType(EXT_TUPLE, _pack(_marked(list(value)), buffers))
+        items = list(value)
+        return msgpack.ExtType(EXT_TUPLE, _pack(items if buffers is None else _marked(items), buffers))
     if isinstance(value, Ref):
         return msgpack.ExtType(EXT_REF, value.key.encode())
     numpy = sys.modules.get("numpy")
@@ -113,7 +115,7 @@ def _default(value: Any, buffers: list[Any]) -> msgpack.ExtType:
         header = [array.dtype.str, list(array.shape), isinstance(value, numpy.generic)]
         # a uint8 view, not ``array.data``: the buffer protocol refuses datetime64/timedelta64 dtypes
         raw = array.reshape(-1).view(numpy.uint8).data
-        if raw.nbytes >= OUT_OF_BAND_BYTES:
+        if buffers is not None and raw.nbytes >= OUT_OF_BAND_BYTES:
             buffers.append(raw)
             return msgpack.ExtType(EXT_NDARRAY_FRAME, msgpack.packb([header, len(buffers) - 1]))
         return msgpack.ExtType(EXT_NDARRAY, msgpack.packb([header, raw]))
@@ -203,9 +205,12 @@ def renamed(exc: DecodeError, what: str) -> DecodeError:
     return DecodeError(what + exc.args[0].removeprefix("a value"))
 
 
-def encode(value: Any) -> bytes | Frames:
+def encode(value: Any, out_of_band: bool = True) -> bytes | Frames:
     """Serialise one value (see the module docstring for what travels how): bytes, or ``Frames`` when it holds
-    buffers large enough to travel out of band."""
+    buffers large enough to travel out of band (never with ``out_of_band=False``: what the store keeps and
+    logs is one ``bytes`` per value)."""
+    if not out_of_band:
+        return _pack(value, None)
     buffers: list[Any] = []
     if type(value) is list:
         value = _marked(value)
@@ -213,6 +218,11 @@ def encode(value: Any) -> bytes | Frames:
         value = _LargeBytes(value)
     body = _pack(value, buffers)
     return Frames([body, *buffers]) if buffers else body
+
+
+def inline(encoded: bytes | Frames) -> bytes:
+    """An encoded value as one ``bytes`` (what the store takes), decoding and encoding it again if need be."""
+    return encoded if type(encoded) is bytes else encode(decode(encoded), out_of_band=False)  # type: ignore[return-value]
 
 
 def encode_list(encoded: list[bytes | Frames]) -> bytes | Frames:
