@@ -7,29 +7,24 @@ Long on purpose: one click command per ``cbctl`` subcommand, each short, with it
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import functools
 import json
 import math
 import os
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import zmq
-from rich.console import Console
-from rich.table import Table
 
-from cbctl import control, lifecycle
-from cbctl import snapshot as snap
-from cbctl import top as topview
-from cbctl.client import Client
-from cbctl.declare import DeployFileError
+from cbctl import lifecycle
 from cbctl.errors import CbctlError, FunctionError, InvalidArgument
-from cbctl.runtime import cluster, user_errors
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     CALL_TIMEOUT_S,
     DEPLOY_IMPORT_TIMEOUT_S,
@@ -40,8 +35,17 @@ from cbctl.runtime.defaults import (
     MAX_MESSAGE_BYTES,
     MAX_TRIGGER_DEPTH,
     TOP_INTERVAL_S,
+    TOP_SORT_KEYS,
 )
-from cbctl.runtime.wire.serialization import Ref
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cbctl.client import Client
+
+# What only some commands use (the client, rich, the top view) is imported by them: `cbctl up` is the first
+# thing a user runs and waits for, and most of its time was once the imports of things it never used.
 
 
 def _quiet_exit_on_closed_pipe() -> None:
@@ -52,15 +56,37 @@ def _quiet_exit_on_closed_pipe() -> None:
     sys.exit(0)
 
 
-class _Console(Console):
-    """rich's Console, but a closed pipe on stdout ends the command with 0 (rich's own default is exit 1)."""
+class _LazyConsole:
+    """A rich ``Console`` made (and rich imported) when first used; on stdout, a closed pipe ends the command
+    with 0 (rich's own default is exit 1)."""
 
-    def on_broken_pipe(self) -> None:
-        _quiet_exit_on_closed_pipe()
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            class _Console(Console):
+                def on_broken_pipe(self) -> None:
+                    _quiet_exit_on_closed_pipe()
+
+            self._console = _Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
 
 
-console = _Console(soft_wrap=True)  # a path or a message is never cut into lines a script would have to rejoin
-errors = Console(stderr=True, soft_wrap=True)  # soft_wrap: an error stays one line, whatever the terminal width
+console = _LazyConsole(soft_wrap=True)  # a path or a message is never cut into lines a script would have to rejoin
+errors = _LazyConsole(stderr=True, soft_wrap=True)  # soft_wrap: an error stays one line, whatever the width
+
+
+def connect_client(home: str | None) -> Client:
+    from cbctl.client import Client
+
+    return Client(home)
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -71,6 +97,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except FunctionError as exc:
+            from cbctl.runtime import user_errors
+
             if exc.remote_type in user_errors.DIAGNOSES:  # cbctl's finding, not something the code raised
                 errors.print(f"error: {exc.args[0]}", markup=False, highlight=False)
                 sys.exit(1)
@@ -81,16 +109,19 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
         except BrokenPipeError:
             _quiet_exit_on_closed_pipe()
-        except DeployFileError as exc:
-            if exc.user_traceback:
-                errors.print(user_errors.cut(exc.user_traceback.rstrip(), MAX_ERROR_TRACEBACK_CHARS, keep_tail=True),
+        except CbctlError as exc:
+            user_traceback = getattr(exc, "user_traceback", "")  # a DeployFileError's: the deploy file's own
+            if user_traceback:
+                from cbctl.runtime import user_errors
+
+                errors.print(user_errors.cut(user_traceback.rstrip(), MAX_ERROR_TRACEBACK_CHARS, keep_tail=True),
                              markup=False, highlight=False)
             errors.print(f"error: {_shown(str(exc))}", markup=False, highlight=False)
             sys.exit(1)
-        except CbctlError as exc:
-            errors.print(f"error: {_shown(str(exc))}", markup=False, highlight=False)
-            sys.exit(1)
-        except (OSError, zmq.ZMQError) as exc:  # the machine said no (a full disk, a file gone): still one line
+        except Exception as exc:  # the machine said no (a full disk, a file gone): still one line
+            zmq = sys.modules.get("zmq")  # a ZMQError comes only from a command that imported zmq
+            if not isinstance(exc, OSError) and (zmq is None or not isinstance(exc, zmq.ZMQError)):
+                raise
             errors.print(f"error: {exc}", markup=False, highlight=False)
             sys.exit(1)
 
@@ -99,10 +130,14 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _shown(text: str) -> str:
     """An error line's text, at most ``MAX_ERROR_MESSAGE_CHARS`` (a 50 MB message is not a line to print)."""
+    from cbctl.runtime import user_errors
+
     return user_errors.cut(text, MAX_ERROR_MESSAGE_CHARS)
 
 
 def new_table(title: str, *columns: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=title)
     for column in columns:
         table.add_column(column)
@@ -173,6 +208,8 @@ def json_form(value: Any, where: str = "the value") -> Any:
         return value.isoformat()
     if isinstance(value, datetime.timedelta):
         return value.total_seconds()
+    from cbctl.runtime.wire.serialization import Ref  # here: it imports msgpack and cloudpickle
+
     if isinstance(value, Ref):
         return {"ref": value.key}
     numpy = sys.modules.get("numpy")
@@ -229,7 +266,7 @@ def main(home: str | None) -> None:
 @click.option("--no-auth", is_flag=True,
               help="With a loopback --listen only: plain TCP without keys (any local user can then run code "
                    "in the cluster).")
-@click.option("--durability", type=click.Choice(["always", "batch", "none"]), default="batch", show_default=True,
+@click.option("--durability", type=click.Choice(lifecycle.DURABILITY_MODES), default="batch", show_default=True,
               help="When the store fsyncs its log: every write, at most every 50 ms, or never.")
 @click.option("--cache-mb", type=click.IntRange(min=0), default=64, show_default=True,
               help="Each executor's cache of store values, in MiB (0: no cache).")
@@ -249,6 +286,7 @@ def main(home: str | None) -> None:
 @click.option("--max-message-mb", type=int, default=MAX_MESSAGE_BYTES >> 20, show_default=True,
               help="Largest serialised value, in MiB: call arguments, a result, a put (larger ones are refused "
                    "with MessageTooLarge).")
+@click.option("--verbose", "-v", is_flag=True, help="Also show where the start-up time went, phase by phase.")
 @click.option("--policy", "policy", multiple=True, metavar="KEY=VALUE",
               help="Tune the placement policy (repeatable), e.g. backoff_window_s=2 scale_in_calm_s=5 "
                    "locality=false; keys and defaults are in cbctl/runtime/defaults.py (POLICY_*).")
@@ -257,7 +295,7 @@ def main(home: str | None) -> None:
 def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
        durability: str, cache_mb: int, fake_gpus: int, max_batch: int, max_continuations: int,
        max_message_mb: int, policy: tuple[str, ...], no_auth: bool, max_trigger_depth: int,
-       executor_memory_mb: int, home: str | None) -> None:
+       executor_memory_mb: int, verbose: bool, home: str | None) -> None:
     """Start a cluster in the home directory and return once every process is ready.
 
     The home is made private to you (0700/0600). With --listen, every TCP socket is a CURVE server that
@@ -268,25 +306,30 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     Examples:
     cbctl up --executors 4 --gpu-executors 1
     cbctl up --listen tcp://127.0.0.1:7100    the scheduler on port 7100, CURVE keys in HOME/keys
+    cbctl up --verbose                        and where the time went
     """
+    stamps = {"cli_started": lifecycle.process_started_at(), "cli_entered": time.time()}
     home_path = cluster.resolve_home(home)
-    note = lifecycle.check_not_running(home_path)
-    if note:
-        errors.print(f"note: {note}", markup=False)
-    spec = lifecycle.plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb,
-                               max_batch, max_continuations, policy, max_message_mb, no_auth, max_trigger_depth,
-                               executor_memory_mb)
-    if spec.listen and not lifecycle.is_loopback(spec.listen):
-        errors.print(f"warning: listening on {spec.listen}, reachable beyond this machine (only holders of "
-                     f"{home_path / 'keys'} can use it)", markup=False)
-    for note in lifecycle.prepare_home(home_path, spec):
-        errors.print(f"note: {note}", markup=False)
+    spec, notes = lifecycle.plan_up(
+        home_path, executors=executors, gpu_executors=gpu_executors, schedulers=schedulers, listen=listen,
+        no_auth=no_auth, durability=durability, cache_mb=cache_mb, fake_gpus=fake_gpus, max_batch=max_batch,
+        max_continuations=max_continuations, max_message_mb=max_message_mb, policy=policy,
+        max_trigger_depth=max_trigger_depth, executor_memory_mb=executor_memory_mb)
+    for note in notes:
+        errors.print(note, markup=False)
     started = time.monotonic()
+    stamps["launching"] = time.time()
     proc = lifecycle.start_supervisor(home_path, spec, foreground)
-    with console.status("starting the cluster..."):
+    with status_after(SPINNER_AFTER_S, "starting the cluster..."):
         found = lifecycle.wait_until_up(home_path, proc)
+    stamps["seen"] = time.time()
     counts = f"{spec.executors} CPU + {spec.gpu_executors} GPU executors, {spec.schedulers} scheduler(s)"
-    console.print(f"cluster up in {home_path} ({counts}) in {time.monotonic() - started:.1f} s", markup=False)
+    click.echo(f"cluster up in {home_path} ({counts}) in {time.monotonic() - started:.1f} s")
+    stamps["printed"] = time.time()
+    if verbose:
+        click.echo(f"  {'phase':<38}{'took':>9} {'at':>9}")
+        for name, took_s, at_s in lifecycle.startup_phases({**found.startup, **stamps}):
+            click.echo(f"  {name:<38}{took_s * 1e3:>6.0f} ms {at_s * 1e3:>6.0f} ms")
     if foreground:
         console.print("running in the foreground: Ctrl-C stops it", markup=False)
         try:
@@ -294,6 +337,36 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
         except KeyboardInterrupt:
             lifecycle.stop_cluster(home_path)
         del found
+
+
+#: Seconds `cbctl up` waits before it shows a spinner: a start that is over by then needs none (nor rich's import).
+SPINNER_AFTER_S = 0.7
+
+
+@contextlib.contextmanager
+def status_after(delay_s: float, text: str) -> Iterator[None]:
+    """A spinner with ``text`` on stderr once ``delay_s`` passed, until the block ends."""
+    lock = threading.Lock()  # the spinner starts in the timer's thread, and must not start after the block
+    ended = False
+    spinners: list[Any] = []
+
+    def show() -> None:
+        with lock:
+            if not ended:
+                spinners.append(errors.status(text))
+                spinners[-1].start()
+
+    timer = threading.Timer(delay_s, show)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        with lock:
+            ended = True
+            for spinner in spinners:
+                spinner.stop()
 
 
 @main.command()
@@ -325,6 +398,8 @@ def scale(executors: int, as_json: bool, home: str | None) -> None:
     Example: cbctl scale --executors 2
     """
     with console.status(f"scaling to {executors} CPU executors..."):
+        from cbctl import control
+
         result = control.scale_cluster(cluster.resolve_home(home), executors)
     if as_json:
         print_json(result)
@@ -347,6 +422,9 @@ def status(as_json: bool, home: str | None) -> None:
 
     Example: cbctl status --json
     """
+    from cbctl import snapshot as snap
+    from cbctl import top as topview
+
     with snap.ClusterProbe(cluster.resolve_home(home)) as probe:
         raw = probe.collect()
     report, snapshot = raw["supervisor"], snap.build_snapshot(raw)
@@ -366,7 +444,7 @@ def status(as_json: bool, home: str | None) -> None:
 @main.command()
 @click.option("--interval", type=click.FloatRange(min=0.1), default=TOP_INTERVAL_S, show_default=True,
               help="Seconds between refreshes.")
-@click.option("--sort", type=click.Choice(snap.SORT_KEYS), default="util", show_default=True,
+@click.option("--sort", type=click.Choice(TOP_SORT_KEYS), default="util", show_default=True,
               help="Order of the executors (and functions) tables.")
 @click.option("--once", is_flag=True, help="Print one snapshot and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print one snapshot as JSON (implies --once; see README).")
@@ -379,6 +457,9 @@ def top(interval: float, sort: str, once: bool, as_json: bool, home: str | None)
 
     Example: cbctl top --sort calls --interval 0.5
     """
+    from cbctl import snapshot as snap
+    from cbctl import top as topview
+
     home_path = cluster.resolve_home(home)
     if as_json or once:
         snapshot = snap.take_snapshot(home_path)
@@ -388,9 +469,9 @@ def top(interval: float, sort: str, once: bool, as_json: bool, home: str | None)
             console.print(topview.render(snapshot, sort, width=console.width))
         return
     if not console.is_terminal:  # a pipe, a file, a CI log: snapshots one after the other, as `top -b` prints
-        topview.run_snapshots(home_path, interval, sort, console)
+        topview.run_snapshots(home_path, interval, sort, console.get())
         return
-    topview.run_live(home_path, interval, sort, console)
+    topview.run_live(home_path, interval, sort, console.get())
 
 
 @main.command()
@@ -411,7 +492,7 @@ def put(key: str, value: str, ephemeral: bool, ttl: float | None, home: str | No
     """
     if value == "-":
         value = sys.stdin.read()
-    with Client(home) as client:
+    with connect_client(home) as client:
         client.put(key, parse_value(value), durable=not ephemeral, ttl=ttl)
     console.print(f"stored {key}" + (" (ephemeral)" if ephemeral else ""), markup=False)
 
@@ -426,7 +507,7 @@ def get(key: str, as_json: bool, home: str | None) -> None:
 
     Example: cbctl get greeting
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         value = client.get(key)
     click.echo(render_value(value, as_json))
 
@@ -490,7 +571,7 @@ def deploy(file: Path, as_json: bool, import_timeout: float, home: str | None) -
     Example: cbctl deploy examples/pipeline.py
              cbctl deploy model.py --import-timeout 300
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         registered = client.deploy_file(file, import_timeout)
     if as_json:
         print_json(registered)
@@ -550,7 +631,7 @@ def call(name: str, args: tuple[str, ...], source_args: tuple[str, ...], as_json
             raise InvalidArgument(f"--arg {item!r} must look like FUNCTION=VALUE")
         per_source.setdefault(function, []).append(parse_value(value, f"--arg {function} value"))
     values = [parse_value(a, "argument") for a in args]
-    with Client(home) as client:
+    with connect_client(home) as client:
         result = client.call(name, *values, timeout=timeout, consistency=consistency, **per_source)
     click.echo(render_value(result, as_json))
 
@@ -564,7 +645,7 @@ def list_registered(as_json: bool, home: str | None) -> None:
 
     Example: cbctl ls --json
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         registered = client.list()
     if as_json:
         print_json(registered)
@@ -589,7 +670,7 @@ def rm(name: str, home: str | None) -> None:
 
     Example: cbctl rm pipeline
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         removed = client.delete(name)
     console.print(f"removed {removed['kind']} {removed['removed']}", markup=False)
 
@@ -634,7 +715,7 @@ def trigger_add(name: str, prefix: str, function: str, batch: int, window: float
     Example: cbctl trigger add on_upload --prefix uploads/ --function thumbnail
              cbctl trigger add reduce --join part/0 --join part/1 --function reduce
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         added = client.add_trigger(name, prefix, function, batch=batch, window=window, join=join, values=values)
     if as_json:
         print_json(added)
@@ -652,7 +733,7 @@ def trigger_ls(as_json: bool, home: str | None) -> None:
 
     Example: cbctl trigger ls --json
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         found = client.list_triggers()
     if as_json:
         print_json(found)
@@ -673,7 +754,7 @@ def trigger_rm(name: str, home: str | None) -> None:
 
     Example: cbctl trigger rm on_upload
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         client.remove_trigger(name)
     console.print(f"removed trigger {name}", markup=False)
 

@@ -17,7 +17,7 @@ import zmq
 
 from cbctl.errors import ClusterNotRunning, ProtocolError
 from cbctl.runtime import cluster
-from cbctl.runtime.defaults import TOP_REQUEST_TIMEOUT_S, TOP_SILENT_AFTER_S
+from cbctl.runtime.defaults import TOP_REQUEST_TIMEOUT_S, TOP_SILENT_AFTER_S, TOP_SORT_KEYS
 from cbctl.runtime.metrics import merge_histograms, percentile_us
 from cbctl.runtime.process import new_socket
 from cbctl.runtime.wire import auth
@@ -33,7 +33,7 @@ from cbctl.runtime.wire.messages import (
 #: Version of the ``--json`` snapshot; bumped only when a documented field changes meaning or goes away.
 #: Version of the ``--json`` snapshot; bumped only when a documented field changes meaning or goes away.
 SNAPSHOT_VERSION = 1
-SORT_KEYS = ("util", "calls", "name")
+SORT_KEYS = TOP_SORT_KEYS
 EXECUTOR_STATES = ("ready", "backoff", "draining", "silent", "starting", "dead")
 
 

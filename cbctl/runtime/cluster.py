@@ -21,18 +21,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from cbctl.errors import ClusterNotRunning, InvalidArgument
 from cbctl.runtime.defaults import DEFAULT_HOME, MAX_IPC_PATH, MAX_MESSAGE_BYTES, STALE_KILL_WAIT_S
+from cbctl.runtime.defaults import PRIVATE_UMASK as PRIVATE_UMASK  # what `cbctl up` and every process create under
 
 CLUSTER_FILE = "cluster.json"
 STARTUP_ERROR_FILE = "startup-error.txt"  # the supervisor's reason for a failed start, which `cbctl up` shows
 #: The files cbctl itself writes at the top of the home (the home may hold others: they are not ours to touch).
 TOP_LEVEL_FILES = (CLUSTER_FILE, CLUSTER_FILE + ".tmp", STARTUP_ERROR_FILE)
-#: What `cbctl up` and every cluster process create files under: directories 0700, files 0600.
-PRIVATE_UMASK = 0o077
-PRIVATE_SUBDIRS = ("logs", "data", "keys")
+KEYS_DIR = "keys"  # a TCP cluster's CURVE keys (see wire/auth.py)
+PRIVATE_SUBDIRS = ("logs", "data", KEYS_DIR)
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
@@ -59,7 +57,7 @@ def secure_home(home: Path) -> list[Path]:
     tightened = [home] if _make_private(home, 0o700) else []
     for sub in PRIVATE_SUBDIRS:
         directory = home / sub
-        if sub != "keys":  # created by `cbctl up` only for a TCP cluster
+        if sub != KEYS_DIR:  # created by `cbctl up` only for a TCP cluster
             directory.mkdir(exist_ok=True, mode=0o700)
         tightened += [directory] if _make_private(directory, 0o700) else []
         if directory.is_dir():
@@ -125,6 +123,8 @@ class ClusterFile:
     processes: list[ProcessEntry] = field(default_factory=list)
     max_message_bytes: int = MAX_MESSAGE_BYTES  # the largest serialised value clients may send
     auth: str = "none"  # "curve": TCP sockets admit only holders of HOME/keys (see auth.py); never a key itself
+    # unix times of the supervisor's start-up steps (`cbctl up --verbose` shows where the time went)
+    startup: dict[str, float] = field(default_factory=dict)
 
     def write(self, home: Path) -> None:
         tmp = home / (CLUSTER_FILE + ".tmp")
@@ -147,6 +147,8 @@ class ClusterFile:
         return [self.supervisor_pid] + [p.pid for p in self.processes]
 
     def supervisor_alive(self) -> bool:
+        import psutil  # here, not at the top: `cbctl up` in a fresh home never needs it
+
         try:
             proc = psutil.Process(self.supervisor_pid)
             # pid reuse: the same pid started at another time is another process. A zombie is dead too: the
@@ -188,6 +190,8 @@ def running_cluster(home: Path) -> ClusterFile:
 
 def cleanup_stale(home: Path, cluster: ClusterFile) -> None:
     """Kill what is left of a crashed cluster's children and remove its cluster file."""
+    import psutil
+
     killed = []
     for entry in cluster.processes:
         try:

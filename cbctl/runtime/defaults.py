@@ -11,6 +11,14 @@ PROTOCOL_VERSION = 1
 #: Default cluster directory when $CBCTL_HOME is unset.
 DEFAULT_HOME = "~/.cbctl"
 
+#: What `cbctl up` and every cluster process create files under: directories 0700, files 0600 (the home holds
+#: the cluster's keys, data and sockets: they are the user's alone).
+PRIVATE_UMASK = 0o077
+
+#: Seconds between two looks at the cluster file while `cbctl up` waits for it: reading a small file 100 times
+#: a second costs nothing, and a coarser poll would add its half to every start (which takes about 0.5 s).
+CLUSTER_FILE_POLL_S = 0.01
+
 #: A ZAP handler logs the 1st, (N+1)th, (2N+1)th ... refused CURVE handshake: every refusal is worth knowing
 #: about, but a client retrying against the port (zmq reconnects every 100 ms) must not fill the log.
 ZAP_DENIAL_LOG_EVERY = 100
@@ -157,6 +165,9 @@ RATE_SAMPLE_S = 1.0
 #: Seconds between `cbctl top` refreshes by default (statuses arrive about once a second, so faster shows
 #: nothing new).
 TOP_INTERVAL_S = 1.0
+
+#: `cbctl top --sort`: executors (and functions) by utilization, by calls per second, or by name.
+TOP_SORT_KEYS = ("util", "calls", "name")
 
 #: Seconds `cbctl top` and `cbctl status` wait for the supervisor, schedulers and store to answer one
 #: snapshot; short, so that a cluster going away is noticed within a refresh or two.

@@ -15,16 +15,11 @@ Shutdown drains executors first (they finish their queues), then stops scheduler
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
-import multiprocessing
 import os
-import shutil
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +31,6 @@ from cbctl.errors import ProtocolError
 from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     EXECUTOR_RECYCLE_EXIT_CODE,
-    MAX_BATCH,
-    MAX_CONTINUATIONS,
-    MAX_MESSAGE_BYTES,
-    MAX_TRIGGER_DEPTH,
     RESTART_BACKOFF_FIRST_S,
     RESTART_BACKOFF_MAX_S,
     RESTARTS_PER_MINUTE,
@@ -49,6 +40,8 @@ from cbctl.runtime.defaults import (
 from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, TimerWork, drain, new_socket
 from cbctl.runtime.supervisor import scaling
 from cbctl.runtime.supervisor.child import Child
+from cbctl.runtime.supervisor.forkserver import run_role, start_forkserver
+from cbctl.runtime.supervisor.spec import ClusterSpec
 from cbctl.runtime.wire import auth, limits
 from cbctl.runtime.wire.messages import (
     ControlResponse,
@@ -63,48 +56,6 @@ log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
 
 STARTUP_ERROR_FILE = cluster.STARTUP_ERROR_FILE
-ROLE_MODULES = {"store": "cbctl.runtime.store.node", "scheduler": "cbctl.runtime.scheduler.scheduler",
-                "executor": "cbctl.runtime.executor.executor"}
-
-
-def run_role(config: ProcessConfig) -> None:
-    """Child entry point: apply the child's environment (a GPU executor's device) before any user code."""
-    for name, value in config.options.get("env", {}).items():
-        os.environ[name] = value
-    importlib.import_module(ROLE_MODULES[config.role]).main(config)
-
-
-@dataclass
-class ClusterSpec:
-    """What ``cbctl up`` asked for."""
-
-    executors: int
-    gpu_executors: int = 0
-    schedulers: int = 1
-    listen: str = ""  # "tcp://HOST", or "" for ipc sockets in the home
-    scheduler_port: int = 0  # the first scheduler's port on HOST (0: random, like every other process's)
-    curve: bool = False  # TCP sockets authenticate with the keys in HOME/keys (see auth.py)
-    durability: str = "batch"
-    fake_gpus: int = 0
-    cache_mb: int = 64
-    max_batch: int = MAX_BATCH
-    max_continuations: int = MAX_CONTINUATIONS
-    max_trigger_depth: int = MAX_TRIGGER_DEPTH
-    executor_memory_mb: int = 0  # recycle an executor whose memory is over this after a call (0: never)
-    policy: dict[str, Any] = field(default_factory=dict)  # placement policy settings (`cbctl up --policy`)
-    max_message_bytes: int = MAX_MESSAGE_BYTES  # largest serialised value (`cbctl up --max-message-mb`)
-
-
-def count_gpus() -> int:
-    """GPUs visible through nvidia-smi (0 when there is no driver or no tool)."""
-    tool = shutil.which("nvidia-smi")
-    if tool is None:
-        return 0
-    try:
-        out = subprocess.run([tool, "-L"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
 class StartupError(Exception):
@@ -115,12 +66,13 @@ class Supervisor:
     def __init__(self, home: Path, spec: ClusterSpec) -> None:
         self.home = home
         self.spec = spec
-        self.context = auth.new_context(auth.load_keys(home) if spec.curve else None)
         # forkserver, not spawn: one server process imports cbctl's runtime once and every child (and every
         # restart) is forked from it in milliseconds instead of starting an interpreter and importing it all again
         # (about 0.4 s of CPU each); the server has no threads or zmq context, so forking it is safe
-        self.mp = multiprocessing.get_context("forkserver")
-        self.mp.set_forkserver_preload(sorted(set(ROLE_MODULES.values())))
+        self.mp = start_forkserver()  # started already by the entry point (__main__), so a no-op then
+        self.context = auth.new_context(auth.load_keys(home) if spec.curve else None)
+        #: unix times of the start-up steps, for the cluster file (`cbctl up --verbose` shows them)
+        self.startup: dict[str, float] = {}
         self.children: dict[str, Child] = {}
         self.shutdown = ShutdownFlag()
         self.timers = TimerWork(log)
@@ -168,7 +120,7 @@ class Supervisor:
     def _wait_ready(self, names: list[str], timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
         while any(self.children[n].state != "ready" for n in names):
-            if self.shutdown.requested:
+            if self.shutdown.requested or self.owner_gone():
                 raise StartupError("interrupted while starting")
             if time.monotonic() > deadline:
                 late = [n for n in names if self.children[n].state != "ready"]
@@ -221,8 +173,10 @@ class Supervisor:
         executors = [self._new_executor(i, "cpu") for i in range(spec.executors)]
         executors += [self._new_executor(spec.executors + i, "gpu", device=i) for i in range(spec.gpu_executors)]
         self._start_role(executors, known)
+        self.startup["children_forked"] = time.time()
         if known:
             self._wait_ready(list(self.children))
+        self.startup["children_ready"] = time.time()
         self.write_cluster_file()
 
     def _start_role(self, children: list[Child], addresses_known: bool) -> None:
@@ -265,6 +219,7 @@ class Supervisor:
             started_at=self.started_at, version=cbctl.__version__, processes=entries,
             max_message_bytes=self.spec.max_message_bytes,
             auth=auth.AUTH_CURVE if self.spec.curve else auth.AUTH_NONE,
+            startup={**self.startup, "cluster_file": time.time()},
         ).write(self.home)
 
     # --- run -----------------------------------------------------------------------------------------
@@ -274,6 +229,9 @@ class Supervisor:
         poller.register(self.ready_sock, zmq.POLLIN)
         poller.register(self.control_sock, zmq.POLLIN)
         while not self.shutdown.requested:
+            if self.owner_gone():
+                log.warning("the process that owns this cluster (pid %d) is gone: stopping", self.spec.owner_pid)
+                break
             events = dict(poller.poll(100))
             if self.ready_sock in events:
                 self._on_ready_frames()
@@ -284,6 +242,11 @@ class Supervisor:
             if self.scaling is not None:
                 self.timers.run(self._advance_scale)
         self.stop()
+
+    def owner_gone(self) -> bool:
+        """Whether the owner (``ClusterSpec.owner_pid``), this process's parent, exited: an orphan is
+        re-parented, so the parent pid changes (one cheap syscall, no pid that could be reused)."""
+        return bool(self.spec.owner_pid) and os.getppid() != self.spec.owner_pid
 
     def _watch_children(self) -> None:
         now = time.time()
@@ -454,7 +417,9 @@ class Supervisor:
             child.state = "stopped"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, startup: dict[str, float] | None = None) -> None:
+    """Run the supervisor (``python -m cbctl.runtime.supervisor`` runs it, see ``__main__``); ``startup``: the
+    unix times of the entry point's steps before this, for the cluster file."""
     parser = argparse.ArgumentParser(description="cbctl supervisor (started by `cbctl up`)")
     parser.add_argument("--home", required=True)
     parser.add_argument("--spec", required=True, help="ClusterSpec as JSON")
@@ -469,6 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     (home / STARTUP_ERROR_FILE).unlink(missing_ok=True)
     try:
         supervisor = Supervisor(home, spec)
+        supervisor.startup.update(startup or {})
     except Exception as exc:  # e.g. its control socket cannot bind: `cbctl up` shows this file's text
         log.exception("start failed")
         (home / STARTUP_ERROR_FILE).write_text(str(exc))
@@ -483,5 +449,3 @@ def main(argv: list[str] | None = None) -> None:
     supervisor.run()
 
 
-if __name__ == "__main__":
-    main()
