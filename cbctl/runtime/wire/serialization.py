@@ -28,6 +28,7 @@ import, an unpickling that raises) raises ``DecodeError``, naming what failed an
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -91,6 +92,19 @@ def _pack(value: Any, buffers: list[Any] | None) -> bytes:
     return msgpack.packb(value, default=lambda v: _default(v, buffers), strict_types=True, use_bin_type=True)
 
 
+class _HasLargeBuffers(Exception):
+    """Raised by ``_Probe``: the value being packed has a buffer to send out of band."""
+
+
+class _Probe(list):
+    """The buffers list of ``encode``'s first attempt, which assumes the value has no large buffer (almost every
+    value): the first buffer ``_default`` would set aside stops the attempt, and ``encode`` starts again with a
+    real list."""
+
+    def append(self, _buffer: Any) -> None:
+        raise _HasLargeBuffers
+
+
 def _default(value: Any, buffers: list[Any] | None) -> msgpack.ExtType:
     if type(value) is _LargeBytes:
         buffers.append(value.data)
@@ -121,6 +135,8 @@ def _default(value: Any, buffers: list[Any] | None) -> msgpack.ExtType:
         return msgpack.ExtType(EXT_NDARRAY, msgpack.packb([header, raw]))
     return msgpack.ExtType(EXT_PICKLE, cloudpickle.dumps(value))
 
+
+_default_probing = functools.partial(_default, buffers=_Probe())
 
 #: numpy dtype kinds whose ``dtype.str`` and raw bytes are the whole value (structured ``V`` excepted, above)
 _RAW_KINDS = frozenset("biufcmMUSV")
@@ -211,13 +227,16 @@ def encode(value: Any, out_of_band: bool = True) -> bytes | Frames:
     logs is one ``bytes`` per value)."""
     if not out_of_band:
         return _pack(value, None)
-    buffers: list[Any] = []
     if type(value) is list:
         value = _marked(value)
     elif type(value) is bytes and len(value) >= OUT_OF_BAND_BYTES:
         value = _LargeBytes(value)
-    body = _pack(value, buffers)
-    return Frames([body, *buffers]) if buffers else body
+    try:  # the hot path: a small value, packed with no per-call closure
+        return msgpack.packb(value, default=_default_probing, strict_types=True, use_bin_type=True)
+    except _HasLargeBuffers:
+        buffers: list[Any] = []
+        body = _pack(value, buffers)
+        return Frames([body, *buffers])
 
 
 def inline(encoded: bytes | Frames) -> bytes:
