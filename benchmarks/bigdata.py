@@ -205,7 +205,9 @@ def ray_cases(array: np.ndarray) -> dict[str, Callable[[], Any]] | None:
 def run(sizes_mb: list[int], rounds: int, use_ray: bool) -> None:
     rows: list[dict[str, Any]] = []
     memory: dict[str, dict[str, float]] = {}
-    with temp_cluster(2) as home, tempfile.TemporaryDirectory(prefix="cbbig-") as tmp:
+    # a value's limit is on its serialised size: a 64 MB array is 64 MB and a few bytes of header
+    limit = ["--max-message-mb", str(max(sizes_mb) + 1)]
+    with temp_cluster(2, limit) as home, tempfile.TemporaryDirectory(prefix="cbbig-") as tmp:
         client = cbctl.connect(home)
         for fn in (nbytes, make, same1, same2):
             client.register(fn)
