@@ -28,6 +28,7 @@ from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     CALL_TIMEOUT_S,
     DEPLOY_IMPORT_TIMEOUT_S,
+    JOIN_TIMEOUT_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_ERROR_MESSAGE_CHARS,
@@ -288,8 +289,9 @@ def main(home: str | None) -> None:
                    "with MessageTooLarge).")
 @click.option("--verbose", "-v", is_flag=True, help="Also show where the start-up time went, phase by phase.")
 @click.option("--policy", "policy", multiple=True, metavar="KEY=VALUE",
-              help="Tune the placement policy (repeatable), e.g. backoff_window_s=2 scale_in_calm_s=5 "
-                   "locality=false; keys and defaults are in cbctl/runtime/defaults.py (POLICY_*).")
+              help="Tune the placement policy (repeatable), e.g. placement=cloudburst (Cloudburst's policy instead "
+                   "of placement by outstanding work) scale_in_calm_s=5 locality=false; keys and defaults are in "
+                   "cbctl/runtime/defaults.py (POLICY_*).")
 @home_option
 @handle_errors
 def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
@@ -330,6 +332,11 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
         click.echo(f"  {'phase':<38}{'took':>9} {'at':>9}")
         for name, took_s, at_s in lifecycle.startup_phases({**found.startup, **stamps}):
             click.echo(f"  {name:<38}{took_s * 1e3:>6.0f} ms {at_s * 1e3:>6.0f} ms")
+    if spec.curve and not lifecycle.is_loopback(spec.listen):
+        host = spec.listen.removeprefix("tcp://")
+        click.echo(f"other machines join it (or call it) with a copy of {home_path / 'cluster.json'} and "
+                   f"{home_path / 'keys'}; on each, run:\n  {lifecycle.copy_command(home_path, host)}\n"
+                   f"  cbctl join {found.scheduler_addresses[0]} --executors N")
     if foreground:
         console.print("running in the foreground: Ctrl-C stops it", markup=False)
         try:
@@ -387,6 +394,57 @@ def down(home: str | None) -> None:
 
 
 @main.command()
+@click.argument("head", metavar="tcp://HEAD:PORT")
+@click.option("--executors", type=int, default=None, help="CPU executors on this machine. [default: CPU count]")
+@click.option("--gpu-executors", type=int, default=0, show_default=True, help="GPU executors, one device each.")
+@click.option("--advertise", default=None, metavar="tcp://ADDR",
+              help="The address of this machine that the head and other hosts reach it at (executors bind random "
+                   "ports of it). [default: this machine's address on the route to the head]")
+@click.option("--name", default=None, help="This host's name: executors here are NAME/executor-N. [default: ADDR]")
+@click.option("--cache-mb", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Each executor's cache of store values, in MiB.")
+@click.option("--fake-gpus", type=int, default=0, envvar="CBCTL_FAKE_GPUS", help="For testing only (see `up`).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=JOIN_TIMEOUT_S, show_default=True,
+              help="Seconds to wait for the head's first answer before giving up.")
+@home_option
+@handle_errors
+def join(head: str, executors: int | None, gpu_executors: int, advertise: str | None, name: str | None,
+         cache_mb: int, fake_gpus: int, timeout: float, home: str | None) -> None:
+    """Join this machine to the cluster whose head listens at HEAD: start executors here that take its calls.
+
+    The home must hold copies of the head's cluster.json and keys/ directory (server.key, server.key_secret,
+    client.key, client.key_secret); `cbctl up --listen` on the head prints the command that copies them.
+    Returns once every executor here is registered with the head's schedulers. `cbctl leave` departs them.
+
+    Example: cbctl join tcp://10.0.0.1:7100 --executors 4 --advertise tcp://10.0.0.2
+    """
+    home_path = cluster.resolve_home(home)
+    spec = lifecycle.plan_join(home_path, head, os.cpu_count() or 1 if executors is None else executors,
+                               gpu_executors, advertise, name, fake_gpus, cache_mb, timeout)
+    started = time.monotonic()
+    proc = lifecycle.start_node(home_path, spec)
+    with console.status(f"joining {head}..."):
+        node = lifecycle.wait_until_joined(home_path, proc)
+    console.print(f"joined {head} as {node.host}: {len(node.executors)} executor(s) at {spec.advertise} in "
+                  f"{time.monotonic() - started:.1f} s", markup=False)
+
+
+@main.command()
+@home_option
+@handle_errors
+def leave(home: str | None) -> None:
+    """Take this machine's executors out of the cluster it joined: each finishes what it was sent (no call is
+    lost) and the head stops placing work here; returns when they are gone.
+
+    Example: cbctl leave
+    """
+    home_path = cluster.resolve_home(home)
+    with console.status("leaving the cluster..."):
+        node = lifecycle.leave(home_path)
+    console.print(f"{node.host} left {node.head} ({len(node.executors)} executor(s) stopped)", markup=False)
+
+
+@main.command()
 @click.option("--executors", type=int, required=True, help="CPU executors to run (0 only with GPU executors).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @home_option
@@ -431,11 +489,18 @@ def status(as_json: bool, home: str | None) -> None:
     if as_json:
         print_json({**report, "health": snap.health(snapshot)})
         return
-    table = new_table(f"cluster {report['home']}  up {report['uptime_s']:.0f} s",
-                      "process", "type", "pid", "address", "state", "uptime", "restarts")
+    from rich.table import Table
+
+    table = Table(title=f"cluster {report['home']}  up {report['uptime_s']:.0f} s")
+    # names and hosts whole (a script or a person greps them); the address gives way on a narrow terminal
+    for column, values in (("process", [p["name"] for p in report["processes"]]),
+                           ("host", [p.get("host", "") for p in report["processes"]])):
+        table.add_column(column, no_wrap=True, min_width=max(map(len, values), default=0))
+    for column in ("type", "pid", "address", "state", "uptime", "restarts"):
+        table.add_column(column)
     for p in report["processes"]:
-        table.add_row(p["name"], p["executor_type"] or p["role"], str(p["pid"]), p["address"], p["state"],
-                      f"{p['uptime_s']:.0f} s", str(p["restarts"]))
+        table.add_row(p["name"], p.get("host", ""), p["executor_type"] or p["role"], str(p["pid"]), p["address"],
+                      p["state"], f"{p['uptime_s']:.0f} s", str(p["restarts"]))
     console.print(table)
     for line in topview.health_lines(snapshot):
         console.print(line)
@@ -520,7 +585,8 @@ def get(key: str, as_json: bool, home: str | None) -> None:
 @home_option
 @handle_errors
 def logs(role: str, follow: bool, lines: int, home: str | None) -> None:
-    """Print the per-process logs; ROLE narrows them (store, scheduler, executor, executor-1, supervisor).
+    """Print the per-process logs; ROLE narrows them (store, scheduler, executor, executor-1, supervisor; node on
+    a joined host).
 
     Example: cbctl logs executor -f
     """

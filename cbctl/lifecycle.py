@@ -22,6 +22,7 @@ from cbctl.errors import CbctlError, ClusterAlreadyRunning, ClusterNotRunning, I
 from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     CLUSTER_FILE_POLL_S,
+    JOIN_TIMEOUT_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
@@ -33,6 +34,8 @@ from cbctl.runtime.supervisor.spec import ClusterSpec, count_gpus
 
 if TYPE_CHECKING:
     import psutil
+
+    from cbctl.runtime.supervisor.node import JoinSpec
 
 # psutil and zmq (through wire/auth) are imported where they are used: `cbctl up` of an ipc cluster in a fresh
 # home uses neither before the supervisor runs, and the command's imports are the first part of every start.
@@ -334,8 +337,11 @@ def stop_cluster(home: Path, timeout_s: float = 3 * SHUTDOWN_TIMEOUT_S + 10) -> 
     import psutil
 
     found = cluster.running_cluster(home)
+    if not found.is_local():
+        raise InvalidArgument(f"the cluster in {home} runs on another machine (its head, {found.head_host}): run "
+                              "`cbctl down` there; `cbctl leave` takes this machine's executors out of it")
     procs = []
-    for pid in [found.supervisor_pid] + [p.pid for p in found.processes]:
+    for pid in [found.supervisor_pid] + [p.pid for p in found.processes if not p.host]:
         try:
             procs.append(psutil.Process(pid))
         except psutil.Error:
@@ -393,3 +399,128 @@ def _running(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+# --- hosts: `cbctl join` and `cbctl leave` on a machine other than the head ---------------------------------
+
+#: What a joining machine needs from the head's home, relative to it: ``cbctl up --listen`` prints the command.
+JOIN_FILES = (cluster.CLUSTER_FILE, cluster.KEYS_DIR)
+
+
+def copy_command(home: Path, listen_host: str) -> str:
+    """The command that copies what a joining machine (or a remote client) needs, run on that machine."""
+    return (f"mkdir -p ~/.cbctl && scp -rp {listen_host}:{home}/{{{','.join(JOIN_FILES)}}} ~/.cbctl/ "
+            "&& chmod -R go= ~/.cbctl")
+
+
+def route_address(head: str) -> str:
+    """This machine's address on the route to ``head``: what the head's processes reach it at by default."""
+    parse_tcp_address(head, "the head address")
+    return cluster.address_towards(head)
+
+
+def parse_tcp_address(address: str, what: str) -> tuple[str, int]:
+    match = _LISTEN.fullmatch(address)
+    if match is None or not match["port"] or not 1 <= int(match["port"]) <= 65535:
+        raise InvalidArgument(f"{what} {address!r} must look like tcp://HOST:PORT (the head's scheduler port, as "
+                              "`cbctl up --listen` printed it)")
+    return match["host"].strip("[]"), int(match["port"])
+
+
+def plan_join(home: Path, head: str, executors: int, gpu_executors: int, advertise: str | None, name: str | None,
+              fake_gpus: int = 0, cache_mb: int = 64, timeout_s: float = JOIN_TIMEOUT_S) -> JoinSpec:
+    """Check that this machine can join ``head`` (a copy of its cluster file and keys here, no node running
+    here yet) and say in one line what is missing if not."""
+    from cbctl.runtime.supervisor.node import JoinSpec
+    from cbctl.runtime.wire import auth
+
+    parse_tcp_address(head, "the head address")
+    node = cluster.NodeFile.read(home)
+    if node is not None and node.alive():
+        raise ClusterAlreadyRunning(f"this machine joined {node.head} already from {home} (as {node.host}): "
+                                    "run `cbctl leave` first, or use another CBCTL_HOME")
+    found = cluster.ClusterFile.read(home)
+    if found is None:
+        raise InvalidArgument(f"{home / cluster.CLUSTER_FILE} is missing: copy the head's cluster.json and keys/ "
+                              f"into {home} (on the head, `cbctl up --listen` printed the command)")
+    if found.is_local():
+        raise InvalidArgument(f"{home} holds a cluster of this machine: join from another machine, with a copy of "
+                              "the head's cluster.json and keys/ in a home of its own")
+    if head not in found.scheduler_addresses:
+        raise InvalidArgument(f"{home / cluster.CLUSTER_FILE} is not the cluster at {head} (its schedulers are "
+                              f"{', '.join(found.scheduler_addresses)}): copy the head's current cluster.json again")
+    if found.auth != auth.AUTH_CURVE:
+        raise InvalidArgument("the head runs without keys (--no-auth, loopback only): other machines cannot join it; "
+                              "start it with `cbctl up --listen tcp://HOST:PORT`")
+    auth.load_keys(home)  # AuthenticationError saying what is missing
+    for flag, count in (("--executors", executors), ("--gpu-executors", gpu_executors)):
+        if count < 0:
+            raise InvalidArgument(f"{flag} {count} is negative: pass a count of executors")
+    if executors + gpu_executors == 0:
+        raise InvalidArgument("joining needs at least one executor: pass --executors N with N >= 1")
+    if gpu_executors > (fake_gpus or count_gpus()):
+        raise InvalidArgument(f"--gpu-executors {gpu_executors} asks for more GPUs than are visible here: lower it")
+    if advertise is None:
+        advertise = route_address(head)
+    else:
+        listen, port = parse_listen(advertise)
+        if port or not listen:
+            raise InvalidArgument(f"--advertise {advertise!r} must look like tcp://ADDR (no port: executors take "
+                                  "random ports of ADDR)")
+        advertise = listen
+    host = name or advertise.removeprefix("tcp://").strip("[]").replace(":", "-")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", host):
+        raise InvalidArgument(f"--name {host!r} must be letters, digits, '_', '.', '-' (up to 63): executors here "
+                              "are NAME/executor-N")
+    if host == found.head_host:
+        raise InvalidArgument(f"{host} is the head's own host name: pass --name")
+    return JoinSpec(head=head, advertise=advertise, host=host, executors=executors, gpu_executors=gpu_executors,
+                    fake_gpus=fake_gpus, cache_mb=cache_mb, timeout_s=timeout_s)
+
+
+def start_node(home: Path, spec: JoinSpec) -> subprocess.Popen:
+    """Start this machine's node supervisor (detached), with a private umask."""
+    command = [sys.executable, "-m", "cbctl.runtime.supervisor.node", "--home", str(home),
+               "--spec", json.dumps(asdict(spec))]
+    with private_umask():
+        cluster.secure_home(home)
+        (home / cluster.STARTUP_ERROR_FILE).unlink(missing_ok=True)
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_until_joined(home: Path, proc: subprocess.Popen,
+                      timeout_s: float = STARTUP_TIMEOUT_S + JOIN_TIMEOUT_S + 10) -> cluster.NodeFile:
+    """The node file once the node supervisor ``proc`` has joined and every executor is ready, or why not."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = cluster.NodeFile.read(home)
+        if found is not None and found.node_pid == proc.pid and found.executors and \
+                all(e.pid for e in found.executors):
+            return found
+        if proc.poll() is not None:
+            error_file = home / cluster.STARTUP_ERROR_FILE
+            reason = error_file.read_text().strip() if error_file.exists() else f"exit code {proc.returncode}"
+            raise CbctlError(f"could not join: {reason} (logs in {home / 'logs'})")
+        time.sleep(0.05)
+    proc.terminate()
+    raise CbctlError(f"this machine did not join within {timeout_s:.0f} s: see {home / 'logs'}")
+
+
+def leave(home: Path, timeout_s: float = SHUTDOWN_TIMEOUT_S + 15) -> cluster.NodeFile:
+    """Take this machine's executors out of the cluster gracefully (no call lost) and stop its node."""
+    node = cluster.NodeFile.read(home)
+    if node is None or not node.alive():
+        if node is not None:
+            (home / cluster.NODE_FILE).unlink(missing_ok=True)
+        raise ClusterNotRunning(f"this machine has not joined a cluster from {home}: nothing to leave")
+    import psutil
+
+    proc = psutil.Process(node.node_pid)
+    proc.terminate()
+    if wait_gone([proc], timeout_s):
+        proc.kill()
+        wait_gone([proc], 5)
+        raise CbctlError(f"the node supervisor (pid {node.node_pid}) did not stop within {timeout_s:.0f} s and was "
+                         f"killed: see {home / 'logs'}")
+    return node

@@ -265,6 +265,39 @@ POLICY_SILENCE_S = 5.0
 #: or one that did not register the DAG, waits for them instead of pinning a second time.
 POLICY_START_GRACE_S = 2.0
 
+#: The placement policy a scheduler runs unless `cbctl up --policy placement=...` says otherwise: "outstanding"
+#: (cbctl's: an idle executor first, then the fewest calls outstanding; cbctl/runtime/scheduler/placement.py) or
+#: "cloudburst" (Cloudburst's: locality, then the fewest calls placed in the last POLICY_CALL_WINDOW_S, with
+#: backoff from utilization reports; cbctl/runtime/scheduler/policy.py). See the README, "Placement".
+POLICY_PLACEMENT = "outstanding"
+
+#: The values ``placement`` may take.
+POLICY_PLACEMENTS = ("outstanding", "cloudburst")
+
+# --- load reports and work stealing (cbctl/runtime/scheduler/placement.py, cbctl/runtime/executor/stealing.py)
+
+#: Seconds per load report (ExecutorLoad) of one executor, on average. An executor reports when it turns idle,
+#: busy or backlogged; under a stream of short calls it flips thousands of times a second, so beyond this rate
+#: flips are folded into one report of the state when the next is allowed. 10 ms: far under the 1 s status
+#: interval, yet at most 100 reports a second per executor for a scheduler to read.
+LOAD_REPORT_MIN_INTERVAL_S = 0.01
+
+#: Seconds a scheduler assumes a step may take to reach its executor and the executor's load report to come back
+#: (a report folded by the rate above comes up to 10 ms late): a report counts the steps placed within this
+#: window on top of the executor's own count, unless their calls are known finished.
+LOAD_REPORT_WINDOW_S = 0.02
+
+#: Load reports an executor may send at once before the rate above applies: a call's busy and idle edges and
+#: a steal's, so that a burst of calls after a quiet spell is reported as it happens, not 10 ms late.
+LOAD_REPORT_BURST = 4
+
+#: Seconds an executor that asked a backlogged peer for a call (StealRequest) ignores further hints, so two
+#: hints in a row do not bring it two calls; the peer answers within a step boundary or a `cb.get`, or not at all.
+STEAL_WAIT_S = 0.2
+
+#: Steps an executor keeps in its step records when $CBCTL_RECORD_STEPS is set (tests and benchmarks only).
+STEP_RECORDS_KEPT = 100_000
+
 # --- executor departure (cbctl/runtime/executor/departure.py)
 
 #: Seconds a departing executor waits for every scheduler and peer executor to acknowledge that it is leaving
@@ -328,3 +361,20 @@ CLIENT_RESEND_CHECK_S = 0.5
 #: Seconds a command that found a crashed cluster (its supervisor gone) waits for the orphans it killed to be
 #: gone, so that `cbctl up` in the same home never meets one still holding the store's log or a socket.
 STALE_KILL_WAIT_S = 5.0
+
+
+# --- hosts (``cbctl join``) ------------------------------------------------------------------------------------
+
+#: Seconds between a node supervisor's heartbeats to the head. Small next to NODE_LOST_AFTER_S, so a few lost
+#: or late heartbeats (a busy head, a retransmitted packet) never look like a lost host.
+NODE_HEARTBEAT_S = 0.5
+
+#: Seconds without a heartbeat after which the head declares a joined host lost and has its calls dispatched
+#: again elsewhere; a lost host is detected within this plus one supervisor tick (0.1 s). Long enough to ride out
+#: a link that drops for 2 s: TCP retransmits what was sent meanwhile with a doubling timeout (0.2, 0.4, 0.8,
+#: 1.6 s), so the first heartbeat after such a drop can arrive about 3.5 s after the one before it. Short enough
+#: that a dead machine's calls move on within seconds.
+NODE_LOST_AFTER_S = 5.0
+
+#: Seconds `cbctl join` waits for the head to answer before it says the head is unreachable.
+JOIN_TIMEOUT_S = 15.0

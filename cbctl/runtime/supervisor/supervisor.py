@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,9 @@ from cbctl.errors import ProtocolError
 from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     EXECUTOR_RECYCLE_EXIT_CODE,
+    NODE_HEARTBEAT_S,
+    NODE_LOST_AFTER_S,
+    POLICY_PLACEMENT,
     RESTART_BACKOFF_FIRST_S,
     RESTART_BACKOFF_MAX_S,
     RESTARTS_PER_MINUTE,
@@ -41,11 +45,14 @@ from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag,
 from cbctl.runtime.supervisor import scaling
 from cbctl.runtime.supervisor.child import Child
 from cbctl.runtime.supervisor.forkserver import run_role, start_forkserver
+from cbctl.runtime.supervisor.nodes import NodeTable
 from cbctl.runtime.supervisor.spec import ClusterSpec
 from cbctl.runtime.wire import auth, limits
 from cbctl.runtime.wire.messages import (
     ControlResponse,
     ExecutorLost,
+    NodeAck,
+    NodeHeartbeat,
     ProcessReady,
     SupervisorRequest,
     unpack,
@@ -92,6 +99,9 @@ class Supervisor:
         self.scaling: scaling.ScaleOperation | None = None  # a `cbctl scale` under way
         self.highest_executor_index = -1  # executor indices are never reused (see scaling.py)
         self.scheduler_socks: list[zmq.Socket] = []  # DEALERs to the schedulers, for ExecutorLost
+        # the host this supervisor's executors are on, as ids and `cbctl top` name it; and the joined hosts
+        self.host = spec.listen.removeprefix("tcp://").strip("[]") if spec.listen else socket.gethostname()
+        self.nodes = NodeTable(NODE_LOST_AFTER_S, self.host)
 
     # --- start ---------------------------------------------------------------------------------------
 
@@ -191,7 +201,9 @@ class Supervisor:
         options: dict[str, Any] = {"executor_type": executor_type, "cache_mb": self.spec.cache_mb,
                                    "max_batch": self.spec.max_batch,
                                    "max_continuations": self.spec.max_continuations,
-                                   "memory_limit_mb": self.spec.executor_memory_mb}
+                                   "memory_limit_mb": self.spec.executor_memory_mb,
+                                   # load reports serve placement by outstanding work only (placement.py)
+                                   "load_reports": self.spec.policy.get("placement", POLICY_PLACEMENT) != "cloudburst"}
         if executor_type == "gpu":
             # set before user code runs in the child, so frameworks see exactly one device
             options["env"] = {"CUDA_VISIBLE_DEVICES": str(device)}
@@ -211,7 +223,7 @@ class Supervisor:
             cluster.ProcessEntry(c.config.role, c.config.index, c.pid, c.address, c.started_at, c.restarts,
                                  c.config.options.get("executor_type", ""))
             for c in self.children.values() if c.state != "stopped"
-        ]
+        ] + self.nodes.process_entries()
         cluster.ClusterFile(
             home=str(self.home), supervisor_pid=me.pid, supervisor_create_time=me.create_time(),
             control_address=self.control_address, store_address=self.children["store-0"].address,
@@ -219,6 +231,7 @@ class Supervisor:
             started_at=self.started_at, version=cbctl.__version__, processes=entries,
             max_message_bytes=self.spec.max_message_bytes,
             auth=auth.AUTH_CURVE if self.spec.curve else auth.AUTH_NONE,
+            pid_space=cluster.pid_space(), head_host=self.host,
             startup={**self.startup, "cluster_file": time.time()},
         ).write(self.home)
 
@@ -239,6 +252,8 @@ class Supervisor:
             if self.control_sock in events:
                 self._on_control_frames()
             self.timers.run(self._watch_children)
+            if self.nodes.nodes:
+                self.timers.run(self._watch_nodes)
             if self.scaling is not None:
                 self.timers.run(self._advance_scale)
         self.stop()
@@ -267,7 +282,7 @@ class Supervisor:
                     child.state = "failed"
                     log.error("%s died %d times in a minute: not restarting it", child.config.name, recent)
                     if child.config.role == "executor":  # its calls still go elsewhere
-                        self._tell_schedulers(ExecutorLost(child.config.name, child.address, child.pid,
+                        self._tell_schedulers(ExecutorLost(self.executor_id(child), child.address, child.pid,
                                                            f"exited with code {code}, not restarted"))
                     continue
                 if now - child.started_at > 30:
@@ -277,7 +292,7 @@ class Supervisor:
                 log.warning("%s (pid %d) exited with code %s: restarting in %.1f s",
                             child.config.name, child.pid, code, child.backoff)
                 if child.config.role == "executor":
-                    self._tell_schedulers(ExecutorLost(child.config.name, child.address, child.pid,
+                    self._tell_schedulers(ExecutorLost(self.executor_id(child), child.address, child.pid,
                                                        f"exited with code {code}"))
                 child.backoff = min(child.backoff * 2, RESTART_BACKOFF_MAX_S)
             elif child.state == "restarting" and now >= child.restart_at:
@@ -287,16 +302,53 @@ class Supervisor:
         if changed:
             self.write_cluster_file()
 
+    def scheduler_addresses(self) -> list[str]:
+        return [c.address for c in self.children.values() if c.config.role == "scheduler" and c.address]
+
+    def executor_id(self, child: Child) -> str:
+        """The id an executor child goes by (``executor-N`` on the head)."""
+        return child.config.name
+
+    def _watch_nodes(self) -> None:
+        """Timer work: a joined host silent past ``NODE_LOST_AFTER_S`` is lost, and so is every executor on it."""
+        gone = self.nodes.expire(time.monotonic())
+        for host, lost in gone:
+            log.warning("host %s sent no heartbeat for %.0f s: lost, with its %d executor(s)", host,
+                        NODE_LOST_AFTER_S, len(lost))
+            for message in lost:
+                self._tell_schedulers(message)
+        if gone:
+            self.write_cluster_file()
+
+    def _on_heartbeat(self, envelope: list[bytes], beat: NodeHeartbeat) -> None:
+        known = beat.host in self.nodes.nodes
+        try:
+            verdict = self.nodes.on_heartbeat(beat, time.monotonic())
+        except (ValueError, TypeError) as exc:
+            self.protocol_errors += 1
+            rejected.warning("dropped a malformed heartbeat from %s: %s", beat.host, exc)
+            return
+        for message in verdict.lost:
+            self._tell_schedulers(message)
+        if verdict.changed:
+            self.write_cluster_file()
+            if beat.leaving:
+                log.info("host %s left", beat.host)
+            elif not known:
+                log.info("host %s joined (node supervisor pid %d)", beat.host, beat.node_pid)
+        file_text = (self.home / cluster.CLUSTER_FILE).read_text() if verdict.accepted else ""
+        reply = NodeAck(beat.seq, verdict.accepted, verdict.reason, file_text)
+        self.control_sock.send_multipart([*envelope, reply.pack()])
+
     def _tell_schedulers(self, message: ExecutorLost) -> None:
         """At once, not with the next status interval: the calls that the dead executor held are dispatched
         again by the schedulers (see retries.py). A scheduler that is down misses it; it checks the pids of
         the executors it knows on its timer as well."""
         if not self.scheduler_socks:
-            for child in self.children.values():
-                if child.config.role == "scheduler" and child.address:
-                    sock = new_socket(self.context, zmq.DEALER)
-                    auth.connect(sock, child.address)  # with the cluster's keys on TCP, or CURVE refuses it
-                    self.scheduler_socks.append(sock)
+            for address in self.scheduler_addresses():
+                sock = new_socket(self.context, zmq.DEALER)
+                auth.connect(sock, address)  # with the cluster's keys on TCP, or CURVE refuses it
+                self.scheduler_socks.append(sock)
         frame = message.pack()
         for sock in self.scheduler_socks:
             try:
@@ -308,6 +360,9 @@ class Supervisor:
         for parts in drain(self.control_sock):
             try:
                 request = unpack(parts[-1])
+                if isinstance(request, NodeHeartbeat):
+                    self._on_heartbeat(parts[:-1], request)
+                    continue
                 if not isinstance(request, SupervisorRequest):
                     raise ProtocolError(f"the supervisor does not serve {type(request).__name__}")
             except ProtocolError as exc:
@@ -373,13 +428,24 @@ class Supervisor:
                 "uptime_s": round(now - child.started_at, 1) if child.state == "ready" else 0.0,
                 "restarts": child.restarts, "recycles": child.recycles,
                 "executor_type": child.config.options.get("executor_type", ""),
-                "cpu_percent": cpu, "rss_bytes": rss,
+                "cpu_percent": cpu, "rss_bytes": rss, "host": self.host,
             })
+        hosts = self.nodes.status(time.monotonic())
+        for node in hosts:  # a joined host's executors, as its last heartbeat listed them (no CPU or memory)
+            for e in node["executors"]:
+                processes.append({
+                    "name": e["name"], "role": "executor", "index": e["index"], "pid": e["pid"],
+                    "address": e["address"], "state": e["state"],
+                    "uptime_s": round(now - e["started_at"], 1) if e["state"] == "ready" else 0.0,
+                    "restarts": e["restarts"], "recycles": 0, "executor_type": e["executor_type"], "cpu_percent": None,
+                    "rss_bytes": None, "host": node["host"],
+                })
         live = {child.pid for child in self.children.values()}
         self._ps = {pid: proc for pid, proc in self._ps.items() if pid in live}  # forget restarted pids
         return {"home": str(self.home), "uptime_s": round(now - self.started_at, 1),
                 "supervisor_pid": os.getpid(), "protocol_errors": self.protocol_errors,
-                "processes": processes}
+                "processes": processes, "host": self.host,
+                "hosts": [{k: v for k, v in node.items() if k != "executors"} for node in hosts]}
 
     # --- stop ----------------------------------------------------------------------------------------
 
@@ -389,6 +455,7 @@ class Supervisor:
             reply = ControlResponse(self.scaling.req_id, False, None, "CbctlError", "the cluster is stopping")
             self.control_sock.send_multipart([*self.scaling.envelope, reply.pack()])
             self.scaling = None
+        self._dismiss_nodes()
         for role in ("executor", "scheduler", "store"):
             self._stop_role(role)
         cluster.remove_cluster_file(self.home)
@@ -398,6 +465,27 @@ class Supervisor:
         self.control_sock.close()
         self.context.term()
         log.info("cluster stopped")
+
+    def _dismiss_nodes(self) -> None:
+        """Answer each joined host's next heartbeat with "stopping", so its executors depart (gracefully, while
+        the schedulers still run) and its node supervisor exits: a stopped head's keys and ports die with it.
+        Waits at most two heartbeat intervals; a host that misses it leaves when its heartbeats go unanswered."""
+        waiting = set(self.nodes.nodes)
+        deadline = time.monotonic() + 2 * NODE_HEARTBEAT_S + 0.2
+        while waiting and time.monotonic() < deadline:
+            if not self.control_sock.poll(50):
+                continue
+            for parts in drain(self.control_sock):
+                try:
+                    beat = unpack(parts[-1])
+                except ProtocolError:
+                    continue
+                if isinstance(beat, NodeHeartbeat):
+                    waiting.discard(beat.host)
+                    reply = NodeAck(beat.seq, False, "stopping: `cbctl down` on the head", "")
+                    self.control_sock.send_multipart([*parts[:-1], reply.pack()])
+        if waiting:
+            log.warning("joined host(s) %s did not hear that the cluster stops", ", ".join(sorted(waiting)))
 
     def _stop_role(self, role: str) -> None:
         children = [c for c in self.children.values() if c.config.role == role and c.process is not None]

@@ -84,9 +84,14 @@ def remove_keys(home: Path) -> None:
 
 def load_keys(home: Path) -> CurveKeys:
     """The keys of the cluster in ``home``, or ``AuthenticationError`` saying how to get them."""
+    return load_keys_from(keys_dir(home), home)
+
+
+def load_keys_from(directory: Path, home: Path | None = None) -> CurveKeys:
+    """The keys in ``directory`` (a copy of a cluster's ``keys/``), or ``AuthenticationError``."""
     import zmq.auth
 
-    directory = keys_dir(home)
+    home = home if home is not None else directory
     try:
         server_public, server_secret = zmq.auth.load_certificate(directory / "server.key_secret")
         client_public, client_secret = zmq.auth.load_certificate(directory / "client.key_secret")
