@@ -35,6 +35,7 @@ from cbctl.runtime import cluster, consistency, multiexec, registry, step_record
 from cbctl.runtime.continuation import DEPTH_KEY
 from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
 from cbctl.runtime.defaults import (
+    AUTOSCALE_PARK_S,
     DISPATCH_WAIT_S,
     FUNCTION_VERSION_KEEP_S,
     MAX_MESSAGE_BYTES,
@@ -61,6 +62,7 @@ from cbctl.runtime.process import (
 )
 from cbctl.runtime.retries import ATTEMPT_KEY, InFlightCall, InFlightTable, with_attempt
 from cbctl.runtime.scheduler import triggers
+from cbctl.runtime.scheduler.load_report import LoadReporter
 from cbctl.runtime.scheduler.placement import new_policy
 from cbctl.runtime.scheduler.policy import ExecutorView, PinAction, PolicySettings, host_of
 from cbctl.runtime.store_client import StoreClient
@@ -68,6 +70,7 @@ from cbctl.runtime.wire import limits
 from cbctl.runtime.wire.messages import (
     TRIGGER_DEPTH_EXTRA,
     AddTrigger,
+    AutoscaleMode,
     CallAborted,
     CallMoved,
     CallRequest,
@@ -170,6 +173,10 @@ class Scheduler:
         self.rates = RateWindow(RATE_WINDOW_S, RATE_SAMPLE_S)
         self.name_rates = RateWindow(RATE_WINDOW_S, RATE_SAMPLE_S)
         self.statuses: dict[str, tuple[ExecutorStatus, float]] = {}
+        # autoscaling: whether the supervisor may start CPU executors on demand (a CPU call with none then waits
+        # for one), and the load reports it decides from (set by main once the context exists)
+        self.executors_may_start = bool(config.options.get("autoscale"))
+        self.load_reporter: LoadReporter | None = None
         self.refresh_registry()
 
     # --- registry --------------------------------------------------------------------------------------
@@ -249,9 +256,14 @@ class Scheduler:
                                      request.call_id).address
         except NoExecutorAvailable as exc:
             deadline = wait_until or self.wait_for_executors_until
+            starting = self.executors_may_start and not any(plan.gpu.values())
+            if starting and not wait_until:
+                deadline = max(deadline, time.monotonic() + AUTOSCALE_PARK_S)  # the autoscaler starts one
             if time.monotonic() < deadline:
                 self.parked.append(ParkedCall(request, depth, attempt, deadline, lost))
                 self.parked_ids.add(request.call_id)
+                if starting and self.load_reporter is not None:
+                    self.load_reporter.send_now(self.statuses, len(self.parked))
                 return
             self.counters["dispatch_errors"] += 1
             self.reject(request, CallLost(f"{lost}; no executor came back within {DISPATCH_WAIT_S:.0f} s to run "
@@ -337,6 +349,18 @@ class Scheduler:
                                                        "its process is gone"))
             except Exception as exc:  # one bad entry must not cost the others their check, nor end the timer
                 self.timers.failed(f"checking executor {view.executor_id}", exc)
+
+    def report_load(self) -> None:
+        """Timer work: the load report the head's supervisor autoscales from (load_report.py)."""
+        if self.load_reporter is not None:
+            outstanding = {v.executor_id: v.outstanding for v in self.policy.executors.values()}
+            self.load_reporter.send(self.statuses, len(self.parked), outstanding=outstanding)
+
+    def on_autoscale_mode(self, mode: AutoscaleMode) -> None:
+        if mode.enabled != self.executors_may_start:
+            log.info("autoscaling %s: a CPU call with no executor %s", "on" if mode.enabled else "off",
+                     "waits for one to start" if mode.enabled else "fails at once")
+        self.executors_may_start = mode.enabled
 
     def update_policy(self) -> None:
         """Timer work: the policy's periodic update, and the pins and unpins it decides; steal hints again for
@@ -622,6 +646,8 @@ class Scheduler:
             self.on_call_moved(message)
         elif kind is ExecutorLost:
             self.on_executor_lost(message)
+        elif kind is AutoscaleMode:
+            self.on_autoscale_mode(message)
         elif kind in self.CONTROL:
             try:
                 reply = ControlResponse(message.req_id, True, self.CONTROL[kind](self, message))
@@ -667,6 +693,8 @@ def main(config: ProcessConfig) -> None:
     sock.setsockopt(zmq.MAXMSGSIZE, limits.backstop_bytes(config.options.get(limits.OPTION, MAX_MESSAGE_BYTES)))
     address = scheduler.address = config.bind(sock)
     report_ready(context, config, address)
+    if config.supervisor_address:
+        scheduler.load_reporter = LoadReporter(context, config.supervisor_address, config.name)
     refresh_store = StoreClient(context, config.store_address, writer_id=config.name,
                                 request_timeout_s=REGISTRY_REFRESH_TIMEOUT_S, retry_budget_s=0.0)
     freeze_startup_heap()
@@ -690,6 +718,8 @@ def main(config: ProcessConfig) -> None:
             if scheduler.parked:
                 timers.run(scheduler.retry_parked)  # those past their deadline fail now
             timers.run(scheduler.update_policy)
+        if scheduler.load_reporter is not None and now >= scheduler.load_reporter.next_due:
+            scheduler.timers.run(scheduler.report_load)
         if now >= next_refresh:
             next_refresh = now + REGISTRY_REFRESH_S
             try:
@@ -706,6 +736,8 @@ def main(config: ProcessConfig) -> None:
     sock.setsockopt(zmq.LINGER, int(STOP_LINGER_S * 1000))
     sock.close()
     refresh_store.close()
+    if scheduler.load_reporter is not None:
+        scheduler.load_reporter.close()
     scheduler.peers.close(linger_s=STOP_LINGER_S)
     store.close()
     context.term()

@@ -601,3 +601,27 @@ class NothingToSteal(Message):
     it ran it meanwhile): the thief reports itself idle again, so no scheduler keeps counting it busy."""
 
     victim: Address
+
+
+# --- autoscaling (kinds 140-149; see supervisor/autoscaler.py and supervisor/autoscaling.py) -----------------
+
+
+@message(140)
+class LoadReport(Message):
+    """Scheduler -> the head's supervisor (to its ready socket), every ``AUTOSCALE_REPORT_INTERVAL_S``, and at once
+    when a call parks for lack of a CPU executor while the cluster autoscales: what the autoscaler decides from.
+    ``executors`` is, per live CPU executor the scheduler hears from, ``[utilization, queue_length]`` from its
+    latest status; ``parked`` the calls this scheduler holds because no CPU executor runs."""
+
+    scheduler: str
+    executors: dict[str, list[float]]
+    parked: Count
+
+
+@message(141)
+class AutoscaleMode(Message):
+    """The supervisor -> every scheduler: whether CPU executors may be started on demand (the cluster autoscales
+    with MAX > 0). While they may, a CPU call that finds no executor waits for one (``AUTOSCALE_PARK_S``) instead
+    of failing at once."""
+
+    enabled: bool
