@@ -65,6 +65,13 @@ CALL_TIMEOUT_S = 60.0
 #: larger value could not be cached anyway; bigger data belongs in files whose paths travel instead.
 MAX_MESSAGE_BYTES = 64 << 20
 
+#: Smallest numpy array buffer or bytes value, in bytes, that travels as a zmq frame of its own instead of inside
+#: its message's msgpack body (``wire/serialization.py``, ``wire/frames.py``). Below it, copying the bytes into the
+#: one frame costs less than a frame's own overhead; measured with ``python -m benchmarks.bigdata --threshold`` (one
+#: ipc hop, loaded 2-core machine): inline wins by about 20 us at 64 KiB, the two forms cost the same at 128 KiB,
+#: and at 256 KiB inline costs milliseconds (each copy is a fresh mmap'd allocation, page faults and all).
+OUT_OF_BAND_BYTES = 128 << 10
+
 #: Longest error message and traceback text, in characters, that a failed call carries to its caller (and the CLI
 #: prints). A function may raise with a 50 MB message; the caller gets the head (and the traceback its head and
 #: tail, where the raising line is), with a note naming the executor log that has the whole text.

@@ -63,7 +63,7 @@ class StoreAccess:
         return reveal_encoded(key, lattice)
 
     def put(self, key: str, value: Any) -> None:
-        self.put_lattice(key, self.new_lww(serialization.encode(value)))
+        self.put_lattice(key, self.new_lww(serialization.encode(value, out_of_band=False)))
 
     def new_lww(self, encoded: bytes) -> LWWLattice:
         return LWWLattice(time.time_ns(), self.writer_id, encoded)

@@ -157,7 +157,9 @@ class Scheduler:
         self.dags: dict[str, registry.DagRecord] = {}
         self.plans: dict[str, CallPlan] = {}
         self.counters = {"calls": 0, "dag_calls": 0, "dispatch_errors": 0, "protocol_errors": 0,
-                         "executors_lost": 0, "retried_calls": 0, "lost_calls": 0, "duplicate_calls": 0}
+                         "executors_lost": 0, "retried_calls": 0, "lost_calls": 0, "duplicate_calls": 0,
+                         "out_of_band_bytes": 0}  # values forwarded unread, as frames of their own (wire/frames.py)
+        self.largest_parsed = 0  # bytes of the largest frame this scheduler parsed: it never reads a large value
         # crash semantics (retries.py): the calls dispatched, those waiting for an executor, the dead
         # processes whose late statuses are ignored, and until when a call nobody can take waits for one
         self.in_flight = InFlightTable()
@@ -519,7 +521,8 @@ class Scheduler:
         return {
             "scheduler": self.config.name,
             "uptime_s": time.time() - self.started,
-            "counters": dict(self.counters, dropped_sends=self.peers.dropped, frames_sent=self.peers.sent),
+            "counters": dict(self.counters, dropped_sends=self.peers.dropped, frames_sent=self.peers.sent,
+                             largest_parsed_bytes=self.largest_parsed),
             "rates": self.rates.rates(now, self.counters),
             "name_calls": dict(self.name_calls),
             "name_rates": self.name_rates.rates(now, self.name_calls),
@@ -610,13 +613,21 @@ class Scheduler:
         DescribeCluster: on_describe_cluster,
     }
 
-    def handle(self, sock: zmq.Socket, parts: list[bytes]) -> None:
+    def handle(self, sock: zmq.Socket, parts: list[Any]) -> None:
+        frame = parts[-1]
+        if type(frame) is list:  # a multi-frame message: the scheduler parses its header, and forwards the rest
+            self.counters["out_of_band_bytes"] += sum(len(f) for f in frame[1:])
+            parsed = len(frame[0])
+        else:
+            parsed = len(frame)
+        if parsed > self.largest_parsed:
+            self.largest_parsed = parsed
         try:
-            message: Message = unpack(parts[-1])
+            message: Message = unpack(frame)
         except ProtocolError as exc:
             self.counters["protocol_errors"] += 1
             rejected.warning("dropped a bad frame: %s", exc)
-            refusal = version_refusal(parts[-1], "the scheduler")  # a peer of another version is told why
+            refusal = version_refusal(frame, "the scheduler")  # a peer of another version is told why
             if refusal is not None:
                 sock.send_multipart([*parts[:-1], refusal])
             return
