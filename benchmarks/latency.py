@@ -1,7 +1,7 @@
 """Call latency and throughput of the DAG call path, next to a raw pyzmq relay measured in the same run.
 
     python -m benchmarks.latency [--calls 2000] [--throughput-calls 3000] [--rounds 10] [--executors 2]
-                                 [--listen tcp://127.0.0.1 [--no-auth]]
+                                 [--listen tcp://127.0.0.1 [--no-auth]] [--store redis://HOST:PORT]
 
 Cases, on a fresh cluster in a temporary home:
 - ``noop``: one function that returns its argument (client -> scheduler -> executor -> client);
@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--executors", type=int, default=2, help="Executors of the cluster.")
     parser.add_argument("--listen", default="", help="Run the cluster on TCP (e.g. tcp://127.0.0.1), not ipc.")
     parser.add_argument("--no-auth", action="store_true", help="With --listen: plain TCP, without CURVE.")
+    parser.add_argument("--store", default="", help="The cluster's store: a redis:// or redis+cluster:// URL "
+                                                    "(default: the embedded store).")
     parser.add_argument("--hosts", type=int, choices=(1, 2), default=1,
                         help="2: executors on a second host of network namespaces (root only; see above).")
     parser.add_argument("--in-lab", nargs=3, metavar=("HOME", "RELAY", "REPLY"), help=argparse.SUPPRESS)
@@ -270,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     cluster_args = (["--listen", args.listen] if args.listen else []) + (["--no-auth"] if args.no_auth else [])
+    cluster_args += ["--store", args.store] if args.store else []
     with tempfile.TemporaryDirectory(prefix="cbrelay-") as tmp, temp_cluster(args.executors, cluster_args) as home, \
             cbctl.connect(home) as client:
         deploy(client)
@@ -290,6 +293,7 @@ def report(args: argparse.Namespace, floor: Measured, cases: dict[str, Measured]
     met = chain["x_floor"] <= TARGET_RATIO and chain["p99_us"] < TARGET_P99_US
     print_report("call latency (us) and throughput (calls/s)", [floor_row, *rows], {
         "executors": args.executors, "calls": args.calls, "cpus": os.cpu_count(), "hosts": args.hosts,
+        "store": args.store.split("@")[-1] if args.store else "embedded",
         "transport": transport,
         "target": {"chain_x_floor": TARGET_RATIO, "chain_p99_us": TARGET_P99_US}, "target_met": met,
     })

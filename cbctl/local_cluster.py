@@ -219,20 +219,20 @@ def local(executors: int | None = None, *, home: str | os.PathLike[str] | None =
           durability: str = "batch", cache_mb: int = 64, fake_gpus: int = 0, max_batch: int = MAX_BATCH,
           max_continuations: int = MAX_CONTINUATIONS, max_message_mb: int = MAX_MESSAGE_BYTES >> 20,
           policy: Mapping[str, Any] | Iterable[str] = (), max_trigger_depth: int = MAX_TRIGGER_DEPTH,
-          executor_memory_mb: int = 0) -> LocalCluster:
+          executor_memory_mb: int = 0, store: str = "") -> LocalCluster:
     """A cluster for the life of a ``with`` block: ``with cbctl.local(executors=2) as client: ...``.
 
     The keywords are ``cbctl up``'s options (``executors`` defaults to the CPU count, ``gpu_executors`` to
-    the GPUs found; ``policy`` takes ``{"locality": False}`` or ``["locality=false"]``). The cluster lives
-    in a private temporary home that is removed afterwards, or in ``home`` (kept, with its logs and data).
-    On leaving the block, by an exception or Ctrl-C too, or at the interpreter's exit if the block is never
-    left, every process of the cluster is stopped. ``start()``/``close()`` do the same without a block.
+    the GPUs found; ``policy`` takes ``{"locality": False}`` or ``["locality=false"]``; ``store`` a Redis URL).
+    The cluster lives in a private temporary home that is removed afterwards, or in ``home`` (kept, with its
+    logs and data). On leaving the block, by an exception or Ctrl-C too, or at the interpreter's exit if the
+    block is never left, every process of the cluster is stopped. ``start()``/``close()`` do the same without a block.
     """
     options = {"executors": executors, "gpu_executors": gpu_executors, "schedulers": schedulers,
                "listen": listen, "no_auth": no_auth, "durability": durability, "cache_mb": cache_mb,
                "fake_gpus": fake_gpus, "max_batch": max_batch, "max_continuations": max_continuations,
                "max_message_mb": max_message_mb, "policy": policy, "max_trigger_depth": max_trigger_depth,
-               "executor_memory_mb": executor_memory_mb}
+               "executor_memory_mb": executor_memory_mb, "store": store}
     return LocalCluster(home, options)
 
 

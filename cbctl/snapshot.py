@@ -15,11 +15,13 @@ from typing import Any
 
 import zmq
 
-from cbctl.errors import ClusterNotRunning, ProtocolError
+from cbctl.errors import CbctlError, ClusterNotRunning, ProtocolError
 from cbctl.runtime import cluster
 from cbctl.runtime.defaults import TOP_REQUEST_TIMEOUT_S, TOP_SILENT_AFTER_S, TOP_SORT_KEYS
 from cbctl.runtime.metrics import merge_histograms, percentile_us
 from cbctl.runtime.process import new_socket
+from cbctl.runtime.redis_store import url as redis_url
+from cbctl.runtime.stores import connect_store
 from cbctl.runtime.wire import auth
 from cbctl.runtime.wire.messages import (
     ClusterInfoRequest,
@@ -53,6 +55,7 @@ class ClusterProbe:
         self._sockets: dict[str, zmq.Socket] = {}  # by address; kept across snapshots
         self._watches: dict[str, auth.HandshakeWatch | None] = {}  # by address: did it refuse our keys?
         self._ids = itertools.count(1)
+        self._redis: Any = None  # a RedisStoreClient, for a cluster whose store is Redis
 
     def _socket(self, address: str) -> zmq.Socket:
         sock = self._sockets.get(address)
@@ -71,11 +74,15 @@ class ClusterProbe:
             self._cluster_started_at = found.started_at
         req_id = next(self._ids)
         scheduler_names = {p.address: f"{p.role}-{p.index}" for p in found.processes if p.role == "scheduler"}
-        asked: dict[str, str] = {found.control_address: "supervisor", found.store_address: "store"}
+        on_redis = redis_url.is_store_url(found.store_address)  # no store process: INFO from Redis itself
+        asked: dict[str, str] = {found.control_address: "supervisor"}
+        if not on_redis:
+            asked[found.store_address] = "store"
         for address in found.scheduler_addresses:
             asked[address] = scheduler_names.get(address, address)
         self._socket(found.control_address).send(SupervisorRequest(req_id, "status").pack())
-        self._socket(found.store_address).send(StoreStatsRequest(req_id).pack())
+        if not on_redis:
+            self._socket(found.store_address).send(StoreStatsRequest(req_id).pack())
         for address in found.scheduler_addresses:
             self._socket(address).send(ClusterInfoRequest(req_id).pack())
         answers: dict[str, Any] = {}
@@ -119,8 +126,21 @@ class ClusterProbe:
             "home": str(self.home),
             "supervisor": answers[found.control_address],
             "schedulers": {asked[a]: answers.get(a) for a in found.scheduler_addresses},
-            "store": answers.get(found.store_address),
+            "store": self._redis_stats(found) if on_redis else answers.get(found.store_address),
         }
+
+    def _redis_stats(self, found: cluster.ClusterFile) -> dict[str, Any] | None:
+        """The store row from Redis INFO (None when Redis does not answer within the snapshot's timeout)."""
+        if self._redis is None:
+            try:
+                self._redis = connect_store(self._context, redis_url.resolve_address(self.home, found.store_address),
+                                            "top", request_timeout_s=self.timeout_s, retry_budget_s=0.0)
+            except CbctlError:
+                return None
+        try:
+            return self._redis.stats()
+        except CbctlError:
+            return None
 
     def _forget_sockets(self) -> None:
         for watch in self._watches.values():
@@ -133,6 +153,9 @@ class ClusterProbe:
 
     def close(self) -> None:
         self._forget_sockets()
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
         self._context.term()
 
     def __enter__(self) -> ClusterProbe:
@@ -210,12 +233,14 @@ def build_snapshot(raw: Mapping[str, Any], now: float | None = None) -> dict[str
         "functions": functions,
         "dags": dags,
         "store": None if store is None else {
+            "backend": store.get("backend", "embedded"),
             "keys": store.get("keys"), "bytes": store.get("bytes"), "log_bytes": store.get("log_bytes"),
             "snapshot_bytes": store.get("snapshot_bytes"), "ops_per_s": store.get("ops_per_s"),
             "gets": store.get("gets"), "puts": store.get("puts"), "deletes": store.get("deletes"),
             "ephemeral_keys": store.get("ephemeral_keys"), "ephemeral_bytes": store.get("ephemeral_bytes"),
         },
         "policy": answered[0].get("policy") if answered else None,
+        "autoscale": supervisor.get("autoscale"),
     }
 
 

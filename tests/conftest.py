@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -21,6 +22,9 @@ from tests.leftovers import cluster_processes, describe, kill_all, processes_nam
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
+#: The store backends a module that touches the store runs its tests on: it overrides ``store_backend`` with
+#: ``@pytest.fixture(scope="module", params=STORE_BACKENDS)``.
+STORE_BACKENDS = ["embedded", "redis"]
 #: Homes whose fixture (``start_cluster``, ``module_cluster``) stops them at its own teardown.
 FIXTURE_HOMES: set[Path] = set()
 #: Homes a test ran `cbctl up` in itself (most expect a refusal): ``stop_stray_clusters`` stops them after it.
@@ -40,11 +44,30 @@ def run_cli(home: Path, *args: str, timeout: float = 60, check: bool = False,
     return result
 
 
+@contextlib.contextmanager
+def store_server(backend: str, directory: Path) -> Iterator[tuple[tuple[str, ...], object]]:
+    """``cbctl up`` arguments for ``backend`` and the server behind them: nothing for the embedded store; a
+    fresh redis-server of its own for "redis" (a new cluster must not see an earlier one's data, as a new home
+    does not), stopped on exit."""
+    if backend == "embedded":
+        yield (), None
+        return
+    from tests.redis_servers import RedisServer, require_redis
+
+    require_redis()
+    server = RedisServer(directory).start()
+    try:
+        yield ("--store", server.url), server
+    finally:
+        server.stop()
+
+
 class RunningCluster:
     """A cluster started by the ``cluster`` fixture; ``client()`` connects, ``cli()`` runs commands."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, redis: object = None) -> None:
         self.home = home
+        self.redis = redis  # the RedisServer behind a cluster on a Redis store (None: the embedded store)
         self.seen: dict[int, psutil.Process] = {}  # every process its cluster file named: teardown stops them all
         self._clients: list[cbctl.Client] = []
 
@@ -184,24 +207,35 @@ def stop_stray_clusters() -> Iterator[None]:
         stop_everything(_stray_homes.pop())
 
 
+@pytest.fixture(scope="module")
+def store_backend(request) -> str:
+    """The store the clusters of a test keep their data in: the embedded store, unless the module overrides
+    this fixture with ``params=STORE_BACKENDS``, or a test asks for both with
+    ``@pytest.mark.parametrize("store_backend", STORE_BACKENDS, indirect=True)``."""
+    return getattr(request, "param", "embedded")
+
+
 @pytest.fixture
-def start_cluster(tmp_path_factory) -> Iterator:
+def start_cluster(tmp_path_factory, store_backend) -> Iterator:
     """Factory: ``start_cluster(executors=2, extra_args=[...])`` -> RunningCluster; all stopped at teardown."""
     started: list[RunningCluster] = []
+    servers = contextlib.ExitStack()
 
     def start(executors: int = 2, extra_args: tuple[str, ...] = (), home: Path | None = None) -> RunningCluster:
         home = home or tmp_path_factory.mktemp("cbhome")
-        handle = RunningCluster(home)
+        store_args, server = servers.enter_context(store_server(store_backend, tmp_path_factory.mktemp("redis")))
+        handle = RunningCluster(home, server)
         started.append(handle)
         FIXTURE_HOMES.add(home)
-        run_cli(home, "up", "--executors", str(executors), *extra_args, check=True, timeout=90)
+        run_cli(home, "up", "--executors", str(executors), *store_args, *extra_args, check=True, timeout=90)
         handle.pids()  # remembered for teardown
         return handle
 
-    try:
-        yield start
-    finally:
-        stop_all(started)
+    with servers:  # Redis servers stop after the clusters that use them
+        try:
+            yield start
+        finally:
+            stop_all(started)
 
 
 def stop_all(handles: list[RunningCluster]) -> None:

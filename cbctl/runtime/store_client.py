@@ -38,7 +38,34 @@ from cbctl.runtime.wire.messages import (
 )
 
 
-class StoreClient:
+class StoreAccess:
+    """The value-level (last-writer-wins) methods every store client shares, over its lattice-level
+    ``get_lattices`` / ``put_lattice``: the embedded store's ``StoreClient`` and Redis's ``RedisStoreClient``."""
+
+    writer_id: str
+
+    def get_lattices(self, keys: list[str]) -> list[Lattice | None]:
+        raise NotImplementedError
+
+    def put_lattice(self, key: str, lattice: Lattice) -> None:
+        raise NotImplementedError
+
+    def get(self, key: str) -> Any:
+        """The value under ``key``; ``NoSuchKey`` if it was never written or was deleted."""
+        return serialization.decode(self.get_encoded(key))
+
+    def get_encoded(self, key: str) -> bytes:
+        (lattice,) = self.get_lattices([key])
+        return reveal_encoded(key, lattice)
+
+    def put(self, key: str, value: Any) -> None:
+        self.put_lattice(key, self.new_lww(serialization.encode(value, out_of_band=False)))
+
+    def new_lww(self, encoded: bytes) -> LWWLattice:
+        return LWWLattice(time.time_ns(), self.writer_id, encoded)
+
+
+class StoreClient(StoreAccess):
     def __init__(self, context: zmq.Context, address: str, writer_id: str,
                  request_timeout_s: float = STORE_REQUEST_TIMEOUT_S,
                  retry_budget_s: float = STORE_RETRY_BUDGET_S) -> None:
@@ -113,22 +140,6 @@ class StoreClient:
         depth = self.trigger_depth
         reply = self._request(lambda r: EphemeralPut(r, key, wire, float(ttl_s), depth))
         assert isinstance(reply, Ack)
-
-    # --- value level (last-writer-wins) ----------------------------------------------------------------
-
-    def get(self, key: str) -> Any:
-        """The value under ``key``; ``NoSuchKey`` if it was never written or was deleted."""
-        return serialization.decode(self.get_encoded(key))
-
-    def get_encoded(self, key: str) -> bytes:
-        (lattice,) = self.get_lattices([key])
-        return reveal_encoded(key, lattice)
-
-    def put(self, key: str, value: Any) -> None:
-        self.put_lattice(key, self.new_lww(serialization.encode(value)))
-
-    def new_lww(self, encoded: bytes) -> LWWLattice:
-        return LWWLattice(time.time_ns(), self.writer_id, encoded)
 
     def delete(self, key: str) -> None:
         reply = self._request(lambda r: DeleteRequest(r, key, time.time_ns(), self.writer_id))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cbctl import LocalCluster
-from tests.conftest import FIXTURE_HOMES, RunningCluster, run_cli, stop_all
+from tests.conftest import FIXTURE_HOMES, RunningCluster, run_cli, stop_all, store_server
 
 DEPLOYABLES = Path(__file__).resolve().parent / "deployables"
 TOOLKIT = DEPLOYABLES / "toolkit.py"
@@ -21,17 +21,19 @@ TOOLKIT = DEPLOYABLES / "toolkit.py"
 
 @contextmanager
 def module_cluster(home: Path, executors: int = 2, deploy: tuple[Path, ...] = (),
-                   extra_args: tuple[str, ...] = ()) -> Iterator[RunningCluster]:
-    handle = RunningCluster(home)
-    FIXTURE_HOMES.add(home)
-    try:
-        run_cli(home, "up", "--executors", str(executors), *extra_args, check=True, timeout=90)
-        handle.pids()  # remembered for teardown
-        for path in deploy:
-            handle.cli("deploy", str(path), check=True)
-        yield handle
-    finally:
-        stop_all([handle])
+                   extra_args: tuple[str, ...] = (), store: str = "embedded") -> Iterator[RunningCluster]:
+    """A cluster in ``home`` on ``store`` (a ``store_backend``: "redis" starts a redis-server of its own)."""
+    with store_server(store, home.parent / f"{home.name}-redis") as (store_args, server):
+        handle = RunningCluster(home, server)
+        FIXTURE_HOMES.add(home)
+        try:
+            run_cli(home, "up", "--executors", str(executors), *store_args, *extra_args, check=True, timeout=90)
+            handle.pids()  # remembered for teardown
+            for path in deploy:
+                handle.cli("deploy", str(path), check=True)
+            yield handle
+        finally:
+            stop_all([handle])
 
 
 @contextmanager
@@ -76,3 +78,29 @@ def cache_metrics(client, after: float, timeout: float = 5.0) -> dict[str, dict[
         if time.monotonic() > deadline:
             raise AssertionError(f"no status newer than {timeout} s ago from every executor")
         time.sleep(0.1)
+
+
+def redis_module_cluster(tmp_path_factory: Any, backend: str, executors: int = 2,
+                         deploy: tuple[Path, ...] = ()) -> Iterator[RunningCluster | None]:
+    """For a module-scoped fixture of a module whose tests run on both store backends: its cluster on Redis
+    (a redis-server of its own, with the module's executors and deploy files), or None on the embedded store,
+    where the plugin's ``cbctl_cluster`` serves (see ``shared_on``)."""
+    if backend == "embedded":
+        yield None
+        return
+    with module_cluster(tmp_path_factory.mktemp(f"cb{backend}"), executors=executors, deploy=deploy,
+                        store=backend) as handle:
+        yield handle
+
+
+@contextmanager
+def shared_on(request: Any, on_redis: RunningCluster | None) -> Iterator[RunningCluster]:
+    """The module's shared cluster for this test: the Redis one, or the plugin's (embedded) one."""
+    if on_redis is not None:
+        try:
+            yield on_redis
+        finally:
+            on_redis.close_clients()
+        return
+    with view(request.getfixturevalue("cbctl_cluster")) as handle:
+        yield handle

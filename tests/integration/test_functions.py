@@ -19,16 +19,28 @@ from cbctl.declare import DeployFileError
 from cbctl.lifecycle import kill_processes
 from cbctl.runtime.cluster import socket_dir
 from cbctl.runtime.defaults import POLICY_STALE_S
-from tests.conftest import EXAMPLES, RunningCluster
+from tests.conftest import EXAMPLES, STORE_BACKENDS, RunningCluster
 from tests.integration import shared_cluster
 from tests.integration.shared_cluster import TOOLKIT, registered_names
 
 pytestmark = pytest.mark.cbctl(deploy=[EXAMPLES / "pipeline.py", TOOLKIT])  # two executors
 
 
+@pytest.fixture(scope="module", params=STORE_BACKENDS)
+def store_backend(request) -> str:
+    """Every test here runs on the embedded store (the plugin's cluster) and on Redis."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def on_redis(tmp_path_factory, store_backend) -> Iterator[RunningCluster | None]:
+    yield from shared_cluster.redis_module_cluster(tmp_path_factory, store_backend, 2,
+                                                   (EXAMPLES / "pipeline.py", TOOLKIT))
+
+
 @pytest.fixture
-def shared(cbctl_cluster) -> Iterator[RunningCluster]:
-    with shared_cluster.view(cbctl_cluster) as handle:
+def shared(request, on_redis) -> Iterator[RunningCluster]:
+    with shared_cluster.shared_on(request, on_redis) as handle:
         yield handle
 
 

@@ -8,8 +8,10 @@ import json
 import threading
 from collections.abc import Callable
 
+import pytest
+
 import cbctl
-from tests.conftest import RunningCluster
+from tests.conftest import STORE_BACKENDS, RunningCluster
 from tests.integration.shared_cluster import DEPLOYABLES
 
 POLICY_FNS = DEPLOYABLES / "policy_fns.py"
@@ -127,6 +129,7 @@ def test_scale_down_during_steady_load_loses_no_call_and_scale_up_adds_fresh_exe
         1, "error: a cluster needs at least one executor: pass --executors N with N >= 1")
 
 
+@pytest.mark.parametrize("store_backend", STORE_BACKENDS, indirect=True)
 def test_a_call_referencing_a_cached_key_runs_on_the_executor_caching_it(start_cluster):
     handle = start_cluster(executors=4)
     handle.cli("deploy", str(POLICY_FNS), check=True)

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
+from tests.conftest import STORE_BACKENDS
+
+
+@pytest.fixture(scope="module", params=STORE_BACKENDS)
+def store_backend(request) -> str:
+    """Every test here runs on the embedded store and on Redis."""
+    return request.param
+
 
 def test_pipeline_and_diamond_from_cli_and_python(deployed):
     assert deployed.cli("call", "pipeline", "3", check=True).stdout.strip() == "16"

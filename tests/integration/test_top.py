@@ -15,7 +15,13 @@ import pytest
 from cbctl.errors import FunctionError
 from cbctl.runtime.defaults import STATUS_INTERVAL_S
 from cbctl.snapshot import take_snapshot
-from tests.conftest import run_cli
+from tests.conftest import STORE_BACKENDS, run_cli
+
+
+@pytest.fixture(scope="module", params=STORE_BACKENDS)
+def store_backend(request) -> str:
+    """Every test here runs on the embedded store and on Redis."""
+    return request.param
 
 
 def half_busy(cb, seconds):

@@ -25,7 +25,7 @@ import cbctl
 from cbctl.cli import main
 from cbctl.lifecycle import kill_processes
 from cbctl.runtime.cluster import ClusterFile
-from tests.conftest import EXAMPLES, RunningCluster, run_cli
+from tests.conftest import EXAMPLES, STORE_BACKENDS, RunningCluster, run_cli
 from tests.integration import shared_cluster
 from tests.integration.shared_cluster import DEPLOYABLES
 
@@ -35,9 +35,21 @@ FUNCTIONS = DEPLOYABLES / "usability_fns.py"
 pytestmark = pytest.mark.cbctl(deploy=[EXAMPLES / "pipeline.py", FUNCTIONS])
 
 
+@pytest.fixture(scope="module", params=STORE_BACKENDS)
+def store_backend(request) -> str:
+    """Every test here runs on the embedded store (the plugin's cluster) and on Redis."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def on_redis(tmp_path_factory, store_backend) -> Iterator[RunningCluster | None]:
+    yield from shared_cluster.redis_module_cluster(tmp_path_factory, store_backend, 2,
+                                                   (EXAMPLES / "pipeline.py", FUNCTIONS))
+
+
 @pytest.fixture
-def shared(cbctl_cluster) -> Iterator[RunningCluster]:
-    with shared_cluster.view(cbctl_cluster) as handle:
+def shared(request, on_redis) -> Iterator[RunningCluster]:
+    with shared_cluster.shared_on(request, on_redis) as handle:
         yield handle
 
 
@@ -226,8 +238,9 @@ def test_rm_of_a_function_that_a_dag_and_a_trigger_use(shared):
 
 
 def test_logs_n_zero_and_follow_until_ctrl_c(shared):
-    quiet = shared.cli("logs", "store", "-n", "0", check=True).stdout
-    assert quiet.strip() == "==> store-0.log <=="
+    role = "store" if shared.redis is None else "triggers"  # on Redis: the trigger relay, no store process
+    quiet = shared.cli("logs", role, "-n", "0", check=True).stdout
+    assert quiet.strip() == f"==> {role}-0.log <=="
     env = {**os.environ, "CBCTL_HOME": str(shared.home)}
     follow = subprocess.Popen([sys.executable, "-m", "cbctl.cli", "logs", "-f", "-n", "0", "scheduler"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -78,7 +78,8 @@ from cbctl.runtime.process import (
     setup_logging,
 )
 from cbctl.runtime.retries import ATTEMPT_KEY, AttemptFilter
-from cbctl.runtime.store_client import StoreClient
+from cbctl.runtime.store_client import StoreAccess
+from cbctl.runtime.stores import connect_store
 from cbctl.runtime.wire import limits, serialization
 from cbctl.runtime.wire.messages import (
     TRIGGER_DEPTH_EXTRA,
@@ -100,6 +101,7 @@ from cbctl.runtime.wire.messages import (
     SnapshotRelease,
     StealHint,
     StealRequest,
+    StoreEpoch,
     UnpinRequest,
     VersionRequest,
     VersionResponse,
@@ -114,10 +116,14 @@ JOIN_TIMEOUT_S = 600.0
 #: Older versions of functions an executor keeps loaded for calls dispatched before a redeploy (least recently
 #: used first out; one that is needed again is loaded again).
 OLDER_VERSIONS_KEPT = 8
+#: Seconds a step waits, before its user code runs, for zmq to finish sending the large results earlier steps
+#: returned (sent from the arrays' own memory, which the next step's code could change). A transfer to a live
+#: peer takes milliseconds (its zmq I/O thread reads whether or not its loop is busy); a dead peer's is dropped.
+SENT_BEFORE_NEXT_STEP_S = 5.0
 
 
 class Executor:
-    def __init__(self, config: ProcessConfig, context: zmq.Context, store: StoreClient, address: str) -> None:
+    def __init__(self, config: ProcessConfig, context: zmq.Context, store: StoreAccess, address: str) -> None:
         self.config = config
         # an executor on a joined host (`cbctl join`) is HOST/executor-N, so ids stay unique across hosts
         self.host = config.options.get("host", "")
@@ -149,7 +155,9 @@ class Executor:
         self.frames_received = 0  # with peers.sent, what a test counts messages per call with
         # the cache in front of the store, and the consistency modes' per-call state (cache.py, consistency.py)
         self.cached = CachedStore(store, self.executor_id, address, int(config.options.get("cache_mb", 64)) << 20)
-        self.store_probe = StoreEpochProbe(context, config.store_address)  # notices a restarted store
+        # notices a restarted store (on Redis: a pub/sub reconnect, which StoreEpoch frames also report at once)
+        probe = getattr(store, "epoch_probe", None)
+        self.store_probe = probe() if probe is not None else StoreEpochProbe(context, config.store_address)
         self.sessions = SessionManager(self.cached, address, self.executor_id, self.fetch_version, self.peers.send)
         self._version_ids = itertools.count(1)
         self.awaited_version: tuple[int, VersionResponse | None] | None = None  # (req_id, reply) of fetch_version
@@ -270,6 +278,9 @@ class Executor:
     def on_key_update(self, update: KeyUpdate) -> None:
         self.cached.on_push(update.key, update.lattice)
 
+    def on_store_epoch(self, message: StoreEpoch) -> None:
+        self.cached.on_store_epoch(message.epoch)
+
     def on_key_dropped(self, message: KeyDropped) -> None:
         self.cached.on_dropped(message.key)
 
@@ -312,7 +323,7 @@ class Executor:
     HANDLERS = {DagTrigger: on_trigger, PinRequest: on_pin, UnpinRequest: on_unpin, DirectMessage: on_direct,
                 DirectRefused: on_direct_refused,
                 ExecutorLeaving: on_peer_leaving, LeavingAck: on_leaving_ack, KeyUpdate: on_key_update,
-                KeyDropped: on_key_dropped,
+                StoreEpoch: on_store_epoch, KeyDropped: on_key_dropped,
                 VersionRequest: on_version_request, VersionResponse: on_version_response,
                 SnapshotRelease: on_snapshot_release, CallAborted: on_call_aborted, CallRetried: on_call_retried,
                 StealHint: on_steal_hint, StealRequest: on_steal_request, NothingToSteal: on_nothing_to_steal}
@@ -356,6 +367,10 @@ class Executor:
 
     def run_next(self) -> None:
         trigger, inputs = self.ready.popleft()
+        if self.peers.unsent and not self.peers.wait_sent(SENT_BEFORE_NEXT_STEP_S):
+            # the step may change an array an earlier one returned, which zmq still sends from its memory
+            log.warning("results sent from their arrays' memory were not sent within %.0f s: running %s anyway",
+                        SENT_BEFORE_NEXT_STEP_S, trigger.function)
         self.running = trigger
         self.inbox.begin_step()
         started = time.perf_counter_ns()
@@ -500,6 +515,7 @@ class Executor:
                                        f"the result of call {trigger.call_id}")
                 result = CallResult(trigger.call_id, False, b"", type(exc).__name__, str(exc), "", self.executor_id)
             fields = {f: getattr(result, f) for f in result._FIELDS}
+            fields["value"] = serialization.inline(result.value)  # the store keeps values inline
             self.store.put(registry.result_key(trigger.call_id), fields)
         else:
             self.peers.send(trigger.response_address, result.pack())
@@ -531,14 +547,14 @@ class Executor:
         return self.sessions.read(key)
 
     def write_key(self, key: str, value: Any) -> None:
-        encoded = serialization.encode(value)
+        encoded = serialization.encode(value, out_of_band=False)  # the store keeps values inline (see README)
         limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
         self.sessions.write(key, encoded)
 
     def write_ephemeral(self, key: str, value: Any, ttl_s: float) -> None:
         """An ephemeral put (``store/ephemeral.py``): to the store's memory, last-writer-wins in every
         consistency mode, past the call's session (it is no version a repeatable read or causal call tracks)."""
-        encoded = serialization.encode(value)
+        encoded = serialization.encode(value, out_of_band=False)  # the store keeps values inline (see README)
         limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
         self.cached.cache.discard(key)  # reads of it go to the store from now on
         self.store.put_ephemeral(key, self.store.new_lww(encoded), ttl_s)
@@ -597,7 +613,8 @@ class Executor:
 
     SERVED_WHILE_BUSY = {KeyUpdate: on_key_update, DirectMessage: on_direct, DirectRefused: on_direct_refused,
                          VersionRequest: on_version_request, VersionResponse: on_awaited_version,
-                         KeyDropped: on_key_dropped, StealRequest: on_steal_request_busy}
+                         KeyDropped: on_key_dropped, StealRequest: on_steal_request_busy,
+                         StoreEpoch: on_store_epoch}
 
     def send_direct(self, executor_id: str, message: Any) -> None:
         address = self.executor_addresses.get(executor_id)
@@ -726,11 +743,14 @@ def main(config: ProcessConfig) -> None:
     shutdown = ShutdownFlag()
     context = new_context(config)
     host = config.options.get("host", "")
-    store = StoreClient(context, config.store_address, writer_id=f"{host}/{config.name}" if host else config.name)
+    store = connect_store(context, config.store_address, writer_id=f"{host}/{config.name}" if host else config.name)
     sock = new_socket(context, zmq.PULL)
     # no MAXMSGSIZE backstop here, unlike the scheduler and the store: the store pushes merged lattices (a causal
     # key's concurrent values, a set that grew by merges), which may honestly exceed the limit on one value
     address = config.bind(sock)
+    enable_pushes = getattr(store, "enable_pushes", None)  # a Redis store: pushes come from pub/sub
+    if enable_pushes is not None:
+        enable_pushes(context, sock, config.name)
     executor = Executor(config, context, store, address)
     executor.sock = sock
     reporter = StatusReporter(context, executor.status, config.scheduler_addresses)

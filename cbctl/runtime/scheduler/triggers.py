@@ -42,6 +42,9 @@ def on_add(store: StoreClient, request: AddTrigger, is_registered: Callable[[str
     record = TriggerRecord(name, prefix, function, time.time_ns(), request.batch, float(request.window_s),
                            list(dict.fromkeys(request.join)), bool(request.values))
     store.put(PREFIX + name, asdict(record))  # the store indexes it before it acknowledges
+    wait_watched = getattr(store, "wait_trigger_watched", None)
+    if wait_watched is not None:  # a Redis store: the trigger relay indexes it, and says when it watches
+        wait_watched(name, record.created_ns)
     return {**asdict(record), "kind": record.kind, "replaced": replaced}
 
 

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 #: The module whose ``main(config)`` each role's process runs.
 ROLE_MODULES = {"store": "cbctl.runtime.store.node", "scheduler": "cbctl.runtime.scheduler.scheduler",
-                "executor": "cbctl.runtime.executor.executor"}
+                "executor": "cbctl.runtime.executor.executor",
+                "triggers": "cbctl.runtime.store.relay"}  # on a Redis store only: the trigger relay
 
 
 def start_forkserver() -> BaseContext:
