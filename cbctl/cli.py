@@ -156,20 +156,24 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     cbctl up --listen tcp://127.0.0.1:7100    the scheduler on port 7100, CURVE keys in HOME/keys
     """
     home_path = cluster.resolve_home(home)
-    note = lifecycle.check_not_running(home_path)
-    if note:
-        errors.print(f"note: {note}", markup=False)
     spec = lifecycle.plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb,
                                max_batch, max_continuations, policy, max_message_mb, no_auth)
-    if spec.listen and not lifecycle.is_loopback(spec.listen):
-        errors.print(f"warning: listening on {spec.listen}, reachable beyond this machine (only holders of "
-                     f"{home_path / 'keys'} can use it)", markup=False)
-    for note in lifecycle.prepare_home(home_path, spec):
-        errors.print(f"note: {note}", markup=False)
-    started = time.monotonic()
-    proc = lifecycle.start_supervisor(home_path, spec, foreground)
-    with console.status("starting the cluster..."):
-        found = lifecycle.wait_until_up(home_path, proc)
+    lock_fd = lifecycle.claim_home(home_path)  # held from here: nobody else starts or cleans up this home
+    try:
+        note = lifecycle.check_not_running(home_path)
+        if note:
+            errors.print(f"note: {note}", markup=False)
+        if spec.listen and not lifecycle.is_loopback(spec.listen):
+            errors.print(f"warning: listening on {spec.listen}, reachable beyond this machine (only holders of "
+                         f"{home_path / 'keys'} can use it)", markup=False)
+        for note in lifecycle.prepare_home(home_path, spec):
+            errors.print(f"note: {note}", markup=False)
+        started = time.monotonic()
+        proc = lifecycle.start_supervisor(home_path, spec, lock_fd, foreground)
+        with console.status("starting the cluster..."):
+            found = lifecycle.wait_until_up(home_path, proc)
+    finally:
+        lifecycle.release_home(lock_fd)  # the supervisor holds its own copy for its life
     counts = f"{spec.executors} CPU + {spec.gpu_executors} GPU executors, {spec.schedulers} scheduler(s)"
     console.print(f"cluster up in {home_path} ({counts}) in {time.monotonic() - started:.1f} s", markup=False)
     if foreground:

@@ -21,7 +21,7 @@ import psutil
 
 from cbctl.client import supervisor_request
 from cbctl.errors import CbctlError, ClusterAlreadyRunning, ClusterNotRunning, InvalidArgument
-from cbctl.runtime import auth, cluster
+from cbctl.runtime import auth, cluster, home_lock
 from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
@@ -40,10 +40,36 @@ _LISTEN = re.compile(r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\[\]]+)(?::(?P<port
 MAX_MESSAGE_MB_CEILING = 2048
 
 
-def check_not_running(home: Path) -> str:
-    """Refuse a second cluster in one home; clean a crashed one's file. Returns a note to show, if any."""
+def claim_home(home: Path) -> int:
+    """Take the home's lock for a new cluster before anything in the home is touched (see ``home_lock``), or
+    refuse at once, naming the process that holds it. Returns the lock's descriptor: ``start_supervisor`` hands
+    it on, and the supervisor holds it for its life."""
     try:
-        found = cluster.running_cluster(home)
+        with private_umask():
+            home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return home_lock.acquire(cluster.lock_path(home))
+    except home_lock.LockHeld as held:
+        raise ClusterAlreadyRunning(f"a cluster is already running in {home} (supervisor pid {held.pid or '?'}, "
+                                    "or a `cbctl up` starting it): stop it with `cbctl down`, or use another "
+                                    "CBCTL_HOME") from None
+    except (FileExistsError, NotADirectoryError):
+        raise InvalidArgument(f"the cluster directory {home} is (or is inside) a file: point CBCTL_HOME or --home "
+                              "at a directory") from None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot use {home} as the cluster directory ({exc.strerror}): point CBCTL_HOME or "
+                              "--home at a directory you can write") from None
+
+
+def release_home(lock_fd: int) -> None:
+    """Close `cbctl up`'s copy of the home's lock (the supervisor it started holds the lock on)."""
+    home_lock.release(lock_fd)
+
+
+def check_not_running(home: Path) -> str:
+    """Refuse a second cluster in one home; clean a crashed one's file (call it holding the home's lock, from
+    ``claim_home``: nobody else then runs there). Returns a note to show, if any."""
+    try:
+        found = cluster.running_cluster(home, holding_lock=True)
     except ClusterNotRunning as exc:
         return str(exc).split(";")[0] + "; cleaned it up" if "stale" in str(exc) else ""
     raise ClusterAlreadyRunning(f"a cluster is already running in {home} (supervisor pid {found.supervisor_pid}): "
@@ -183,14 +209,17 @@ def private_umask() -> Iterator[None]:
         os.umask(previous)
 
 
-def start_supervisor(home: Path, spec: ClusterSpec, foreground: bool = False) -> subprocess.Popen:
+def start_supervisor(home: Path, spec: ClusterSpec, lock_fd: int, foreground: bool = False) -> subprocess.Popen:
     """Start the supervisor of a cluster in ``home`` (made ready by ``prepare_home``), with a private umask
-    that it and every process it starts inherit."""
+    that it and every process it starts inherit. It inherits the home's lock (``lock_fd``, from ``claim_home``)
+    and holds it for its life; the caller may close its own copy once the supervisor runs."""
     command = [sys.executable, "-m", "cbctl.runtime.supervisor", "--home", str(home),
-               "--spec", json.dumps(asdict(spec))]
+               "--spec", json.dumps(asdict(spec)), "--lock-fd", str(lock_fd)]
     with private_umask():
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=not foreground)
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=not foreground, pass_fds=(lock_fd,))
+    home_lock.write_pid(lock_fd, proc.pid)  # what a refused `cbctl up` names
+    return proc
 
 
 def wait_until_up(home: Path, proc: subprocess.Popen, timeout_s: float = STARTUP_TIMEOUT_S + 10) -> cluster.ClusterFile:
@@ -246,7 +275,8 @@ def stop_cluster(home: Path, timeout_s: float = 3 * SHUTDOWN_TIMEOUT_S + 10) -> 
         except psutil.Error:
             pass
     wait_gone(alive, 5)
-    cluster.remove_cluster_file(home)
+    if cluster.home_holder(home) is None:  # not a newer cluster's, started meanwhile
+        cluster.remove_cluster_file(home)
     return len(procs)
 
 

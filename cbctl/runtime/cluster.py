@@ -1,6 +1,7 @@
 """The cluster directory: where a cluster's files live, and the cluster file that says it is up.
 
-``$CBCTL_HOME`` holds ``cluster.json`` (written by the supervisor once every child is ready), ``data/``
+``$CBCTL_HOME`` holds ``supervisor.lock`` (held by the live supervisor: see ``home_lock``), ``cluster.json``
+(written by the supervisor once every child is ready, and rewritten by it if damaged or removed), ``data/``
 (the store's log and snapshots), ``logs/`` (one file per process) and ``sock/`` (ipc sockets). When the
 home path is too long for an ipc socket path, the sockets go to a short directory under the system temp
 directory named by a hash of the home, so two homes never share sockets. ``keys/`` holds the CURVE keys
@@ -17,6 +18,7 @@ import json
 import os
 import stat
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,19 @@ from typing import Any
 import psutil
 
 from cbctl.errors import ClusterNotRunning, InvalidArgument
-from cbctl.runtime.defaults import DEFAULT_HOME, MAX_IPC_PATH, MAX_MESSAGE_BYTES, STALE_KILL_WAIT_S
+from cbctl.runtime import home_lock
+from cbctl.runtime.defaults import (
+    CLUSTER_FILE_REPAIR_WAIT_S,
+    DEFAULT_HOME,
+    MAX_IPC_PATH,
+    MAX_MESSAGE_BYTES,
+    STALE_KILL_WAIT_S,
+)
 
 CLUSTER_FILE = "cluster.json"
 STARTUP_ERROR_FILE = "startup-error.txt"  # the supervisor's reason for a failed start, which `cbctl up` shows
 #: The files cbctl itself writes at the top of the home (the home may hold others: they are not ours to touch).
-TOP_LEVEL_FILES = (CLUSTER_FILE, CLUSTER_FILE + ".tmp", STARTUP_ERROR_FILE)
+TOP_LEVEL_FILES = (CLUSTER_FILE, CLUSTER_FILE + ".tmp", STARTUP_ERROR_FILE, home_lock.SUPERVISOR_LOCK)
 #: What `cbctl up` and every cluster process create files under: directories 0700, files 0600.
 PRIVATE_UMASK = 0o077
 PRIVATE_SUBDIRS = ("logs", "data", "keys")
@@ -99,6 +108,16 @@ def data_dir(home: Path) -> Path:
     return home / "data"
 
 
+def lock_path(home: Path) -> Path:
+    """The lock the home's live supervisor holds (``home_lock``)."""
+    return home / home_lock.SUPERVISOR_LOCK
+
+
+def home_holder(home: Path) -> int | None:
+    """The pid of the supervisor (or starting `cbctl up`) that holds ``home``, or None if nobody does."""
+    return home_lock.holder(lock_path(home))
+
+
 @dataclass
 class ProcessEntry:
     role: str
@@ -139,8 +158,8 @@ class ClusterFile:
             return cls(**raw)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except (ValueError, TypeError):
-            return None  # a half-written or foreign file: treated as stale by callers
+        except (ValueError, TypeError, AttributeError):
+            return None  # a half-written, damaged or foreign file (`[]`, `null`, `{}`, wrong types)
 
     def pids(self) -> list[int]:
         """The supervisor's pid, then every child's."""
@@ -164,9 +183,19 @@ def remove_cluster_file(home: Path) -> None:
         pass
 
 
-def running_cluster(home: Path) -> ClusterFile:
-    """The live cluster in ``home``, or ``ClusterNotRunning`` (cleaning a stale file, and saying so)."""
+def running_cluster(home: Path, holding_lock: bool = False) -> ClusterFile:
+    """The live cluster in ``home``, or ``ClusterNotRunning`` (cleaning a stale file, and saying so).
+
+    The home's lock decides, not the file: while a live supervisor holds it, its cluster file is never removed
+    here (a missing or damaged one is rewritten by that supervisor within a second, which this waits for); only
+    when nobody holds the home is a stale or unreadable file cleaned up. ``holding_lock``: the caller (`cbctl up`)
+    holds the lock itself, so no supervisor can."""
     cluster = ClusterFile.read(home)
+    if cluster is not None and cluster.supervisor_alive():
+        return cluster
+    holder = None if holding_lock else home_holder(home)
+    if holder is not None:
+        return _wait_for_repaired_file(home, holder)
     if cluster is None:
         if home.exists() and not home.is_dir():
             raise ClusterNotRunning(f"the cluster directory {home} is a file: point CBCTL_HOME or --home at the "
@@ -184,6 +213,23 @@ def running_cluster(home: Path) -> ClusterFile:
             "its stale cluster file was cleaned up: start a new one with `cbctl up`"
         )
     return cluster
+
+
+def _wait_for_repaired_file(home: Path, holder: int) -> ClusterFile:
+    """A live process holds the home but the cluster file is missing, damaged or names a dead supervisor: the
+    supervisor rewrites it about once a second (or `cbctl up` is still starting it). Wait that long, no more."""
+    deadline = time.monotonic() + CLUSTER_FILE_REPAIR_WAIT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        cluster = ClusterFile.read(home)
+        if cluster is not None and cluster.supervisor_alive():
+            return cluster
+        if home_holder(home) is None:
+            break
+    raise ClusterNotRunning(
+        f"the cluster file in {home} is missing or damaged, and pid {holder}, which holds the home, did not "
+        f"rewrite it within {CLUSTER_FILE_REPAIR_WAIT_S:.0f} s: if `cbctl up` is still starting, wait for it; "
+        f"else stop that process with `kill -TERM {holder}` (the file was left as it is)")
 
 
 def cleanup_stale(home: Path, cluster: ClusterFile) -> None:

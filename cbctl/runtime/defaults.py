@@ -28,6 +28,10 @@ STARTUP_TIMEOUT_S = 60.0
 #: Seconds `cbctl down` gives the cluster to stop warmly before killing what is left.
 SHUTDOWN_TIMEOUT_S = 20.0
 
+#: Seconds each role gets to stop when the cluster failed to start (nothing ran yet, so nothing needs draining)
+#: before it is killed, so `cbctl up` reports the failure promptly.
+STARTUP_FAILED_STOP_S = 2.0
+
 #: Seconds a stopping store or scheduler gives the frames it queued last (replies, the triggers of the calls it
 #: dispatched while draining) to leave before its sockets close. A live peer takes them in microseconds; one that is
 #: gone (an executor `cbctl down` already stopped) never does and costs this much on every stop, hence short.
@@ -252,3 +256,9 @@ CLIENT_RESEND_CHECK_S = 0.5
 #: Seconds a command that found a crashed cluster (its supervisor gone) waits for the orphans it killed to be
 #: gone, so that `cbctl up` in the same home never meets one still holding the store's log or a socket.
 STALE_KILL_WAIT_S = 5.0
+
+#: Seconds between a supervisor's checks that its cluster file is intact (it rewrites one that was removed or
+#: damaged), and how long a command that finds the file so, with a live supervisor holding the home, waits for the
+#: rewrite before saying so (a few checks' worth: the supervisor may be busy starting or stopping processes).
+CLUSTER_FILE_CHECK_S = 1.0
+CLUSTER_FILE_REPAIR_WAIT_S = 3.0

@@ -17,7 +17,7 @@ import msgpack
 import zmq
 
 from cbctl.errors import ProtocolError
-from cbctl.runtime import cluster, limits
+from cbctl.runtime import cluster, home_lock, limits
 from cbctl.runtime.defaults import (
     MAX_MESSAGE_BYTES,
     RATE_SAMPLE_S,
@@ -222,9 +222,21 @@ def main(config: ProcessConfig) -> None:
     setup_logging(config)
     shutdown = ShutdownFlag()
     context = new_context(config)
+    data_dir = cluster.data_dir(Path(config.home))
     try:
-        node = StoreNode(cluster.data_dir(Path(config.home)),
-                         durability=config.options.get("durability", "batch"))
+        # held until this process exits (the kernel drops it however it exits): two stores on one log would
+        # interleave their appends and destroy data, so a second one (an orphan of a crashed cluster still
+        # running, say) must not start here
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = home_lock.acquire(data_dir / home_lock.STORE_LOCK)
+        os.set_inheritable(lock_fd, False)
+    except home_lock.LockHeld as held:
+        report_ready(context, config, "", f"the data directory {data_dir} is in use by another store (pid "
+                                          f"{held.pid or '?'}): two stores on one log would destroy data; stop "
+                                          "that process first")
+        raise SystemExit(1) from None
+    try:
+        node = StoreNode(data_dir, durability=config.options.get("durability", "batch"))
     except Exception as exc:
         log.exception("store could not start")
         report_ready(context, config, "", f"store could not recover its data: {exc}")

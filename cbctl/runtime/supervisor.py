@@ -34,8 +34,9 @@ import zmq
 
 import cbctl
 from cbctl.errors import ProtocolError
-from cbctl.runtime import auth, cluster, limits, scaling
+from cbctl.runtime import auth, cluster, home_lock, limits, scaling
 from cbctl.runtime.defaults import (
+    CLUSTER_FILE_CHECK_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
@@ -43,6 +44,7 @@ from cbctl.runtime.defaults import (
     RESTART_BACKOFF_MAX_S,
     RESTARTS_PER_MINUTE,
     SHUTDOWN_TIMEOUT_S,
+    STARTUP_FAILED_STOP_S,
     STARTUP_TIMEOUT_S,
 )
 from cbctl.runtime.messages import (
@@ -273,8 +275,12 @@ class Supervisor:
         poller = zmq.Poller()
         poller.register(self.ready_sock, zmq.POLLIN)
         poller.register(self.control_sock, zmq.POLLIN)
+        next_file_check = time.monotonic() + CLUSTER_FILE_CHECK_S
         while not self.shutdown.requested:
             events = dict(poller.poll(100))
+            if time.monotonic() >= next_file_check:
+                next_file_check = time.monotonic() + CLUSTER_FILE_CHECK_S
+                self._repair_cluster_file()
             if self.ready_sock in events:
                 self._on_ready_frames()
                 self.write_cluster_file()
@@ -284,6 +290,15 @@ class Supervisor:
             if self.scaling is not None:
                 self._advance_scale()
         self.stop()
+
+    def _repair_cluster_file(self) -> None:
+        """Rewrite the cluster file if someone removed, truncated or replaced it: every command finds the
+        cluster through it, and while this process holds the home's lock no command deletes it or starts
+        another cluster here, so without this the cluster would be unreachable until it is stopped by pid."""
+        found = cluster.ClusterFile.read(self.home)
+        if found is None or found.supervisor_pid != os.getpid():
+            log.warning("the cluster file %s was missing or damaged: rewriting it", self.home / cluster.CLUSTER_FILE)
+            self.write_cluster_file()
 
     def _watch_children(self) -> None:
         now = time.time()
@@ -412,14 +427,15 @@ class Supervisor:
 
     # --- stop ----------------------------------------------------------------------------------------
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Stop every child in order, each role given ``timeout_s`` to stop warmly before it is killed."""
         log.info("stopping the cluster")
         if self.scaling is not None:
             reply = ControlResponse(self.scaling.req_id, False, None, "CbctlError", "the cluster is stopping")
             self.control_sock.send_multipart([*self.scaling.envelope, reply.pack()])
             self.scaling = None
         for role in ("executor", "scheduler", "store"):
-            self._stop_role(role)
+            self._stop_role(role, timeout_s)
         cluster.remove_cluster_file(self.home)
         for sock in self.scheduler_socks:
             sock.close()
@@ -428,7 +444,7 @@ class Supervisor:
         self.context.term()
         log.info("cluster stopped")
 
-    def _stop_role(self, role: str) -> None:
+    def _stop_role(self, role: str, timeout_s: float) -> None:
         children = [c for c in self.children.values() if c.config.role == role and c.process is not None]
         for child in children:
             # one SIGTERM only: a child already stopping (departed by `cbctl scale`) is finishing its calls, and
@@ -436,7 +452,7 @@ class Supervisor:
             if child.state != "stopping" and child.process.is_alive():
                 child.process.terminate()
             child.state = "stopping"
-        deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         for child in children:
             child.process.join(max(0.0, deadline - time.monotonic()))
             if child.process.is_alive():
@@ -450,6 +466,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="cbctl supervisor (started by `cbctl up`)")
     parser.add_argument("--home", required=True)
     parser.add_argument("--spec", required=True, help="ClusterSpec as JSON")
+    parser.add_argument("--lock-fd", type=int, default=-1,
+                        help="the home's lock, taken by `cbctl up` (without it, the supervisor takes it itself)")
     args = parser.parse_args(argv)
     home = Path(args.home)
     spec = ClusterSpec(**json.loads(args.spec))
@@ -457,6 +475,17 @@ def main(argv: list[str] | None = None) -> None:
     from cbctl.runtime.process import setup_logging
 
     os.umask(cluster.PRIVATE_UMASK)  # `cbctl up` sets it already; a supervisor started otherwise is private too
+    # Held for this process's whole life (never closed: the kernel drops it when we exit, however we exit), and
+    # not inherited by anything we start, so a crashed supervisor's orphans do not keep the home claimed.
+    if args.lock_fd >= 0:
+        lock_fd = args.lock_fd
+        home_lock.write_pid(lock_fd, os.getpid())
+    else:
+        try:
+            lock_fd = home_lock.acquire(cluster.lock_path(home))
+        except home_lock.LockHeld as held:
+            sys.exit(f"a cluster is already running in {home} (supervisor pid {held.pid})")
+    os.set_inheritable(lock_fd, False)
     setup_logging(config)
     (home / STARTUP_ERROR_FILE).unlink(missing_ok=True)
     try:
@@ -470,7 +499,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         log.error("start failed: %s", exc)
         (home / STARTUP_ERROR_FILE).write_text(str(exc))
-        supervisor.stop()
+        # nothing ran yet, so there is nothing to drain: a child waiting on a peer that failed (an executor
+        # on a store that could not open its data) must not hold `cbctl up`'s error back for the warm timeout
+        supervisor.stop(timeout_s=STARTUP_FAILED_STOP_S)
         sys.exit(1)
     supervisor.run()
 
