@@ -124,6 +124,9 @@ def main() -> None:
                    "in the cluster).")
 @click.option("--durability", type=click.Choice(["always", "batch", "none"]), default="batch", show_default=True,
               help="When the store fsyncs its log: every write, at most every 50 ms, or never.")
+@click.option("--salvage", is_flag=True,
+              help="Start even if the store's log or snapshot is damaged: keep every intact record, move the "
+                   "damaged file aside and report what was dropped (without it, such damage stops `cbctl up`).")
 @click.option("--cache-mb", type=click.IntRange(min=0), default=64, show_default=True,
               help="Each executor's cache of store values, in MiB (0: no cache).")
 @click.option("--fake-gpus", type=int, default=0, envvar="CBCTL_FAKE_GPUS", hidden=False,
@@ -143,7 +146,7 @@ def main() -> None:
 @handle_errors
 def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
        durability: str, cache_mb: int, fake_gpus: int, max_batch: int, max_continuations: int,
-       max_message_mb: int, policy: tuple[str, ...], no_auth: bool, home: str | None) -> None:
+       max_message_mb: int, policy: tuple[str, ...], no_auth: bool, salvage: bool, home: str | None) -> None:
     """Start a cluster in the home directory and return once every process is ready.
 
     The home is made private to you (0700/0600). With --listen, every TCP socket is a CURVE server that
@@ -154,10 +157,11 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     Examples:
     cbctl up --executors 4 --gpu-executors 1
     cbctl up --listen tcp://127.0.0.1:7100    the scheduler on port 7100, CURVE keys in HOME/keys
+    cbctl up --salvage                        start over a damaged log, keeping its intact records
     """
     home_path = cluster.resolve_home(home)
     spec = lifecycle.plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb,
-                               max_batch, max_continuations, policy, max_message_mb, no_auth)
+                               max_batch, max_continuations, policy, max_message_mb, no_auth, salvage)
     lock_fd = lifecycle.claim_home(home_path)  # held from here: nobody else starts or cleans up this home
     try:
         note = lifecycle.check_not_running(home_path)
@@ -174,6 +178,8 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
             found = lifecycle.wait_until_up(home_path, proc)
     finally:
         lifecycle.release_home(lock_fd)  # the supervisor holds its own copy for its life
+    for line in lifecycle.salvage_report(home_path, since=time.time() - (time.monotonic() - started)):
+        errors.print(f"warning: {line}", markup=False)
     counts = f"{spec.executors} CPU + {spec.gpu_executors} GPU executors, {spec.schedulers} scheduler(s)"
     console.print(f"cluster up in {home_path} ({counts}) in {time.monotonic() - started:.1f} s", markup=False)
     if foreground:

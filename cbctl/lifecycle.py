@@ -132,7 +132,8 @@ def check_port_free(listen: str, port: int) -> None:
 def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int, listen: str,
               durability: str, fake_gpus: int, cache_mb: int, max_batch: int = MAX_BATCH,
               max_continuations: int = MAX_CONTINUATIONS, policy: Iterable[str] = (),
-              max_message_mb: int = MAX_MESSAGE_BYTES >> 20, no_auth: bool = False) -> ClusterSpec:
+              max_message_mb: int = MAX_MESSAGE_BYTES >> 20, no_auth: bool = False,
+              salvage: bool = False) -> ClusterSpec:
     listen, scheduler_port = parse_listen(listen)
     curve = check_auth(listen, no_auth)
     if executors is None:
@@ -164,6 +165,7 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
     check_port_free(listen, scheduler_port)
     return ClusterSpec(executors=executors, gpu_executors=gpu_executors, schedulers=schedulers,
                        listen=listen, scheduler_port=scheduler_port, curve=curve, durability=durability,
+                       salvage=salvage,
                        fake_gpus=fake_gpus,
                        cache_mb=cache_mb, max_batch=max_batch, max_continuations=max_continuations,
                        policy=parse_policy_options(policy), max_message_bytes=max_message_mb << 20)
@@ -207,6 +209,23 @@ def private_umask() -> Iterator[None]:
         yield
     finally:
         os.umask(previous)
+
+
+def salvage_report(home: Path, since: float) -> list[str]:
+    """What the store's recovery dropped when started with ``--salvage`` (written after ``since``), as lines for
+    the user: one per damaged file moved aside."""
+    try:
+        report = json.loads((cluster.data_dir(home) / cluster.SALVAGE_REPORT).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(report, dict) or report.get("time", 0) < since:
+        return []
+    lines = []
+    for entry in report.get("files", []):
+        stretches = ", ".join(f"{d['bytes']} bytes at offset {d['offset']} ({d['why']})" for d in entry["damaged"])
+        lines.append(f"salvaged {entry['file']}: kept {entry['records_kept']} intact records, dropped {stretches}; "
+                     f"the damaged file is kept as {entry['moved_to']}")
+    return lines
 
 
 def start_supervisor(home: Path, spec: ClusterSpec, lock_fd: int, foreground: bool = False) -> subprocess.Popen:

@@ -36,7 +36,9 @@ from cbctl.runtime.defaults import (
 )
 
 CLUSTER_FILE = "cluster.json"
-STARTUP_ERROR_FILE = "startup-error.txt"  # the supervisor's reason for a failed start, which `cbctl up` shows
+STARTUP_ERROR_FILE = "startup-error.txt"
+#: In ``data/``: what the store's recovery with `cbctl up --salvage` dropped (JSON), for `cbctl up` to show.
+SALVAGE_REPORT = "salvage-report.json"  # the supervisor's reason for a failed start, which `cbctl up` shows
 #: The files cbctl itself writes at the top of the home (the home may hold others: they are not ours to touch).
 TOP_LEVEL_FILES = (CLUSTER_FILE, CLUSTER_FILE + ".tmp", STARTUP_ERROR_FILE, home_lock.SUPERVISOR_LOCK)
 #: What `cbctl up` and every cluster process create files under: directories 0700, files 0600.

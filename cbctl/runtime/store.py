@@ -7,6 +7,7 @@ the batch interval is due, compact when the log grows.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -66,16 +67,19 @@ class StoreNode:
     """The state and handlers of one store node, independent of how messages arrive (tests drive it)."""
 
     def __init__(self, data_dir: Path, durability: str = "batch",
-                 compact_bytes: int = WAL_COMPACT_BYTES) -> None:
+                 compact_bytes: int = WAL_COMPACT_BYTES, salvage: bool = False) -> None:
         self.data: dict[str, Lattice] = {}
         # kept up to date on every merge so stats (polled by `cbctl top` every second) cost O(1), not O(keys)
         self.live_keys_count = 0
         self.live_bytes = 0
         self.wal = WriteAheadLog(data_dir, durability=durability, batch_interval_s=WAL_BATCH_INTERVAL_S,
-                                 compact_threshold_bytes=compact_bytes)
+                                 compact_threshold_bytes=compact_bytes, salvage=salvage)
         for record in self.wal.replay():
             key, wire = msgpack.unpackb(record, raw=False)
             self._merge(key, lattice_from_wire(wire))
+        if self.wal.salvaged:  # `cbctl up --salvage` shows it to the user
+            report = Path(data_dir) / cluster.SALVAGE_REPORT
+            report.write_text(json.dumps({"time": time.time(), "files": self.wal.salvaged}, indent=2))
         self.subscribers: dict[str, set[str]] = {}  # in memory only: a restarted store has none
         self.subscriptions = 0  # sum of the sets' sizes, kept on every change so stats stay O(1)
         # Executors compare this with what they saw before (their once-per-status-interval stats probe): a new
@@ -236,7 +240,8 @@ def main(config: ProcessConfig) -> None:
                                           "that process first")
         raise SystemExit(1) from None
     try:
-        node = StoreNode(data_dir, durability=config.options.get("durability", "batch"))
+        node = StoreNode(data_dir, durability=config.options.get("durability", "batch"),
+                         salvage=bool(config.options.get("salvage")))
     except Exception as exc:
         log.exception("store could not start")
         report_ready(context, config, "", f"store could not recover its data: {exc}")

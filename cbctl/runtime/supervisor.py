@@ -83,6 +83,7 @@ class ClusterSpec:
     scheduler_port: int = 0  # the first scheduler's port on HOST (0: random, like every other process's)
     curve: bool = False  # TCP sockets authenticate with the keys in HOME/keys (see auth.py)
     durability: str = "batch"
+    salvage: bool = False  # the store keeps the intact records of a damaged log or snapshot (`cbctl up --salvage`)
     fake_gpus: int = 0
     cache_mb: int = 64
     max_batch: int = MAX_BATCH
@@ -223,7 +224,7 @@ class Supervisor:
         # yet just has its first frames queued by zmq until it is. On TCP the ports are picked at bind time, so
         # each role waits for the addresses of the roles before it.
         known = not spec.listen
-        store = self._new_child("store", 0, {"durability": spec.durability})
+        store = self._new_child("store", 0, {"durability": spec.durability, "salvage": spec.salvage})
         self._start_role([store], known)
         schedulers = [self._new_child("scheduler", i, {"policy": spec.policy}) for i in range(spec.schedulers)]
         self._start_role(schedulers, known)
