@@ -300,7 +300,9 @@ def put(key: str, value: str, home: str | None) -> None:
     if value == "-":
         value = sys.stdin.read()
     with Client(home) as client:
-        client.put(key, parse_value(value))
+        if not client.put(key, parse_value(value)):
+            raise CbctlError(f"{key!r} was not stored: a write stamped later by another writer won (last writer "
+                             "wins); read it with `cbctl get`, and put again to replace it")
     console.print(f"stored {key}", markup=False)
 
 

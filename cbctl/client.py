@@ -505,28 +505,32 @@ class Client:
             (lattice,) = self._store.get_lattices([key])
         return reveal(key, lattice, LWW)
 
-    def put(self, key: str, value: Any) -> None:
-        """Write ``value`` under ``key`` (last-writer-wins); durable per the store's policy on return."""
+    def put(self, key: str, value: Any) -> bool:
+        """Write ``value`` under ``key`` (last-writer-wins); durable per the store's policy on return. Returns
+        whether the value is now the key's: False when a write stamped later won the merge even after this one
+        was stamped past the version it found (a concurrent writer; see ``writer_clock.py``)."""
         _check_key(key)
         self._check_open()
         encoded = self._encode(value, "the value for key %r", key)
-        written_after = time.time_ns()  # the write's timestamp is at least this: its read-your-writes token
         with self._store_lock:
             try:
-                self._store.put_lattice(key, self._store.new_lww(encoded))
+                written, won = self._store.put_lww(key, self._store.new_lww(key, encoded))
             except InvalidArgument as exc:
                 raise InvalidArgument(f"could not write {key!r}: {exc} (it holds values written by causal calls; "
                                       "use another key, or delete it first with delete_key)") from None
-        self._session.record({key: written_after})
+        self._session.record({key: written.timestamp})  # its read-your-writes token
+        return won
 
-    def delete_key(self, key: str) -> None:
-        """Delete ``key`` (deleting a key that holds nothing is not an error)."""
+    def delete_key(self, key: str) -> bool:
+        """Delete ``key`` (deleting a key that holds nothing is not an error); whether the delete won, as for
+        ``put``."""
         _check_key(key)
         self._check_open()
         deleted_after = time.time_ns()
         with self._store_lock:
-            self._store.delete(key)
+            won = self._store.delete(key)
         self._session.record({key: deleted_after})
+        return won
 
     def list_keys(self, prefix: str = "") -> list[str]:
         """The keys that hold a value and start with ``prefix``, sorted (cbctl's own ``__cb/`` keys left out)."""

@@ -209,21 +209,27 @@ class CachedStore:
         entry = self.cache.get(key)
         return lattice if entry is None else entry.lattice
 
-    def write(self, key: str, lattice: Lattice) -> Lattice:
-        """Write through: returns once the store acknowledged the merge; the result is what the cache now
-        holds for the key (the write merged into it), or the written lattice when the key is not held."""
+    def write(self, key: str, lattice: Lattice) -> tuple[Lattice, Lattice, bool]:
+        """Write through: returns once the store acknowledged the merge, with the version written (a last-
+        writer-wins one restamped if the key held a later one: ``StoreClient.put_lww``), what the cache now holds
+        for the key (the write merged into it, or the written version when the key is not held), and whether
+        the write won."""
+        won = True
         try:
-            self.client.put_lattice(key, lattice)
+            if type(lattice) is LWWLattice:
+                lattice, won = self.client.put_lww(key, lattice)
+            else:
+                self.client.put_lattice(key, lattice)
         except InvalidArgument as exc:
             raise InvalidArgument(
                 f"could not write {key!r}: {exc} (a key keeps the kind of value it was first written with: "
                 "lww and repeatable_read calls write last-writer-wins values, causal calls causal ones; "
                 "use another key, or delete it first)") from None
         if key not in self.cache:
-            return lattice
+            return lattice, lattice, won
         self._evicted(self.cache.insert(key, lattice))
         entry = self.cache.get(key)
-        return lattice if entry is None else entry.lattice
+        return lattice, lattice if entry is None else entry.lattice, won
 
     def on_push(self, key: str, wire: list[Any]) -> None:
         """A ``KeyUpdate`` from the store: merge it into the held copy (ignored when the key is not held)."""

@@ -257,6 +257,10 @@ CLIENT_RESEND_CHECK_S = 0.5
 #: gone, so that `cbctl up` in the same home never meets one still holding the store's log or a socket.
 STALE_KILL_WAIT_S = 5.0
 
+#: Keys a writer (each client and executor) remembers a newer timestamp for, after a write of it lost to that
+#: version (``writer_clock.py``): each entry is a key and an int; a forgotten key costs one retried write.
+WRITER_CLOCK_KEYS = 10_000
+
 #: Seconds between a supervisor's checks that its cluster file is intact (it rewrites one that was removed or
 #: damaged), and how long a command that finds the file so, with a live supervisor holding the home, waits for the
 #: rewrite before saying so (a few checks' worth: the supervisor may be busy starting or stopping processes).

@@ -430,10 +430,10 @@ class Executor:
         self.serve_while_busy(0.0)
         return self.sessions.read(key)
 
-    def write_key(self, key: str, value: Any) -> None:
+    def write_key(self, key: str, value: Any) -> bool:
         encoded = serialization.encode(value)
         limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
-        self.sessions.write(key, encoded)
+        return self.sessions.write(key, encoded)
 
     def serve_while_busy(self, timeout_s: float) -> bool:
         """While user code runs or waits (``cb.get``, ``cb.recv``, a repeatable-read version fetch), handle

@@ -247,9 +247,11 @@ class ListKeysResponse(Message):
 
 @message(16)
 class Ack(Message):
-    """A write (put, delete, subscribe) is durable per the store's policy and applied."""
+    """A write (put, delete, subscribe) is durable per the store's policy and applied. ``superseded_by``: for a
+    last-writer-wins write that did not win the merge, the timestamp of the version that did (0: it won)."""
 
     req_id: int
+    superseded_by: int = 0
 
 
 @message(17)

@@ -134,18 +134,18 @@ class StoreNode:
             self.counters["puts"] += 1
             lattice = lattice_from_wire(request.lattice)
             _check_key(request.key)
-            changed[request.key] = self._merge(request.key, lattice)
-            self.triggers.on_write(request.key, changed[request.key])
+            merged = changed[request.key] = self._merge(request.key, lattice)
+            self.triggers.on_write(request.key, merged)
             records.append(msgpack.packb([request.key, request.lattice]))
-            return Ack(request.req_id)
+            return Ack(request.req_id, _superseded_by(lattice, merged))
         if isinstance(request, DeleteRequest):
             self.counters["deletes"] += 1
             _check_key(request.key)
             tombstone = LWWLattice(request.timestamp, request.writer, None, tombstone=True)
-            changed[request.key] = self._merge(request.key, tombstone)
-            self.triggers.on_write(request.key, changed[request.key])
+            merged = changed[request.key] = self._merge(request.key, tombstone)
+            self.triggers.on_write(request.key, merged)
             records.append(msgpack.packb([request.key, tombstone.to_wire()]))
-            return Ack(request.req_id)
+            return Ack(request.req_id, _superseded_by(tombstone, merged))
         if isinstance(request, ListKeysRequest):
             self.counters["lists"] += 1
             return ListKeysResponse(request.req_id, self.live_keys(request.prefix))
@@ -200,6 +200,14 @@ class StoreNode:
 def _check_key(key: Any) -> None:
     if not isinstance(key, str) or not key:
         raise ValueError(f"a key must be a non-empty string, got {key!r}")
+
+
+def _superseded_by(written: Lattice, merged: Lattice) -> int:
+    """The timestamp of the last-writer-wins version that beat ``written`` (0 if it won, or is no such write):
+    the writer is told, and stamps its next write of the key after it (``writer_clock.py``)."""
+    if type(written) is LWWLattice and merged != written and type(merged) is LWWLattice:
+        return merged.timestamp
+    return 0
 
 
 def _is_tombstone(lattice: Lattice) -> bool:

@@ -35,6 +35,7 @@ from cbctl.runtime.messages import (
     unpack,
 )
 from cbctl.runtime.process import new_socket
+from cbctl.runtime.writer_clock import WriterClock
 
 
 class StoreUnavailable(CbctlError):
@@ -53,6 +54,7 @@ class StoreClient:
         self._ids = itertools.count(1)
         self._sock: zmq.Socket | None = None
         self.requests = 0  # how many round trips this client made (tests count cache hits with it)
+        self.clock = WriterClock()  # this writer's last-writer-wins timestamps
 
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
@@ -97,10 +99,27 @@ class StoreClient:
         assert isinstance(reply, GetResponse)
         return [None if wire is None else lattice_from_wire(wire) for wire in reply.lattices]
 
-    def put_lattice(self, key: str, lattice: Lattice) -> None:
+    def put_lattice(self, key: str, lattice: Lattice) -> int:
+        """Merge ``lattice`` into ``key``; returns 0, or for a last-writer-wins version that lost the merge the
+        timestamp of the one that won."""
         wire = lattice.to_wire()
         reply = self._request(lambda r: PutRequest(r, key, wire))
         assert isinstance(reply, Ack)
+        return reply.superseded_by
+
+    def put_lww(self, key: str, lattice: LWWLattice) -> tuple[LWWLattice, bool]:
+        """Write a last-writer-wins version stamped by ``self.clock``. If the key holds one stamped later (by a
+        clock ahead of ours), stamp after it and write again, once: a put is never lost to an older one from a
+        skewed clock. Returns the version written last and whether it won (False: a concurrent write stamped
+        later still, which the caller reports)."""
+        superseded = self.put_lattice(key, lattice)
+        if superseded:
+            self.clock.observe(key, superseded)
+            lattice = LWWLattice(self.clock.stamp(key), lattice.writer, lattice.value, lattice.tombstone)
+            superseded = self.put_lattice(key, lattice)
+            if superseded:
+                self.clock.observe(key, superseded)
+        return lattice, not superseded
 
     # --- value level (last-writer-wins) ----------------------------------------------------------------
 
@@ -112,15 +131,23 @@ class StoreClient:
         (lattice,) = self.get_lattices([key])
         return reveal_encoded(key, lattice)
 
-    def put(self, key: str, value: Any) -> None:
-        self.put_lattice(key, self.new_lww(serialization.encode(value)))
+    def put(self, key: str, value: Any) -> bool:
+        """Write ``value`` under ``key`` (last-writer-wins); whether it is now the key's value."""
+        return self.put_lww(key, self.new_lww(key, serialization.encode(value)))[1]
 
-    def new_lww(self, encoded: bytes) -> LWWLattice:
-        return LWWLattice(time.time_ns(), self.writer_id, encoded)
+    def new_lww(self, key: str, encoded: bytes) -> LWWLattice:
+        return LWWLattice(self.clock.stamp(key), self.writer_id, encoded)
 
-    def delete(self, key: str) -> None:
-        reply = self._request(lambda r: DeleteRequest(r, key, time.time_ns(), self.writer_id))
-        assert isinstance(reply, Ack)
+    def delete(self, key: str) -> bool:
+        """Delete ``key`` (a tombstone, ordered like a write); whether the delete won, as for ``put``."""
+        for _ in range(2):  # as put_lww: a version stamped ahead of our clock is seen, then outstamped once
+            stamp = self.clock.stamp(key)
+            reply = self._request(lambda r, stamp=stamp: DeleteRequest(r, key, stamp, self.writer_id))
+            assert isinstance(reply, Ack)
+            if not reply.superseded_by:
+                return True
+            self.clock.observe(key, reply.superseded_by)
+        return False
 
     def list_keys(self, prefix: str = "") -> list[str]:
         reply = self._request(lambda r: ListKeysRequest(r, prefix))

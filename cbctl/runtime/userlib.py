@@ -35,13 +35,14 @@ class UserLibrary:
                 raise
             return default
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: Any) -> bool:
         """Write ``value`` under ``key``; durable in the store when this returns. Last-writer-wins, except in a
         ``causal`` call, where it replaces the versions this call read of the key and is kept alongside
-        concurrent ones. ``MessageTooLarge`` if the value is over the cluster's limit (``--max-message-mb``)."""
+        concurrent ones. ``MessageTooLarge`` if the value is over the cluster's limit (``--max-message-mb``).
+        Returns whether the value is now the key's (False: a concurrent write stamped later won)."""
         if not isinstance(key, str) or not key or key.startswith("__cb/"):
             raise InvalidArgument(f"key {key!r} is invalid: use a non-empty string not starting with '__cb/'")
-        self._executor.write_key(key, value)
+        return self._executor.write_key(key, value)
 
     def getid(self) -> str:
         """This executor's id (as ``cbctl status`` and ``cbctl top`` show it)."""
