@@ -23,6 +23,7 @@ from cbctl.errors import CbctlError, FunctionError, InvalidArgument
 from cbctl.runtime import cluster, user_errors
 from cbctl.runtime.defaults import (
     CALL_TIMEOUT_S,
+    DEPARTURE_TIMEOUT_S,
     DEPLOY_IMPORT_TIMEOUT_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
@@ -124,6 +125,9 @@ def main() -> None:
                    "in the cluster).")
 @click.option("--durability", type=click.Choice(["always", "batch", "none"]), default="batch", show_default=True,
               help="When the store fsyncs its log: every write, at most every 50 ms, or never.")
+@click.option("--departure-timeout", "departure_timeout", type=float, default=DEPARTURE_TIMEOUT_S, show_default=True,
+              metavar="S", help="Seconds an executor departing in a `cbctl scale` down may finish its calls; past "
+                                "it, it is stopped and its calls are dispatched again on the executors that stay.")
 @click.option("--salvage", is_flag=True,
               help="Start even if the store's log or snapshot is damaged: keep every intact record, move the "
                    "damaged file aside and report what was dropped (without it, such damage stops `cbctl up`).")
@@ -146,7 +150,8 @@ def main() -> None:
 @handle_errors
 def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
        durability: str, cache_mb: int, fake_gpus: int, max_batch: int, max_continuations: int,
-       max_message_mb: int, policy: tuple[str, ...], no_auth: bool, salvage: bool, home: str | None) -> None:
+       max_message_mb: int, policy: tuple[str, ...], no_auth: bool, departure_timeout: float, salvage: bool,
+       home: str | None) -> None:
     """Start a cluster in the home directory and return once every process is ready.
 
     The home is made private to you (0700/0600). With --listen, every TCP socket is a CURVE server that
@@ -161,7 +166,8 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     """
     home_path = cluster.resolve_home(home)
     spec = lifecycle.plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb,
-                               max_batch, max_continuations, policy, max_message_mb, no_auth, salvage)
+                               max_batch, max_continuations, policy, max_message_mb, no_auth, salvage,
+                               departure_timeout)
     lock_fd = lifecycle.claim_home(home_path)  # held from here: nobody else starts or cleans up this home
     try:
         note = lifecycle.check_not_running(home_path)
@@ -226,6 +232,8 @@ def scale(executors: int, as_json: bool, home: str | None) -> None:
         return
     changes = [f"started {', '.join(result['started'])}"] if result["started"] else []
     changes += [f"stopped {', '.join(result['stopped'])}"] if result["stopped"] else []
+    changes += [f"{', '.join(result['cut_short'])} cut short past the departure timeout: its calls were "
+                "dispatched again"] if result.get("cut_short") else []
     console.print(f"{result['executors']} CPU executors" + (f" ({'; '.join(changes)})" if changes else
                                                             " (unchanged)"), markup=False)
 

@@ -23,6 +23,7 @@ from cbctl.client import supervisor_request
 from cbctl.errors import CbctlError, ClusterAlreadyRunning, ClusterNotRunning, InvalidArgument
 from cbctl.runtime import auth, cluster, home_lock
 from cbctl.runtime.defaults import (
+    DEPARTURE_TIMEOUT_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
@@ -133,7 +134,7 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
               durability: str, fake_gpus: int, cache_mb: int, max_batch: int = MAX_BATCH,
               max_continuations: int = MAX_CONTINUATIONS, policy: Iterable[str] = (),
               max_message_mb: int = MAX_MESSAGE_BYTES >> 20, no_auth: bool = False,
-              salvage: bool = False) -> ClusterSpec:
+              salvage: bool = False, departure_timeout_s: float = DEPARTURE_TIMEOUT_S) -> ClusterSpec:
     listen, scheduler_port = parse_listen(listen)
     curve = check_auth(listen, no_auth)
     if executors is None:
@@ -162,10 +163,13 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
     if not 1 <= max_message_mb <= MAX_MESSAGE_MB_CEILING:
         raise InvalidArgument(f"--max-message-mb {max_message_mb} is out of range: pass 1 to "
                               f"{MAX_MESSAGE_MB_CEILING} (MiB per serialised value)")
+    if not departure_timeout_s > 0:
+        raise InvalidArgument(f"--departure-timeout {departure_timeout_s} must be seconds > 0: how long a departing "
+                              "executor may finish its calls before they are dispatched elsewhere")
     check_port_free(listen, scheduler_port)
     return ClusterSpec(executors=executors, gpu_executors=gpu_executors, schedulers=schedulers,
                        listen=listen, scheduler_port=scheduler_port, curve=curve, durability=durability,
-                       salvage=salvage,
+                       salvage=salvage, departure_timeout_s=departure_timeout_s,
                        fake_gpus=fake_gpus,
                        cache_mb=cache_mb, max_batch=max_batch, max_continuations=max_continuations,
                        policy=parse_policy_options(policy), max_message_bytes=max_message_mb << 20)

@@ -28,6 +28,11 @@ STARTUP_TIMEOUT_S = 60.0
 #: Seconds `cbctl down` gives the cluster to stop warmly before killing what is left.
 SHUTDOWN_TIMEOUT_S = 20.0
 
+#: Seconds an executor departing in a `cbctl scale` down gets to finish the calls it holds (`cbctl up
+#: --departure-timeout S`). Past it the supervisor kills it and tells the schedulers, which dispatch its unfinished
+#: calls again on the executors that stay, as after a crash: never dropped, at least once.
+DEPARTURE_TIMEOUT_S = 20.0
+
 #: Seconds each role gets to stop when the cluster failed to start (nothing ran yet, so nothing needs draining)
 #: before it is killed, so `cbctl up` reports the failure promptly.
 STARTUP_FAILED_STOP_S = 2.0

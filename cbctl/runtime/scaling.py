@@ -4,7 +4,10 @@ being watched and restarted meanwhile), answering the request once every new exe
 departing one has exited.
 
 Departing is graceful (see ``departure``): SIGTERM makes an executor stop taking work, finish what it was
-sent and exit, so a scale-down under load loses no call. Executor indices are never reused: a newcomer never
+sent and exit, so a scale-down under load loses no call. One that is still running calls after the departure
+bound (``ClusterSpec.departure_timeout_s``, `cbctl up --departure-timeout`) is killed, and the schedulers are told
+at once, as for a crash, so they dispatch its unfinished calls again on the executors that stay; the answer
+names it under ``cut_short``. Executor indices are never reused: a newcomer never
 inherits a departed executor's id or address, so a late message meant for the old one cannot reach it.
 """
 
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from cbctl.errors import InvalidArgument
 from cbctl.runtime.defaults import SHUTDOWN_TIMEOUT_S, STARTUP_TIMEOUT_S
-from cbctl.runtime.messages import ControlResponse
+from cbctl.runtime.messages import ControlResponse, ExecutorLost
 
 if TYPE_CHECKING:
     from cbctl.runtime.supervisor import Child, Supervisor
@@ -59,6 +62,7 @@ class ScaleOperation:
     starting: list[str] = field(default_factory=list)
     stopping: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
+    cut_short: list[str] = field(default_factory=list)  # departed past the bound: killed, calls re-dispatched
     start_deadline: float = 0.0
     kill_at: float = 0.0
 
@@ -77,7 +81,7 @@ def begin(supervisor: Supervisor, envelope: list[bytes], req_id: int, arguments:
                       len(_executors(supervisor, "gpu")))
     now = time.monotonic()
     operation = ScaleOperation(envelope, req_id, arguments["executors"], start_deadline=now + STARTUP_TIMEOUT_S,
-                               kill_at=now + SHUTDOWN_TIMEOUT_S)
+                               kill_at=now + supervisor.spec.departure_timeout_s)
     for index in plan.start:
         child = supervisor._new_executor(index, "cpu")
         supervisor._spawn(child)
@@ -102,8 +106,15 @@ def advance(supervisor: Supervisor, operation: ScaleOperation) -> ControlRespons
         child = supervisor.children[name]
         if child.process is not None and child.process.is_alive():
             if now > operation.kill_at:
-                log.warning("%s did not leave within %.0f s: killing it", name, SHUTDOWN_TIMEOUT_S)
+                bound = supervisor.spec.departure_timeout_s
+                log.warning("%s did not leave within %g s: killing it; its calls are dispatched again", name, bound)
                 child.process.kill()
+                child.process.join(5)
+                # as for a crash: the schedulers dispatch every call it still held again, on executors that stay
+                supervisor._tell_schedulers(ExecutorLost(
+                    name, child.address, child.pid,
+                    f"departing in a scale-down, it had not finished its calls within {bound:g} s: killed"))
+                operation.cut_short.append(name)
             continue
         if child.process is not None:
             child.process.join(0)
@@ -123,7 +134,8 @@ def advance(supervisor: Supervisor, operation: ScaleOperation) -> ControlRespons
     supervisor.write_cluster_file()
     log.info("scaled to %d CPU executors", operation.target)
     return ControlResponse(operation.req_id, True, {"executors": operation.target, "started": operation.starting,
-                                                    "stopped": sorted(operation.stopped)})
+                                                    "stopped": sorted(operation.stopped),
+                                                    "cut_short": sorted(operation.cut_short)})
 
 
 def _failed(supervisor: Supervisor, operation: ScaleOperation, reason: str) -> ControlResponse:
