@@ -288,8 +288,8 @@ class Executor:
             args = self.arguments(trigger, inputs)
             result = loaded.target(self.userlib, *args)
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything, SystemExit included
-            if isinstance(exc, KeyboardInterrupt):
-                raise
+            # KeyboardInterrupt, SystemExit, GeneratorExit too: the executor's own stop is a flag its signal
+            # handler sets (process.ShutdownFlag), never an exception, so whatever is raised here is the user's
             ok = False
             # a wrong argument count gets a message that does not count cb (args is set: loaded is too)
             target = loaded.target if args is not None else None
@@ -337,7 +337,7 @@ class Executor:
             return
         try:
             payload = serialization.encode(result)
-        except Exception as exc:
+        except BaseException as exc:  # noqa: BLE001 - a result's own __reduce__ is user code: it may raise anything
             self.fail(trigger, user_errors.unserializable_result(trigger.function, result, exc))
             return
         if len(payload) > self.max_message_bytes:  # the caller is told; the executor goes on
