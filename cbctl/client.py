@@ -95,6 +95,8 @@ class CallFuture:
         if self._result is _PENDING:
             self._client._poll_result(self, timeout)
         if self._result is _PENDING:
+            if self._client._forked_from:
+                self._client._check_open()  # raises: the client belongs to the process that forked this one
             if self._client._closed:
                 raise CbctlError(f"call {self.call_id} of {self.name!r} had not returned when its client was "
                                  "closed: wait for results before closing the client")
@@ -160,6 +162,7 @@ class Client:
         self._cond = threading.Condition()
         self._reader_active = False
         self._closed = False
+        self._forked_from = 0  # set in a child of os.fork(): the parent's pid (see _after_fork_in_child)
         self._next_liveness_check = time.monotonic() + CLIENT_LIVENESS_CHECK_S
         # crash semantics (runtime/retries.py): ids of calls whose results came since the last request, which
         # the next one tells the scheduler about; and the scheduler's pid, to notice its restart
@@ -167,6 +170,7 @@ class Client:
         self._stored_waiting: weakref.WeakValueDictionary[str, CallFuture] = weakref.WeakValueDictionary()
         self._scheduler_pid = next((p.pid for p in self.cluster.processes if p.address == scheduler), 0)
         self._next_restart_check = 0.0
+        _live_clients.add(self)
 
     # --- registration ----------------------------------------------------------------------------------
 
@@ -331,6 +335,8 @@ class Client:
                    **source_args: Sequence[Any]) -> CallFuture:
         """Start a call and return its future at once. With ``store_result`` the result is written to the
         store under the call id and the future reads it from there (it outlives this client)."""
+        if self._closed:
+            self._check_open()  # before any lock: one held in the parent at fork time is never released here
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"{name!r} is not a function or DAG name: pass the name it was registered under")
         call_id = f"{self.client_id}-{next(self._ids)}"
@@ -558,10 +564,15 @@ class Client:
     # --- lifetime --------------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
+        if self._forked_from:
+            raise CbctlError(f"this client was made in process {self._forked_from}, and a client cannot be used after "
+                             "os.fork() (its sockets belong to the parent): call cbctl.connect() in the child")
         if self._closed:
             raise CbctlError("this client is closed: make a new one with cbctl.connect()")
 
     def close(self) -> None:
+        if self._forked_from:
+            return  # the sockets are the parent's: the child must not touch them, nor wait on the parent's locks
         with self._call_lock:
             if self._closed:
                 return
@@ -581,6 +592,23 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: Every client not yet garbage-collected, so a fork can mark them unusable in the child (see below).
+_live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """zmq sockets and contexts do not survive ``fork()``: a child that used its parent's client would spin or
+    hang (and the locks another parent thread held at the fork are never released here). Every client
+    inherited is marked, so its next use raises at once, saying what to do; the parent's copy is unaffected."""
+    parent = os.getppid()
+    for client in list(_live_clients):
+        client._forked_from = parent
+        client._closed = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _check_key(key: Any) -> None:
