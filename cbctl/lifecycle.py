@@ -29,6 +29,7 @@ from cbctl.runtime.defaults import (
     MAX_MESSAGE_BYTES,
     SHUTDOWN_TIMEOUT_S,
     STARTUP_TIMEOUT_S,
+    SUPERVISOR_ANSWER_TIMEOUT_S,
 )
 from cbctl.runtime.policy import parse_policy_options
 from cbctl.runtime.scaling import SCALE_REQUEST_TIMEOUT_S
@@ -287,10 +288,9 @@ def stop_cluster(home: Path, timeout_s: float = 3 * SHUTDOWN_TIMEOUT_S + 10) -> 
             procs.append(psutil.Process(pid))
         except psutil.Error:
             pass
-    try:
-        psutil.Process(found.supervisor_pid).terminate()
-    except psutil.Error:
-        pass
+    # asked, not signalled: a stopped or stuck supervisor gets a bounded wait and a clear error, and ignores the
+    # request if it resumes later (a SIGTERM would wait in its queue and stop the cluster by surprise)
+    supervisor_request(found, "stop", timeout_s=SUPERVISOR_ANSWER_TIMEOUT_S, home=home)
     alive = wait_gone(procs, timeout_s)
     for proc in alive:
         try:

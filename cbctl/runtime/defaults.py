@@ -126,6 +126,12 @@ RATE_SAMPLE_S = 1.0
 #: nothing new).
 TOP_INTERVAL_S = 1.0
 
+#: Seconds a command that talks to the supervisor (`down`, `scale`) waits for it to take the request up: a
+#: supervisor that has not by then (stopped with SIGSTOP, or stuck) gets a clear error instead of a hang, and
+#: ignores the request if it resumes later (``messages.START_BY``); and how long one already working on a
+#: request may be seen stopped before its caller gives up.
+SUPERVISOR_ANSWER_TIMEOUT_S = 5.0
+
 #: Seconds `cbctl top` and `cbctl status` wait for the supervisor, schedulers and store to answer one
 #: snapshot; short, so that a cluster going away is noticed within a refresh or two.
 TOP_REQUEST_TIMEOUT_S = 3.0

@@ -487,11 +487,17 @@ class ProcessReady(Message):
 
 @message(61)
 class SupervisorRequest(Message):
-    """CLI -> supervisor: ``command`` is status, stop or scale; ``arguments`` depends on it."""
+    """CLI -> supervisor: ``command`` is status, stop or scale; ``arguments`` depends on it, and may hold
+    ``START_BY``: unix seconds after which the supervisor ignores the request instead of carrying it out (its
+    sender gave up waiting: a supervisor resumed after SIGSTOP must not act on a `cbctl down` nobody awaits)."""
 
     req_id: int
     command: str
     arguments: dict[str, Any] = field(default_factory=dict)
+
+
+#: ``SupervisorRequest.arguments`` key: see the class.
+START_BY = "start_by"
 
 
 # --- executor departure (kinds 70-79; see runtime/departure.py) ---------------------------------------------

@@ -49,6 +49,7 @@ from cbctl.runtime.defaults import (
     STARTUP_TIMEOUT_S,
 )
 from cbctl.runtime.messages import (
+    START_BY,
     ControlResponse,
     ExecutorLost,
     ProcessReady,
@@ -364,6 +365,12 @@ class Supervisor:
                 refusal = version_refusal(parts[-1], "the supervisor")  # a peer of another version is told why
                 if refusal is not None:
                     self.control_sock.send_multipart([*parts[:-1], refusal])
+                continue
+            start_by = request.arguments.get(START_BY)
+            if isinstance(start_by, (int, float)) and time.time() > start_by:
+                # its sender stopped waiting (this process was stopped, or far behind): acting now would surprise
+                log.warning("ignored a %r request that came %.1f s past the time its sender waited for",
+                            request.command, time.time() - start_by)
                 continue
             if request.command == "scale":
                 self._begin_scale(parts[:-1], request)  # answered once the executors are up or gone
