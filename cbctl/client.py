@@ -39,6 +39,7 @@ from cbctl.errors import (
 from cbctl.runtime import auth, cluster, limits, registry, serialization, user_errors
 from cbctl.runtime.code_loading import source_file_of
 from cbctl.runtime.consistency import LWW, ClientSession, reveal
+from cbctl.runtime.consistency import MODES as CONSISTENCY_MODES
 from cbctl.runtime.dag import chain_edges, validate_dag
 from cbctl.runtime.defaults import (
     CALL_TIMEOUT_S,
@@ -93,6 +94,7 @@ class CallFuture:
     def result(self, timeout: float | None = CALL_TIMEOUT_S) -> Any:
         """The call's value; raises ``FunctionError`` if it raised, ``CallTimeout`` past ``timeout`` s (default
         ``CALL_TIMEOUT_S``, 60; None waits until done; 0 only looks: the result is returned if it is in)."""
+        _check_timeout(timeout)
         if timeout is not None and not timeout >= 0:
             raise InvalidArgument(f"timeout={timeout!r} is invalid: pass seconds >= 0, or None to wait until done")
         if self._result is _PENDING:
@@ -125,6 +127,9 @@ class Client:
     """A connection to a running cluster; thread-safe. Use ``cbctl.connect()`` to make one."""
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        if home is not None and not isinstance(home, (str, os.PathLike)):
+            raise InvalidArgument(f"home={home!r} is not a path: pass the cluster directory as a str or Path, or "
+                                  "None for $CBCTL_HOME")
         self.home = cluster.resolve_home(home)
         self.cluster = cluster.running_cluster(self.home)
         #: the cluster's largest serialised value (``cbctl up --max-message-mb``), checked before anything is sent
@@ -181,6 +186,11 @@ class Client:
                  batching: bool = False, init_args: Sequence[Any] = ()) -> dict[str, Any]:
         """Register a function (or a class with a ``run(cb, ...)`` method, constructed once per executor
         with ``init_args``) under ``name`` (default: its ``__name__``); replaces an earlier one."""
+        for flag, value in (("gpu", gpu), ("batching", batching)):
+            _check_bool(value, flag)
+        if isinstance(init_args, (str, bytes)) or not isinstance(init_args, (list, tuple)):
+            raise InvalidArgument(f"init_args={init_args!r} is not a tuple: pass the constructor's arguments as a "
+                                  "tuple, e.g. init_args=(10,)")
         is_class = isinstance(target, type)
         if is_class and not callable(getattr(target, "run", None)):
             raise InvalidArgument(f"class {target.__name__} has no run(cb, ...) method to call")
@@ -208,7 +218,14 @@ class Client:
         """Register a DAG of registered functions (names or the decorated functions themselves); with no
         ``edges`` it is a chain in the given order. ``multiexec=[f, ...]`` marks functions that run once per
         upstream result as each arrives (see ``cbctl.runtime.multiexec``)."""
+        _check_name(name, "DAG name")
+        if isinstance(functions, (str, bytes)) or not isinstance(functions, (list, tuple)):
+            raise InvalidArgument(f"functions={functions!r} is not a list: pass the DAG's functions (or their names) "
+                                  "as a list, e.g. register_dag('d', ['f', 'g'])")
         names = [function_name(f) for f in functions]
+        if edges is not None and (isinstance(edges, (str, bytes)) or not isinstance(edges, (list, tuple))
+                                  or not all(isinstance(e, (list, tuple)) and len(e) == 2 for e in edges)):
+            raise InvalidArgument(f"edges={edges!r} is not a list of (upstream, downstream) pairs")
         edge_names = [[function_name(a), function_name(b)] for a, b in edges] if edges else []
         options = dag_options(options)
         return self._control(lambda r: RegisterDag(r, name, names, edge_names, options))
@@ -258,12 +275,16 @@ class Client:
 
     def delete(self, name: str) -> dict[str, Any]:
         """Remove a function or DAG (a function still used by a DAG is refused)."""
+        _check_name(name, "name")
         return self._control(lambda r: RemoveRequest(r, name))
 
     def add_trigger(self, name: str, prefix: str, function: Any) -> dict[str, Any]:
         """Make every put to a key starting with ``prefix`` call ``function`` (a registered function or DAG,
         or its name) with ``(key, value)``, asynchronously and at least once: a call may run twice, so make it
         idempotent. Replaces an earlier trigger of the same ``name``. Deletes do not fire."""
+        _check_name(name, "trigger name")
+        if not isinstance(prefix, str):
+            raise InvalidArgument(f"prefix={prefix!r} is not a string: pass the key prefix whose puts fire the trigger")
         function = function_name(function)
         return self._control(lambda r: AddTrigger(r, name, prefix, function))
 
@@ -273,6 +294,7 @@ class Client:
 
     def remove_trigger(self, name: str) -> dict[str, Any]:
         """Stop trigger ``name`` (calls already fired still run); ``InvalidArgument`` if there is none."""
+        _check_name(name, "trigger name")
         return self._control(lambda r: RemoveTrigger(r, name))
 
     def cluster_info(self) -> dict[str, Any]:
@@ -328,6 +350,7 @@ class Client:
         ``source_args`` (function name -> argument list) give a DAG's sources their own, instead of ``args``.
         ``timeout`` is in seconds (default ``CALL_TIMEOUT_S``, 60; None: as long as it takes); past it,
         ``CallTimeout``."""
+        _check_timeout(timeout)
         if timeout is not None and not timeout > 0:
             # checked before sending: the call would run, with its side effects, while its caller gave up
             raise InvalidArgument(f"timeout={timeout!r} would give up before the call could finish: pass "
@@ -342,6 +365,8 @@ class Client:
             self._check_open()  # before any lock: one held in the parent at fork time is never released here
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"{name!r} is not a function or DAG name: pass the name it was registered under")
+        if consistency is not LWW or store_result is not False:  # the defaults need no check: the common call
+            _check_call_options(consistency, store_result)
         call_id = f"{self.client_id}-{next(self._ids)}"
         future = CallFuture(self, call_id, name, stored=store_result)
         encoded_sources = {}
@@ -543,6 +568,8 @@ class Client:
 
     def list_keys(self, prefix: str = "") -> list[str]:
         """The keys that hold a value and start with ``prefix``, sorted (cbctl's own ``__cb/`` keys left out)."""
+        if not isinstance(prefix, str):
+            raise InvalidArgument(f"prefix={prefix!r} is not a string: pass a key prefix, or '' for every key")
         self._check_open()
         with self._store_lock:
             return [k for k in self._store.list_keys(prefix) if not k.startswith("__cb/")]
@@ -612,6 +639,30 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _check_name(name: Any, what: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument(f"{what} {name!r} is invalid: pass a non-empty string")
+
+
+def _check_bool(value: Any, what: str) -> None:
+    if type(value) is not bool:
+        raise InvalidArgument(f"{what}={value!r} is not True or False")
+
+
+def _check_timeout(timeout: Any) -> None:
+    """A timeout is None or seconds (an int or a float, not a bool, a string or NaN); its range is the caller's."""
+    if timeout is not None and (type(timeout) not in (int, float) or math.isnan(timeout)):
+        raise InvalidArgument(f"timeout={timeout!r} is not a number of seconds: pass an int or a float, or None to "
+                              "wait until done")
+
+
+def _check_call_options(consistency: Any, store_result: Any) -> None:
+    if consistency not in CONSISTENCY_MODES:
+        raise InvalidArgument(f"consistency={consistency!r} is not a mode: pass one of "
+                              f"{', '.join(CONSISTENCY_MODES)}")
+    _check_bool(store_result, "store_result")
 
 
 def _check_key(key: Any) -> None:

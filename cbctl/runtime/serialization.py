@@ -15,6 +15,8 @@ from typing import Any
 import cloudpickle
 import msgpack
 
+from cbctl.errors import InvalidArgument
+
 EXT_NDARRAY = 1
 EXT_REF = 2
 EXT_PICKLE = 3
@@ -29,7 +31,7 @@ class Ref:
 
     def __init__(self, key: str) -> None:
         if not isinstance(key, str) or not key:
-            raise TypeError(f"Ref needs a non-empty string key, got {key!r}")
+            raise InvalidArgument(f"Ref needs a non-empty string key, got {key!r}")
         self.key = key
 
     def __eq__(self, other: object) -> bool:

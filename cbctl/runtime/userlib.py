@@ -28,6 +28,8 @@ class UserLibrary:
         Served from this executor's cache when it holds the key. Under the call's consistency mode: with
         ``repeatable_read``, the version the call's first reader saw; with ``causal``, the *list* of the key's
         concurrent values (usually one; put a resolved value to merge them)."""
+        if not isinstance(key, str) or not key:
+            raise InvalidArgument(f"key {key!r} is invalid: cb.get takes a non-empty string")
         try:
             return self._executor.read_key(key)
         except NoSuchKey:
@@ -51,6 +53,8 @@ class UserLibrary:
     def send(self, executor_id: str, message: Any) -> None:
         """Send ``message`` to whatever function runs on ``executor_id``; it reads it with ``recv``
         (``MessageTooLarge`` if it is over the cluster's limit on one value)."""
+        if not isinstance(executor_id, str):
+            raise InvalidArgument(f"executor id {executor_id!r} is not a string: pass an id as cb.getid() returns it")
         self._executor.send_direct(executor_id, message)
 
     def recv(self, timeout: float | None = None) -> list[tuple[str, Any]]:
@@ -58,5 +62,8 @@ class UserLibrary:
 
         Returns at once with what has arrived; with ``timeout`` (seconds), waits up to that long for at
         least one message, returning an empty list if none came."""
+        if timeout is not None and (type(timeout) not in (int, float) or not timeout >= 0):
+            raise InvalidArgument(f"timeout={timeout!r} is invalid: cb.recv takes seconds >= 0, or None to return at "
+                                  "once")
         deadline = None if timeout is None else time.monotonic() + timeout
         return self._executor.receive_direct(deadline)

@@ -8,6 +8,7 @@ import math
 import msgpack
 import pytest
 
+from cbctl.errors import InvalidArgument
 from cbctl.runtime.serialization import EXT_NDARRAY, EXT_PICKLE, EXT_REF, EXT_TUPLE, Ref, decode, encode, find_refs
 
 
@@ -68,7 +69,7 @@ def test_ref_round_trips_and_is_found():
 
 @pytest.mark.parametrize("bad", ["", None, 3, b"key"])
 def test_ref_rejects_bad_keys(bad):
-    with pytest.raises(TypeError, match="non-empty string key"):
+    with pytest.raises(InvalidArgument, match="non-empty string key"):
         Ref(bad)
 
 
