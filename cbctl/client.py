@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import os
 import random
 import threading
@@ -652,8 +653,10 @@ def _check_bool(value: Any, what: str) -> None:
 
 
 def _check_timeout(timeout: Any) -> None:
-    """A timeout is None or seconds (an int or a float, not a bool, a string or NaN); its range is the caller's."""
-    if timeout is not None and (type(timeout) not in (int, float) or math.isnan(timeout)):
+    """A timeout is None or seconds (a real number, numpy's included, but not a bool, a string or NaN); its range
+    is the caller's to check."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
+                                or math.isnan(timeout)):
         raise InvalidArgument(f"timeout={timeout!r} is not a number of seconds: pass an int or a float, or None to "
                               "wait until done")
 

@@ -32,7 +32,7 @@ from cbctl.runtime.defaults import (
     SUPERVISOR_ANSWER_TIMEOUT_S,
 )
 from cbctl.runtime.policy import parse_policy_options
-from cbctl.runtime.scaling import SCALE_REQUEST_TIMEOUT_S
+from cbctl.runtime.scaling import scale_request_timeout
 from cbctl.runtime.supervisor import STARTUP_ERROR_FILE, ClusterSpec, count_gpus
 
 LOOPBACK_HOSTS = ("localhost", "[::1]")  # and every 127.x.y.z (see is_loopback)
@@ -310,7 +310,8 @@ def scale_cluster(home: Path, executors: int) -> dict[str, Any]:
     if isinstance(executors, bool) or not isinstance(executors, int) or executors < 0:
         raise InvalidArgument(f"--executors must be a whole number >= 0, not {executors!r}")
     found = cluster.running_cluster(home)
-    return supervisor_request(found, "scale", timeout_s=SCALE_REQUEST_TIMEOUT_S, home=home, executors=executors)
+    return supervisor_request(found, "scale", timeout_s=scale_request_timeout(found.departure_timeout_s), home=home,
+                              executors=executors)
 
 
 def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:

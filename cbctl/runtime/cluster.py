@@ -19,7 +19,7 @@ import os
 import stat
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from cbctl.runtime import home_lock
 from cbctl.runtime.defaults import (
     CLUSTER_FILE_REPAIR_WAIT_S,
     DEFAULT_HOME,
+    DEPARTURE_TIMEOUT_S,
     MAX_IPC_PATH,
     MAX_MESSAGE_BYTES,
     STALE_KILL_WAIT_S,
@@ -146,6 +147,7 @@ class ClusterFile:
     processes: list[ProcessEntry] = field(default_factory=list)
     max_message_bytes: int = MAX_MESSAGE_BYTES  # the largest serialised value clients may send
     auth: str = "none"  # "curve": TCP sockets admit only holders of HOME/keys (see auth.py); never a key itself
+    departure_timeout_s: float = DEPARTURE_TIMEOUT_S  # `cbctl up --departure-timeout`: how long `scale` may take
 
     def write(self, home: Path) -> None:
         tmp = home / (CLUSTER_FILE + ".tmp")
@@ -157,7 +159,8 @@ class ClusterFile:
         try:
             raw: dict[str, Any] = json.loads((home / CLUSTER_FILE).read_text())
             raw["processes"] = [ProcessEntry(**p) for p in raw.get("processes", [])]
-            return cls(**raw)
+            # fields a newer cbctl added are left out, so a client of this version still finds the cluster
+            return cls(**{name: value for name, value in raw.items() if name in _CLUSTER_FILE_FIELDS})
         except (FileNotFoundError, NotADirectoryError):
             return None
         except (ValueError, TypeError, AttributeError):
@@ -176,6 +179,9 @@ class ClusterFile:
                     and proc.status() != psutil.STATUS_ZOMBIE)
         except psutil.Error:
             return False
+
+
+_CLUSTER_FILE_FIELDS = frozenset(f.name for f in fields(ClusterFile))
 
 
 def remove_cluster_file(home: Path) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cbctl.errors import InvalidArgument
-from cbctl.runtime.defaults import SHUTDOWN_TIMEOUT_S, STARTUP_TIMEOUT_S
+from cbctl.runtime.defaults import STARTUP_TIMEOUT_S
 from cbctl.runtime.messages import ControlResponse, ExecutorLost
 
 if TYPE_CHECKING:
@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Seconds a client waits for a scale request: starting executors, or draining departing ones, plus slack.
-SCALE_REQUEST_TIMEOUT_S = STARTUP_TIMEOUT_S + SHUTDOWN_TIMEOUT_S + 10
+def scale_request_timeout(departure_timeout_s: float) -> float:
+    """Seconds a client waits for a scale request: starting executors, or departing ones up to the cluster's
+    departure bound, plus slack."""
+    return STARTUP_TIMEOUT_S + departure_timeout_s + 10
 ACTIVE_STATES = ("starting", "ready", "restarting")
 
 

@@ -271,6 +271,7 @@ class Supervisor:
             started_at=self.started_at, version=cbctl.__version__, processes=entries,
             max_message_bytes=self.spec.max_message_bytes,
             auth=auth.AUTH_CURVE if self.spec.curve else auth.AUTH_NONE,
+            departure_timeout_s=self.spec.departure_timeout_s,
         ).write(self.home)
 
     # --- run -----------------------------------------------------------------------------------------

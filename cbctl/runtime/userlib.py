@@ -7,6 +7,7 @@ used only from that executor's one thread of user code.
 
 from __future__ import annotations
 
+import numbers
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +63,8 @@ class UserLibrary:
 
         Returns at once with what has arrived; with ``timeout`` (seconds), waits up to that long for at
         least one message, returning an empty list if none came."""
-        if timeout is not None and (type(timeout) not in (int, float) or not timeout >= 0):
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
+                                    or not timeout >= 0):
             raise InvalidArgument(f"timeout={timeout!r} is invalid: cb.recv takes seconds >= 0, or None to return at "
                                   "once")
         deadline = None if timeout is None else time.monotonic() + timeout
