@@ -24,8 +24,8 @@ import psutil
 
 from benchmarks._common import print_report, temp_cluster
 from cbctl.runtime.defaults import STATUS_INTERVAL_S
-from cbctl.runtime.messages import ExecutorStatus
 from cbctl.runtime.metrics import ExecutorMetrics
+from cbctl.runtime.wire.messages import ExecutorStatus
 
 CALLS_PER_S = 1000
 FUNCTIONS = 8  # distinct functions sharing the executor (more names: more report work)

@@ -26,7 +26,7 @@ from cbctl.errors import (
     ProtocolError,
 )
 from cbctl.runtime.continuation import Continue
-from cbctl.runtime.serialization import Ref
+from cbctl.runtime.wire.serialization import Ref
 
 __version__ = "0.1.0"
 

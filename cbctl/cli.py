@@ -1,4 +1,8 @@
-"""The ``cbctl`` command: argument parsing and rendering only; the work is in the library."""
+"""The ``cbctl`` command: argument parsing and rendering only; the work is in the library.
+
+Long on purpose: one click command per ``cbctl`` subcommand, each short, with its help text; the rendering of
+``cbctl top`` is ``top.py``.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ import zmq
 from rich.console import Console
 from rich.table import Table
 
-from cbctl import lifecycle
+from cbctl import control, lifecycle
+from cbctl import snapshot as snap
 from cbctl import top as topview
 from cbctl.client import Client
 from cbctl.declare import DeployFileError
@@ -226,7 +231,7 @@ def scale(executors: int, as_json: bool, home: str | None) -> None:
     Example: cbctl scale --executors 2
     """
     with console.status(f"scaling to {executors} CPU executors..."):
-        result = lifecycle.scale_cluster(cluster.resolve_home(home), executors)
+        result = control.scale_cluster(cluster.resolve_home(home), executors)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -250,11 +255,11 @@ def status(as_json: bool, home: str | None) -> None:
 
     Example: cbctl status --json
     """
-    with topview.ClusterProbe(cluster.resolve_home(home)) as probe:
+    with snap.ClusterProbe(cluster.resolve_home(home)) as probe:
         raw = probe.collect()
-    report, snapshot = raw["supervisor"], topview.build_snapshot(raw)
+    report, snapshot = raw["supervisor"], snap.build_snapshot(raw)
     if as_json:
-        click.echo(json.dumps({**report, "health": topview.health(snapshot)}, indent=2))
+        click.echo(json.dumps({**report, "health": snap.health(snapshot)}, indent=2))
         return
     table = new_table(f"cluster {report['home']}  up {report['uptime_s']:.0f} s",
                       "process", "type", "pid", "address", "state", "uptime", "restarts")
@@ -269,7 +274,7 @@ def status(as_json: bool, home: str | None) -> None:
 @main.command()
 @click.option("--interval", type=click.FloatRange(min=0.1), default=TOP_INTERVAL_S, show_default=True,
               help="Seconds between refreshes.")
-@click.option("--sort", type=click.Choice(topview.SORT_KEYS), default="util", show_default=True,
+@click.option("--sort", type=click.Choice(snap.SORT_KEYS), default="util", show_default=True,
               help="Order of the executors (and functions) tables.")
 @click.option("--once", is_flag=True, help="Print one snapshot and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print one snapshot as JSON (implies --once; see README).")
@@ -283,7 +288,7 @@ def top(interval: float, sort: str, once: bool, as_json: bool, home: str | None)
     """
     home_path = cluster.resolve_home(home)
     if as_json or once:
-        snapshot = topview.take_snapshot(home_path)
+        snapshot = snap.take_snapshot(home_path)
         if as_json:
             click.echo(json.dumps(snapshot, indent=2))
         else:

@@ -5,6 +5,9 @@ result comes back, from whichever executor ran the sink, to this client's own bo
 by call id. No background thread: whichever caller is waiting takes the role of reading the PULL socket
 and hands results to the other waiters (so a single-threaded caller pays no thread hop), and many calls,
 from many threads, can be in flight at once.
+
+Long on purpose: it is one object, ``Client``, whose registration, calls and state share its sockets, locks and
+call bookkeeping; the supervisor's control channel is ``control.py``.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
-import psutil
 import zmq
 
+from cbctl.control import scale_cluster, supervisor_request
 from cbctl.declare import Declarations, dag_options, function_name, load_file
 from cbctl.errors import (
     AuthenticationError,
@@ -37,7 +40,7 @@ from cbctl.errors import (
     ProtocolError,
     error_from_wire,
 )
-from cbctl.runtime import auth, cluster, limits, registry, serialization, user_errors
+from cbctl.runtime import cluster, registry, user_errors
 from cbctl.runtime.code_loading import source_file_of
 from cbctl.runtime.consistency import LWW, ClientSession, reveal
 from cbctl.runtime.consistency import MODES as CONSISTENCY_MODES
@@ -48,10 +51,11 @@ from cbctl.runtime.defaults import (
     CLIENT_RESEND_CHECK_S,
     CONTROL_TIMEOUT_S,
     DEPLOY_IMPORT_TIMEOUT_S,
-    SUPERVISOR_ANSWER_TIMEOUT_S,
 )
-from cbctl.runtime.messages import (
-    START_BY,
+from cbctl.runtime.process import Receiver, new_socket, process_alive
+from cbctl.runtime.store_client import StoreClient
+from cbctl.runtime.wire import auth, limits, serialization
+from cbctl.runtime.wire.messages import (
     AddTrigger,
     CallRequest,
     CallResult,
@@ -64,11 +68,8 @@ from cbctl.runtime.messages import (
     RegisterFunction,
     RemoveRequest,
     RemoveTrigger,
-    SupervisorRequest,
     unpack,
 )
-from cbctl.runtime.process import Receiver, new_socket, process_alive
-from cbctl.runtime.store_client import StoreClient
 
 _PENDING = object()
 #: Longest single wait on the response socket, in seconds, so a waiting thread re-checks its deadline and
@@ -306,8 +307,6 @@ class Client:
 
     def scale(self, executors: int) -> dict[str, Any]:
         """Run ``executors`` CPU executors, as ``cbctl scale --executors N`` does; returns once done."""
-        from cbctl.lifecycle import scale_cluster  # lifecycle imports this module
-
         return scale_cluster(self.home, executors)
 
     def _control(self, build: Callable[[int], Message]) -> Any:
@@ -674,69 +673,6 @@ def _check_key(key: Any) -> None:
                               "(cbctl's own keys)")
 
 
-
-
-def supervisor_request(found: cluster.ClusterFile, command: str, timeout_s: float = CONTROL_TIMEOUT_S,
-                       home: Path | None = None, **arguments: Any) -> Any:
-    """One request to the supervisor's control socket (status, stop, scale). ``home`` is where the cluster
-    file was read (its keys are there), when that is not the home the cluster runs in.
-
-    Every wait is bounded: ``timeout_s`` in all, and ``SUPERVISOR_ANSWER_TIMEOUT_S`` while the supervisor is
-    stopped (SIGSTOP) or after it exited. The request carries that same bound as the time by which the supervisor
-    must take it up (``START_BY``), so one resumed later ignores what its caller no longer waits for."""
-    home = home or Path(found.home)
-    context = zmq.Context.instance()
-    keys = auth.cluster_keys(home, found.auth)
-    sock = new_socket(context, zmq.DEALER)
-    watch = auth.watch_handshakes(sock, found.control_address, keys)
-    pid = found.supervisor_pid
-    try:
-        auth.connect(sock, found.control_address, keys)
-        sent = time.monotonic()
-        start_by = time.time() + min(timeout_s, SUPERVISOR_ANSWER_TIMEOUT_S)
-        sock.send(SupervisorRequest(1, command, {**arguments, START_BY: start_by}).pack())
-        stopped_since: float | None = None
-        while not auth.wait_for_reply(sock, min(0.25, max(0.0, sent + timeout_s - time.monotonic())), watch,
-                                      found.control_address, home):
-            now = time.monotonic()
-            state = _process_state(pid)
-            if state == "stopped":
-                stopped_since = stopped_since or now
-            else:
-                stopped_since = None
-            if state == "gone":
-                raise ClusterNotRunning(f"the supervisor (pid {pid}) exited before it answered {command!r}: "
-                                        "check `cbctl status`")
-            out_of_time = now - sent >= timeout_s
-            if stopped_since is not None and (out_of_time or now - stopped_since >= SUPERVISOR_ANSWER_TIMEOUT_S):
-                raise CbctlError(f"the supervisor (pid {pid}) is stopped (SIGSTOP?) and did not answer {command!r} "
-                                 f"within {min(timeout_s, SUPERVISOR_ANSWER_TIMEOUT_S):.0f} s: resume it with `kill "
-                                 f"-CONT {pid}` "
-                                 "and run the command again (a request it had not taken up is then ignored)")
-            if out_of_time:
-                raise ClusterNotRunning(f"the supervisor (pid {pid}) did not answer {command!r} within "
-                                        f"{timeout_s:.0f} s: see `cbctl logs supervisor`")
-        reply = unpack(sock.recv())
-    finally:
-        if watch is not None:
-            watch.close()
-        sock.close()
-    if not isinstance(reply, ControlResponse):
-        raise CbctlError(f"unexpected reply {type(reply).__name__} from the supervisor")
-    if not reply.ok:
-        raise error_from_wire(reply.error_type, reply.message)
-    return reply.payload
-
-
-def _process_state(pid: int) -> str:
-    """"gone", "stopped" (SIGSTOP, or a debugger) or "running", for the wait on a supervisor's answer."""
-    try:
-        status = psutil.Process(pid).status()
-    except psutil.Error:
-        return "gone"
-    if status == psutil.STATUS_ZOMBIE:
-        return "gone"
-    return "stopped" if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP) else "running"
 
 
 def connect(home: str | os.PathLike[str] | None = None) -> Client:

@@ -15,13 +15,12 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import psutil
 
-from cbctl.client import supervisor_request
+from cbctl.control import supervisor_request
 from cbctl.errors import CbctlError, ClusterAlreadyRunning, ClusterNotRunning, InvalidArgument
-from cbctl.runtime import auth, cluster, home_lock
+from cbctl.runtime import cluster, home_lock
 from cbctl.runtime.defaults import (
     DEPARTURE_TIMEOUT_S,
     MAX_BATCH,
@@ -31,9 +30,9 @@ from cbctl.runtime.defaults import (
     STARTUP_TIMEOUT_S,
     SUPERVISOR_ANSWER_TIMEOUT_S,
 )
-from cbctl.runtime.policy import parse_policy_options
-from cbctl.runtime.scaling import scale_request_timeout
-from cbctl.runtime.supervisor import STARTUP_ERROR_FILE, ClusterSpec, count_gpus
+from cbctl.runtime.scheduler.policy import parse_policy_options
+from cbctl.runtime.supervisor.supervisor import STARTUP_ERROR_FILE, ClusterSpec, count_gpus
+from cbctl.runtime.wire import auth
 
 LOOPBACK_HOSTS = ("localhost", "[::1]")  # and every 127.x.y.z (see is_loopback)
 _LISTEN = re.compile(r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\[\]]+)(?::(?P<port>[0-9]+))?")
@@ -237,7 +236,7 @@ def start_supervisor(home: Path, spec: ClusterSpec, lock_fd: int, foreground: bo
     """Start the supervisor of a cluster in ``home`` (made ready by ``prepare_home``), with a private umask
     that it and every process it starts inherit. It inherits the home's lock (``lock_fd``, from ``claim_home``)
     and holds it for its life; the caller may close its own copy once the supervisor runs."""
-    command = [sys.executable, "-m", "cbctl.runtime.supervisor", "--home", str(home),
+    command = [sys.executable, "-m", "cbctl.runtime.supervisor.supervisor", "--home", str(home),
                "--spec", json.dumps(asdict(spec)), "--lock-fd", str(lock_fd)]
     with private_umask():
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -301,17 +300,6 @@ def stop_cluster(home: Path, timeout_s: float = 3 * SHUTDOWN_TIMEOUT_S + 10) -> 
     if cluster.home_holder(home) is None:  # not a newer cluster's, started meanwhile
         cluster.remove_cluster_file(home)
     return len(procs)
-
-
-def scale_cluster(home: Path, executors: int) -> dict[str, Any]:
-    """Run ``executors`` CPU executors in the cluster in ``home``: start more, or depart the highest-numbered
-    ones gracefully (they finish the work they were sent; no call is lost). Returns once done, with
-    ``{"executors": N, "started": [names], "stopped": [names]}``."""
-    if isinstance(executors, bool) or not isinstance(executors, int) or executors < 0:
-        raise InvalidArgument(f"--executors must be a whole number >= 0, not {executors!r}")
-    found = cluster.running_cluster(home)
-    return supervisor_request(found, "scale", timeout_s=scale_request_timeout(found.departure_timeout_s), home=home,
-                              executors=executors)
 
 
 def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:

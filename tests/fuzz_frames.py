@@ -14,7 +14,7 @@ import msgpack
 from hypothesis import strategies as st
 
 from cbctl.runtime.defaults import PROTOCOL_VERSION
-from cbctl.runtime.messages import Message, all_kinds
+from cbctl.runtime.wire.messages import Message, all_kinds
 
 # Leaf values of every msgpack type, with the edges of each: the ints a 64-bit field cannot hold are left out
 # (msgpack refuses to pack them), but its extremes are in.
@@ -167,7 +167,7 @@ def hostile_frames(seeds: dict[str, list[Any]]) -> st.SearchStrategy[bytes]:
 def is_message(frame: bytes) -> type[Message] | None:
     """The kind a frame would unpack to, or None (for tests that must tell accepted mutations apart)."""
     from cbctl.errors import ProtocolError
-    from cbctl.runtime.messages import unpack
+    from cbctl.runtime.wire.messages import unpack
 
     try:
         return type(unpack(frame))

@@ -16,8 +16,8 @@ from typing import Any
 
 import cloudpickle
 
-from cbctl.runtime import serialization
 from cbctl.runtime.registry import FunctionRecord
+from cbctl.runtime.wire import serialization
 
 DYNAMIC_FILENAME = "<dynamic-code>"
 

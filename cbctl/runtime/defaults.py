@@ -56,7 +56,7 @@ CONTROL_TIMEOUT_S = 15.0
 #: function load, short enough that a call lost with a killed executor does not hang a script for ever.
 CALL_TIMEOUT_S = 60.0
 
-# --- limits (cbctl/runtime/limits.py)
+# --- limits (cbctl/runtime/wire/limits.py)
 
 #: Largest serialised value (call arguments, a result, a put), in bytes, by default (``cbctl up
 #: --max-message-mb``). The store holds every value in memory and an executor's cache is 64 MiB by default, so a
@@ -98,6 +98,10 @@ RESTART_BACKOFF_MAX_S = 5.0
 
 #: Restarts of one process allowed per minute before the supervisor gives up on it.
 RESTARTS_PER_MINUTE = 10
+
+#: Most executors one supervisor runs: far above a machine's cores, and a bound on what a scale request (a
+#: frame, on TCP from anyone holding the keys) can make it spawn.
+MAX_EXECUTORS = 1024
 
 #: Outgoing zmq sockets to peers (clients, executors) kept open per process; the oldest is closed past this.
 MAX_PEER_SOCKETS = 256
@@ -160,7 +164,7 @@ TRIGGER_MAX_ATTEMPTS = 5
 #: ``trigger_dropped``) so a cluster with no live scheduler cannot grow the store's memory without bound.
 TRIGGER_OUTBOX_LIMIT = 100_000
 
-# --- placement policy (cbctl/runtime/policy.py); each can be set per cluster with `cbctl up --policy KEY=VALUE`
+# --- placement policy (scheduler/policy.py); each can be set per cluster with `cbctl up --policy KEY=VALUE`
 
 #: Reported utilization (busy time / wall time) above which an executor goes into backoff; Cloudburst's 0.70
 #: leaves headroom so a queue does not build before calls move elsewhere.
@@ -204,7 +208,7 @@ POLICY_SILENCE_S = 5.0
 #: or one that did not register the DAG, waits for them instead of pinning a second time.
 POLICY_START_GRACE_S = 2.0
 
-# --- executor departure (cbctl/runtime/departure.py)
+# --- executor departure (cbctl/runtime/executor/departure.py)
 
 #: Seconds a departing executor waits for every scheduler and peer executor to acknowledge that it is leaving
 #: (after which no trigger can still be on its way to it); a peer that died cannot answer, hence the bound.

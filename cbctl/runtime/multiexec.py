@@ -34,7 +34,7 @@ import msgpack
 
 from cbctl.errors import InvalidDag
 from cbctl.runtime.dag import topological_order, upstream_of
-from cbctl.runtime.messages import CallResult, DagTrigger
+from cbctl.runtime.wire.messages import CallResult, DagTrigger
 
 #: The DAG option naming its multi-exec functions.
 OPTION = "multiexec"

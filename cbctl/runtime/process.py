@@ -20,9 +20,10 @@ from typing import Any
 import psutil
 import zmq
 
-from cbctl.runtime import auth, cluster
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import MAX_PEER_SOCKETS, REJECTED_FRAME_LOG_PER_S, SOCKET_HWM
-from cbctl.runtime.messages import ProcessReady
+from cbctl.runtime.wire import auth
+from cbctl.runtime.wire.messages import ProcessReady
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,26 @@ class RejectedFrameLog:
 _dropped_sends = RejectedFrameLog(log, what="dropped messages")
 
 
+class TimerWork:
+    """A server loop's timer steps and per-entry work, each run so that one that raises is logged (rate-limited,
+    one line: the loop may meet the same bad entry every second) and skipped, and the loop goes on. A value that
+    came from a frame and slipped past ``unpack``'s checks then costs one step, never the process."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._failures = RejectedFrameLog(logger, what="timer failures")
+
+    def run(self, step: Callable[..., Any], *args: Any) -> None:
+        try:
+            step(*args)
+        except Exception as exc:
+            self.failed(getattr(step, "__qualname__", repr(step)), exc)
+
+    def failed(self, what: str, exc: Exception) -> None:
+        self._failures.warning("%s failed, skipped: %s: %s", what, type(exc).__name__, exc)
+        self._log.debug("%s failed", what, exc_info=exc)
+
+
 def setup_logging(config: ProcessConfig) -> None:
     """Send this process's logs, and anything user code prints, to its own file in the home."""
     path = cluster.log_path(Path(config.home), config.role, config.index)
@@ -141,7 +162,7 @@ def process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs (an exited one not yet reaped, a zombie, does not)."""
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+    except (psutil.Error, ValueError, OverflowError):  # psutil raises ValueError, not psutil.Error, for pid <= 0
         return False
 
 

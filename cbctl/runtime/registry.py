@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cbctl.errors import NoSuchKey
-from cbctl.runtime import serialization
 from cbctl.runtime.store_client import StoreClient
+from cbctl.runtime.wire import serialization
 
 FUNCTION_PREFIX = "__cb/fn/"
 DAG_PREFIX = "__cb/dag/"

@@ -16,10 +16,11 @@ from typing import Any
 import zmq
 
 from cbctl.errors import CbctlError, NoSuchKey, error_from_wire
-from cbctl.runtime import auth, serialization
 from cbctl.runtime.defaults import STORE_REQUEST_TIMEOUT_S, STORE_RETRY_BUDGET_S
 from cbctl.runtime.lattices import Lattice, LWWLattice, lattice_from_wire
-from cbctl.runtime.messages import (
+from cbctl.runtime.process import new_socket
+from cbctl.runtime.wire import auth, serialization
+from cbctl.runtime.wire.messages import (
     Ack,
     DeleteRequest,
     ErrorResponse,
@@ -34,7 +35,6 @@ from cbctl.runtime.messages import (
     SubscribeRequest,
     unpack,
 )
-from cbctl.runtime.process import new_socket
 from cbctl.runtime.writer_clock import WriterClock
 
 

@@ -22,9 +22,10 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from cbctl.errors import ProtocolError
-from cbctl.runtime import cluster, serialization
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import PROTOCOL_VERSION, REJECTED_FRAME_LOG_PER_S
-from cbctl.runtime.messages import (
+from cbctl.runtime.wire import serialization
+from cbctl.runtime.wire.messages import (
     CallRequest,
     ClusterInfoRequest,
     ControlResponse,
@@ -62,9 +63,9 @@ def _overrides(home: Path, found: cluster.ClusterFile) -> dict[str, dict[str, An
                        "locations": {"increment": executors[0], "sq": executors[-1]}, "versions": {},
                        "edges": [["increment", "sq"]], "source": "", "payload": args,
                        "response_address": replies, "consistency": "lww", "extras": {}},
-        "ExecutorStatus": {"executor_id": "fuzz-executor", "address": nowhere, "executor_type": "cpu",
+        "ExecutorStatus": {"executor_id": "executor-99", "address": nowhere, "executor_type": "cpu",
                            "running": False, "pid": 1},
-        "ExecutorLeaving": {"executor_id": "fuzz-executor", "address": nowhere, "heir_address": ""},
+        "ExecutorLeaving": {"executor_id": "executor-99", "address": nowhere, "heir_address": ""},
         "PinRequest": {"function": "increment", "version": 0, "scheduler_address": found.scheduler_addresses[0]},
         "UnpinRequest": {"function": "fuzz-nothing"},
         "PutRequest": {"key": "fuzz/k", "lattice": ["lww", 1, "fuzz", b"v", False]},
@@ -206,6 +207,7 @@ def test_fuzzing_every_server_socket_kills_nothing_and_is_counted(start_cluster)
     received_before = frames_received(handle)
     seeds = seed_frames(_overrides(handle.home, found))
     executors = [p.address for p in found.processes if p.role == "executor"]
+    nowhere = cluster.ipc_address(handle.home, "fuzz-nowhere")
     replies_address = cluster.ipc_address(handle.home, "fuzz-replies")
     # a PULL where fuzzed calls reply, so their results do not pile up in the executors' queues
     replies = zmq.Context.instance().socket(zmq.PULL)
@@ -238,6 +240,14 @@ def test_fuzzing_every_server_socket_kills_nothing_and_is_counted(start_cluster)
         DagTrigger("fuzz-x", "pipeline", "increment", {"increment": executors[0], "sq": executors[-1]}, {},
                    [["increment", "sq"]], "", serialization.encode([3]), replies_address, False, "lww", extras).pack()
         for extras in ({"rh": [1]}, {"rh": 5}, {"mx": "x"}, {"w": [1]}, {"rr": {"k": 5}}, {"s": {"k": [1]}})
+    ])
+    # a status whose pid is well-typed but no pid (issue 13): it reached psutil on the scheduler's timer a second
+    # later and ended every scheduler that received it
+    @example(target=-1, envelope=[], frames=[
+        msgpack.packb([PROTOCOL_VERSION, ExecutorStatus.KIND, executor_id, address, "cpu", True, [], 0.0, 0, [], pid,
+                       {}])
+        for pid in (-1, 0, 2**40, -33538) for executor_id, address in (("executor-0", executors[0]),
+                                                                       ("executor-99", nowhere))
     ])
     def fuzz(target: int, envelope: list[bytes], frames: list[bytes]) -> None:
         if time.monotonic() > deadline:

@@ -18,7 +18,7 @@ import zmq
 
 from cbctl.runtime.cluster import ClusterFile
 from cbctl.runtime.defaults import PROTOCOL_VERSION
-from cbctl.runtime.messages import Ack, CallRequest, GetRequest, PutRequest, SupervisorRequest
+from cbctl.runtime.wire.messages import Ack, CallRequest, GetRequest, PutRequest, SupervisorRequest
 from tests.conftest import EXAMPLES, RunningCluster, run_cli
 
 # Frames no server may die of: not msgpack at all, msgpack of the wrong shape, and the wrong protocol version.
@@ -341,7 +341,7 @@ def test_ctrl_c_during_up_stops_the_half_started_cluster(tmp_path):
     try:
         deadline = time.monotonic() + 30
         while not started and time.monotonic() < deadline:
-            supervisors = [p for p in psutil.process_iter(["cmdline"]) if "cbctl.runtime.supervisor"
+            supervisors = [p for p in psutil.process_iter(["cmdline"]) if "cbctl.runtime.supervisor.supervisor"
                            in (p.info["cmdline"] or []) and str(home) in p.info["cmdline"]]
             if supervisors and supervisors[0].children():
                 started = [supervisors[0], *supervisors[0].children(recursive=True)]

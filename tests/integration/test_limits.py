@@ -19,8 +19,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 import cbctl
 from cbctl.declare import DeployFileError
-from cbctl.runtime import limits, messages
 from cbctl.runtime.defaults import MAX_DAG_FUNCTIONS, PROTOCOL_VERSION
+from cbctl.runtime.wire import limits, messages
 from tests.conftest import RunningCluster, run_cli
 from tests.integration.shared_cluster import DEPLOYABLES, module_cluster
 from tests.integration.test_usability import one_error_line, restarts

@@ -20,7 +20,7 @@ def supervisors_of(home) -> list[int]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "cbctl.runtime.supervisor" in cmdline and str(home) in cmdline:
+        if any(arg.startswith("cbctl.runtime.supervisor") for arg in cmdline) and str(home) in cmdline:
             found.append(proc.pid)
     return found
 

@@ -20,11 +20,11 @@ import zmq.auth
 
 import cbctl
 from cbctl.lifecycle import kill_processes
-from cbctl.runtime import serialization
-from cbctl.runtime.auth import generate_keys, load_keys
 from cbctl.runtime.cluster import ClusterFile, socket_dir
 from cbctl.runtime.lattices import LWWLattice
-from cbctl.runtime.messages import CallRequest, PutRequest, RegisterFunction, SupervisorRequest
+from cbctl.runtime.wire import serialization
+from cbctl.runtime.wire.auth import generate_keys, load_keys
+from cbctl.runtime.wire.messages import CallRequest, PutRequest, RegisterFunction, SupervisorRequest
 from tests.conftest import run_cli
 
 #: How long an intruder's frames get to land (they land in about a millisecond when nothing stops them).

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import zmq
 
-from cbctl.runtime import serialization
-from cbctl.runtime.messages import Ack, PutRequest, unpack
+from cbctl.runtime.wire import serialization
+from cbctl.runtime.wire.messages import Ack, PutRequest, unpack
 from cbctl.runtime.writer_clock import MAX_TIMESTAMP
 from tests.integration.test_lifecycle import assert_one_line_error
 

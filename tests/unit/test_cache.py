@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cbctl.errors import InvalidArgument
-from cbctl.runtime.cache import ENTRY_OVERHEAD_BYTES, ExecutorCache, lattice_size
+from cbctl.runtime.executor.cache import ENTRY_OVERHEAD_BYTES, ExecutorCache, lattice_size
 from cbctl.runtime.lattices import CausalLattice, LWWLattice, MaxLattice, VectorClock
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from cbctl.errors import NoSuchKey
-from cbctl.runtime import serialization
 from cbctl.runtime.consistency import (
     CAUSAL,
     CAUSAL_FLOOR,
@@ -29,6 +28,7 @@ from cbctl.runtime.consistency import (
     write_token,
 )
 from cbctl.runtime.lattices import CausalLattice, LWWLattice, Ordering, VectorClock
+from cbctl.runtime.wire import serialization
 
 
 def lww(ts: int, value: object = "v", writer: str = "w") -> LWWLattice:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from cbctl.errors import InvalidArgument
-from cbctl.runtime.departure import Departure, Peer, choose_heir
-from cbctl.runtime.messages import ExecutorLeaving, LeavingAck, unpack
-from cbctl.runtime.scaling import ScalePlan, plan_scale
+from cbctl.runtime.executor.departure import Departure, Peer, choose_heir
+from cbctl.runtime.supervisor.scaling import ScalePlan, plan_scale
+from cbctl.runtime.wire.messages import ExecutorLeaving, LeavingAck, unpack
 
 
 class Clock:
@@ -74,6 +74,6 @@ def test_scale_plans_fresh_indices_up_and_the_highest_numbered_down():
     assert plan_scale(current, 5, 0, 1) == ScalePlan([], ["executor-0", "executor-1", "executor-4"])
     with pytest.raises(InvalidArgument, match="at least one executor"):
         plan_scale(current, 5, 0, 0)
-    for bad in (-1, "2", 1.5, True, None):
+    for bad in (-1, "2", 1.5, True, None, 10**9, 2**63):  # a scale request is a frame: its size is bounded too
         with pytest.raises(InvalidArgument, match="whole number"):
             plan_scale(current, 5, bad, 0)

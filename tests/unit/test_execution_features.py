@@ -8,10 +8,13 @@ import msgpack
 import pytest
 
 from cbctl.errors import InvalidArgument, InvalidDag
-from cbctl.runtime import batching, multiexec, serialization, triggers
+from cbctl.runtime import multiexec
 from cbctl.runtime.continuation import Continue
+from cbctl.runtime.executor import batching
 from cbctl.runtime.lattices import LWWLattice, MaxLattice
-from cbctl.runtime.messages import CallRequest, CallResult, DagTrigger, unpack
+from cbctl.runtime.store import triggers
+from cbctl.runtime.wire import serialization
+from cbctl.runtime.wire.messages import CallRequest, CallResult, DagTrigger, unpack
 
 
 def trigger(function: str, source: str = "", payload: object = (), call_id: str = "c1",
@@ -155,7 +158,7 @@ def test_the_store_index_fires_one_call_per_matching_put_with_key_and_value():
 def test_a_call_without_a_result_is_sent_again_then_given_up():
     clock = Clock()
     store = triggers.StoreTriggers(clock=clock, retry_s=10, max_attempts=2)
-    store.load({triggers.PREFIX + "t": record("t", "k")})
+    store.load([(triggers.PREFIX + "t", record("t", "k"))])
     store.on_write("k1", MaxLattice(7))  # not last-writer-wins: the revealed value is sent
     (first,) = store.take_due()
     assert serialization.decode(unpack(first).args) == ["k1", 7]
@@ -193,15 +196,16 @@ def test_the_in_flight_bound_forgets_the_oldest_call():
 
 
 def test_a_restarted_store_node_recovers_its_triggers_from_the_log(tmp_path):
-    from cbctl.runtime.messages import PutRequest
-    from cbctl.runtime.store import StoreNode
+    from cbctl.runtime.store.embedded import EmbeddedBackend
+    from cbctl.runtime.store.node import StoreNode
+    from cbctl.runtime.wire.messages import PutRequest
 
-    node = StoreNode(tmp_path)
+    node = StoreNode(EmbeddedBackend(tmp_path))
     node.handle_batch([PutRequest(1, triggers.PREFIX + "t", record("t", "in/").to_wire())])
     node.handle_batch([PutRequest(2, "in/a", lww(1).to_wire())])
     assert node.stats()["triggered_calls"] == 1
     node.close()
-    node = StoreNode(tmp_path)
+    node = StoreNode(EmbeddedBackend(tmp_path))
     try:
         assert list(node.triggers.index) == ["t"] and node.stats()["triggered_calls"] == 0  # replay fires nothing
         node.handle_batch([PutRequest(3, "in/b", lww(2).to_wire())])

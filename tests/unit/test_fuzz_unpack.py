@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from cbctl.errors import ProtocolError
 from cbctl.runtime.defaults import PROTOCOL_VERSION
-from cbctl.runtime.messages import (
+from cbctl.runtime.store.embedded import EmbeddedBackend
+from cbctl.runtime.store.node import StoreNode
+from cbctl.runtime.wire.messages import (
     CallRequest,
     DagTrigger,
     ExecutorStatus,
@@ -24,7 +26,6 @@ from cbctl.runtime.messages import (
     StoreStatsRequest,
     unpack,
 )
-from cbctl.runtime.store import StoreNode
 from tests.fuzz_frames import deep, hostile_frames, pack_array, seed_frames
 
 SEEDS = seed_frames({"PutRequest": {"key": "fuzz/k", "lattice": ["lww", 1, "w", b"v", False]}})
@@ -83,18 +84,18 @@ def test_a_field_of_the_wrong_type_is_named_in_the_error():
 @given(st.lists(hostile_frames(SEEDS), min_size=1, max_size=20))
 def test_store_node_answers_every_accepted_request_and_its_log_replays(tmp_path_factory, frames):
     data_dir: Path = tmp_path_factory.mktemp("fuzzstore") / "data"
-    node = StoreNode(data_dir)
+    node = StoreNode(EmbeddedBackend(data_dir))
     try:
         requests = [m for m in map(_accepted, frames) if m is not None]
         replies, _pushes = node.handle_batch(requests)
         assert len(replies) == len(requests)
         for reply in replies:
             unpack(reply.pack())  # every reply is itself a valid frame
-        keys = sorted(node.data)
+        keys = sorted(node.backend.data)
     finally:
         node.close()
-    recovered = StoreNode(data_dir)
+    recovered = StoreNode(EmbeddedBackend(data_dir))
     try:
-        assert sorted(recovered.data) == keys
+        assert sorted(recovered.backend.data) == keys
     finally:
         recovered.close()

@@ -16,7 +16,6 @@ from cbctl.client import CallFuture, Client
 from cbctl.declare import DeployFileError, load_file
 from cbctl.errors import CbctlError, InvalidArgument, InvalidDag, MessageTooLarge, ProtocolError
 from cbctl.lifecycle import plan_spec
-from cbctl.runtime import limits, messages
 from cbctl.runtime.dag import chain_edges, validate_dag
 from cbctl.runtime.defaults import (
     CALL_TIMEOUT_S,
@@ -26,7 +25,8 @@ from cbctl.runtime.defaults import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
 )
-from cbctl.runtime.messages import GetRequest, unpack, version_refusal
+from cbctl.runtime.wire import limits, messages
+from cbctl.runtime.wire.messages import GetRequest, unpack, version_refusal
 
 # --- value size -------------------------------------------------------------------------------------------
 

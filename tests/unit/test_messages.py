@@ -9,9 +9,9 @@ import msgpack
 import pytest
 
 from cbctl.errors import ProtocolError
-from cbctl.runtime import messages
 from cbctl.runtime.defaults import PROTOCOL_VERSION
-from cbctl.runtime.messages import GetRequest, Message, all_kinds, unpack
+from cbctl.runtime.wire import messages
+from cbctl.runtime.wire.messages import GetRequest, Message, all_kinds, unpack
 
 # Values per field annotation (messages.py uses postponed annotations, so these are the source strings).
 # Each is non-default and non-empty, so a field dropped or swapped on the way shows up as a difference.
@@ -29,6 +29,18 @@ SAMPLES: dict[str, Any] = {
     "dict[str, str]": {"f": "ipc:///tmp/x", "g": "tcp://127.0.0.1:5555"},
     "dict[str, int]": {"f": 1, "g": 2},
     "dict[str, bytes]": {"f": b"\x01", "g": b""},
+    # checked values (messages.Valid): a good value of each
+    "Pid": 4_194_304,
+    "Count": 2**31 - 1,
+    "Version": 1_796_136_486_191_367_907,
+    "Address": "tcp://127.0.0.1:5555",
+    "AddressOrNone": "ipc:///tmp/cbctl-x/sched-0",
+    "ExecutorId": "host-b.lan/executor-12",
+    "ExecutorIdOrNone": "executor-3",
+    "ExecutorType": "gpu",
+    "Role": "scheduler",
+    "Utilization": 0.75,
+    "dict[str, Address]": {"f": "ipc:///tmp/x", "g": "tcp://[::1]:5555"},
 }
 
 
@@ -132,3 +144,68 @@ def test_protocol_error_is_a_cbctl_error():
     from cbctl.errors import CbctlError
 
     assert issubclass(ProtocolError, CbctlError)
+
+
+# Values of the right type that a server must not accept (issue 13: a status with a negative pid reached psutil on
+# the scheduler's timer and ended every scheduler). (kind, field, bad value, what the error says a good one is)
+BAD_VALUES = [
+    ("ExecutorStatus", "pid", -1, "a pid"),
+    ("ExecutorStatus", "pid", 0, "a pid"),
+    ("ExecutorStatus", "pid", 2**40, "a pid"),
+    ("ProcessReady", "pid", -33538, "a pid"),
+    ("ExecutorLost", "pid", 0, "a pid"),
+    ("ExecutorStatus", "queue_length", -1, "a count"),
+    ("ExecutorStatus", "queue_length", 2**40, "a count"),
+    ("ExecutorStatus", "utilization", float("nan"), "a finite utilization"),
+    ("ExecutorStatus", "utilization", float("inf"), "a finite utilization"),
+    ("ExecutorStatus", "utilization", -0.5, "a finite utilization"),
+    ("ExecutorStatus", "executor_id", "fuzz-executor", "an executor id"),
+    ("ExecutorStatus", "executor_id", "executor-", "an executor id"),
+    ("ExecutorStatus", "executor_id", "../executor-1", "an executor id"),
+    ("ExecutorStatus", "executor_type", "tpu", "an executor type"),
+    ("ExecutorStatus", "address", "", "an address"),
+    ("ExecutorStatus", "address", "http://127.0.0.1:80", "an address"),
+    ("ExecutorStatus", "address", "tcp://127.0.0.1", "an address"),
+    ("ExecutorStatus", "address", "ipc://" + "x" * 600, "an address"),
+    ("ProcessReady", "role", "root", "a role"),
+    ("ProcessReady", "index", -2, "a count"),
+    ("ProcessReady", "address", "udp://x:1", "an address or ''"),
+    ("PinRequest", "version", -1, "a version"),
+    ("PinRequest", "scheduler_address", "nowhere", "an address"),
+    ("ContinueCall", "depth", -1, "a count"),
+    ("CallRetried", "attempt", -7, "a count"),
+    ("LeavingAck", "sender", "", "an address"),
+    ("VersionRequest", "reply_to", "tcp://h:99999999", "an address"),
+    ("ExecutorLeaving", "heir_address", "x", "an address or ''"),
+    ("CallResult", "executor_id", "scheduler", "an executor id or ''"),
+    ("CallRequest", "response_address", "file:///etc/passwd", "an address or ''"),
+    ("SubscribeRequest", "address", "", "an address"),
+]
+
+
+@pytest.mark.parametrize(("kind", "field_name", "value", "good"), BAD_VALUES,
+                         ids=[f"{k}.{f}={v!r:.20}" for k, f, v, _ in BAD_VALUES])
+def test_checked_values_are_refused_at_unpack(kind, field_name, value, good):
+    cls = next(c for _, c in KINDS if c.__name__ == kind)
+    decoded = msgpack.unpackb(sample_message(cls).pack())
+    decoded[2 + cls._FIELDS.index(field_name)] = value
+    with pytest.raises(ProtocolError, match=rf"{kind}\.{field_name} is .*, not {good}"):
+        unpack(msgpack.packb(decoded))
+
+
+def test_a_checked_value_inside_a_container_is_refused():
+    trigger = msgpack.unpackb(sample_message(messages.DagTrigger).pack())
+    trigger[2 + messages.DagTrigger._FIELDS.index("locations")] = {"f": "ipc:///tmp/x", "g": "nowhere"}
+    with pytest.raises(ProtocolError, match=r"DagTrigger\.locations is a dict, not dict\[str, an address"):
+        unpack(msgpack.packb(trigger))
+
+
+@pytest.mark.parametrize("address", ["ipc:///tmp/cbctl-1/scheduler-0", "tcp://127.0.0.1:1", "tcp://[::1]:65535",
+                                     "tcp://head.example.org:7000"])
+def test_good_addresses_pass(address):
+    assert messages.is_address(address)
+
+
+@pytest.mark.parametrize("executor_id", ["executor-0", "executor-1234567", "10.0.0.2/executor-3", "h_b.lan/executor-9"])
+def test_good_executor_ids_pass(executor_id):
+    assert messages.is_executor_id(executor_id)

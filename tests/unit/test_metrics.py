@@ -8,6 +8,7 @@ import random
 import pytest
 from rich.console import Console
 
+from cbctl import snapshot as snap
 from cbctl import top
 from cbctl.runtime.metrics import (
     ExecutorMetrics,
@@ -173,8 +174,8 @@ def raw_answers(policy: dict | None = None) -> dict:
 
 
 def test_snapshot_states_rates_and_merged_percentiles():
-    snapshot = top.build_snapshot(raw_answers(), now=100.0)
-    assert snapshot["version"] == top.SNAPSHOT_VERSION and snapshot["time"] == 100.0
+    snapshot = snap.build_snapshot(raw_answers(), now=100.0)
+    assert snapshot["version"] == snap.SNAPSHOT_VERSION and snapshot["time"] == 100.0
     executors = {e["id"]: e for e in snapshot["executors"]}
     assert [e["id"] for e in snapshot["executors"]][-1] == "executor-10"  # natural order
     assert {i: e["state"] for i, e in executors.items()} == {
@@ -202,7 +203,7 @@ def test_snapshot_states_rates_and_merged_percentiles():
     {"executors": {"executor-5": {"state": "backoff"}}},
 ])
 def test_backoff_is_read_from_the_shapes_policy_describe_may_take(policy):
-    executors = {e["id"]: e for e in top.build_snapshot(raw_answers(policy))["executors"]}
+    executors = {e["id"]: e for e in snap.build_snapshot(raw_answers(policy))["executors"]}
     assert executors["executor-5"]["state"] == "backoff"
 
 
@@ -210,7 +211,7 @@ def test_snapshot_with_silent_scheduler_and_store_renders_at_any_width():
     raw = raw_answers()
     raw["schedulers"]["scheduler-0"] = None
     raw["store"] = None
-    snapshot = top.build_snapshot(raw)
+    snapshot = snap.build_snapshot(raw)
     assert snapshot["schedulers"][0]["answered"] is False and snapshot["store"] is None
     assert all(e["utilization"] is None for e in snapshot["executors"])
     for width in (80, 200):
@@ -225,7 +226,7 @@ def test_snapshot_with_silent_scheduler_and_store_renders_at_any_width():
 
 
 def test_render_sorts_executors():
-    snapshot = top.build_snapshot(raw_answers())
+    snapshot = snap.build_snapshot(raw_answers())
     order = [e["id"] for e in snapshot["executors"]]
     rendered = top.executors_table(snapshot, "util")
     assert rendered.columns[0]._cells[:2] == ["executor-0", "executor-5"]

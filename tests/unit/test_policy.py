@@ -8,8 +8,8 @@ import time
 import pytest
 
 from cbctl.errors import InvalidArgument, NoExecutorAvailable
-from cbctl.runtime.messages import ExecutorStatus
-from cbctl.runtime.policy import Policy, PolicySettings, host_of, parse_policy_options
+from cbctl.runtime.scheduler.policy import Policy, PolicySettings, host_of, parse_policy_options
+from cbctl.runtime.wire.messages import ExecutorStatus
 
 
 class Clock:

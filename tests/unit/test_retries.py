@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cbctl.runtime.messages import CallRequest
 from cbctl.runtime.retries import ATTEMPT_KEY, AttemptFilter, InFlightTable, with_attempt
+from cbctl.runtime.wire.messages import CallRequest
 
 
 class Clock:

@@ -11,8 +11,9 @@ import pytest
 
 from cbctl.errors import AuthenticationError, InvalidArgument
 from cbctl.lifecycle import check_auth, is_loopback, parse_listen, prepare_home
-from cbctl.runtime import auth, cluster
-from cbctl.runtime.supervisor import ClusterSpec
+from cbctl.runtime import cluster
+from cbctl.runtime.supervisor.supervisor import ClusterSpec
+from cbctl.runtime.wire import auth
 
 
 def mode(path: Path) -> int:

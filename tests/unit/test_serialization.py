@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from cbctl.errors import InvalidArgument
-from cbctl.runtime.serialization import EXT_NDARRAY, EXT_PICKLE, EXT_REF, EXT_TUPLE, Ref, decode, encode, find_refs
+from cbctl.runtime.wire.serialization import EXT_NDARRAY, EXT_PICKLE, EXT_REF, EXT_TUPLE, Ref, decode, encode, find_refs
 
 
 def round_trip(value):

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import zmq
 
-from cbctl.runtime.cache import CachedStore
+from cbctl.runtime.executor.cache import CachedStore
 from cbctl.runtime.lattices import LWWLattice
-from cbctl.runtime.messages import Ack, SubscribeRequest
-from cbctl.runtime.store import StoreNode
+from cbctl.runtime.store.embedded import EmbeddedBackend
+from cbctl.runtime.store.node import StoreNode
 from cbctl.runtime.store_client import StoreClient
+from cbctl.runtime.wire.messages import Ack, SubscribeRequest
 
 
 def subscribe(node: StoreNode, address: str, keys: list[str], unsubscribe: bool = False) -> None:
@@ -20,12 +21,12 @@ def subscribe(node: StoreNode, address: str, keys: list[str], unsubscribe: bool 
 
 
 def test_a_restarted_store_has_a_new_epoch_and_no_subscriptions(tmp_path: Path):
-    node = StoreNode(tmp_path)
+    node = StoreNode(EmbeddedBackend(tmp_path))
     subscribe(node, "ipc://a", ["k"])
     epoch = node.stats()["epoch"]
     assert node.stats()["epoch"] == epoch and node.stats()["subscriptions"] == 1
     node.close()
-    restarted = StoreNode(tmp_path)
+    restarted = StoreNode(EmbeddedBackend(tmp_path))
     try:
         assert restarted.stats()["epoch"] != epoch
         assert restarted.stats()["subscriptions"] == 0
@@ -34,7 +35,7 @@ def test_a_restarted_store_has_a_new_epoch_and_no_subscriptions(tmp_path: Path):
 
 
 def test_the_subscription_count_follows_subscribes_and_unsubscribes_without_leaving_empty_sets(tmp_path: Path):
-    node = StoreNode(tmp_path)
+    node = StoreNode(EmbeddedBackend(tmp_path))
     try:
         subscribe(node, "ipc://a", ["k", "j"])
         subscribe(node, "ipc://a", ["k"])  # again: idempotent

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from cbctl.runtime.lattices import LWWLattice, MaxLattice, SetLattice, lattice_from_wire
-from cbctl.runtime.messages import (
+from cbctl.runtime.store.embedded import EmbeddedBackend
+from cbctl.runtime.store.node import StoreNode
+from cbctl.runtime.wire.messages import (
     Ack,
     DeleteRequest,
     ErrorResponse,
@@ -22,7 +24,10 @@ from cbctl.runtime.messages import (
     StoreStatsResponse,
     SubscribeRequest,
 )
-from cbctl.runtime.store import StoreNode
+
+
+def open_node(data_dir: Path, **options) -> StoreNode:
+    return StoreNode(EmbeddedBackend(data_dir, **options))
 
 
 @pytest.fixture
@@ -32,7 +37,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def node(data_dir: Path):
-    store = StoreNode(data_dir)
+    store = open_node(data_dir)
     yield store
     store.close()
 
@@ -168,36 +173,36 @@ def test_stats_count_requests(node):
 def test_a_batch_is_in_the_log_when_handle_batch_returns(data_dir):
     """No fsync, no close: what handle_batch acknowledged is in the log file already, so a process crash
     right after the ack (the OS keeps the written bytes) loses nothing."""
-    first = StoreNode(data_dir, durability="batch")
+    first = open_node(data_dir, durability="batch")
     batch = [PutRequest(i, f"k{i}", lww(str(i).encode(), i + 1)) for i in range(50)]
     batch.append(DeleteRequest(99, "k7", 10**9, "w"))
     replies, _ = first.handle_batch(batch)
     assert all(isinstance(r, Ack) for r in replies)
     # Deliberately not closed or maintained: a second node reads the directory as a restarted store would.
-    second = StoreNode(data_dir)
+    second = open_node(data_dir)
     try:
-        assert len(second.data) == 50
+        assert len(second.backend.data) == 50
         assert second.live_keys() == sorted(f"k{i}" for i in range(50) if i != 7)
-        assert second.data["k42"].value == b"42"
-        assert second.data["k7"].tombstone
+        assert second.backend.data["k42"].value == b"42"
+        assert second.backend.data["k7"].tombstone
     finally:
         second.close()
         first.close()
 
 
 def test_torn_last_record_is_dropped_on_recovery(data_dir):
-    node = StoreNode(data_dir)
+    node = open_node(data_dir)
     node.handle_batch([PutRequest(1, "kept", lww(b"v", 1))])
     node.close()
     with open(data_dir / "wal.log", "ab") as log_file:
         log_file.write(b"\x40\x00\x00\x00\x01\x02")  # a frame header cut short: a crash mid-append
-    recovered = StoreNode(data_dir)
+    recovered = open_node(data_dir)
     try:
         assert recovered.live_keys() == ["kept"]
         recovered.handle_batch([PutRequest(2, "after", lww(b"v", 2))])
     finally:
         recovered.close()
-    again = StoreNode(data_dir)
+    again = open_node(data_dir)
     try:
         assert again.live_keys() == ["after", "kept"]
     finally:
@@ -205,25 +210,25 @@ def test_torn_last_record_is_dropped_on_recovery(data_dir):
 
 
 def test_compaction_then_recovery(data_dir):
-    node = StoreNode(data_dir, compact_bytes=2_000)
+    node = open_node(data_dir, compact_bytes=2_000)
     for i in range(200):
         node.handle_batch([PutRequest(i, f"k{i % 40}", lww(f"v{i}".encode(), i + 1))])
     node.handle_batch([DeleteRequest(0, "k3", 10**6, "w")])
-    log_before = node.wal.log_bytes
-    assert log_before > 2_000 and node.wal.snapshot_bytes == 0
+    log_before = node.backend.wal.log_bytes
+    assert log_before > 2_000 and node.backend.wal.snapshot_bytes == 0
     node.maintain()
-    assert node.wal.snapshot_bytes > 0, "a log past compact_bytes is compacted into a snapshot"
-    assert node.wal.log_bytes < log_before
+    assert node.backend.wal.snapshot_bytes > 0, "a log past compact_bytes is compacted into a snapshot"
+    assert node.backend.wal.log_bytes < log_before
     node.handle_batch([PutRequest(1, "k0", lww(b"after-compaction", 10**7)), PutRequest(2, "fresh", lww(b"f", 1))])
-    expected = {key: lattice for key, lattice in node.data.items()}
+    expected = {key: lattice for key, lattice in node.backend.data.items()}
     node.close()
 
-    recovered = StoreNode(data_dir, compact_bytes=2_000)
+    recovered = open_node(data_dir, compact_bytes=2_000)
     try:
-        assert recovered.data == expected
-        assert recovered.data["k0"].value == b"after-compaction"
-        assert recovered.data["k39"].value == b"v199"
-        assert recovered.data["k3"].tombstone, "deletes survive compaction"
+        assert recovered.backend.data == expected
+        assert recovered.backend.data["k0"].value == b"after-compaction"
+        assert recovered.backend.data["k39"].value == b"v199"
+        assert recovered.backend.data["k3"].tombstone, "deletes survive compaction"
         assert "k3" not in recovered.live_keys()
         assert len(recovered.live_keys()) == 40
     finally:
@@ -231,15 +236,15 @@ def test_compaction_then_recovery(data_dir):
 
 
 def test_recovery_after_repeated_compactions(data_dir):
-    node = StoreNode(data_dir, compact_bytes=500)
+    node = open_node(data_dir, compact_bytes=500)
     for round_ in range(5):
         for i in range(30):
             node.handle_batch([PutRequest(i, f"k{i}", lww(f"r{round_}".encode(), round_ * 100 + i + 1))])
         node.maintain()
     node.close()
-    recovered = StoreNode(data_dir, compact_bytes=500)
+    recovered = open_node(data_dir, compact_bytes=500)
     try:
-        assert {k: v.value for k, v in recovered.data.items()} == {f"k{i}": b"r4" for i in range(30)}
+        assert {k: v.value for k, v in recovered.backend.data.items()} == {f"k{i}": b"r4" for i in range(30)}
     finally:
         recovered.close()
 
@@ -255,7 +260,7 @@ def test_stats_keys_and_bytes_follow_writes_overwrites_deletes_and_recovery(data
     put(node, "a", lww(b"back", 4))  # newer than the tombstone: live again
     assert (node.stats()["keys"], node.stats()["bytes"]) == (2, 6)
     node.close()
-    reopened = StoreNode(data_dir)
+    reopened = open_node(data_dir)
     try:
         assert (reopened.stats()["keys"], reopened.stats()["bytes"]) == (2, 6)
     finally:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from cbctl.runtime import serialization, user_errors
+from cbctl.runtime import user_errors
 from cbctl.runtime.user_errors import (
     ResultNotSerializable,
     WrongArgumentCount,
@@ -15,6 +15,7 @@ from cbctl.runtime.user_errors import (
     unserializable_result,
     user_traceback,
 )
+from cbctl.runtime.wire import serialization
 
 
 def add(cb, a, b=0):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cbctl.runtime import wal as wal_module
-from cbctl.runtime.wal import WalCorruptError, WriteAheadLog
+from cbctl.runtime.store import wal as wal_module
+from cbctl.runtime.store.wal import WalCorruptError, WriteAheadLog
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HEADER = 16  # magic + generation at the start of both files
@@ -323,7 +323,7 @@ CHILD = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from cbctl.runtime.wal import WriteAheadLog
+    from cbctl.runtime.store.wal import WriteAheadLog
 
     wal = WriteAheadLog(Path(sys.argv[1]), durability="batch", batch_interval_s=3600)
     list(wal.replay())

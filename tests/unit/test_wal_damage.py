@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cbctl.runtime.wal import WalCorruptError, WriteAheadLog
+from cbctl.runtime.store.wal import WalCorruptError, WriteAheadLog
 
 HEADER = 16
 FRAME = 8

@@ -27,6 +27,8 @@ caches hold the most of the call's referenced keys, then the fewest recent calls
 location is in backoff and an unpinned executor exists, the next update pins the function there too (scale
 out); once all its locations have been calm for a while, the newest extra pin is dropped (scale in, never
 below one).
+
+Long on purpose: ``Policy`` is one pure state machine, tested as one; its settings come first in the file.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import Any
 
 from cbctl.errors import InvalidArgument, NoExecutorAvailable
 from cbctl.runtime import defaults
-from cbctl.runtime.messages import ExecutorStatus
+from cbctl.runtime.wire.messages import ExecutorStatus
 
 ExecutorKey = tuple[str, str]  # (host, executor_id)
 TYPES = ("cpu", "gpu")

@@ -16,22 +16,37 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cbctl.errors import InvalidArgument
-from cbctl.runtime.defaults import STARTUP_TIMEOUT_S
-from cbctl.runtime.messages import ControlResponse, ExecutorLost
-
-if TYPE_CHECKING:
-    from cbctl.runtime.supervisor import Child, Supervisor
+from cbctl.runtime.defaults import MAX_EXECUTORS, STARTUP_TIMEOUT_S
+from cbctl.runtime.supervisor.child import Child
+from cbctl.runtime.wire.messages import ControlResponse, ExecutorLost
 
 log = logging.getLogger(__name__)
 
-def scale_request_timeout(departure_timeout_s: float) -> float:
-    """Seconds a client waits for a scale request: starting executors, or departing ones up to the cluster's
-    departure bound, plus slack."""
-    return STARTUP_TIMEOUT_S + departure_timeout_s + 10
 ACTIVE_STATES = ("starting", "ready", "restarting")
+
+
+class _Spec(Protocol):
+    executors: int
+    departure_timeout_s: float
+
+
+class ExecutorPool(Protocol):
+    """What scaling sees of the supervisor: its children, the highest executor index used so far, the
+    cluster spec (whose ``executors`` it updates), a way to start an executor, the cluster file, and the
+    schedulers (told when a departing executor is cut short)."""
+
+    children: dict[str, Child]
+    highest_executor_index: int
+    spec: _Spec
+
+    def start_executor(self, index: int, executor_type: str) -> Child: ...
+
+    def write_cluster_file(self) -> None: ...
+
+    def tell_schedulers(self, message: ExecutorLost) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -44,8 +59,8 @@ def plan_scale(cpu_executors: list[tuple[int, str]], highest_index: int, target:
                other_executors: int) -> ScalePlan:
     """What to start or stop to run ``target`` CPU executors, given the active ones as ``(index, name)``,
     the highest executor index ever used, and how many other (GPU) executors stay."""
-    if not isinstance(target, int) or isinstance(target, bool) or target < 0:
-        raise InvalidArgument(f"--executors must be a whole number >= 0, not {target!r}")
+    if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target <= MAX_EXECUTORS:
+        raise InvalidArgument(f"--executors must be a whole number from 0 to {MAX_EXECUTORS}, not {target!r}")
     if target + other_executors < 1:
         raise InvalidArgument("a cluster needs at least one executor: pass --executors N with N >= 1")
     current = sorted(cpu_executors)
@@ -69,12 +84,12 @@ class ScaleOperation:
     kill_at: float = 0.0
 
 
-def _executors(supervisor: Supervisor, executor_type: str) -> list[Child]:
+def _executors(supervisor: ExecutorPool, executor_type: str) -> list[Child]:
     return [c for c in supervisor.children.values() if c.config.role == "executor"
             and c.config.options.get("executor_type", "cpu") == executor_type and c.state in ACTIVE_STATES]
 
 
-def begin(supervisor: Supervisor, envelope: list[bytes], req_id: int, arguments: dict[str, Any]) -> ScaleOperation:
+def begin(supervisor: ExecutorPool, envelope: list[bytes], req_id: int, arguments: dict[str, Any]) -> ScaleOperation:
     """Validate the request and start it: spawn the new executors, or send SIGTERM to the departing ones."""
     cpu = _executors(supervisor, "cpu")
     indices = [c.config.index for c in supervisor.children.values() if c.config.role == "executor"]
@@ -85,8 +100,7 @@ def begin(supervisor: Supervisor, envelope: list[bytes], req_id: int, arguments:
     operation = ScaleOperation(envelope, req_id, arguments["executors"], start_deadline=now + STARTUP_TIMEOUT_S,
                                kill_at=now + supervisor.spec.departure_timeout_s)
     for index in plan.start:
-        child = supervisor._new_executor(index, "cpu")
-        supervisor._spawn(child)
+        child = supervisor.start_executor(index, "cpu")
         operation.starting.append(child.config.name)
         supervisor.highest_executor_index = max(supervisor.highest_executor_index, index)
     for name in plan.stop:
@@ -101,7 +115,7 @@ def begin(supervisor: Supervisor, envelope: list[bytes], req_id: int, arguments:
     return operation
 
 
-def advance(supervisor: Supervisor, operation: ScaleOperation) -> ControlResponse | None:
+def advance(supervisor: ExecutorPool, operation: ScaleOperation) -> ControlResponse | None:
     """Move the operation on; returns the answer once it is done (or failed), else None."""
     now = time.monotonic()
     for name in list(operation.stopping):
@@ -113,7 +127,7 @@ def advance(supervisor: Supervisor, operation: ScaleOperation) -> ControlRespons
                 child.process.kill()
                 child.process.join(5)
                 # as for a crash: the schedulers dispatch every call it still held again, on executors that stay
-                supervisor._tell_schedulers(ExecutorLost(
+                supervisor.tell_schedulers(ExecutorLost(
                     name, child.address, child.pid,
                     f"departing in a scale-down, it had not finished its calls within {bound:g} s: killed"))
                 operation.cut_short.append(name)
@@ -140,7 +154,7 @@ def advance(supervisor: Supervisor, operation: ScaleOperation) -> ControlRespons
                                                     "cut_short": sorted(operation.cut_short)})
 
 
-def _failed(supervisor: Supervisor, operation: ScaleOperation, reason: str) -> ControlResponse:
+def _failed(supervisor: ExecutorPool, operation: ScaleOperation, reason: str) -> ControlResponse:
     """Stop what this operation started (a half-started executor must not linger) and say why."""
     for name in operation.starting:
         child = supervisor.children.pop(name)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cbctl.runtime.defaults import DEPARTURE_ACK_TIMEOUT_S
-from cbctl.runtime.messages import ExecutorLeaving, LeavingAck
+from cbctl.runtime.wire.messages import ExecutorLeaving, LeavingAck
 
 #: Most redirects followed for one send (an heir that left too has an heir of its own).
 MAX_REDIRECT_HOPS = 8

@@ -2,9 +2,10 @@
 ``(key, value)``, asynchronously, at least once.
 
 Where things live:
-- A trigger is a record in the store under ``__cb/trigger/NAME`` (``{name, prefix, function}``), written
-  and removed by a scheduler (``AddTrigger`` / ``RemoveTrigger``, which check the name, the prefix and
-  that the function or DAG is registered). Adding a trigger under an existing name replaces it.
+- A trigger is a record in the store under ``__cb/trigger/NAME`` (``{name, prefix, function}``,
+  ``trigger_records.py``), written and removed by a scheduler (``AddTrigger`` / ``RemoveTrigger`` in
+  ``scheduler/triggers.py``, which check the name, the prefix and that the function or DAG is registered).
+  Adding a trigger under an existing name replaces it.
 - The store node sees every write, so it keeps the index of triggers itself (``StoreTriggers``, rebuilt
   from its data at start and updated as trigger records are written) and matches each put's key against
   the prefixes. A match becomes a ``CallRequest`` to a scheduler, sent by the store process
@@ -31,18 +32,17 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import re
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 import zmq
 
-from cbctl.errors import InvalidArgument, NoSuchFunction, NoSuchKey, ProtocolError
-from cbctl.runtime import auth, cluster, serialization
+from cbctl.errors import NoSuchKey, ProtocolError
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     RESERVED_PREFIX,
     TRIGGER_MAX_ATTEMPTS,
@@ -50,97 +50,15 @@ from cbctl.runtime.defaults import (
     TRIGGER_RETRY_S,
 )
 from cbctl.runtime.lattices import Lattice, LWWLattice
-from cbctl.runtime.messages import AddTrigger, CallRequest, CallResult, ListTriggers, RemoveTrigger, unpack
 from cbctl.runtime.process import ProcessConfig, drain, new_socket
-
-if TYPE_CHECKING:
-    from cbctl.runtime.scheduler import Scheduler
-    from cbctl.runtime.store_client import StoreClient
+from cbctl.runtime.trigger_records import PREFIX, TriggerRecord, record_bytes
+from cbctl.runtime.wire import auth, serialization
+from cbctl.runtime.wire.messages import CallRequest, CallResult, unpack
 
 log = logging.getLogger(__name__)
 
-PREFIX = RESERVED_PREFIX + "trigger/"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: Seconds between re-reads of the cluster file while the store knows no scheduler to send calls to.
 _SCHEDULER_LOOKUP_S = 1.0
-
-
-@dataclass
-class TriggerRecord:
-    name: str
-    prefix: str
-    function: str
-    created_ns: int = 0
-
-
-# --- scheduler side: the control requests ------------------------------------------------------------
-
-
-def on_add(scheduler: Scheduler, request: AddTrigger) -> dict[str, Any]:
-    name, prefix, function = request.name, request.prefix, request.function
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise InvalidArgument(f"trigger name {name!r} is invalid: use letters, digits, '_', '.' and '-'")
-    if not isinstance(prefix, str) or not prefix or prefix.startswith(RESERVED_PREFIX):
-        raise InvalidArgument(f"trigger prefix {prefix!r} is invalid: use a non-empty key prefix not starting "
-                              f"with {RESERVED_PREFIX!r}")
-    if not isinstance(function, str) or not function:
-        raise InvalidArgument(f"trigger function {function!r} is invalid: name a registered function or DAG")
-    scheduler.refresh_registry()
-    if function not in scheduler.functions and function not in scheduler.dags:
-        raise NoSuchFunction(f"no function or DAG is registered as {function!r}: deploy it before the trigger")
-    replaced = name in _load_all(scheduler.store)
-    record = TriggerRecord(name, prefix, function, time.time_ns())
-    scheduler.store.put(PREFIX + name, asdict(record))  # the store indexes it before it acknowledges
-    return {**asdict(record), "replaced": replaced}
-
-
-def on_list(scheduler: Scheduler, _request: ListTriggers) -> list[dict[str, Any]]:
-    records = _load_all(scheduler.store)
-    per_trigger = scheduler.store.stats().get("trigger_stats", {})
-    empty = {"fired": 0, "errors": 0, "last_error": ""}
-    return [{**asdict(records[n]), **per_trigger.get(n, empty)} for n in sorted(records)]
-
-
-def on_remove(scheduler: Scheduler, request: RemoveTrigger) -> dict[str, Any]:
-    if request.name not in _load_all(scheduler.store):
-        raise InvalidArgument(f"no trigger is named {request.name!r}: see `cbctl trigger ls`")
-    scheduler.store.delete(PREFIX + request.name)
-    return {"removed": request.name}
-
-
-def check_not_triggered(store: StoreClient, function: str) -> None:
-    """Refuse to remove a function or DAG that a trigger still calls (each put would fail to call it)."""
-    users = sorted(r.name for r in _load_all(store).values() if r.function == function)
-    if users:
-        raise InvalidArgument(f"{function!r} is called by trigger(s) {', '.join(users)}: remove those first "
-                              "with `cbctl trigger rm NAME`")
-
-
-def _load_all(store: StoreClient) -> dict[str, TriggerRecord]:
-    keys = store.list_keys(PREFIX)
-    records = {}
-    for key, lattice in zip(keys, store.get_lattices(keys) if keys else []):
-        try:
-            record = TriggerRecord(**serialization.decode(_reveal(key, lattice)))
-        except (NoSuchKey, TypeError, ValueError):
-            continue
-        records[record.name] = record
-    return records
-
-
-def _reveal(key: str, lattice: Lattice | None) -> bytes:
-    if not isinstance(lattice, LWWLattice) or lattice.tombstone:
-        raise NoSuchKey(key)
-    return lattice.value
-
-
-#: Control handlers the scheduler serves for this module, by message type.
-SCHEDULER_CONTROL: dict[type, Callable[[Any, Any], Any]] = {
-    AddTrigger: on_add, ListTriggers: on_list, RemoveTrigger: on_remove,
-}
-
-
-# --- store side: the index, matching, and the calls in flight -----------------------------------------
 
 
 @dataclass
@@ -173,9 +91,9 @@ class StoreTriggers:
         self._boot = os.urandom(4).hex()  # call ids stay unique across store restarts
         self._last_error_log = 0.0
 
-    def load(self, data: Mapping[str, Lattice]) -> None:
-        """Rebuild the index from the store's recovered data."""
-        for key, lattice in data.items():
+    def load(self, records: Iterable[tuple[str, Lattice]]) -> None:
+        """Rebuild the index from the store's recovered trigger records (``(key, lattice)`` pairs)."""
+        for key, lattice in records:
             if key.startswith(PREFIX):
                 self._index(key, lattice)
 
@@ -195,7 +113,7 @@ class StoreTriggers:
         name = key[len(PREFIX):]
         try:
             # plain msgpack, no ext hook: a record is a dict of strings, and nothing here may unpickle
-            raw = msgpack.unpackb(_reveal(key, lattice), raw=False)
+            raw = msgpack.unpackb(record_bytes(key, lattice), raw=False)
             record = TriggerRecord(**raw)
             if not all(isinstance(v, str) and v for v in (record.name, record.prefix, record.function)):
                 raise TypeError("fields must be non-empty strings")

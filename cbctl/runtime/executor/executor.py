@@ -4,6 +4,11 @@ Its loop: drain the PULL socket (triggers, pins, direct messages), run what is r
 once every upstream trigger of its call has arrived), pass each result on (to the successors' executors,
 or straight to the caller for the sink), and report a status to every scheduler about once a second.
 A user exception becomes an error result for the caller and never stops the loop.
+
+Long on purpose: ``Executor`` is one state machine (the ready queue, the joins, the pinned functions, the
+peers) whose message handlers, runner and user-library hooks all read and change that state from one thread.
+What has its own state or none lives beside it: ``sessions``, ``cache``, ``batching``, ``continuation``,
+``departure``, ``status`` (the reports), ``extras`` (the trigger check), ``host`` (what the helpers see).
 """
 
 from __future__ import annotations
@@ -14,28 +19,14 @@ import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
 
 from cbctl.errors import CbctlError, ConsistencyError, InvalidArgument, NoSuchFunction, ProtocolError
-from cbctl.runtime import (
-    auth,
-    batching,
-    cluster,
-    consistency,
-    continuation,
-    limits,
-    multiexec,
-    registry,
-    serialization,
-    user_errors,
-)
-from cbctl.runtime.cache import CachedStore, StoreEpochProbe
+from cbctl.runtime import cluster, multiexec, registry, user_errors
 from cbctl.runtime.code_loading import load_target
-from cbctl.runtime.consistency import SessionManager
 from cbctl.runtime.continuation import Continue
 from cbctl.runtime.dag import downstream_of, upstream_of
 from cbctl.runtime.defaults import (
@@ -44,13 +35,38 @@ from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
-    STATUS_INTERVAL_S,
     STORE_REQUEST_TIMEOUT_S,
     VERSION_FETCH_TIMEOUT_S,
 )
-from cbctl.runtime.departure import Departure, Peer
+from cbctl.runtime.executor import batching, continuation
+from cbctl.runtime.executor.cache import CachedStore, StoreEpochProbe
+from cbctl.runtime.executor.departure import Departure, Peer
+from cbctl.runtime.executor.extras import check_trigger_extras
+from cbctl.runtime.executor.host import LoadedFunction
+from cbctl.runtime.executor.sessions import SessionManager
+from cbctl.runtime.executor.status import StatusReporter
+from cbctl.runtime.executor.userlib import UserLibrary
 from cbctl.runtime.lattices import lattice_from_wire
-from cbctl.runtime.messages import (
+from cbctl.runtime.metrics import ExecutorMetrics
+from cbctl.runtime.process import (
+    PeerSockets,
+    ProcessConfig,
+    Receiver,
+    RejectedFrameLog,
+    ShutdownFlag,
+    TimerWork,
+    drain,
+    freeze_startup_heap,
+    new_context,
+    new_socket,
+    process_alive,
+    report_ready,
+    setup_logging,
+)
+from cbctl.runtime.retries import ATTEMPT_KEY, AttemptFilter
+from cbctl.runtime.store_client import StoreClient
+from cbctl.runtime.wire import limits, serialization
+from cbctl.runtime.wire.messages import (
     CallAborted,
     CallResult,
     CallRetried,
@@ -64,42 +80,17 @@ from cbctl.runtime.messages import (
     PinRequest,
     PinResponse,
     SnapshotRelease,
-    StatusAck,
     UnpinRequest,
     VersionRequest,
     VersionResponse,
     unpack,
 )
-from cbctl.runtime.metrics import ExecutorMetrics
-from cbctl.runtime.process import (
-    PeerSockets,
-    ProcessConfig,
-    Receiver,
-    RejectedFrameLog,
-    ShutdownFlag,
-    drain,
-    freeze_startup_heap,
-    new_context,
-    new_socket,
-    process_alive,
-    report_ready,
-    setup_logging,
-)
-from cbctl.runtime.retries import ATTEMPT_KEY, AttemptFilter
-from cbctl.runtime.store_client import StoreClient
-from cbctl.runtime.userlib import UserLibrary
 
 log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
 
 #: Seconds a partly-triggered DAG step waits for its other triggers before it is dropped.
 JOIN_TIMEOUT_S = 600.0
-
-
-@dataclass
-class LoadedFunction:
-    record: registry.FunctionRecord
-    target: Any  # the function, or the bound ``run`` of the constructed class
 
 
 class Executor:
@@ -562,26 +553,6 @@ class Executor:
         )
 
 
-# The type of each entry a trigger's extras may carry (consistency.py, multiexec.py, continuation.py). Checked
-# where a trigger arrives, so one of another shape, which no cbctl process sends, is dropped as malformed rather
-# than failing its step after the user's function ran. Entries not listed here are ignored by every reader.
-_EXTRAS_TYPES: dict[str, type] = {
-    consistency.SESSION: dict, consistency.WRITES: dict, consistency.VERSIONS: dict, consistency.HOLDERS: list,
-    consistency.CAUSAL_FLOOR: dict, multiexec.EXTRAS_KEY: dict, continuation.DEPTH_KEY: int,
-}
-
-
-def check_trigger_extras(extras: dict[str, Any]) -> None:
-    """Raise ``ProtocolError`` if an entry of a trigger's extras has the wrong type (see ``_EXTRAS_TYPES``)."""
-    for key, value in extras.items():
-        expected = _EXTRAS_TYPES.get(key)
-        if expected is not None and type(value) is not expected:
-            raise ProtocolError(f"DagTrigger.extras[{key!r}] is a {type(value).__name__}, not {expected.__name__}")
-    holders = extras.get(consistency.HOLDERS)
-    if holders and not all(type(h) is str for h in holders):
-        raise ProtocolError("DagTrigger.extras holds a snapshot holder address that is not a string")
-
-
 def _message_of(exc: BaseException) -> str:
     """``str(exc)``, or a stand-in when the exception's own ``__str__`` raises: the caller still gets its answer
     (an exception escaping ``fail`` would leave the call unanswered for ever)."""
@@ -589,52 +560,6 @@ def _message_of(exc: BaseException) -> str:
         return str(exc)
     except Exception:
         return f"<{type(exc).__name__}: str() failed>"
-
-
-class StatusReporter:
-    """Sends the executor's status to every scheduler on a timer (from the executor's own loop)."""
-
-    def __init__(self, context: zmq.Context, executor: Executor, scheduler_addresses: list[str]) -> None:
-        self.executor = executor
-        self.sockets = []
-        for address in scheduler_addresses:
-            sock = new_socket(context, zmq.DEALER)
-            auth.connect(sock, address)
-            self.sockets.append(sock)
-        self.last_report = time.monotonic()
-
-    def report(self, running: bool = True) -> None:
-        self.last_report = time.monotonic()
-        frame = self.executor.status(running).pack()
-        for sock in self.sockets:
-            drain(sock)  # acks of earlier reports
-            try:
-                sock.send(frame, zmq.NOBLOCK)
-            except zmq.Again:
-                pass
-
-    def due(self) -> bool:
-        return time.monotonic() - self.last_report >= STATUS_INTERVAL_S
-
-    def handshake(self, timeout_s: float = 30.0) -> None:
-        """Report once and wait until every scheduler acknowledged, so ``cbctl up`` returns only when
-        every scheduler can place work here."""
-        deadline = time.monotonic() + timeout_s
-        self.report()
-        for sock in self.sockets:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("a scheduler did not acknowledge this executor's status")
-                if sock.poll(min(1000, int(remaining * 1000) + 1)):
-                    if isinstance(unpack(sock.recv()), StatusAck):
-                        break
-                else:
-                    self.report()
-
-    def close(self) -> None:
-        for sock in self.sockets:
-            sock.close()
 
 
 def main(config: ProcessConfig) -> None:
@@ -648,7 +573,7 @@ def main(config: ProcessConfig) -> None:
     address = config.bind(sock)
     executor = Executor(config, context, store, address)
     executor.sock = sock
-    reporter = StatusReporter(context, executor, config.scheduler_addresses)
+    reporter = StatusReporter(context, executor.status, config.scheduler_addresses)
     executor.scheduler_sockets = reporter.sockets
     executor.check_store_epoch(STORE_REQUEST_TIMEOUT_S)  # the epoch the cache starts with
     try:
@@ -659,6 +584,7 @@ def main(config: ProcessConfig) -> None:
     report_ready(context, config, address)
     freeze_startup_heap()
     receiver = Receiver(sock)
+    timers = TimerWork(log)
     while True:
         for frame in receiver.receive(0 if executor.ready or executor.deferred else 100):
             executor.on_frame(frame)
@@ -670,10 +596,10 @@ def main(config: ProcessConfig) -> None:
             except Exception as exc:  # the runtime's own failure (store gone mid-delivery, ...): answer, go on
                 executor.answer_failed_step(exc)
         if reporter.due():
-            reporter.report(running=not shutdown.requested)
-            executor.expire_joins()
-            executor.sessions.maintain(time.monotonic())
-            executor.check_store_epoch()
+            timers.run(reporter.report, not shutdown.requested)
+            timers.run(executor.expire_joins)
+            timers.run(executor.sessions.maintain, time.monotonic())
+            timers.run(executor.check_store_epoch)
         if shutdown.requested and not executor.departure.leaving:
             # warm stop: the schedulers stop placing work here when they see running=False
             reporter.report(running=False)

@@ -1,34 +1,48 @@
-"""The store node: key -> lattice, every write a merge, every acknowledged write in the log first.
+"""The store node: key -> lattice, every write a merge, every acknowledged write durable first.
 
-One loop: drain the ROUTER socket, apply the batch (writes are appended to the write-ahead log in one
-call before any of them is acknowledged), reply, push merged values to subscribed caches, fsync when
-the batch interval is due, compact when the log grows.
+One loop: drain the ROUTER socket, apply the batch to the backend (``backend.py``; the embedded one appends
+the batch's writes to its write-ahead log in one call on ``commit``, before any of them is acknowledged),
+reply, push merged values to subscribed caches, and give the backend its timer work (the batch fsync,
+compaction). Subscriptions, triggers and counters are the node's; the data is the backend's.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 
 from cbctl.errors import ProtocolError
-from cbctl.runtime import cluster, home_lock, limits
+from cbctl.runtime import cluster, home_lock
 from cbctl.runtime.defaults import (
     MAX_MESSAGE_BYTES,
     RATE_SAMPLE_S,
     RATE_WINDOW_S,
     STOP_LINGER_S,
-    WAL_BATCH_INTERVAL_S,
-    WAL_COMPACT_BYTES,
 )
 from cbctl.runtime.lattices import Lattice, LWWLattice, lattice_from_wire
-from cbctl.runtime.messages import (
+from cbctl.runtime.metrics import RateWindow
+from cbctl.runtime.process import (
+    PeerSockets,
+    ProcessConfig,
+    RejectedFrameLog,
+    ShutdownFlag,
+    TimerWork,
+    drain,
+    new_context,
+    new_socket,
+    report_ready,
+)
+from cbctl.runtime.store.backend import StoreBackend
+from cbctl.runtime.store.embedded import EmbeddedBackend
+from cbctl.runtime.store.triggers import StoreTriggers, TriggerDispatcher
+from cbctl.runtime.trigger_records import PREFIX
+from cbctl.runtime.wire import limits
+from cbctl.runtime.wire.messages import (
     Ack,
     DeleteRequest,
     ErrorResponse,
@@ -45,19 +59,6 @@ from cbctl.runtime.messages import (
     unpack,
     version_refusal,
 )
-from cbctl.runtime.metrics import RateWindow
-from cbctl.runtime.process import (
-    PeerSockets,
-    ProcessConfig,
-    RejectedFrameLog,
-    ShutdownFlag,
-    drain,
-    new_context,
-    new_socket,
-    report_ready,
-)
-from cbctl.runtime.triggers import StoreTriggers, TriggerDispatcher
-from cbctl.runtime.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
@@ -66,85 +67,57 @@ rejected = RejectedFrameLog(log)  # warnings about frames this process drops, ra
 class StoreNode:
     """The state and handlers of one store node, independent of how messages arrive (tests drive it)."""
 
-    def __init__(self, data_dir: Path, durability: str = "batch",
-                 compact_bytes: int = WAL_COMPACT_BYTES, salvage: bool = False) -> None:
-        self.data: dict[str, Lattice] = {}
-        # kept up to date on every merge so stats (polled by `cbctl top` every second) cost O(1), not O(keys)
-        self.live_keys_count = 0
-        self.live_bytes = 0
-        self.wal = WriteAheadLog(data_dir, durability=durability, batch_interval_s=WAL_BATCH_INTERVAL_S,
-                                 compact_threshold_bytes=compact_bytes, salvage=salvage)
-        for record in self.wal.replay():
-            key, wire = msgpack.unpackb(record, raw=False)
-            self._merge(key, lattice_from_wire(wire))
-        if self.wal.salvaged:  # `cbctl up --salvage` shows it to the user
-            report = Path(data_dir) / cluster.SALVAGE_REPORT
-            report.write_text(json.dumps({"time": time.time(), "files": self.wal.salvaged}, indent=2))
+    def __init__(self, backend: StoreBackend) -> None:
+        self.backend = backend
         self.subscribers: dict[str, set[str]] = {}  # in memory only: a restarted store has none
         self.subscriptions = 0  # sum of the sets' sizes, kept on every change so stats stay O(1)
         # Executors compare this with what they saw before (their once-per-status-interval stats probe): a new
         # epoch means the subscriptions their caches rely on are gone, so they drop their caches (cache.py).
         self.epoch = os.urandom(8).hex()
         self.triggers = StoreTriggers()  # sees every write: storage-triggered calls (see triggers.py)
-        self.triggers.load(self.data)
+        self.triggers.load(backend.scan(PREFIX))
         self.counters = {"gets": 0, "puts": 0, "deletes": 0, "lists": 0, "protocol_errors": 0,
                          "request_errors": 0}
         self.started = time.time()
         self.rates = RateWindow(RATE_WINDOW_S, RATE_SAMPLE_S)  # ops/s for `cbctl top`, sampled in maintain()
-        log.info("recovered %d keys from %s", len(self.data), data_dir)
-
-    def _merge(self, key: str, incoming: Lattice) -> Lattice:
-        current = self.data.get(key)
-        merged = incoming if current is None else current.merge(incoming)
-        self.data[key] = merged
-        if current is not merged:
-            for lattice, sign in ((current, -1), (merged, 1)):
-                if lattice is not None and not _is_tombstone(lattice):
-                    self.live_keys_count += sign
-                    self.live_bytes += sign * _size(lattice)
-        return merged
 
     def live_keys(self, prefix: str = "") -> list[str]:
-        return sorted(k for k, v in self.data.items() if k.startswith(prefix) and not _is_tombstone(v))
+        return sorted(key for key, _ in self.backend.scan(prefix))
 
     def handle_batch(self, requests: list[Message]) -> tuple[list[Message], list[tuple[str, KeyUpdate]]]:
         """Apply a batch; return replies (in order) and subscription pushes. Writes are logged, as one
         append, before this returns, so the caller may acknowledge them."""
         replies: list[Message] = []
-        records: list[bytes] = []
         changed: dict[str, Lattice] = {}
         for request in requests:
             try:
-                replies.append(self._handle(request, records, changed))
+                replies.append(self._handle(request, changed))
             except Exception as exc:  # a malformed request must not take the store down
                 self.counters["request_errors"] += 1
                 rejected.warning("bad %s: %s", type(request).__name__, exc)
                 replies.append(ErrorResponse(getattr(request, "req_id", 0), "InvalidArgument", str(exc)))
-        if records:
-            self.wal.append_many(records)
+        self.backend.commit()
         pushes = [(address, KeyUpdate(key, lattice.to_wire()))
                   for key, lattice in changed.items() for address in self.subscribers.get(key, ())]
         return replies, pushes
 
-    def _handle(self, request: Message, records: list[bytes], changed: dict[str, Lattice]) -> Message:
+    def _handle(self, request: Message, changed: dict[str, Lattice]) -> Message:
         if isinstance(request, GetRequest):
             self.counters["gets"] += len(request.keys)
-            return GetResponse(request.req_id, [_wire_or_none(self.data.get(k)) for k in request.keys])
+            return GetResponse(request.req_id, [_wire_or_none(self.backend.get(k)) for k in request.keys])
         if isinstance(request, PutRequest):
             self.counters["puts"] += 1
             lattice = lattice_from_wire(request.lattice)
             _check_key(request.key)
-            merged = changed[request.key] = self._merge(request.key, lattice)
+            merged = changed[request.key] = self.backend.merge(request.key, lattice)
             self.triggers.on_write(request.key, merged)
-            records.append(msgpack.packb([request.key, request.lattice]))
             return Ack(request.req_id, _superseded_by(lattice, merged))
         if isinstance(request, DeleteRequest):
             self.counters["deletes"] += 1
             _check_key(request.key)
             tombstone = LWWLattice(request.timestamp, request.writer, None, tombstone=True)
-            merged = changed[request.key] = self._merge(request.key, tombstone)
+            merged = changed[request.key] = self.backend.merge(request.key, tombstone)
             self.triggers.on_write(request.key, merged)
-            records.append(msgpack.packb([request.key, tombstone.to_wire()]))
             return Ack(request.req_id, _superseded_by(tombstone, merged))
         if isinstance(request, ListKeysRequest):
             self.counters["lists"] += 1
@@ -171,10 +144,7 @@ class StoreNode:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "keys": self.live_keys_count,
-            "bytes": self.live_bytes,
-            "log_bytes": self.wal.log_bytes,
-            "snapshot_bytes": self.wal.snapshot_bytes,
+            **self.backend.stats(),  # keys and bytes first, then what the backend adds
             "uptime_s": time.time() - self.started,
             "subscriptions": self.subscriptions,  # cached keys, over every executor
             "epoch": self.epoch,
@@ -185,16 +155,18 @@ class StoreNode:
         }
 
     def maintain(self) -> None:
-        """Timer work: the batch fsync, compaction, and the ops/s sample."""
+        """Timer work: the backend's (the batch fsync, compaction), and the ops/s sample."""
         self.rates.maybe_sample(time.monotonic(), self.counters)
-        self.wal.sync_if_due()
-        if self.wal.needs_compaction():
-            started = time.perf_counter()
-            self.wal.compact(msgpack.packb([k, v.to_wire()]) for k, v in self.data.items())
-            log.info("compacted %d keys in %.1f ms", len(self.data), (time.perf_counter() - started) * 1e3)
+        self.backend.maintain()
 
     def close(self) -> None:
-        self.wal.close()
+        self.backend.close()
+
+
+def open_backend(config: ProcessConfig) -> StoreBackend:
+    """The backend this store process keeps its data in (the embedded one: the only one so far)."""
+    return EmbeddedBackend(cluster.data_dir(Path(config.home)), durability=config.options.get("durability", "batch"),
+                           salvage=bool(config.options.get("salvage")))
 
 
 def _check_key(key: Any) -> None:
@@ -210,21 +182,8 @@ def _superseded_by(written: Lattice, merged: Lattice) -> int:
     return 0
 
 
-def _is_tombstone(lattice: Lattice) -> bool:
-    return isinstance(lattice, LWWLattice) and lattice.tombstone
-
-
 def _wire_or_none(lattice: Lattice | None) -> list[Any] | None:
     return None if lattice is None else lattice.to_wire()
-
-
-def _size(lattice: Lattice) -> int:
-    value = lattice.reveal()
-    if isinstance(value, (bytes, str)):
-        return len(value)
-    if isinstance(value, list):
-        return sum(len(v) for v in value if isinstance(v, (bytes, str)))
-    return 8
 
 
 def main(config: ProcessConfig) -> None:
@@ -248,8 +207,7 @@ def main(config: ProcessConfig) -> None:
                                           "that process first")
         raise SystemExit(1) from None
     try:
-        node = StoreNode(data_dir, durability=config.options.get("durability", "batch"),
-                         salvage=bool(config.options.get("salvage")))
+        node = StoreNode(open_backend(config))
     except Exception as exc:
         log.exception("store could not start")
         report_ready(context, config, "", f"store could not recover its data: {exc}")
@@ -264,12 +222,14 @@ def main(config: ProcessConfig) -> None:
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     poller.register(dispatcher.results, zmq.POLLIN)
+    # node.maintain() stays unguarded: a store whose log cannot sync must stop, not go on acknowledging writes
+    timers = TimerWork(log)
     while not shutdown.requested:
-        due = node.wal.time_until_sync()
+        due = node.backend.time_until_due()
         timeout_ms = 100 if due is None else max(0, min(100, int(due * 1000)))
         if poller.poll(timeout_ms):
             _serve(node, sock, peers, drain(sock))
-        dispatcher.service()  # after the batch is logged: triggered calls, their results and retries
+        timers.run(dispatcher.service)  # after the batch is logged: triggered calls, their results and retries
         node.maintain()
     # warm stop: requests that already arrived are served and answered; close() then syncs the log
     _serve(node, sock, peers, drain(sock))

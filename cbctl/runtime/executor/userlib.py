@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import numbers
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cbctl.errors import InvalidArgument, NoSuchKey
-
-if TYPE_CHECKING:
-    from cbctl.runtime.executor import Executor
+from cbctl.runtime.executor.host import UserHost
 
 _MISSING = object()
 
 
 class UserLibrary:
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: UserHost) -> None:
         self._executor = executor
 
     def get(self, key: str, default: Any = _MISSING) -> Any:

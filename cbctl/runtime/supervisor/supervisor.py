@@ -15,7 +15,6 @@ Shutdown drains executors first (they finish their queues), then stops scheduler
 from __future__ import annotations
 
 import argparse
-import collections
 import importlib
 import json
 import logging
@@ -34,7 +33,7 @@ import zmq
 
 import cbctl
 from cbctl.errors import ProtocolError
-from cbctl.runtime import auth, cluster, home_lock, limits, scaling
+from cbctl.runtime import cluster, home_lock
 from cbctl.runtime.defaults import (
     CLUSTER_FILE_CHECK_S,
     DEPARTURE_TIMEOUT_S,
@@ -48,7 +47,11 @@ from cbctl.runtime.defaults import (
     STARTUP_FAILED_STOP_S,
     STARTUP_TIMEOUT_S,
 )
-from cbctl.runtime.messages import (
+from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, TimerWork, drain, new_socket
+from cbctl.runtime.supervisor import scaling
+from cbctl.runtime.supervisor.child import Child
+from cbctl.runtime.wire import auth, limits
+from cbctl.runtime.wire.messages import (
     START_BY,
     ControlResponse,
     ExecutorLost,
@@ -57,14 +60,13 @@ from cbctl.runtime.messages import (
     unpack,
     version_refusal,
 )
-from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, drain, new_socket
 
 log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
 
 STARTUP_ERROR_FILE = cluster.STARTUP_ERROR_FILE
-ROLE_MODULES = {"store": "cbctl.runtime.store", "scheduler": "cbctl.runtime.scheduler",
-                "executor": "cbctl.runtime.executor"}
+ROLE_MODULES = {"store": "cbctl.runtime.store.node", "scheduler": "cbctl.runtime.scheduler.scheduler",
+                "executor": "cbctl.runtime.executor.executor"}
 
 
 def run_role(config: ProcessConfig) -> None:
@@ -95,21 +97,6 @@ class ClusterSpec:
     max_message_bytes: int = MAX_MESSAGE_BYTES  # largest serialised value (`cbctl up --max-message-mb`)
 
 
-@dataclass
-class Child:
-    config: ProcessConfig
-    process: Any = None
-    pid: int = 0
-    address: str = ""
-    started_at: float = 0.0
-    state: str = "starting"  # starting, ready, restarting, stopping, failed, stopped
-    restarts: int = 0
-    crash_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
-    restart_at: float = 0.0
-    backoff: float = RESTART_BACKOFF_FIRST_S
-    error: str = ""
-
-
 def count_gpus() -> int:
     """GPUs visible through nvidia-smi (0 when there is no driver or no tool)."""
     tool = shutil.which("nvidia-smi")
@@ -138,6 +125,7 @@ class Supervisor:
         self.mp.set_forkserver_preload(sorted(set(ROLE_MODULES.values())))
         self.children: dict[str, Child] = {}
         self.shutdown = ShutdownFlag()
+        self.timers = TimerWork(log)
         self.started_at = time.time()
         self.ready_sock = new_socket(self.context, zmq.PULL)
         self.ready_address = cluster.ipc_address(home, "supervisor-ready")
@@ -257,6 +245,12 @@ class Supervisor:
             options["fake_gpu"] = self.spec.fake_gpus > 0
         return self._new_child("executor", index, options)
 
+    def start_executor(self, index: int, executor_type: str) -> Child:
+        """Start one more executor (``cbctl scale``); it reports ready like any child."""
+        child = self._new_executor(index, executor_type)
+        self._spawn(child)
+        return child
+
     def write_cluster_file(self) -> None:
         me = psutil.Process()
         entries = [
@@ -291,9 +285,9 @@ class Supervisor:
                 self.write_cluster_file()
             if self.control_sock in events:
                 self._on_control_frames()
-            self._watch_children()
+            self.timers.run(self._watch_children)
             if self.scaling is not None:
-                self._advance_scale()
+                self.timers.run(self._advance_scale)
         self.stop()
 
     def _repair_cluster_file(self) -> None:
@@ -317,7 +311,7 @@ class Supervisor:
                     child.state = "failed"
                     log.error("%s died %d times in a minute: not restarting it", child.config.name, recent)
                     if child.config.role == "executor":  # its calls still go elsewhere
-                        self._tell_schedulers(ExecutorLost(child.config.name, child.address, child.pid,
+                        self.tell_schedulers(ExecutorLost(child.config.name, child.address, child.pid,
                                                            f"exited with code {code}, not restarted"))
                     continue
                 if now - child.started_at > 30:
@@ -327,7 +321,7 @@ class Supervisor:
                 log.warning("%s (pid %d) exited with code %s: restarting in %.1f s",
                             child.config.name, child.pid, code, child.backoff)
                 if child.config.role == "executor":
-                    self._tell_schedulers(ExecutorLost(child.config.name, child.address, child.pid,
+                    self.tell_schedulers(ExecutorLost(child.config.name, child.address, child.pid,
                                                        f"exited with code {code}"))
                 child.backoff = min(child.backoff * 2, RESTART_BACKOFF_MAX_S)
             elif child.state == "restarting" and now >= child.restart_at:
@@ -337,7 +331,7 @@ class Supervisor:
         if changed:
             self.write_cluster_file()
 
-    def _tell_schedulers(self, message: ExecutorLost) -> None:
+    def tell_schedulers(self, message: ExecutorLost) -> None:
         """At once, not with the next status interval: the calls that the dead executor held are dispatched
         again by the schedulers (see retries.py). A scheduler that is down misses it; it checks the pids of
         the executors it knows on its timer as well."""

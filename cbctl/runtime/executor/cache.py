@@ -37,11 +37,11 @@ import msgpack
 import zmq
 
 from cbctl.errors import InvalidArgument, ProtocolError
-from cbctl.runtime import auth
 from cbctl.runtime.lattices import CausalLattice, Lattice, LWWLattice, lattice_from_wire
-from cbctl.runtime.messages import StoreStatsRequest, StoreStatsResponse, unpack
 from cbctl.runtime.process import drain, new_socket
 from cbctl.runtime.store_client import StoreClient
+from cbctl.runtime.wire import auth
+from cbctl.runtime.wire.messages import StoreStatsRequest, StoreStatsResponse, unpack
 
 log = logging.getLogger(__name__)
 

@@ -25,14 +25,10 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from cbctl.runtime.messages import DagTrigger
-
-if TYPE_CHECKING:
-    from cbctl.runtime.executor import Executor, LoadedFunction
-
-ReadyEntry = tuple[DagTrigger, list[DagTrigger]]
+from cbctl.runtime.executor.host import BatchHost, LoadedFunction, ReadyEntry
+from cbctl.runtime.wire.messages import DagTrigger
 
 
 class BatchResultError(TypeError):
@@ -76,7 +72,7 @@ def split_results(function: str, result: Any, calls: int) -> list[Any]:
     return list(result)
 
 
-def run_batch(executor: Executor, loaded: LoadedFunction, first: ReadyEntry, started_ns: int) -> None:
+def run_batch(executor: BatchHost, loaded: LoadedFunction, first: ReadyEntry, started_ns: int) -> None:
     """Run ``first`` (just taken off the ready queue) together with the queued calls of the same function,
     deliver each call its own result, and account each call's share of the time."""
     name = loaded.record.name
@@ -112,12 +108,12 @@ def run_batch(executor: Executor, loaded: LoadedFunction, first: ReadyEntry, sta
     _account(executor, name, triggers, started_ns, ok=True)
 
 
-def _fail_all(executor: Executor, triggers: Iterable[DagTrigger], exc: BaseException) -> None:
+def _fail_all(executor: BatchHost, triggers: Iterable[DagTrigger], exc: BaseException) -> None:
     for trigger in triggers:
         executor.fail(trigger, exc)
 
 
-def _account(executor: Executor, name: str, triggers: list[DagTrigger], started_ns: int, ok: bool) -> None:
+def _account(executor: BatchHost, name: str, triggers: list[DagTrigger], started_ns: int, ok: bool) -> None:
     # each call is charged an equal share, so busy time (utilization) adds up to the batch's wall time
     share = (time.perf_counter_ns() - started_ns) // len(triggers)
     for trigger in triggers:

@@ -5,6 +5,9 @@ One ROUTER socket serves clients (calls and control requests) and executors (sta
 A call is answered by the sink executor, straight to the caller; the scheduler only writes back when the
 call cannot be dispatched. The registry lives in the store and is re-read periodically, so several
 schedulers, or a restarted one, serve the same functions.
+
+Long on purpose: ``Scheduler`` is one loop's state (registry view, plans, in-flight calls) and its handlers;
+placement is ``policy``, crash retries ``retries``, trigger requests ``triggers``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 import zmq
 
 from cbctl.errors import CallLost, CbctlError, InvalidArgument, NoExecutorAvailable, NoSuchFunction, ProtocolError
-from cbctl.runtime import consistency, limits, multiexec, registry, triggers
+from cbctl.runtime import consistency, multiexec, registry
 from cbctl.runtime.continuation import DEPTH_KEY
 from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
 from cbctl.runtime.defaults import (
@@ -30,7 +33,28 @@ from cbctl.runtime.defaults import (
     STOP_LINGER_S,
     TOP_SILENT_AFTER_S,
 )
-from cbctl.runtime.messages import (
+from cbctl.runtime.metrics import RateWindow, in_flight_estimate
+from cbctl.runtime.process import (
+    PeerSockets,
+    ProcessConfig,
+    Receiver,
+    RejectedFrameLog,
+    ShutdownFlag,
+    TimerWork,
+    freeze_startup_heap,
+    new_context,
+    new_socket,
+    process_alive,
+    report_ready,
+    setup_logging,
+)
+from cbctl.runtime.retries import ATTEMPT_KEY, InFlightCall, InFlightTable, with_attempt
+from cbctl.runtime.scheduler import triggers
+from cbctl.runtime.scheduler.policy import PinAction, Policy, PolicySettings, host_of
+from cbctl.runtime.store_client import StoreClient
+from cbctl.runtime.wire import limits
+from cbctl.runtime.wire.messages import (
+    AddTrigger,
     CallAborted,
     CallRequest,
     CallResult,
@@ -43,34 +67,19 @@ from cbctl.runtime.messages import (
     ExecutorStatus,
     LeavingAck,
     ListRequest,
+    ListTriggers,
     Message,
     PinRequest,
     PinResponse,
     RegisterDag,
     RegisterFunction,
     RemoveRequest,
+    RemoveTrigger,
     StatusAck,
     UnpinRequest,
     unpack,
     version_refusal,
 )
-from cbctl.runtime.metrics import RateWindow, in_flight_estimate
-from cbctl.runtime.policy import PinAction, Policy, PolicySettings, host_of
-from cbctl.runtime.process import (
-    PeerSockets,
-    ProcessConfig,
-    Receiver,
-    RejectedFrameLog,
-    ShutdownFlag,
-    freeze_startup_heap,
-    new_context,
-    new_socket,
-    process_alive,
-    report_ready,
-    setup_logging,
-)
-from cbctl.runtime.retries import ATTEMPT_KEY, InFlightCall, InFlightTable, with_attempt
-from cbctl.runtime.store_client import StoreClient
 
 log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
@@ -118,6 +127,7 @@ class Scheduler:
                              local_host=socket.gethostname())
         self.address = ""  # this scheduler's ROUTER address, set once bound: where executors answer pins
         self.peers = PeerSockets(context)
+        self.timers = TimerWork(log)
         self.functions: dict[str, registry.FunctionRecord] = {}
         self.dags: dict[str, registry.DagRecord] = {}
         self.plans: dict[str, CallPlan] = {}
@@ -145,6 +155,20 @@ class Scheduler:
         self.functions, self.dags = registry.load_all(store or self.store)
         self.plans.clear()
         self.apply(self.policy.set_wanted(pinned_functions(self.functions, self.dags)))
+
+    def is_registered(self, name: str) -> bool:
+        """Whether ``name`` is a registered function or DAG, after a fresh look at the registry."""
+        self.refresh_registry()
+        return name in self.functions or name in self.dags
+
+    def on_add_trigger(self, request: AddTrigger) -> dict[str, Any]:
+        return triggers.on_add(self.store, request, self.is_registered)
+
+    def on_list_triggers(self, request: ListTriggers) -> list[dict[str, Any]]:
+        return triggers.on_list(self.store, request)
+
+    def on_remove_trigger(self, request: RemoveTrigger) -> dict[str, Any]:
+        return triggers.on_remove(self.store, request)
 
     def plan_for(self, name: str) -> CallPlan:
         plan = self.plans.get(name)
@@ -273,8 +297,16 @@ class Scheduler:
         """Timer work: an executor on this host whose process is gone is lost, whether or not a supervisor
         said so (a killed supervisor restarts nothing and tells no one)."""
         for view in list(self.policy.executors.values()):
-            if view.host == self.policy.local_host and view.pid and not process_alive(view.pid):
-                self.on_executor_lost(ExecutorLost(view.executor_id, view.address, view.pid, "its process is gone"))
+            try:
+                if view.host == self.policy.local_host and view.pid and not process_alive(view.pid):
+                    self.on_executor_lost(ExecutorLost(view.executor_id, view.address, view.pid,
+                                                       "its process is gone"))
+            except Exception as exc:  # one bad entry must not cost the others their check, nor end the timer
+                self.timers.failed(f"checking executor {view.executor_id}", exc)
+
+    def update_policy(self) -> None:
+        """Timer work: the policy's periodic update, and the pins and unpins it decides."""
+        self.apply(self.policy.periodic_update())
 
     def retry_parked(self) -> None:
         """Try each call that waits for an executor again (it parks itself again if there is still none, or
@@ -439,7 +471,9 @@ class Scheduler:
         ListRequest: on_list,
         RemoveRequest: on_remove,
         ClusterInfoRequest: on_cluster_info,
-        **triggers.SCHEDULER_CONTROL,
+        AddTrigger: on_add_trigger,
+        ListTriggers: on_list_triggers,
+        RemoveTrigger: on_remove_trigger,
     }
 
     def handle(self, sock: zmq.Socket, parts: list[bytes]) -> None:
@@ -526,11 +560,12 @@ def main(config: ProcessConfig) -> None:
         scheduler.name_rates.maybe_sample(now, scheduler.name_calls)
         if now >= next_policy_update:
             next_policy_update = now + scheduler.policy.settings.update_interval_s
-            scheduler.check_executors_alive()
-            scheduler.in_flight.expire()
+            timers = scheduler.timers
+            timers.run(scheduler.check_executors_alive)
+            timers.run(scheduler.in_flight.expire)
             if scheduler.parked:
-                scheduler.retry_parked()  # those past their deadline fail now
-            scheduler.apply(scheduler.policy.periodic_update())
+                timers.run(scheduler.retry_parked)  # those past their deadline fail now
+            timers.run(scheduler.update_policy)
         if now >= next_refresh:
             next_refresh = now + REGISTRY_REFRESH_S
             try:

@@ -1,0 +1,456 @@
+"""Every message that crosses a process boundary, one small typed class per kind: the protocol's catalogue.
+
+How a message is packed, unpacked and checked is ``frames.py`` (its names are importable from here too). User
+values inside messages are already-encoded bytes (see ``serialization``), so unpacking a frame never runs user
+code. A field's annotation is its check at unpack: a type, or a checked value (``Pid``, ``Address``, ...).
+Each section below holds a range of kinds, so a reader sees that no number is used twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Any
+
+# The machinery's names stay importable from here (noqa: F401), as before frames.py was split off.
+from cbctl.runtime.wire.frames import (
+    EXECUTOR_ID,  # noqa: F401
+    MAX_ADDRESS_CHARS,  # noqa: F401
+    MAX_COUNT,  # noqa: F401
+    MAX_PID,  # noqa: F401
+    VERSION_REFUSAL_KIND,  # noqa: F401
+    Address,
+    AddressOrNone,
+    Count,
+    ExecutorId,
+    ExecutorIdOrNone,
+    ExecutorType,
+    Message,
+    Pid,
+    Role,
+    Utilization,
+    Valid,  # noqa: F401
+    Version,
+    all_kinds,  # noqa: F401
+    is_address,  # noqa: F401
+    is_executor_id,  # noqa: F401
+    message,
+    unpack,  # noqa: F401
+    version_refusal,  # noqa: F401
+)
+
+
+@message(10)
+class GetRequest(Message):
+    """Read several keys at once; the reply carries one lattice (wire form) or None per key."""
+
+    req_id: int
+    keys: list[str]
+
+
+@message(11)
+class GetResponse(Message):
+    req_id: int
+    lattices: list[Any]
+
+
+@message(12)
+class PutRequest(Message):
+    """Merge ``lattice`` (wire form) into ``key``; acknowledged once it is in the write-ahead log."""
+
+    req_id: int
+    key: str
+    lattice: list[Any]
+
+
+@message(13)
+class DeleteRequest(Message):
+    """Write a tombstone for ``key`` that wins or loses by last-writer-wins order."""
+
+    req_id: int
+    key: str
+    timestamp: int
+    writer: str
+
+
+@message(14)
+class ListKeysRequest(Message):
+    req_id: int
+    prefix: str
+
+
+@message(15)
+class ListKeysResponse(Message):
+    req_id: int
+    keys: list[str]
+
+
+@message(16)
+class Ack(Message):
+    """A write (put, delete, subscribe) is durable per the store's policy and applied. ``superseded_by``: for a
+    last-writer-wins write that did not win the merge, the timestamp of the version that did (0: it won)."""
+
+    req_id: int
+    superseded_by: int = 0
+
+
+@message(17)
+class ErrorResponse(Message):
+    """A request failed; ``error_type`` names a ``CbctlError`` subclass."""
+
+    req_id: int
+    error_type: str
+    message: str
+
+
+@message(18)
+class StoreStatsRequest(Message):
+    req_id: int
+
+
+@message(19)
+class StoreStatsResponse(Message):
+    req_id: int
+    stats: dict[str, Any]
+
+
+@message(20)
+class SubscribeRequest(Message):
+    """An executor cache holds ``keys`` and wants every merge of them pushed to ``address``."""
+
+    req_id: int
+    subscriber: str
+    address: Address
+    keys: list[str]
+    unsubscribe: bool = False
+
+
+@message(21)
+class KeyUpdate(Message):
+    """Pushed by the store to subscribers: the merged lattice of a key after a write."""
+
+    key: str
+    lattice: list[Any]
+
+
+# --- control: clients and the supervisor talking to a scheduler --------------------------------------
+
+
+@message(30)
+class RegisterFunction(Message):
+    """``code`` is the cloudpickled function or class; ``options``: gpu, batching, is_class, init_args."""
+
+    req_id: int
+    name: str
+    code: bytes
+    options: dict[str, Any]
+
+
+@message(31)
+class RegisterDag(Message):
+    req_id: int
+    name: str
+    functions: list[str]
+    edges: list[list[str]]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@message(32)
+class ListRequest(Message):
+    req_id: int
+
+
+@message(33)
+class RemoveRequest(Message):
+    req_id: int
+    name: str
+
+
+@message(34)
+class ClusterInfoRequest(Message):
+    """Ask a scheduler for what it knows: executors, statuses, policy state, metrics."""
+
+    req_id: int
+
+
+@message(35)
+class ControlResponse(Message):
+    """Reply to any control request: ``payload`` on success, else ``error_type`` and ``message``."""
+
+    req_id: int
+    ok: bool
+    payload: Any = None
+    error_type: str = ""
+    message: str = ""
+
+
+# --- calls: the hot path ------------------------------------------------------------------------------
+
+
+@message(40)
+class CallRequest(Message):
+    """Client -> scheduler: call a function or a DAG.
+
+    ``args`` is the encoded positional argument list given to every source; ``source_args`` overrides
+    it per source function. ``refs`` lists store keys referenced by ``Ref`` arguments (for locality).
+    """
+
+    call_id: str
+    name: str
+    args: bytes
+    source_args: dict[str, bytes]
+    response_address: AddressOrNone
+    store_result: bool
+    consistency: str
+    refs: list[str]
+    extras: dict[str, Any] = field(default_factory=dict)  # the client's session (see runtime/consistency.py)
+    # ids of this client's calls whose results came in since its previous request: the scheduler forgets
+    # them (see runtime/retries.py); riding here costs no message of its own
+    completed: list[str] = field(default_factory=list)
+
+
+@message(41)
+class DagTrigger(Message):
+    """One edge of a DAG call, carrying the schedule so no separate schedule message is needed.
+
+    ``locations`` maps each function of the call to the executor address chosen for it, ``versions``
+    to its registered version (an executor reloads code whose version it does not hold), ``edges`` is
+    the DAG's edge list. ``source`` is the upstream function ('' for the caller); ``payload`` is the
+    encoded upstream result (or argument list for a source). ``extras`` carries per-call options that
+    only some calls need (consistency metadata, continuation depth).
+    """
+
+    call_id: str
+    dag: str
+    function: str
+    locations: dict[str, Address]
+    versions: dict[str, int]
+    edges: list[list[str]]
+    source: str
+    payload: bytes
+    response_address: AddressOrNone
+    store_result: bool
+    consistency: str
+    extras: dict[str, Any]
+
+
+@message(42)
+class CallResult(Message):
+    """Sink executor (or scheduler, on a failed dispatch) -> caller's response address."""
+
+    call_id: str
+    ok: bool
+    value: bytes
+    error_type: str = ""
+    message: str = ""
+    traceback: str = ""
+    executor_id: ExecutorIdOrNone = ""
+    remote_type: str = ""  # the user exception's class name, for FunctionError
+    extras: dict[str, Any] = field(default_factory=dict)  # the call's writes, for the client's session
+
+
+# --- executors and schedulers -------------------------------------------------------------------------
+
+
+@message(50)
+class ExecutorStatus(Message):
+    """Every executor -> every scheduler, about once a second, and once at start and on leaving."""
+
+    executor_id: ExecutorId
+    address: Address
+    executor_type: ExecutorType
+    running: bool
+    pinned: list[str]
+    utilization: Utilization
+    queue_length: Count
+    cached_keys: list[str]
+    pid: Pid
+    metrics: dict[str, Any]
+
+
+@message(51)
+class StatusAck(Message):
+    executor_id: ExecutorId
+
+
+@message(52)
+class PinRequest(Message):
+    """Scheduler -> executor: load ``function`` and keep it ready (classes are constructed now)."""
+
+    function: str
+    version: Version
+    scheduler_address: Address
+
+
+@message(53)
+class PinResponse(Message):
+    executor_id: ExecutorId
+    function: str
+    accepted: bool
+    reason: str = ""
+
+
+@message(54)
+class UnpinRequest(Message):
+    function: str
+
+
+@message(55)
+class DirectMessage(Message):
+    """``cb.send(executor_id, message)``: one running function to another executor's ``cb.recv()``."""
+
+    sender: str
+    body: bytes
+
+
+@message(57)
+class CallAborted(Message):
+    """A step of a DAG call failed and the caller has its error: executors that may hold the call's partial
+    joins (upstream results waiting for a failed branch that will never come) drop them now, not at expiry."""
+
+    call_id: str
+
+
+# --- supervisor ----------------------------------------------------------------------------------------
+
+
+@message(60)
+class ProcessReady(Message):
+    """A child -> the supervisor, once it is serving (or ``error`` if it could not start)."""
+
+    role: Role
+    index: Count
+    pid: Pid
+    address: AddressOrNone
+    error: str = ""
+
+
+@message(61)
+class SupervisorRequest(Message):
+    """CLI -> supervisor: ``command`` is status, stop or scale; ``arguments`` depends on it, and may hold
+    ``START_BY``: unix seconds after which the supervisor ignores the request instead of carrying it out (its
+    sender gave up waiting: a supervisor resumed after SIGSTOP must not act on a `cbctl down` nobody awaits)."""
+
+    req_id: int
+    command: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+#: ``SupervisorRequest.arguments`` key: see the class.
+START_BY = "start_by"
+
+
+# --- executor departure (kinds 70-79; see executor/departure.py) ------------------------------------
+
+
+@message(70)
+class ExecutorLeaving(Message):
+    """A departing executor -> every other executor: send nothing more to ``address``; send what was meant
+    for it to ``heir_address`` ('' when it has no heir) and acknowledge with ``LeavingAck``."""
+
+    executor_id: ExecutorId
+    address: Address
+    heir_address: AddressOrNone
+
+
+@message(71)
+class LeavingAck(Message):
+    """A scheduler or executor -> a departing executor, on the socket that carried its earlier triggers
+    there, so every one of them arrived before this: ``sender`` (its own address) will send nothing more."""
+
+    sender: Address
+
+
+# --- consistency: repeatable-read snapshots between executors (kinds 90-99; see runtime/consistency.py) ---
+
+
+@message(90)
+class VersionRequest(Message):
+    """Executor -> the executor that first read ``key`` in repeatable-read call ``call_id``: send the version
+    you keep for it to ``reply_to``."""
+
+    req_id: int
+    call_id: str
+    key: str
+    reply_to: Address
+
+
+@message(91)
+class VersionResponse(Message):
+    """``found`` is False when no snapshot is kept (released, expired, or lost with a restart); ``lattice``
+    (wire form) is None with ``found`` when the call's version is "no value"."""
+
+    req_id: int
+    found: bool
+    lattice: list[Any] | None
+
+
+@message(92)
+class SnapshotRelease(Message):
+    """The step that answered a repeatable-read call -> each executor holding snapshots for it: these calls
+    ended, drop their snapshots."""
+
+    call_ids: list[str]
+
+
+# --- execution features: continuations and storage triggers (kinds 100-109) --------------------------------
+
+
+@message(100)
+class ContinueCall(Message):
+    """Executor -> scheduler: a sink returned ``cbctl.Continue(name, *args)``; call ``name`` with ``args``
+    under the same call id and response address, so the original caller receives the chain's final result.
+    ``depth`` is how many hand-offs this call has made, including this one (bounded per call)."""
+
+    call_id: str
+    name: str
+    args: bytes
+    response_address: AddressOrNone
+    store_result: bool
+    consistency: str
+    depth: Count
+    extras: dict[str, Any] = field(default_factory=dict)  # the call's extras, for its client session
+
+
+@message(101)
+class AddTrigger(Message):
+    """Client -> scheduler: every put to a key starting with ``prefix`` calls ``function`` with (key, value)."""
+
+    req_id: int
+    name: str
+    prefix: str
+    function: str
+
+
+@message(102)
+class ListTriggers(Message):
+    req_id: int
+
+
+@message(103)
+class RemoveTrigger(Message):
+    req_id: int
+    name: str
+
+
+# --- crash semantics (kinds 110-119; see runtime/retries.py) -------------------------------------------------
+
+
+@message(110)
+class ExecutorLost(Message):
+    """The supervisor -> every scheduler, as soon as it sees an executor process die: stop placing work at
+    ``address`` until a status of its restarted process comes, and re-dispatch the calls that used it."""
+
+    executor_id: ExecutorId
+    address: Address
+    pid: Pid
+    reason: str
+
+
+@message(111)
+class CallRetried(Message):
+    """A scheduler -> the surviving executors of a call it dispatches again as ``attempt``: drop what an older
+    attempt left waiting for its other triggers (the new attempt may place its joins elsewhere), and the older
+    attempt's triggers still on their way."""
+
+    call_id: str
+    attempt: Count
