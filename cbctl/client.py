@@ -662,8 +662,8 @@ def _check_timeout(timeout: Any) -> None:
 
 def _check_call_options(consistency: Any, store_result: Any) -> None:
     if consistency not in CONSISTENCY_MODES:
-        raise InvalidArgument(f"consistency={consistency!r} is not a mode: pass one of "
-                              f"{', '.join(CONSISTENCY_MODES)}")
+        raise InvalidArgument(f"consistency {consistency!r} is not one of {', '.join(CONSISTENCY_MODES)}: pass one "
+                              "of these modes")
     _check_bool(store_result, "store_result")
 
 
