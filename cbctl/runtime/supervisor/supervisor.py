@@ -142,6 +142,7 @@ class Supervisor:
         self.scaling: scaling.ScaleOperation | None = None  # a `cbctl scale` under way
         self.highest_executor_index = -1  # executor indices are never reused (see scaling.py)
         self.scheduler_socks: list[zmq.Socket] = []  # DEALERs to the schedulers, for ExecutorLost
+        self.cluster_file_unwritable = False  # said once in the log (see _repair_cluster_file)
 
     # --- start ---------------------------------------------------------------------------------------
 
@@ -296,8 +297,18 @@ class Supervisor:
         another cluster here, so without this the cluster would be unreachable until it is stopped by pid."""
         found = cluster.ClusterFile.read(self.home)
         if found is None or found.supervisor_pid != os.getpid():
-            log.warning("the cluster file %s was missing or damaged: rewriting it", self.home / cluster.CLUSTER_FILE)
-            self.write_cluster_file()
+            try:
+                self.write_cluster_file()
+            except OSError as exc:
+                # the home itself is gone or read-only: the cluster serves on, and `kill -TERM` still stops it
+                # (an exception out of the loop would leave this process waiting on its children for ever)
+                if not self.cluster_file_unwritable:
+                    log.error("the cluster file %s is missing or damaged and cannot be rewritten: %s",
+                              self.home / cluster.CLUSTER_FILE, exc)
+                self.cluster_file_unwritable = True
+                return
+            self.cluster_file_unwritable = False
+            log.warning("the cluster file %s was missing or damaged: rewrote it", self.home / cluster.CLUSTER_FILE)
 
     def _watch_children(self) -> None:
         now = time.time()
