@@ -16,7 +16,9 @@ from cbctl.errors import (
     ClusterNotRunning,
     ConsistencyError,
     ContinuationDepthExceeded,
+    DecodeError,
     FunctionError,
+    InboxFull,
     InvalidArgument,
     InvalidDag,
     MessageTooLarge,
@@ -24,6 +26,7 @@ from cbctl.errors import (
     NoSuchFunction,
     NoSuchKey,
     ProtocolError,
+    StoreFull,
 )
 from cbctl.runtime.continuation import Continue
 from cbctl.runtime.wire.serialization import Ref
@@ -42,7 +45,9 @@ __all__ = [
     "ConsistencyError",
     "Continue",
     "ContinuationDepthExceeded",
+    "DecodeError",
     "FunctionError",
+    "InboxFull",
     "InvalidArgument",
     "InvalidDag",
     "MessageTooLarge",
@@ -51,6 +56,7 @@ __all__ = [
     "NoSuchKey",
     "ProtocolError",
     "Ref",
+    "StoreFull",
     "connect",
     "dag",
     "function",

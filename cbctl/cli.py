@@ -6,8 +6,12 @@ Long on purpose: one click command per ``cbctl`` subcommand, each short, with it
 
 from __future__ import annotations
 
+import base64
+import datetime
 import functools
 import json
+import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -32,11 +36,31 @@ from cbctl.runtime.defaults import (
     DEPLOY_IMPORT_TIMEOUT_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
+    MAX_ERROR_MESSAGE_CHARS,
+    MAX_ERROR_TRACEBACK_CHARS,
     MAX_MESSAGE_BYTES,
+    MAX_TRIGGER_DEPTH,
     TOP_INTERVAL_S,
 )
+from cbctl.runtime.wire.serialization import Ref
 
-console = Console(soft_wrap=True)  # a path or a message is never cut into lines a script would have to rejoin
+
+def _quiet_exit_on_closed_pipe() -> None:
+    """The reader of stdout went away (``cbctl logs | head -1``): end quietly with 0, as Unix tools do. stdout
+    points at /dev/null from here on, so the interpreter's own flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(0)
+
+
+class _Console(Console):
+    """rich's Console, but a closed pipe on stdout ends the command with 0 (rich's own default is exit 1)."""
+
+    def on_broken_pipe(self) -> None:
+        _quiet_exit_on_closed_pipe()
+
+
+console = _Console(soft_wrap=True)  # a path or a message is never cut into lines a script would have to rejoin
 errors = Console(stderr=True, soft_wrap=True)  # soft_wrap: an error stays one line, whatever the terminal width
 
 
@@ -53,21 +77,30 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 sys.exit(1)
             if exc.remote_traceback:
                 errors.print(exc.remote_traceback.rstrip(), markup=False, highlight=False)
-            errors.print(f"error: the function raised {exc}", markup=False, highlight=False)
+            # the traceback ends with the message already: the error line needs only its start
+            errors.print(f"error: the function raised {_shown(str(exc))}", markup=False, highlight=False)
             sys.exit(1)
+        except BrokenPipeError:
+            _quiet_exit_on_closed_pipe()
         except DeployFileError as exc:
             if exc.user_traceback:
-                errors.print(exc.user_traceback.rstrip(), markup=False, highlight=False)
-            errors.print(f"error: {exc}", markup=False, highlight=False)
+                errors.print(user_errors.cut(exc.user_traceback.rstrip(), MAX_ERROR_TRACEBACK_CHARS, keep_tail=True),
+                             markup=False, highlight=False)
+            errors.print(f"error: {_shown(str(exc))}", markup=False, highlight=False)
             sys.exit(1)
         except CbctlError as exc:
-            errors.print(f"error: {exc}", markup=False, highlight=False)
+            errors.print(f"error: {_shown(str(exc))}", markup=False, highlight=False)
             sys.exit(1)
         except (OSError, zmq.ZMQError) as exc:  # the machine said no (a full disk, a file gone): still one line
             errors.print(f"error: {exc}", markup=False, highlight=False)
             sys.exit(1)
 
     return wrapper
+
+
+def _shown(text: str) -> str:
+    """An error line's text, at most ``MAX_ERROR_MESSAGE_CHARS`` (a 50 MB message is not a line to print)."""
+    return user_errors.cut(text, MAX_ERROR_MESSAGE_CHARS)
 
 
 def new_table(title: str, *columns: str) -> Table:
@@ -92,20 +125,89 @@ def parse_value(text: str, what: str = "value") -> Any:
 
 
 def render_value(value: Any, as_json: bool) -> str:
+    """A value for the terminal: a string as it is, anything else as JSON when it has a JSON form, else its
+    repr; with ``as_json`` always JSON (``json_form``), or a ``CbctlError`` saying what has none."""
+    if as_json:
+        return json.dumps(json_form(value), allow_nan=False)
+    if isinstance(value, str):
+        return value
     try:
-        return json.dumps(value) if as_json or not isinstance(value, str) else value
+        return json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
         return repr(value)
 
 
+def json_form(value: Any, where: str = "the value") -> Any:
+    """``value`` in the JSON encoding of ``--json`` output (README, "JSON output"): numpy arrays as nested lists
+    (masked entries null), numpy scalars as numbers, bytes as ``{"base64": ...}``, sets as sorted lists, tuples as
+    lists, complex numbers as ``{"real", "imag"}``, dates and times in ISO 8601, timedeltas in seconds, NaN and
+    infinities as null (as JavaScript's JSON.stringify writes them), a ``cbctl.Ref`` as ``{"ref": key}``.
+    Anything else raises a ``CbctlError`` naming where it is: no output a script would misparse."""
+    kind = type(value)
+    if value is None or kind in (bool, int, str):
+        return value
+    if kind is float or isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [json_form(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise CbctlError(f"{where} has a key of type {type(key).__name__} ({key!r:.40}), which JSON "
+                                 "cannot carry (keys are strings): print it without --json")
+            out[key if isinstance(key, str) else json.dumps(key)] = json_form(item, f"{where}[{key!r}]")
+        return out
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"base64": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, (set, frozenset)):
+        try:
+            items = sorted(value)
+        except TypeError:
+            items = sorted(value, key=repr)
+        return [json_form(v, f"{where} item") for v in items]
+    if isinstance(value, int):  # an IntEnum, say
+        return int(value)
+    if isinstance(value, complex):
+        return {"real": json_form(value.real), "imag": json_form(value.imag)}
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, Ref):
+        return {"ref": value.key}
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic)):
+        if value.dtype.kind == "M" and not value.dtype.name.endswith(("[s]", "[ms]", "[us]", "[D]", "[W]")):
+            value = value.astype("datetime64[us]")  # finer units: tolist() gives bare ints, not dates
+        return json_form(value.tolist(), where)
+    raise CbctlError(f"{where} is a {kind.__name__}, which has no JSON form: print it without --json, or return "
+                     "plain data (numbers, strings, lists, dicts, bytes, numpy arrays)")
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(json_form(value), indent=2, allow_nan=False))
+
+
 def home_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--home", envvar="CBCTL_HOME", default=None, show_default="$CBCTL_HOME or ~/.cbctl",
-                        help="Cluster directory.")(command)
+                        callback=_home_from_group, help="Cluster directory.")(command)
+
+
+def _home_from_group(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``cbctl --home X CMD`` as ``cbctl CMD --home X``: the command's own --home wins, then the group's, then
+    $CBCTL_HOME."""
+    if ctx.get_parameter_source("home") is click.core.ParameterSource.COMMANDLINE:
+        return value
+    return ctx.find_root().params.get("home") or value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cbctl")
-def main() -> None:
+@click.option("--home", default=None, metavar="DIR",
+              help="Cluster directory for the command that follows (as its own --home). [default: $CBCTL_HOME "
+                   "or ~/.cbctl]")
+def main(home: str | None) -> None:
     """cbctl: stateful functions as a service on your machine, in the line of Cloudburst.
 
     \b
@@ -145,6 +247,12 @@ def main() -> None:
               help="Most queued calls of a batching=True function one invocation serves.")
 @click.option("--max-continuations", type=int, default=MAX_CONTINUATIONS, show_default=True,
               help="Most cbctl.Continue hand-offs one call may make before it fails.")
+@click.option("--max-trigger-depth", type=int, default=MAX_TRIGGER_DEPTH, show_default=True,
+              help="Most storage-triggered calls in one chain (a call's put firing the next); a put past it is "
+                   "stored but fires nothing, and the store logs an error.")
+@click.option("--executor-memory-mb", type=int, default=0, show_default=True,
+              help="Recycle an executor whose resident memory is over this many MiB after a call: it finishes its "
+                   "queue and leaves, and a fresh one starts (0: never).")
 @click.option("--max-message-mb", type=int, default=MAX_MESSAGE_BYTES >> 20, show_default=True,
               help="Largest serialised value, in MiB: call arguments, a result, a put (larger ones are refused "
                    "with MessageTooLarge).")
@@ -155,8 +263,8 @@ def main() -> None:
 @handle_errors
 def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
        durability: str, cache_mb: int, fake_gpus: int, max_batch: int, max_continuations: int,
-       max_message_mb: int, policy: tuple[str, ...], no_auth: bool, departure_timeout: float, salvage: bool,
-       home: str | None) -> None:
+       max_message_mb: int, policy: tuple[str, ...], no_auth: bool, max_trigger_depth: int,
+       executor_memory_mb: int, departure_timeout: float, salvage: bool, home: str | None) -> None:
     """Start a cluster in the home directory and return once every process is ready.
 
     The home is made private to you (0700/0600). With --listen, every TCP socket is a CURVE server that
@@ -171,8 +279,8 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     """
     home_path = cluster.resolve_home(home)
     spec = lifecycle.plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb,
-                               max_batch, max_continuations, policy, max_message_mb, no_auth, salvage,
-                               departure_timeout)
+                               max_batch, max_continuations, policy, max_message_mb, no_auth, max_trigger_depth,
+                               executor_memory_mb, salvage=salvage, departure_timeout_s=departure_timeout)
     lock_fd = lifecycle.claim_home(home_path)  # held from here: nobody else starts or cleans up this home
     try:
         note = lifecycle.check_not_running(home_path)
@@ -233,7 +341,7 @@ def scale(executors: int, as_json: bool, home: str | None) -> None:
     with console.status(f"scaling to {executors} CPU executors..."):
         result = control.scale_cluster(cluster.resolve_home(home), executors)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        print_json(result)
         return
     changes = [f"started {', '.join(result['started'])}"] if result["started"] else []
     changes += [f"stopped {', '.join(result['stopped'])}"] if result["stopped"] else []
@@ -259,7 +367,7 @@ def status(as_json: bool, home: str | None) -> None:
         raw = probe.collect()
     report, snapshot = raw["supervisor"], snap.build_snapshot(raw)
     if as_json:
-        click.echo(json.dumps({**report, "health": snap.health(snapshot)}, indent=2))
+        print_json({**report, "health": snap.health(snapshot)})
         return
     table = new_table(f"cluster {report['home']}  up {report['uptime_s']:.0f} s",
                       "process", "type", "pid", "address", "state", "uptime", "restarts")
@@ -282,7 +390,8 @@ def status(as_json: bool, home: str | None) -> None:
 @handle_errors
 def top(interval: float, sort: str, once: bool, as_json: bool, home: str | None) -> None:
     """Live utilization tables: executors (utilization, CPU, memory, queue, calls/s, latency, state),
-    functions and DAGs, the store. q or Ctrl-C quits.
+    functions and DAGs, the store. q or Ctrl-C quits. With stdout not a terminal (a pipe, a file), prints one
+    snapshot every --interval seconds instead, until Ctrl-C or the reader goes away.
 
     Example: cbctl top --sort calls --interval 0.5
     """
@@ -290,9 +399,12 @@ def top(interval: float, sort: str, once: bool, as_json: bool, home: str | None)
     if as_json or once:
         snapshot = snap.take_snapshot(home_path)
         if as_json:
-            click.echo(json.dumps(snapshot, indent=2))
+            print_json(snapshot)
         else:
             console.print(topview.render(snapshot, sort, width=console.width))
+        return
+    if not console.is_terminal:  # a pipe, a file, a CI log: snapshots one after the other, as `top -b` prints
+        topview.run_snapshots(home_path, interval, sort, console)
         return
     topview.run_live(home_path, interval, sort, console)
 
@@ -300,23 +412,26 @@ def top(interval: float, sort: str, once: bool, as_json: bool, home: str | None)
 @main.command()
 @click.argument("key")
 @click.argument("value")
+@click.option("--ephemeral", is_flag=True, help="In the store's memory only, never logged; gone after --ttl.")
+@click.option("--ttl", type=float, default=None, help="Seconds an --ephemeral value lives (default 300).")
 @home_option
 @handle_errors
-def put(key: str, value: str, home: str | None) -> None:
+def put(key: str, value: str, ephemeral: bool, ttl: float | None, home: str | None) -> None:
     """Write VALUE under KEY: JSON when it parses, else a string; - reads VALUE from stdin (for big values).
 
     \b
     Example: cbctl put greeting '"hello"'
              cbctl put config '{"retries": 3}'
              cbctl put report - < report.json
+             cbctl put scratch/1 '[1, 2]' --ephemeral --ttl 60
     """
     if value == "-":
         value = sys.stdin.read()
     with Client(home) as client:
-        if not client.put(key, parse_value(value)):
+        if not client.put(key, parse_value(value), durable=not ephemeral, ttl=ttl):
             raise CbctlError(f"{key!r} was not stored: a write stamped later by another writer won (last writer "
                              "wins); read it with `cbctl get`, and put again to replace it")
-    console.print(f"stored {key}", markup=False)
+    console.print(f"stored {key}" + (" (ephemeral)" if ephemeral else ""), markup=False)
 
 
 @main.command()
@@ -396,7 +511,7 @@ def deploy(file: Path, as_json: bool, import_timeout: float, home: str | None) -
     with Client(home) as client:
         registered = client.deploy_file(file, import_timeout)
     if as_json:
-        click.echo(json.dumps(registered, indent=2))
+        print_json(registered)
         return
     for f in registered["functions"]:
         flags = ", ".join([k for k in ("gpu", "batching") if f[k]] + (["class"] if f.get("is_class") else []))
@@ -406,7 +521,20 @@ def deploy(file: Path, as_json: bool, import_timeout: float, home: str | None) -
         shape = " -> ".join(d["functions"]) if d["edges"] == chain else ", ".join(f"{a}->{b}" for a, b in d["edges"])
         console.print(f"dag      {d['name']}: {shape}", markup=False)
     for t in registered.get("triggers", []):
-        console.print(f"trigger  {t['name']}: puts under {t['prefix']!r} call {t['function']}", markup=False)
+        console.print(f"trigger  {t['name']}: {describe_trigger(t)}", markup=False)
+
+
+def describe_trigger(t: dict[str, Any]) -> str:
+    """What fires a trigger, in words: 'puts under 'in/' call f', 'every 2.0 s, keys under 'ev/' call f', ..."""
+    function = t["function"] + (" with values" if t.get("values") else "")
+    if t.get("join"):
+        shown = ", ".join(t["join"][:3]) + (f", ... ({len(t['join'])} keys)" if len(t["join"]) > 3 else "")
+        return f"once all of {shown} are put, call {function}"
+    if t.get("batch"):
+        return f"every {t['batch']} keys put under {t['prefix']!r}, call {function}"
+    if t.get("window_s"):
+        return f"every {t['window_s']:g} s, the keys put under {t['prefix']!r} call {function}"
+    return f"puts under {t['prefix']!r} call {function}"
 
 
 @main.command()
@@ -457,7 +585,7 @@ def list_registered(as_json: bool, home: str | None) -> None:
     with Client(home) as client:
         registered = client.list()
     if as_json:
-        click.echo(json.dumps(registered, indent=2))
+        print_json(registered)
         return
     functions = new_table("functions", "name", "gpu", "batching", "pinned on")
     for f in registered["functions"]:
@@ -487,7 +615,8 @@ def rm(name: str, home: str | None) -> None:
 
 @main.group()
 def trigger() -> None:
-    """Storage triggers: every put to a key under a prefix calls a function or DAG with (key, value).
+    """Storage triggers: every put to a key under a prefix calls a function or DAG with (key, value);
+    or a bucket of puts (--batch, --window, --join) calls it with the keys that filled it.
 
     Calls are asynchronous (the put does not wait) and at least once: a call that does not finish within
     30 s is sent again, so make trigger functions idempotent. Deletes do not fire.
@@ -495,6 +624,9 @@ def trigger() -> None:
     \b
     Examples:
     cbctl trigger add on_upload --prefix uploads/ --function thumbnail
+    cbctl trigger add every100 --prefix events/ --batch 100 --function summarize
+    cbctl trigger add tick --prefix events/ --window 2 --function summarize
+    cbctl trigger add reduce --join part/0 --join part/1 --function reduce
     cbctl trigger ls
     cbctl trigger rm on_upload
     """
@@ -502,23 +634,31 @@ def trigger() -> None:
 
 @trigger.command(name="add")
 @click.argument("name")
-@click.option("--prefix", required=True, help="Watch keys starting with this (not with __cb/).")
-@click.option("--function", "function", required=True, help="Registered function or DAG to call with (key, value).")
+@click.option("--prefix", default="", help="Watch keys starting with this (not with __cb/); not with --join.")
+@click.option("--function", "function", required=True,
+              help="Registered function or DAG to call with (key, value), or (keys) for a bucket.")
+@click.option("--batch", type=int, default=0, help="Call once this many keys under --prefix were put.")
+@click.option("--window", type=float, default=0.0, help="Call every this many seconds with the keys put meanwhile.")
+@click.option("--join", "join", multiple=True, metavar="KEY", help="Call once every such KEY was put (repeat it).")
+@click.option("--values", is_flag=True, help="With a bucket: pass (keys, values), not only keys.")
 @click.option("--json", "as_json", is_flag=True, help="Print the trigger as JSON.")
 @home_option
 @handle_errors
-def trigger_add(name: str, prefix: str, function: str, as_json: bool, home: str | None) -> None:
+def trigger_add(name: str, prefix: str, function: str, batch: int, window: float, join: tuple[str, ...],
+                values: bool, as_json: bool, home: str | None) -> None:
     """Add trigger NAME (replacing one of the same name).
 
+    \b
     Example: cbctl trigger add on_upload --prefix uploads/ --function thumbnail
+             cbctl trigger add reduce --join part/0 --join part/1 --function reduce
     """
     with Client(home) as client:
-        added = client.add_trigger(name, prefix, function)
+        added = client.add_trigger(name, prefix, function, batch=batch, window=window, join=join, values=values)
     if as_json:
-        click.echo(json.dumps(added, indent=2))
+        print_json(added)
         return
     verb = "replaced" if added["replaced"] else "added"
-    console.print(f"{verb} trigger {name}: puts under {prefix!r} call {function}", markup=False)
+    console.print(f"{verb} trigger {name}: {describe_trigger(added)}", markup=False)
 
 
 @trigger.command(name="ls")
@@ -533,11 +673,12 @@ def trigger_ls(as_json: bool, home: str | None) -> None:
     with Client(home) as client:
         found = client.list_triggers()
     if as_json:
-        click.echo(json.dumps(found, indent=2))
+        print_json(found)
         return
-    table = new_table("triggers", "name", "prefix", "function", "fired", "errors", "last error")
+    table = new_table("triggers", "name", "fires", "fired", "waiting", "errors", "last error")
     for t in found:
-        table.add_row(t["name"], t["prefix"], t["function"], str(t["fired"]), str(t["errors"]), t["last_error"] or "-")
+        table.add_row(t["name"], describe_trigger(t), str(t["fired"]), str(t.get("waiting", "-")), str(t["errors"]),
+                      t["last_error"] or "-")
     console.print(table)
 
 

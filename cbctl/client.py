@@ -29,18 +29,30 @@ import cloudpickle
 import zmq
 
 from cbctl.control import scale_cluster, supervisor_request
-from cbctl.declare import Declarations, dag_options, function_name, load_file
+from cbctl.declare import (
+    Declarations,
+    PreparedDeploy,
+    PreparedFunction,
+    TriggerSpec,
+    check_declaration,
+    dag_options,
+    function_name,
+    prepare,
+)
+from cbctl.deploy_import import import_deploy_file
 from cbctl.errors import (
     AuthenticationError,
     CallTimeout,
     CbctlError,
     ClusterNotRunning,
+    DecodeError,
     FunctionError,
     InvalidArgument,
+    InvalidDag,
     ProtocolError,
     error_from_wire,
 )
-from cbctl.runtime import cluster, registry, user_errors
+from cbctl.runtime import cluster, registry
 from cbctl.runtime.code_loading import source_file_of
 from cbctl.runtime.consistency import LWW, ClientSession, reveal
 from cbctl.runtime.consistency import MODES as CONSISTENCY_MODES
@@ -61,6 +73,7 @@ from cbctl.runtime.wire.messages import (
     CallResult,
     ClusterInfoRequest,
     ControlResponse,
+    Deploy,
     ListRequest,
     ListTriggers,
     Message,
@@ -87,6 +100,9 @@ class CallFuture:
         self._stored = stored
         self._result: Any = _PENDING
         self._request = b""  # the packed CallRequest, sent again if its scheduler restarts before answering
+        #: a stored result (``store_result``) is deleted from the store once this future has read it, so stored
+        #: results do not pile up; cbctl's Cloudburst layer keeps them (Cloudburst's results stay in the KVS)
+        self.delete_stored_after_read = False  # call_async sets it for its own store_result calls
 
     def done(self) -> bool:
         if self._result is _PENDING:
@@ -111,7 +127,10 @@ class CallFuture:
                               "still be running): wait longer with timeout=S (`cbctl call --timeout S`), or "
                               "timeout=None to wait until it is done")
         if isinstance(self._result, CallResult):
-            self._result = _outcome(self._result)
+            try:
+                self._result = _outcome(self._result)
+            except DecodeError as exc:  # kept: a second result() raises the same
+                self._result = serialization.renamed(exc, f"the result of call {self.call_id} of {self.name!r}")
         if isinstance(self._result, CbctlError):
             raise self._result
         return self._result
@@ -193,11 +212,6 @@ class Client:
         if isinstance(init_args, (str, bytes)) or not isinstance(init_args, (list, tuple)):
             raise InvalidArgument(f"init_args={init_args!r} is not a tuple: pass the constructor's arguments as a "
                                   "tuple, e.g. init_args=(10,)")
-        is_class = isinstance(target, type)
-        if is_class and not callable(getattr(target, "run", None)):
-            raise InvalidArgument(f"class {target.__name__} has no run(cb, ...) method to call")
-        if not is_class and not callable(target):
-            raise InvalidArgument(f"{target!r} is neither a function nor a class: register a callable")
         if name is None:
             name = getattr(target, "__name__", None)
             if not isinstance(name, str) or name == "<lambda>":
@@ -205,15 +219,20 @@ class Client:
                 raise InvalidArgument(f"{shown} has no name to register it under: pass name=...")
         if not isinstance(name, str) or not name or name.startswith("__"):
             raise InvalidArgument(f"function name {name!r} is invalid: use a non-empty name not starting with '__'")
-        problem = user_errors.check_takes_user_library(target, name)
+        problem = check_declaration(target, name, init_args)
         if problem:
             raise InvalidArgument(problem)
-        options = {"gpu": gpu, "batching": batching, "is_class": is_class,
+        options = {"gpu": gpu, "batching": batching, "is_class": isinstance(target, type),
                    "init_args": self._encode(tuple(init_args), "the init_args of %r", name) if init_args else b"",
                    "source_file": source_file_of(target)}
-        code = cloudpickle.dumps(target)
-        limits.check_size(len(code), self.max_message_bytes, f"the code of function {name!r} (with what it captures)")
-        return self._control(lambda r: RegisterFunction(r, name, code, options))
+        return self._register_prepared(PreparedFunction(name, cloudpickle.dumps(target), options))
+
+    def _register_prepared(self, fn: PreparedFunction) -> dict[str, Any]:
+        limits.check_size(len(fn.code), self.max_message_bytes,
+                          f"the code of function {fn.name!r} (with what it captures)")
+        limits.check_size(len(fn.options.get("init_args", b"")), self.max_message_bytes,
+                          f"the init_args of {fn.name!r}")
+        return self._control(lambda r: RegisterFunction(r, fn.name, fn.code, fn.options))
 
     def register_dag(self, name: str, functions: Sequence[Any], edges: Iterable[Sequence[Any]] | None = None,
                      **options: Any) -> dict[str, Any]:
@@ -221,7 +240,10 @@ class Client:
         ``edges`` it is a chain in the given order. ``multiexec=[f, ...]`` marks functions that run once per
         upstream result as each arrives (see ``cbctl.runtime.multiexec``)."""
         _check_name(name, "DAG name")
-        if isinstance(functions, (str, bytes)) or not isinstance(functions, (list, tuple)):
+        if isinstance(functions, str):
+            raise InvalidDag(f"DAG {name!r}: functions={functions!r} is one string: pass a list of names, "
+                             f"e.g. [{functions!r}]")
+        if not isinstance(functions, (list, tuple)):
             raise InvalidArgument(f"functions={functions!r} is not a list: pass the DAG's functions (or their names) "
                                   "as a list, e.g. register_dag('d', ['f', 'g'])")
         names = [function_name(f) for f in functions]
@@ -232,44 +254,50 @@ class Client:
         options = dag_options(options)
         return self._control(lambda r: RegisterDag(r, name, names, edge_names, options))
 
-    def deploy(self, declared: Declarations) -> dict[str, list[dict[str, Any]]]:
-        """Register what a deploy file declared (``declare.load_file``): its functions, then its DAGs.
+    def deploy(self, declared: Declarations | PreparedDeploy, path: str = "<declarations>"
+               ) -> dict[str, list[dict[str, Any]]]:
+        """Register what a deploy file declared (``declare.load_file``, or ``declare.prepare``'d): its functions,
+        then its DAGs, then its triggers.
 
-        Everything is checked here first (each DAG against the file's functions and those already registered,
-        names that clash, functions that cannot take ``cb``), so a file with a mistake registers nothing at
-        all and the error names the problem."""
+        Everything is checked here first (each declaration, each DAG against the file's functions and those
+        already registered, names that clash, functions that cannot take ``cb``), so a file with a mistake
+        registers nothing at all and the error names the problem."""
+        prepared = declared if isinstance(declared, PreparedDeploy) else prepare(declared, path)
         listed = self.list()
-        known = {f["name"] for f in listed["functions"]} | {f.name for f in declared.functions}
-        dag_names = {d["name"] for d in listed["dags"]} | {d.name for d in declared.dags}
-        for spec in declared.dags:
+        known = {f["name"] for f in listed["functions"]} | {f.name for f in prepared.functions}
+        dag_names = {d["name"] for d in listed["dags"]} | {d.name for d in prepared.dags}
+        for spec in prepared.dags:
             validate_dag(spec.name, spec.functions, spec.edges or chain_edges(spec.functions), known)
             if spec.name in known:
                 raise InvalidArgument(f"DAG {spec.name!r} has the name of a function: give one of them another name")
-        for fn in declared.functions:
+        for fn in prepared.functions:
             if fn.name in dag_names:
                 raise InvalidArgument(f"function {fn.name!r} has the name of a DAG: give one of them another name")
-            problem = user_errors.check_takes_user_library(fn.target, fn.name)
-            if problem:
-                raise InvalidArgument(problem)
-        registered: dict[str, list[dict[str, Any]]] = {"functions": [], "dags": []}
-        for fn in declared.functions:
-            registered["functions"].append(self.register(
-                fn.target, name=fn.name, gpu=fn.gpu, batching=fn.batching, init_args=fn.init_args))
-        for spec in declared.dags:
-            registered["dags"].append(self.register_dag(spec.name, spec.functions, spec.edges, **spec.options))
-        if declared.triggers:
-            registered["triggers"] = [self.add_trigger(t.name, t.prefix, t.function) for t in declared.triggers]
+            limits.check_size(len(fn.code), self.max_message_bytes,
+                              f"the code of function {fn.name!r} (with what it captures)")
+        limits.check_size(sum(len(fn.code) + len(fn.options.get("init_args", b"")) for fn in prepared.functions),
+                          self.max_message_bytes, f"the code of the {len(prepared.functions)} functions deployed "
+                          "together (split the file)")
+        # one request: the scheduler switches to all of them at once (a call never runs some new, some old)
+        functions = [[fn.name, fn.code, fn.options] for fn in prepared.functions]
+        dags = [[d.name, d.functions, d.edges, d.options] for d in prepared.dags]
+        registered = self._control(lambda r: Deploy(r, functions, dags))
+        if prepared.triggers:
+            registered["triggers"] = [self.add_trigger(t.name, t.prefix, t.function, batch=t.batch, window=t.window,
+                                                       join=t.join, values=t.values) for t in prepared.triggers]
         return registered
 
     def deploy_file(self, path: str | os.PathLike[str],
-                    import_timeout: float = DEPLOY_IMPORT_TIMEOUT_S) -> dict[str, list[dict[str, Any]]]:
-        """Import a deploy file and register what it declares (see ``deploy``); ``DeployFileError`` with
-        the user's traceback if it does not import, or if its import runs longer than ``import_timeout``
-        seconds (nothing is registered then), ``InvalidArgument`` if it declares nothing."""
-        declared = load_file(path, import_timeout)
-        if not declared.functions and not declared.dags and not declared.triggers:
+                    import_timeout: float | None = DEPLOY_IMPORT_TIMEOUT_S) -> dict[str, list[dict[str, Any]]]:
+        """Import a deploy file, in an interpreter of its own, and register what it declares (see ``deploy``);
+        ``DeployFileError`` naming the file if it does not import, declares something wrong (two functions of
+        one name, a class without ``run``, ...), ends its interpreter (``os._exit``), or imports for longer than
+        ``import_timeout`` seconds (None: no limit): nothing is registered then. ``InvalidArgument`` if it
+        declares nothing."""
+        prepared = import_deploy_file(path, import_timeout)
+        if not prepared.functions and not prepared.dags and not prepared.triggers:
             raise InvalidArgument(f"{path} declares no functions or DAGs: decorate them with @cbctl.function")
-        return self.deploy(declared)
+        return self.deploy(prepared)
 
     def list(self) -> dict[str, Any]:
         """Registered functions (with where they are pinned) and DAGs."""
@@ -280,15 +308,23 @@ class Client:
         _check_name(name, "name")
         return self._control(lambda r: RemoveRequest(r, name))
 
-    def add_trigger(self, name: str, prefix: str, function: Any) -> dict[str, Any]:
+    def add_trigger(self, name: str, prefix: str | None, function: Any, *, batch: int = 0, window: float = 0.0,
+                    join: Sequence[str] = (), values: bool = False) -> dict[str, Any]:
         """Make every put to a key starting with ``prefix`` call ``function`` (a registered function or DAG,
         or its name) with ``(key, value)``, asynchronously and at least once: a call may run twice, so make it
-        idempotent. Replaces an earlier trigger of the same ``name``. Deletes do not fire."""
+        idempotent. Replaces an earlier trigger of the same ``name``. Deletes do not fire.
+
+        With one of these, ``function`` is called with ``(keys)`` (``(keys, values)`` with ``values=True``),
+        the distinct keys put since the trigger last fired, durable or ephemeral: ``batch=N`` once N keys under
+        ``prefix`` arrived; ``window=T`` every T seconds with what arrived under ``prefix`` (no call when nothing
+        did); ``join=[k1, ...]`` once every named key was put (no prefix needed: pass None)."""
         _check_name(name, "trigger name")
-        if not isinstance(prefix, str):
+        if prefix is not None and not isinstance(prefix, str):
             raise InvalidArgument(f"prefix={prefix!r} is not a string: pass the key prefix whose puts fire the trigger")
         function = function_name(function)
-        return self._control(lambda r: AddTrigger(r, name, prefix, function))
+        spec = TriggerSpec(name, prefix or "", function, batch, window, list(join), values)
+        return self._control(lambda r: AddTrigger(r, spec.name, spec.prefix, spec.function, spec.batch,
+                                                  float(spec.window), spec.join, spec.values))
 
     def list_triggers(self) -> list[dict[str, Any]]:
         """Every trigger: name, prefix, function, and since the store started, calls fired and failed."""
@@ -360,7 +396,8 @@ class Client:
     def call_async(self, name: str, *args: Any, consistency: str = "lww", store_result: bool = False,
                    **source_args: Sequence[Any]) -> CallFuture:
         """Start a call and return its future at once. With ``store_result`` the result is written to the
-        store under the call id and the future reads it from there (it outlives this client)."""
+        store under the call id and the future reads it from there (it outlives this client); once the future has
+        read it, it is deleted from the store (a result never read stays)."""
         if self._closed:
             self._check_open()  # before any lock: one held in the parent at fork time is never released here
         if not isinstance(name, str) or not name:
@@ -369,6 +406,7 @@ class Client:
             _check_call_options(consistency, store_result)
         call_id = f"{self.client_id}-{next(self._ids)}"
         future = CallFuture(self, call_id, name, stored=store_result)
+        future.delete_stored_after_read = store_result
         encoded_sources = {}
         for fn, values in source_args.items():
             if not isinstance(values, (list, tuple)):
@@ -513,8 +551,18 @@ class Client:
             with self._store_lock:
                 (lattice,) = self._store.get_lattices([key])
             if lattice is not None and not getattr(lattice, "tombstone", False):
-                future._result = result = CallResult(**serialization.decode(lattice.value))
+                try:
+                    future._result = result = CallResult(**serialization.decode(lattice.value))
+                except (DecodeError, TypeError) as exc:
+                    future._result = result = CallResult(future.call_id, False, b"", "DecodeError", (
+                        f"the stored result of call {future.call_id} cannot be read ({exc}): call again"))
                 future._request = b""
+                if future.delete_stored_after_read:
+                    try:
+                        with self._store_lock:
+                            self._store.delete(key)
+                    except CbctlError:
+                        pass  # only housekeeping: the result is in hand
                 with self._cond:
                     self._stored_waiting.pop(future.call_id, None)
                     self._completed.append(future.call_id)
@@ -530,26 +578,41 @@ class Client:
 
     # --- state -----------------------------------------------------------------------------------------
 
-    def get(self, key: str) -> Any:
-        """The value under ``key``; ``NoSuchKey`` when there is none. A key written by ``causal`` calls holds
-        a set of concurrent values: its value is their list (as ``cb.get`` returns it in a causal call)."""
-        _check_key(key)
+    def get(self, key: str, default: Any = _PENDING) -> Any:
+        """The value under ``key``; ``default`` if given and there is none, else ``NoSuchKey``. A key written by
+        ``causal`` calls holds a set of concurrent values: its value is their list (as ``cb.get`` returns it in a
+        causal call). ``DecodeError`` if the value cannot be decoded in this process (see its message)."""
+        limits.check_key(key)
         self._check_open()
         with self._store_lock:
             (lattice,) = self._store.get_lattices([key])
+        if default is not _PENDING and (lattice is None or getattr(lattice, "tombstone", False)):
+            return default
         return reveal(key, lattice, LWW)
 
-    def put(self, key: str, value: Any) -> bool:
+    def put(self, key: str, value: Any, durable: bool = True, ttl: float | None = None) -> bool:
         """Write ``value`` under ``key`` (last-writer-wins); durable per the store's policy on return. Returns
         whether the value is now the key's: False when a write stamped later won the merge even after this one
-        was stamped past the version it found (a concurrent writer; see ``writer_clock.py``)."""
-        _check_key(key)
+        was stamped past the version it found (a concurrent writer; see ``writer_clock.py``).
+
+        ``durable=False``: an ephemeral value (as ``cb.put(..., durable=False)`` in a function): in the store's
+        memory only, never logged, for ``ttl`` seconds (default 300); lost if the store restarts."""
+        limits.check_key(key)
         self._check_open()
         encoded = self._encode(value, "the value for key %r", key)
+        if not durable:
+            ttl_s = limits.check_ttl(ttl, default_as=0.0)
+            with self._store_lock:
+                self._store.put_ephemeral(key, self._store.new_lww(key, encoded), ttl_s)
+            return True
+        if ttl is not None:
+            raise InvalidArgument("ttl applies to ephemeral values only: pass durable=False with it")
         with self._store_lock:
             try:
                 written, won = self._store.put_lww(key, self._store.new_lww(key, encoded))
             except InvalidArgument as exc:
+                if "ephemeral value" in str(exc):  # the store says why itself (a key is durable or ephemeral)
+                    raise
                 raise InvalidArgument(f"could not write {key!r}: {exc} (it holds values written by causal calls; "
                                       "use another key, or delete it first with delete_key)") from None
         self._session.record({key: written.timestamp})  # its read-your-writes token
@@ -558,7 +621,7 @@ class Client:
     def delete_key(self, key: str) -> bool:
         """Delete ``key`` (deleting a key that holds nothing is not an error); whether the delete won, as for
         ``put``."""
-        _check_key(key)
+        limits.check_key(key)
         self._check_open()
         deleted_after = time.time_ns()
         with self._store_lock:
@@ -665,12 +728,6 @@ def _check_call_options(consistency: Any, store_result: Any) -> None:
         raise InvalidArgument(f"consistency {consistency!r} is not one of {', '.join(CONSISTENCY_MODES)}: pass one "
                               "of these modes")
     _check_bool(store_result, "store_result")
-
-
-def _check_key(key: Any) -> None:
-    if not isinstance(key, str) or not key or key.startswith("__cb/"):
-        raise InvalidArgument(f"key {key!r} is invalid: use a non-empty string not starting with '__cb/' "
-                              "(cbctl's own keys)")
 
 
 

@@ -41,7 +41,13 @@ class InvalidArgument(CbctlError):
 
 
 class NoSuchKey(CbctlError):
-    """The store holds no value for the key (never written, or deleted)."""
+    """The store holds no value for the key (never written, or deleted; an ephemeral value also after its TTL
+    passed or the store restarted)."""
+
+
+class StoreFull(CbctlError):
+    """An ephemeral put would take the store's ephemeral memory past its bound (``EPHEMERAL_MAX_BYTES``):
+    wait for earlier values to expire, give them shorter TTLs, or put this one durably."""
 
 
 class NoExecutorAvailable(CbctlError):
@@ -60,6 +66,18 @@ class MessageTooLarge(CbctlError):
 class ContinuationDepthExceeded(CbctlError):
     """A call handed itself on with ``cbctl.Continue`` more times than the cluster allows (a runaway cycle of
     continuations); raise the limit with ``cbctl up --max-continuations N`` if the chain is meant to be long."""
+
+
+class DecodeError(CbctlError):
+    """A value (a stored value, a call's result or argument, a message) could not be turned back into a Python
+    object where it was read: its bytes are damaged, or it holds an object pickled by reference to a module that
+    cannot be imported there, or unpickling it raised. The message names which and what to do."""
+
+
+class InboxFull(CbctlError):
+    """A direct message (``cb.send``) was refused: the receiving function has not read the messages it already
+    has, and its inbox holds ``INBOX_MAX_MESSAGES`` or ``INBOX_MAX_BYTES``. Raised in the sender, by its next
+    ``cb.send`` or ``cb.recv`` (the refusal comes back asynchronously)."""
 
 
 class ConsistencyError(CbctlError):
@@ -101,8 +119,11 @@ ERRORS_BY_NAME: dict[str, type[CbctlError]] = {
         NoExecutorAvailable,
         CallTimeout,
         MessageTooLarge,
+        StoreFull,
         ContinuationDepthExceeded,
         ConsistencyError,
+        DecodeError,
+        InboxFull,
         CallLost,
         FunctionError,
     )

@@ -26,6 +26,7 @@ from cbctl.runtime.defaults import (
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
+    MAX_TRIGGER_DEPTH,
     SHUTDOWN_TIMEOUT_S,
     STARTUP_TIMEOUT_S,
     SUPERVISOR_ANSWER_TIMEOUT_S,
@@ -134,6 +135,7 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
               durability: str, fake_gpus: int, cache_mb: int, max_batch: int = MAX_BATCH,
               max_continuations: int = MAX_CONTINUATIONS, policy: Iterable[str] = (),
               max_message_mb: int = MAX_MESSAGE_BYTES >> 20, no_auth: bool = False,
+              max_trigger_depth: int = MAX_TRIGGER_DEPTH, executor_memory_mb: int = 0,
               salvage: bool = False, departure_timeout_s: float = DEPARTURE_TIMEOUT_S) -> ClusterSpec:
     listen, scheduler_port = parse_listen(listen)
     curve = check_auth(listen, no_auth)
@@ -160,6 +162,12 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
     if max_continuations < 0:
         raise InvalidArgument(f"--max-continuations {max_continuations} is negative: pass 0 to forbid "
                               "cbctl.Continue, or a hand-off count")
+    if executor_memory_mb < 0:
+        raise InvalidArgument(f"--executor-memory-mb {executor_memory_mb} is negative: pass 0 (never recycle, the "
+                              "default) or a size in MiB")
+    if max_trigger_depth < 1:
+        raise InvalidArgument(f"--max-trigger-depth {max_trigger_depth} is below 1: it counts the calls in one chain "
+                              "of storage-triggered calls (1: a triggered call's puts fire nothing)")
     if not 1 <= max_message_mb <= MAX_MESSAGE_MB_CEILING:
         raise InvalidArgument(f"--max-message-mb {max_message_mb} is out of range: pass 1 to "
                               f"{MAX_MESSAGE_MB_CEILING} (MiB per serialised value)")
@@ -172,6 +180,7 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
                        salvage=salvage, departure_timeout_s=departure_timeout_s,
                        fake_gpus=fake_gpus,
                        cache_mb=cache_mb, max_batch=max_batch, max_continuations=max_continuations,
+                       max_trigger_depth=max_trigger_depth, executor_memory_mb=executor_memory_mb,
                        policy=parse_policy_options(policy), max_message_bytes=max_message_mb << 20)
 
 

@@ -211,6 +211,7 @@ def build_snapshot(raw: Mapping[str, Any], now: float | None = None) -> dict[str
             "keys": store.get("keys"), "bytes": store.get("bytes"), "log_bytes": store.get("log_bytes"),
             "snapshot_bytes": store.get("snapshot_bytes"), "ops_per_s": store.get("ops_per_s"),
             "gets": store.get("gets"), "puts": store.get("puts"), "deletes": store.get("deletes"),
+            "ephemeral_keys": store.get("ephemeral_keys"), "ephemeral_bytes": store.get("ephemeral_bytes"),
         },
         "policy": answered[0].get("policy") if answered else None,
     }
@@ -294,6 +295,7 @@ def _executor_row(process: Mapping[str, Any], status: Mapping[str, Any] | None, 
         "p50_us": metrics.get("p50_us") if fresh else None,
         "p99_us": metrics.get("p99_us") if fresh else None,
         "restarts": process["restarts"],
+        "recycles": process.get("recycles", 0),
         "status_age_s": age,
     }
 

@@ -11,6 +11,7 @@ import os
 import select
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,10 @@ def store_text(snapshot: Mapping[str, Any]) -> Text:
     store = snapshot["store"]
     if store is None:
         return Text("store  not answering", style="bold red")
-    return Text(f"store  {_na(store['keys'])} keys  {format_bytes(store['bytes'])}  "
+    ephemeral = ""
+    if store.get("ephemeral_keys"):  # shown once there are any: most clusters never make one
+        ephemeral = f"ephemeral {store['ephemeral_keys']} keys {format_bytes(store['ephemeral_bytes'])}  "
+    return Text(f"store  {_na(store['keys'])} keys  {format_bytes(store['bytes'])}  {ephemeral}"
                 f"log {format_bytes(store['log_bytes'])}  {_na(store['ops_per_s'], '{:.1f}')} ops/s")
 
 
@@ -161,7 +165,7 @@ def executors_table(snapshot: Mapping[str, Any], sort: str, wide: bool = True) -
             "CPU%": _na(e["cpu_percent"], "{:.0f}"), "RSS": format_bytes(e["rss_bytes"]), "GPU": _gpu_cell(e),
             "pinned": ", ".join(e["pinned"]) or "-", "queue": _na(e["queue"]),
             "calls/s": _na(e["calls_per_s"], "{:.1f}"), "p50": format_duration_us(e["p50_us"]),
-            "p99": format_duration_us(e["p99_us"]), "restarts": str(e["restarts"]),
+            "p99": format_duration_us(e["p99_us"]), "restarts": _restarts_cell(e),
             "state": Text(e["state"], style=STATE_STYLES.get(e["state"], "")),
         }
         table.add_row(*[cells[name] for name, _ in shown])
@@ -280,6 +284,36 @@ def run_live(home: Path, interval: float, sort: str, console: Console) -> None:
                 snapshot = build_snapshot(probe.collect())
                 update += 1
                 live.update(screen(), refresh=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        probe.close()
+
+
+def _restarts_cell(executor: Mapping[str, Any]) -> str:
+    """Restarts, with how many were recycles over --executor-memory-mb: "3 (2 mem)"."""
+    recycles = executor.get("recycles")
+    return f"{executor['restarts']} ({recycles} mem)" if recycles else str(executor["restarts"])
+
+
+def run_snapshots(home: Path, interval: float, sort: str, console: Console, count: int | None = None) -> None:
+    """``cbctl top`` when stdout is not a terminal (a pipe, a file, a CI log), like ``top -b``: print one
+    snapshot every ``interval`` seconds, one after the other, until Ctrl-C, a closed pipe, ``count`` snapshots,
+    or the cluster going away (``ClusterNotRunning``). Nothing in it redraws or takes over a screen."""
+    if sort not in SORT_KEYS:
+        raise InvalidArgument(f"sort key {sort!r} is not one of {', '.join(SORT_KEYS)}")
+    probe = ClusterProbe(home, timeout_s=max(TOP_REQUEST_TIMEOUT_S, interval))
+    update = 0
+    try:
+        with _cluster_went_away(home):
+            while count is None or update < count:
+                if update:
+                    time.sleep(interval)
+                update += 1
+                snapshot = build_snapshot(probe.collect())
+                console.print(render(snapshot, sort, f"snapshot {update}  every {interval:g} s  Ctrl-C ends",
+                                     console.width))
+                console.file.flush()
     except KeyboardInterrupt:
         pass
     finally:

@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from cbctl.errors import CbctlError, NoSuchKey
+from cbctl.errors import CbctlError, DecodeError, NoSuchKey
 from cbctl.runtime.defaults import SESSION_HORIZON_S, SESSION_MAX_KEYS, SNAPSHOT_TTL_S
 from cbctl.runtime.lattices import CausalLattice, Lattice, LWWLattice, VectorClock
 from cbctl.runtime.wire import serialization
@@ -132,12 +132,16 @@ def reveal(key: str, lattice: Lattice | None, mode: str) -> Any:
     """The user's value of a key: decoded; under ``causal``, or for a causal value, the list of its
     concurrent values (sorted by encoding, so every reader lists them in the same order)."""
     if lattice is None or (type(lattice) is LWWLattice and lattice.tombstone):
-        raise NoSuchKey(f"no value is stored under {key!r}: write one with put first")
-    if type(lattice) is LWWLattice:
-        value = serialization.decode(lattice.value)
-        return [value] if mode == CAUSAL else value
-    if type(lattice) is CausalLattice:
-        return [serialization.decode(v) for v in lattice.reveal()]
+        raise NoSuchKey(f"no value is stored under {key!r} (never written, deleted, or ephemeral and gone: "
+                        "its ttl passed or the store restarted): write one with put first")
+    try:
+        if type(lattice) is LWWLattice:
+            value = serialization.decode(lattice.value)
+            return [value] if mode == CAUSAL else value
+        if type(lattice) is CausalLattice:
+            return [serialization.decode(v) for v in lattice.reveal()]
+    except DecodeError as exc:
+        raise serialization.renamed(exc, f"the value under {key!r}") from None
     raise CbctlError(f"key {key!r} holds a {lattice.kind} lattice, which cb.get cannot read")
 
 

@@ -63,6 +63,28 @@ CALL_TIMEOUT_S = 60.0
 #: larger value could not be cached anyway; bigger data belongs in files whose paths travel instead.
 MAX_MESSAGE_BYTES = 64 << 20
 
+#: Longest error message and traceback text, in characters, that a failed call carries to its caller (and the CLI
+#: prints). A function may raise with a 50 MB message; the caller gets the head (and the traceback its head and
+#: tail, where the raising line is), with a note naming the executor log that has the whole text.
+MAX_ERROR_MESSAGE_CHARS = 4_000
+MAX_ERROR_TRACEBACK_CHARS = 20_000
+
+#: Seconds a replaced version of a function stays loadable, for calls dispatched before the deploy that
+#: replaced it (a call runs the versions current at its dispatch). The join timeout of a DAG step (600 s) bounds
+#: how long such a call can still be under way; past this its executor fails it with a clear error.
+FUNCTION_VERSION_KEEP_S = 900.0
+
+#: A running function's inbox of direct messages it has not read with ``cb.recv`` yet: at most this many
+#: messages and bytes (encoded). Past either, the receiver refuses the message and the sender's function gets
+#: ``InboxFull``. The bytes bound is the default largest value: one message of any allowed size fits alone.
+INBOX_MAX_MESSAGES = 10_000
+INBOX_MAX_BYTES = 64 << 20
+
+#: Longest key, in UTF-8 bytes. Every key lives in the store's memory, in each cache's index, in `list_keys`
+#: answers and in executors' status reports (their cached keys), so a 20 MB key costs many times its size;
+#: 4 KiB is longer than any path-like name needs. Past it: ``InvalidArgument``.
+MAX_KEY_BYTES = 4096
+
 #: Bytes a server socket accepts beyond the value limit (zmq ``MAXMSGSIZE`` = limit + this) before it drops the
 #: sender's connection: room for what travels next to a value in an honest frame, the largest being an executor
 #: status listing 10,000 cached key names (``CACHED_KEYS_REPORTED``) and the schedule of the largest DAG.
@@ -98,6 +120,11 @@ RESTART_BACKOFF_MAX_S = 5.0
 
 #: Restarts of one process allowed per minute before the supervisor gives up on it.
 RESTARTS_PER_MINUTE = 10
+
+#: Exit code of an executor that left because its memory was over ``cbctl up --executor-memory-mb`` after a call
+#: (it departed gracefully, as on SIGTERM): the supervisor starts a fresh one at once, with no crash backoff, and
+#: counts it under ``recycles`` (EX_TEMPFAIL: "try again", which is what the supervisor does).
+EXECUTOR_RECYCLE_EXIT_CODE = 75
 
 #: Most executors one supervisor runs: far above a machine's cores, and a bound on what a scale request (a
 #: frame, on TCP from anyone holding the keys) can make it spawn.
@@ -163,6 +190,30 @@ TRIGGER_MAX_ATTEMPTS = 5
 #: Triggered calls the store tracks while they run; past this the oldest is forgotten (counted as
 #: ``trigger_dropped``) so a cluster with no live scheduler cannot grow the store's memory without bound.
 TRIGGER_OUTBOX_LIMIT = 100_000
+
+#: Seconds an ephemeral value (``cb.put(key, value, durable=False)``) lives when its put names no ``ttl``:
+#: long enough for the step that reads a map task's partial result to run, short enough that forgotten
+#: intermediate data leaves the store's memory within minutes.
+EPHEMERAL_TTL_S = 300.0
+
+#: Longest ``ttl`` an ephemeral put may ask for (a day): longer-lived data belongs in a durable put.
+EPHEMERAL_MAX_TTL_S = 86_400.0
+
+#: Bytes of ephemeral values the store node holds at most; a put past it fails
+#: with ``StoreFull`` instead of evicting someone's intermediate result or growing without bound.
+EPHEMERAL_MAX_BYTES = 1 << 30
+
+#: Shortest ``window`` a trigger may have: the store's loop wakes at least every 100 ms, so a shorter window
+#: would not fire on time anyway.
+TRIGGER_MIN_WINDOW_S = 0.1
+
+#: Most keys a ``join`` trigger may name, and the largest ``batch``: bounds what one trigger keeps in memory.
+TRIGGER_MAX_JOIN_KEYS = 10_000
+#: Most storage-triggered calls in one chain (a put fires call 1, a put that call makes fires call 2, ...),
+#: `cbctl up --max-trigger-depth N`. A function that writes under its own watched prefix is a loop (one ran
+#: 21,870 times in 5 s); continuations have the same kind of bound (MAX_CONTINUATIONS). Past it the put is
+#: stored but fires nothing, and the store logs an error and counts it for `cbctl trigger ls`.
+MAX_TRIGGER_DEPTH = 16
 
 # --- placement policy (scheduler/policy.py); each can be set per cluster with `cbctl up --policy KEY=VALUE`
 

@@ -23,6 +23,7 @@ from cbctl.runtime.wire import auth, serialization
 from cbctl.runtime.wire.messages import (
     Ack,
     DeleteRequest,
+    EphemeralPut,
     ErrorResponse,
     GetRequest,
     GetResponse,
@@ -55,6 +56,8 @@ class StoreClient:
         self._sock: zmq.Socket | None = None
         self.requests = 0  # how many round trips this client made (tests count cache hits with it)
         self.clock = WriterClock()  # this writer's last-writer-wins timestamps
+        #: set by an executor for the step it runs: which call of a chain of storage-triggered calls makes the puts
+        self.trigger_depth = 0
 
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
@@ -95,17 +98,30 @@ class StoreClient:
     # --- lattice level ---------------------------------------------------------------------------------
 
     def get_lattices(self, keys: list[str]) -> list[Lattice | None]:
+        return self.read(keys)[0]
+
+    def read(self, keys: list[str]) -> tuple[list[Lattice | None], list[int]]:
+        """The keys' lattices, and the positions of those that hold ephemeral values."""
         reply = self._request(lambda r: GetRequest(r, keys))
         assert isinstance(reply, GetResponse)
-        return [None if wire is None else lattice_from_wire(wire) for wire in reply.lattices]
+        return [None if wire is None else lattice_from_wire(wire) for wire in reply.lattices], reply.ephemeral
 
     def put_lattice(self, key: str, lattice: Lattice) -> int:
         """Merge ``lattice`` into ``key``; returns 0, or for a last-writer-wins version that lost the merge the
         timestamp of the one that won."""
         wire = lattice.to_wire()
-        reply = self._request(lambda r: PutRequest(r, key, wire))
+        depth = self.trigger_depth
+        reply = self._request(lambda r: PutRequest(r, key, wire, depth))
         assert isinstance(reply, Ack)
         return reply.superseded_by
+
+    def put_ephemeral(self, key: str, lattice: LWWLattice, ttl_s: float = 0.0) -> None:
+        """Merge ``lattice`` into ``key``'s ephemeral value in the store's memory (never logged), to live
+        ``ttl_s`` seconds (0: the store's default)."""
+        wire = lattice.to_wire()
+        depth = self.trigger_depth
+        reply = self._request(lambda r: EphemeralPut(r, key, wire, float(ttl_s), depth))
+        assert isinstance(reply, Ack)
 
     def put_lww(self, key: str, lattice: LWWLattice) -> tuple[LWWLattice, bool]:
         """Write a last-writer-wins version stamped by ``self.clock``. If the key holds one stamped later (by a
@@ -157,10 +173,16 @@ class StoreClient:
     def subscribe_and_get(self, subscriber: str, address: str, keys: list[str]) -> list[Lattice | None]:
         """Subscribe ``address`` to ``keys`` and read them, in one round trip (an executor cache's miss): the
         subscription is applied first, so every write the read does not include is pushed."""
+        return self.subscribe_and_read(subscriber, address, keys)[0]
+
+    def subscribe_and_read(self, subscriber: str, address: str,
+                           keys: list[str]) -> tuple[list[Lattice | None], list[int]]:
+        """``subscribe_and_get``, and the positions of the keys that hold ephemeral values (which the store
+        does not subscribe anyone to: a cache must not hold them)."""
         reply = self._request(lambda r: GetRequest(r, keys),
                               before=lambda r: SubscribeRequest(r, subscriber, address, keys))
         assert isinstance(reply, GetResponse)
-        return [None if wire is None else lattice_from_wire(wire) for wire in reply.lattices]
+        return [None if wire is None else lattice_from_wire(wire) for wire in reply.lattices], reply.ephemeral
 
     def subscribe(self, subscriber: str, address: str, keys: list[str], unsubscribe: bool = False) -> None:
         self._request(lambda r: SubscribeRequest(r, subscriber, address, keys, unsubscribe))
@@ -179,7 +201,8 @@ class StoreClient:
 def reveal_encoded(key: str, lattice: Lattice | None) -> bytes:
     """The encoded value an LWW lattice holds; ``NoSuchKey`` for none or a tombstone."""
     if lattice is None or (isinstance(lattice, LWWLattice) and lattice.tombstone):
-        raise NoSuchKey(f"no value is stored under {key!r}: write one with put first")
+        raise NoSuchKey(f"no value is stored under {key!r} (never written, deleted, or ephemeral and gone: "
+                        "its ttl passed or the store restarted): write one with put first")
     if not isinstance(lattice, LWWLattice):
         raise CbctlError(f"key {key!r} holds a {lattice.kind} lattice, not a last-writer-wins value")
     return lattice.value

@@ -5,7 +5,7 @@ triggers work. Shared because both sides read it; it imports only the lattices.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cbctl.errors import NoSuchKey
 from cbctl.runtime.defaults import RESERVED_PREFIX
@@ -17,10 +17,20 @@ PREFIX = RESERVED_PREFIX + "trigger/"
 
 @dataclass
 class TriggerRecord:
+    """One trigger. Its kind is the one of ``batch``, ``window_s`` and ``join`` that is set, else per put."""
+
     name: str
     prefix: str
     function: str
     created_ns: int = 0
+    batch: int = 0  # fire once this many keys under ``prefix`` were put since the last firing
+    window_s: float = 0.0  # fire every this many seconds with the keys put under ``prefix`` (none: no call)
+    join: list[str] = field(default_factory=list)  # fire once every one of these keys was put
+    values: bool = False  # hand the function the keys' values too
+
+    @property
+    def kind(self) -> str:
+        return "join" if self.join else "batch" if self.batch else "window" if self.window_s else "put"
 
 
 def record_bytes(key: str, lattice: Lattice | None) -> bytes:

@@ -116,3 +116,16 @@ def check_takes_user_library(target: Any, name: str) -> str:
                 "define it as run(self, cb, ...)")
     return (f"{name}{signature} takes no positional parameter, but every function receives the user library "
             f"first: define it as {name}(cb, ...)")
+
+
+def cut(text: str, limit: int, where: str = "", keep_tail: bool = False) -> str:
+    """``text`` if it is at most ``limit`` characters, else its first ``limit`` (with ``keep_tail``, its first
+    two thirds and last third, where a traceback's raising line is) and a note of how much was cut and
+    ``where`` the whole text is."""
+    if len(text) <= limit:
+        return text
+    note = f" [... {len(text) - limit:,} of {len(text):,} characters cut{'; in full in ' + where if where else ''}] "
+    if not keep_tail:
+        return text[:limit] + note
+    head = limit * 2 // 3
+    return text[:head] + note + text[len(text) - (limit - head):]

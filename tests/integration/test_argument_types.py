@@ -65,14 +65,14 @@ CLIENT_MISUSES = [
     ("call(None)", lambda c: c.call(None, 1), "None is not a function or DAG name"),
     ("register gpu='yes'", lambda c: c.register(inc, gpu="yes"), "gpu='yes'"),
     ("register init_args=5", lambda c: c.register(inc, init_args=5), "init_args=5"),
-    ("register_dag functions='inc'", lambda c: c.register_dag("d1", "inc"), "functions='inc'"),
+    ("register_dag functions=5", lambda c: c.register_dag("d1", 5), "functions=5"),
     ("register_dag name=5", lambda c: c.register_dag(5, ["inc"]), "DAG name 5"),
     ("register_dag edges=5", lambda c: c.register_dag("d1", ["inc"], edges=5), "edges=5"),
     ("add_trigger name=None", lambda c: c.add_trigger(None, "p/", "inc"), "trigger name None"),
     ("add_trigger prefix=5", lambda c: c.add_trigger("t", 5, "inc"), "prefix=5"),
     ("remove_trigger(5)", lambda c: c.remove_trigger(5), "trigger name 5"),
     ("delete(None)", lambda c: c.delete(None), "name None"),
-    ("Ref(None)", lambda c: cbctl.Ref(None), "Ref needs a non-empty string key"),
+    ("Ref(None)", lambda c: cbctl.Ref(None), "key None is invalid"),
     ("connect(home=5)", lambda c: cbctl.connect(home=5), "home=5"),
 ]
 

@@ -198,3 +198,16 @@ def test_an_import_within_its_timeout_loads_as_before(tmp_path):
     (tmp_path / "plain.py").write_text(PLAIN)
     assert [f.name for f in load_file(tmp_path / "plain.py", import_timeout=30).functions] == ["plain"]
     assert [f.name for f in load_file(tmp_path / "plain.py", import_timeout=None).functions] == ["plain"]
+
+
+def test_max_trigger_depth_is_checked():
+    assert plan_spec(1, 0, 1, "", "batch", 0, 64, max_trigger_depth=4).max_trigger_depth == 4
+    with pytest.raises(InvalidArgument, match="--max-trigger-depth 0 is below 1"):
+        plan_spec(1, 0, 1, "", "batch", 0, 64, max_trigger_depth=0)
+
+
+def test_executor_memory_mb_is_off_by_default_and_checked():
+    assert plan_spec(1, 0, 1, "", "batch", 0, 64).executor_memory_mb == 0
+    assert plan_spec(1, 0, 1, "", "batch", 0, 64, executor_memory_mb=512).executor_memory_mb == 512
+    with pytest.raises(InvalidArgument, match="--executor-memory-mb -1 is negative"):
+        plan_spec(1, 0, 1, "", "batch", 0, 64, executor_memory_mb=-1)

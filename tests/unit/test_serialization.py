@@ -8,7 +8,7 @@ import math
 import msgpack
 import pytest
 
-from cbctl.errors import InvalidArgument
+from cbctl.errors import DecodeError, InvalidArgument
 from cbctl.runtime.wire.serialization import EXT_NDARRAY, EXT_PICKLE, EXT_REF, EXT_TUPLE, Ref, decode, encode, find_refs
 
 
@@ -67,9 +67,11 @@ def test_ref_round_trips_and_is_found():
     assert find_refs(args) == ["a", "c"]
 
 
-@pytest.mark.parametrize("bad", ["", None, 3, b"key"])
-def test_ref_rejects_bad_keys(bad):
-    with pytest.raises(InvalidArgument, match="non-empty string key"):
+@pytest.mark.parametrize("bad, says", [("", "non-empty string"), (None, "non-empty string"), (3, "non-empty"),
+                                       (b"key", "non-empty"), ("__cb/fn/increment", "cbctl's own"),
+                                       ("\udcff", "UTF-8 cannot carry"), ("k" * 5000, "over the limit")])
+def test_ref_rejects_bad_keys(bad, says):
+    with pytest.raises(InvalidArgument, match=says):
         Ref(bad)
 
 
@@ -179,3 +181,117 @@ def test_numpy_large_array_is_raw_bytes(np):
     data = encode(array)
     assert len(data) < array.nbytes + 200, "arrays travel as their raw buffer plus a small header"
     np.testing.assert_array_equal(decode(data), array)
+
+
+# --- arrays that are more than a dtype string and a buffer (issue 16) ---------------------------------------
+
+
+def same_array(np, a, b) -> bool:
+    """Exactly the same value: type, dtype (field names included), shape and every byte (NaN payloads too)."""
+    if type(a) is not type(b) or a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if isinstance(a, np.ma.MaskedArray):
+        return (np.array_equal(np.ma.getmaskarray(a), np.ma.getmaskarray(b))
+                and same_array(np, np.asarray(a.data), np.asarray(b.data)))
+    if a.dtype.hasobject:
+        return a.tolist() == b.tolist()
+    return a.tobytes() == b.tobytes()
+
+
+def test_structured_record_and_masked_arrays_keep_what_makes_them(np):
+    structured = np.array([(1, 2.5, b"ab")], dtype=[("a", "<i4"), ("b", ">f8"), ("c", "S2")])
+    records = np.rec.array([(1, 2.0), (3, 4.0)], dtype=[("x", "i4"), ("y", "f8")])
+    masked = np.ma.array([1, 2, 3], mask=[0, 1, 0], fill_value=7)
+    nested = np.zeros(2, dtype=[("p", [("q", "i2"), ("r", "f4", (2,))])])
+    for value in (structured, records, masked, nested, structured[0], np.ma.masked_invalid([1.0, np.nan])):
+        result = round_trip(value)
+        assert type(result) is type(value) and result.dtype == value.dtype, (value, result)
+        assert result.dtype.names == value.dtype.names
+    assert round_trip(records).x.tolist() == [1, 3]
+    assert round_trip(masked).mask.tolist() == [False, True, False] and round_trip(masked).fill_value == 7
+
+
+def test_unstructured_void_round_trips(np):
+    value = np.array([b"abcdefg", b"1234567"], dtype="V7")
+    assert same_array(np, round_trip(value), value)
+
+
+def test_numpy_string_dtype_is_not_sent_as_its_pointers(np):
+    if not hasattr(np, "dtypes") or not hasattr(np.dtypes, "StringDType"):
+        pytest.skip("numpy without StringDType")
+    value = np.array(["a", "much longer string than sixteen bytes"], dtype=np.dtypes.StringDType())
+    assert round_trip(value).tolist() == value.tolist()
+
+
+def test_every_numpy_dtype_round_trips_exactly():
+    np = pytest.importorskip("numpy")
+    hypothesis = pytest.importorskip("hypothesis")
+    npst = pytest.importorskip("hypothesis.extra.numpy")
+    st = hypothesis.strategies
+    dtypes = st.one_of(npst.scalar_dtypes(), npst.byte_string_dtypes(), npst.unicode_string_dtypes(),
+                       npst.array_dtypes(allow_subarrays=True), npst.nested_dtypes(),
+                       npst.datetime64_dtypes(), npst.timedelta64_dtypes(),
+                       st.sampled_from([np.dtype(">i8"), np.dtype("<c16"), np.dtype(">f2")]))
+    arrays = npst.arrays(dtypes, npst.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4))
+
+    @hypothesis.settings(max_examples=300, deadline=None)
+    @hypothesis.given(arrays, st.booleans(), st.data())
+    def check(array, mask_it, data):
+        value = array
+        if mask_it and array.dtype.names is None and array.ndim:
+            mask = data.draw(npst.arrays(bool, array.shape))
+            value = np.ma.array(array, mask=mask)
+        for candidate in (value, value.T if value.ndim > 1 else value):
+            assert same_array(np, round_trip(candidate), candidate)
+        if array.ndim == 0 and type(array[()]) is not np.ndarray:  # a numpy scalar
+            scalar = array[()]
+            result = round_trip(scalar)
+            assert type(result) is type(scalar) and result.dtype == scalar.dtype
+            assert np.asarray(result).tobytes() == np.asarray(scalar).tobytes()
+
+    check()
+
+
+def test_object_arrays_round_trip_through_pickle(np):
+    value = np.array([{"a": 1}, None, (1, 2)], dtype=object)
+    assert top_level_ext_code(encode(value)) == EXT_PICKLE
+    assert round_trip(value).tolist() == value.tolist()
+
+
+# --- values that cannot be decoded ---------------------------------------------------------------------------
+
+
+def test_damaged_bytes_are_a_decode_error_with_a_hint():
+    with pytest.raises(DecodeError, match="not a value cbctl wrote"):
+        decode(b"\xc1garbage")
+    with pytest.raises(DecodeError, match="not a value cbctl wrote"):
+        decode(encode([1, 2])[:-1])
+
+
+def test_a_value_pickled_by_reference_to_a_missing_module_names_it(monkeypatch):
+    import sys
+    import types
+
+    module = types.ModuleType("module_only_the_writer_had")  # the writer had it...
+    exec("class Absent:\n    pass\n", module.__dict__)
+    module.Absent.__module__ = module.__name__
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    data = encode(module.Absent())
+    monkeypatch.delitem(sys.modules, module.__name__)  # ...the reader has not
+    with pytest.raises(DecodeError, match="module 'module_only_the_writer_had', which cannot be imported here"):
+        decode(data)
+
+
+class Unpicklable:
+    def __reduce__(self):
+        return (_raise_on_load, ())
+
+
+def _raise_on_load():
+    raise RuntimeError("no way back" * 1000)
+
+
+def test_an_unpickling_that_raises_is_a_decode_error_cut_short():
+    with pytest.raises(DecodeError, match="unpickling it raised RuntimeError: no way back") as raised:
+        decode(encode(Unpicklable()))
+    assert len(str(raised.value)) < 500

@@ -265,3 +265,23 @@ def test_stats_keys_and_bytes_follow_writes_overwrites_deletes_and_recovery(data
         assert (reopened.stats()["keys"], reopened.stats()["bytes"]) == (2, 6)
     finally:
         reopened.close()
+
+
+def test_a_chain_of_triggered_calls_stops_at_its_depth_limit():
+    from cbctl.runtime.lattices import LWWLattice
+    from cbctl.runtime.store.triggers import PREFIX, StoreTriggers
+    from cbctl.runtime.wire.messages import TRIGGER_DEPTH_EXTRA, unpack
+    from cbctl.runtime.wire.serialization import encode
+
+    triggers = StoreTriggers(max_depth=3)
+    triggers.on_write(PREFIX + "t", LWWLattice(1, "w", encode({"name": "t", "prefix": "p/", "function": "f"})))
+    value = LWWLattice(2, "w", encode(1))
+    for depth in range(3):  # a client's put (0), then puts by calls 1 and 2 of the chain
+        triggers.on_write("p/k", value, depth)
+        (frame,) = triggers.take_due()
+        assert unpack(frame).extras == {TRIGGER_DEPTH_EXTRA: depth + 1}
+    triggers.on_write("p/k", value, 3)  # by call 3: the limit
+    assert triggers.take_due() == []
+    stats = triggers.stats()
+    assert stats["trigger_depth_stops"] == 1 and stats["triggered_calls"] == 3
+    assert "--max-trigger-depth 3" in stats["trigger_stats"]["t"]["last_error"]

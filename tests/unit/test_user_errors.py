@@ -89,3 +89,15 @@ def test_tracebacks_keep_the_users_frames_only_when_there_are_some():
     inner = call_like_the_executor(add, ())  # no user frame at all: everything is kept
     assert INTERNAL in user_traceback(inner)
     assert INTERNAL not in user_traceback(inner, only_users=True)
+
+
+def test_cut_keeps_short_text_and_bounds_long_text():
+    from cbctl.runtime.user_errors import cut
+
+    assert cut("short", 10) == "short"
+    long = "a" * 1000 + "TAIL"
+    head_only = cut(long, 100, "the log")
+    assert head_only.startswith("a" * 100) and "904 of 1,004 characters cut; in full in the log" in head_only
+    assert len(head_only) < 200 and "TAIL" not in head_only
+    both = cut(long, 100, keep_tail=True)
+    assert both.endswith("TAIL") and len(both) < 200

@@ -215,6 +215,7 @@ class CloudburstConnection:
         if direct_response:
             return self.client.call(target, consistency=mode, **args)
         call = self.client.call_async(target, consistency=mode, store_result=True, **args)
+        call.delete_stored_after_read = False  # Cloudburst's results stay in the KVS: a future from the id reads it
         return CloudburstFuture(output_key or call.call_id, self.kvs_client, call=call, output_key=output_key)
 
     def _continuation_tail(self, continuation: Any, direct_response: bool) -> CallTail:
@@ -250,7 +251,9 @@ class CloudburstConnection:
         return call.call_id
 
     def _start_call(self, name: str, args: list[Any]) -> CallFuture:
-        return self.client.call_async(name, *[self._argument(a) for a in args], store_result=True)
+        call = self.client.call_async(name, *[self._argument(a) for a in args], store_result=True)
+        call.delete_stored_after_read = False  # as above
+        return call
 
     def _argument(self, value: Any) -> Any:
         """A call argument as cbctl sends it: a reference becomes a ``cbctl.Ref`` (the executor resolves it, the

@@ -176,6 +176,7 @@ class CachedStore:
         self.stale_refetches = 0
         self.pushes_applied = 0
         self.pushes_ignored = 0
+        self.ephemeral_reads = 0  # reads of ephemeral values: always from the store
         self.store_epoch: str | None = None  # the store run the subscriptions were made with (None: unknown)
         self.store_restarts_seen = 0
 
@@ -200,11 +201,15 @@ class CachedStore:
         if not self.cache.capacity_bytes:  # caching is off (--cache-mb 0): no subscription to keep
             return self.client.get_lattices([key])[0]
         if key in self.cache and not resubscribe:
-            (lattice,) = self.client.get_lattices([key])
+            (lattice,), ephemeral = self.client.read([key])
         else:
             # subscribing is idempotent, and this key must not be unsubscribed by the next flush any more
             self._unsubscribe.discard(key)
-            (lattice,) = self.client.subscribe_and_get(self.subscriber, self.address, [key])
+            (lattice,), ephemeral = self.client.subscribe_and_read(self.subscriber, self.address, [key])
+        if ephemeral:  # never cached (the store did not subscribe us): a lost value must not be served from here
+            self.cache.discard(key)
+            self.ephemeral_reads += 1
+            return lattice
         self._evicted(self.cache.insert(key, lattice))
         entry = self.cache.get(key)
         return lattice if entry is None else entry.lattice
@@ -221,6 +226,8 @@ class CachedStore:
             else:
                 self.client.put_lattice(key, lattice)
         except InvalidArgument as exc:
+            if "ephemeral value" in str(exc):  # the store says why itself (a key is durable or ephemeral)
+                raise
             raise InvalidArgument(
                 f"could not write {key!r}: {exc} (a key keeps the kind of value it was first written with: "
                 "lww and repeatable_read calls write last-writer-wins values, causal calls causal ones; "
@@ -230,6 +237,10 @@ class CachedStore:
         self._evicted(self.cache.insert(key, lattice))
         entry = self.cache.get(key)
         return lattice, lattice if entry is None else entry.lattice, won
+
+    def on_dropped(self, key: str) -> None:
+        """A ``KeyDropped`` from the store: the key became ephemeral; forget it (the store has unsubscribed)."""
+        self.cache.discard(key)
 
     def on_push(self, key: str, wire: list[Any]) -> None:
         """A ``KeyUpdate`` from the store: merge it into the held copy (ignored when the key is not held)."""
@@ -283,7 +294,7 @@ class CachedStore:
             "keys": len(self.cache), "bytes": self.cache.bytes, "capacity_bytes": self.cache.capacity_bytes,
             "evictions": self.cache.evictions, "pushes_applied": self.pushes_applied,
             "pushes_ignored": self.pushes_ignored, "store_requests": self.client.requests,
-            "store_restarts_seen": self.store_restarts_seen,
+            "store_restarts_seen": self.store_restarts_seen, "ephemeral_reads": self.ephemeral_reads,
         }
 
     def _evicted(self, keys: list[str]) -> None:

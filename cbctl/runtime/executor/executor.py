@@ -22,9 +22,18 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import psutil
 import zmq
 
-from cbctl.errors import CbctlError, ConsistencyError, InvalidArgument, NoSuchFunction, ProtocolError
+from cbctl.errors import (
+    CbctlError,
+    ConsistencyError,
+    DecodeError,
+    InboxFull,
+    InvalidArgument,
+    NoSuchFunction,
+    ProtocolError,
+)
 from cbctl.runtime import cluster, multiexec, registry, user_errors
 from cbctl.runtime.code_loading import load_target
 from cbctl.runtime.continuation import Continue
@@ -32,15 +41,20 @@ from cbctl.runtime.dag import downstream_of, upstream_of
 from cbctl.runtime.defaults import (
     CACHED_KEYS_REPORTED,
     DEPARTURE_LINGER_S,
+    EXECUTOR_RECYCLE_EXIT_CODE,
+    FUNCTION_VERSION_KEEP_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
+    MAX_ERROR_MESSAGE_CHARS,
+    MAX_ERROR_TRACEBACK_CHARS,
     MAX_MESSAGE_BYTES,
     STORE_REQUEST_TIMEOUT_S,
     VERSION_FETCH_TIMEOUT_S,
 )
-from cbctl.runtime.executor import batching, continuation
+from cbctl.runtime.executor import batching, continuation, direct
 from cbctl.runtime.executor.cache import CachedStore, StoreEpochProbe
 from cbctl.runtime.executor.departure import Departure, Peer
+from cbctl.runtime.executor.direct import Inbox
 from cbctl.runtime.executor.extras import check_trigger_extras
 from cbctl.runtime.executor.host import LoadedFunction
 from cbctl.runtime.executor.sessions import SessionManager
@@ -67,13 +81,16 @@ from cbctl.runtime.retries import ATTEMPT_KEY, AttemptFilter
 from cbctl.runtime.store_client import StoreClient
 from cbctl.runtime.wire import limits, serialization
 from cbctl.runtime.wire.messages import (
+    TRIGGER_DEPTH_EXTRA,
     CallAborted,
     CallResult,
     CallRetried,
     DagTrigger,
     DirectMessage,
+    DirectRefused,
     ExecutorLeaving,
     ExecutorStatus,
+    KeyDropped,
     KeyUpdate,
     LeavingAck,
     Message,
@@ -91,6 +108,9 @@ rejected = RejectedFrameLog(log)  # warnings about frames this process drops, ra
 
 #: Seconds a partly-triggered DAG step waits for its other triggers before it is dropped.
 JOIN_TIMEOUT_S = 600.0
+#: Older versions of functions an executor keeps loaded for calls dispatched before a redeploy (least recently
+#: used first out; one that is needed again is loaded again).
+OLDER_VERSIONS_KEPT = 8
 
 
 class Executor:
@@ -103,13 +123,14 @@ class Executor:
         self.peers = PeerSockets(context)
         self.userlib = UserLibrary(self)
         self.functions: dict[str, LoadedFunction] = {}
+        self.older: collections.OrderedDict[tuple[str, int], LoadedFunction] = collections.OrderedDict()
         self.pinned: set[str] = set()
         self.joins: dict[tuple[str, str], dict[str, DagTrigger]] = {}
         self.join_started: dict[tuple[str, str], float] = {}
         self.aborted: dict[str, float] = {}  # failed calls -> when: their late triggers are dropped, not joined
         self.attempts = AttemptFilter()  # calls dispatched again after an executor died (retries.py)
         self.ready: collections.deque[tuple[DagTrigger, list[DagTrigger]]] = collections.deque()
-        self.inbox: collections.deque[tuple[str, Any]] = collections.deque()
+        self.inbox = Inbox()  # direct messages for the running function (direct.py)
         self.deferred: list[bytes] = []  # frames that arrived while user code waited in recv
         self.sock: zmq.Socket | None = None
         self.executor_addresses: dict[str, str] = {}
@@ -129,6 +150,7 @@ class Executor:
         self.awaited_version: tuple[int, VersionResponse | None] | None = None  # (req_id, reply) of fetch_version
         self.departure = Departure(self.executor_id, address)  # this executor's leaving, and its peers'
         self.running: DagTrigger | None = None  # the step run_next is running: answered if the runtime fails it
+        self.recycling = False  # leaving because of --executor-memory-mb (a fresh process replaces it)
 
     # --- messages ------------------------------------------------------------------------------------
 
@@ -208,7 +230,22 @@ class Executor:
         self.pinned.discard(request.function)
 
     def on_direct(self, message: DirectMessage) -> None:
-        self.inbox.append((message.sender, serialization.decode(message.body)))
+        size = len(message.body)
+        verdict = self.inbox.admit(message.sent_ns, size)
+        if verdict == direct.ACCEPT:
+            try:
+                self.inbox.add(message.sender, serialization.decode(message.body), size)
+                return
+            except DecodeError as exc:
+                verdict = str(exc)
+        if verdict != direct.STALE and message.reply_address:
+            self.peers.send(message.reply_address,
+                            DirectRefused(self.executor_id, message.sent_ns, verdict).pack())
+
+    def on_direct_refused(self, message: DirectRefused) -> None:
+        if not self.inbox.on_refused(message.sent_ns, f"{message.receiver} refused a message: {message.reason}"):
+            rejected.warning("%s refused a message sent by a function that has returned since: %s",
+                             message.receiver, message.reason)
 
     def on_peer_leaving(self, message: ExecutorLeaving) -> None:
         self.peers.send(message.address, self.departure.on_peer_leaving(message))
@@ -218,6 +255,9 @@ class Executor:
 
     def on_key_update(self, update: KeyUpdate) -> None:
         self.cached.on_push(update.key, update.lattice)
+
+    def on_key_dropped(self, message: KeyDropped) -> None:
+        self.cached.on_dropped(message.key)
 
     def on_version_request(self, request: VersionRequest) -> None:
         self.sessions.serve_version(request)
@@ -242,17 +282,33 @@ class Executor:
             del self.joins[key], self.join_started[key]
 
     HANDLERS = {DagTrigger: on_trigger, PinRequest: on_pin, UnpinRequest: on_unpin, DirectMessage: on_direct,
+                DirectRefused: on_direct_refused,
                 ExecutorLeaving: on_peer_leaving, LeavingAck: on_leaving_ack, KeyUpdate: on_key_update,
+                KeyDropped: on_key_dropped,
                 VersionRequest: on_version_request, VersionResponse: on_version_response,
                 SnapshotRelease: on_snapshot_release, CallAborted: on_call_aborted, CallRetried: on_call_retried}
 
     # --- running -------------------------------------------------------------------------------------
 
     def load(self, name: str, version: int) -> LoadedFunction:
+        """Function ``name`` at exactly ``version`` (0: whichever is loaded, else the latest): a call runs the
+        versions current when it was dispatched, even when a deploy replaced them since (see registry.py).
+        ``functions`` holds the newest version loaded; ``older`` the few older ones calls still asked for."""
         loaded = self.functions.get(name)
-        if loaded is not None and loaded.record.version >= version:
+        if loaded is not None and (loaded.record.version == version or not version):
             return loaded
+        if loaded is not None and version < loaded.record.version:
+            older = self.older.get((name, version))
+            if older is not None:
+                self.older.move_to_end((name, version))
+                return older
         record = registry.load_function(self.store, name)
+        if record is not None and version and record.version != version:
+            record = registry.load_function_version(self.store, name, version)
+            if record is None:
+                raise NoSuchFunction(f"version {version} of function {name!r}, current when this call was "
+                                     f"dispatched, is no longer kept (it was replaced over "
+                                     f"{FUNCTION_VERSION_KEEP_S:.0f} s ago): call again")
         if record is None:
             raise NoSuchFunction(f"function {name!r} is not registered (removed while the call was under way?)")
         try:
@@ -260,16 +316,25 @@ class Executor:
         except Exception as exc:
             raise InvalidArgument(f"function {name!r} could not be loaded on {self.executor_id}: "
                                   f"{type(exc).__name__}: {exc}") from exc
-        loaded = self.functions[name] = LoadedFunction(record, target)
-        return loaded
+        fresh = LoadedFunction(record, target)
+        if loaded is None or record.version > loaded.record.version:
+            self.functions[name] = fresh
+        else:
+            self.older[(name, record.version)] = fresh
+            while len(self.older) > OLDER_VERSIONS_KEPT:
+                self.older.popitem(last=False)
+        return fresh
 
     def run_next(self) -> None:
         trigger, inputs = self.ready.popleft()
         self.running = trigger
+        self.inbox.begin_step()
         started = time.perf_counter_ns()
         name = trigger.function
         ok = True
         self.sessions.begin(trigger, inputs)
+        # the step's puts tell the store which call of a chain of storage-triggered calls made them (triggers.py)
+        self.store.trigger_depth = trigger.extras.get(TRIGGER_DEPTH_EXTRA, 0) if trigger.extras else 0
         args = None
         try:
             loaded = self.load(name, trigger.versions.get(name, 0))
@@ -315,10 +380,13 @@ class Executor:
     def arguments(self, trigger: DagTrigger, inputs: list[DagTrigger]) -> list[Any]:
         """A step's positional arguments: the call's for a source, else one per upstream result; ``Ref``s
         are resolved to their keys' values."""
-        if trigger.source:
-            args = [serialization.decode(t.payload) for t in inputs]
-        else:
-            args = serialization.decode(trigger.payload)
+        try:
+            if trigger.source:
+                args = [serialization.decode(t.payload) for t in inputs]
+            else:
+                args = serialization.decode(trigger.payload)
+        except DecodeError as exc:
+            raise serialization.renamed(exc, f"an argument of {trigger.function!r} on {self.executor_id}") from None
         return [self.read_key(a.key) if type(a) is serialization.Ref else a for a in args]
 
     def deliver(self, trigger: DagTrigger, result: Any) -> None:
@@ -357,7 +425,15 @@ class Executor:
         else:
             error_type, remote_type = "FunctionError", type(exc).__name__
         text = user_errors.user_traceback(exc)  # the user's frames, not the executor's
-        self.respond(trigger, CallResult(trigger.call_id, False, b"", error_type, _message_of(exc), text,
+        message = _message_of(exc)
+        if len(message) > MAX_ERROR_MESSAGE_CHARS or len(text) > MAX_ERROR_TRACEBACK_CHARS:
+            # the caller (and its terminal) gets a bounded text; the whole of it is kept here, once
+            log.warning("call %s: %s failed with a %d-character message; the caller's copy is cut; in full:\n%s",
+                        trigger.call_id, trigger.function, len(message), text)
+            where = f"`cbctl logs {self.executor_id}`"
+            message = user_errors.cut(message, MAX_ERROR_MESSAGE_CHARS, where)
+            text = user_errors.cut(text, MAX_ERROR_TRACEBACK_CHARS, where, keep_tail=True)
+        self.respond(trigger, CallResult(trigger.call_id, False, b"", error_type, message, text,
                                          self.executor_id, remote_type))
         if trigger.edges:
             self.abort_joins(trigger)
@@ -426,6 +502,14 @@ class Executor:
         limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
         return self.sessions.write(key, encoded)
 
+    def write_ephemeral(self, key: str, value: Any, ttl_s: float) -> None:
+        """An ephemeral put (``store/ephemeral.py``): to the store's memory, last-writer-wins in every
+        consistency mode, past the call's session (it is no version a repeatable read or causal call tracks)."""
+        encoded = serialization.encode(value)
+        limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
+        self.cached.cache.discard(key)  # reads of it go to the store from now on
+        self.store.put_ephemeral(key, self.store.new_lww(key, encoded), ttl_s)
+
     def serve_while_busy(self, timeout_s: float) -> bool:
         """While user code runs or waits (``cb.get``, ``cb.recv``, a repeatable-read version fetch), handle
         the frames that must not wait for it to return: store pushes, direct messages, peers' version
@@ -471,8 +555,9 @@ class Executor:
         else:
             self.on_version_response(response)
 
-    SERVED_WHILE_BUSY = {KeyUpdate: on_key_update, DirectMessage: on_direct, VersionRequest: on_version_request,
-                         VersionResponse: on_awaited_version}
+    SERVED_WHILE_BUSY = {KeyUpdate: on_key_update, DirectMessage: on_direct, DirectRefused: on_direct_refused,
+                         VersionRequest: on_version_request, VersionResponse: on_awaited_version,
+                         KeyDropped: on_key_dropped}
 
     def send_direct(self, executor_id: str, message: Any) -> None:
         address = self.executor_addresses.get(executor_id)
@@ -486,21 +571,31 @@ class Executor:
             raise InvalidArgument(f"no executor {executor_id!r} in this cluster: ids are as cb.getid() returns")
         body = serialization.encode(message)
         limits.check_size(len(body), self.max_message_bytes, f"the message to {executor_id}")
-        frame = DirectMessage(self.executor_id, body).pack()
+        self.serve_while_busy(0.0)  # refusals of earlier sends first
+        self.raise_refusals()
+        sent_ns = time.time_ns()
         if address == self.address:
-            self.inbox.append((self.executor_id, message))
-        else:
-            self.peers.send(address, frame)
+            verdict = self.inbox.admit(sent_ns, len(body))
+            if verdict not in (direct.ACCEPT, direct.STALE):
+                raise InboxFull(f"{executor_id} (this executor) refused a message: {verdict}")
+            self.inbox.add(self.executor_id, message, len(body))
+        elif not self.peers.send(address, DirectMessage(self.executor_id, body, sent_ns, self.address).pack()):
+            raise InboxFull(f"the message to {executor_id} could not be queued: it is not reading (busy or gone)")
 
     def receive_direct(self, deadline: float | None) -> list[tuple[str, Any]]:
         self.serve_while_busy(0.0)
-        while not self.inbox and deadline is not None:
+        self.raise_refusals()
+        while not self.inbox.messages and deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self.serve_while_busy(remaining + 0.001):
                 break
-        messages = list(self.inbox)
-        self.inbox.clear()
-        return messages
+        return self.inbox.take()
+
+    def raise_refusals(self) -> None:
+        refusals = self.inbox.take_refusals()
+        if refusals:
+            more = f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""
+            raise InboxFull(refusals[0] + more)
 
     # --- departure (see departure.py) ----------------------------------------------------------------
 
@@ -537,6 +632,20 @@ class Executor:
             self.join_started.clear()
         return True
 
+    def memory_over(self, limit_bytes: int) -> bool:
+        """Whether this process's resident memory is over ``limit_bytes`` (checked after each call when
+        ``--executor-memory-mb`` is set: a function that leaks, or caches too much, gets a fresh process)."""
+        try:
+            rss = psutil.Process().memory_info().rss
+        except psutil.Error:
+            return False
+        if rss <= limit_bytes:
+            return False
+        log.warning("resident memory %d MiB is over --executor-memory-mb %d after a call: recycling this executor "
+                    "(it finishes its queue and leaves; the supervisor starts a fresh one)", rss >> 20,
+                    limit_bytes >> 20)
+        return True
+
     # --- status --------------------------------------------------------------------------------------
 
     def status(self, running: bool) -> ExecutorStatus:
@@ -546,6 +655,9 @@ class Executor:
         report["frames_sent"], report["frames_received"] = self.peers.sent, self.frames_received
         report["cache"] = self.sessions.metrics()
         report["pending_joins"] = len(self.joins)
+        report["direct_dropped"], report["direct_refused"] = self.inbox.dropped, self.inbox.refused
+        if self.recycling:
+            report["recycling"] = True  # the schedulers park calls for its successor instead of failing them
         return ExecutorStatus(
             self.executor_id, self.address, self.executor_type, running, sorted(self.pinned),
             report["utilization"], len(self.ready), self.cached.cache.recent_keys(CACHED_KEYS_REPORTED), os.getpid(),
@@ -584,6 +696,7 @@ def main(config: ProcessConfig) -> None:
     report_ready(context, config, address)
     freeze_startup_heap()
     receiver = Receiver(sock)
+    memory_limit = int(config.options.get("memory_limit_mb", 0)) << 20  # `cbctl up --executor-memory-mb`; 0: off
     timers = TimerWork(log)
     while True:
         for frame in receiver.receive(0 if executor.ready or executor.deferred else 100):
@@ -595,6 +708,10 @@ def main(config: ProcessConfig) -> None:
                 executor.run_next()
             except Exception as exc:  # the runtime's own failure (store gone mid-delivery, ...): answer, go on
                 executor.answer_failed_step(exc)
+            executor.inbox.end_step()  # what the function did not read is for no later call
+            if memory_limit and not shutdown.requested and executor.memory_over(memory_limit):
+                # leave as on SIGTERM (the status that says so says why); the supervisor starts a fresh one
+                shutdown.requested = executor.recycling = True
         if reporter.due():
             timers.run(reporter.report, not shutdown.requested)
             timers.run(executor.expire_joins)
@@ -614,3 +731,5 @@ def main(config: ProcessConfig) -> None:
     sock.close()
     context.term()
     log.info("executor stopped")
+    if executor.recycling:
+        raise SystemExit(EXECUTOR_RECYCLE_EXIT_CODE)

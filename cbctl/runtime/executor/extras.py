@@ -7,13 +7,14 @@ from typing import Any
 from cbctl.errors import ProtocolError
 from cbctl.runtime import consistency, multiexec
 from cbctl.runtime.continuation import DEPTH_KEY
+from cbctl.runtime.wire.messages import TRIGGER_DEPTH_EXTRA
 
 # The type of each entry a trigger's extras may carry (consistency.py, multiexec.py, continuation.py). Checked
 # where a trigger arrives, so one of another shape, which no cbctl process sends, is dropped as malformed rather
 # than failing its step after the user's function ran. Entries not listed here are ignored by every reader.
 _EXTRAS_TYPES: dict[str, type] = {
     consistency.SESSION: dict, consistency.WRITES: dict, consistency.VERSIONS: dict, consistency.HOLDERS: list,
-    consistency.CAUSAL_FLOOR: dict, multiexec.EXTRAS_KEY: dict, DEPTH_KEY: int,
+    consistency.CAUSAL_FLOOR: dict, multiexec.EXTRAS_KEY: dict, DEPTH_KEY: int, TRIGGER_DEPTH_EXTRA: int,
 }
 
 

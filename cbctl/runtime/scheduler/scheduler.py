@@ -26,6 +26,7 @@ from cbctl.runtime.continuation import DEPTH_KEY
 from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
 from cbctl.runtime.defaults import (
     DISPATCH_WAIT_S,
+    FUNCTION_VERSION_KEEP_S,
     MAX_MESSAGE_BYTES,
     RATE_SAMPLE_S,
     RATE_WINDOW_S,
@@ -54,6 +55,7 @@ from cbctl.runtime.scheduler.policy import PinAction, Policy, PolicySettings, ho
 from cbctl.runtime.store_client import StoreClient
 from cbctl.runtime.wire import limits
 from cbctl.runtime.wire.messages import (
+    TRIGGER_DEPTH_EXTRA,
     AddTrigger,
     CallAborted,
     CallRequest,
@@ -63,6 +65,7 @@ from cbctl.runtime.wire.messages import (
     ContinueCall,
     ControlResponse,
     DagTrigger,
+    Deploy,
     ExecutorLost,
     ExecutorStatus,
     LeavingAck,
@@ -241,6 +244,9 @@ class Scheduler:
         if request.extras:  # the client's read-your-writes session, and nothing else a client may set
             extras = (consistency.with_continued_call(extras, request.extras) if depth  # from an executor
                       else consistency.with_client_session(extras, request.extras))
+            chain = request.extras.get(TRIGGER_DEPTH_EXTRA)  # a storage-triggered call's place in its chain
+            if type(chain) is int:
+                extras = {**extras, TRIGGER_DEPTH_EXTRA: chain}
         if attempt > 1:
             extras = with_attempt(extras, attempt)
         for source in plan.sources:
@@ -343,44 +349,87 @@ class Scheduler:
             log.warning("call %s: could not store its dispatch error: %s", request.call_id, store_exc)
 
     def on_register_function(self, request: RegisterFunction) -> Any:
-        name = request.name
-        if not isinstance(name, str) or not name or name.startswith("__"):
-            raise InvalidArgument(f"function name {name!r} is invalid: use a non-empty name not starting with '__'")
-        if name in self.dags or registry.load_dag(self.store, name) is not None:  # (another scheduler's, too)
-            raise InvalidArgument(f"{name!r} is already a DAG's name: give the function another name")
-        options = request.options
-        if options.get("gpu") and not any(v.executor_type == "gpu" for v in self.policy.executors.values()):
-            from cbctl.errors import NoExecutorAvailable
-
-            raise NoExecutorAvailable(
-                f"function {name!r} needs a GPU but this cluster has no GPU executor: "
-                "start it with `cbctl up --gpu-executors N`")
-        record = registry.FunctionRecord(
-            name=name, code=request.code, version=time.time_ns(), gpu=bool(options.get("gpu")),
-            batching=bool(options.get("batching")), is_class=bool(options.get("is_class")),
-            init_args=options.get("init_args", b""), source_file=str(options.get("source_file", "")))
-        registry.save_function(self.store, record)
-        self.functions[name] = record
-        self.plans.clear()
+        record = self.function_record(request.name, request.code, request.options)
+        self.save_registrations([record], [])
         return record.describe()
 
     def on_register_dag(self, request: RegisterDag) -> Any:
         self.refresh_registry()
-        edges = request.edges if request.edges else [list(e) for e in chain_edges(request.functions)]
-        shape = validate_dag(request.name, request.functions, edges, self.functions)
-        options = dict(request.options or {})
-        if multiexec.OPTION in options:
-            options[multiexec.OPTION] = multiexec.validate(request.name, shape.functions, options[multiexec.OPTION])
-        if request.name in self.functions:
-            raise InvalidArgument(f"{request.name!r} is already a function's name: give the DAG another name")
-        record = registry.DagRecord(request.name, list(shape.functions), [list(e) for e in shape.edges],
-                                    time.time_ns(), options)
-        registry.save_dag(self.store, record)
-        self.dags[record.name] = record
-        self.plans.clear()
-        self.apply(self.policy.set_wanted(pinned_functions(self.functions, self.dags)))
-        self.apply(self.policy.ensure_pinned())  # pins settle as the executors answer, within milliseconds
+        record = self.dag_record(request.name, request.functions, request.edges, request.options, self.functions)
+        self.save_registrations([], [record])
         return record.describe()
+
+    def on_deploy(self, request: Deploy) -> Any:
+        """A deploy file's functions and DAGs: all checked first, then saved and switched to in one handler, so
+        no call is placed with some of them new and others old (this loop handles nothing in between)."""
+        self.refresh_registry()
+        records = []
+        for entry in request.functions:
+            if len(entry) != 3:
+                raise InvalidArgument("a deploy's function entry is not [name, code, options]")
+            records.append(self.function_record(*entry))
+        functions = {**self.functions, **{r.name: r for r in records}}
+        dag_records = []
+        for entry in request.dags:
+            if len(entry) != 4:
+                raise InvalidArgument("a deploy's DAG entry is not [name, functions, edges, options]")
+            dag_records.append(self.dag_record(*entry, functions))
+        self.save_registrations(records, dag_records)
+        return {"functions": [r.describe() for r in records], "dags": [d.describe() for d in dag_records]}
+
+    def function_record(self, name: Any, code: Any, options: Any) -> registry.FunctionRecord:
+        """A new version of function ``name``, checked (nothing is saved yet)."""
+        if not isinstance(name, str) or not name or name.startswith("__"):
+            raise InvalidArgument(f"function name {name!r} is invalid: use a non-empty name not starting with '__'")
+        if not isinstance(code, bytes) or not isinstance(options, dict):
+            raise InvalidArgument(f"function {name!r}: its code must be bytes and its options a dict")
+        if name in self.dags or registry.load_dag(self.store, name) is not None:  # (another scheduler's, too)
+            raise InvalidArgument(f"{name!r} is already a DAG's name: give the function another name")
+        if options.get("gpu") and not any(v.executor_type == "gpu" for v in self.policy.executors.values()):
+            raise NoExecutorAvailable(
+                f"function {name!r} needs a GPU but this cluster has no GPU executor: "
+                "start it with `cbctl up --gpu-executors N`")
+        version = max(time.time_ns(), self.functions[name].version + 1 if name in self.functions else 0)
+        return registry.FunctionRecord(
+            name=name, code=code, version=version, gpu=bool(options.get("gpu")),
+            batching=bool(options.get("batching")), is_class=bool(options.get("is_class")),
+            init_args=options.get("init_args", b""), source_file=str(options.get("source_file", "")))
+
+    def dag_record(self, name: Any, functions: Any, edges: Any, options: Any,
+                   known: dict[str, registry.FunctionRecord]) -> registry.DagRecord:
+        """DAG ``name`` over ``known`` functions, checked (nothing is saved yet)."""
+        if not isinstance(name, str) or not isinstance(functions, list) or not isinstance(edges, list):
+            raise InvalidArgument("a DAG needs a name, a list of functions and a list of edges")
+        edges = edges if edges else [list(e) for e in chain_edges(functions)]
+        shape = validate_dag(name, functions, edges, known)
+        options = dict(options or {})
+        if multiexec.OPTION in options:
+            options[multiexec.OPTION] = multiexec.validate(name, shape.functions, options[multiexec.OPTION])
+        if name in known:
+            raise InvalidArgument(f"{name!r} is already a function's name: give the DAG another name")
+        return registry.DagRecord(name, list(shape.functions), [list(e) for e in shape.edges], time.time_ns(),
+                                  options)
+
+    def save_registrations(self, functions: list[registry.FunctionRecord], dags: list[registry.DagRecord]) -> None:
+        """Save checked records and make them current together; prune versions no call can need any more."""
+        for record in functions:
+            registry.save_function(self.store, record)
+        for dag in dags:
+            registry.save_dag(self.store, dag)
+        for record in functions:
+            self.functions[record.name] = record
+        for dag in dags:
+            self.dags[dag.name] = dag
+        self.plans.clear()
+        if dags:
+            self.apply(self.policy.set_wanted(pinned_functions(self.functions, self.dags)))
+            self.apply(self.policy.ensure_pinned())  # pins settle as the executors answer, within milliseconds
+        if functions:
+            try:
+                registry.prune_versions(self.store, [r.name for r in functions], time.time_ns(),
+                                        int(FUNCTION_VERSION_KEEP_S * 1e9))
+            except CbctlError as exc:  # only housekeeping: the next registration prunes again
+                log.warning("could not prune old versions of %s: %s", ", ".join(r.name for r in functions), exc)
 
     def on_list(self, _request: ListRequest) -> Any:
         self.refresh_registry()
@@ -404,6 +453,7 @@ class Scheduler:
                 raise InvalidArgument(f"function {name!r} is used by DAG(s) {', '.join(users)}: remove those first "
                                       "with `cbctl rm NAME`")
             self.store.delete(registry.FUNCTION_PREFIX + name)
+            registry.prune_versions(self.store, [name], time.time_ns(), 0, remove_all=True)
             kind = "function"
         else:
             raise NoSuchFunction(f"no function or DAG is registered as {name!r}: see `cbctl ls`")
@@ -443,6 +493,9 @@ class Scheduler:
         self.policy.process_status(status)
         if self.parked:
             self.retry_parked()  # this executor may take what waits for one
+        if not status.running and status.metrics.get("recycling"):
+            # over --executor-memory-mb: a fresh process replaces it, so calls wait for it rather than fail
+            self.wait_for_executors_until = max(self.wait_for_executors_until, time.monotonic() + DISPATCH_WAIT_S)
         if not status.running:
             # the policy no longer places work there; this ack, behind every trigger sent there on the same
             # socket, tells the departing executor that nothing more will come from this scheduler
@@ -468,6 +521,7 @@ class Scheduler:
     CONTROL = {
         RegisterFunction: on_register_function,
         RegisterDag: on_register_dag,
+        Deploy: on_deploy,
         ListRequest: on_list,
         RemoveRequest: on_remove,
         ClusterInfoRequest: on_cluster_info,

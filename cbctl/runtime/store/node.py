@@ -3,7 +3,9 @@
 One loop: drain the ROUTER socket, apply the batch to the backend (``backend.py``; the embedded one appends
 the batch's writes to its write-ahead log in one call on ``commit``, before any of them is acknowledged),
 reply, push merged values to subscribed caches, and give the backend its timer work (the batch fsync,
-compaction). Subscriptions, triggers and counters are the node's; the data is the backend's.
+compaction). Subscriptions, triggers and counters are the node's; the data is the backend's, except ephemeral
+values (``cb.put(..., durable=False)``), which live in the node's own table and are never logged
+(``ephemeral.py``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from typing import Any
 
 import zmq
 
-from cbctl.errors import ProtocolError
+from cbctl.errors import CbctlError, InvalidArgument, ProtocolError
 from cbctl.runtime import cluster, home_lock
 from cbctl.runtime.defaults import (
+    EPHEMERAL_MAX_BYTES,
     MAX_MESSAGE_BYTES,
+    MAX_TRIGGER_DEPTH,
     RATE_SAMPLE_S,
     RATE_WINDOW_S,
+    RESERVED_PREFIX,
     STOP_LINGER_S,
 )
 from cbctl.runtime.lattices import Lattice, LWWLattice, lattice_from_wire
@@ -39,15 +44,18 @@ from cbctl.runtime.process import (
 )
 from cbctl.runtime.store.backend import StoreBackend
 from cbctl.runtime.store.embedded import EmbeddedBackend
+from cbctl.runtime.store.ephemeral import EphemeralTable
 from cbctl.runtime.store.triggers import StoreTriggers, TriggerDispatcher
 from cbctl.runtime.trigger_records import PREFIX
 from cbctl.runtime.wire import limits
 from cbctl.runtime.wire.messages import (
     Ack,
     DeleteRequest,
+    EphemeralPut,
     ErrorResponse,
     GetRequest,
     GetResponse,
+    KeyDropped,
     KeyUpdate,
     ListKeysRequest,
     ListKeysResponse,
@@ -67,14 +75,18 @@ rejected = RejectedFrameLog(log)  # warnings about frames this process drops, ra
 class StoreNode:
     """The state and handlers of one store node, independent of how messages arrive (tests drive it)."""
 
-    def __init__(self, backend: StoreBackend) -> None:
+    def __init__(self, backend: StoreBackend, ephemeral_max_bytes: int = EPHEMERAL_MAX_BYTES,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, max_trigger_depth: int = MAX_TRIGGER_DEPTH) -> None:
         self.backend = backend
+        self.ephemeral = EphemeralTable(ephemeral_max_bytes)  # never logged, never in the backend
         self.subscribers: dict[str, set[str]] = {}  # in memory only: a restarted store has none
         self.subscriptions = 0  # sum of the sets' sizes, kept on every change so stats stay O(1)
         # Executors compare this with what they saw before (their once-per-status-interval stats probe): a new
         # epoch means the subscriptions their caches rely on are gone, so they drop their caches (cache.py).
         self.epoch = os.urandom(8).hex()
-        self.triggers = StoreTriggers()  # sees every write: storage-triggered calls (see triggers.py)
+        # sees every write, durable or ephemeral: storage-triggered calls (see triggers.py)
+        self.triggers = StoreTriggers(lookup=self.lookup, max_args_bytes=max_message_bytes,
+                                      max_depth=max_trigger_depth)
         self.triggers.load(backend.scan(PREFIX))
         self.counters = {"gets": 0, "puts": 0, "deletes": 0, "lists": 0, "protocol_errors": 0,
                          "request_errors": 0}
@@ -82,39 +94,70 @@ class StoreNode:
         self.rates = RateWindow(RATE_WINDOW_S, RATE_SAMPLE_S)  # ops/s for `cbctl top`, sampled in maintain()
 
     def live_keys(self, prefix: str = "") -> list[str]:
-        return sorted(key for key, _ in self.backend.scan(prefix))
+        keys = [key for key, _ in self.backend.scan(prefix)]
+        if self.ephemeral.entries:
+            keys.extend(key for key, _ in self.ephemeral.scan(prefix))
+        return sorted(keys)
 
-    def handle_batch(self, requests: list[Message]) -> tuple[list[Message], list[tuple[str, KeyUpdate]]]:
+    def lookup(self, key: str) -> Lattice | None:
+        """A key's value, ephemeral or durable (what a get answers)."""
+        if self.ephemeral.entries:
+            lattice = self.ephemeral.get(key)
+            if lattice is not None:
+                return lattice
+        return self.backend.get(key)
+
+    def handle_batch(self, requests: list[Message]) -> tuple[list[Message], list[tuple[str, Message]]]:
         """Apply a batch; return replies (in order) and subscription pushes. Writes are logged, as one
         append, before this returns, so the caller may acknowledge them."""
         replies: list[Message] = []
         changed: dict[str, Lattice] = {}
+        dropped: list[tuple[str, Message]] = []
         for request in requests:
             try:
-                replies.append(self._handle(request, changed))
+                replies.append(self._handle(request, changed, dropped))
             except Exception as exc:  # a malformed request must not take the store down
                 self.counters["request_errors"] += 1
                 rejected.warning("bad %s: %s", type(request).__name__, exc)
-                replies.append(ErrorResponse(getattr(request, "req_id", 0), "InvalidArgument", str(exc)))
+                error_type = type(exc).__name__ if isinstance(exc, CbctlError) else "InvalidArgument"
+                replies.append(ErrorResponse(getattr(request, "req_id", 0), error_type, str(exc)))
         self.backend.commit()
-        pushes = [(address, KeyUpdate(key, lattice.to_wire()))
-                  for key, lattice in changed.items() for address in self.subscribers.get(key, ())]
-        return replies, pushes
+        pushes: list[tuple[str, Message]] = [(address, KeyUpdate(key, lattice.to_wire()))
+                                             for key, lattice in changed.items()
+                                             for address in self.subscribers.get(key, ())]
+        return replies, pushes + dropped if dropped else pushes
 
-    def _handle(self, request: Message, changed: dict[str, Lattice]) -> Message:
+    def _handle(self, request: Message, changed: dict[str, Lattice], dropped: list[tuple[str, Message]]) -> Message:
         if isinstance(request, GetRequest):
             self.counters["gets"] += len(request.keys)
-            return GetResponse(request.req_id, [_wire_or_none(self.backend.get(k)) for k in request.keys])
+            if not self.ephemeral.entries:  # the common case costs one length check
+                return GetResponse(request.req_id, [_wire_or_none(self.backend.get(k)) for k in request.keys])
+            lattices, ephemeral = [], []
+            for position, key in enumerate(request.keys):
+                lattice = self.ephemeral.get(key)
+                if lattice is None:
+                    lattice = self.backend.get(key)
+                else:
+                    ephemeral.append(position)
+                lattices.append(_wire_or_none(lattice))
+            return GetResponse(request.req_id, lattices, ephemeral)
         if isinstance(request, PutRequest):
             self.counters["puts"] += 1
             lattice = lattice_from_wire(request.lattice)
             _check_key(request.key)
+            if self.ephemeral.entries and request.key in self.ephemeral:
+                raise InvalidArgument(f"key {request.key!r} holds an ephemeral value: a key is durable or "
+                                      "ephemeral, not both; use another key, or delete it first")
             merged = changed[request.key] = self.backend.merge(request.key, lattice)
-            self.triggers.on_write(request.key, merged)
+            self.triggers.on_write(request.key, merged, request.trigger_depth)
             return Ack(request.req_id, _superseded_by(lattice, merged))
+        if isinstance(request, EphemeralPut):
+            return self._put_ephemeral(request, dropped)
         if isinstance(request, DeleteRequest):
             self.counters["deletes"] += 1
             _check_key(request.key)
+            if self.ephemeral.entries and self.ephemeral.delete(request.key):
+                return Ack(request.req_id)  # never logged, so nothing to log now either
             tombstone = LWWLattice(request.timestamp, request.writer, None, tombstone=True)
             merged = changed[request.key] = self.backend.merge(request.key, tombstone)
             self.triggers.on_write(request.key, merged)
@@ -124,6 +167,8 @@ class StoreNode:
             return ListKeysResponse(request.req_id, self.live_keys(request.prefix))
         if isinstance(request, SubscribeRequest):
             for key in request.keys:
+                if self.ephemeral.entries and key in self.ephemeral and not request.unsubscribe:
+                    continue  # caches never hold ephemeral values: nothing to push
                 addresses = self.subscribers.get(key)
                 if request.unsubscribe:
                     if addresses is not None and request.address in addresses:
@@ -142,9 +187,38 @@ class StoreNode:
             return StoreStatsResponse(request.req_id, self.stats())
         raise ValueError(f"the store does not serve {type(request).__name__}")
 
+    def _put_ephemeral(self, request: EphemeralPut, dropped: list[tuple[str, Message]]) -> Message:
+        self.counters["puts"] += 1
+        key = request.key
+        _check_key(key)
+        if key.startswith(RESERVED_PREFIX):
+            raise InvalidArgument(f"key {key!r} is reserved: ephemeral keys must not start with {RESERVED_PREFIX!r}")
+        durable = self.backend.get(key)
+        if durable is not None and not (isinstance(durable, LWWLattice) and durable.tombstone):
+            raise InvalidArgument(f"key {key!r} holds a durable value: a key is durable or ephemeral, not both; "
+                                  "use another key, or delete it first")
+        merged = self.ephemeral.put(key, lattice_from_wire(request.lattice), request.ttl_s)
+        addresses = self.subscribers.pop(key, None)
+        if addresses:  # caches holding the key (its absence, say) drop it and read it from here from now on
+            self.subscriptions -= len(addresses)
+            frame = KeyDropped(key)
+            dropped.extend((address, frame) for address in addresses)
+        self.triggers.on_write(key, merged, request.trigger_depth)
+        return Ack(request.req_id)
+
+    def time_until_due(self) -> float | None:
+        """Seconds until timer work is due: the backend's, or the next ephemeral value's expiry."""
+        due = self.backend.time_until_due()
+        if self.ephemeral.entries:
+            expiry = self.ephemeral.time_until_due()
+            if expiry is not None:
+                due = expiry if due is None else min(due, expiry)
+        return due
+
     def stats(self) -> dict[str, Any]:
         return {
             **self.backend.stats(),  # keys and bytes first, then what the backend adds
+            **self.ephemeral.stats(),  # ephemeral_keys, ephemeral_bytes: not counted in keys and bytes
             "uptime_s": time.time() - self.started,
             "subscriptions": self.subscriptions,  # cached keys, over every executor
             "epoch": self.epoch,
@@ -157,6 +231,8 @@ class StoreNode:
     def maintain(self) -> None:
         """Timer work: the backend's (the batch fsync, compaction), and the ops/s sample."""
         self.rates.maybe_sample(time.monotonic(), self.counters)
+        if self.ephemeral.entries:
+            self.ephemeral.expire()
         self.backend.maintain()
 
     def close(self) -> None:
@@ -207,7 +283,10 @@ def main(config: ProcessConfig) -> None:
                                           "that process first")
         raise SystemExit(1) from None
     try:
-        node = StoreNode(open_backend(config))
+        node = StoreNode(open_backend(config),
+                         int(config.options.get("ephemeral_max_bytes", EPHEMERAL_MAX_BYTES)),
+                         int(config.options.get(limits.OPTION, MAX_MESSAGE_BYTES)),
+                         max_trigger_depth=int(config.options.get("max_trigger_depth", MAX_TRIGGER_DEPTH)))
     except Exception as exc:
         log.exception("store could not start")
         report_ready(context, config, "", f"store could not recover its data: {exc}")
@@ -225,7 +304,7 @@ def main(config: ProcessConfig) -> None:
     # node.maintain() stays unguarded: a store whose log cannot sync must stop, not go on acknowledging writes
     timers = TimerWork(log)
     while not shutdown.requested:
-        due = node.backend.time_until_due()
+        due = node.time_until_due()
         timeout_ms = 100 if due is None else max(0, min(100, int(due * 1000)))
         if poller.poll(timeout_ms):
             _serve(node, sock, peers, drain(sock))
@@ -258,5 +337,5 @@ def _serve(node: StoreNode, sock: zmq.Socket, peers: PeerSockets, frames: list[l
     replies, pushes = node.handle_batch(requests)
     for identity, reply in zip(identities, replies):
         sock.send_multipart([identity, reply.pack()])
-    for address, update in pushes:
-        peers.send(address, update.pack())
+    for address, push in pushes:
+        peers.send(address, push.pack())

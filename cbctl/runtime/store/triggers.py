@@ -1,5 +1,6 @@
 """Storage-triggered calls: every put to a key under a watched prefix calls a function or DAG with
-``(key, value)``, asynchronously, at least once.
+``(key, value)``, asynchronously, at least once; or, Pheromone-style, a bucket of puts calls it with the keys
+that filled it (a ``batch``, a ``window``, a ``join``).
 
 Where things live:
 - A trigger is a record in the store under ``__cb/trigger/NAME`` (``{name, prefix, function}``,
@@ -15,13 +16,25 @@ Where things live:
 Semantics a user can rely on (the README repeats them):
 - The function receives ``(key, value)``: the key written and its value after that put (two quick puts
   to one key may both report the later value). Deletes and ``__cb/`` keys never fire.
+- Bucket kinds (one per trigger) gather the distinct keys put since the trigger last fired, in arrival order:
+  ``batch=N`` fires once N keys under the prefix arrived; ``window=T`` fires every T seconds with the keys
+  that arrived under the prefix in that window, and not at all when none did; ``join=[k1, k2, ...]`` fires
+  once every named key was put. The function receives ``(keys)``, or with ``values=True``
+  ``(keys, values)``: each key's value when the trigger fires (a key deleted or expired by then is left out).
+  Ephemeral puts count like durable ones. What a bucket gathered is in memory: a store restart forgets it.
+  With ``values=True`` the values travel in the call, so their sum is bounded by the cluster's value limit;
+  a firing over it is not sent and counts as an error (use keys and ``cb.get``).
 - At least once: the store keeps each triggered call until its result (success or error) comes back and
   sends it again after ``TRIGGER_RETRY_S`` without one (up to ``TRIGGER_MAX_ATTEMPTS`` sends), so a call lost
   with a crashed scheduler or executor is redone. A call that is merely slower than the retry interval runs
   twice: trigger functions should be idempotent (write results under keys derived from the input key). A
   crash of the store itself forgets the calls still in flight (they are not in the log).
-- No order between the calls of different puts. A function that writes under its own watched prefix
-  triggers itself: that is a loop, and nothing stops it.
+- No order between the calls of different puts.
+- Chains are bounded: a put made by a triggered call carries which call of its chain that is
+  (``PutRequest.trigger_depth``, from ``TRIGGER_DEPTH_EXTRA`` in the call's extras), and a put by call
+  ``max_depth`` of a chain fires nothing (a function that writes under its own watched prefix is a loop). The put
+  itself is stored; the store logs an error (at most one line a second), counts ``trigger_depth_stops`` and
+  records it as the trigger's last error in ``cbctl trigger ls``. ``cbctl up --max-trigger-depth N`` sets it.
 - Metrics (``Client.store_stats()``): ``triggers``, ``triggered_calls`` (first sends), ``trigger_retries``,
   ``trigger_errors`` (calls that came back failed, the last message per trigger in ``trigger_stats``),
   ``trigger_pending`` (in flight), ``trigger_dropped`` (given up after the last attempt or over the bound).
@@ -44,6 +57,8 @@ import zmq
 from cbctl.errors import NoSuchKey, ProtocolError
 from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
+    MAX_MESSAGE_BYTES,
+    MAX_TRIGGER_DEPTH,
     RESERVED_PREFIX,
     TRIGGER_MAX_ATTEMPTS,
     TRIGGER_OUTBOX_LIMIT,
@@ -53,12 +68,23 @@ from cbctl.runtime.lattices import Lattice, LWWLattice
 from cbctl.runtime.process import ProcessConfig, drain, new_socket
 from cbctl.runtime.trigger_records import PREFIX, TriggerRecord, record_bytes
 from cbctl.runtime.wire import auth, serialization
-from cbctl.runtime.wire.messages import CallRequest, CallResult, unpack
+from cbctl.runtime.wire.messages import TRIGGER_DEPTH_EXTRA, CallRequest, CallResult, unpack
 
 log = logging.getLogger(__name__)
 
 #: Seconds between re-reads of the cluster file while the store knows no scheduler to send calls to.
 _SCHEDULER_LOOKUP_S = 1.0
+
+
+@dataclass
+class _Bucket:
+    """What a batch, window or join trigger gathered since it last fired."""
+
+    arrived: dict[str, None]  # distinct keys, in arrival order
+    wanted: frozenset[str]  # a join's keys
+    next_due: float  # a window's next firing
+    window_s: float  # a window's length (0: not a window)
+    depth: int = 0  # the deepest chain of triggered calls that made one of the arrived puts
 
 
 @dataclass
@@ -76,8 +102,15 @@ class StoreTriggers:
     ``take_due`` returns. Used only from the store's one thread."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, retry_s: float = TRIGGER_RETRY_S,
-                 max_attempts: int = TRIGGER_MAX_ATTEMPTS, limit: int = TRIGGER_OUTBOX_LIMIT) -> None:
+                 max_attempts: int = TRIGGER_MAX_ATTEMPTS, limit: int = TRIGGER_OUTBOX_LIMIT,
+                 lookup: Callable[[str], Lattice | None] = lambda _key: None,
+                 max_args_bytes: int = MAX_MESSAGE_BYTES, max_depth: int = MAX_TRIGGER_DEPTH) -> None:
         self.clock = clock
+        self.max_depth = max_depth
+        self.lookup = lookup  # a key's current value, for values=True buckets
+        self.max_args_bytes = max_args_bytes
+        self.buckets: dict[str, _Bucket] = {}  # per batch, window and join trigger
+        self.windows = 0  # how many of them are windows: tick() costs nothing without
         self.retry_s = retry_s
         self.max_attempts = max_attempts
         self.limit = limit
@@ -86,7 +119,8 @@ class StoreTriggers:
         self.new: list[bytes] = []
         self.in_flight: collections.OrderedDict[str, _InFlight] = collections.OrderedDict()  # oldest send first
         self.per_trigger: dict[str, dict[str, Any]] = {}
-        self.counters = {"triggered_calls": 0, "trigger_retries": 0, "trigger_errors": 0, "trigger_dropped": 0}
+        self.counters = {"triggered_calls": 0, "trigger_retries": 0, "trigger_errors": 0, "trigger_dropped": 0,
+                         "trigger_depth_stops": 0}
         self._ids = 0
         self._boot = os.urandom(4).hex()  # call ids stay unique across store restarts
         self._last_error_log = 0.0
@@ -97,8 +131,9 @@ class StoreTriggers:
             if key.startswith(PREFIX):
                 self._index(key, lattice)
 
-    def on_write(self, key: str, lattice: Lattice) -> None:
-        """Called with the merged value after every put or delete of ``key``."""
+    def on_write(self, key: str, lattice: Lattice, depth: int = 0) -> None:
+        """Called with the merged value after every put or delete of ``key``; ``depth``: the put was made by call
+        ``depth`` of a chain of triggered calls (0: by anything else)."""
         if key.startswith(RESERVED_PREFIX):
             if key.startswith(PREFIX):
                 self._index(key, lattice)
@@ -106,8 +141,37 @@ class StoreTriggers:
         if not self.index or (isinstance(lattice, LWWLattice) and lattice.tombstone):
             return
         for record in self.index.values():
-            if key.startswith(record.prefix):
-                self._fire(record, key, lattice)
+            bucket = self.buckets.get(record.name) if record.kind != "put" else None
+            if bucket is None:
+                if key.startswith(record.prefix):
+                    if depth >= self.max_depth:
+                        self._stop_chain(record, key, depth)
+                    else:
+                        self._fire(record, key, lattice, depth + 1)
+            elif bucket.wanted:
+                if key in bucket.wanted:
+                    bucket.arrived[key] = None
+                    bucket.depth = max(bucket.depth, depth)
+                    if len(bucket.arrived) == len(bucket.wanted):
+                        self._fire_bucket(record, bucket)
+            elif key.startswith(record.prefix):
+                bucket.arrived[key] = None
+                bucket.depth = max(bucket.depth, depth)
+                if record.batch and len(bucket.arrived) >= record.batch:
+                    self._fire_bucket(record, bucket)
+
+    def tick(self) -> None:
+        """Fire the windows that are due and gathered something (the store's loop calls this every turn)."""
+        if not self.windows:
+            return
+        now = self.clock()
+        for name, bucket in self.buckets.items():
+            record = self.index.get(name)
+            if record is None or not bucket.window_s or now < bucket.next_due:
+                continue
+            bucket.next_due = now + bucket.window_s
+            if bucket.arrived:
+                self._fire_bucket(record, bucket)
 
     def _index(self, key: str, lattice: Lattice) -> None:
         name = key[len(PREFIX):]
@@ -115,26 +179,81 @@ class StoreTriggers:
             # plain msgpack, no ext hook: a record is a dict of strings, and nothing here may unpickle
             raw = msgpack.unpackb(record_bytes(key, lattice), raw=False)
             record = TriggerRecord(**raw)
-            if not all(isinstance(v, str) and v for v in (record.name, record.prefix, record.function)):
-                raise TypeError("fields must be non-empty strings")
+            _check_record(record)
         except NoSuchKey:
             if self.index.pop(name, None) is not None:
+                self._drop_bucket(name)
                 log.info("trigger %s removed", name)
             return
         except (TypeError, ValueError) as exc:
             log.warning("ignored a malformed trigger record %s: %s", key, exc)
             return
+        if self.index.get(name) != record:  # a new definition starts with an empty bucket
+            self._drop_bucket(name)
+            if record.kind != "put":
+                self.buckets[name] = _Bucket({}, frozenset(record.join), self.clock() + record.window_s,
+                                             record.window_s)
+                self.windows += bool(record.window_s)
         self.index[name] = record
         self.per_trigger.setdefault(name, {"fired": 0, "errors": 0, "last_error": ""})
-        log.info("trigger %s: puts under %r call %s", name, record.prefix, record.function)
+        log.info("trigger %s (%s): keys under %r call %s", name, record.kind, record.prefix, record.function)
 
-    def _fire(self, record: TriggerRecord, key: str, lattice: Lattice) -> None:
-        value = lattice.value if isinstance(lattice, LWWLattice) else serialization.encode(lattice.reveal())
+    def _drop_bucket(self, name: str) -> None:
+        bucket = self.buckets.pop(name, None)
+        if bucket is not None and bucket.window_s:
+            self.windows -= 1
+
+    def _stop_chain(self, record: TriggerRecord, key: str, depth: int) -> None:
+        self.counters["trigger_depth_stops"] += 1
+        stats = self.per_trigger.setdefault(record.name, {"fired": 0, "errors": 0, "last_error": ""})
+        stats["errors"] += 1
+        stats["last_error"] = (f"TriggerDepthExceeded: the put of {key[:80]!r} was made by call {depth} of a chain "
+                               f"of triggered calls, the most allowed (--max-trigger-depth {self.max_depth}): it "
+                               "was stored but fired nothing (does the function write under its own prefix?)")
+        now = self.clock()
+        if now - self._last_error_log >= 1.0:  # a loop stops here on every put: one line a second
+            self._last_error_log = now
+            log.error("trigger %s: %s", record.name, stats["last_error"])
+
+    def _fire(self, record: TriggerRecord, key: str, lattice: Lattice, depth: int = 1) -> None:
         # the argument list [key, value] without decoding the value: an array header, then both encodings
-        args = msgpack.Packer().pack_array_header(2) + serialization.encode(key) + value
+        args = msgpack.Packer().pack_array_header(2) + serialization.encode(key) + _encoded(lattice)
+        self._send(record, key, args, depth)
+
+    def _fire_bucket(self, record: TriggerRecord, bucket: _Bucket) -> None:
+        keys = list(bucket.arrived)
+        depth, bucket.depth = bucket.depth, 0
+        bucket.arrived.clear()
+        if depth >= self.max_depth:  # a put of the chain's last allowed call filled it: the chain stops here
+            self._stop_chain(record, keys[-1], depth)
+            return
+        packer = msgpack.Packer()
+        if not record.values:
+            args = packer.pack_array_header(1) + serialization.encode(keys)
+        else:
+            present, values = [], []
+            for key in keys:
+                lattice = self.lookup(key)
+                if lattice is None or (isinstance(lattice, LWWLattice) and lattice.tombstone):
+                    continue  # deleted or expired since it arrived
+                present.append(key)
+                values.append(_encoded(lattice))
+            args = (packer.pack_array_header(2) + serialization.encode(present)
+                    + packer.pack_array_header(len(values)) + b"".join(values))
+        what = f"{len(keys)} keys ({keys[0]}, ...)" if len(keys) > 1 else keys[0]
+        if len(args) > self.max_args_bytes:
+            self.per_trigger[record.name]["fired"] += 1
+            self._count_error(record.name, what, f"MessageTooLarge: the values of {len(keys)} keys are "
+                              f"{len(args)} bytes, over the cluster's limit of {self.max_args_bytes} per call: "
+                              "add the trigger without values and read them with cb.get")
+            return
+        self._send(record, what, args, depth + 1)
+
+    def _send(self, record: TriggerRecord, key: str, args: bytes, depth: int) -> None:
         self._ids += 1
         call_id = f"trigger-{self._boot}-{self._ids}"
-        frame = CallRequest(call_id, record.function, args, {}, self.response_address, False, "lww", []).pack()
+        frame = CallRequest(call_id, record.function, args, {}, self.response_address, False, "lww", [],
+                            {TRIGGER_DEPTH_EXTRA: depth}).pack()
         if len(self.in_flight) >= self.limit:
             _, oldest = self.in_flight.popitem(last=False)
             self.counters["trigger_dropped"] += 1
@@ -169,18 +288,46 @@ class StoreTriggers:
         call = self.in_flight.pop(result.call_id, None)
         if call is None or result.ok:
             return  # a duplicate, or done
+        self._count_error(call.trigger, call.key, f"{result.remote_type or result.error_type}: {result.message}")
+
+    def _count_error(self, trigger: str, key: str, error: str) -> None:
         self.counters["trigger_errors"] += 1
-        stats = self.per_trigger.setdefault(call.trigger, {"fired": 0, "errors": 0, "last_error": ""})
+        stats = self.per_trigger.setdefault(trigger, {"fired": 0, "errors": 0, "last_error": ""})
         stats["errors"] += 1
-        stats["last_error"] = f"{result.remote_type or result.error_type}: {result.message}"[:500]
+        stats["last_error"] = error[:500]
         now = self.clock()
         if now - self._last_error_log >= 1.0:  # at most one line a second, whatever the put rate
             self._last_error_log = now
-            log.warning("trigger %s: the call for %s failed: %s", call.trigger, call.key, stats["last_error"])
+            log.warning("trigger %s: the call for %s failed: %s", trigger, key, stats["last_error"])
 
     def stats(self) -> dict[str, Any]:
+        per_trigger = {n: dict(s) for n, s in self.per_trigger.items() if n in self.index}
+        for name, bucket in self.buckets.items():
+            if name in per_trigger:
+                per_trigger[name]["waiting"] = len(bucket.arrived)  # gathered, not fired yet
         return {"triggers": len(self.index), **self.counters, "trigger_pending": len(self.in_flight),
-                "trigger_stats": {n: dict(s) for n, s in self.per_trigger.items() if n in self.index}}
+                "trigger_stats": per_trigger}
+
+
+def _encoded(lattice: Lattice) -> bytes:
+    """A value as a function receives it, encoded: an LWW value's bytes as stored (never decoded here)."""
+    return lattice.value if isinstance(lattice, LWWLattice) else serialization.encode(lattice.reveal())
+
+
+def _check_record(record: TriggerRecord) -> None:
+    """The store's own check of a record it indexes (the scheduler checked it too; a record is data)."""
+    if not all(isinstance(v, str) and v for v in (record.name, record.function)) or not isinstance(record.prefix, str):
+        raise TypeError("name, prefix and function must be strings")
+    if not isinstance(record.join, list) or not all(isinstance(k, str) and k for k in record.join):
+        raise TypeError("join must be a list of keys")
+    if isinstance(record.batch, bool) or not isinstance(record.batch, int) or record.batch < 0:
+        raise TypeError("batch must be a count")
+    if not isinstance(record.window_s, (int, float)) or not record.window_s >= 0:
+        raise TypeError("window_s must be seconds")
+    if sum((bool(record.join), bool(record.batch), bool(record.window_s))) > 1:
+        raise ValueError("a trigger is at most one of batch, window and join")
+    if not record.join and not record.prefix:
+        raise ValueError("a trigger without join needs a prefix")
 
 
 class TriggerDispatcher:
@@ -203,6 +350,7 @@ class TriggerDispatcher:
         """Take the results that came back, then send what is due. Runs once per store loop turn, so with
         nothing to do it costs one socket-option read (the results socket must be emptied whenever it is
         readable, or the loop's poll would return at once forever)."""
+        self.triggers.tick()
         if self.results.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             for (frame,) in drain(self.results):
                 try:

@@ -21,6 +21,7 @@ class Child:
     started_at: float = 0.0
     state: str = "starting"  # starting, ready, restarting, stopping, failed, stopped
     restarts: int = 0
+    recycles: int = 0  # restarts of an executor that left over --executor-memory-mb (counted in restarts too)
     crash_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
     restart_at: float = 0.0
     backoff: float = RESTART_BACKOFF_FIRST_S

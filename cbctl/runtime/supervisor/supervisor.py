@@ -37,9 +37,11 @@ from cbctl.runtime import cluster, home_lock
 from cbctl.runtime.defaults import (
     CLUSTER_FILE_CHECK_S,
     DEPARTURE_TIMEOUT_S,
+    EXECUTOR_RECYCLE_EXIT_CODE,
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
+    MAX_TRIGGER_DEPTH,
     RESTART_BACKOFF_FIRST_S,
     RESTART_BACKOFF_MAX_S,
     RESTARTS_PER_MINUTE,
@@ -93,6 +95,8 @@ class ClusterSpec:
     cache_mb: int = 64
     max_batch: int = MAX_BATCH
     max_continuations: int = MAX_CONTINUATIONS
+    max_trigger_depth: int = MAX_TRIGGER_DEPTH
+    executor_memory_mb: int = 0  # recycle an executor whose memory is over this after a call (0: never)
     policy: dict[str, Any] = field(default_factory=dict)  # placement policy settings (`cbctl up --policy`)
     max_message_bytes: int = MAX_MESSAGE_BYTES  # largest serialised value (`cbctl up --max-message-mb`)
 
@@ -216,7 +220,8 @@ class Supervisor:
         # yet just has its first frames queued by zmq until it is. On TCP the ports are picked at bind time, so
         # each role waits for the addresses of the roles before it.
         known = not spec.listen
-        store = self._new_child("store", 0, {"durability": spec.durability, "salvage": spec.salvage})
+        store = self._new_child("store", 0, {"durability": spec.durability, "salvage": spec.salvage,
+                                             "max_trigger_depth": spec.max_trigger_depth})
         self._start_role([store], known)
         schedulers = [self._new_child("scheduler", i, {"policy": spec.policy}) for i in range(spec.schedulers)]
         self._start_role(schedulers, known)
@@ -238,7 +243,8 @@ class Supervisor:
     def _new_executor(self, index: int, executor_type: str, device: int = -1) -> Child:
         options: dict[str, Any] = {"executor_type": executor_type, "cache_mb": self.spec.cache_mb,
                                    "max_batch": self.spec.max_batch,
-                                   "max_continuations": self.spec.max_continuations}
+                                   "max_continuations": self.spec.max_continuations,
+                                   "memory_limit_mb": self.spec.executor_memory_mb}
         if executor_type == "gpu":
             # set before user code runs in the child, so frameworks see exactly one device
             options["env"] = {"CUDA_VISIBLE_DEVICES": str(device)}
@@ -316,6 +322,13 @@ class Supervisor:
         for child in self.children.values():
             if child.state in ("ready", "starting") and not child.process.is_alive():
                 code = child.process.exitcode
+                if code == EXECUTOR_RECYCLE_EXIT_CODE and child.config.role == "executor":
+                    # it left gracefully (its calls finished or went to its heir): a fresh one now, no backoff
+                    child.recycles += 1
+                    child.state, child.restart_at = "restarting", now
+                    log.info("%s (pid %d) recycled: its memory was over --executor-memory-mb %d after a call",
+                             child.config.name, child.pid, self.spec.executor_memory_mb)
+                    continue
                 child.crash_times.append(now)
                 recent = sum(1 for t in child.crash_times if now - t < 60)
                 if recent > RESTARTS_PER_MINUTE:
@@ -432,7 +445,8 @@ class Supervisor:
                 "name": child.config.name, "role": child.config.role, "index": child.config.index,
                 "pid": child.pid, "address": child.address, "state": child.state,
                 "uptime_s": round(now - child.started_at, 1) if child.state == "ready" else 0.0,
-                "restarts": child.restarts, "executor_type": child.config.options.get("executor_type", ""),
+                "restarts": child.restarts, "recycles": child.recycles,
+                "executor_type": child.config.options.get("executor_type", ""),
                 "cpu_percent": cpu, "rss_bytes": rss,
             })
         live = {child.pid for child in self.children.values()}

@@ -10,8 +10,19 @@ value in them was checked against the limit and the rest of a frame is bounded b
 
 from __future__ import annotations
 
-from cbctl.errors import MessageTooLarge
-from cbctl.runtime.defaults import FRAME_HEADROOM_BYTES, MAX_MESSAGE_BYTES
+from typing import Any
+
+from cbctl.errors import InvalidArgument, MessageTooLarge
+from cbctl.runtime.defaults import (
+    EPHEMERAL_MAX_TTL_S,
+    EPHEMERAL_TTL_S,
+    FRAME_HEADROOM_BYTES,
+    MAX_KEY_BYTES,
+    MAX_MESSAGE_BYTES,
+)
+
+#: Keys under this prefix are cbctl's own (the registry, stored results, triggers): users may not name them.
+RESERVED_PREFIX = "__cb/"
 
 #: The ``options`` key under which servers get the limit from the supervisor (``ProcessConfig.options``).
 OPTION = "max_message_bytes"
@@ -39,3 +50,34 @@ def too_large(size: int, limit: int, what: str) -> MessageTooLarge:
 def backstop_bytes(limit: int = MAX_MESSAGE_BYTES) -> int:
     """zmq ``MAXMSGSIZE`` for server sockets: the value limit plus room for the rest of an honest frame."""
     return limit + FRAME_HEADROOM_BYTES
+
+
+def check_ttl(ttl_s: float | None, default_as: float = EPHEMERAL_TTL_S) -> float:
+    """An ephemeral put's lifetime in seconds, checked where the put is made: None means the default
+    (``default_as``: the callers send 0.0, which the store reads as its default)."""
+    if ttl_s is None:
+        return default_as
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not 0 < ttl_s <= EPHEMERAL_MAX_TTL_S:
+        raise InvalidArgument(f"ttl {ttl_s!r} is invalid: give seconds, more than 0 and at most "
+                              f"{EPHEMERAL_MAX_TTL_S:.0f} (a day)")
+    return float(ttl_s)
+def check_key(key: Any) -> None:
+    """Raise ``InvalidArgument`` unless ``key`` is one a user may read or write: a non-empty string, UTF-8
+    encodable (no lone surrogates), at most ``MAX_KEY_BYTES`` long, not one of cbctl's own ``__cb/`` keys.
+    Where keys come from users: the client, ``cb.get``/``cb.put`` and ``Ref``."""
+    if type(key) is not str or not key or key.startswith(RESERVED_PREFIX):
+        if isinstance(key, str) and key.startswith(RESERVED_PREFIX):
+            raise InvalidArgument(f"key {key[:60]!r} is invalid: it is one of cbctl's own ({RESERVED_PREFIX}...), "
+                                  "which user code may not read or write; use another key")
+        raise InvalidArgument(f"key {key!r:.60} is invalid: use a non-empty string not starting with "
+                              f"{RESERVED_PREFIX!r} (cbctl's own keys)")
+    try:
+        size = len(key.encode())
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(f"key {key[:60]!r} is invalid: it holds a character UTF-8 cannot carry "
+                              f"({exc.reason} at position {exc.start}): keys are text; decode bytes with "
+                              "errors='replace', or use another key") from None
+    if size > MAX_KEY_BYTES:
+        raise InvalidArgument(f"key {key[:40]!r}... is invalid: {size} bytes long, over the limit of "
+                              f"{MAX_KEY_BYTES}: use a shorter key (a hash of the long name, say) and store the "
+                              "name in the value")

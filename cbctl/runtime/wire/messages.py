@@ -38,6 +38,10 @@ from cbctl.runtime.wire.frames import (
     version_refusal,  # noqa: F401
 )
 
+#: The entry of a ``DagTrigger``'s (and a store-made ``CallRequest``'s) extras that says which call of a chain of
+#: storage-triggered calls this is (see store/triggers.py): the executor passes it to the store with its puts.
+TRIGGER_DEPTH_EXTRA = "trigger_depth"
+
 
 @message(10)
 class GetRequest(Message):
@@ -49,8 +53,11 @@ class GetRequest(Message):
 
 @message(11)
 class GetResponse(Message):
+    """``ephemeral``: the positions in ``lattices`` of ephemeral values, which executor caches do not hold."""
+
     req_id: int
     lattices: list[Any]
+    ephemeral: list[int] = field(default_factory=list)
 
 
 @message(12)
@@ -60,6 +67,8 @@ class PutRequest(Message):
     req_id: int
     key: str
     lattice: list[Any]
+    #: the storage-triggered call this put is made by is call ``trigger_depth`` of its chain (0: not triggered)
+    trigger_depth: Count = 0
 
 
 @message(13)
@@ -132,6 +141,26 @@ class KeyUpdate(Message):
     lattice: list[Any]
 
 
+@message(28)
+class EphemeralPut(Message):
+    """Merge ``lattice`` (an LWW value, wire form) into ``key``'s ephemeral value, in the store's memory only
+    (never logged); it lives ``ttl_s`` seconds from this put (see ``store/ephemeral.py``)."""
+
+    req_id: int
+    key: str
+    lattice: list[Any]
+    ttl_s: float
+    trigger_depth: Count = 0  # as PutRequest's
+
+
+@message(29)
+class KeyDropped(Message):
+    """Pushed by the store to the subscribers of ``key`` when it becomes ephemeral: drop the cached copy (and
+    the subscription, which the store has removed); the next read asks the store."""
+
+    key: str
+
+
 # --- control: clients and the supervisor talking to a scheduler --------------------------------------
 
 
@@ -152,6 +181,17 @@ class RegisterDag(Message):
     functions: list[str]
     edges: list[list[str]]
     options: dict[str, Any] = field(default_factory=dict)
+
+
+@message(36)
+class Deploy(Message):
+    """A deploy file's functions and DAGs, registered as one step: no call placed meanwhile sees some of them new
+    and others old. ``functions``: ``[name, code, options]`` each (as ``RegisterFunction``); ``dags``: ``[name,
+    functions, edges, options]`` each (as ``RegisterDag``)."""
+
+    req_id: int
+    functions: list[list[Any]]
+    dags: list[list[Any]]
 
 
 @message(32)
@@ -296,10 +336,23 @@ class UnpinRequest(Message):
 
 @message(55)
 class DirectMessage(Message):
-    """``cb.send(executor_id, message)``: one running function to another executor's ``cb.recv()``."""
+    """``cb.send(executor_id, message)``: one running function to another executor's ``cb.recv()``. ``sent_ns``
+    (wall clock) scopes it to the function running there at that time; a refusal goes to ``reply_address``."""
 
     sender: str
     body: bytes
+    sent_ns: Version = 0
+    reply_address: AddressOrNone = ""
+
+
+@message(56)
+class DirectRefused(Message):
+    """The receiver of the ``DirectMessage`` sent at ``sent_ns`` refused it (its function's inbox was full):
+    the sender's function, if it is the one still running, gets ``InboxFull`` from its next send or recv."""
+
+    receiver: str
+    sent_ns: Version
+    reason: str
 
 
 @message(57)
@@ -413,12 +466,18 @@ class ContinueCall(Message):
 
 @message(101)
 class AddTrigger(Message):
-    """Client -> scheduler: every put to a key starting with ``prefix`` calls ``function`` with (key, value)."""
+    """Client -> scheduler: every put to a key starting with ``prefix`` calls ``function`` with (key, value);
+    or, with one of ``batch`` (N keys arrived), ``window_s`` (every T s, what arrived) or ``join`` (every named
+    key put), with the keys (and with ``values``, their values) that fired it (``store/triggers.py``)."""
 
     req_id: int
     name: str
     prefix: str
     function: str
+    batch: int = 0
+    window_s: float = 0.0
+    join: list[str] = field(default_factory=list)
+    values: bool = False
 
 
 @message(102)

@@ -5,6 +5,17 @@ the rest: numpy arrays as dtype + shape + raw buffer (never pickle, and numpy is
 array is actually seen), references to store keys (``Ref``), tuples (so they come back as tuples), and a
 cloudpickle fallback for any other object. Values cross process boundaries as these bytes, opaque to
 the schedulers and the store, which therefore never import user code.
+
+The raw-buffer form is only for what it carries exactly: a plain ``ndarray`` (or numpy scalar) of a dtype that
+``dtype.str`` names completely (numbers, bools, datetimes, fixed-width strings and bytes, unstructured void).
+Structured and record dtypes (``dtype.str`` would say only ``V12`` and lose the fields), object dtypes, numpy
+2's variable-width ``StringDType`` (its buffer holds pointers), dtypes with metadata, and subclasses (masked
+arrays, ``recarray``, ``matrix``) take the pickle fallback, which keeps all of it. Masked arrays have an ext
+type of their own (data, mask, fill value, hardness, each encoded as above) because numpy's own pickling of them
+turns a big-endian dtype native.
+
+A value that cannot be decoded (damaged bytes, an object pickled by reference to a module this process cannot
+import, an unpickling that raises) raises ``DecodeError``, naming what failed and what to do.
 """
 
 from __future__ import annotations
@@ -15,12 +26,14 @@ from typing import Any
 import cloudpickle
 import msgpack
 
-from cbctl.errors import InvalidArgument
+from cbctl.errors import DecodeError
+from cbctl.runtime.wire.limits import check_key
 
 EXT_NDARRAY = 1
 EXT_REF = 2
 EXT_PICKLE = 3
 EXT_TUPLE = 4
+EXT_MASKED = 5
 
 
 class Ref:
@@ -30,8 +43,7 @@ class Ref:
     __slots__ = ("key",)
 
     def __init__(self, key: str) -> None:
-        if not isinstance(key, str) or not key:
-            raise InvalidArgument(f"Ref needs a non-empty string key, got {key!r}")
+        check_key(key)  # InvalidArgument for a key no user may read (cbctl's own __cb/ keys among them)
         self.key = key
 
     def __eq__(self, other: object) -> bool:
@@ -51,9 +63,14 @@ def _default(value: Any) -> msgpack.ExtType:
         return msgpack.ExtType(EXT_REF, value.key.encode())
     numpy = sys.modules.get("numpy")
     if numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic)):
+        dtype = value.dtype
+        if type(value) is numpy.ma.MaskedArray:
+            mask = None if value.mask is numpy.ma.nomask else value.mask
+            return msgpack.ExtType(EXT_MASKED, encode([value.data, mask, value.fill_value, value.hardmask]))
+        if (dtype.kind not in _RAW_KINDS or dtype.names is not None or dtype.metadata is not None
+                or not (type(value) is numpy.ndarray or isinstance(value, numpy.generic))):
+            return msgpack.ExtType(EXT_PICKLE, cloudpickle.dumps(value))  # see the module docstring
         array = numpy.asarray(value)
-        if array.dtype.hasobject:
-            return msgpack.ExtType(EXT_PICKLE, cloudpickle.dumps(value))
         if not array.flags.c_contiguous:
             array = numpy.ascontiguousarray(array)
         header = [array.dtype.str, list(array.shape), isinstance(value, numpy.generic)]
@@ -63,9 +80,15 @@ def _default(value: Any) -> msgpack.ExtType:
     return msgpack.ExtType(EXT_PICKLE, cloudpickle.dumps(value))
 
 
+#: numpy dtype kinds whose ``dtype.str`` and raw bytes are the whole value (structured ``V`` excepted, above)
+_RAW_KINDS = frozenset("biufcmMUSV")
+#: Longest part of a failure's own message repeated in a ``DecodeError`` (an exception may carry megabytes).
+_SHOWN_CHARS = 200
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     if code == EXT_TUPLE:
-        return tuple(decode(data))
+        return tuple(msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False))
     if code == EXT_REF:
         return Ref(data.decode())
     if code == EXT_NDARRAY:
@@ -74,9 +97,45 @@ def _ext_hook(code: int, data: bytes) -> Any:
         (dtype, shape, is_scalar), buffer = msgpack.unpackb(data)
         array = numpy.frombuffer(buffer, dtype=numpy.dtype(dtype)).reshape(shape)
         return array[()] if is_scalar else array.copy()  # copy: frombuffer views are read-only
+    if code == EXT_MASKED:
+        import numpy
+
+        data, mask, fill_value, hard = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+        with numpy.errstate(all="ignore"):  # numpy re-casts the fill value it made itself; nothing to warn about
+            return numpy.ma.MaskedArray(data, mask=numpy.ma.nomask if mask is None else mask,
+                                        fill_value=fill_value, hard_mask=hard, shrink=False)
     if code == EXT_PICKLE:
-        return cloudpickle.loads(data)
+        try:
+            return cloudpickle.loads(data)
+        except Exception as exc:
+            raise DecodeError(_unpickling_failed(exc)) from None
     return msgpack.ExtType(code, data)
+
+
+def _unpickling_failed(exc: Exception) -> str:
+    cause = f"{type(exc).__name__}: {_shown(exc)}"
+    module = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    if module:
+        return (f"it holds an object pickled by reference to module {module!r}, which cannot be imported here "
+                f"({cause}): make that module importable here (install it, or put it on PYTHONPATH), or store "
+                "plain data (dicts, lists, numpy arrays)")
+    if isinstance(exc, AttributeError):
+        return (f"it holds an object pickled by reference to a class or function this process's modules do not "
+                f"have ({cause}): use the same version of that module here, or store plain data")
+    return f"unpickling it raised {cause}: fix the object's pickling (__reduce__/__setstate__), or store plain data"
+
+
+def _shown(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:
+        return "<str() failed>"
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
+
+
+def renamed(exc: DecodeError, what: str) -> DecodeError:
+    """``exc`` (from ``decode``) about ``what`` ("the value under 'k'") instead of "a value"."""
+    return DecodeError(what + exc.args[0].removeprefix("a value"))
 
 
 def encode(value: Any) -> bytes:
@@ -84,9 +143,16 @@ def encode(value: Any) -> bytes:
     return msgpack.packb(value, default=_default, strict_types=True, use_bin_type=True)
 
 
-def decode(data: bytes) -> Any:
-    """Inverse of ``encode``; unpickling only happens for values that were pickled."""
-    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+def decode(data: bytes, what: str = "a value") -> Any:
+    """Inverse of ``encode``; unpickling only happens for values that were pickled. ``DecodeError`` saying
+    that ``what`` cannot be decoded here, and why, for bytes that are not a value or do not unpickle here."""
+    try:
+        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    except DecodeError as exc:
+        raise DecodeError(f"{what} cannot be decoded here: {exc.args[0]}") from None
+    except Exception as exc:
+        raise DecodeError(f"{what} cannot be decoded here: its bytes are not a value cbctl wrote (damaged, or "
+                          f"written by another program) ({type(exc).__name__}: {_shown(exc)})") from None
 
 
 def find_refs(values: Any) -> list[str]:
