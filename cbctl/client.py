@@ -603,13 +603,13 @@ class Client:
         if not durable:
             ttl_s = limits.check_ttl(ttl, default_as=0.0)
             with self._store_lock:
-                self._store.put_ephemeral(key, self._store.new_lww(key, encoded), ttl_s)
+                self._store.put_ephemeral(key, self._store.new_lww(encoded, key), ttl_s)
             return True
         if ttl is not None:
             raise InvalidArgument("ttl applies to ephemeral values only: pass durable=False with it")
         with self._store_lock:
             try:
-                written, won = self._store.put_lww(key, self._store.new_lww(key, encoded))
+                written, won = self._store.put_lww(key, self._store.new_lww(encoded, key))
             except InvalidArgument as exc:
                 if "ephemeral value" in str(exc):  # the store says why itself (a key is durable or ephemeral)
                     raise

@@ -149,9 +149,10 @@ class StoreClient:
 
     def put(self, key: str, value: Any) -> bool:
         """Write ``value`` under ``key`` (last-writer-wins); whether it is now the key's value."""
-        return self.put_lww(key, self.new_lww(key, serialization.encode(value)))[1]
+        return self.put_lww(key, self.new_lww(serialization.encode(value), key))[1]
 
-    def new_lww(self, key: str, encoded: bytes) -> LWWLattice:
+    def new_lww(self, encoded: bytes, key: str = "") -> LWWLattice:
+        """A version of this writer, stamped after any it has seen for ``key`` (``writer_clock.py``)."""
         return LWWLattice(self.clock.stamp(key), self.writer_id, encoded)
 
     def delete(self, key: str) -> bool:

@@ -508,7 +508,7 @@ class Executor:
         encoded = serialization.encode(value)
         limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
         self.cached.cache.discard(key)  # reads of it go to the store from now on
-        self.store.put_ephemeral(key, self.store.new_lww(key, encoded), ttl_s)
+        self.store.put_ephemeral(key, self.store.new_lww(encoded, key), ttl_s)
 
     def serve_while_busy(self, timeout_s: float) -> bool:
         """While user code runs or waits (``cb.get``, ``cb.recv``, a repeatable-read version fetch), handle
