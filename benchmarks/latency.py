@@ -17,6 +17,13 @@ its p99 under 1.5 ms.
 
 ``--listen`` runs the cluster on TCP (CURVE-authenticated, as `cbctl up --listen` does; ``--no-auth`` for plain
 TCP), to price authentication: compare the cases' medians of two runs, each against its own relay floor.
+
+``--hosts 2`` (root only) prices crossing machines: it builds two hosts of network and pid namespaces joined by
+a veth link (``tests/hosts/netns.py``), runs the head (client, scheduler, store, one fake GPU executor that no
+case uses) on one and ``cbctl join``s ``--executors`` CPU executors from the other, so every function runs on
+the second host and each call crosses the link twice (scheduler -> first function, sink -> client). The relay
+floor crosses the same link the same way: client (head) -> relay A -> relay B (both on the other host) ->
+client, over plain TCP (the cluster's TCP is CURVE: the difference includes authentication).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import argparse
 import collections
 import multiprocessing
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -63,13 +71,17 @@ def _relay(pull_address: str, push_address: str) -> None:
 
 
 class Relay:
-    """Client side of the relay: ``send``/``recv`` one frame through both hops."""
+    """Client side of the relay: ``send``/``recv`` one frame through both hops. Without ``hops`` (their first
+    PULL address and this client's own), it starts both hops here over ipc in ``directory``."""
 
-    def __init__(self, directory: Path) -> None:
-        addresses = [f"ipc://{directory}/{name}" for name in ("a", "b", "client")]
-        mp = multiprocessing.get_context("spawn")
-        self.hops = [mp.Process(target=_relay, args=(addresses[0], addresses[1]), daemon=True),
-                     mp.Process(target=_relay, args=(addresses[1], addresses[2]), daemon=True)]
+    def __init__(self, directory: Path, hops: tuple[str, str] | None = None) -> None:
+        if hops is None:
+            addresses = [f"ipc://{directory}/{name}" for name in ("a", "b", "client")]
+            mp = multiprocessing.get_context("spawn")
+            self.hops = [mp.Process(target=_relay, args=(addresses[0], addresses[1]), daemon=True),
+                         mp.Process(target=_relay, args=(addresses[1], addresses[2]), daemon=True)]
+        else:
+            addresses, self.hops = [hops[0], "", hops[1]], []  # hops run elsewhere (another host)
         self.context = zmq.Context()
         self.pull = self.context.socket(zmq.PULL)
         self.pull.bind(addresses[2])
@@ -232,9 +244,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--executors", type=int, default=2, help="Executors of the cluster.")
     parser.add_argument("--listen", default="", help="Run the cluster on TCP (e.g. tcp://127.0.0.1), not ipc.")
     parser.add_argument("--no-auth", action="store_true", help="With --listen: plain TCP, without CURVE.")
+    parser.add_argument("--hosts", type=int, choices=(1, 2), default=1,
+                        help="2: executors on a second host of network namespaces (root only; see above).")
+    parser.add_argument("--in-lab", nargs=3, metavar=("HOME", "RELAY", "REPLY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.calls < 100 or args.throughput_calls < 64 or args.executors < 1 or not 1 <= args.rounds <= args.calls:
         parser.error("use --calls >= 100, --throughput-calls >= 64, --executors >= 1, 1 <= --rounds <= --calls")
+    if args.hosts == 2:
+        from benchmarks.across_hosts import run_across_hosts
+
+        run_across_hosts(args, sys.argv[1:] if argv is None else argv)
+        return
+    if args.in_lab:  # the measuring half of --hosts 2, run inside the head's namespaces
+        home, relay_in, reply = args.in_lab
+        with cbctl.connect(home) as client:
+            deploy(client)
+            relay = Relay(Path(home), (relay_in, reply))
+            try:
+                relay.call(0)
+                floor, cases = measure(relay, client, args.calls, args.throughput_calls, args.rounds)
+            finally:
+                relay.close()
+        args.hosts = 2
+        report(args, floor, cases, "2 hosts: tcp+curve across a veth link (relay: plain tcp)")
+        return
 
     cluster_args = (["--listen", args.listen] if args.listen else []) + (["--no-auth"] if args.no_auth else [])
     with tempfile.TemporaryDirectory(prefix="cbrelay-") as tmp, temp_cluster(args.executors, cluster_args) as home, \
@@ -246,13 +279,18 @@ def main(argv: list[str] | None = None) -> None:
             floor, cases = measure(relay, client, args.calls, args.throughput_calls, args.rounds)
         finally:
             relay.close()
+    report(args, floor, cases,
+           f"{args.listen} ({'plain' if args.no_auth else 'curve'})" if args.listen else "ipc")
+
+
+def report(args: argparse.Namespace, floor: Measured, cases: dict[str, Measured], transport: str) -> None:
     floor_row = floor.row("relay (floor)", None)
     rows = [measured.row(case, floor_row["median_us"]) for case, measured in cases.items()]
     chain = next(r for r in rows if r["case"] == "chain")
     met = chain["x_floor"] <= TARGET_RATIO and chain["p99_us"] < TARGET_P99_US
     print_report("call latency (us) and throughput (calls/s)", [floor_row, *rows], {
-        "executors": args.executors, "calls": args.calls, "cpus": os.cpu_count(),
-        "transport": f"{args.listen} ({'plain' if args.no_auth else 'curve'})" if args.listen else "ipc",
+        "executors": args.executors, "calls": args.calls, "cpus": os.cpu_count(), "hosts": args.hosts,
+        "transport": transport,
         "target": {"chain_x_floor": TARGET_RATIO, "chain_p99_us": TARGET_P99_US}, "target_met": met,
     })
 

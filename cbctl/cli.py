@@ -7,33 +7,29 @@ Long on purpose: one click command per ``cbctl`` subcommand, each short, with it
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import functools
 import json
 import math
 import os
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import zmq
-from rich.console import Console
-from rich.table import Table
 
-from cbctl import control, lifecycle
-from cbctl import snapshot as snap
-from cbctl import top as topview
-from cbctl.client import Client
-from cbctl.declare import DeployFileError
+from cbctl import lifecycle
 from cbctl.errors import CbctlError, FunctionError, InvalidArgument
-from cbctl.runtime import cluster, user_errors
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     CALL_TIMEOUT_S,
     DEPARTURE_TIMEOUT_S,
     DEPLOY_IMPORT_TIMEOUT_S,
+    JOIN_TIMEOUT_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_ERROR_MESSAGE_CHARS,
@@ -41,8 +37,17 @@ from cbctl.runtime.defaults import (
     MAX_MESSAGE_BYTES,
     MAX_TRIGGER_DEPTH,
     TOP_INTERVAL_S,
+    TOP_SORT_KEYS,
 )
-from cbctl.runtime.wire.serialization import Ref
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cbctl.client import Client
+
+# What only some commands use (the client, rich, the top view) is imported by them: `cbctl up` is the first
+# thing a user runs and waits for, and most of its time was once the imports of things it never used.
 
 
 def _quiet_exit_on_closed_pipe() -> None:
@@ -53,15 +58,37 @@ def _quiet_exit_on_closed_pipe() -> None:
     sys.exit(0)
 
 
-class _Console(Console):
-    """rich's Console, but a closed pipe on stdout ends the command with 0 (rich's own default is exit 1)."""
+class _LazyConsole:
+    """A rich ``Console`` made (and rich imported) when first used; on stdout, a closed pipe ends the command
+    with 0 (rich's own default is exit 1)."""
 
-    def on_broken_pipe(self) -> None:
-        _quiet_exit_on_closed_pipe()
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            class _Console(Console):
+                def on_broken_pipe(self) -> None:
+                    _quiet_exit_on_closed_pipe()
+
+            self._console = _Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
 
 
-console = _Console(soft_wrap=True)  # a path or a message is never cut into lines a script would have to rejoin
-errors = Console(stderr=True, soft_wrap=True)  # soft_wrap: an error stays one line, whatever the terminal width
+console = _LazyConsole(soft_wrap=True)  # a path or a message is never cut into lines a script would have to rejoin
+errors = _LazyConsole(stderr=True, soft_wrap=True)  # soft_wrap: an error stays one line, whatever the width
+
+
+def connect_client(home: str | None) -> Client:
+    from cbctl.client import Client
+
+    return Client(home)
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -72,6 +99,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except FunctionError as exc:
+            from cbctl.runtime import user_errors
+
             if exc.remote_type in user_errors.DIAGNOSES:  # cbctl's finding, not something the code raised
                 errors.print(f"error: {exc.args[0]}", markup=False, highlight=False)
                 sys.exit(1)
@@ -82,16 +111,19 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
         except BrokenPipeError:
             _quiet_exit_on_closed_pipe()
-        except DeployFileError as exc:
-            if exc.user_traceback:
-                errors.print(user_errors.cut(exc.user_traceback.rstrip(), MAX_ERROR_TRACEBACK_CHARS, keep_tail=True),
+        except CbctlError as exc:
+            user_traceback = getattr(exc, "user_traceback", "")  # a DeployFileError's: the deploy file's own
+            if user_traceback:
+                from cbctl.runtime import user_errors
+
+                errors.print(user_errors.cut(user_traceback.rstrip(), MAX_ERROR_TRACEBACK_CHARS, keep_tail=True),
                              markup=False, highlight=False)
             errors.print(f"error: {_shown(str(exc))}", markup=False, highlight=False)
             sys.exit(1)
-        except CbctlError as exc:
-            errors.print(f"error: {_shown(str(exc))}", markup=False, highlight=False)
-            sys.exit(1)
-        except (OSError, zmq.ZMQError) as exc:  # the machine said no (a full disk, a file gone): still one line
+        except Exception as exc:  # the machine said no (a full disk, a file gone): still one line
+            zmq = sys.modules.get("zmq")  # a ZMQError comes only from a command that imported zmq
+            if not isinstance(exc, OSError) and (zmq is None or not isinstance(exc, zmq.ZMQError)):
+                raise
             errors.print(f"error: {exc}", markup=False, highlight=False)
             sys.exit(1)
 
@@ -100,10 +132,14 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _shown(text: str) -> str:
     """An error line's text, at most ``MAX_ERROR_MESSAGE_CHARS`` (a 50 MB message is not a line to print)."""
+    from cbctl.runtime import user_errors
+
     return user_errors.cut(text, MAX_ERROR_MESSAGE_CHARS)
 
 
 def new_table(title: str, *columns: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=title)
     for column in columns:
         table.add_column(column)
@@ -174,6 +210,8 @@ def json_form(value: Any, where: str = "the value") -> Any:
         return value.isoformat()
     if isinstance(value, datetime.timedelta):
         return value.total_seconds()
+    from cbctl.runtime.wire.serialization import Ref  # here: it imports msgpack and cloudpickle
+
     if isinstance(value, Ref):
         return {"ref": value.key}
     numpy = sys.modules.get("numpy")
@@ -230,7 +268,7 @@ def main(home: str | None) -> None:
 @click.option("--no-auth", is_flag=True,
               help="With a loopback --listen only: plain TCP without keys (any local user can then run code "
                    "in the cluster).")
-@click.option("--durability", type=click.Choice(["always", "batch", "none"]), default="batch", show_default=True,
+@click.option("--durability", type=click.Choice(lifecycle.DURABILITY_MODES), default="batch", show_default=True,
               help="When the store fsyncs its log: every write, at most every 50 ms, or never.")
 @click.option("--departure-timeout", "departure_timeout", type=float, default=DEPARTURE_TIMEOUT_S, show_default=True,
               metavar="S", help="Seconds an executor departing in a `cbctl scale` down may finish its calls; past "
@@ -256,15 +294,17 @@ def main(home: str | None) -> None:
 @click.option("--max-message-mb", type=int, default=MAX_MESSAGE_BYTES >> 20, show_default=True,
               help="Largest serialised value, in MiB: call arguments, a result, a put (larger ones are refused "
                    "with MessageTooLarge).")
+@click.option("--verbose", "-v", is_flag=True, help="Also show where the start-up time went, phase by phase.")
 @click.option("--policy", "policy", multiple=True, metavar="KEY=VALUE",
-              help="Tune the placement policy (repeatable), e.g. backoff_window_s=2 scale_in_calm_s=5 "
-                   "locality=false; keys and defaults are in cbctl/runtime/defaults.py (POLICY_*).")
+              help="Tune the placement policy (repeatable), e.g. placement=cloudburst (Cloudburst's policy instead "
+                   "of placement by outstanding work) scale_in_calm_s=5 locality=false; keys and defaults are in "
+                   "cbctl/runtime/defaults.py (POLICY_*).")
 @home_option
 @handle_errors
 def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
        durability: str, cache_mb: int, fake_gpus: int, max_batch: int, max_continuations: int,
        max_message_mb: int, policy: tuple[str, ...], no_auth: bool, max_trigger_depth: int,
-       executor_memory_mb: int, departure_timeout: float, salvage: bool, home: str | None) -> None:
+       executor_memory_mb: int, departure_timeout: float, salvage: bool, verbose: bool, home: str | None) -> None:
     """Start a cluster in the home directory and return once every process is ready.
 
     The home is made private to you (0700/0600). With --listen, every TCP socket is a CURVE server that
@@ -276,31 +316,43 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     cbctl up --executors 4 --gpu-executors 1
     cbctl up --listen tcp://127.0.0.1:7100    the scheduler on port 7100, CURVE keys in HOME/keys
     cbctl up --salvage                        start over a damaged log, keeping its intact records
+    cbctl up --verbose                        and where the time went
+    cbctl up --salvage                        start over a damaged log, keeping its intact records
     """
+    stamps = {"cli_started": lifecycle.process_started_at(), "cli_entered": time.time()}
     home_path = cluster.resolve_home(home)
-    spec = lifecycle.plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb,
-                               max_batch, max_continuations, policy, max_message_mb, no_auth, max_trigger_depth,
-                               executor_memory_mb, salvage=salvage, departure_timeout_s=departure_timeout)
     lock_fd = lifecycle.claim_home(home_path)  # held from here: nobody else starts or cleans up this home
     try:
-        note = lifecycle.check_not_running(home_path)
-        if note:
-            errors.print(f"note: {note}", markup=False)
-        if spec.listen and not lifecycle.is_loopback(spec.listen):
-            errors.print(f"warning: listening on {spec.listen}, reachable beyond this machine (only holders of "
-                         f"{home_path / 'keys'} can use it)", markup=False)
-        for note in lifecycle.prepare_home(home_path, spec):
-            errors.print(f"note: {note}", markup=False)
+        spec, notes = lifecycle.plan_up(
+            home_path, executors=executors, gpu_executors=gpu_executors, schedulers=schedulers, listen=listen,
+            no_auth=no_auth, durability=durability, cache_mb=cache_mb, fake_gpus=fake_gpus, max_batch=max_batch,
+            max_continuations=max_continuations, max_message_mb=max_message_mb, policy=policy,
+            max_trigger_depth=max_trigger_depth, executor_memory_mb=executor_memory_mb, salvage=salvage,
+            departure_timeout_s=departure_timeout, holding_lock=True)
+        for note in notes:
+            errors.print(note, markup=False)
         started = time.monotonic()
-        proc = lifecycle.start_supervisor(home_path, spec, lock_fd, foreground)
-        with console.status("starting the cluster..."):
+        stamps["launching"] = time.time()
+        proc = lifecycle.start_supervisor(home_path, spec, foreground, lock_fd=lock_fd)
+        with status_after(SPINNER_AFTER_S, "starting the cluster..."):
             found = lifecycle.wait_until_up(home_path, proc)
     finally:
         lifecycle.release_home(lock_fd)  # the supervisor holds its own copy for its life
+    stamps["seen"] = time.time()
     for line in lifecycle.salvage_report(home_path, since=time.time() - (time.monotonic() - started)):
         errors.print(f"warning: {line}", markup=False)
     counts = f"{spec.executors} CPU + {spec.gpu_executors} GPU executors, {spec.schedulers} scheduler(s)"
-    console.print(f"cluster up in {home_path} ({counts}) in {time.monotonic() - started:.1f} s", markup=False)
+    click.echo(f"cluster up in {home_path} ({counts}) in {time.monotonic() - started:.1f} s")
+    stamps["printed"] = time.time()
+    if verbose:
+        click.echo(f"  {'phase':<38}{'took':>9} {'at':>9}")
+        for name, took_s, at_s in lifecycle.startup_phases({**found.startup, **stamps}):
+            click.echo(f"  {name:<38}{took_s * 1e3:>6.0f} ms {at_s * 1e3:>6.0f} ms")
+    if spec.curve and not lifecycle.is_loopback(spec.listen):
+        host = spec.listen.removeprefix("tcp://")
+        click.echo(f"other machines join it (or call it) with a copy of {home_path / 'cluster.json'} and "
+                   f"{home_path / 'keys'}; on each, run:\n  {lifecycle.copy_command(home_path, host)}\n"
+                   f"  cbctl join {found.scheduler_addresses[0]} --executors N")
     if foreground:
         console.print("running in the foreground: Ctrl-C stops it", markup=False)
         try:
@@ -308,6 +360,36 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
         except KeyboardInterrupt:
             lifecycle.stop_cluster(home_path)
         del found
+
+
+#: Seconds `cbctl up` waits before it shows a spinner: a start that is over by then needs none (nor rich's import).
+SPINNER_AFTER_S = 0.7
+
+
+@contextlib.contextmanager
+def status_after(delay_s: float, text: str) -> Iterator[None]:
+    """A spinner with ``text`` on stderr once ``delay_s`` passed, until the block ends."""
+    lock = threading.Lock()  # the spinner starts in the timer's thread, and must not start after the block
+    ended = False
+    spinners: list[Any] = []
+
+    def show() -> None:
+        with lock:
+            if not ended:
+                spinners.append(errors.status(text))
+                spinners[-1].start()
+
+    timer = threading.Timer(delay_s, show)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        with lock:
+            ended = True
+            for spinner in spinners:
+                spinner.stop()
 
 
 @main.command()
@@ -328,6 +410,57 @@ def down(home: str | None) -> None:
 
 
 @main.command()
+@click.argument("head", metavar="tcp://HEAD:PORT")
+@click.option("--executors", type=int, default=None, help="CPU executors on this machine. [default: CPU count]")
+@click.option("--gpu-executors", type=int, default=0, show_default=True, help="GPU executors, one device each.")
+@click.option("--advertise", default=None, metavar="tcp://ADDR",
+              help="The address of this machine that the head and other hosts reach it at (executors bind random "
+                   "ports of it). [default: this machine's address on the route to the head]")
+@click.option("--name", default=None, help="This host's name: executors here are NAME/executor-N. [default: ADDR]")
+@click.option("--cache-mb", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Each executor's cache of store values, in MiB.")
+@click.option("--fake-gpus", type=int, default=0, envvar="CBCTL_FAKE_GPUS", help="For testing only (see `up`).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=JOIN_TIMEOUT_S, show_default=True,
+              help="Seconds to wait for the head's first answer before giving up.")
+@home_option
+@handle_errors
+def join(head: str, executors: int | None, gpu_executors: int, advertise: str | None, name: str | None,
+         cache_mb: int, fake_gpus: int, timeout: float, home: str | None) -> None:
+    """Join this machine to the cluster whose head listens at HEAD: start executors here that take its calls.
+
+    The home must hold copies of the head's cluster.json and keys/ directory (server.key, server.key_secret,
+    client.key, client.key_secret); `cbctl up --listen` on the head prints the command that copies them.
+    Returns once every executor here is registered with the head's schedulers. `cbctl leave` departs them.
+
+    Example: cbctl join tcp://10.0.0.1:7100 --executors 4 --advertise tcp://10.0.0.2
+    """
+    home_path = cluster.resolve_home(home)
+    spec = lifecycle.plan_join(home_path, head, os.cpu_count() or 1 if executors is None else executors,
+                               gpu_executors, advertise, name, fake_gpus, cache_mb, timeout)
+    started = time.monotonic()
+    proc = lifecycle.start_node(home_path, spec)
+    with console.status(f"joining {head}..."):
+        node = lifecycle.wait_until_joined(home_path, proc)
+    console.print(f"joined {head} as {node.host}: {len(node.executors)} executor(s) at {spec.advertise} in "
+                  f"{time.monotonic() - started:.1f} s", markup=False)
+
+
+@main.command()
+@home_option
+@handle_errors
+def leave(home: str | None) -> None:
+    """Take this machine's executors out of the cluster it joined: each finishes what it was sent (no call is
+    lost) and the head stops placing work here; returns when they are gone.
+
+    Example: cbctl leave
+    """
+    home_path = cluster.resolve_home(home)
+    with console.status("leaving the cluster..."):
+        node = lifecycle.leave(home_path)
+    console.print(f"{node.host} left {node.head} ({len(node.executors)} executor(s) stopped)", markup=False)
+
+
+@main.command()
 @click.option("--executors", type=int, required=True, help="CPU executors to run (0 only with GPU executors).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @home_option
@@ -339,6 +472,8 @@ def scale(executors: int, as_json: bool, home: str | None) -> None:
     Example: cbctl scale --executors 2
     """
     with console.status(f"scaling to {executors} CPU executors..."):
+        from cbctl import control
+
         result = control.scale_cluster(cluster.resolve_home(home), executors)
     if as_json:
         print_json(result)
@@ -363,17 +498,27 @@ def status(as_json: bool, home: str | None) -> None:
 
     Example: cbctl status --json
     """
+    from cbctl import snapshot as snap
+    from cbctl import top as topview
+
     with snap.ClusterProbe(cluster.resolve_home(home)) as probe:
         raw = probe.collect()
     report, snapshot = raw["supervisor"], snap.build_snapshot(raw)
     if as_json:
         print_json({**report, "health": snap.health(snapshot)})
         return
-    table = new_table(f"cluster {report['home']}  up {report['uptime_s']:.0f} s",
-                      "process", "type", "pid", "address", "state", "uptime", "restarts")
+    from rich.table import Table
+
+    table = Table(title=f"cluster {report['home']}  up {report['uptime_s']:.0f} s")
+    # names and hosts whole (a script or a person greps them); the address gives way on a narrow terminal
+    for column, values in (("process", [p["name"] for p in report["processes"]]),
+                           ("host", [p.get("host", "") for p in report["processes"]])):
+        table.add_column(column, no_wrap=True, min_width=max(map(len, values), default=0))
+    for column in ("type", "pid", "address", "state", "uptime", "restarts"):
+        table.add_column(column)
     for p in report["processes"]:
-        table.add_row(p["name"], p["executor_type"] or p["role"], str(p["pid"]), p["address"], p["state"],
-                      f"{p['uptime_s']:.0f} s", str(p["restarts"]))
+        table.add_row(p["name"], p.get("host", ""), p["executor_type"] or p["role"], str(p["pid"]), p["address"],
+                      p["state"], f"{p['uptime_s']:.0f} s", str(p["restarts"]))
     console.print(table)
     for line in topview.health_lines(snapshot):
         console.print(line)
@@ -382,7 +527,7 @@ def status(as_json: bool, home: str | None) -> None:
 @main.command()
 @click.option("--interval", type=click.FloatRange(min=0.1), default=TOP_INTERVAL_S, show_default=True,
               help="Seconds between refreshes.")
-@click.option("--sort", type=click.Choice(snap.SORT_KEYS), default="util", show_default=True,
+@click.option("--sort", type=click.Choice(TOP_SORT_KEYS), default="util", show_default=True,
               help="Order of the executors (and functions) tables.")
 @click.option("--once", is_flag=True, help="Print one snapshot and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print one snapshot as JSON (implies --once; see README).")
@@ -395,6 +540,9 @@ def top(interval: float, sort: str, once: bool, as_json: bool, home: str | None)
 
     Example: cbctl top --sort calls --interval 0.5
     """
+    from cbctl import snapshot as snap
+    from cbctl import top as topview
+
     home_path = cluster.resolve_home(home)
     if as_json or once:
         snapshot = snap.take_snapshot(home_path)
@@ -404,9 +552,9 @@ def top(interval: float, sort: str, once: bool, as_json: bool, home: str | None)
             console.print(topview.render(snapshot, sort, width=console.width))
         return
     if not console.is_terminal:  # a pipe, a file, a CI log: snapshots one after the other, as `top -b` prints
-        topview.run_snapshots(home_path, interval, sort, console)
+        topview.run_snapshots(home_path, interval, sort, console.get())
         return
-    topview.run_live(home_path, interval, sort, console)
+    topview.run_live(home_path, interval, sort, console.get())
 
 
 @main.command()
@@ -427,7 +575,7 @@ def put(key: str, value: str, ephemeral: bool, ttl: float | None, home: str | No
     """
     if value == "-":
         value = sys.stdin.read()
-    with Client(home) as client:
+    with connect_client(home) as client:
         if not client.put(key, parse_value(value), durable=not ephemeral, ttl=ttl):
             raise CbctlError(f"{key!r} was not stored: a write stamped later by another writer won (last writer "
                              "wins); read it with `cbctl get`, and put again to replace it")
@@ -444,7 +592,7 @@ def get(key: str, as_json: bool, home: str | None) -> None:
 
     Example: cbctl get greeting
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         value = client.get(key)
     click.echo(render_value(value, as_json))
 
@@ -457,7 +605,8 @@ def get(key: str, as_json: bool, home: str | None) -> None:
 @home_option
 @handle_errors
 def logs(role: str, follow: bool, lines: int, home: str | None) -> None:
-    """Print the per-process logs; ROLE narrows them (store, scheduler, executor, executor-1, supervisor).
+    """Print the per-process logs; ROLE narrows them (store, scheduler, executor, executor-1, supervisor; node on
+    a joined host).
 
     Example: cbctl logs executor -f
     """
@@ -508,7 +657,7 @@ def deploy(file: Path, as_json: bool, import_timeout: float, home: str | None) -
     Example: cbctl deploy examples/pipeline.py
              cbctl deploy model.py --import-timeout 300
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         registered = client.deploy_file(file, import_timeout)
     if as_json:
         print_json(registered)
@@ -568,7 +717,7 @@ def call(name: str, args: tuple[str, ...], source_args: tuple[str, ...], as_json
             raise InvalidArgument(f"--arg {item!r} must look like FUNCTION=VALUE")
         per_source.setdefault(function, []).append(parse_value(value, f"--arg {function} value"))
     values = [parse_value(a, "argument") for a in args]
-    with Client(home) as client:
+    with connect_client(home) as client:
         result = client.call(name, *values, timeout=timeout, consistency=consistency, **per_source)
     click.echo(render_value(result, as_json))
 
@@ -582,7 +731,7 @@ def list_registered(as_json: bool, home: str | None) -> None:
 
     Example: cbctl ls --json
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         registered = client.list()
     if as_json:
         print_json(registered)
@@ -607,7 +756,7 @@ def rm(name: str, home: str | None) -> None:
 
     Example: cbctl rm pipeline
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         removed = client.delete(name)
     console.print(f"removed {removed['kind']} {removed['removed']}", markup=False)
 
@@ -652,7 +801,7 @@ def trigger_add(name: str, prefix: str, function: str, batch: int, window: float
     Example: cbctl trigger add on_upload --prefix uploads/ --function thumbnail
              cbctl trigger add reduce --join part/0 --join part/1 --function reduce
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         added = client.add_trigger(name, prefix, function, batch=batch, window=window, join=join, values=values)
     if as_json:
         print_json(added)
@@ -670,7 +819,7 @@ def trigger_ls(as_json: bool, home: str | None) -> None:
 
     Example: cbctl trigger ls --json
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         found = client.list_triggers()
     if as_json:
         print_json(found)
@@ -691,7 +840,7 @@ def trigger_rm(name: str, home: str | None) -> None:
 
     Example: cbctl trigger rm on_upload
     """
-    with Client(home) as client:
+    with connect_client(home) as client:
         client.remove_trigger(name)
     console.print(f"removed trigger {name}", markup=False)
 

@@ -74,6 +74,7 @@ from cbctl.runtime.wire.messages import (
     ClusterInfoRequest,
     ControlResponse,
     Deploy,
+    DescribeCluster,
     ListRequest,
     ListTriggers,
     Message,
@@ -147,18 +148,24 @@ def _outcome(result: CallResult) -> Any:
 class Client:
     """A connection to a running cluster; thread-safe. Use ``cbctl.connect()`` to make one."""
 
-    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, home: str | os.PathLike[str] | None = None, address: str | None = None,
+                 keys: str | os.PathLike[str] | None = None, advertise: str | None = None) -> None:
         if home is not None and not isinstance(home, (str, os.PathLike)):
             raise InvalidArgument(f"home={home!r} is not a path: pass the cluster directory as a str or Path, or "
                                   "None for $CBCTL_HOME")
         self.home = cluster.resolve_home(home)
-        self.cluster = cluster.running_cluster(self.home)
+        if address is None:
+            self.cluster = cluster.running_cluster(self.home)
+            curve_keys = auth.cluster_keys(self.home, self.cluster.auth)
+        else:  # a cluster on another machine, by its scheduler's address and a copy of its keys
+            curve_keys = auth.load_keys_from(Path(keys) if keys is not None else auth.keys_dir(self.home))
+            self.cluster = describe_cluster(address, curve_keys, Path(keys).parent if keys is not None else self.home)
         #: the cluster's largest serialised value (``cbctl up --max-message-mb``), checked before anything is sent
         self.max_message_bytes = self.cluster.max_message_bytes
         self.client_id = uuid.uuid4().hex[:12]
         # a TCP cluster's keys: every socket below authenticates with them (and the reply socket admits only
         # the cluster's processes), so nobody without them can call in or answer in the cluster's name
-        self._context = auth.new_context(auth.cluster_keys(self.home, self.cluster.auth))
+        self._context = auth.new_context(curve_keys)
         self._ids = itertools.count(1)
         scheduler = self._scheduler_address = random.choice(self.cluster.scheduler_addresses)
         self._call_sock = new_socket(self._context, zmq.DEALER)
@@ -170,8 +177,18 @@ class Client:
         self._control_lock = threading.Lock()
         self._responses = new_socket(self._context, zmq.PULL)
         if self.cluster.scheduler_addresses[0].startswith("tcp://"):
-            host = self.cluster.scheduler_addresses[0].rsplit(":", 1)[0]
-            self.response_address = auth.bind_to_random_port(self._responses, host)
+            # replies come from executors on any host: this client's address that they reach it at. On the head
+            # that is the cluster's host; elsewhere the one given, else this machine's address on the route there
+            advertise = advertise or os.environ.get("CBCTL_ADVERTISE") or None
+            if advertise is None and self.cluster.is_local() and address is None:
+                advertise = self.cluster.scheduler_addresses[0].rsplit(":", 1)[0]
+            host = advertise or cluster.address_towards(scheduler)
+            try:
+                self.response_address = auth.bind_to_random_port(self._responses, host)
+            except zmq.ZMQError as exc:
+                self._context.destroy(linger=0)
+                raise InvalidArgument(f"cannot open this client's reply socket on {host} ({exc}): advertise an "
+                                      "address of this machine that the cluster can reach") from None
         else:
             self.response_address = cluster.ipc_address(self.home, f"client-{self.client_id}")
             try:
@@ -494,7 +511,7 @@ class Client:
         if now < self._next_restart_check:
             return
         self._next_restart_check = now + CLIENT_RESEND_CHECK_S
-        found = cluster.ClusterFile.read(self.home)
+        found = cluster.ClusterFile.read(self.home) if self.cluster.is_local() else None
         pid = next((p.pid for p in found.processes if p.address == self._scheduler_address), 0) if found else 0
         if not pid or pid == self._scheduler_pid:
             return
@@ -530,6 +547,8 @@ class Client:
         executors first, and they send the results of what they ran before they exit: a call that could finish
         has finished by then.) A killed supervisor alone stops nothing: its children serve on, so calls wait."""
         self._next_liveness_check = time.monotonic() + CLIENT_LIVENESS_CHECK_S
+        if not self.cluster.is_local():
+            return  # another machine's pids: its calls wait for their timeouts
         if self.cluster.supervisor_alive() or (self._scheduler_pid and process_alive(self._scheduler_pid)):
             return
         error = ClusterNotRunning(f"the cluster in {self.home} stopped before this call returned: it did not run, "
@@ -732,6 +751,38 @@ def _check_call_options(consistency: Any, store_result: Any) -> None:
 
 
 
-def connect(home: str | os.PathLike[str] | None = None) -> Client:
-    """Connect to the cluster in ``home`` (default ``$CBCTL_HOME``, else ``~/.cbctl``)."""
-    return Client(home)
+def connect(home: str | os.PathLike[str] | None = None, address: str | None = None,
+            keys: str | os.PathLike[str] | None = None, advertise: str | None = None) -> Client:
+    """Connect to the cluster in ``home`` (default ``$CBCTL_HOME``, else ``~/.cbctl``), or, from another
+    machine, to the one whose scheduler listens at ``address`` (``tcp://HEAD:PORT``) with a copy of its keys
+    directory ``keys`` (default ``HOME/keys``). Results come back to a socket of this client at ``advertise``
+    (``tcp://ADDR``; default ``$CBCTL_ADVERTISE``, else this machine's address on the route to the cluster)."""
+    return Client(home, address=address, keys=keys, advertise=advertise)
+
+
+def describe_cluster(address: str, keys: auth.CurveKeys, keys_home: Path) -> cluster.ClusterFile:
+    """The cluster file of the cluster whose scheduler listens at ``address``, asked of that scheduler."""
+    if not address.startswith("tcp://"):
+        raise InvalidArgument(f"address {address!r} must look like tcp://HEAD:PORT (the head's scheduler)")
+    context = auth.new_context(keys)
+    sock = new_socket(context, zmq.DEALER)
+    watch = auth.watch_handshakes(sock, address)
+    try:
+        auth.connect(sock, address)
+        sock.send(DescribeCluster(1).pack())
+        if not auth.wait_for_reply(sock, CONTROL_TIMEOUT_S, watch, address, keys_home):
+            raise ClusterNotRunning(f"no cluster answered at {address} within {CONTROL_TIMEOUT_S:.0f} s: is it up "
+                                    "(`cbctl up --listen`), and can this machine reach it?")
+        reply = unpack(sock.recv())
+    finally:
+        if watch is not None:
+            watch.close()
+        sock.close()
+        context.destroy(linger=0)
+    if not isinstance(reply, ControlResponse):
+        raise ProtocolError(f"unexpected reply {type(reply).__name__} from {address}")
+    if not reply.ok:
+        raise error_from_wire(reply.error_type, reply.message)
+    raw = dict(reply.payload)
+    raw["processes"] = [cluster.ProcessEntry(**p) for p in raw.get("processes", [])]
+    return cluster.ClusterFile(**raw)

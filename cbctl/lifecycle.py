@@ -8,21 +8,22 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import psutil
-
-from cbctl.control import supervisor_request
 from cbctl.errors import CbctlError, ClusterAlreadyRunning, ClusterNotRunning, InvalidArgument
 from cbctl.runtime import cluster, home_lock
 from cbctl.runtime.defaults import (
+    CLUSTER_FILE_POLL_S,
     DEPARTURE_TIMEOUT_S,
+    JOIN_TIMEOUT_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_MESSAGE_BYTES,
@@ -31,15 +32,23 @@ from cbctl.runtime.defaults import (
     STARTUP_TIMEOUT_S,
     SUPERVISOR_ANSWER_TIMEOUT_S,
 )
-from cbctl.runtime.scheduler.policy import parse_policy_options
-from cbctl.runtime.supervisor.supervisor import STARTUP_ERROR_FILE, ClusterSpec, count_gpus
-from cbctl.runtime.wire import auth
+from cbctl.runtime.supervisor.spec import ClusterSpec, count_gpus
+
+if TYPE_CHECKING:
+    import psutil
+
+    from cbctl.runtime.supervisor.node import JoinSpec
+
+# psutil and zmq (through wire/auth) are imported where they are used: `cbctl up` of an ipc cluster in a fresh
+# home uses neither before the supervisor runs, and the command's imports are the first part of every start.
 
 LOOPBACK_HOSTS = ("localhost", "[::1]")  # and every 127.x.y.z (see is_loopback)
 _LISTEN = re.compile(r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\[\]]+)(?::(?P<port>[0-9]+))?")
 #: Highest ``--max-message-mb``: msgpack carries at most 4 GiB in one bytes value, and a value travels inside a
 #: frame with room to spare (``FRAME_HEADROOM_BYTES``).
 MAX_MESSAGE_MB_CEILING = 2048
+#: ``--durability``: when the store fsyncs its log (every write, at most every 50 ms, never)
+DURABILITY_MODES = ("always", "batch", "none")
 
 
 def claim_home(home: Path) -> int:
@@ -67,11 +76,11 @@ def release_home(lock_fd: int) -> None:
     home_lock.release(lock_fd)
 
 
-def check_not_running(home: Path) -> str:
-    """Refuse a second cluster in one home; clean a crashed one's file (call it holding the home's lock, from
-    ``claim_home``: nobody else then runs there). Returns a note to show, if any."""
+def check_not_running(home: Path, holding_lock: bool = False) -> str:
+    """Refuse a second cluster in one home; clean a crashed one's file (``holding_lock``: the caller holds the
+    home's lock, from ``claim_home``, so nobody else runs there). Returns a note to show, if any."""
     try:
-        found = cluster.running_cluster(home, holding_lock=True)
+        found = cluster.running_cluster(home, holding_lock=holding_lock)
     except ClusterNotRunning as exc:
         return str(exc).split(";")[0] + "; cleaned it up" if "stale" in str(exc) else ""
     raise ClusterAlreadyRunning(f"a cluster is already running in {home} (supervisor pid {found.supervisor_pid}): "
@@ -131,17 +140,67 @@ def check_port_free(listen: str, port: int) -> None:
                                   "none (tcp://HOST) for random ones") from None
 
 
+def plan_up(home: Path, *, executors: int | None = None, gpu_executors: int | None = None, schedulers: int = 1,
+            listen: str = "", no_auth: bool = False, durability: str = "batch", cache_mb: int = 64,
+            fake_gpus: int = 0, max_batch: int = MAX_BATCH, max_continuations: int = MAX_CONTINUATIONS,
+            max_message_mb: int = MAX_MESSAGE_BYTES >> 20, policy: Iterable[str] | Mapping[str, Any] = (),
+            max_trigger_depth: int = MAX_TRIGGER_DEPTH, executor_memory_mb: int = 0, salvage: bool = False,
+            departure_timeout_s: float = DEPARTURE_TIMEOUT_S,
+            holding_lock: bool = False) -> tuple[ClusterSpec, list[str]]:
+    """Everything ``cbctl up`` (and ``cbctl.local()``) does before starting a process, from its options (the
+    keywords are the command's options): refuse a second cluster in ``home``, check the options into a
+    ``ClusterSpec``, make the home ready and private. Returns the spec and lines to show the user
+    (``note: ...``, ``warning: ...``); any bad option raises ``InvalidArgument`` before anything is touched.
+    ``holding_lock``: the caller holds the home's lock (``claim_home``), as `cbctl up` does."""
+    shown = []
+    stale = check_not_running(home, holding_lock)
+    if stale:
+        shown.append(f"note: {stale}")
+    spec = plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb, max_batch,
+                     max_continuations, policy, max_message_mb, no_auth, max_trigger_depth, executor_memory_mb,
+                     salvage=salvage, departure_timeout_s=departure_timeout_s)
+    if spec.listen and not is_loopback(spec.listen):
+        shown.append(f"warning: listening on {spec.listen}, reachable beyond this machine (only holders of "
+                     f"{home / 'keys'} can use it)")
+    shown += [f"note: {note}" for note in prepare_home(home, spec)]
+    return spec, shown
+
+
 def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int, listen: str,
               durability: str, fake_gpus: int, cache_mb: int, max_batch: int = MAX_BATCH,
-              max_continuations: int = MAX_CONTINUATIONS, policy: Iterable[str] = (),
+              max_continuations: int = MAX_CONTINUATIONS, policy: Iterable[str] | Mapping[str, Any] = (),
               max_message_mb: int = MAX_MESSAGE_BYTES >> 20, no_auth: bool = False,
               max_trigger_depth: int = MAX_TRIGGER_DEPTH, executor_memory_mb: int = 0,
               salvage: bool = False, departure_timeout_s: float = DEPARTURE_TIMEOUT_S) -> ClusterSpec:
+    counts = {"--executors": executors, "--gpu-executors": gpu_executors, "--schedulers": schedulers,
+              "--fake-gpus": fake_gpus, "--cache-mb": cache_mb, "--max-batch": max_batch,
+              "--max-continuations": max_continuations, "--max-message-mb": max_message_mb,
+              "--max-trigger-depth": max_trigger_depth, "--executor-memory-mb": executor_memory_mb}
+    for flag, count in counts.items():  # the command line parses these; a Python caller may pass anything
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+            raise InvalidArgument(f"{flag} must be a whole number, not {count!r}")
+    if durability not in DURABILITY_MODES:
+        raise InvalidArgument(f"--durability {durability!r} is not one of {', '.join(DURABILITY_MODES)}")
+    if cache_mb < 0:
+        raise InvalidArgument(f"--cache-mb {cache_mb} is negative: pass 0 for no cache, or a size in MiB")
+    if isinstance(policy, Mapping):
+        policy = [f"{name}={value}" for name, value in policy.items()]
+    elif isinstance(policy, str):
+        policy = [policy]
+    if not isinstance(listen, str):
+        raise InvalidArgument(f"--listen must be a string like tcp://127.0.0.1, not {listen!r}")
+    if policy:  # the policy's module imports the message catalogue: only for a cluster that tunes it
+        from cbctl.runtime.scheduler.policy import parse_policy_options
+
+        policy_options = parse_policy_options(policy)
+    else:
+        policy_options = {}
     listen, scheduler_port = parse_listen(listen)
     curve = check_auth(listen, no_auth)
     if executors is None:
         executors = os.cpu_count() or 1
-    found_gpus = fake_gpus or count_gpus()
+    # nvidia-smi takes a while to answer: asked only when the count matters
+    found_gpus = fake_gpus or (count_gpus() if gpu_executors is None or gpu_executors > 0 else 0)
     if gpu_executors is None:
         gpu_executors = found_gpus
     elif gpu_executors > found_gpus:
@@ -181,7 +240,7 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
                        fake_gpus=fake_gpus,
                        cache_mb=cache_mb, max_batch=max_batch, max_continuations=max_continuations,
                        max_trigger_depth=max_trigger_depth, executor_memory_mb=executor_memory_mb,
-                       policy=parse_policy_options(policy), max_message_bytes=max_message_mb << 20)
+                       policy=policy_options, max_message_bytes=max_message_mb << 20)
 
 
 def prepare_home(home: Path, spec: ClusterSpec) -> list[str]:
@@ -191,14 +250,16 @@ def prepare_home(home: Path, spec: ClusterSpec) -> list[str]:
     try:
         with private_umask():
             tightened = cluster.secure_home(home)
-            (home / STARTUP_ERROR_FILE).unlink(missing_ok=True)
+            (home / cluster.STARTUP_ERROR_FILE).unlink(missing_ok=True)
             probe = home / ".write-test"  # a read-only home may still list: only a write tells
             probe.write_bytes(b"")
             probe.unlink()
             if spec.curve:
+                from cbctl.runtime.wire import auth
+
                 auth.generate_keys(home)
-            else:
-                auth.remove_keys(home)  # an earlier TCP cluster's, of no use to this one
+            else:  # an earlier TCP cluster's keys, of no use to this one
+                shutil.rmtree(home / cluster.KEYS_DIR, ignore_errors=True)
     except (FileExistsError, NotADirectoryError):
         raise InvalidArgument(f"the cluster directory {home} is (or is inside) a file: point CBCTL_HOME or --home "
                               "at a directory") from None
@@ -241,16 +302,23 @@ def salvage_report(home: Path, since: float) -> list[str]:
     return lines
 
 
-def start_supervisor(home: Path, spec: ClusterSpec, lock_fd: int, foreground: bool = False) -> subprocess.Popen:
+def start_supervisor(home: Path, spec: ClusterSpec, foreground: bool = False,
+                     lock_fd: int | None = None) -> subprocess.Popen:
     """Start the supervisor of a cluster in ``home`` (made ready by ``prepare_home``), with a private umask
-    that it and every process it starts inherit. It inherits the home's lock (``lock_fd``, from ``claim_home``)
-    and holds it for its life; the caller may close its own copy once the supervisor runs."""
-    command = [sys.executable, "-m", "cbctl.runtime.supervisor.supervisor", "--home", str(home),
-               "--spec", json.dumps(asdict(spec)), "--lock-fd", str(lock_fd)]
-    with private_umask():
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=not foreground, pass_fds=(lock_fd,))
-    home_lock.write_pid(lock_fd, proc.pid)  # what a refused `cbctl up` names
+    that it and every process it starts inherit. It inherits the home's lock (``lock_fd``, from ``claim_home``;
+    taken here when not given) and holds it for its life; the caller may close its own copy once it runs."""
+    own_lock = lock_fd is None
+    fd = claim_home(home) if lock_fd is None else lock_fd
+    command = [sys.executable, "-m", "cbctl.runtime.supervisor", "--home", str(home),
+               "--spec", json.dumps(asdict(spec)), "--lock-fd", str(fd)]
+    try:
+        with private_umask():
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=not foreground, pass_fds=(fd,))
+        home_lock.write_pid(fd, proc.pid)  # what a refused `cbctl up` names
+    finally:
+        if own_lock:
+            release_home(fd)  # the supervisor holds its own copy
     return proc
 
 
@@ -259,7 +327,7 @@ def wait_until_up(home: Path, proc: subprocess.Popen, timeout_s: float = STARTUP
     the half-started cluster: its supervisor is detached and would otherwise run on with no cluster file for
     `cbctl down` to find."""
     try:
-        return _wait_for_cluster_file(home, proc, timeout_s)
+        return wait_for_cluster(home, proc, timeout_s)
     except KeyboardInterrupt:
         proc.terminate()  # the supervisor stops the children it already started, in order
         try:
@@ -270,32 +338,80 @@ def wait_until_up(home: Path, proc: subprocess.Popen, timeout_s: float = STARTUP
                          "stopped; run `cbctl up` again") from None
 
 
-def _wait_for_cluster_file(home: Path, proc: subprocess.Popen, timeout_s: float) -> cluster.ClusterFile:
+def wait_for_cluster(home: Path, proc: subprocess.Popen,
+                     timeout_s: float = STARTUP_TIMEOUT_S + 10) -> cluster.ClusterFile:
+    """The cluster file once the supervisor ``proc`` wrote it (every process ready); ``CbctlError`` with the
+    supervisor's reason if it exits first, or at the deadline."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         found = cluster.ClusterFile.read(home)
         if found is not None and found.supervisor_pid == proc.pid:
             return found
         if proc.poll() is not None:
-            error_file = home / STARTUP_ERROR_FILE
+            error_file = home / cluster.STARTUP_ERROR_FILE
             reason = error_file.read_text().strip() if error_file.exists() else f"exit code {proc.returncode}"
             raise CbctlError(f"the cluster did not start: {reason} (logs in {home / 'logs'})")
-        time.sleep(0.05)
+        time.sleep(CLUSTER_FILE_POLL_S)
     proc.terminate()
     raise CbctlError(f"the cluster did not report ready within {timeout_s:.0f} s: see {home / 'logs'}")
+
+
+#: `cbctl up --verbose`: (phase, the step it starts at, the step it ends at), the steps being the keys of the
+#: cluster file's ``startup`` (the supervisor's) and the command's own.
+STARTUP_PHASES = (
+    ("cli: interpreter, imports", "cli_started", "cli_entered"),
+    ("cli: options, home", "cli_entered", "launching"),
+    ("supervisor: interpreter", "launching", "supervisor_entered"),
+    ("supervisor: forkserver launched", "supervisor_entered", "forkserver_started"),
+    ("supervisor: imports", "forkserver_started", "supervisor_imported"),  # the forkserver's preload alongside
+    ("forkserver: preload, children forked", "supervisor_imported", "children_forked"),
+    ("children: all ready", "children_forked", "children_ready"),  # each has shaken hands with every scheduler
+    ("supervisor: cluster file", "children_ready", "cluster_file"),
+    ("cli: saw the cluster file", "cluster_file", "seen"),
+    ("cli: printed ready", "seen", "printed"),
+)
+
+
+def startup_phases(stamps: dict[str, float]) -> list[tuple[str, float, float]]:
+    """``[(phase, seconds it took, seconds since the command started at its end)]`` from the unix times of
+    the start-up's steps; a phase with a step missing (a supervisor started otherwise) is left out."""
+    origin = stamps.get("cli_started", min(stamps.values(), default=0.0))
+    return [(name, stamps[end] - stamps[begin], stamps[end] - origin) for name, begin, end in STARTUP_PHASES
+            if begin in stamps and end in stamps]
+
+
+def process_started_at() -> float:
+    """The unix time this process started: on Linux to the clock tick (10 ms), from its start in ticks since
+    boot and the time since boot (psutil's create_time adds the boot time, which Linux gives in whole seconds)."""
+    try:
+        with open("/proc/self/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()  # after the command name, which may hold spaces
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return time.time() - age
+    except (OSError, ValueError, IndexError, AttributeError):
+        import psutil
+
+        return psutil.Process().create_time()
 
 
 def stop_cluster(home: Path, timeout_s: float = 3 * SHUTDOWN_TIMEOUT_S + 10) -> int:
     """Stop the cluster in ``home`` and wait until every one of its processes is gone; returns how many
     processes were stopped. The wait covers the supervisor's own deadlines (one per role: executors,
     schedulers, store) so a warm stop that is still finishing long calls is not cut short."""
+    import psutil
+
     found = cluster.running_cluster(home)
+    if not found.is_local():
+        raise InvalidArgument(f"the cluster in {home} runs on another machine (its head, {found.head_host}): run "
+                              "`cbctl down` there; `cbctl leave` takes this machine's executors out of it")
     procs = []
-    for pid in [found.supervisor_pid] + [p.pid for p in found.processes]:
+    for pid in [found.supervisor_pid] + [p.pid for p in found.processes if not p.host]:
         try:
             procs.append(psutil.Process(pid))
         except psutil.Error:
             pass
+    from cbctl.control import supervisor_request  # here: `cbctl up` never needs zmq before the supervisor runs
+
     # asked, not signalled: a stopped or stuck supervisor gets a bounded wait and a clear error, and ignores the
     # request if it resumes later (a SIGTERM would wait in its queue and stop the cluster by surprise)
     supervisor_request(found, "stop", timeout_s=SUPERVISOR_ANSWER_TIMEOUT_S, home=home)
@@ -326,6 +442,8 @@ def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Proc
 def kill_processes(pids: list[int], timeout_s: float = 10.0) -> None:
     """SIGKILL whatever of ``pids`` still runs and wait until it is gone (what teardown code uses when a
     warm stop did not finish)."""
+    import psutil
+
     procs = []
     for pid in pids:
         try:
@@ -341,7 +459,134 @@ def kill_processes(pids: list[int], timeout_s: float = 10.0) -> None:
 
 
 def _running(proc: psutil.Process) -> bool:
+    import psutil
+
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+# --- hosts: `cbctl join` and `cbctl leave` on a machine other than the head ---------------------------------
+
+#: What a joining machine needs from the head's home, relative to it: ``cbctl up --listen`` prints the command.
+JOIN_FILES = (cluster.CLUSTER_FILE, cluster.KEYS_DIR)
+
+
+def copy_command(home: Path, listen_host: str) -> str:
+    """The command that copies what a joining machine (or a remote client) needs, run on that machine."""
+    return (f"mkdir -p ~/.cbctl && scp -rp {listen_host}:{home}/{{{','.join(JOIN_FILES)}}} ~/.cbctl/ "
+            "&& chmod -R go= ~/.cbctl")
+
+
+def route_address(head: str) -> str:
+    """This machine's address on the route to ``head``: what the head's processes reach it at by default."""
+    parse_tcp_address(head, "the head address")
+    return cluster.address_towards(head)
+
+
+def parse_tcp_address(address: str, what: str) -> tuple[str, int]:
+    match = _LISTEN.fullmatch(address)
+    if match is None or not match["port"] or not 1 <= int(match["port"]) <= 65535:
+        raise InvalidArgument(f"{what} {address!r} must look like tcp://HOST:PORT (the head's scheduler port, as "
+                              "`cbctl up --listen` printed it)")
+    return match["host"].strip("[]"), int(match["port"])
+
+
+def plan_join(home: Path, head: str, executors: int, gpu_executors: int, advertise: str | None, name: str | None,
+              fake_gpus: int = 0, cache_mb: int = 64, timeout_s: float = JOIN_TIMEOUT_S) -> JoinSpec:
+    """Check that this machine can join ``head`` (a copy of its cluster file and keys here, no node running
+    here yet) and say in one line what is missing if not."""
+    from cbctl.runtime.supervisor.node import JoinSpec
+    from cbctl.runtime.wire import auth
+
+    parse_tcp_address(head, "the head address")
+    node = cluster.NodeFile.read(home)
+    if node is not None and node.alive():
+        raise ClusterAlreadyRunning(f"this machine joined {node.head} already from {home} (as {node.host}): "
+                                    "run `cbctl leave` first, or use another CBCTL_HOME")
+    found = cluster.ClusterFile.read(home)
+    if found is None:
+        raise InvalidArgument(f"{home / cluster.CLUSTER_FILE} is missing: copy the head's cluster.json and keys/ "
+                              f"into {home} (on the head, `cbctl up --listen` printed the command)")
+    if found.is_local():
+        raise InvalidArgument(f"{home} holds a cluster of this machine: join from another machine, with a copy of "
+                              "the head's cluster.json and keys/ in a home of its own")
+    if head not in found.scheduler_addresses:
+        raise InvalidArgument(f"{home / cluster.CLUSTER_FILE} is not the cluster at {head} (its schedulers are "
+                              f"{', '.join(found.scheduler_addresses)}): copy the head's current cluster.json again")
+    if found.auth != auth.AUTH_CURVE:
+        raise InvalidArgument("the head runs without keys (--no-auth, loopback only): other machines cannot join it; "
+                              "start it with `cbctl up --listen tcp://HOST:PORT`")
+    auth.load_keys(home)  # AuthenticationError saying what is missing
+    for flag, count in (("--executors", executors), ("--gpu-executors", gpu_executors)):
+        if count < 0:
+            raise InvalidArgument(f"{flag} {count} is negative: pass a count of executors")
+    if executors + gpu_executors == 0:
+        raise InvalidArgument("joining needs at least one executor: pass --executors N with N >= 1")
+    if gpu_executors > (fake_gpus or count_gpus()):
+        raise InvalidArgument(f"--gpu-executors {gpu_executors} asks for more GPUs than are visible here: lower it")
+    if advertise is None:
+        advertise = route_address(head)
+    else:
+        listen, port = parse_listen(advertise)
+        if port or not listen:
+            raise InvalidArgument(f"--advertise {advertise!r} must look like tcp://ADDR (no port: executors take "
+                                  "random ports of ADDR)")
+        advertise = listen
+    host = name or advertise.removeprefix("tcp://").strip("[]").replace(":", "-")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", host):
+        raise InvalidArgument(f"--name {host!r} must be letters, digits, '_', '.', '-' (up to 63): executors here "
+                              "are NAME/executor-N")
+    if host == found.head_host:
+        raise InvalidArgument(f"{host} is the head's own host name: pass --name")
+    return JoinSpec(head=head, advertise=advertise, host=host, executors=executors, gpu_executors=gpu_executors,
+                    fake_gpus=fake_gpus, cache_mb=cache_mb, timeout_s=timeout_s)
+
+
+def start_node(home: Path, spec: JoinSpec) -> subprocess.Popen:
+    """Start this machine's node supervisor (detached), with a private umask."""
+    command = [sys.executable, "-m", "cbctl.runtime.supervisor.node", "--home", str(home),
+               "--spec", json.dumps(asdict(spec))]
+    with private_umask():
+        cluster.secure_home(home)
+        (home / cluster.STARTUP_ERROR_FILE).unlink(missing_ok=True)
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_until_joined(home: Path, proc: subprocess.Popen,
+                      timeout_s: float = STARTUP_TIMEOUT_S + JOIN_TIMEOUT_S + 10) -> cluster.NodeFile:
+    """The node file once the node supervisor ``proc`` has joined and every executor is ready, or why not."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = cluster.NodeFile.read(home)
+        if found is not None and found.node_pid == proc.pid and found.executors and \
+                all(e.pid for e in found.executors):
+            return found
+        if proc.poll() is not None:
+            error_file = home / cluster.STARTUP_ERROR_FILE
+            reason = error_file.read_text().strip() if error_file.exists() else f"exit code {proc.returncode}"
+            raise CbctlError(f"could not join: {reason} (logs in {home / 'logs'})")
+        time.sleep(0.05)
+    proc.terminate()
+    raise CbctlError(f"this machine did not join within {timeout_s:.0f} s: see {home / 'logs'}")
+
+
+def leave(home: Path, timeout_s: float = SHUTDOWN_TIMEOUT_S + 15) -> cluster.NodeFile:
+    """Take this machine's executors out of the cluster gracefully (no call lost) and stop its node."""
+    node = cluster.NodeFile.read(home)
+    if node is None or not node.alive():
+        if node is not None:
+            (home / cluster.NODE_FILE).unlink(missing_ok=True)
+        raise ClusterNotRunning(f"this machine has not joined a cluster from {home}: nothing to leave")
+    import psutil
+
+    proc = psutil.Process(node.node_pid)
+    proc.terminate()
+    if wait_gone([proc], timeout_s):
+        proc.kill()
+        wait_gone([proc], 5)
+        raise CbctlError(f"the node supervisor (pid {node.node_pid}) did not stop within {timeout_s:.0f} s and was "
+                         f"killed: see {home / 'logs'}")
+    return node

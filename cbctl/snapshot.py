@@ -17,7 +17,7 @@ import zmq
 
 from cbctl.errors import ClusterNotRunning, ProtocolError
 from cbctl.runtime import cluster
-from cbctl.runtime.defaults import TOP_REQUEST_TIMEOUT_S, TOP_SILENT_AFTER_S
+from cbctl.runtime.defaults import TOP_REQUEST_TIMEOUT_S, TOP_SILENT_AFTER_S, TOP_SORT_KEYS
 from cbctl.runtime.metrics import merge_histograms, percentile_us
 from cbctl.runtime.process import new_socket
 from cbctl.runtime.wire import auth
@@ -33,7 +33,7 @@ from cbctl.runtime.wire.messages import (
 #: Version of the ``--json`` snapshot; bumped only when a documented field changes meaning or goes away.
 #: Version of the ``--json`` snapshot; bumped only when a documented field changes meaning or goes away.
 SNAPSHOT_VERSION = 1
-SORT_KEYS = ("util", "calls", "name")
+SORT_KEYS = TOP_SORT_KEYS
 EXECUTOR_STATES = ("ready", "backoff", "draining", "silent", "starting", "dead")
 
 
@@ -155,7 +155,7 @@ def build_snapshot(raw: Mapping[str, Any], now: float | None = None) -> dict[str
     backoff = set().union(*(_backoff_ids(info.get("policy")) for info in answered)) if answered else set()
 
     executors = [_executor_row(p, statuses.get(p["name"]), backoff) for p in processes if p["role"] == "executor"]
-    executors.sort(key=lambda e: _natural(e["id"]))
+    executors.sort(key=lambda e: (e["host"] not in (None, supervisor.get("host")), _natural(e["id"])))
 
     registry_functions: dict[str, Any] = {}
     registry_dags: dict[str, list[str]] = {}
@@ -186,6 +186,7 @@ def build_snapshot(raw: Mapping[str, Any], now: float | None = None) -> dict[str
         })
 
     store = raw.get("store")
+    hosts = _host_rows(executors, supervisor)
     return {
         "version": SNAPSHOT_VERSION,
         "time": time.time() if now is None else now,
@@ -205,6 +206,7 @@ def build_snapshot(raw: Mapping[str, Any], now: float | None = None) -> dict[str
         },
         "schedulers": scheduler_rows,
         "executors": executors,
+        "hosts": hosts,
         "functions": functions,
         "dags": dags,
         "store": None if store is None else {
@@ -215,6 +217,27 @@ def build_snapshot(raw: Mapping[str, Any], now: float | None = None) -> dict[str
         },
         "policy": answered[0].get("policy") if answered else None,
     }
+
+
+def _host_rows(executors: list[dict[str, Any]], supervisor: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per host (the head first, then joined hosts by name): its executors by state, their mean utilization and
+    calls/s, and for a joined host the age of its node supervisor's last heartbeat (null for the head)."""
+    head = supervisor.get("host")
+    heartbeats = {h["host"]: h.get("heartbeat_age_s") for h in supervisor.get("hosts", [])}
+    names = [head] if head is not None else []
+    names += sorted({e["host"] for e in executors if e["host"] not in names} | set(heartbeats) - set(names))
+    rows = []
+    for name in names:
+        mine = [e for e in executors if e["host"] == name]
+        utilizations = [e["utilization"] for e in mine if e["utilization"] is not None]
+        states: dict[str, int] = {}
+        for e in mine:
+            states[e["state"]] = states.get(e["state"], 0) + 1
+        rows.append({"host": name, "head": name == head, "executors": len(mine), "states": states,
+                     "utilization_mean": sum(utilizations) / len(utilizations) if utilizations else None,
+                     "calls_per_s": _sum(e["calls_per_s"] for e in mine),
+                     "heartbeat_age_s": heartbeats.get(name)})
+    return rows
 
 
 def _sum(values: Any) -> float:
@@ -276,6 +299,7 @@ def _executor_row(process: Mapping[str, Any], status: Mapping[str, Any] | None, 
     fresh = status is not None and state != "dead"
     return {
         "id": process["name"],
+        "host": process.get("host"),  # the head's --listen host (or hostname), or the joined host's name
         "type": process.get("executor_type") or (status or {}).get("executor_type") or "cpu",
         "pid": process["pid"],
         "state": state,
@@ -351,6 +375,7 @@ def health(snapshot: Mapping[str, Any]) -> dict[str, Any]:
         "utilization_mean": sum(utilizations) / len(utilizations) if utilizations else None,
         "utilization_max": max(utilizations, default=None), "store": snapshot["store"],
         "schedulers_not_answering": [s["id"] for s in snapshot["schedulers"] if not s["answered"]],
+        "hosts": snapshot["hosts"],
     }
 
 

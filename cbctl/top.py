@@ -115,7 +115,20 @@ def health_lines(snapshot: Mapping[str, Any]) -> list[Text]:
     states = ", ".join(f"{count} {state}" for state, count in summary["executor_states"].items() if count)
     load = Text(f"executors  {states or 'none'}  utilization mean "
                 f"{_na(summary['utilization_mean'], '{:.0%}')} max {_na(summary['utilization_max'], '{:.0%}')}")
-    return [header_text(snapshot), load, store_text(snapshot)]
+    return [header_text(snapshot), load, *hosts_lines(snapshot), store_text(snapshot)]
+
+
+def hosts_lines(snapshot: Mapping[str, Any]) -> list[Text]:
+    """One line per host, once more than one takes part (``cbctl join``): executors by state, load, heartbeat."""
+    if len(snapshot["hosts"]) < 2:
+        return []
+    lines = []
+    for h in snapshot["hosts"]:
+        states = ", ".join(f"{count} {state}" for state, count in h["states"].items()) or "no executors"
+        beat = "head" if h["head"] else f"heartbeat {_na(h['heartbeat_age_s'], '{:.1f}')} s ago"
+        lines.append(Text(f"host {h['host']}  {states}  utilization mean {_na(h['utilization_mean'], '{:.0%}')}  "
+                          f"calls/s {h['calls_per_s']:.1f}  {beat}"))
+    return lines
 
 
 def _gpu_cell(executor: Mapping[str, Any]) -> str:
@@ -146,7 +159,9 @@ def executors_table(snapshot: Mapping[str, Any], sort: str, wide: bool = True) -
         rows.sort(key=lambda e: -(e["utilization"] or 0.0))
     elif sort == "calls":
         rows.sort(key=lambda e: -(e["calls_per_s"] or 0.0))
-    columns = [("id", "left", True), ("type", "left", True), ("pid", "right", False),
+    several_hosts = len(snapshot.get("hosts", ())) > 1
+    columns = [("id", "left", True), *([("host", "left", True)] if several_hosts else []),
+               ("type", "left", True), ("pid", "right", False),
                ("utilization", "left", True), ("call/dag/pin%", "right", False), ("CPU%", "right", True),
                ("RSS", "right", False), ("GPU", "right", True), ("pinned", "left", False), ("queue", "right", True),
                ("calls/s", "right", True), ("p50", "right", True), ("p99", "right", True),
@@ -158,7 +173,7 @@ def executors_table(snapshot: Mapping[str, Any], sort: str, wide: bool = True) -
     for e in rows:
         busy = e["busy"]
         cells = {
-            "id": e["id"], "type": e["type"].upper(), "pid": str(e["pid"]),
+            "id": e["id"], "host": e["host"] or "-", "type": e["type"].upper(), "pid": str(e["pid"]),
             "utilization": utilization_bar(e["utilization"], 10 if wide else 6),
             "call/dag/pin%": "n/a" if not busy else "/".join(f"{busy.get(a, 0) * 100:.0f}"
                                                              for a in ("call", "dag", "pin")),
@@ -196,7 +211,8 @@ def functions_table(snapshot: Mapping[str, Any], sort: str) -> Table:
 
 def render(snapshot: Mapping[str, Any], sort: str = "util", footer: str = "", width: int = WIDE_COLUMNS) -> Group:
     """The whole screen of ``cbctl top`` for one snapshot, for a console ``width`` columns wide."""
-    parts: list[Any] = [header_text(snapshot), executors_table(snapshot, sort, wide=width >= WIDE_COLUMNS),
+    parts: list[Any] = [header_text(snapshot), *hosts_lines(snapshot),
+                        executors_table(snapshot, sort, wide=width >= WIDE_COLUMNS),
                         functions_table(snapshot, sort), store_text(snapshot)]
     if footer:
         parts.append(Text(footer, style="dim"))

@@ -1,5 +1,7 @@
 """The workloads on cbctl: deployed functions, DAGs for the chain and the fan, and the 1 MB value in the
-store, read by the function with ``cb.get`` (served from the executor's cache after the first read)."""
+store, read by the function with ``cb.get`` (served from the executor's cache after the first read). The
+cluster is started as the README's "From Python" teaches, with ``cbctl.local()`` (as Dask's workloads use
+``LocalCluster`` and Ray's ``ray.init()``)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import contextlib
 from typing import Any
 
 import cbctl
-from benchmarks._common import temp_cluster
 from benchmarks.latency import increment, left, merge, noop, right, split, square  # the same functions it times
 from benchmarks.peers.workloads import STATE_BYTES
 
@@ -40,8 +41,7 @@ class CbctlSystem:
         self._client: cbctl.Client | None = None
 
     def start(self) -> None:
-        home = self._resources.enter_context(temp_cluster(EXECUTORS))
-        self._client = self._resources.enter_context(cbctl.connect(home))
+        self._client = self._resources.enter_context(cbctl.local(executors=EXECUTORS))
         self._client.register(noop)
 
     def prepare(self) -> None:

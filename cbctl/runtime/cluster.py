@@ -16,14 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import stat
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from cbctl.errors import ClusterNotRunning, InvalidArgument
 from cbctl.runtime import home_lock
@@ -35,16 +34,18 @@ from cbctl.runtime.defaults import (
     MAX_MESSAGE_BYTES,
     STALE_KILL_WAIT_S,
 )
+from cbctl.runtime.defaults import PRIVATE_UMASK as PRIVATE_UMASK  # what `cbctl up` and every process create under
 
 CLUSTER_FILE = "cluster.json"
-STARTUP_ERROR_FILE = "startup-error.txt"
+NODE_FILE = "node.json"  # on a joined host: its node supervisor (``cbctl join``; ``cbctl leave`` reads it)
+STARTUP_ERROR_FILE = "startup-error.txt"  # the supervisor's reason for a failed start, which `cbctl up` shows
 #: In ``data/``: what the store's recovery with `cbctl up --salvage` dropped (JSON), for `cbctl up` to show.
-SALVAGE_REPORT = "salvage-report.json"  # the supervisor's reason for a failed start, which `cbctl up` shows
+SALVAGE_REPORT = "salvage-report.json"
 #: The files cbctl itself writes at the top of the home (the home may hold others: they are not ours to touch).
-TOP_LEVEL_FILES = (CLUSTER_FILE, CLUSTER_FILE + ".tmp", STARTUP_ERROR_FILE, home_lock.SUPERVISOR_LOCK)
-#: What `cbctl up` and every cluster process create files under: directories 0700, files 0600.
-PRIVATE_UMASK = 0o077
-PRIVATE_SUBDIRS = ("logs", "data", "keys")
+TOP_LEVEL_FILES = (CLUSTER_FILE, CLUSTER_FILE + ".tmp", STARTUP_ERROR_FILE, NODE_FILE, NODE_FILE + ".tmp",
+                   home_lock.SUPERVISOR_LOCK)
+KEYS_DIR = "keys"  # a TCP cluster's CURVE keys (see wire/auth.py)
+PRIVATE_SUBDIRS = ("logs", "data", KEYS_DIR)
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
@@ -71,7 +72,7 @@ def secure_home(home: Path) -> list[Path]:
     tightened = [home] if _make_private(home, 0o700) else []
     for sub in PRIVATE_SUBDIRS:
         directory = home / sub
-        if sub != "keys":  # created by `cbctl up` only for a TCP cluster
+        if sub != KEYS_DIR:  # created by `cbctl up` only for a TCP cluster
             directory.mkdir(exist_ok=True, mode=0o700)
         tightened += [directory] if _make_private(directory, 0o700) else []
         if directory.is_dir():
@@ -130,6 +131,7 @@ class ProcessEntry:
     started_at: float
     restarts: int = 0
     executor_type: str = ""
+    host: str = ""  # '' for the head's own processes; a joined host's name for its executors (``cbctl join``)
 
 
 @dataclass
@@ -148,6 +150,12 @@ class ClusterFile:
     max_message_bytes: int = MAX_MESSAGE_BYTES  # the largest serialised value clients may send
     auth: str = "none"  # "curve": TCP sockets admit only holders of HOME/keys (see auth.py); never a key itself
     departure_timeout_s: float = DEPARTURE_TIMEOUT_S  # `cbctl up --departure-timeout`: how long `scale` may take
+    #: The machine (and pid namespace) whose pids ``processes`` names (``pid_space()``): a copy of the file on
+    #: another machine (``cbctl join``, a remote client) must not check or signal those pids there.
+    pid_space: str = ""
+    head_host: str = ""  # the head's host as executors' ids and `cbctl top` name it (its --listen host)
+    # unix times of the supervisor's start-up steps (`cbctl up --verbose` shows where the time went)
+    startup: dict[str, float] = field(default_factory=dict)
 
     def write(self, home: Path) -> None:
         tmp = home / (CLUSTER_FILE + ".tmp")
@@ -166,11 +174,21 @@ class ClusterFile:
         except (ValueError, TypeError, AttributeError):
             return None  # a half-written, damaged or foreign file (`[]`, `null`, `{}`, wrong types)
 
+    def is_local(self) -> bool:
+        """Whether this file's processes run on this machine (in this pid namespace), so their pids mean
+        something here. A file from before ``pid_space`` existed is local."""
+        return not self.pid_space or self.pid_space == pid_space()
+
     def pids(self) -> list[int]:
-        """The supervisor's pid, then every child's."""
-        return [self.supervisor_pid] + [p.pid for p in self.processes]
+        """The supervisor's pid, then every child's: of this machine only (a joined host's executors have pids of
+        their own machine; a copy of the head's file on another machine names none of this one's)."""
+        if not self.is_local():
+            return []
+        return [self.supervisor_pid] + [p.pid for p in self.processes if not p.host]
 
     def supervisor_alive(self) -> bool:
+        import psutil  # here, not at the top: `cbctl up` in a fresh home never needs it
+
         try:
             proc = psutil.Process(self.supervisor_pid)
             # pid reuse: the same pid started at another time is another process. A zombie is dead too: the
@@ -182,6 +200,73 @@ class ClusterFile:
 
 
 _CLUSTER_FILE_FIELDS = frozenset(f.name for f in fields(ClusterFile))
+def pid_space() -> str:
+    """This machine's pid space: its boot id and the pid namespace of this process. Two processes with the
+    same value can tell each other's pids apart from other processes'; any other pid is another machine's."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""  # not Linux: every file counts as local, as before hosts existed
+    return f"{boot}/{namespace}"
+
+
+@dataclass
+class NodeFile:
+    """What ``cbctl join`` leaves on a joined host: its node supervisor and executors, for ``cbctl leave``."""
+
+    host: str
+    head: str  # the scheduler address it joined
+    node_pid: int
+    create_time: float
+    pid_space: str
+    control_address: str
+    started_at: float
+    executors: list[ProcessEntry] = field(default_factory=list)
+
+    def write(self, home: Path) -> None:
+        tmp = home / (NODE_FILE + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, home / NODE_FILE)
+
+    @classmethod
+    def read(cls, home: Path) -> NodeFile | None:
+        try:
+            raw: dict[str, Any] = json.loads((home / NODE_FILE).read_text())
+            raw["executors"] = [ProcessEntry(**p) for p in raw.get("executors", [])]
+            return cls(**raw)
+        except (FileNotFoundError, NotADirectoryError, ValueError, TypeError):
+            return None
+
+    def alive(self) -> bool:
+        """Whether its node supervisor runs (here: a file from another pid space is not ours to judge)."""
+        if self.pid_space != pid_space():
+            return False
+        import psutil  # here, as in supervisor_alive: `cbctl up` in a fresh home never needs it
+
+        try:
+            proc = psutil.Process(self.node_pid)
+            return (abs(proc.create_time() - self.create_time) < 1.0 and proc.is_running()
+                    and proc.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return False
+
+
+def address_towards(address: str) -> str:
+    """``tcp://LOCAL``: this machine's address on the route to ``address`` (``tcp://HOST:PORT``), which the
+    processes there can reach it at (unless a NAT stands between). A UDP socket's connect picks the route and
+    sends nothing."""
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((host, int(port)))
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(f"no route to {address} ({exc}): check the address, or say which address of this "
+                                  "machine to use (advertise=tcp://ADDR, or $CBCTL_ADVERTISE)") from None
+        local = probe.getsockname()[0]
+    return f"tcp://[{local}]" if family == socket.AF_INET6 else f"tcp://{local}"
 
 
 def remove_cluster_file(home: Path) -> None:
@@ -214,6 +299,8 @@ def running_cluster(home: Path, holding_lock: bool = False) -> ClusterFile:
                 f"the cluster file in {home} was unreadable and has been removed: start a cluster with `cbctl up`"
             )
         raise ClusterNotRunning(f"no cluster is running in {home}: start one with `cbctl up`")
+    if not cluster.is_local():
+        return cluster  # the head's file, copied here: its pids are another machine's, its TCP addresses tell
     if not cluster.supervisor_alive():
         cleanup_stale(home, cluster)
         raise ClusterNotRunning(
@@ -242,8 +329,12 @@ def _wait_for_repaired_file(home: Path, holder: int) -> ClusterFile:
 
 def cleanup_stale(home: Path, cluster: ClusterFile) -> None:
     """Kill what is left of a crashed cluster's children and remove its cluster file."""
+    import psutil
+
     killed = []
     for entry in cluster.processes:
+        if entry.host:
+            continue  # another machine's process: its pid means nothing here
         try:
             proc = psutil.Process(entry.pid)
             if abs(proc.create_time() - entry.started_at) < 2.0:

@@ -11,6 +11,14 @@ PROTOCOL_VERSION = 1
 #: Default cluster directory when $CBCTL_HOME is unset.
 DEFAULT_HOME = "~/.cbctl"
 
+#: What `cbctl up` and every cluster process create files under: directories 0700, files 0600 (the home holds
+#: the cluster's keys, data and sockets: they are the user's alone).
+PRIVATE_UMASK = 0o077
+
+#: Seconds between two looks at the cluster file while `cbctl up` waits for it: reading a small file 100 times
+#: a second costs nothing, and a coarser poll would add its half to every start (which takes about 0.5 s).
+CLUSTER_FILE_POLL_S = 0.01
+
 #: A ZAP handler logs the 1st, (N+1)th, (2N+1)th ... refused CURVE handshake: every refusal is worth knowing
 #: about, but a client retrying against the port (zmq reconnects every 100 ms) must not fill the log.
 ZAP_DENIAL_LOG_EVERY = 100
@@ -162,6 +170,8 @@ TOP_INTERVAL_S = 1.0
 #: ignores the request if it resumes later (``messages.START_BY``); and how long one already working on a
 #: request may be seen stopped before its caller gives up.
 SUPERVISOR_ANSWER_TIMEOUT_S = 5.0
+#: `cbctl top --sort`: executors (and functions) by utilization, by calls per second, or by name.
+TOP_SORT_KEYS = ("util", "calls", "name")
 
 #: Seconds `cbctl top` and `cbctl status` wait for the supervisor, schedulers and store to answer one
 #: snapshot; short, so that a cluster going away is noticed within a refresh or two.
@@ -259,6 +269,39 @@ POLICY_SILENCE_S = 5.0
 #: or one that did not register the DAG, waits for them instead of pinning a second time.
 POLICY_START_GRACE_S = 2.0
 
+#: The placement policy a scheduler runs unless `cbctl up --policy placement=...` says otherwise: "outstanding"
+#: (cbctl's: an idle executor first, then the fewest calls outstanding; cbctl/runtime/scheduler/placement.py) or
+#: "cloudburst" (Cloudburst's: locality, then the fewest calls placed in the last POLICY_CALL_WINDOW_S, with
+#: backoff from utilization reports; cbctl/runtime/scheduler/policy.py). See the README, "Placement".
+POLICY_PLACEMENT = "outstanding"
+
+#: The values ``placement`` may take.
+POLICY_PLACEMENTS = ("outstanding", "cloudburst")
+
+# --- load reports and work stealing (cbctl/runtime/scheduler/placement.py, cbctl/runtime/executor/stealing.py)
+
+#: Seconds per load report (ExecutorLoad) of one executor, on average. An executor reports when it turns idle,
+#: busy or backlogged; under a stream of short calls it flips thousands of times a second, so beyond this rate
+#: flips are folded into one report of the state when the next is allowed. 10 ms: far under the 1 s status
+#: interval, yet at most 100 reports a second per executor for a scheduler to read.
+LOAD_REPORT_MIN_INTERVAL_S = 0.01
+
+#: Seconds a scheduler assumes a step may take to reach its executor and the executor's load report to come back
+#: (a report folded by the rate above comes up to 10 ms late): a report counts the steps placed within this
+#: window on top of the executor's own count, unless their calls are known finished.
+LOAD_REPORT_WINDOW_S = 0.02
+
+#: Load reports an executor may send at once before the rate above applies: a call's busy and idle edges and
+#: a steal's, so that a burst of calls after a quiet spell is reported as it happens, not 10 ms late.
+LOAD_REPORT_BURST = 4
+
+#: Seconds an executor that asked a backlogged peer for a call (StealRequest) ignores further hints, so two
+#: hints in a row do not bring it two calls; the peer answers within a step boundary or a `cb.get`, or not at all.
+STEAL_WAIT_S = 0.2
+
+#: Steps an executor keeps in its step records when $CBCTL_RECORD_STEPS is set (tests and benchmarks only).
+STEP_RECORDS_KEPT = 100_000
+
 # --- executor departure (cbctl/runtime/executor/departure.py)
 
 #: Seconds a departing executor waits for every scheduler and peer executor to acknowledge that it is leaving
@@ -332,3 +375,19 @@ WRITER_CLOCK_KEYS = 10_000
 #: rewrite before saying so (a few checks' worth: the supervisor may be busy starting or stopping processes).
 CLUSTER_FILE_CHECK_S = 1.0
 CLUSTER_FILE_REPAIR_WAIT_S = 3.0
+
+# --- hosts (``cbctl join``) ------------------------------------------------------------------------------------
+
+#: Seconds between a node supervisor's heartbeats to the head. Small next to NODE_LOST_AFTER_S, so a few lost
+#: or late heartbeats (a busy head, a retransmitted packet) never look like a lost host.
+NODE_HEARTBEAT_S = 0.5
+
+#: Seconds without a heartbeat after which the head declares a joined host lost and has its calls dispatched
+#: again elsewhere; a lost host is detected within this plus one supervisor tick (0.1 s). Long enough to ride out
+#: a link that drops for 2 s: TCP retransmits what was sent meanwhile with a doubling timeout (0.2, 0.4, 0.8,
+#: 1.6 s), so the first heartbeat after such a drop can arrive about 3.5 s after the one before it. Short enough
+#: that a dead machine's calls move on within seconds.
+NODE_LOST_AFTER_S = 5.0
+
+#: Seconds `cbctl join` waits for the head to answer before it says the head is unreachable.
+JOIN_TIMEOUT_S = 15.0

@@ -58,8 +58,10 @@ class InFlightTable:
     def __len__(self) -> int:
         return len(self.calls)
 
-    def add(self, request: Any, locations: dict[str, str], depth: int = 0, attempt: int = 1) -> None:
-        """Remember a dispatch (a continuation or a re-dispatch replaces the call's earlier entry)."""
+    def add(self, request: Any, locations: dict[str, str], depth: int = 0, attempt: int = 1,
+            at: float | None = None) -> None:
+        """Remember a dispatch at ``at`` (default: now; a continuation or a re-dispatch replaces the call's
+        earlier entry)."""
         calls = self.calls
         call_id = request.call_id
         if call_id in calls:
@@ -67,13 +69,17 @@ class InFlightTable:
         elif len(calls) >= self.limit:
             del calls[next(iter(calls))]
             self.forgotten += 1
-        calls[call_id] = InFlightCall(request, locations, depth, attempt, self.clock())
+        calls[call_id] = InFlightCall(request, locations, depth, attempt, self.clock() if at is None else at)
 
-    def complete(self, call_ids: Iterable[str]) -> None:
-        """The caller has these results: nothing more to retry."""
+    def complete(self, call_ids: Iterable[str]) -> list[InFlightCall]:
+        """The caller has these results: nothing more to retry. Returns the calls it remembered of them."""
         pop = self.calls.pop
+        done = []
         for call_id in call_ids:
-            pop(call_id, None)
+            call = pop(call_id, None)
+            if call is not None:
+                done.append(call)
+        return done
 
     def expire(self) -> int:
         """Forget calls dispatched longer than ``max_age_s`` ago; returns how many."""

@@ -1,5 +1,7 @@
-"""A cluster shared by the tests of one module (starting one costs a few seconds): a context manager the
-modules wrap in a module-scoped fixture. Tests on it use names of their own, so order does not matter."""
+"""A cluster shared by the tests of one module (starting one costs a few seconds). Most modules take it from
+the plugin's ``cbctl_cluster`` fixture (``view``), as a user's tests would; ``module_cluster`` starts one with
+`cbctl up` (for a module that needs the command line's own options). Tests on it use names of their own, so
+order does not matter."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cbctl import LocalCluster
 from cbctl.lifecycle import kill_processes
 from tests.conftest import RunningCluster, run_cli
 
@@ -31,6 +34,18 @@ def module_cluster(home: Path, executors: int = 2, deploy: tuple[Path, ...] = ()
         if pids:
             run_cli(home, "down", timeout=60)
         kill_processes(pids)
+
+
+@contextmanager
+def view(cbctl_cluster: LocalCluster) -> Iterator[RunningCluster]:
+    """The cluster the plugin's ``cbctl_cluster`` fixture gives (one per module, started with the module's
+    ``@pytest.mark.cbctl`` options and deploy files, stopped after its last test), seen through the tests'
+    ``RunningCluster`` helpers; the clients a test makes through it are closed after the test."""
+    handle = RunningCluster(cbctl_cluster.home)
+    try:
+        yield handle
+    finally:
+        handle.close_clients()
 
 
 def registered_names(handle: RunningCluster) -> tuple[set[str], set[str]]:

@@ -14,16 +14,19 @@ from cbctl.errors import FunctionError
 from cbctl.runtime.store_client import StoreClient
 from tests.conftest import RunningCluster
 from tests.integration import shared_cluster
-from tests.integration.shared_cluster import DEPLOYABLES, module_cluster
+from tests.integration.shared_cluster import DEPLOYABLES
 
 FUNCTIONS = DEPLOYABLES / "call_path_fns.py"
 EXECUTORS = 3
 read_on_every_executor = functools.partial(shared_cluster.read_on_every_executor, count=EXECUTORS)
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> Iterator[RunningCluster]:
-    with module_cluster(tmp_path_factory.mktemp("cbcall"), executors=EXECUTORS, deploy=(FUNCTIONS,)) as handle:
+pytestmark = pytest.mark.cbctl(executors=EXECUTORS, deploy=[FUNCTIONS])
+
+
+@pytest.fixture
+def shared(cbctl_cluster) -> Iterator[RunningCluster]:
+    with shared_cluster.view(cbctl_cluster) as handle:
         yield handle
 
 

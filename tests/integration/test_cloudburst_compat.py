@@ -12,20 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.shared_cluster import module_cluster
-
 PROGRAMS = Path(__file__).resolve().parent / "cloudburst_programs"
 #: The coordination program runs this many calls at once; each waits for the others, so every one needs an
 #: executor of its own. Until the scheduler never queues a call behind a busy executor (issue 17), the cluster
 #: has one more executor than that, the program makes one round of calls on the fresh cluster (a second round
 #: finds the first round's executors in backoff, and doubles calls up on the others), and its waits are bounded.
 CONCURRENT = 3
+pytestmark = pytest.mark.cbctl(executors=CONCURRENT + 1)  # one cluster for the module
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    with module_cluster(tmp_path_factory.mktemp("cbhome"), executors=CONCURRENT + 1) as handle:
-        yield handle.home
+@pytest.fixture
+def home(cbctl_cluster) -> Path:
+    return cbctl_cluster.home
 
 
 def run_program(home: Path, name: str, *args: str, timeout: float = 120) -> object:

@@ -16,13 +16,15 @@ import pytest
 
 import cbctl
 from tests.conftest import EXAMPLES, RunningCluster
-from tests.integration.shared_cluster import TOOLKIT, module_cluster, registered_names
+from tests.integration import shared_cluster
+from tests.integration.shared_cluster import TOOLKIT, registered_names
+
+pytestmark = pytest.mark.cbctl(deploy=[EXAMPLES / "pipeline.py", TOOLKIT])  # two executors
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> Iterator[RunningCluster]:
-    """A 2-executor cluster with examples/pipeline.py and the test toolkit deployed, for this module."""
-    with module_cluster(tmp_path_factory.mktemp("cbdags"), deploy=(EXAMPLES / "pipeline.py", TOOLKIT)) as handle:
+@pytest.fixture
+def shared(cbctl_cluster) -> Iterator[RunningCluster]:
+    with shared_cluster.view(cbctl_cluster) as handle:
         yield handle
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import cbctl
-from cbctl.runtime.supervisor.supervisor import count_gpus
+from cbctl.runtime.supervisor.spec import count_gpus
 from tests.conftest import EXAMPLES, run_cli
 
 FEATURES = textwrap.dedent('''

@@ -20,13 +20,15 @@ from cbctl.lifecycle import kill_processes
 from cbctl.runtime.cluster import socket_dir
 from cbctl.runtime.defaults import POLICY_STALE_S
 from tests.conftest import EXAMPLES, RunningCluster
-from tests.integration.shared_cluster import TOOLKIT, module_cluster, registered_names
+from tests.integration import shared_cluster
+from tests.integration.shared_cluster import TOOLKIT, registered_names
+
+pytestmark = pytest.mark.cbctl(deploy=[EXAMPLES / "pipeline.py", TOOLKIT])  # two executors
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> Iterator[RunningCluster]:
-    """A 2-executor cluster with examples/pipeline.py and the test toolkit deployed, for this module."""
-    with module_cluster(tmp_path_factory.mktemp("cbfunctions"), deploy=(EXAMPLES / "pipeline.py", TOOLKIT)) as handle:
+@pytest.fixture
+def shared(cbctl_cluster) -> Iterator[RunningCluster]:
+    with shared_cluster.view(cbctl_cluster) as handle:
         yield handle
 
 

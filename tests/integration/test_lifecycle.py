@@ -341,7 +341,7 @@ def test_ctrl_c_during_up_stops_the_half_started_cluster(tmp_path):
     try:
         deadline = time.monotonic() + 30
         while not started and time.monotonic() < deadline:
-            supervisors = [p for p in psutil.process_iter(["cmdline"]) if "cbctl.runtime.supervisor.supervisor"
+            supervisors = [p for p in psutil.process_iter(["cmdline"]) if "cbctl.runtime.supervisor"
                            in (p.info["cmdline"] or []) and str(home) in p.info["cmdline"]]
             if supervisors and supervisors[0].children():
                 started = [supervisors[0], *supervisors[0].children(recursive=True)]

@@ -22,17 +22,20 @@ from cbctl.declare import DeployFileError
 from cbctl.runtime.defaults import MAX_DAG_FUNCTIONS, PROTOCOL_VERSION
 from cbctl.runtime.wire import limits, messages
 from tests.conftest import RunningCluster, run_cli
-from tests.integration.shared_cluster import DEPLOYABLES, module_cluster
+from tests.integration import shared_cluster
+from tests.integration.shared_cluster import DEPLOYABLES
 from tests.integration.test_usability import one_error_line, restarts
 
 LIMIT = 1 << 20
 OVER = 2 << 20  # bytes a function or the client is asked to send: twice the limit
 
 
-@pytest.fixture(scope="module")
-def limited(tmp_path_factory) -> Iterator[RunningCluster]:
-    with module_cluster(tmp_path_factory.mktemp("cblimits"), deploy=(DEPLOYABLES / "limits_fns.py",),
-                        extra_args=("--max-message-mb", "1")) as handle:
+pytestmark = pytest.mark.cbctl(deploy=[DEPLOYABLES / "limits_fns.py"], max_message_mb=1)
+
+
+@pytest.fixture
+def limited(cbctl_cluster) -> Iterator[RunningCluster]:
+    with shared_cluster.view(cbctl_cluster) as handle:
         yield handle
 
 

@@ -26,15 +26,18 @@ from cbctl.cli import main
 from cbctl.lifecycle import kill_processes
 from cbctl.runtime.cluster import ClusterFile
 from tests.conftest import EXAMPLES, RunningCluster, run_cli
-from tests.integration.shared_cluster import DEPLOYABLES, module_cluster
+from tests.integration import shared_cluster
+from tests.integration.shared_cluster import DEPLOYABLES
 
 FUNCTIONS = DEPLOYABLES / "usability_fns.py"
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> Iterator[RunningCluster]:
-    deploy = (EXAMPLES / "pipeline.py", FUNCTIONS)
-    with module_cluster(tmp_path_factory.mktemp("cbusability"), deploy=deploy) as handle:
+pytestmark = pytest.mark.cbctl(deploy=[EXAMPLES / "pipeline.py", FUNCTIONS])
+
+
+@pytest.fixture
+def shared(cbctl_cluster) -> Iterator[RunningCluster]:
+    with shared_cluster.view(cbctl_cluster) as handle:
         yield handle
 
 

@@ -25,6 +25,7 @@ SAMPLES: dict[str, Any] = {
     "list[str]": ["a", "b/c", ""],
     "list[Any]": ["lww", 17, "writer", b"value", False],
     "list[list[str]]": [["f", "g"], ["g", "h"]],
+    "list[list[Any]]": [[0, 12, "tcp://10.0.0.2:5555", "cpu", "ready", 1.5, 0]],
     "dict[str, Any]": {"gpu": False, "batch": 8, "args": [1, "two"], "nested": {"k": None}},
     "dict[str, str]": {"f": "ipc:///tmp/x", "g": "tcp://127.0.0.1:5555"},
     "dict[str, int]": {"f": 1, "g": 2},
@@ -39,6 +40,7 @@ SAMPLES: dict[str, Any] = {
     "ExecutorIdOrNone": "executor-3",
     "ExecutorType": "gpu",
     "Role": "scheduler",
+    "HostName": "10.0.0.2",
     "Utilization": 0.75,
     "dict[str, Address]": {"f": "ipc:///tmp/x", "g": "tcp://[::1]:5555"},
 }

@@ -12,7 +12,7 @@ import pytest
 from cbctl.errors import AuthenticationError, InvalidArgument
 from cbctl.lifecycle import check_auth, is_loopback, parse_listen, prepare_home
 from cbctl.runtime import cluster
-from cbctl.runtime.supervisor.supervisor import ClusterSpec
+from cbctl.runtime.supervisor.spec import ClusterSpec
 from cbctl.runtime.wire import auth
 
 

@@ -34,7 +34,7 @@ from cbctl.errors import (
     NoSuchFunction,
     ProtocolError,
 )
-from cbctl.runtime import cluster, multiexec, registry, user_errors
+from cbctl.runtime import cluster, multiexec, registry, step_records, user_errors
 from cbctl.runtime.code_loading import load_target
 from cbctl.runtime.continuation import Continue
 from cbctl.runtime.dag import downstream_of, upstream_of
@@ -51,7 +51,7 @@ from cbctl.runtime.defaults import (
     STORE_REQUEST_TIMEOUT_S,
     VERSION_FETCH_TIMEOUT_S,
 )
-from cbctl.runtime.executor import batching, continuation, direct
+from cbctl.runtime.executor import batching, continuation, direct, stealing
 from cbctl.runtime.executor.cache import CachedStore, StoreEpochProbe
 from cbctl.runtime.executor.departure import Departure, Peer
 from cbctl.runtime.executor.direct import Inbox
@@ -94,9 +94,12 @@ from cbctl.runtime.wire.messages import (
     KeyUpdate,
     LeavingAck,
     Message,
+    NothingToSteal,
     PinRequest,
     PinResponse,
     SnapshotRelease,
+    StealHint,
+    StealRequest,
     UnpinRequest,
     VersionRequest,
     VersionResponse,
@@ -116,7 +119,9 @@ OLDER_VERSIONS_KEPT = 8
 class Executor:
     def __init__(self, config: ProcessConfig, context: zmq.Context, store: StoreClient, address: str) -> None:
         self.config = config
-        self.executor_id = config.name
+        # an executor on a joined host (`cbctl join`) is HOST/executor-N, so ids stay unique across hosts
+        self.host = config.options.get("host", "")
+        self.executor_id = f"{self.host}/{config.name}" if self.host else config.name
         self.executor_type = config.options.get("executor_type", "cpu")
         self.address = address
         self.store = store
@@ -151,6 +156,11 @@ class Executor:
         self.departure = Departure(self.executor_id, address)  # this executor's leaving, and its peers'
         self.running: DagTrigger | None = None  # the step run_next is running: answered if the runtime fails it
         self.recycling = False  # leaving because of --executor-memory-mb (a fresh process replaces it)
+        # placement by outstanding work (stealing.py): load reports to the schedulers (not with Cloudburst's
+        # policy, which has no use for them), and steps handed to idle peers
+        self.sharing = stealing.WorkSharing(self, config.options.get("load_reports", True))
+        self.recorder = step_records.StepRecorder(Path(config.home), self.executor_id) \
+            if step_records.enabled() else None
 
     # --- messages ------------------------------------------------------------------------------------
 
@@ -174,6 +184,10 @@ class Executor:
             rejected.warning("dropped a malformed %s: %s: %s", type(message).__name__, type(exc).__name__, exc)
 
     def on_trigger(self, trigger: DagTrigger) -> None:
+        sharing = self.sharing
+        sharing.last_call = trigger.call_id  # (load reports name it: a scheduler knows what they counted)
+        if sharing.asked_until:
+            sharing.asked_until = 0.0  # busy now (with the step asked for, or another): hints wait till idle
         if trigger.extras:
             check_trigger_extras(trigger.extras)
         if self.aborted and trigger.call_id in self.aborted:
@@ -277,6 +291,20 @@ class Executor:
         if newer:
             self.drop_joins(message.call_id)
 
+    # --- load reports and work stealing (stealing.py, ``WorkSharing`` does the work) --------------------
+
+    def on_steal_hint(self, hint: StealHint) -> None:
+        self.sharing.on_hint(hint)
+
+    def on_steal_request(self, request: StealRequest) -> None:
+        self.sharing.hand_over_queued(request, keep=1)  # between steps: ready[0] runs next, the rest may go
+
+    def on_steal_request_busy(self, request: StealRequest) -> None:
+        self.sharing.hand_over_queued(request, keep=0)  # from within a running step: every waiting one may go
+
+    def on_nothing_to_steal(self, message: NothingToSteal) -> None:
+        self.sharing.on_nothing_to_steal(message)
+
     def drop_joins(self, call_id: str) -> None:
         for key in [k for k in self.joins if k[0] == call_id]:
             del self.joins[key], self.join_started[key]
@@ -286,7 +314,8 @@ class Executor:
                 ExecutorLeaving: on_peer_leaving, LeavingAck: on_leaving_ack, KeyUpdate: on_key_update,
                 KeyDropped: on_key_dropped,
                 VersionRequest: on_version_request, VersionResponse: on_version_response,
-                SnapshotRelease: on_snapshot_release, CallAborted: on_call_aborted, CallRetried: on_call_retried}
+                SnapshotRelease: on_snapshot_release, CallAborted: on_call_aborted, CallRetried: on_call_retried,
+                StealHint: on_steal_hint, StealRequest: on_steal_request, NothingToSteal: on_nothing_to_steal}
 
     # --- running -------------------------------------------------------------------------------------
 
@@ -352,7 +381,11 @@ class Executor:
             self.fail(trigger, user_errors.explain_call_error(exc, name, target, args))
         else:
             self.deliver(trigger, result)
-        self.metrics.record_call(name, bool(trigger.dag), time.perf_counter_ns() - started, ok)
+        finished = time.perf_counter_ns()
+        self.metrics.record_call(name, bool(trigger.dag), finished - started, ok)
+        if self.recorder is not None:  # tests and benchmarks only (step_records.py)
+            self.recorder.record(trigger.call_id, name, trigger.source, trigger.extras,
+                                 time.monotonic() - (finished - started) / 1e9, time.monotonic())
 
     def answer_failed_step(self, exc: Exception) -> None:
         """The step ``run_next`` was running failed in the runtime's own code, not the user's (a trigger whose
@@ -516,6 +549,9 @@ class Executor:
         requests (two executors fetching from each other cannot deadlock) and the version reply awaited.
         Everything else waits in ``deferred`` until the function returns. Returns whether anything came."""
         assert self.sock is not None
+        sharing = self.sharing
+        if sharing.edges is not None and sharing.edges.pending:  # a change the rate limit folded may be due
+            sharing.observe(1)
         if not self.sock.poll(max(0, int(timeout_s * 1000))):
             return False
         for (frame,) in drain(self.sock):
@@ -527,8 +563,12 @@ class Executor:
             handler = self.SERVED_WHILE_BUSY.get(type(message))
             if handler is None:
                 self.deferred.append(frame)
+                if type(message) is DagTrigger:
+                    sharing.deferred(message)
             else:
                 handler(self, message)
+        if sharing.edges is not None:  # a step queued behind this one makes the executor backlogged: say so
+            sharing.observe(1)
         return True
 
     def fetch_version(self, address: str, call_id: str, key: str) -> tuple[bool, Any]:
@@ -557,7 +597,7 @@ class Executor:
 
     SERVED_WHILE_BUSY = {KeyUpdate: on_key_update, DirectMessage: on_direct, DirectRefused: on_direct_refused,
                          VersionRequest: on_version_request, VersionResponse: on_awaited_version,
-                         KeyDropped: on_key_dropped}
+                         KeyDropped: on_key_dropped, StealRequest: on_steal_request_busy}
 
     def send_direct(self, executor_id: str, message: Any) -> None:
         address = self.executor_addresses.get(executor_id)
@@ -565,7 +605,8 @@ class Executor:
             found = cluster.ClusterFile.read(Path(self.config.home))
             for entry in found.processes if found else ():
                 if entry.role == "executor":
-                    self.executor_addresses[f"executor-{entry.index}"] = entry.address
+                    prefix = f"{entry.host}/" if entry.host else ""
+                    self.executor_addresses[f"{prefix}executor-{entry.index}"] = entry.address
             address = self.executor_addresses.get(executor_id)
         if address is None:
             raise InvalidArgument(f"no executor {executor_id!r} in this cluster: ids are as cb.getid() returns")
@@ -603,10 +644,15 @@ class Executor:
         """SIGTERM: refuse pins from now on and tell every other executor to route around this one (the
         status reporter tells the schedulers, with running=False)."""
         found = cluster.ClusterFile.read(Path(self.config.home))
-        executors = [Peer(e.address, e.pid, e.index, e.executor_type or "cpu")
+        # a pid is checked only where it means something: the head's processes, seen from the head (a joined
+        # host's copy of the file names the head's pids; the head's file names joined hosts' executors)
+        here = found is not None and found.is_local()
+        executors = [Peer(e.address, e.pid if here and not e.host and not self.host else 0, e.index,
+                          e.executor_type or "cpu")
                      for e in (found.processes if found else ()) if e.role == "executor"]
         # with their pids, so a scheduler that died (and cannot answer) is not waited for until the deadline
-        pids = {e.address: e.pid for e in (found.processes if found else ()) if e.role == "scheduler"}
+        pids = {e.address: e.pid for e in (found.processes if found else ())
+                if e.role == "scheduler" and here and not self.host}
         schedulers = [Peer(address, pids.get(address, 0)) for address in self.config.scheduler_addresses]
         addresses, frame = self.departure.begin(executors, schedulers, self.executor_type)
         for address in addresses:
@@ -655,6 +701,7 @@ class Executor:
         report["frames_sent"], report["frames_received"] = self.peers.sent, self.frames_received
         report["cache"] = self.sessions.metrics()
         report["pending_joins"] = len(self.joins)
+        report["steals"] = self.sharing.metrics()
         report["direct_dropped"], report["direct_refused"] = self.inbox.dropped, self.inbox.refused
         if self.recycling:
             report["recycling"] = True  # the schedulers park calls for its successor instead of failing them
@@ -678,7 +725,8 @@ def main(config: ProcessConfig) -> None:
     setup_logging(config)
     shutdown = ShutdownFlag()
     context = new_context(config)
-    store = StoreClient(context, config.store_address, writer_id=config.name)
+    host = config.options.get("host", "")
+    store = StoreClient(context, config.store_address, writer_id=f"{host}/{config.name}" if host else config.name)
     sock = new_socket(context, zmq.PULL)
     # no MAXMSGSIZE backstop here, unlike the scheduler and the store: the store pushes merged lattices (a causal
     # key's concurrent values, a set that grew by merges), which may honestly exceed the limit on one value
@@ -696,14 +744,20 @@ def main(config: ProcessConfig) -> None:
     report_ready(context, config, address)
     freeze_startup_heap()
     receiver = Receiver(sock)
+    sharing = executor.sharing
+    edges = sharing.edges
     memory_limit = int(config.options.get("memory_limit_mb", 0)) << 20  # `cbctl up --executor-memory-mb`; 0: off
     timers = TimerWork(log)
     while True:
-        for frame in receiver.receive(0 if executor.ready or executor.deferred else 100):
+        wait_ms = 0 if executor.ready or executor.deferred else 100 if edges is None else edges.wait_ms(100)
+        for frame in receiver.receive(wait_ms):
             executor.on_frame(frame)
+        sharing.deferred_triggers = sharing.deferred_movable = 0  # (a hint among them sees ``deferred``)
         while executor.deferred:
             executor.on_frame(executor.deferred.pop(0))
         if executor.ready:
+            if edges is not None:
+                sharing.observe(0)  # turned busy (or backlogged): before it runs
             try:
                 executor.run_next()
             except Exception as exc:  # the runtime's own failure (store gone mid-delivery, ...): answer, go on
@@ -712,11 +766,15 @@ def main(config: ProcessConfig) -> None:
             if memory_limit and not shutdown.requested and executor.memory_over(memory_limit):
                 # leave as on SIGTERM (the status that says so says why); the supervisor starts a fresh one
                 shutdown.requested = executor.recycling = True
+        if edges is not None:
+            sharing.observe(0)  # turned idle, or a folded change is due
         if reporter.due():
             timers.run(reporter.report, not shutdown.requested)
             timers.run(executor.expire_joins)
             timers.run(executor.sessions.maintain, time.monotonic())
             timers.run(executor.check_store_epoch)
+            if executor.recorder is not None:
+                timers.run(executor.recorder.flush)
         if shutdown.requested and not executor.departure.leaving:
             # warm stop: the schedulers stop placing work here when they see running=False
             reporter.report(running=False)
@@ -724,6 +782,8 @@ def main(config: ProcessConfig) -> None:
         if executor.departure.leaving and executor.finish_departure():
             break
     reporter.report(running=False)
+    if executor.recorder is not None:
+        executor.recorder.flush()
     reporter.close()
     executor.store_probe.close()
     executor.peers.close(linger_s=DEPARTURE_LINGER_S)

@@ -42,7 +42,7 @@ from typing import Any
 
 from cbctl.errors import InvalidArgument, NoExecutorAvailable
 from cbctl.runtime import defaults
-from cbctl.runtime.wire.messages import ExecutorStatus
+from cbctl.runtime.wire.messages import ExecutorLoad, ExecutorStatus
 
 ExecutorKey = tuple[str, str]  # (host, executor_id)
 TYPES = ("cpu", "gpu")
@@ -65,6 +65,8 @@ class PolicySettings:
     start_grace_s: float = defaults.POLICY_START_GRACE_S
     locality: bool = True  # prefer executors caching a call's referenced keys (off: a baseline to compare)
     scale_out: bool = True  # pin hot functions on more executors, and unpin them when load falls
+    placement: str = defaults.POLICY_PLACEMENT  # "outstanding" (placement.py) or "cloudburst" (this module)
+    work_stealing: bool = True  # "outstanding" only: idle executors take calls queued on backlogged ones
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> PolicySettings:
@@ -79,6 +81,12 @@ class PolicySettings:
 
 
 def _parse_setting(name: str, raw: Any, default: Any) -> Any:
+    if isinstance(default, str):
+        text = str(raw).strip().lower()
+        if text not in defaults.POLICY_PLACEMENTS:
+            raise InvalidArgument(f"policy setting {name} must be one of {', '.join(defaults.POLICY_PLACEMENTS)}, "
+                                  f"not {raw!r}")
+        return text
     if isinstance(default, bool):
         if isinstance(raw, bool):
             return raw
@@ -135,6 +143,14 @@ class ExecutorView:
     unpinning: set[str] = field(default_factory=set)  # unpin sent, executor still reports it
     reported: frozenset[str] = frozenset()
     recent_calls: collections.deque[float] = field(default_factory=collections.deque)
+    # placement="outstanding" only (placement.py): steps held there (its latest load report or status, plus
+    # the steps placed there since, less those known finished since), and when that report came
+    outstanding: int = 0
+    load_at: float = 0.0
+    reported_load: int = 0  # the executor's own count in that report
+    load_call: str = ""  # the call of the latest step it had received then
+    placed: collections.deque[tuple[float, str]] = field(default_factory=collections.deque)  # (time, call id)
+    movable: bool = False  # its latest load report says a waiting step could run elsewhere (a thief's hint)
 
     @property
     def host(self) -> str:
@@ -187,6 +203,7 @@ class Policy:
         self.refused: dict[tuple[str, ExecutorKey], float] = {}
         self.overloaded: set[str] = set()  # pinned functions whose every location was in backoff at a pick
         self.calm_since: dict[str, float] = {}
+        self.actions: list[PinAction] = []  # pins decided while placing a call (never by Cloudburst's policy)
         # per gpu flag: function -> candidate executors, rebuilt after any change that could alter them
         self._candidates: tuple[dict[str, tuple[ExecutorView, ...]], dict[str, tuple[ExecutorView, ...]]] = ({}, {})
 
@@ -301,10 +318,11 @@ class Policy:
     # --- calls (the hot path) -------------------------------------------------------------------------------
 
     def pick_executor(self, function: str, gpu: bool = False, refs: list[str] | None = None,
-                      avoid: Collection[str] = ()) -> ExecutorView:
+                      avoid: Collection[str] = (), now: float = 0.0, call_id: str = "") -> ExecutorView:
         """The executor for one call of ``function``. ``refs`` are the store keys the call references;
         executors whose address is in ``avoid`` (running a parallel branch of the same call) only when no
-        other candidate is left. Raises ``NoExecutorAvailable`` when no live executor can run it."""
+        other candidate is left; ``now`` and ``call_id``, the call's dispatch time and id (placement.py's policy
+        uses them). Raises ``NoExecutorAvailable`` when no live executor can run it."""
         candidates = self._candidates[gpu].get(function)
         if candidates is None:
             candidates = self._build_candidates(function, gpu)
@@ -550,6 +568,29 @@ class Policy:
             del self.calm_since[function]
         return actions
 
+    # --- load (placement="outstanding" acts on these; Cloudburst's policy has no such signal) ---------------
+
+    def process_load(self, load: ExecutorLoad) -> list[tuple[ExecutorView, str]]:
+        """An executor turned idle, busy or backlogged; returns (idle executor, backlogged executor's address)
+        pairs to send steal hints for. Cloudburst's policy places by recent calls and utilization only."""
+        return []
+
+    def calls_finished(self, calls: Iterable[Any]) -> None:
+        """These calls (``retries.InFlightCall``, dispatched by this scheduler) are over: their caller has the
+        results. Cloudburst's policy does not count outstanding work."""
+
+    def call_moved(self, source: str, to: str) -> None:
+        """An executor handed a queued step to another (work stealing)."""
+
+    def rehint(self) -> list[tuple[ExecutorView, str]]:
+        """Steal hints again for executors still backlogged (the scheduler's timer); see ``process_load``."""
+        return []
+
+    def take_actions(self) -> list[PinAction]:
+        """Pins decided while placing calls, for the scheduler to send; Cloudburst's policy pins only on its
+        timer."""
+        return []
+
     # --- reading -----------------------------------------------------------------------------------------
 
     def has_type(self, executor_type: str) -> bool:
@@ -569,6 +610,7 @@ class Policy:
                                 "pinned": sorted(v.pinned), "pinning": sorted(v.pinning),
                                 "utilization": v.utilization, "queue_length": v.queue_length,
                                 "backoff": v.key in self.backoff, "recent_calls": len(v.recent_calls),
+                                "outstanding": v.outstanding,
                                 "status_age_s": round(now - v.last_seen, 3)}
                 for v in sorted(self.executors.values(), key=lambda v: v.key)},
             "function_locations": {f: self.locations_of(f) for f in sorted(self.function_locations)},
@@ -577,4 +619,5 @@ class Policy:
             "pending_pins": sorted([f, k[1]] for f, k in self.pending_pins),
             "cached_keys": len(self.key_locations),
             "updates": self.updates,
+            "placement": self.settings.placement,
         }

@@ -12,16 +12,26 @@ placement is ``policy``, crash retries ``retries``, trigger requests ``triggers`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
 
-from cbctl.errors import CallLost, CbctlError, InvalidArgument, NoExecutorAvailable, NoSuchFunction, ProtocolError
-from cbctl.runtime import consistency, multiexec, registry
+from cbctl.errors import (
+    CallLost,
+    CbctlError,
+    ClusterNotRunning,
+    InvalidArgument,
+    NoExecutorAvailable,
+    NoSuchFunction,
+    ProtocolError,
+)
+from cbctl.runtime import cluster, consistency, multiexec, registry, step_records
 from cbctl.runtime.continuation import DEPTH_KEY
 from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
 from cbctl.runtime.defaults import (
@@ -51,13 +61,15 @@ from cbctl.runtime.process import (
 )
 from cbctl.runtime.retries import ATTEMPT_KEY, InFlightCall, InFlightTable, with_attempt
 from cbctl.runtime.scheduler import triggers
-from cbctl.runtime.scheduler.policy import PinAction, Policy, PolicySettings, host_of
+from cbctl.runtime.scheduler.placement import new_policy
+from cbctl.runtime.scheduler.policy import ExecutorView, PinAction, PolicySettings, host_of
 from cbctl.runtime.store_client import StoreClient
 from cbctl.runtime.wire import limits
 from cbctl.runtime.wire.messages import (
     TRIGGER_DEPTH_EXTRA,
     AddTrigger,
     CallAborted,
+    CallMoved,
     CallRequest,
     CallResult,
     CallRetried,
@@ -66,6 +78,8 @@ from cbctl.runtime.wire.messages import (
     ControlResponse,
     DagTrigger,
     Deploy,
+    DescribeCluster,
+    ExecutorLoad,
     ExecutorLost,
     ExecutorStatus,
     LeavingAck,
@@ -79,6 +93,7 @@ from cbctl.runtime.wire.messages import (
     RemoveRequest,
     RemoveTrigger,
     StatusAck,
+    StealHint,
     UnpinRequest,
     unpack,
     version_refusal,
@@ -126,8 +141,11 @@ class Scheduler:
     def __init__(self, config: ProcessConfig, context: zmq.Context, store: StoreClient) -> None:
         self.config = config
         self.store = store
-        self.policy = Policy(PolicySettings.from_options(config.options.get("policy", {})),
-                             local_host=socket.gethostname())
+        # the host of this machine's executors as the policy keys them (host_of): on TCP, the --listen host, so
+        # the pid check below covers exactly the executors of this machine and never a joined host's
+        local_host = config.listen.removeprefix("tcp://") if config.listen else socket.gethostname()
+        self.policy = new_policy(PolicySettings.from_options(config.options.get("policy", {})), local_host=local_host)
+        self.record_steps = step_records.enabled()  # tests and benchmarks: stamp triggers with dispatch times
         self.address = ""  # this scheduler's ROUTER address, set once bound: where executors answer pins
         self.peers = PeerSockets(context)
         self.timers = TimerWork(log)
@@ -207,7 +225,9 @@ class Scheduler:
         an executor is being restarted) for one to report."""
         in_flight = self.in_flight
         if request.completed:
-            in_flight.complete(request.completed)
+            done = in_flight.complete(request.completed)
+            if done:
+                self.policy.calls_finished(done)  # the steps they placed are no longer outstanding
         if attempt == 1 and not depth and (request.call_id in in_flight or request.call_id in self.parked_ids):
             self.counters["duplicate_calls"] += 1  # a client's resend of a call that is under way, or waiting
             return
@@ -218,11 +238,13 @@ class Scheduler:
             if request.source_args:
                 check_source_args(plan, request.source_args)
             pick = self.policy.pick_executor
+            now = time.monotonic()  # the dispatch time, for the policy and the in-flight table alike
             locations: dict[str, str] = {}
             for fn in plan.functions:
                 parallel = plan.parallel[fn]
                 locations[fn] = pick(fn, plan.gpu[fn], request.refs,
-                                     [locations[p] for p in parallel] if parallel else ()).address
+                                     [locations[p] for p in parallel] if parallel else (), now,
+                                     request.call_id).address
         except NoExecutorAvailable as exc:
             deadline = wait_until or self.wait_for_executors_until
             if time.monotonic() < deadline:
@@ -237,9 +259,11 @@ class Scheduler:
             self.counters["dispatch_errors"] += 1
             self.reject(request, exc)
             return
+        if self.policy.actions:
+            self.apply(self.policy.take_actions())  # pinned on an idle executor, all others being busy
         self.counters["dag_calls" if plan.dag else "calls"] += 1
         self.name_calls[plan.name] = self.name_calls.get(plan.name, 0) + 1
-        in_flight.add(request, locations, depth, attempt)
+        in_flight.add(request, locations, depth, attempt, now)
         extras = {**plan.extras, DEPTH_KEY: depth} if depth else plan.extras
         if request.extras:  # the client's read-your-writes session, and nothing else a client may set
             extras = (consistency.with_continued_call(extras, request.extras) if depth  # from an executor
@@ -249,6 +273,8 @@ class Scheduler:
                 extras = {**extras, TRIGGER_DEPTH_EXTRA: chain}
         if attempt > 1:
             extras = with_attempt(extras, attempt)
+        if self.record_steps:
+            extras = step_records.stamp(extras)
         for source in plan.sources:
             trigger = DagTrigger(request.call_id, plan.dag, source, locations, plan.versions, plan.edges, "",
                                  request.source_args.get(source, request.args), request.response_address,
@@ -311,8 +337,10 @@ class Scheduler:
                 self.timers.failed(f"checking executor {view.executor_id}", exc)
 
     def update_policy(self) -> None:
-        """Timer work: the policy's periodic update, and the pins and unpins it decides."""
+        """Timer work: the policy's periodic update, and the pins and unpins it decides; steal hints again for
+        executors still backlogged (placement.py)."""
         self.apply(self.policy.periodic_update())
+        self.send_hints(self.policy.rehint())
 
     def retry_parked(self) -> None:
         """Try each call that waits for an executor again (it parks itself again if there is still none, or
@@ -480,6 +508,14 @@ class Scheduler:
             "policy": self.policy.describe(),
         }
 
+    def on_describe_cluster(self, _request: DescribeCluster) -> Any:
+        """The cluster file, for a client on another machine (``cbctl.connect(address=...)``): the store's and
+        the schedulers' addresses, the limits, the version. It holds no key."""
+        found = cluster.ClusterFile.read(Path(self.config.home))
+        if found is None:
+            raise ClusterNotRunning("the cluster file is missing on the head: the cluster is starting or stopping")
+        return dataclasses.asdict(found)
+
     def on_status(self, status: ExecutorStatus) -> None:
         if self.lost_pids and (status.executor_id, status.pid) in self.lost_pids:
             return  # sent before its process died, read after: it must not bring the dead executor back
@@ -500,6 +536,24 @@ class Scheduler:
             # the policy no longer places work there; this ack, behind every trigger sent there on the same
             # socket, tells the departing executor that nothing more will come from this scheduler
             self.peers.send(status.address, LeavingAck(self.address).pack())
+
+    def on_load(self, load: ExecutorLoad) -> None:
+        """An executor turned idle, busy or backlogged (placement.py): recount it, and hint idle executors to
+        take a call each from a backlogged one."""
+        if self.lost_pids and (load.executor_id, load.pid) in self.lost_pids:
+            return
+        self.send_hints(self.policy.process_load(load))
+
+    def send_hints(self, hints: list[tuple[ExecutorView, str]]) -> None:
+        for thief, victim in hints:
+            self.peers.send(thief.address, StealHint(victim).pack())
+
+    def on_call_moved(self, moved: CallMoved) -> None:
+        """An executor handed a queued step to another: a retry after that one dies must find it there."""
+        call = self.in_flight.calls.get(moved.call_id)
+        if call is not None and call.locations.get(moved.function) == moved.source:
+            call.locations = {**call.locations, moved.function: moved.to}  # the trigger's dict is shared
+        self.policy.call_moved(moved.source, moved.to)
 
     def on_pin_response(self, response: PinResponse) -> None:
         if not response.accepted:
@@ -528,6 +582,7 @@ class Scheduler:
         AddTrigger: on_add_trigger,
         ListTriggers: on_list_triggers,
         RemoveTrigger: on_remove_trigger,
+        DescribeCluster: on_describe_cluster,
     }
 
     def handle(self, sock: zmq.Socket, parts: list[bytes]) -> None:
@@ -548,8 +603,12 @@ class Scheduler:
         elif kind is ExecutorStatus:
             self.on_status(message)
             sock.send_multipart([*parts[:-1], StatusAck(message.executor_id).pack()])
+        elif kind is ExecutorLoad:
+            self.on_load(message)
         elif kind is PinResponse:
             self.on_pin_response(message)
+        elif kind is CallMoved:
+            self.on_call_moved(message)
         elif kind is ExecutorLost:
             self.on_executor_lost(message)
         elif kind in self.CONTROL:
@@ -640,3 +699,4 @@ def main(config: ProcessConfig) -> None:
     store.close()
     context.term()
     log.info("scheduler stopped")
+

@@ -15,16 +15,12 @@ Shutdown drains executors first (they finish their queues), then stops scheduler
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
-import multiprocessing
 import os
-import shutil
-import subprocess
+import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +32,10 @@ from cbctl.errors import ProtocolError
 from cbctl.runtime import cluster, home_lock
 from cbctl.runtime.defaults import (
     CLUSTER_FILE_CHECK_S,
-    DEPARTURE_TIMEOUT_S,
     EXECUTOR_RECYCLE_EXIT_CODE,
-    MAX_BATCH,
-    MAX_CONTINUATIONS,
-    MAX_MESSAGE_BYTES,
-    MAX_TRIGGER_DEPTH,
+    NODE_HEARTBEAT_S,
+    NODE_LOST_AFTER_S,
+    POLICY_PLACEMENT,
     RESTART_BACKOFF_FIRST_S,
     RESTART_BACKOFF_MAX_S,
     RESTARTS_PER_MINUTE,
@@ -52,11 +46,16 @@ from cbctl.runtime.defaults import (
 from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, TimerWork, drain, new_socket
 from cbctl.runtime.supervisor import scaling
 from cbctl.runtime.supervisor.child import Child
+from cbctl.runtime.supervisor.forkserver import run_role, start_forkserver
+from cbctl.runtime.supervisor.nodes import NodeTable
+from cbctl.runtime.supervisor.spec import ClusterSpec
 from cbctl.runtime.wire import auth, limits
 from cbctl.runtime.wire.messages import (
     START_BY,
     ControlResponse,
     ExecutorLost,
+    NodeAck,
+    NodeHeartbeat,
     ProcessReady,
     SupervisorRequest,
     unpack,
@@ -67,50 +66,6 @@ log = logging.getLogger(__name__)
 rejected = RejectedFrameLog(log)  # warnings about frames this process drops, rate-limited
 
 STARTUP_ERROR_FILE = cluster.STARTUP_ERROR_FILE
-ROLE_MODULES = {"store": "cbctl.runtime.store.node", "scheduler": "cbctl.runtime.scheduler.scheduler",
-                "executor": "cbctl.runtime.executor.executor"}
-
-
-def run_role(config: ProcessConfig) -> None:
-    """Child entry point: apply the child's environment (a GPU executor's device) before any user code."""
-    for name, value in config.options.get("env", {}).items():
-        os.environ[name] = value
-    importlib.import_module(ROLE_MODULES[config.role]).main(config)
-
-
-@dataclass
-class ClusterSpec:
-    """What ``cbctl up`` asked for."""
-
-    executors: int
-    gpu_executors: int = 0
-    schedulers: int = 1
-    listen: str = ""  # "tcp://HOST", or "" for ipc sockets in the home
-    scheduler_port: int = 0  # the first scheduler's port on HOST (0: random, like every other process's)
-    curve: bool = False  # TCP sockets authenticate with the keys in HOME/keys (see auth.py)
-    durability: str = "batch"
-    departure_timeout_s: float = DEPARTURE_TIMEOUT_S  # `cbctl scale` down: a departing executor's time to finish
-    salvage: bool = False  # the store keeps the intact records of a damaged log or snapshot (`cbctl up --salvage`)
-    fake_gpus: int = 0
-    cache_mb: int = 64
-    max_batch: int = MAX_BATCH
-    max_continuations: int = MAX_CONTINUATIONS
-    max_trigger_depth: int = MAX_TRIGGER_DEPTH
-    executor_memory_mb: int = 0  # recycle an executor whose memory is over this after a call (0: never)
-    policy: dict[str, Any] = field(default_factory=dict)  # placement policy settings (`cbctl up --policy`)
-    max_message_bytes: int = MAX_MESSAGE_BYTES  # largest serialised value (`cbctl up --max-message-mb`)
-
-
-def count_gpus() -> int:
-    """GPUs visible through nvidia-smi (0 when there is no driver or no tool)."""
-    tool = shutil.which("nvidia-smi")
-    if tool is None:
-        return 0
-    try:
-        out = subprocess.run([tool, "-L"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
 class StartupError(Exception):
@@ -121,12 +76,13 @@ class Supervisor:
     def __init__(self, home: Path, spec: ClusterSpec) -> None:
         self.home = home
         self.spec = spec
-        self.context = auth.new_context(auth.load_keys(home) if spec.curve else None)
         # forkserver, not spawn: one server process imports cbctl's runtime once and every child (and every
         # restart) is forked from it in milliseconds instead of starting an interpreter and importing it all again
         # (about 0.4 s of CPU each); the server has no threads or zmq context, so forking it is safe
-        self.mp = multiprocessing.get_context("forkserver")
-        self.mp.set_forkserver_preload(sorted(set(ROLE_MODULES.values())))
+        self.mp = start_forkserver()  # started already by the entry point (__main__), so a no-op then
+        self.context = auth.new_context(auth.load_keys(home) if spec.curve else None)
+        #: unix times of the start-up steps, for the cluster file (`cbctl up --verbose` shows them)
+        self.startup: dict[str, float] = {}
         self.children: dict[str, Child] = {}
         self.shutdown = ShutdownFlag()
         self.timers = TimerWork(log)
@@ -147,6 +103,9 @@ class Supervisor:
         self.highest_executor_index = -1  # executor indices are never reused (see scaling.py)
         self.scheduler_socks: list[zmq.Socket] = []  # DEALERs to the schedulers, for ExecutorLost
         self.cluster_file_unwritable = False  # said once in the log (see _repair_cluster_file)
+        # the host this supervisor's executors are on, as ids and `cbctl top` name it; and the joined hosts
+        self.host = spec.listen.removeprefix("tcp://").strip("[]") if spec.listen else socket.gethostname()
+        self.nodes = NodeTable(NODE_LOST_AFTER_S, self.host)
 
     # --- start ---------------------------------------------------------------------------------------
 
@@ -175,7 +134,7 @@ class Supervisor:
     def _wait_ready(self, names: list[str], timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
         while any(self.children[n].state != "ready" for n in names):
-            if self.shutdown.requested:
+            if self.shutdown.requested or self.owner_gone():
                 raise StartupError("interrupted while starting")
             if time.monotonic() > deadline:
                 late = [n for n in names if self.children[n].state != "ready"]
@@ -228,8 +187,10 @@ class Supervisor:
         executors = [self._new_executor(i, "cpu") for i in range(spec.executors)]
         executors += [self._new_executor(spec.executors + i, "gpu", device=i) for i in range(spec.gpu_executors)]
         self._start_role(executors, known)
+        self.startup["children_forked"] = time.time()
         if known:
             self._wait_ready(list(self.children))
+        self.startup["children_ready"] = time.time()
         self.write_cluster_file()
 
     def _start_role(self, children: list[Child], addresses_known: bool) -> None:
@@ -244,7 +205,9 @@ class Supervisor:
         options: dict[str, Any] = {"executor_type": executor_type, "cache_mb": self.spec.cache_mb,
                                    "max_batch": self.spec.max_batch,
                                    "max_continuations": self.spec.max_continuations,
-                                   "memory_limit_mb": self.spec.executor_memory_mb}
+                                   "memory_limit_mb": self.spec.executor_memory_mb,
+                                   # load reports serve placement by outstanding work only (placement.py)
+                                   "load_reports": self.spec.policy.get("placement", POLICY_PLACEMENT) != "cloudburst"}
         if executor_type == "gpu":
             # set before user code runs in the child, so frameworks see exactly one device
             options["env"] = {"CUDA_VISIBLE_DEVICES": str(device)}
@@ -264,7 +227,7 @@ class Supervisor:
             cluster.ProcessEntry(c.config.role, c.config.index, c.pid, c.address, c.started_at, c.restarts,
                                  c.config.options.get("executor_type", ""))
             for c in self.children.values() if c.state != "stopped"
-        ]
+        ] + self.nodes.process_entries()
         cluster.ClusterFile(
             home=str(self.home), supervisor_pid=me.pid, supervisor_create_time=me.create_time(),
             control_address=self.control_address, store_address=self.children["store-0"].address,
@@ -273,6 +236,8 @@ class Supervisor:
             max_message_bytes=self.spec.max_message_bytes,
             auth=auth.AUTH_CURVE if self.spec.curve else auth.AUTH_NONE,
             departure_timeout_s=self.spec.departure_timeout_s,
+            pid_space=cluster.pid_space(), head_host=self.host,
+            startup={**self.startup, "cluster_file": time.time()},
         ).write(self.home)
 
     # --- run -----------------------------------------------------------------------------------------
@@ -283,6 +248,9 @@ class Supervisor:
         poller.register(self.control_sock, zmq.POLLIN)
         next_file_check = time.monotonic() + CLUSTER_FILE_CHECK_S
         while not self.shutdown.requested:
+            if self.owner_gone():
+                log.warning("the process that owns this cluster (pid %d) is gone: stopping", self.spec.owner_pid)
+                break
             events = dict(poller.poll(100))
             if time.monotonic() >= next_file_check:
                 next_file_check = time.monotonic() + CLUSTER_FILE_CHECK_S
@@ -293,6 +261,8 @@ class Supervisor:
             if self.control_sock in events:
                 self._on_control_frames()
             self.timers.run(self._watch_children)
+            if self.nodes.nodes:
+                self.timers.run(self._watch_nodes)
             if self.scaling is not None:
                 self.timers.run(self._advance_scale)
         self.stop()
@@ -315,6 +285,10 @@ class Supervisor:
                 return
             self.cluster_file_unwritable = False
             log.warning("the cluster file %s was missing or damaged: rewrote it", self.home / cluster.CLUSTER_FILE)
+    def owner_gone(self) -> bool:
+        """Whether the owner (``ClusterSpec.owner_pid``), this process's parent, exited: an orphan is
+        re-parented, so the parent pid changes (one cheap syscall, no pid that could be reused)."""
+        return bool(self.spec.owner_pid) and os.getppid() != self.spec.owner_pid
 
     def _watch_children(self) -> None:
         now = time.time()
@@ -335,7 +309,7 @@ class Supervisor:
                     child.state = "failed"
                     log.error("%s died %d times in a minute: not restarting it", child.config.name, recent)
                     if child.config.role == "executor":  # its calls still go elsewhere
-                        self.tell_schedulers(ExecutorLost(child.config.name, child.address, child.pid,
+                        self.tell_schedulers(ExecutorLost(self.executor_id(child), child.address, child.pid,
                                                            f"exited with code {code}, not restarted"))
                     continue
                 if now - child.started_at > 30:
@@ -345,7 +319,7 @@ class Supervisor:
                 log.warning("%s (pid %d) exited with code %s: restarting in %.1f s",
                             child.config.name, child.pid, code, child.backoff)
                 if child.config.role == "executor":
-                    self.tell_schedulers(ExecutorLost(child.config.name, child.address, child.pid,
+                    self.tell_schedulers(ExecutorLost(self.executor_id(child), child.address, child.pid,
                                                        f"exited with code {code}"))
                 child.backoff = min(child.backoff * 2, RESTART_BACKOFF_MAX_S)
             elif child.state == "restarting" and now >= child.restart_at:
@@ -355,16 +329,53 @@ class Supervisor:
         if changed:
             self.write_cluster_file()
 
+    def scheduler_addresses(self) -> list[str]:
+        return [c.address for c in self.children.values() if c.config.role == "scheduler" and c.address]
+
+    def executor_id(self, child: Child) -> str:
+        """The id an executor child goes by (``executor-N`` on the head)."""
+        return child.config.name
+
+    def _watch_nodes(self) -> None:
+        """Timer work: a joined host silent past ``NODE_LOST_AFTER_S`` is lost, and so is every executor on it."""
+        gone = self.nodes.expire(time.monotonic())
+        for host, lost in gone:
+            log.warning("host %s sent no heartbeat for %.0f s: lost, with its %d executor(s)", host,
+                        NODE_LOST_AFTER_S, len(lost))
+            for message in lost:
+                self.tell_schedulers(message)
+        if gone:
+            self.write_cluster_file()
+
+    def _on_heartbeat(self, envelope: list[bytes], beat: NodeHeartbeat) -> None:
+        known = beat.host in self.nodes.nodes
+        try:
+            verdict = self.nodes.on_heartbeat(beat, time.monotonic())
+        except (ValueError, TypeError) as exc:
+            self.protocol_errors += 1
+            rejected.warning("dropped a malformed heartbeat from %s: %s", beat.host, exc)
+            return
+        for message in verdict.lost:
+            self.tell_schedulers(message)
+        if verdict.changed:
+            self.write_cluster_file()
+            if beat.leaving:
+                log.info("host %s left", beat.host)
+            elif not known:
+                log.info("host %s joined (node supervisor pid %d)", beat.host, beat.node_pid)
+        file_text = (self.home / cluster.CLUSTER_FILE).read_text() if verdict.accepted else ""
+        reply = NodeAck(beat.seq, verdict.accepted, verdict.reason, file_text)
+        self.control_sock.send_multipart([*envelope, reply.pack()])
+
     def tell_schedulers(self, message: ExecutorLost) -> None:
         """At once, not with the next status interval: the calls that the dead executor held are dispatched
         again by the schedulers (see retries.py). A scheduler that is down misses it; it checks the pids of
         the executors it knows on its timer as well."""
         if not self.scheduler_socks:
-            for child in self.children.values():
-                if child.config.role == "scheduler" and child.address:
-                    sock = new_socket(self.context, zmq.DEALER)
-                    auth.connect(sock, child.address)  # with the cluster's keys on TCP, or CURVE refuses it
-                    self.scheduler_socks.append(sock)
+            for address in self.scheduler_addresses():
+                sock = new_socket(self.context, zmq.DEALER)
+                auth.connect(sock, address)  # with the cluster's keys on TCP, or CURVE refuses it
+                self.scheduler_socks.append(sock)
         frame = message.pack()
         for sock in self.scheduler_socks:
             try:
@@ -376,6 +387,9 @@ class Supervisor:
         for parts in drain(self.control_sock):
             try:
                 request = unpack(parts[-1])
+                if isinstance(request, NodeHeartbeat):
+                    self._on_heartbeat(parts[:-1], request)
+                    continue
                 if not isinstance(request, SupervisorRequest):
                     raise ProtocolError(f"the supervisor does not serve {type(request).__name__}")
             except ProtocolError as exc:
@@ -447,13 +461,24 @@ class Supervisor:
                 "uptime_s": round(now - child.started_at, 1) if child.state == "ready" else 0.0,
                 "restarts": child.restarts, "recycles": child.recycles,
                 "executor_type": child.config.options.get("executor_type", ""),
-                "cpu_percent": cpu, "rss_bytes": rss,
+                "cpu_percent": cpu, "rss_bytes": rss, "host": self.host,
             })
+        hosts = self.nodes.status(time.monotonic())
+        for node in hosts:  # a joined host's executors, as its last heartbeat listed them (no CPU or memory)
+            for e in node["executors"]:
+                processes.append({
+                    "name": e["name"], "role": "executor", "index": e["index"], "pid": e["pid"],
+                    "address": e["address"], "state": e["state"],
+                    "uptime_s": round(now - e["started_at"], 1) if e["state"] == "ready" else 0.0,
+                    "restarts": e["restarts"], "recycles": 0, "executor_type": e["executor_type"], "cpu_percent": None,
+                    "rss_bytes": None, "host": node["host"],
+                })
         live = {child.pid for child in self.children.values()}
         self._ps = {pid: proc for pid, proc in self._ps.items() if pid in live}  # forget restarted pids
         return {"home": str(self.home), "uptime_s": round(now - self.started_at, 1),
                 "supervisor_pid": os.getpid(), "protocol_errors": self.protocol_errors,
-                "processes": processes}
+                "processes": processes, "host": self.host,
+                "hosts": [{k: v for k, v in node.items() if k != "executors"} for node in hosts]}
 
     # --- stop ----------------------------------------------------------------------------------------
 
@@ -464,6 +489,7 @@ class Supervisor:
             reply = ControlResponse(self.scaling.req_id, False, None, "CbctlError", "the cluster is stopping")
             self.control_sock.send_multipart([*self.scaling.envelope, reply.pack()])
             self.scaling = None
+        self._dismiss_nodes()
         for role in ("executor", "scheduler", "store"):
             self._stop_role(role, timeout_s)
         cluster.remove_cluster_file(self.home)
@@ -473,6 +499,27 @@ class Supervisor:
         self.control_sock.close()
         self.context.term()
         log.info("cluster stopped")
+
+    def _dismiss_nodes(self) -> None:
+        """Answer each joined host's next heartbeat with "stopping", so its executors depart (gracefully, while
+        the schedulers still run) and its node supervisor exits: a stopped head's keys and ports die with it.
+        Waits at most two heartbeat intervals; a host that misses it leaves when its heartbeats go unanswered."""
+        waiting = set(self.nodes.nodes)
+        deadline = time.monotonic() + 2 * NODE_HEARTBEAT_S + 0.2
+        while waiting and time.monotonic() < deadline:
+            if not self.control_sock.poll(50):
+                continue
+            for parts in drain(self.control_sock):
+                try:
+                    beat = unpack(parts[-1])
+                except ProtocolError:
+                    continue
+                if isinstance(beat, NodeHeartbeat):
+                    waiting.discard(beat.host)
+                    reply = NodeAck(beat.seq, False, "stopping: `cbctl down` on the head", "")
+                    self.control_sock.send_multipart([*parts[:-1], reply.pack()])
+        if waiting:
+            log.warning("joined host(s) %s did not hear that the cluster stops", ", ".join(sorted(waiting)))
 
     def _stop_role(self, role: str, timeout_s: float) -> None:
         children = [c for c in self.children.values() if c.config.role == role and c.process is not None]
@@ -492,7 +539,9 @@ class Supervisor:
             child.state = "stopped"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, startup: dict[str, float] | None = None) -> None:
+    """Run the supervisor (``python -m cbctl.runtime.supervisor`` runs it, see ``__main__``); ``startup``: the
+    unix times of the entry point's steps before this, for the cluster file."""
     parser = argparse.ArgumentParser(description="cbctl supervisor (started by `cbctl up`)")
     parser.add_argument("--home", required=True)
     parser.add_argument("--spec", required=True, help="ClusterSpec as JSON")
@@ -520,6 +569,7 @@ def main(argv: list[str] | None = None) -> None:
     (home / STARTUP_ERROR_FILE).unlink(missing_ok=True)
     try:
         supervisor = Supervisor(home, spec)
+        supervisor.startup.update(startup or {})
     except Exception as exc:  # e.g. its control socket cannot bind: `cbctl up` shows this file's text
         log.exception("start failed")
         (home / STARTUP_ERROR_FILE).write_text(str(exc))
@@ -536,5 +586,3 @@ def main(argv: list[str] | None = None) -> None:
     supervisor.run()
 
 
-if __name__ == "__main__":
-    main()

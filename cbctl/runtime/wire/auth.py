@@ -25,17 +25,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 from cbctl.errors import AuthenticationError
+from cbctl.runtime.cluster import KEYS_DIR
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
+
+# zmq.auth (and the asyncio it imports) only where keys are made, read or checked: an ipc cluster, which is the
+# default, never needs it, and every process of one (the command line's too) would pay for its import.
 from cbctl.runtime.defaults import HANDSHAKE_REFUSALS_CONCLUSIVE, ZAP_DENIAL_LOG_EVERY
 
 log = logging.getLogger(__name__)
 
-KEYS_DIR = "keys"
 #: The ``auth`` field of the cluster file: what a client must present to a cluster's TCP sockets.
 AUTH_CURVE = "curve"
 AUTH_NONE = "none"
@@ -64,6 +69,8 @@ def generate_keys(home: Path) -> CurveKeys:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(mode=0o700)
     directory.chmod(0o700)  # mkdir's mode is masked by the umask
+    import zmq.auth
+
     for name in ("server", "client"):
         for path in map(Path, zmq.auth.create_certificates(str(directory), name)):
             path.chmod(0o600)
@@ -77,7 +84,14 @@ def remove_keys(home: Path) -> None:
 
 def load_keys(home: Path) -> CurveKeys:
     """The keys of the cluster in ``home``, or ``AuthenticationError`` saying how to get them."""
-    directory = keys_dir(home)
+    return load_keys_from(keys_dir(home), home)
+
+
+def load_keys_from(directory: Path, home: Path | None = None) -> CurveKeys:
+    """The keys in ``directory`` (a copy of a cluster's ``keys/``), or ``AuthenticationError``."""
+    import zmq.auth
+
+    home = home if home is not None else directory
     try:
         server_public, server_secret = zmq.auth.load_certificate(directory / "server.key_secret")
         client_public, client_secret = zmq.auth.load_certificate(directory / "client.key_secret")
@@ -103,6 +117,8 @@ class CurveContext(zmq.Context):
         with _start_lock:
             if self._authenticator is not None:
                 return
+            from zmq.auth.thread import ThreadAuthenticator
+
             authenticator = ThreadAuthenticator(self, log=logging.getLogger(f"{__name__}.zap"))
             authenticator.start()
             authenticator.configure_curve_callback(_ZAP_DOMAIN, _ClusterClients(keys.client_public))

@@ -69,6 +69,9 @@ Address = Annotated[str, Valid(is_address, "an address (ipc://PATH or tcp://HOST
 AddressOrNone = Annotated[str, Valid(lambda v: v == "" or is_address(v), "an address or ''")]
 ExecutorId = Annotated[str, Valid(is_executor_id, "an executor id (executor-N or HOST/executor-N)")]
 ExecutorIdOrNone = Annotated[str, Valid(lambda v: v == "" or is_executor_id(v), "an executor id or ''")]
+#: A joined host's name: what its executors' ids start with (``HOST/executor-N``).
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+HostName = Annotated[str, Valid(lambda v: HOST_NAME.fullmatch(v) is not None, "a host name (letters, digits, _.-)")]
 ExecutorType = Annotated[str, Valid(lambda v: v in ("cpu", "gpu"), "an executor type (cpu or gpu)")]
 Role = Annotated[str, Valid(lambda v: v in ("store", "scheduler", "executor"), "a role (store, scheduler, executor)")]
 #: A utilization: finite and non-negative (NaN compares false with everything, and would stick in a policy).

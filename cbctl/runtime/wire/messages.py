@@ -24,6 +24,7 @@ from cbctl.runtime.wire.frames import (
     ExecutorId,
     ExecutorIdOrNone,
     ExecutorType,
+    HostName,
     Message,
     Pid,
     Role,
@@ -513,3 +514,95 @@ class CallRetried(Message):
 
     call_id: str
     attempt: Count
+
+
+# --- hosts: joined machines (kinds 120-129; see supervisor/nodes.py and supervisor/node.py) -------------------
+
+
+@message(120)
+class NodeHeartbeat(Message):
+    """A joined host's node supervisor -> the head's supervisor, every ``NODE_HEARTBEAT_S``: the host is alive,
+    and these are its executors, each ``[index, pid, address, type, state, started_at, restarts]``. The head
+    judges the host by these alone (an executor's silent status may be one long call). ``leaving``: the host
+    departs (`cbctl leave`); its executors have left or are leaving, as in ``cbctl scale``."""
+
+    host: HostName
+    node_pid: Pid
+    seq: Count
+    executors: list[list[Any]]
+    leaving: bool = False
+
+
+@message(121)
+class NodeAck(Message):
+    """The head's supervisor -> a node supervisor, for each heartbeat: ``accepted`` False with ``reason`` when
+    the host may not (or may no longer) take part, else the head's cluster file (JSON; no key is ever in it),
+    which the host keeps as its copy, so its executors see every other host's executors."""
+
+    seq: Count
+    accepted: bool
+    reason: str
+    cluster_file: str
+
+
+@message(122)
+class DescribeCluster(Message):
+    """Client -> scheduler: the cluster file (the addresses a client on another machine needs, and the limits),
+    answered in a ``ControlResponse``."""
+
+    req_id: int
+
+
+# --- placement by outstanding work (kinds 130-139; see scheduler/placement.py and executor/stealing.py) -----
+
+
+@message(130)
+class ExecutorLoad(Message):
+    """Executor -> every scheduler, only when it turns idle, busy, or backlogged (a step that could run
+    elsewhere waits behind the one it runs), at most once per ``LOAD_REPORT_MIN_INTERVAL_S`` (the latest state
+    follows when that passes): ``load`` is the steps it holds, the running one included (0: idle). Never sent
+    per call."""
+
+    executor_id: ExecutorId
+    address: Address
+    pid: Pid
+    load: Count
+    movable: bool  # a waiting step could run on another executor (stealing.stealable): worth a thief
+    last_call: str  # the call of the latest step it received: what a scheduler placed before it, it counted
+    denied_by: AddressOrNone = ""  # the address of a backlogged executor that just had nothing this one could take
+
+
+@message(131)
+class StealHint(Message):
+    """Scheduler -> an idle executor: the executor at ``victim`` has calls queued behind a running one; ask it
+    for one (``StealRequest``) if you are still idle."""
+
+    victim: Address
+
+
+@message(132)
+class StealRequest(Message):
+    """An idle executor -> a backlogged one: hand me one queued call (a ``DagTrigger``), or say there is none
+    (``NothingToSteal``)."""
+
+    thief: Address
+    executor_type: ExecutorType
+
+
+@message(133)
+class CallMoved(Message):
+    """A victim -> every scheduler, after handing the step ``function`` of ``call_id`` to the executor at
+    ``to``: a scheduler that dispatched the call dispatches it again if that executor dies, not the victim."""
+
+    call_id: str
+    function: str
+    source: Address  # the victim's address
+    to: Address
+
+
+@message(134)
+class NothingToSteal(Message):
+    """A backlogged executor -> a thief, when it has no queued call that can move (another thief took it, or
+    it ran it meanwhile): the thief reports itself idle again, so no scheduler keeps counting it busy."""
+
+    victim: Address
