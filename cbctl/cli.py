@@ -298,13 +298,19 @@ def main(home: str | None) -> None:
 @click.option("--policy", "policy", multiple=True, metavar="KEY=VALUE",
               help="Tune the placement policy (repeatable), e.g. placement=cloudburst (Cloudburst's policy instead "
                    "of placement by outstanding work) scale_in_calm_s=5 locality=false; keys and defaults are in "
-                   "cbctl/runtime/defaults.py (POLICY_*).")
+                   "cbctl/runtime/defaults.py (POLICY_*); with --autoscale also autoscale_NAME=VALUE (AUTOSCALE_*), "
+                   "e.g. autoscale_down_window_s=10.")
+@click.option("--autoscale", default="", metavar="MIN:MAX",
+              help="Run between MIN and MAX CPU executors as the load asks (MIN may be 0: an idle cluster then "
+                   "runs none, and the first call starts one); MIN: takes the default MAX, one per core within "
+                   "half the free memory. Starts at --executors if given, else MIN.")
 @home_option
 @handle_errors
 def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
        durability: str, cache_mb: int, fake_gpus: int, max_batch: int, max_continuations: int,
        max_message_mb: int, policy: tuple[str, ...], no_auth: bool, max_trigger_depth: int,
-       executor_memory_mb: int, departure_timeout: float, salvage: bool, verbose: bool, home: str | None) -> None:
+       executor_memory_mb: int, verbose: bool, autoscale: str, departure_timeout: float, salvage: bool,
+       home: str | None) -> None:
     """Start a cluster in the home directory and return once every process is ready.
 
     The home is made private to you (0700/0600). With --listen, every TCP socket is a CURVE server that
@@ -315,8 +321,8 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     Examples:
     cbctl up --executors 4 --gpu-executors 1
     cbctl up --listen tcp://127.0.0.1:7100    the scheduler on port 7100, CURVE keys in HOME/keys
-    cbctl up --salvage                        start over a damaged log, keeping its intact records
     cbctl up --verbose                        and where the time went
+    cbctl up --autoscale 0:4                  0 to 4 CPU executors, following the load
     cbctl up --salvage                        start over a damaged log, keeping its intact records
     """
     stamps = {"cli_started": lifecycle.process_started_at(), "cli_entered": time.time()}
@@ -327,8 +333,8 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
             home_path, executors=executors, gpu_executors=gpu_executors, schedulers=schedulers, listen=listen,
             no_auth=no_auth, durability=durability, cache_mb=cache_mb, fake_gpus=fake_gpus, max_batch=max_batch,
             max_continuations=max_continuations, max_message_mb=max_message_mb, policy=policy,
-            max_trigger_depth=max_trigger_depth, executor_memory_mb=executor_memory_mb, salvage=salvage,
-            departure_timeout_s=departure_timeout, holding_lock=True)
+            max_trigger_depth=max_trigger_depth, executor_memory_mb=executor_memory_mb, autoscale=autoscale,
+            salvage=salvage, departure_timeout_s=departure_timeout, holding_lock=True)
         for note in notes:
             errors.print(note, markup=False)
         started = time.monotonic()
@@ -342,6 +348,8 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     for line in lifecycle.salvage_report(home_path, since=time.time() - (time.monotonic() - started)):
         errors.print(f"warning: {line}", markup=False)
     counts = f"{spec.executors} CPU + {spec.gpu_executors} GPU executors, {spec.schedulers} scheduler(s)"
+    if spec.autoscale:
+        counts += f", autoscaling {spec.autoscale[0]}:{spec.autoscale[1]} CPU executors"
     click.echo(f"cluster up in {home_path} ({counts}) in {time.monotonic() - started:.1f} s")
     stamps["printed"] = time.time()
     if verbose:
@@ -487,6 +495,49 @@ def scale(executors: int, as_json: bool, home: str | None) -> None:
 
 
 @main.command()
+@click.argument("span", metavar="MIN:MAX|off")
+@click.option("--policy", "policy", multiple=True, metavar="autoscale_NAME=VALUE",
+              help="Tune the autoscaler (repeatable), e.g. autoscale_down_window_s=10; names and defaults are in "
+                   "cbctl/runtime/defaults.py (AUTOSCALE_*).")
+@click.option("--executors", type=int, default=None,
+              help="With off: the fixed number of CPU executors to keep. [default: as many as run now]")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@home_option
+@handle_errors
+def autoscale(span: str, policy: tuple[str, ...], executors: int | None, as_json: bool, home: str | None) -> None:
+    """Let the cluster run between MIN and MAX CPU executors as the load asks (MIN may be 0), or with off keep a
+    fixed number again. Executors are added when calls wait and removed (gracefully: no call is lost) after a
+    calm window; every decision is a line in `cbctl logs supervisor`, counted in `cbctl top`.
+
+    \b
+    Example: cbctl autoscale 0:4
+             cbctl autoscale 1: --policy autoscale_down_window_s=10
+             cbctl autoscale off --executors 2
+    """
+    from cbctl import control
+
+    result = control.autoscale_cluster(cluster.resolve_home(home), span, policy, executors)
+    if as_json:
+        print_json(result)
+        return
+    console.print(autoscale_line(result), markup=False)
+
+
+def autoscale_line(state: dict[str, Any]) -> str:
+    """One line on the autoscaler: its range and target, or the fixed size."""
+    counts = f"scale-ups {state.get('scale_ups', 0)}, scale-downs {state.get('scale_downs', 0)}"
+    if not state.get("enabled"):
+        return f"autoscaling off: {state['executors']} CPU executors, fixed ({counts})"
+    line = (f"autoscaling {state['min']}:{state['max']} CPU executors: target {state['target']}, "
+            f"running {state['executors']}" + (f", departing {state['departing']}" if state.get("departing") else "")
+            + f" ({counts})")
+    last = state.get("last_decision")
+    if last:
+        line += f"; last: {last['from']} -> {last['to']} {last['age_s']:.0f} s ago, {last['reason']}"
+    return line
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @home_option
 @handle_errors
@@ -522,6 +573,8 @@ def status(as_json: bool, home: str | None) -> None:
     console.print(table)
     for line in topview.health_lines(snapshot):
         console.print(line)
+    if report.get("autoscale"):
+        console.print(autoscale_line(report["autoscale"]), markup=False)
 
 
 @main.command()

@@ -64,9 +64,10 @@ from cbctl.runtime.defaults import (
     CONTROL_TIMEOUT_S,
     DEPLOY_IMPORT_TIMEOUT_S,
 )
-from cbctl.runtime.process import Receiver, new_socket, process_alive
+from cbctl.runtime.process import Receiver, new_socket, process_alive, send_message
 from cbctl.runtime.store_client import StoreClient
 from cbctl.runtime.wire import auth, limits, serialization
+from cbctl.runtime.wire.frames import Frames
 from cbctl.runtime.wire.messages import (
     AddTrigger,
     CallRequest,
@@ -240,7 +241,8 @@ class Client:
         if problem:
             raise InvalidArgument(problem)
         options = {"gpu": gpu, "batching": batching, "is_class": isinstance(target, type),
-                   "init_args": self._encode(tuple(init_args), "the init_args of %r", name) if init_args else b"",
+                   "init_args": (self._encode(tuple(init_args), "the init_args of %r", name, out_of_band=False)
+                                 if init_args else b""),
                    "source_file": source_file_of(target)}
         return self._register_prepared(PreparedFunction(name, cloudpickle.dumps(target), options))
 
@@ -445,7 +447,7 @@ class Client:
         with self._call_lock:
             if self._closed:
                 raise CbctlError("this client is closed: make a new one with cbctl.connect()")
-            self._call_sock.send(frame)
+            send_message(self._call_sock, frame)
         return future
 
     def _poll_result(self, future: CallFuture, timeout: float | None) -> None:
@@ -523,7 +525,7 @@ class Client:
             if self._closed:
                 return
             for frame in frames:
-                self._call_sock.send(frame)
+                send_message(self._call_sock, frame)
 
     def _check_refused(self) -> None:
         """Fail every waiting call if the scheduler refused this client's frames: it answers the call socket
@@ -618,7 +620,8 @@ class Client:
         memory only, never logged, for ``ttl`` seconds (default 300); lost if the store restarts."""
         limits.check_key(key)
         self._check_open()
-        encoded = self._encode(value, "the value for key %r", key)
+        # the store keeps values inline (one bytes each: see the README's performance section)
+        encoded = self._encode(value, "the value for key %r", key, out_of_band=False)
         if not durable:
             ttl_s = limits.check_ttl(ttl, default_as=0.0)
             with self._store_lock:
@@ -661,11 +664,11 @@ class Client:
         with self._store_lock:
             return self._store.stats()
 
-    def _encode(self, value: Any, what: str, *what_args: Any) -> bytes:
+    def _encode(self, value: Any, what: str, *what_args: Any, out_of_band: bool = True) -> bytes | Frames:
         """``serialization.encode``, with an error that says which value could not be serialised or is over the
         cluster's size limit (``what`` is %-formatted with ``what_args`` only then: this runs on every call)."""
         try:
-            encoded = serialization.encode(value)
+            encoded = serialization.encode(value, out_of_band)
         except Exception as exc:
             raise InvalidArgument(f"{what % what_args} cannot be serialised ({type(exc).__name__}: {exc}): "
                                   "pass plain data, numpy arrays or picklable objects") from None

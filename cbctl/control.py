@@ -1,6 +1,7 @@
-"""The supervisor's control channel as the client and the CLI use it: one request (status, stop, scale) to
-the supervisor's control socket, and ``scale_cluster`` on top of it. Its own module because both the client
-(``Client.scale``, ``Client.supervisor_status``) and ``lifecycle`` (``cbctl down``) need it.
+"""The supervisor's control channel as the client and the CLI use it: one request (status, stop, scale,
+autoscale) to the supervisor's control socket, and ``scale_cluster`` and ``autoscale_cluster`` on top of it.
+Its own module because both the client (``Client.scale``, ``Client.supervisor_status``) and ``lifecycle``
+(``cbctl down``) need it.
 """
 
 from __future__ import annotations
@@ -99,3 +100,40 @@ def scale_cluster(home: Path, executors: int) -> dict[str, Any]:
     found = cluster.running_cluster(home)
     return supervisor_request(found, "scale", timeout_s=scale_request_timeout(found.departure_timeout_s), home=home,
                               executors=executors)
+
+
+def autoscale_cluster(home: Path, span: str, policy: tuple[str, ...] | list[str] = (),
+                      executors: int | None = None) -> dict[str, Any]:
+    """Autoscale the cluster in ``home`` between ``span`` = "MIN:MAX" CPU executors ("MIN:" for the machine's
+    default MAX), tuned by ``policy`` items ``autoscale_NAME=VALUE``; or ``span`` = "off": a fixed size again,
+    ``executors`` of them (default: as many as run now). Returns the autoscaler's state (`cbctl status`)."""
+    # here, not at the top: the client imports this module, and no role may load the supervisor's package
+    from cbctl.runtime.supervisor.autoscaler import AutoscaleSettings, parse_range
+    from cbctl.runtime.supervisor.spec import default_max_executors
+
+    options = parse_autoscale_policy(policy)
+    found = cluster.running_cluster(home)
+    if span == "off":
+        if policy:
+            raise InvalidArgument("--policy applies to `cbctl autoscale MIN:MAX`, not to `off`")
+        return supervisor_request(found, "autoscale", home=home, range=None, executors=executors)
+    if executors is not None:
+        raise InvalidArgument("--executors applies to `cbctl autoscale off` (the fixed size to keep)")
+    low, high = parse_range(span, default_max_executors())
+    return supervisor_request(found, "autoscale", home=home, range=[low, high],
+                              policy=AutoscaleSettings.from_options(options).as_options() if options else None)
+
+
+def parse_autoscale_policy(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``autoscale_NAME=VALUE`` items -> ``{autoscale_NAME: VALUE}``, checked by ``AutoscaleSettings``."""
+    from cbctl.runtime.supervisor.autoscaler import POLICY_PREFIX, AutoscaleSettings
+
+    options = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip().startswith(POLICY_PREFIX):
+            raise InvalidArgument(f"--policy {item!r} must look like autoscale_NAME=VALUE, e.g. "
+                                  "autoscale_down_window_s=10")
+        options[name.strip()] = value.strip()
+    AutoscaleSettings.from_options(options)
+    return options

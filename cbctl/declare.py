@@ -302,7 +302,7 @@ def prepare(declared: Declarations, path: str | Path) -> PreparedDeploy:
             problems.append(problem)
             continue
         try:
-            init_args = serialization.encode(tuple(fn.init_args)) if fn.init_args else b""
+            init_args = serialization.encode(tuple(fn.init_args), out_of_band=False) if fn.init_args else b""
             code = cloudpickle.dumps(fn.target)
         except Exception as exc:
             problems.append(f"{fn.name} cannot be serialised ({type(exc).__name__}: {exc}): what it or its "

@@ -32,7 +32,7 @@ from cbctl.runtime.defaults import (
     STARTUP_TIMEOUT_S,
     SUPERVISOR_ANSWER_TIMEOUT_S,
 )
-from cbctl.runtime.supervisor.spec import ClusterSpec, count_gpus
+from cbctl.runtime.supervisor.spec import ClusterSpec, count_gpus, default_max_executors
 
 if TYPE_CHECKING:
     import psutil
@@ -144,8 +144,8 @@ def plan_up(home: Path, *, executors: int | None = None, gpu_executors: int | No
             listen: str = "", no_auth: bool = False, durability: str = "batch", cache_mb: int = 64,
             fake_gpus: int = 0, max_batch: int = MAX_BATCH, max_continuations: int = MAX_CONTINUATIONS,
             max_message_mb: int = MAX_MESSAGE_BYTES >> 20, policy: Iterable[str] | Mapping[str, Any] = (),
-            max_trigger_depth: int = MAX_TRIGGER_DEPTH, executor_memory_mb: int = 0, salvage: bool = False,
-            departure_timeout_s: float = DEPARTURE_TIMEOUT_S,
+            max_trigger_depth: int = MAX_TRIGGER_DEPTH, executor_memory_mb: int = 0,
+            autoscale: str = "", salvage: bool = False, departure_timeout_s: float = DEPARTURE_TIMEOUT_S,
             holding_lock: bool = False) -> tuple[ClusterSpec, list[str]]:
     """Everything ``cbctl up`` (and ``cbctl.local()``) does before starting a process, from its options (the
     keywords are the command's options): refuse a second cluster in ``home``, check the options into a
@@ -158,7 +158,7 @@ def plan_up(home: Path, *, executors: int | None = None, gpu_executors: int | No
         shown.append(f"note: {stale}")
     spec = plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb, max_batch,
                      max_continuations, policy, max_message_mb, no_auth, max_trigger_depth, executor_memory_mb,
-                     salvage=salvage, departure_timeout_s=departure_timeout_s)
+                     autoscale, salvage=salvage, departure_timeout_s=departure_timeout_s)
     if spec.listen and not is_loopback(spec.listen):
         shown.append(f"warning: listening on {spec.listen}, reachable beyond this machine (only holders of "
                      f"{home / 'keys'} can use it)")
@@ -171,7 +171,8 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
               max_continuations: int = MAX_CONTINUATIONS, policy: Iterable[str] | Mapping[str, Any] = (),
               max_message_mb: int = MAX_MESSAGE_BYTES >> 20, no_auth: bool = False,
               max_trigger_depth: int = MAX_TRIGGER_DEPTH, executor_memory_mb: int = 0,
-              salvage: bool = False, departure_timeout_s: float = DEPARTURE_TIMEOUT_S) -> ClusterSpec:
+              autoscale: str = "", salvage: bool = False,
+              departure_timeout_s: float = DEPARTURE_TIMEOUT_S) -> ClusterSpec:
     counts = {"--executors": executors, "--gpu-executors": gpu_executors, "--schedulers": schedulers,
               "--fake-gpus": fake_gpus, "--cache-mb": cache_mb, "--max-batch": max_batch,
               "--max-continuations": max_continuations, "--max-message-mb": max_message_mb,
@@ -189,6 +190,10 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
         policy = [policy]
     if not isinstance(listen, str):
         raise InvalidArgument(f"--listen must be a string like tcp://127.0.0.1, not {listen!r}")
+    span, autoscale_policy, policy = plan_autoscale(autoscale, list(policy), cache_mb)
+    if span:
+        # it starts at --executors if given (kept within the range), else at MIN
+        executors = span[0] if executors is None else max(span[0], min(span[1], executors))
     if policy:  # the policy's module imports the message catalogue: only for a cluster that tunes it
         from cbctl.runtime.scheduler.policy import parse_policy_options
 
@@ -210,7 +215,7 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
     for flag, count in (("--executors", executors), ("--gpu-executors", gpu_executors)):
         if count < 0:
             raise InvalidArgument(f"{flag} {count} is negative: pass a count of executors")
-    if executors + gpu_executors == 0:
+    if executors + gpu_executors == 0 and not (span and span[1] > 0):
         raise InvalidArgument("a cluster needs at least one executor: pass --executors N with N >= 1")
     if schedulers < 1:
         raise InvalidArgument("a cluster needs at least one scheduler: pass --schedulers N with N >= 1")
@@ -240,7 +245,28 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
                        fake_gpus=fake_gpus,
                        cache_mb=cache_mb, max_batch=max_batch, max_continuations=max_continuations,
                        max_trigger_depth=max_trigger_depth, executor_memory_mb=executor_memory_mb,
-                       policy=policy_options, max_message_bytes=max_message_mb << 20)
+                       policy=policy_options, max_message_bytes=max_message_mb << 20,
+                       autoscale=span, autoscale_policy=autoscale_policy)
+
+
+def plan_autoscale(autoscale: str, policy: list[str], cache_mb: int) -> tuple[list[int], dict[str, float], list[str]]:
+    """``--autoscale MIN:MAX`` and the ``--policy autoscale_...`` items: ``([MIN, MAX] or [], the autoscaler's
+    settings, the other --policy items)``."""
+    from cbctl.runtime.supervisor.autoscaler import POLICY_PREFIX, AutoscaleSettings, parse_range
+
+    mine = [p for p in policy if p.strip().startswith(POLICY_PREFIX)]
+    rest = [p for p in policy if not p.strip().startswith(POLICY_PREFIX)]
+    if not autoscale:
+        if mine:
+            raise InvalidArgument("--policy autoscale_... settings apply only with --autoscale MIN:MAX")
+        return [], {}, rest
+    options = {}
+    for item in mine:
+        name, _, value = item.partition("=")
+        options[name.strip()] = value.strip()
+    settings = AutoscaleSettings.from_options(options)
+    low, high = parse_range(autoscale, default_max_executors(cache_mb))
+    return [low, high], {k: v for k, v in settings.as_options().items() if k in options}, rest
 
 
 def prepare_home(home: Path, spec: ClusterSpec) -> list[str]:

@@ -216,6 +216,7 @@ def build_snapshot(raw: Mapping[str, Any], now: float | None = None) -> dict[str
             "ephemeral_keys": store.get("ephemeral_keys"), "ephemeral_bytes": store.get("ephemeral_bytes"),
         },
         "policy": answered[0].get("policy") if answered else None,
+        "autoscale": supervisor.get("autoscale"),
     }
 
 

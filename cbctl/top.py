@@ -98,6 +98,26 @@ def header_text(snapshot: Mapping[str, Any]) -> Text:
     return text
 
 
+def autoscale_text(snapshot: Mapping[str, Any]) -> Text | None:
+    """The autoscaler's line: range, target, executors running, decisions so far and the last one."""
+    state = snapshot.get("autoscale")
+    if not state or not (state.get("enabled") or state.get("scale_ups") or state.get("scale_downs")):
+        return None
+    counts = f"ups {state.get('scale_ups', 0)} downs {state.get('scale_downs', 0)}"
+    if not state.get("enabled"):
+        return Text(f"autoscale  off  {state['executors']} CPU executors fixed  {counts}")
+    text = Text(f"autoscale  {state['min']}:{state['max']}  target {state['target']}  running {state['executors']}"
+                + (f" (+{state['departing']} departing)" if state.get("departing") else "") + f"  {counts}")
+    figures = state.get("figures")
+    if figures:
+        text.append(f"  need {figures['need']:.1f} (busy {figures['busy']:.2f} queued {figures['queued']} "
+                    f"parked {figures['parked']})")
+    last = state.get("last_decision")
+    if last:
+        text.append(f"  last {last['from']}->{last['to']} {last['age_s']:.0f}s ago", style="dim")
+    return text
+
+
 def store_text(snapshot: Mapping[str, Any]) -> Text:
     store = snapshot["store"]
     if store is None:
@@ -211,7 +231,8 @@ def functions_table(snapshot: Mapping[str, Any], sort: str) -> Table:
 
 def render(snapshot: Mapping[str, Any], sort: str = "util", footer: str = "", width: int = WIDE_COLUMNS) -> Group:
     """The whole screen of ``cbctl top`` for one snapshot, for a console ``width`` columns wide."""
-    parts: list[Any] = [header_text(snapshot), *hosts_lines(snapshot),
+    scaling = autoscale_text(snapshot)
+    parts: list[Any] = [header_text(snapshot), *hosts_lines(snapshot), *([scaling] if scaling else []),
                         executors_table(snapshot, sort, wide=width >= WIDE_COLUMNS),
                         functions_table(snapshot, sort), store_text(snapshot)]
     if footer:

@@ -71,6 +71,13 @@ CALL_TIMEOUT_S = 60.0
 #: larger value could not be cached anyway; bigger data belongs in files whose paths travel instead.
 MAX_MESSAGE_BYTES = 64 << 20
 
+#: Smallest numpy array buffer or bytes value, in bytes, that travels as a zmq frame of its own instead of inside
+#: its message's msgpack body (``wire/serialization.py``, ``wire/frames.py``). Below it, copying the bytes into the
+#: one frame costs less than a frame's own overhead; measured with ``python -m benchmarks.bigdata --threshold`` (one
+#: ipc hop, loaded 2-core machine): inline wins by about 20 us at 64 KiB, the two forms cost the same at 128 KiB,
+#: and at 256 KiB inline costs milliseconds (each copy is a fresh mmap'd allocation, page faults and all).
+OUT_OF_BAND_BYTES = 128 << 10
+
 #: Longest error message and traceback text, in characters, that a failed call carries to its caller (and the CLI
 #: prints). A function may raise with a 50 MB message; the caller gets the head (and the traceback its head and
 #: tail, where the raising line is), with a note naming the executor log that has the whole text.
@@ -391,3 +398,46 @@ NODE_LOST_AFTER_S = 5.0
 
 #: Seconds `cbctl join` waits for the head to answer before it says the head is unreachable.
 JOIN_TIMEOUT_S = 15.0
+
+# --- autoscaling (cbctl/runtime/supervisor/autoscaler.py); `cbctl up --autoscale MIN:MAX`, and each can be set with
+# `--policy autoscale_NAME=VALUE` (the names below without AUTOSCALE_, lower case)
+
+#: Executors' worth of running work each CPU executor should carry: the autoscaler wants
+#: ``busy / target_utilization + queued + parked`` executors. Cloudburst's backoff threshold (0.70: its policy,
+#: ``placement=cloudburst``, steers calls away from an executor past it), leaving headroom so that a queue does
+#: not build before an executor is added.
+AUTOSCALE_TARGET_UTILIZATION = 0.70
+
+#: Seconds a need above the current size must last, in every report, before executors are added: two reports in
+#: a row (schedulers report every second), so one busy status interval, or a burst the executors drain within it,
+#: adds nothing. Measured with benchmarks.autoscale: with 2 s the first executors came 4.3 s into a burst (the
+#: figures lag the load by up to two intervals: the executors' status, then the schedulers' report), and every
+#: call sent meanwhile queued on the executors that ran; 1 s saves one of those seconds.
+AUTOSCALE_UP_WINDOW_S = 1.0
+
+#: Seconds every report must show a need below the current size before idle executors are removed (the size kept
+#: is the highest need seen in the window, so a load oscillating faster than this never removes anything). An
+#: executor starts in about 0.1 s from the forkserver, so a wrong removal is cheap; 30 s rides out the pauses of a
+#: bursty client and is Knative's scale-to-zero grace period.
+AUTOSCALE_DOWN_WINDOW_S = 30.0
+
+#: Seconds after a change during which reports are not acted on: a new executor reports its first status within
+#: ~0.1 s of its start, but busy and queue figures describe the cluster after the change only once every executor
+#: has reported a full status interval (1 s) and the schedulers have sent their next report (1 s).
+AUTOSCALE_SETTLE_S = 2.0
+
+#: Seconds without a report from any scheduler after which the autoscaler decides nothing (it never shrinks a
+#: cluster it cannot see).
+AUTOSCALE_STALE_S = 5.0
+
+#: Seconds between the schedulers' load reports to the supervisor (one status interval: nothing changes faster).
+AUTOSCALE_REPORT_INTERVAL_S = 1.0
+
+#: Seconds a call waits in a scheduler for an executor to start when the cluster autoscales and none runs (scale
+#: from zero): an executor starts in about 0.1 s; the rest covers a loaded machine, and a call that waits this
+#: long fails with NoExecutorAvailable rather than hang.
+AUTOSCALE_PARK_S = 30.0
+
+#: Bytes of memory one CPU executor is budgeted (its interpreter with the runtime, ~60 MiB resident, plus its
+#: default 64 MiB cache and room for a function's working set) when the default MAX is derived from the machine.
+AUTOSCALE_EXECUTOR_BUDGET_BYTES = 256 << 20

@@ -30,10 +30,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import msgpack
-
 from cbctl.errors import InvalidDag
 from cbctl.runtime.dag import topological_order, upstream_of
+from cbctl.runtime.wire import serialization
 from cbctl.runtime.wire.messages import CallResult, DagTrigger
 
 #: The DAG option naming its multi-exec functions.
@@ -79,9 +78,7 @@ def plan_extras(functions: Sequence[str], edges: Sequence[Sequence[str]], option
     return {EXTRAS_KEY: {fn: runs[fn] for fn in multiexec}}
 
 
-def _list_of(payloads: list[bytes]) -> bytes:
-    """The encoding of the list of already-encoded values (msgpack: an array header, then the values)."""
-    return msgpack.Packer().pack_array_header(len(payloads)) + b"".join(payloads)
+_list_of = serialization.encode_list  # the encoding of the list of already-encoded values
 
 
 class MultiExecState:

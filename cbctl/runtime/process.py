@@ -23,6 +23,7 @@ import zmq
 from cbctl.runtime import cluster
 from cbctl.runtime.defaults import MAX_PEER_SOCKETS, REJECTED_FRAME_LOG_PER_S, SOCKET_HWM
 from cbctl.runtime.wire import auth
+from cbctl.runtime.wire.frames import MULTIPART_MARK
 from cbctl.runtime.wire.messages import ProcessReady
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,56 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+def send_message(sock: zmq.Socket, packed: bytes | list[Any], flags: int = 0) -> zmq.MessageTracker | None:
+    """Send what ``Message.pack`` made: one frame, or the frames of a multi-frame message, each from its own
+    memory (``copy=False``); for one sent from this process's arrays, the tracker that says when zmq is done
+    reading them."""
+    if type(packed) is bytes:
+        sock.send(packed, flags)
+        return None
+    track = _tracked(packed)
+    tracker = sock.send_multipart(packed, flags, copy=False, track=track)
+    return tracker if track else None
+
+
+def _tracked(frames: list[Any]) -> bool:
+    """Whether to track a multi-frame message's sending: when it is sent from memory of this process that code
+    could still change (a ``memoryview`` of an array); received frames forwarded as they are cannot be tracked
+    (zmq refuses) and need not be: nobody changes them."""
+    return any(type(f) is memoryview for f in frames) and not any(type(f) is zmq.Frame for f in frames)
+
+
+def receive_rest(sock: zmq.Socket, header: bytes) -> list[Any]:
+    """The frames of a multi-frame message whose ``header`` was just received: the values' frames are received
+    into zmq's memory (``copy=False``), not copied into ``bytes``."""
+    frames: list[Any] = [header]
+    while sock.getsockopt(zmq.RCVMORE):
+        frames.append(sock.recv(copy=False))
+    return frames
+
+
+def receive_message(sock: zmq.Socket, flags: int = 0) -> bytes | list[Any]:
+    """One message from a socket whose messages have no envelope (PULL, DEALER): a frame, or a list."""
+    first = sock.recv(flags)
+    return receive_rest(sock, first) if first[:1] == MULTIPART_MARK else first
+
+
+def receive_routed(sock: zmq.Socket, flags: int = 0) -> list[Any]:
+    """One message from a ROUTER: ``[*envelope, message]``, the message a frame or a list (as ``recv_multipart``
+    gives, but with a large value's frames left in zmq's memory)."""
+    first = sock.recv(flags)
+    if first[:1] == MULTIPART_MARK:  # no envelope (a PULL socket): the message comes first
+        return [receive_rest(sock, first)]
+    parts: list[Any] = [first]
+    while sock.getsockopt(zmq.RCVMORE):
+        frame = sock.recv()
+        if frame[:1] == MULTIPART_MARK:
+            parts.append(receive_rest(sock, frame))
+            break
+        parts.append(frame)
+    return parts
+
+
 def new_socket(context: zmq.Context, kind: int) -> zmq.Socket:
     sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
@@ -184,9 +235,13 @@ class PeerSockets:
         self._limit = limit
         self._sockets: collections.OrderedDict[str, zmq.Socket] = collections.OrderedDict()
         self.dropped = 0
-        self.sent = 0  # frames handed to zmq: tests count messages per call with it
+        self.sent = 0  # messages handed to zmq: tests count messages per call with it
+        self.sent_out_of_band = 0  # bytes of values sent as frames of their own (see wire/frames.py)
+        # multi-frame messages zmq may still be reading from their senders' memory
+        self.unsent: list[zmq.MessageTracker] = []
 
-    def send(self, address: str, frame: bytes) -> bool:
+    def send(self, address: str, frame: bytes | list[Any]) -> bool:
+        """Send ``frame`` (what ``Message.pack`` made) to ``address``; False if it was dropped."""
         sock = self._sockets.get(address)
         if sock is None:
             sock = new_socket(self._context, zmq.PUSH)
@@ -205,13 +260,40 @@ class PeerSockets:
         elif len(self._sockets) > 1:
             self._sockets.move_to_end(address)
         try:
-            sock.send(frame, zmq.NOBLOCK)
+            if type(frame) is bytes:
+                sock.send(frame, zmq.NOBLOCK)
+            else:
+                track = _tracked(frame)
+                tracker = sock.send_multipart(frame, zmq.NOBLOCK, copy=False, track=track)
+                self.sent_out_of_band += sum(len(f) if type(f) is not memoryview else f.nbytes for f in frame[1:])
+                if track:
+                    if self.unsent:
+                        self.unsent = [t for t in self.unsent if not t.done]
+                    self.unsent.append(tracker)
             self.sent += 1
             return True
         except zmq.Again:
             self.dropped += 1
             _dropped_sends.warning("dropped a message to %s: peer not reading", address)
             return False
+
+    def wait_sent(self, timeout_s: float) -> bool:
+        """Wait until zmq has sent every multi-frame message from its sender's memory (at most ``timeout_s``):
+        an executor does so before running user code that could change an array it returned and is still being
+        sent. False if some are still being sent."""
+        deadline = time.monotonic() + timeout_s
+        for tracker in self.unsent:
+            if tracker.done:
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                tracker.wait(remaining)
+            except zmq.NotDone:
+                return False
+        self.unsent.clear()
+        return True
 
     def close(self, linger_s: float = 0.0) -> None:
         """Close every socket; with ``linger_s``, frames still queued get that long to leave (a stopping
@@ -242,18 +324,22 @@ class Receiver:
 
     def __init__(self, sock: zmq.Socket, multipart: bool = False) -> None:
         self.sock = sock
-        self._recv = sock.recv_multipart if multipart else sock.recv
+        self._recv = (lambda flags=0: receive_routed(sock, flags)) if multipart else sock.recv
+        self._multipart = multipart
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._timeout_ms: int | None = None
 
     def receive(self, timeout_ms: int) -> list[Any]:
-        """Frames (``bytes``, or lists of them for ``multipart``) in arrival order; [] when none came."""
+        """Messages in arrival order, each a frame (``bytes``) or a multi-frame message (a list, see
+        ``wire/frames.py``); for ``multipart`` (a ROUTER), ``[*envelope, message]`` lists; [] when none came."""
         poll = self._poller.poll
         if timeout_ms <= 0:
             if not poll(0):
                 return []
             first = self._recv(zmq.NOBLOCK)
+            if not self._multipart and first[:1] == MULTIPART_MARK:
+                first = receive_rest(self.sock, first)
         else:
             if timeout_ms != self._timeout_ms:
                 self.sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
@@ -262,17 +348,24 @@ class Receiver:
                 first = self._recv()
             except zmq.Again:
                 return []
+            if not self._multipart and first[:1] == MULTIPART_MARK:
+                first = receive_rest(self.sock, first)
         frames = [first]
         while poll(0):
-            frames.append(self._recv(zmq.NOBLOCK))
+            frame = self._recv(zmq.NOBLOCK)
+            if not self._multipart and frame[:1] == MULTIPART_MARK:
+                frame = receive_rest(self.sock, frame)
+            frames.append(frame)
         return frames
 
 
-def drain(sock: zmq.Socket) -> list[list[bytes]]:
-    """Every message ready on ``sock`` now, without blocking (loops wake once per batch, not per message)."""
+def drain(sock: zmq.Socket) -> list[list[Any]]:
+    """Every message ready on ``sock`` now, without blocking (loops wake once per batch, not per message), each
+    as ``[*envelope, message]`` (``[message]`` on sockets without envelopes), the message a frame or the list of
+    a multi-frame message's frames."""
     ready = []
     while True:
         try:
-            ready.append(sock.recv_multipart(zmq.NOBLOCK, copy=True))
+            ready.append(receive_routed(sock, zmq.NOBLOCK))
         except zmq.Again:
             return ready

@@ -149,7 +149,7 @@ class StoreClient:
 
     def put(self, key: str, value: Any) -> bool:
         """Write ``value`` under ``key`` (last-writer-wins); whether it is now the key's value."""
-        return self.put_lww(key, self.new_lww(serialization.encode(value), key))[1]
+        return self.put_lww(key, self.new_lww(serialization.encode(value, out_of_band=False), key))[1]
 
     def new_lww(self, encoded: bytes, key: str = "") -> LWWLattice:
         """A version of this writer, stamped after any it has seen for ``key`` (``writer_clock.py``)."""

@@ -76,3 +76,24 @@ def test_a_continued_repeatable_read_call_releases_its_snapshots(shared):
 
     # each holder releases its own at once, or on its next timer when another step ended the call
     shared.wait_for(lambda: snapshots_held() == 0, timeout=5, what="no repeatable-read snapshot left held")
+
+
+def test_large_arguments_pass_the_scheduler_unread_and_come_back_whole(shared):
+    """A 32 MB argument travels as frames of its own: the scheduler parses only a small header of the call (its
+    own count of the largest frame it parsed) and forwards the array's bytes unread; arguments, results, DAG
+    edges, continuations and direct messages of that size all arrive whole."""
+    import numpy as np
+
+    client = shared.client()
+    before = client.cluster_info()["counters"]
+    array = np.arange(32 << 20, dtype=np.uint8)
+    assert client.call("big_sum", array, timeout=60) == [array.nbytes, int(array.sum()), True]
+    after = client.cluster_info()["counters"]
+    assert after["out_of_band_bytes"] - before["out_of_band_bytes"] >= array.nbytes
+    assert after["largest_parsed_bytes"] < 64 << 10, after  # a header (and control requests), never the array
+    doubled = client.call("big_chain", array, timeout=60)  # client -> scheduler -> executor(s) -> client
+    assert doubled.dtype == np.uint8 and (doubled == array * 2).all() and doubled.flags.writeable
+    assert (array[:3] == [0, 1, 2]).all()  # the caller's array is not changed by the function's in-place *= 2
+    assert client.call("big_continue", array, timeout=60) == [array.nbytes, int(array.sum()), True]
+    assert (client.call("big_send_to_self", array[: 1 << 20], timeout=60) == array[: 1 << 20]).all()
+    assert client.cluster_info()["counters"]["largest_parsed_bytes"] < 64 << 10

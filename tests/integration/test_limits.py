@@ -20,7 +20,7 @@ from zmq.utils.monitor import recv_monitor_message
 import cbctl
 from cbctl.declare import DeployFileError
 from cbctl.runtime.defaults import MAX_DAG_FUNCTIONS, PROTOCOL_VERSION
-from cbctl.runtime.wire import limits, messages
+from cbctl.runtime.wire import frames, limits
 from tests.conftest import RunningCluster, run_cli
 from tests.integration import shared_cluster
 from tests.integration.shared_cluster import DEPLOYABLES
@@ -249,7 +249,7 @@ def test_a_peer_of_another_version_is_told_and_no_server_dies(limited):
 
 def test_a_client_of_another_version_gets_a_protocol_error_naming_both(limited, monkeypatch):
     client = limited.client()
-    monkeypatch.setattr(messages, "PROTOCOL_VERSION", PROTOCOL_VERSION + 1)  # this process now speaks the next
+    monkeypatch.setattr(frames, "PROTOCOL_VERSION", PROTOCOL_VERSION + 1)  # this process now speaks the next
     expected = f"speaks cbctl protocol version {PROTOCOL_VERSION} .*not {PROTOCOL_VERSION + 1}"
     with pytest.raises(cbctl.ProtocolError, match="the scheduler " + expected):
         client.list()

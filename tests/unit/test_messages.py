@@ -21,6 +21,7 @@ SAMPLES: dict[str, Any] = {
     "bool": True,
     "float": 0.625,
     "bytes": b"\x00\xff\x80binary",
+    "EncodedValue": b"\x00\xff\x80binary",
     "Any": {"nested": [1, 2.5, None, "x", b"y"], "flag": False},
     "list[str]": ["a", "b/c", ""],
     "list[Any]": ["lww", 17, "writer", b"value", False],

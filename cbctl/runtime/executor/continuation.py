@@ -19,6 +19,7 @@ import zmq
 from cbctl.errors import CbctlError, ContinuationDepthExceeded, InvalidArgument
 from cbctl.runtime.continuation import DEPTH_KEY, Continue
 from cbctl.runtime.executor.host import ContinuationHost
+from cbctl.runtime.process import send_message
 from cbctl.runtime.wire import limits, serialization
 from cbctl.runtime.wire.messages import ContinueCall, DagTrigger
 
@@ -58,6 +59,6 @@ def hand_off(executor: ContinuationHost, trigger: DagTrigger, continuation: Cont
     # any scheduler can place the rest of the call; spreading by call id keeps one chain on one scheduler
     sock = sockets[hash(trigger.call_id) % len(sockets)]
     try:
-        sock.send(frame, zmq.NOBLOCK)
+        send_message(sock, frame, zmq.NOBLOCK)
     except zmq.Again:
         executor.fail(trigger, CbctlError("the scheduler is not reading: the continuation was not sent"))

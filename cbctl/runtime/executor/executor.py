@@ -114,6 +114,10 @@ JOIN_TIMEOUT_S = 600.0
 #: Older versions of functions an executor keeps loaded for calls dispatched before a redeploy (least recently
 #: used first out; one that is needed again is loaded again).
 OLDER_VERSIONS_KEPT = 8
+#: Seconds a step waits, before its user code runs, for zmq to finish sending the large results earlier steps
+#: returned (sent from the arrays' own memory, which the next step's code could change). A transfer to a live
+#: peer takes milliseconds (its zmq I/O thread reads whether or not its loop is busy); a dead peer's is dropped.
+SENT_BEFORE_NEXT_STEP_S = 5.0
 
 
 class Executor:
@@ -356,6 +360,10 @@ class Executor:
 
     def run_next(self) -> None:
         trigger, inputs = self.ready.popleft()
+        if self.peers.unsent and not self.peers.wait_sent(SENT_BEFORE_NEXT_STEP_S):
+            # the step may change an array an earlier one returned, which zmq still sends from its memory
+            log.warning("results sent from their arrays' memory were not sent within %.0f s: running %s anyway",
+                        SENT_BEFORE_NEXT_STEP_S, trigger.function)
         self.running = trigger
         self.inbox.begin_step()
         started = time.perf_counter_ns()
@@ -500,6 +508,7 @@ class Executor:
                                        f"the result of call {trigger.call_id}")
                 result = CallResult(trigger.call_id, False, b"", type(exc).__name__, str(exc), "", self.executor_id)
             fields = {f: getattr(result, f) for f in result._FIELDS}
+            fields["value"] = serialization.inline(result.value)  # the store keeps values inline
             self.store.put(registry.result_key(trigger.call_id), fields)
         else:
             self.peers.send(trigger.response_address, result.pack())
@@ -531,14 +540,14 @@ class Executor:
         return self.sessions.read(key)
 
     def write_key(self, key: str, value: Any) -> bool:
-        encoded = serialization.encode(value)
+        encoded = serialization.encode(value, out_of_band=False)  # the store keeps values inline (see README)
         limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
         return self.sessions.write(key, encoded)
 
     def write_ephemeral(self, key: str, value: Any, ttl_s: float) -> None:
         """An ephemeral put (``store/ephemeral.py``): to the store's memory, last-writer-wins in every
         consistency mode, past the call's session (it is no version a repeatable read or causal call tracks)."""
-        encoded = serialization.encode(value)
+        encoded = serialization.encode(value, out_of_band=False)  # the store keeps values inline (see README)
         limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
         self.cached.cache.discard(key)  # reads of it go to the store from now on
         self.store.put_ephemeral(key, self.store.new_lww(encoded, key), ttl_s)

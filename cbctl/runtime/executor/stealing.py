@@ -210,7 +210,7 @@ class WorkSharing:
         loaded = self.executor.functions.get(trigger.function)
         return stealable(trigger, inputs, loaded is not None and loaded.record.batching)
 
-    def _hand_over(self, trigger: DagTrigger, frame: bytes, thief: str) -> None:
+    def _hand_over(self, trigger: DagTrigger, frame: bytes | list[Any], thief: str) -> None:
         executor = self.executor
         log.debug("call %s: step %s handed to %s", trigger.call_id, trigger.function, thief)
         executor.peers.send(thief, frame)

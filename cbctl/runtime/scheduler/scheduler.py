@@ -35,6 +35,7 @@ from cbctl.runtime import cluster, consistency, multiexec, registry, step_record
 from cbctl.runtime.continuation import DEPTH_KEY
 from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
 from cbctl.runtime.defaults import (
+    AUTOSCALE_PARK_S,
     DISPATCH_WAIT_S,
     FUNCTION_VERSION_KEEP_S,
     MAX_MESSAGE_BYTES,
@@ -61,6 +62,7 @@ from cbctl.runtime.process import (
 )
 from cbctl.runtime.retries import ATTEMPT_KEY, InFlightCall, InFlightTable, with_attempt
 from cbctl.runtime.scheduler import triggers
+from cbctl.runtime.scheduler.load_report import LoadReporter
 from cbctl.runtime.scheduler.placement import new_policy
 from cbctl.runtime.scheduler.policy import ExecutorView, PinAction, PolicySettings, host_of
 from cbctl.runtime.store_client import StoreClient
@@ -68,6 +70,7 @@ from cbctl.runtime.wire import limits
 from cbctl.runtime.wire.messages import (
     TRIGGER_DEPTH_EXTRA,
     AddTrigger,
+    AutoscaleMode,
     CallAborted,
     CallMoved,
     CallRequest,
@@ -153,7 +156,9 @@ class Scheduler:
         self.dags: dict[str, registry.DagRecord] = {}
         self.plans: dict[str, CallPlan] = {}
         self.counters = {"calls": 0, "dag_calls": 0, "dispatch_errors": 0, "protocol_errors": 0,
-                         "executors_lost": 0, "retried_calls": 0, "lost_calls": 0, "duplicate_calls": 0}
+                         "executors_lost": 0, "retried_calls": 0, "lost_calls": 0, "duplicate_calls": 0,
+                         "out_of_band_bytes": 0}  # values forwarded unread, as frames of their own (wire/frames.py)
+        self.largest_parsed = 0  # bytes of the largest frame this scheduler parsed: it never reads a large value
         # crash semantics (retries.py): the calls dispatched, those waiting for an executor, the dead
         # processes whose late statuses are ignored, and until when a call nobody can take waits for one
         self.in_flight = InFlightTable()
@@ -168,6 +173,10 @@ class Scheduler:
         self.rates = RateWindow(RATE_WINDOW_S, RATE_SAMPLE_S)
         self.name_rates = RateWindow(RATE_WINDOW_S, RATE_SAMPLE_S)
         self.statuses: dict[str, tuple[ExecutorStatus, float]] = {}
+        # autoscaling: whether the supervisor may start CPU executors on demand (a CPU call with none then waits
+        # for one), and the load reports it decides from (set by main once the context exists)
+        self.executors_may_start = bool(config.options.get("autoscale"))
+        self.load_reporter: LoadReporter | None = None
         self.refresh_registry()
 
     # --- registry --------------------------------------------------------------------------------------
@@ -247,9 +256,14 @@ class Scheduler:
                                      request.call_id).address
         except NoExecutorAvailable as exc:
             deadline = wait_until or self.wait_for_executors_until
+            starting = self.executors_may_start and not any(plan.gpu.values())
+            if starting and not wait_until:
+                deadline = max(deadline, time.monotonic() + AUTOSCALE_PARK_S)  # the autoscaler starts one
             if time.monotonic() < deadline:
                 self.parked.append(ParkedCall(request, depth, attempt, deadline, lost))
                 self.parked_ids.add(request.call_id)
+                if starting and self.load_reporter is not None:
+                    self.load_reporter.send_now(self.statuses, len(self.parked))
                 return
             self.counters["dispatch_errors"] += 1
             self.reject(request, CallLost(f"{lost}; no executor came back within {DISPATCH_WAIT_S:.0f} s to run "
@@ -335,6 +349,18 @@ class Scheduler:
                                                        "its process is gone"))
             except Exception as exc:  # one bad entry must not cost the others their check, nor end the timer
                 self.timers.failed(f"checking executor {view.executor_id}", exc)
+
+    def report_load(self) -> None:
+        """Timer work: the load report the head's supervisor autoscales from (load_report.py)."""
+        if self.load_reporter is not None:
+            outstanding = {v.executor_id: v.outstanding for v in self.policy.executors.values()}
+            self.load_reporter.send(self.statuses, len(self.parked), outstanding=outstanding)
+
+    def on_autoscale_mode(self, mode: AutoscaleMode) -> None:
+        if mode.enabled != self.executors_may_start:
+            log.info("autoscaling %s: a CPU call with no executor %s", "on" if mode.enabled else "off",
+                     "waits for one to start" if mode.enabled else "fails at once")
+        self.executors_may_start = mode.enabled
 
     def update_policy(self) -> None:
         """Timer work: the policy's periodic update, and the pins and unpins it decides; steal hints again for
@@ -494,7 +520,8 @@ class Scheduler:
         return {
             "scheduler": self.config.name,
             "uptime_s": time.time() - self.started,
-            "counters": dict(self.counters, dropped_sends=self.peers.dropped, frames_sent=self.peers.sent),
+            "counters": dict(self.counters, dropped_sends=self.peers.dropped, frames_sent=self.peers.sent,
+                             largest_parsed_bytes=self.largest_parsed),
             "rates": self.rates.rates(now, self.counters),
             "name_calls": dict(self.name_calls),
             "name_rates": self.name_rates.rates(now, self.name_calls),
@@ -585,13 +612,21 @@ class Scheduler:
         DescribeCluster: on_describe_cluster,
     }
 
-    def handle(self, sock: zmq.Socket, parts: list[bytes]) -> None:
+    def handle(self, sock: zmq.Socket, parts: list[Any]) -> None:
+        frame = parts[-1]
+        if type(frame) is list:  # a multi-frame message: the scheduler parses its header, and forwards the rest
+            self.counters["out_of_band_bytes"] += sum(len(f) for f in frame[1:])
+            parsed = len(frame[0])
+        else:
+            parsed = len(frame)
+        if parsed > self.largest_parsed:
+            self.largest_parsed = parsed
         try:
-            message: Message = unpack(parts[-1])
+            message: Message = unpack(frame)
         except ProtocolError as exc:
             self.counters["protocol_errors"] += 1
             rejected.warning("dropped a bad frame: %s", exc)
-            refusal = version_refusal(parts[-1], "the scheduler")  # a peer of another version is told why
+            refusal = version_refusal(frame, "the scheduler")  # a peer of another version is told why
             if refusal is not None:
                 sock.send_multipart([*parts[:-1], refusal])
             return
@@ -611,6 +646,8 @@ class Scheduler:
             self.on_call_moved(message)
         elif kind is ExecutorLost:
             self.on_executor_lost(message)
+        elif kind is AutoscaleMode:
+            self.on_autoscale_mode(message)
         elif kind in self.CONTROL:
             try:
                 reply = ControlResponse(message.req_id, True, self.CONTROL[kind](self, message))
@@ -656,6 +693,8 @@ def main(config: ProcessConfig) -> None:
     sock.setsockopt(zmq.MAXMSGSIZE, limits.backstop_bytes(config.options.get(limits.OPTION, MAX_MESSAGE_BYTES)))
     address = scheduler.address = config.bind(sock)
     report_ready(context, config, address)
+    if config.supervisor_address:
+        scheduler.load_reporter = LoadReporter(context, config.supervisor_address, config.name)
     refresh_store = StoreClient(context, config.store_address, writer_id=config.name,
                                 request_timeout_s=REGISTRY_REFRESH_TIMEOUT_S, retry_budget_s=0.0)
     freeze_startup_heap()
@@ -679,6 +718,8 @@ def main(config: ProcessConfig) -> None:
             if scheduler.parked:
                 timers.run(scheduler.retry_parked)  # those past their deadline fail now
             timers.run(scheduler.update_policy)
+        if scheduler.load_reporter is not None and now >= scheduler.load_reporter.next_due:
+            scheduler.timers.run(scheduler.report_load)
         if now >= next_refresh:
             next_refresh = now + REGISTRY_REFRESH_S
             try:
@@ -695,6 +736,8 @@ def main(config: ProcessConfig) -> None:
     sock.setsockopt(zmq.LINGER, int(STOP_LINGER_S * 1000))
     sock.close()
     refresh_store.close()
+    if scheduler.load_reporter is not None:
+        scheduler.load_reporter.close()
     scheduler.peers.close(linger_s=STOP_LINGER_S)
     store.close()
     context.term()

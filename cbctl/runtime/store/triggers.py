@@ -217,7 +217,7 @@ class StoreTriggers:
 
     def _fire(self, record: TriggerRecord, key: str, lattice: Lattice, depth: int = 1) -> None:
         # the argument list [key, value] without decoding the value: an array header, then both encodings
-        args = msgpack.Packer().pack_array_header(2) + serialization.encode(key) + _encoded(lattice)
+        args = msgpack.Packer().pack_array_header(2) + serialization.encode(key, out_of_band=False) + _encoded(lattice)
         self._send(record, key, args, depth)
 
     def _fire_bucket(self, record: TriggerRecord, bucket: _Bucket) -> None:
@@ -229,7 +229,7 @@ class StoreTriggers:
             return
         packer = msgpack.Packer()
         if not record.values:
-            args = packer.pack_array_header(1) + serialization.encode(keys)
+            args = packer.pack_array_header(1) + serialization.encode(keys, out_of_band=False)
         else:
             present, values = [], []
             for key in keys:
@@ -238,7 +238,7 @@ class StoreTriggers:
                     continue  # deleted or expired since it arrived
                 present.append(key)
                 values.append(_encoded(lattice))
-            args = (packer.pack_array_header(2) + serialization.encode(present)
+            args = (packer.pack_array_header(2) + serialization.encode(present, out_of_band=False)
                     + packer.pack_array_header(len(values)) + b"".join(values))
         what = f"{len(keys)} keys ({keys[0]}, ...)" if len(keys) > 1 else keys[0]
         if len(args) > self.max_args_bytes:
@@ -311,7 +311,9 @@ class StoreTriggers:
 
 def _encoded(lattice: Lattice) -> bytes:
     """A value as a function receives it, encoded: an LWW value's bytes as stored (never decoded here)."""
-    return lattice.value if isinstance(lattice, LWWLattice) else serialization.encode(lattice.reveal())
+    if isinstance(lattice, LWWLattice):
+        return lattice.value
+    return serialization.encode(lattice.reveal(), out_of_band=False)  # type: ignore[return-value]
 
 
 def _check_record(record: TriggerRecord) -> None:

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cbctl.runtime.defaults import (
+    AUTOSCALE_EXECUTOR_BUDGET_BYTES,
     DEPARTURE_TIMEOUT_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
+    MAX_EXECUTORS,
     MAX_MESSAGE_BYTES,
     MAX_TRIGGER_DEPTH,
 )
@@ -41,6 +43,8 @@ class ClusterSpec:
     # the process that started this supervisor and owns the cluster (`cbctl.local()`): when it is gone, even
     # killed without a chance to clean up, the cluster stops; 0 (`cbctl up`): the cluster outlives the command
     owner_pid: int = 0
+    autoscale: list[int] = field(default_factory=list)  # [MIN, MAX] (`cbctl up --autoscale`), [] for a fixed size
+    autoscale_policy: dict[str, float] = field(default_factory=dict)  # `--policy autoscale_NAME=VALUE`
 
 
 def count_gpus() -> int:
@@ -53,3 +57,18 @@ def count_gpus() -> int:
     except (OSError, subprocess.SubprocessError):
         return 0
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def default_max_executors(cache_mb: int = 64) -> int:
+    """The MAX of ``--autoscale MIN:`` on this machine: one CPU executor per core (what `cbctl up` runs without
+    ``--executors``: an executor runs one call at a time on up to one core, so for CPU-bound functions more only
+    time-share the cores, adding latency and memory but no throughput), and no more than half the available
+    memory allows at ``AUTOSCALE_EXECUTOR_BUDGET_BYTES`` (plus the cache) each. At least 1."""
+    import os
+
+    import psutil  # here: `cbctl up` without --autoscale does not pay for the import
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    budget = AUTOSCALE_EXECUTOR_BUDGET_BYTES + (cache_mb << 20)
+    by_memory = psutil.virtual_memory().available // 2 // budget
+    return max(1, min(cores, by_memory, MAX_EXECUTORS))

@@ -33,6 +33,7 @@ from cbctl.runtime import cluster, home_lock
 from cbctl.runtime.defaults import (
     CLUSTER_FILE_CHECK_S,
     EXECUTOR_RECYCLE_EXIT_CODE,
+    MAX_EXECUTORS,
     NODE_HEARTBEAT_S,
     NODE_LOST_AFTER_S,
     POLICY_PLACEMENT,
@@ -45,6 +46,8 @@ from cbctl.runtime.defaults import (
 )
 from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, TimerWork, drain, new_socket
 from cbctl.runtime.supervisor import scaling
+from cbctl.runtime.supervisor.autoscaler import AutoscaleSettings
+from cbctl.runtime.supervisor.autoscaling import AutoscaleControl
 from cbctl.runtime.supervisor.child import Child
 from cbctl.runtime.supervisor.forkserver import run_role, start_forkserver
 from cbctl.runtime.supervisor.nodes import NodeTable
@@ -52,8 +55,11 @@ from cbctl.runtime.supervisor.spec import ClusterSpec
 from cbctl.runtime.wire import auth, limits
 from cbctl.runtime.wire.messages import (
     START_BY,
+    AutoscaleMode,
     ControlResponse,
     ExecutorLost,
+    LoadReport,
+    Message,
     NodeAck,
     NodeHeartbeat,
     ProcessReady,
@@ -103,6 +109,7 @@ class Supervisor:
         self.highest_executor_index = -1  # executor indices are never reused (see scaling.py)
         self.scheduler_socks: list[zmq.Socket] = []  # DEALERs to the schedulers, for ExecutorLost
         self.cluster_file_unwritable = False  # said once in the log (see _repair_cluster_file)
+        self.autoscale: AutoscaleControl | None = None  # `--autoscale MIN:MAX` / `cbctl autoscale` (autoscaling.py)
         # the host this supervisor's executors are on, as ids and `cbctl top` name it; and the joined hosts
         self.host = spec.listen.removeprefix("tcp://").strip("[]") if spec.listen else socket.gethostname()
         self.nodes = NodeTable(NODE_LOST_AFTER_S, self.host)
@@ -150,13 +157,20 @@ class Supervisor:
                 if self.children[name].error:
                     raise StartupError(f"{name} could not start: {self.children[name].error}")
 
-    def _on_ready_frames(self) -> None:
+    def _on_ready_frames(self) -> bool:
+        """Handle what came on the ready socket: processes reporting ready (True if any did), and the
+        schedulers' load reports."""
+        readied = False
         for parts in drain(self.ready_sock):
             try:
                 ready = unpack(parts[-1])
             except ProtocolError as exc:
                 self.protocol_errors += 1
                 rejected.warning("dropped a bad frame on the ready socket: %s", exc)
+                continue
+            if isinstance(ready, LoadReport):
+                if self.autoscale is not None:
+                    self.autoscale.on_report(ready)
                 continue
             if not isinstance(ready, ProcessReady):
                 continue
@@ -169,7 +183,9 @@ class Supervisor:
             child.address = ready.address
             child.config.bind_address = ready.address  # restarts keep the address peers know
             child.state = "ready"
+            readied = True
             log.info("%s ready (pid %d) at %s", child.config.name, ready.pid, ready.address)
+        return readied
 
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -182,7 +198,9 @@ class Supervisor:
         store = self._new_child("store", 0, {"durability": spec.durability, "salvage": spec.salvage,
                                              "max_trigger_depth": spec.max_trigger_depth})
         self._start_role([store], known)
-        schedulers = [self._new_child("scheduler", i, {"policy": spec.policy}) for i in range(spec.schedulers)]
+        may_start = bool(spec.autoscale) and spec.autoscale[1] > 0  # a CPU call with no executor waits for one
+        schedulers = [self._new_child("scheduler", i, {"policy": spec.policy, "autoscale": may_start})
+                      for i in range(spec.schedulers)]
         self._start_role(schedulers, known)
         executors = [self._new_executor(i, "cpu") for i in range(spec.executors)]
         executors += [self._new_executor(spec.executors + i, "gpu", device=i) for i in range(spec.gpu_executors)]
@@ -192,6 +210,10 @@ class Supervisor:
             self._wait_ready(list(self.children))
         self.startup["children_ready"] = time.time()
         self.write_cluster_file()
+        if spec.autoscale:
+            self.autoscale = AutoscaleControl(self, spec.autoscale[0], spec.autoscale[1],
+                                              AutoscaleSettings.from_options(spec.autoscale_policy))
+            log.info("autoscaling %d:%d CPU executors", *spec.autoscale)
 
     def _start_role(self, children: list[Child], addresses_known: bool) -> None:
         for child in children:
@@ -255,8 +277,7 @@ class Supervisor:
             if time.monotonic() >= next_file_check:
                 next_file_check = time.monotonic() + CLUSTER_FILE_CHECK_S
                 self._repair_cluster_file()
-            if self.ready_sock in events:
-                self._on_ready_frames()
+            if self.ready_sock in events and self._on_ready_frames():
                 self.write_cluster_file()
             if self.control_sock in events:
                 self._on_control_frames()
@@ -265,6 +286,8 @@ class Supervisor:
                 self.timers.run(self._watch_nodes)
             if self.scaling is not None:
                 self.timers.run(self._advance_scale)
+            if self.autoscale is not None and time.monotonic() >= self.autoscale.next_step:
+                self.timers.run(self.autoscale.step)
         self.stop()
 
     def _repair_cluster_file(self) -> None:
@@ -367,7 +390,7 @@ class Supervisor:
         reply = NodeAck(beat.seq, verdict.accepted, verdict.reason, file_text)
         self.control_sock.send_multipart([*envelope, reply.pack()])
 
-    def tell_schedulers(self, message: ExecutorLost) -> None:
+    def tell_schedulers(self, message: Message) -> None:
         """At once, not with the next status interval: the calls that the dead executor held are dispatched
         again by the schedulers (see retries.py). A scheduler that is down misses it; it checks the pids of
         the executors it knows on its timer as well."""
@@ -408,6 +431,13 @@ class Supervisor:
             if request.command == "scale":
                 self._begin_scale(parts[:-1], request)  # answered once the executors are up or gone
                 continue
+            if request.command == "autoscale":
+                try:
+                    reply = ControlResponse(request.req_id, True, self.set_autoscale(request.arguments))
+                except Exception as exc:
+                    reply = ControlResponse(request.req_id, False, None, "InvalidArgument", str(exc))
+                self.control_sock.send_multipart([*parts[:-1], reply.pack()])
+                continue
             try:
                 payload = self._control(request)
                 reply = ControlResponse(request.req_id, True, payload)
@@ -427,6 +457,10 @@ class Supervisor:
         try:
             if self.scaling is not None:
                 raise ValueError("another `cbctl scale` is under way: wait for it to finish")
+            if self.autoscale is not None and self.autoscale.enabled:
+                low, high = self.autoscale.autoscaler.minimum, self.autoscale.autoscaler.maximum
+                raise ValueError(f"the cluster autoscales ({low}:{high} CPU executors): turn it off first with "
+                                 "`cbctl autoscale off`, or set the range with `cbctl autoscale MIN:MAX`")
             self.scaling = scaling.begin(self, envelope, request.req_id, request.arguments)
         except Exception as exc:
             reply = ControlResponse(request.req_id, False, None, "InvalidArgument", str(exc))
@@ -440,6 +474,59 @@ class Supervisor:
         if reply is not None:
             self.control_sock.send_multipart([*self.scaling.envelope, reply.pack()])
             self.scaling = None
+
+    def set_autoscale(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """`cbctl autoscale MIN:MAX` (``range``: [MIN, MAX], ``policy``: autoscale settings) or `... off`
+        (``range``: None; ``executors``: the fixed size to keep, default the current one)."""
+        span = arguments.get("range")
+        gpus = sum(1 for c in self.children.values() if c.config.role == "executor"
+                   and c.config.options.get("executor_type") == "gpu" and c.state in scaling.ACTIVE_STATES)
+        if span is None:
+            if self.autoscale is None or not self.autoscale.enabled:
+                raise ValueError("the cluster does not autoscale: nothing to turn off")
+            fixed = arguments.get("executors")
+            current = len(self.autoscale.active())
+            fixed = max(current, 0 if gpus else 1) if fixed is None else fixed
+            if isinstance(fixed, bool) or not isinstance(fixed, int) or not 0 <= fixed <= MAX_EXECUTORS \
+                    or fixed + gpus < 1:
+                raise ValueError(f"--executors must be a whole number from {0 if gpus else 1} to "
+                                 f"{MAX_EXECUTORS}, not {fixed!r}")
+            self.autoscale.disable(fixed)
+            self.spec.autoscale = []
+            self._announce_autoscale(False)
+            log.info("autoscaling off: %d CPU executors, fixed", fixed)
+            return self.autoscale_status()
+        if self.scaling is not None:
+            raise ValueError("a `cbctl scale` is under way: wait for it to finish")
+        low, high = span
+        settings = AutoscaleSettings.from_options(arguments.get("policy") or self.spec.autoscale_policy)
+        if high + gpus < 1:
+            raise ValueError("MAX 0 with no GPU executor would leave nothing to run calls: pass MAX >= 1")
+        if self.autoscale is not None and self.autoscale.enabled:
+            self.autoscale.autoscaler.settings = settings
+            self.autoscale.set_range(low, high)
+        else:
+            self.autoscale = AutoscaleControl(self, low, high, settings, departing=self.autoscale)
+        self.spec.autoscale, self.spec.autoscale_policy = [low, high], settings.as_options()
+        self._announce_autoscale(high > 0)
+        log.info("autoscaling %d:%d CPU executors", low, high)
+        return self.autoscale_status()
+
+    def _announce_autoscale(self, may_start: bool) -> None:
+        """Tell the schedulers whether a CPU call with no executor may wait for one (and their restarts)."""
+        for child in self.children.values():
+            if child.config.role == "scheduler":
+                child.config.options["autoscale"] = may_start
+        self.tell_schedulers(AutoscaleMode(may_start))
+
+    def autoscale_status(self) -> dict[str, Any]:
+        if self.autoscale is None or not self.autoscale.enabled:
+            executors = sum(1 for c in self.children.values() if c.config.role == "executor"
+                            and c.config.options.get("executor_type", "cpu") == "cpu"
+                            and c.state in scaling.ACTIVE_STATES)
+            counts = self.autoscale.counts() if self.autoscale is not None else {}
+            return {"enabled": False, "executors": executors, **counts}
+        return self.autoscale.describe()
 
     def status(self) -> dict[str, Any]:
         now = time.time()
@@ -478,7 +565,8 @@ class Supervisor:
         return {"home": str(self.home), "uptime_s": round(now - self.started_at, 1),
                 "supervisor_pid": os.getpid(), "protocol_errors": self.protocol_errors,
                 "processes": processes, "host": self.host,
-                "hosts": [{k: v for k, v in node.items() if k != "executors"} for node in hosts]}
+                "hosts": [{k: v for k, v in node.items() if k != "executors"} for node in hosts],
+                "autoscale": self.autoscale_status()}
 
     # --- stop ----------------------------------------------------------------------------------------
 

@@ -3,7 +3,13 @@ its generated per-kind field checks (types, then ``Valid`` values), and the vers
 kinds is ``messages.py``; every other module imports messages from there.
 
 A message is one zmq frame: the msgpack array ``[PROTOCOL_VERSION, KIND, *fields]``, with the fields in
-declaration order. ``unpack`` is the only place a frame is trusted: anything that is not a well-formed message
+declaration order. A message that carries large encoded values (``Frames``: a call's arguments, a result, a put
+value, see ``serialization``) is several frames instead: ``MULTIPART_MARK`` + that msgpack header, where each such
+value is a small ``EXT_FRAMES`` reference, then the values' buffers as frames of their own, sent from their memory
+and received into zmq's (``copy=False``), so a process that only forwards a value (the scheduler) never copies or
+parses its bytes. Small messages keep the one-frame form: it is the hot path.
+
+``unpack`` is the only place a frame is trusted: anything that is not a well-formed message
 of this version, with every field of its declared type and value, raises ``ProtocolError``, which servers log,
 count and drop.
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import struct
 import types
 import typing
 from collections.abc import Callable
@@ -77,6 +84,42 @@ Role = Annotated[str, Valid(lambda v: v in ("store", "scheduler", "executor"), "
 #: A utilization: finite and non-negative (NaN compares false with everything, and would stick in a policy).
 Utilization = Annotated[float, Valid(lambda v: math.isfinite(v) and 0.0 <= v <= 1e6, "a finite utilization >= 0")]
 
+#: First byte of the header frame of a multi-frame message. msgpack begins nothing with 0xc1 (it is the one byte
+#: the format never uses), so a one-frame message is never mistaken for a header, and a receiver tells the two
+#: apart by one byte, without asking zmq whether more frames follow (which costs on every hot-path receive).
+MULTIPART_MARK = b"\xc1"
+#: The header's ext type for an out-of-band value: packed ``(first frame, count)``, frames counted from the header.
+EXT_FRAMES = 1
+_FRAMES_REF = struct.Struct(">II")
+
+
+class Frames:
+    """An encoded value that travels as zmq frames of its own: ``parts[0]`` is its msgpack body, the rest the raw
+    buffers it refers to (``bytes``, ``memoryview``s of the sender's arrays, or received ``zmq.Frame``s).
+    Immutable by convention: a process that forwards one sends the same parts on. ``len()`` is its size in bytes,
+    as ``len`` of an inline value's bytes is, so the size limits read the same for both forms."""
+
+    __slots__ = ("parts", "nbytes")
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+        self.nbytes = sum(_nbytes(p) for p in parts)
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def __repr__(self) -> str:
+        return f"Frames({len(self.parts)} parts, {self.nbytes} bytes)"
+
+
+def _nbytes(part: Any) -> int:
+    return part.nbytes if type(part) is memoryview else len(part)
+
+
+#: A field holding an encoded user value: ``bytes`` inline in the frame, or ``Frames`` out of band.
+EncodedValue = bytes | Frames
+
+
 #: The reserved kind of a version refusal (see the module docstring); no message class may use it.
 VERSION_REFUSAL_KIND = 0
 
@@ -90,8 +133,46 @@ class Message:
     _VALUES: ClassVar[Callable[[Message], tuple[Any, ...]]]  # the fields' values in order, in one C call
     _CHECK: ClassVar[Callable[[list[Any]], int]]  # position of a decoded frame's first ill-typed field, or 0
 
-    def pack(self) -> bytes:
-        return msgpack.packb([PROTOCOL_VERSION, self.KIND, *self._VALUES(self)])
+    def pack(self) -> bytes | list[Any]:
+        """One frame; or, when a field holds ``Frames``, the list of frames of a multi-frame message (send it
+        with ``process.send_message``)."""
+        try:
+            return msgpack.packb([PROTOCOL_VERSION, self.KIND, *self._VALUES(self)])
+        except TypeError:  # msgpack meets a Frames (or a value no message may carry: pack_frames says so)
+            return pack_frames([PROTOCOL_VERSION, self.KIND, *self._VALUES(self)])
+
+
+def pack_frames(data: list[Any]) -> list[Any]:
+    """``data`` as a multi-frame message: every ``Frames`` in it (at any depth) replaced by a reference, and
+    its parts appended as frames of their own, untouched."""
+    frames: list[Any] = [b""]
+
+    def refer(value: Any) -> msgpack.ExtType:
+        if type(value) is not Frames:
+            raise TypeError(f"messages cannot carry a {type(value).__name__}")
+        ref = _FRAMES_REF.pack(len(frames), len(value.parts))
+        frames.extend(value.parts)
+        return msgpack.ExtType(EXT_FRAMES, ref)
+
+    frames[0] = MULTIPART_MARK + msgpack.packb(data, default=refer)
+    return frames
+
+
+def _unpack_header(frames: list[Any]) -> Any:
+    """The decoded header of a multi-frame message, each reference replaced by its ``Frames``."""
+    header = frames[0]
+    if header[:1] != MULTIPART_MARK:
+        raise ValueError("its first frame is not a multi-frame header")
+
+    def resolve(code: int, data: bytes) -> Any:
+        if code != EXT_FRAMES or len(data) != _FRAMES_REF.size:
+            return msgpack.ExtType(code, data)
+        first, count = _FRAMES_REF.unpack(data)
+        if first < 1 or count < 1 or first + count > len(frames):
+            raise ValueError(f"it refers to frames {first} to {first + count - 1} of {len(frames)}")
+        return Frames(frames[first:first + count])
+
+    return msgpack.unpackb(memoryview(header)[1:], ext_hook=resolve, raw=False, strict_map_key=False)
 
 
 def message(kind: int):
@@ -113,12 +194,18 @@ def message(kind: int):
     return register
 
 
-def unpack(frame: bytes) -> Message:
-    """Parse one frame; raise ``ProtocolError`` for anything that is not a message of this version, and for a
-    peer's version refusal (with its text)."""
+def unpack(frame: bytes | list[Any]) -> Message:
+    """Parse one frame, or the frames of a multi-frame message (a list, header first); raise ``ProtocolError``
+    for anything that is not a message of this version, and for a peer's version refusal (with its text)."""
     try:
-        data = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        if type(frame) is list:
+            data = _unpack_header(frame)
+        else:
+            data = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
+        if type(frame) is list:
+            raise ProtocolError(f"message of {len(frame)} frames is not a well-formed multi-frame message: "
+                                f"{exc}") from None
         raise ProtocolError(f"frame of {len(frame)} bytes is not msgpack: {exc}") from None
     if not isinstance(data, list) or len(data) < 2:
         raise ProtocolError("frame is not a [version, kind, ...] array")
@@ -226,6 +313,9 @@ def _type_test(annotation: Any, expr: str, predicates: dict[str, Any]) -> str | 
         return f"({test}) and {_value_test(annotation, expr, predicates)}"
     if annotation is Any:
         return None
+    if annotation == EncodedValue:
+        predicates["_Frames"] = Frames
+        return f"type({expr}) is bytes or type({expr}) is _Frames"
     if annotation is float:
         return f"type({expr}) is float or type({expr}) is int"
     if annotation in (int, str, bytes, bool):
@@ -253,11 +343,13 @@ def _type_test(annotation: Any, expr: str, predicates: dict[str, Any]) -> str | 
     raise TypeError(f"messages cannot carry fields of type {annotation!r}: use msgpack types, str-keyed dicts")
 
 
-def version_refusal(frame: bytes, server: str) -> bytes | None:
+def version_refusal(frame: bytes | list[Any], server: str) -> bytes | None:
     """The frame ``server`` (e.g. "the scheduler") answers ``frame`` with when ``frame`` is a message of another
     protocol version, else None (nothing to answer: not a message, this version, or itself a refusal, which
     must never be answered or two servers could refuse each other for ever). Called only after ``unpack``
     failed, so the second parse costs nothing on the way of a good frame."""
+    if type(frame) is list:  # a multi-frame message: its header says the version
+        frame = bytes(frame[0][1:]) if frame and frame[0][:1] == MULTIPART_MARK else b""
     try:
         data = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except Exception:

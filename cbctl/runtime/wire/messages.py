@@ -1,8 +1,9 @@
 """Every message that crosses a process boundary, one small typed class per kind: the protocol's catalogue.
 
 How a message is packed, unpacked and checked is ``frames.py`` (its names are importable from here too). User
-values inside messages are already-encoded bytes (see ``serialization``), so unpacking a frame never runs user
-code. A field's annotation is its check at unpack: a type, or a checked value (``Pid``, ``Address``, ...).
+values inside messages are already encoded (see ``serialization``): ``EncodedValue`` fields hold bytes, or for a
+large value ``Frames`` that travel as frames of their own (see ``frames.py``); unpacking never runs user code.
+A field's annotation is its check at unpack: a type, or a checked value (``Pid``, ``Address``, ...).
 Each section below holds a range of kinds, so a reader sees that no number is used twice.
 """
 
@@ -21,9 +22,11 @@ from cbctl.runtime.wire.frames import (
     Address,
     AddressOrNone,
     Count,
+    EncodedValue,
     ExecutorId,
     ExecutorIdOrNone,
     ExecutorType,
+    Frames,  # noqa: F401
     HostName,
     Message,
     Pid,
@@ -237,8 +240,8 @@ class CallRequest(Message):
 
     call_id: str
     name: str
-    args: bytes
-    source_args: dict[str, bytes]
+    args: EncodedValue
+    source_args: dict[str, EncodedValue]
     response_address: AddressOrNone
     store_result: bool
     consistency: str
@@ -267,7 +270,7 @@ class DagTrigger(Message):
     versions: dict[str, int]
     edges: list[list[str]]
     source: str
-    payload: bytes
+    payload: EncodedValue
     response_address: AddressOrNone
     store_result: bool
     consistency: str
@@ -280,7 +283,7 @@ class CallResult(Message):
 
     call_id: str
     ok: bool
-    value: bytes
+    value: EncodedValue
     error_type: str = ""
     message: str = ""
     traceback: str = ""
@@ -341,7 +344,7 @@ class DirectMessage(Message):
     (wall clock) scopes it to the function running there at that time; a refusal goes to ``reply_address``."""
 
     sender: str
-    body: bytes
+    body: EncodedValue
     sent_ns: Version = 0
     reply_address: AddressOrNone = ""
 
@@ -457,7 +460,7 @@ class ContinueCall(Message):
 
     call_id: str
     name: str
-    args: bytes
+    args: EncodedValue
     response_address: AddressOrNone
     store_result: bool
     consistency: str
@@ -606,3 +609,27 @@ class NothingToSteal(Message):
     it ran it meanwhile): the thief reports itself idle again, so no scheduler keeps counting it busy."""
 
     victim: Address
+
+
+# --- autoscaling (kinds 140-149; see supervisor/autoscaler.py and supervisor/autoscaling.py) -----------------
+
+
+@message(140)
+class LoadReport(Message):
+    """Scheduler -> the head's supervisor (to its ready socket), every ``AUTOSCALE_REPORT_INTERVAL_S``, and at once
+    when a call parks for lack of a CPU executor while the cluster autoscales: what the autoscaler decides from.
+    ``executors`` is, per live CPU executor the scheduler hears from, ``[utilization, queue_length]`` from its
+    latest status; ``parked`` the calls this scheduler holds because no CPU executor runs."""
+
+    scheduler: str
+    executors: dict[str, list[float]]
+    parked: Count
+
+
+@message(141)
+class AutoscaleMode(Message):
+    """The supervisor -> every scheduler: whether CPU executors may be started on demand (the cluster autoscales
+    with MAX > 0). While they may, a CPU call that finds no executor waits for one (``AUTOSCALE_PARK_S``) instead
+    of failing at once."""
+
+    enabled: bool

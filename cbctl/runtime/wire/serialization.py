@@ -14,19 +14,31 @@ arrays, ``recarray``, ``matrix``) take the pickle fallback, which keeps all of i
 type of their own (data, mask, fill value, hardness, each encoded as above) because numpy's own pickling of them
 turns a big-endian dtype native.
 
+Large buffers travel out of band: an array of at least ``OUT_OF_BAND_BYTES`` (anywhere in the value), and bytes
+that large at the top level of a value or of an argument list, are not copied into the msgpack body. ``encode``
+then returns ``Frames``: the body, which refers to them by index, and the buffers themselves (``memoryview``s of
+the caller's memory), which messages send as zmq frames of their own (``frames.py``). ``decode`` makes arrays over
+received frames' memory without a copy (writable: the receiver owns a frame it received); over a buffer of this
+process (a value handed on without a socket) it copies, so two functions never share an array by accident.
+Smaller values stay one ``bytes``: their copies cost less than frames do.
+
 A value that cannot be decoded (damaged bytes, an object pickled by reference to a module this process cannot
 import, an unpickling that raises) raises ``DecodeError``, naming what failed and what to do.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
 import cloudpickle
 import msgpack
+import zmq
 
 from cbctl.errors import DecodeError
+from cbctl.runtime.defaults import OUT_OF_BAND_BYTES
+from cbctl.runtime.wire.frames import Frames
 from cbctl.runtime.wire.limits import check_key
 
 EXT_NDARRAY = 1
@@ -34,6 +46,8 @@ EXT_REF = 2
 EXT_PICKLE = 3
 EXT_TUPLE = 4
 EXT_MASKED = 5
+EXT_NDARRAY_FRAME = 6  # an array whose buffer is out of band: [[dtype, shape, is_scalar], buffer index]
+EXT_BYTES_FRAME = 7  # bytes that are out of band: the buffer index
 
 
 class Ref:
@@ -56,9 +70,48 @@ class Ref:
         return f"Ref({self.key!r})"
 
 
-def _default(value: Any) -> msgpack.ExtType:
+class _LargeBytes:
+    """Marks bytes to send out of band (msgpack packs bytes itself, without asking ``_default``)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _marked(values: list[Any]) -> list[Any]:
+    """``values`` with its large bytes marked for out-of-band transport (the list itself when it has none)."""
+    for v in values:
+        if type(v) is bytes and len(v) >= OUT_OF_BAND_BYTES:
+            return [_LargeBytes(v) if type(v) is bytes and len(v) >= OUT_OF_BAND_BYTES else v for v in values]
+    return values
+
+
+def _pack(value: Any, buffers: list[Any] | None) -> bytes:
+    """``value``'s msgpack body; its large buffers appended to ``buffers`` (None: all of it inline)."""
+    return msgpack.packb(value, default=lambda v: _default(v, buffers), strict_types=True, use_bin_type=True)
+
+
+class _HasLargeBuffers(Exception):
+    """Raised by ``_Probe``: the value being packed has a buffer to send out of band."""
+
+
+class _Probe(list):
+    """The buffers list of ``encode``'s first attempt, which assumes the value has no large buffer (almost every
+    value): the first buffer ``_default`` would set aside stops the attempt, and ``encode`` starts again with a
+    real list."""
+
+    def append(self, _buffer: Any) -> None:
+        raise _HasLargeBuffers
+
+
+def _default(value: Any, buffers: list[Any] | None) -> msgpack.ExtType:
+    if type(value) is _LargeBytes:
+        buffers.append(value.data)
+        return msgpack.ExtType(EXT_BYTES_FRAME, msgpack.packb(len(buffers) - 1))
     if type(value) is tuple:
-        return msgpack.ExtType(EXT_TUPLE, encode(list(value)))
+        items = list(value)
+        return msgpack.ExtType(EXT_TUPLE, _pack(items if buffers is None else _marked(items), buffers))
     if isinstance(value, Ref):
         return msgpack.ExtType(EXT_REF, value.key.encode())
     numpy = sys.modules.get("numpy")
@@ -66,7 +119,7 @@ def _default(value: Any) -> msgpack.ExtType:
         dtype = value.dtype
         if type(value) is numpy.ma.MaskedArray:
             mask = None if value.mask is numpy.ma.nomask else value.mask
-            return msgpack.ExtType(EXT_MASKED, encode([value.data, mask, value.fill_value, value.hardmask]))
+            return msgpack.ExtType(EXT_MASKED, _pack([value.data, mask, value.fill_value, value.hardmask], buffers))
         if (dtype.kind not in _RAW_KINDS or dtype.names is not None or dtype.metadata is not None
                 or not (type(value) is numpy.ndarray or isinstance(value, numpy.generic))):
             return msgpack.ExtType(EXT_PICKLE, cloudpickle.dumps(value))  # see the module docstring
@@ -76,9 +129,14 @@ def _default(value: Any) -> msgpack.ExtType:
         header = [array.dtype.str, list(array.shape), isinstance(value, numpy.generic)]
         # a uint8 view, not ``array.data``: the buffer protocol refuses datetime64/timedelta64 dtypes
         raw = array.reshape(-1).view(numpy.uint8).data
+        if buffers is not None and raw.nbytes >= OUT_OF_BAND_BYTES:
+            buffers.append(raw)
+            return msgpack.ExtType(EXT_NDARRAY_FRAME, msgpack.packb([header, len(buffers) - 1]))
         return msgpack.ExtType(EXT_NDARRAY, msgpack.packb([header, raw]))
     return msgpack.ExtType(EXT_PICKLE, cloudpickle.dumps(value))
 
+
+_default_probing = functools.partial(_default, buffers=_Probe())
 
 #: numpy dtype kinds whose ``dtype.str`` and raw bytes are the whole value (structured ``V`` excepted, above)
 _RAW_KINDS = frozenset("biufcmMUSV")
@@ -86,9 +144,34 @@ _RAW_KINDS = frozenset("biufcmMUSV")
 _SHOWN_CHARS = 200
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
+class _Decoder:
+    """``ext_hook`` for one value: ``buffers`` are its out-of-band parts (empty for an inline value)."""
+
+    __slots__ = ("buffers",)
+
+    def __init__(self, buffers: list[Any]) -> None:
+        self.buffers = buffers
+
+    def __call__(self, code: int, data: bytes) -> Any:
+        if code == EXT_NDARRAY_FRAME:
+            import numpy
+
+            (dtype, shape, is_scalar), index = msgpack.unpackb(data)
+            buffer = self.buffers[index]
+            array = numpy.frombuffer(buffer, dtype=numpy.dtype(dtype)).reshape(shape)
+            if is_scalar:
+                return array[()]
+            # a received frame is this receiver's alone: its memory becomes the array, writable and uncopied
+            return array if type(buffer) is zmq.Frame else array.copy()
+        if code == EXT_BYTES_FRAME:
+            return bytes(self.buffers[msgpack.unpackb(data)])
+        return _ext_hook(code, data, self)
+
+
+def _ext_hook(code: int, data: bytes, decoder: _Decoder | None = None) -> Any:
+    hook = decoder or _ext_hook
     if code == EXT_TUPLE:
-        return tuple(msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False))
+        return tuple(msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=False))
     if code == EXT_REF:
         return Ref(data.decode())
     if code == EXT_NDARRAY:
@@ -100,7 +183,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
     if code == EXT_MASKED:
         import numpy
 
-        data, mask, fill_value, hard = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+        data, mask, fill_value, hard = msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=False)
         with numpy.errstate(all="ignore"):  # numpy re-casts the fill value it made itself; nothing to warn about
             return numpy.ma.MaskedArray(data, mask=numpy.ma.nomask if mask is None else mask,
                                         fill_value=fill_value, hard_mask=hard, shrink=False)
@@ -138,15 +221,44 @@ def renamed(exc: DecodeError, what: str) -> DecodeError:
     return DecodeError(what + exc.args[0].removeprefix("a value"))
 
 
-def encode(value: Any) -> bytes:
-    """Serialise one value (see the module docstring for what travels how)."""
-    return msgpack.packb(value, default=_default, strict_types=True, use_bin_type=True)
+def encode(value: Any, out_of_band: bool = True) -> bytes | Frames:
+    """Serialise one value (see the module docstring for what travels how): bytes, or ``Frames`` when it holds
+    buffers large enough to travel out of band (never with ``out_of_band=False``: what the store keeps and
+    logs is one ``bytes`` per value)."""
+    if not out_of_band:
+        return _pack(value, None)
+    if type(value) is list:
+        value = _marked(value)
+    elif type(value) is bytes and len(value) >= OUT_OF_BAND_BYTES:
+        value = _LargeBytes(value)
+    try:  # the hot path: a small value, packed with no per-call closure
+        return msgpack.packb(value, default=_default_probing, strict_types=True, use_bin_type=True)
+    except _HasLargeBuffers:
+        buffers: list[Any] = []
+        body = _pack(value, buffers)
+        return Frames([body, *buffers])
 
 
-def decode(data: bytes, what: str = "a value") -> Any:
+def inline(encoded: bytes | Frames) -> bytes:
+    """An encoded value as one ``bytes`` (what the store takes), decoding and encoding it again if need be."""
+    return encoded if type(encoded) is bytes else encode(decode(encoded), out_of_band=False)  # type: ignore[return-value]
+
+
+def encode_list(encoded: list[bytes | Frames]) -> bytes | Frames:
+    """The encoding of the list of already-encoded values (a multi-exec gather): an array header and the values'
+    bytes, or, when one of them is out of band, decoded and encoded again (out-of-band indexes are per value)."""
+    if all(type(e) is bytes for e in encoded):
+        return msgpack.Packer().pack_array_header(len(encoded)) + b"".join(encoded)  # type: ignore[arg-type]
+    return encode([decode(e) for e in encoded])
+
+
+def decode(data: bytes | Frames, what: str = "a value") -> Any:
     """Inverse of ``encode``; unpickling only happens for values that were pickled. ``DecodeError`` saying
     that ``what`` cannot be decoded here, and why, for bytes that are not a value or do not unpickle here."""
     try:
+        if type(data) is Frames:
+            parts = data.parts
+            return msgpack.unpackb(parts[0], ext_hook=_Decoder(parts[1:]), raw=False, strict_map_key=False)
         return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
     except DecodeError as exc:
         raise DecodeError(f"{what} cannot be decoded here: {exc.args[0]}") from None

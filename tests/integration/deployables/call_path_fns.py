@@ -38,3 +38,39 @@ def read_then_continue(cb, key):
     """Read under the call's mode (a repeatable-read snapshot is kept), then hand the call on."""
     cb.get(key, None)
     return cbctl.Continue("whoami")
+
+
+# --- large values (frames of their own, see wire/frames.py) -------------------------------------------------
+
+
+@cbctl.function
+def big_sum(cb, array):
+    """[its size, its sum, whether it may be written]: what a function sees of a large argument."""
+    return [int(array.nbytes), int(array.sum()), bool(array.flags.writeable)]
+
+
+@cbctl.function
+def big_double(cb, array):
+    array *= 2  # in place: a received argument is the function's own
+    return array
+
+
+@cbctl.function
+def big_same(cb, array):
+    return array
+
+
+@cbctl.function
+def big_continue(cb, array):
+    return cbctl.Continue("big_sum", array)
+
+
+@cbctl.function
+def big_send_to_self(cb, array):
+    """A large direct message, to this executor's own inbox and back out."""
+    cb.send(cb.getid(), array)
+    ((_sender, received),) = cb.recv(timeout=5)
+    return received
+
+
+cbctl.dag("big_chain", [big_double, big_same])

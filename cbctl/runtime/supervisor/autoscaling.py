@@ -1,0 +1,192 @@
+"""Autoscaling, the supervisor's side: collect the schedulers' load reports, ask the ``Autoscaler`` (pure, in
+``autoscaler.py``) for a target, and carry it out on the executor pool: start CPU executors, or depart idle ones
+gracefully (SIGTERM: the executor finishes what it was sent, as in ``cbctl scale``; no call is lost).
+
+One place decides: the head's supervisor. Every decision is a log line with its reason and figures, and is
+counted for `cbctl top`. While autoscaling is on, the pool is reconciled to the target every step, so an
+executor that dies (restarted as usual) or one that could not start is made up for, and `cbctl scale` is
+refused (it would fight the autoscaler).
+
+Joined hosts run a fixed number of executors (``cbctl join --executors N``): the pool here is the head's own
+CPU executors, and the figures leave the joined ones out. How their capacity plugs in (a follow-up): a host's
+``cbctl join --max-executors N`` travels in its heartbeat, ``autoscaler.spread`` splits the target over the
+hosts' capacities, the head applies its own share here and sends each node supervisor its count in the
+heartbeat's answer, which the node carries out with the same ``apply``/``reap`` steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from cbctl.runtime.defaults import AUTOSCALE_REPORT_INTERVAL_S, SHUTDOWN_TIMEOUT_S
+from cbctl.runtime.supervisor.autoscaler import Autoscaler, AutoscaleSettings, Decision, LoadFigures
+from cbctl.runtime.supervisor.child import Child
+from cbctl.runtime.supervisor.scaling import ACTIVE_STATES, ExecutorPool
+from cbctl.runtime.wire.messages import LoadReport
+
+log = logging.getLogger(__name__)
+
+
+class AutoscaleControl:
+    """The autoscaler of one supervisor's pool; ``step`` is its timer work."""
+
+    def __init__(self, pool: ExecutorPool, minimum: int, maximum: int, settings: AutoscaleSettings,
+                 clock: Any = time.monotonic, departing: AutoscaleControl | None = None) -> None:
+        """``departing``: the control of an earlier autoscaling period (turned off since), whose departing
+        executors and counts this one takes over."""
+        self.pool = pool
+        self.clock = clock
+        self.enabled = True
+        current = len(self.active())
+        self.autoscaler = Autoscaler(minimum, maximum, current, settings, clock)
+        self.reports: dict[str, tuple[LoadReport, float]] = {}  # by scheduler
+        self.next_step = 0.0
+        self.departing: dict[str, float] = {}  # executor name -> when it was sent SIGTERM
+        self.started = 0
+        self.departed = 0
+        if departing is not None:
+            self.departing = departing.departing
+            self.started, self.departed = departing.started, departing.departed
+            self.autoscaler.ups, self.autoscaler.downs = departing.autoscaler.ups, departing.autoscaler.downs
+        if self.autoscaler.target != current:  # `cbctl autoscale` with the cluster outside the new range
+            self.apply(self.autoscaler.target)
+
+    # --- figures --------------------------------------------------------------------------------------
+
+    def active(self) -> list[Child]:
+        """The CPU executors the pool runs (starting, ready or being restarted), not those departing."""
+        return [c for c in self.pool.children.values() if c.config.role == "executor"
+                and c.config.options.get("executor_type", "cpu") == "cpu" and c.state in ACTIVE_STATES]
+
+    def on_report(self, report: LoadReport) -> None:
+        self.reports[report.scheduler] = (report, self.clock())
+        if report.parked and self.autoscaler.target == 0:
+            self.step()  # scale from zero: the parked call should not wait for the timer
+
+    def figures(self) -> LoadFigures | None:
+        """The figures of the pool's executors, from the freshest report that mentions each (every scheduler
+        hears every executor), and the parked calls of every scheduler that reported lately; None without a
+        recent report (the autoscaler then decides nothing)."""
+        now = self.clock()
+        fresh = [(r, t) for r, t in self.reports.values() if now - t <= self.autoscaler.settings.stale_s]
+        if not fresh:
+            return None
+        names = {c.config.name for c in self.active()}
+        per_executor: dict[str, tuple[float, list[float]]] = {}
+        for report, received in fresh:
+            for name, (utilization, queue) in report.executors.items():
+                if name in names and received >= per_executor.get(name, (-1.0, []))[0]:
+                    per_executor[name] = (received, [utilization, queue])
+        busy = sum(u for _, (u, _) in per_executor.values())
+        queued = int(sum(q for _, (_, q) in per_executor.values()))
+        return LoadFigures(round(busy, 3), queued, sum(r.parked for r, _ in fresh))
+
+    # --- deciding and carrying out ----------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Timer work: reap departed executors, decide, and bring the pool to the target (turned off: only
+        reap the executors still departing)."""
+        self.next_step = self.clock() + AUTOSCALE_REPORT_INTERVAL_S
+        self.reap()
+        if not self.enabled:
+            return
+        figures = self.figures()
+        if figures is not None:
+            decision = self.autoscaler.observe(figures)
+            if decision is not None:
+                self.log_decision(decision, figures)
+        self.apply(self.autoscaler.target)
+
+    def disable(self, fixed: int) -> None:
+        """`cbctl autoscale off`: bring the pool to ``fixed`` executors (gracefully) and decide no more."""
+        self.apply(fixed)
+        self.enabled = False
+
+    def counts(self) -> dict[str, int]:
+        return {"scale_ups": self.autoscaler.ups, "scale_downs": self.autoscaler.downs, "started": self.started,
+                "departed": self.departed, "departing": len(self.departing)}
+
+    def set_range(self, minimum: int, maximum: int) -> None:
+        decision = self.autoscaler.set_range(minimum, maximum)
+        if decision is not None:
+            self.log_decision(decision, self.figures())
+        self.apply(self.autoscaler.target)
+
+    def log_decision(self, decision: Decision, figures: LoadFigures | None) -> None:
+        log.info("autoscale %s: %d -> %d CPU executors: %s [range %d:%d, need %.2f]", decision.direction,
+                 decision.previous, decision.target, decision.reason, self.autoscaler.minimum,
+                 self.autoscaler.maximum,
+                 figures.need(self.autoscaler.settings.target_utilization) if figures else float("nan"))
+
+    def apply(self, target: int) -> None:
+        """Start or depart CPU executors until ``target`` run. Departures take idle executors first (by their
+        latest reported utilization and queue), the highest-numbered among equals (the heir of a departing
+        executor is the lowest-numbered, which stays)."""
+        active = self.active()
+        if len(active) < target:
+            pool = self.pool
+            indices = [c.config.index for c in pool.children.values() if c.config.role == "executor"]
+            for _ in range(target - len(active)):
+                index = pool.highest_executor_index = max([pool.highest_executor_index, *indices]) + 1
+                child = pool.start_executor(index, "cpu")
+                self.started += 1
+                log.info("autoscale: started %s", child.config.name)
+            pool.spec.executors = target
+        elif len(active) > target:
+            load = self.executor_load()
+            victims = sorted(active, key=lambda c: (load.get(c.config.name, 0.0), -c.config.index))
+            for child in victims[:len(active) - target]:
+                self.depart(child)
+            self.pool.spec.executors = target
+
+    def executor_load(self) -> dict[str, float]:
+        """Latest utilization plus queue per executor, from the freshest reports."""
+        load: dict[str, tuple[float, float]] = {}
+        for report, received in self.reports.values():
+            for name, (utilization, queue) in report.executors.items():
+                if received >= load.get(name, (-1.0, 0.0))[0]:
+                    load[name] = (received, utilization + queue)
+        return {name: value for name, (_, value) in load.items()}
+
+    def depart(self, child: Child) -> None:
+        child.state = "stopping"  # not restarted when it exits
+        if child.process is not None and child.process.is_alive():
+            child.process.terminate()
+        self.departing[child.config.name] = self.clock()
+        self.departed += 1
+        log.info("autoscale: %s departs (it finishes the calls it was sent)", child.config.name)
+
+    def reap(self) -> None:
+        """Forget departed executors once they exited (their index is never reused); kill one still running
+        past the shutdown bound."""
+        changed = False
+        now = self.clock()
+        for name, since in list(self.departing.items()):
+            child = self.pool.children.get(name)
+            if child is None:
+                del self.departing[name]
+                continue
+            if child.process is not None and child.process.is_alive():
+                if now - since > SHUTDOWN_TIMEOUT_S:
+                    log.warning("%s did not leave within %.0f s: killing it", name, SHUTDOWN_TIMEOUT_S)
+                    child.process.kill()
+                continue
+            if child.process is not None:
+                child.process.join(0)
+            # its index is never reused: a late message for it must not reach a newcomer
+            self.pool.highest_executor_index = max(self.pool.highest_executor_index, child.config.index)
+            del self.pool.children[name]
+            del self.departing[name]
+            changed = True
+        if changed:
+            self.pool.write_cluster_file()
+
+    def describe(self) -> dict[str, Any]:
+        """The autoscaler's state for `cbctl status` and `cbctl top` (plain data)."""
+        figures = self.figures()
+        return {**self.autoscaler.describe(), "enabled": True, "executors": len(self.active()), **self.counts(),
+                "figures": None if figures is None else {
+                    "busy": figures.busy, "queued": figures.queued, "parked": figures.parked,
+                    "need": round(figures.need(self.autoscaler.settings.target_utilization), 2)}}

@@ -1,0 +1,81 @@
+"""What a scheduler reports for the autoscaler (scheduler/load_report.py), and how the supervisor's side reads
+several schedulers' reports (supervisor/autoscaling.py): plain data, no processes."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from cbctl.runtime.process import ProcessConfig
+from cbctl.runtime.scheduler.load_report import executor_figures
+from cbctl.runtime.supervisor.autoscaler import AutoscaleSettings
+from cbctl.runtime.supervisor.autoscaling import AutoscaleControl
+from cbctl.runtime.supervisor.child import Child
+from cbctl.runtime.wire.messages import ExecutorStatus, LoadReport
+
+
+def status(executor_id: str, utilization: float, queue: int, running: bool = True, kind: str = "cpu"):
+    return ExecutorStatus(executor_id, f"ipc:///tmp/x/{executor_id}", kind, running, [], utilization, queue, [],
+                          100, {})
+
+
+def test_a_report_lists_running_cpu_executors_and_counts_a_silent_one_as_busy():
+    statuses = {"executor-0": (status("executor-0", 0.25, 3), 99.5),
+                "executor-1": (status("executor-1", 0.1, 0), 90.0),  # silent for 10 s: in a long call
+                "executor-2": (status("executor-2", 0.9, 1, running=False), 99.9),  # leaving
+                "executor-3": (status("executor-3", 0.9, 0, kind="gpu"), 99.9)}
+    assert executor_figures(statuses, now=100.0) == {"executor-0": [0.25, 3.0], "executor-1": [1.0, 0.0]}
+    # placement by outstanding work counts steps placed since the status: the fresher, larger figure wins
+    assert executor_figures(statuses, now=100.0, outstanding={"executor-0": 2, "executor-1": 6}) == {
+        "executor-0": [0.25, 3.0], "executor-1": [1.0, 5.0]}
+
+
+class Pool:
+    """What AutoscaleControl sees of a supervisor: children and a way to start one (no process here)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.children = {}
+        for name in names:
+            self.add(int(name.rsplit("-", 1)[1]))
+        self.highest_executor_index = -1
+        self.spec = SimpleNamespace(executors=len(names))
+        self.files_written = 0
+
+    def add(self, index: int) -> Child:
+        child = Child(ProcessConfig("/tmp/x", "executor", index, "", options={"executor_type": "cpu"}))
+        child.state = "ready"
+        self.children[child.config.name] = child
+        return child
+
+    def start_executor(self, index: int, executor_type: str) -> Child:
+        return self.add(index)
+
+    def write_cluster_file(self) -> None:
+        self.files_written += 1
+
+
+def test_figures_take_each_executor_from_the_freshest_report_and_add_every_schedulers_parked_calls():
+    now = [100.0]
+    pool = Pool(["executor-0", "executor-1"])
+    control = AutoscaleControl(pool, 0, 4, AutoscaleSettings(), clock=lambda: now[0])
+    control.on_report(LoadReport("scheduler-0", {"executor-0": [0.5, 2.0], "executor-1": [0.2, 0.0],
+                                                 "executor-9": [1.0, 5.0]}, 1))  # executor-9 is not in the pool
+    now[0] = 100.5
+    control.on_report(LoadReport("scheduler-1", {"executor-0": [0.75, 1.0]}, 2))
+    figures = control.figures()
+    assert (figures.busy, figures.queued, figures.parked) == (0.95, 1, 3)
+    now[0] = 110.0  # both reports stale: nothing to decide from
+    assert control.figures() is None
+
+
+def test_a_lower_target_departs_the_idlest_executors_and_a_higher_one_starts_fresh_indices():
+    now = [100.0]
+    pool = Pool(["executor-0", "executor-1", "executor-2"])
+    control = AutoscaleControl(pool, 0, 4, AutoscaleSettings(), clock=lambda: now[0])
+    control.on_report(LoadReport("scheduler-0", {"executor-0": [0.0, 0.0], "executor-1": [0.9, 1.0],
+                                                 "executor-2": [0.0, 0.0]}, 0))
+    control.apply(1)
+    assert sorted(n for n, c in pool.children.items() if c.state == "stopping") == ["executor-0", "executor-2"]
+    control.apply(3)  # the departing ones keep their indices: newcomers never reuse one
+    assert sorted(n for n, c in pool.children.items() if c.state == "ready") == [
+        "executor-1", "executor-3", "executor-4"]
+    assert (control.started, control.departed) == (2, 2)
