@@ -27,6 +27,7 @@ from cbctl.errors import CbctlError, FunctionError, InvalidArgument
 from cbctl.runtime import cluster
 from cbctl.runtime.defaults import (
     CALL_TIMEOUT_S,
+    DEPARTURE_TIMEOUT_S,
     DEPLOY_IMPORT_TIMEOUT_S,
     JOIN_TIMEOUT_S,
     MAX_BATCH,
@@ -269,6 +270,12 @@ def main(home: str | None) -> None:
                    "in the cluster).")
 @click.option("--durability", type=click.Choice(lifecycle.DURABILITY_MODES), default="batch", show_default=True,
               help="When the store fsyncs its log: every write, at most every 50 ms, or never.")
+@click.option("--departure-timeout", "departure_timeout", type=float, default=DEPARTURE_TIMEOUT_S, show_default=True,
+              metavar="S", help="Seconds an executor departing in a `cbctl scale` down may finish its calls; past "
+                                "it, it is stopped and its calls are dispatched again on the executors that stay.")
+@click.option("--salvage", is_flag=True,
+              help="Start even if the store's log or snapshot is damaged: keep every intact record, move the "
+                   "damaged file aside and report what was dropped (without it, such damage stops `cbctl up`).")
 @click.option("--cache-mb", type=click.IntRange(min=0), default=64, show_default=True,
               help="Each executor's cache of store values, in MiB (0: no cache).")
 @click.option("--fake-gpus", type=int, default=0, envvar="CBCTL_FAKE_GPUS", hidden=False,
@@ -305,7 +312,8 @@ def main(home: str | None) -> None:
 def up(executors: int | None, gpu_executors: int | None, schedulers: int, foreground: bool, listen: str,
        durability: str, cache_mb: int, fake_gpus: int, max_batch: int, max_continuations: int,
        max_message_mb: int, policy: tuple[str, ...], no_auth: bool, max_trigger_depth: int,
-       executor_memory_mb: int, verbose: bool, autoscale: str, store: str, home: str | None) -> None:
+       executor_memory_mb: int, verbose: bool, autoscale: str, store: str, departure_timeout: float, salvage: bool,
+       home: str | None) -> None:
     """Start a cluster in the home directory and return once every process is ready.
 
     The home is made private to you (0700/0600). With --listen, every TCP socket is a CURVE server that
@@ -319,23 +327,30 @@ def up(executors: int | None, gpu_executors: int | None, schedulers: int, foregr
     cbctl up --verbose                        and where the time went
     cbctl up --autoscale 0:4                  0 to 4 CPU executors, following the load
     cbctl up --store redis://127.0.0.1:6379   the data in Redis (AOF on, maxmemory-policy noeviction)
+    cbctl up --salvage                        start over a damaged log, keeping its intact records
     """
     stamps = {"cli_started": lifecycle.process_started_at(), "cli_entered": time.time()}
     home_path = cluster.resolve_home(home)
-    spec, notes = lifecycle.plan_up(
-        home_path, executors=executors, gpu_executors=gpu_executors, schedulers=schedulers, listen=listen,
-        no_auth=no_auth, durability=durability, cache_mb=cache_mb, fake_gpus=fake_gpus, max_batch=max_batch,
-        max_continuations=max_continuations, max_message_mb=max_message_mb, policy=policy,
-        max_trigger_depth=max_trigger_depth, executor_memory_mb=executor_memory_mb, autoscale=autoscale,
-        store=store)
-    for note in notes:
-        errors.print(note, markup=False)
-    started = time.monotonic()
-    stamps["launching"] = time.time()
-    proc = lifecycle.start_supervisor(home_path, spec, foreground)
-    with status_after(SPINNER_AFTER_S, "starting the cluster..."):
-        found = lifecycle.wait_until_up(home_path, proc)
+    lock_fd = lifecycle.claim_home(home_path)  # held from here: nobody else starts or cleans up this home
+    try:
+        spec, notes = lifecycle.plan_up(
+            home_path, executors=executors, gpu_executors=gpu_executors, schedulers=schedulers, listen=listen,
+            no_auth=no_auth, durability=durability, cache_mb=cache_mb, fake_gpus=fake_gpus, max_batch=max_batch,
+            max_continuations=max_continuations, max_message_mb=max_message_mb, policy=policy,
+            max_trigger_depth=max_trigger_depth, executor_memory_mb=executor_memory_mb, autoscale=autoscale,
+            store=store, salvage=salvage, departure_timeout_s=departure_timeout, holding_lock=True)
+        for note in notes:
+            errors.print(note, markup=False)
+        started = time.monotonic()
+        stamps["launching"] = time.time()
+        proc = lifecycle.start_supervisor(home_path, spec, foreground, lock_fd=lock_fd)
+        with status_after(SPINNER_AFTER_S, "starting the cluster..."):
+            found = lifecycle.wait_until_up(home_path, proc)
+    finally:
+        lifecycle.release_home(lock_fd)  # the supervisor holds its own copy for its life
     stamps["seen"] = time.time()
+    for line in lifecycle.salvage_report(home_path, since=time.time() - (time.monotonic() - started)):
+        errors.print(f"warning: {line}", markup=False)
     counts = f"{spec.executors} CPU + {spec.gpu_executors} GPU executors, {spec.schedulers} scheduler(s)"
     if spec.autoscale:
         counts += f", autoscaling {spec.autoscale[0]}:{spec.autoscale[1]} CPU executors"
@@ -477,6 +492,8 @@ def scale(executors: int, as_json: bool, home: str | None) -> None:
         return
     changes = [f"started {', '.join(result['started'])}"] if result["started"] else []
     changes += [f"stopped {', '.join(result['stopped'])}"] if result["stopped"] else []
+    changes += [f"{', '.join(result['cut_short'])} cut short past the departure timeout: its calls were "
+                "dispatched again"] if result.get("cut_short") else []
     console.print(f"{result['executors']} CPU executors" + (f" ({'; '.join(changes)})" if changes else
                                                             " (unchanged)"), markup=False)
 
@@ -616,7 +633,9 @@ def put(key: str, value: str, ephemeral: bool, ttl: float | None, home: str | No
     if value == "-":
         value = sys.stdin.read()
     with connect_client(home) as client:
-        client.put(key, parse_value(value), durable=not ephemeral, ttl=ttl)
+        if not client.put(key, parse_value(value), durable=not ephemeral, ttl=ttl):
+            raise CbctlError(f"{key!r} was not stored: a write stamped later by another writer won (last writer "
+                             "wins); read it with `cbctl get`, and put again to replace it")
     console.print(f"stored {key}" + (" (ephemeral)" if ephemeral else ""), markup=False)
 
 

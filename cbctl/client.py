@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import os
 import random
 import threading
@@ -54,6 +55,7 @@ from cbctl.errors import (
 from cbctl.runtime import cluster, registry
 from cbctl.runtime.code_loading import source_file_of
 from cbctl.runtime.consistency import LWW, ClientSession, reveal
+from cbctl.runtime.consistency import MODES as CONSISTENCY_MODES
 from cbctl.runtime.dag import chain_edges, validate_dag
 from cbctl.runtime.defaults import (
     CALL_TIMEOUT_S,
@@ -113,11 +115,14 @@ class CallFuture:
     def result(self, timeout: float | None = CALL_TIMEOUT_S) -> Any:
         """The call's value; raises ``FunctionError`` if it raised, ``CallTimeout`` past ``timeout`` s (default
         ``CALL_TIMEOUT_S``, 60; None waits until done; 0 only looks: the result is returned if it is in)."""
+        _check_timeout(timeout)
         if timeout is not None and not timeout >= 0:
             raise InvalidArgument(f"timeout={timeout!r} is invalid: pass seconds >= 0, or None to wait until done")
         if self._result is _PENDING:
             self._client._poll_result(self, timeout)
         if self._result is _PENDING:
+            if self._client._forked_from:
+                self._client._check_open()  # raises: the client belongs to the process that forked this one
             if self._client._closed:
                 raise CbctlError(f"call {self.call_id} of {self.name!r} had not returned when its client was "
                                  "closed: wait for results before closing the client")
@@ -147,6 +152,9 @@ class Client:
 
     def __init__(self, home: str | os.PathLike[str] | None = None, address: str | None = None,
                  keys: str | os.PathLike[str] | None = None, advertise: str | None = None) -> None:
+        if home is not None and not isinstance(home, (str, os.PathLike)):
+            raise InvalidArgument(f"home={home!r} is not a path: pass the cluster directory as a str or Path, or "
+                                  "None for $CBCTL_HOME")
         self.home = cluster.resolve_home(home)
         if address is None:
             self.cluster = cluster.running_cluster(self.home)
@@ -203,6 +211,7 @@ class Client:
         self._cond = threading.Condition()
         self._reader_active = False
         self._closed = False
+        self._forked_from = 0  # set in a child of os.fork(): the parent's pid (see _after_fork_in_child)
         self._next_liveness_check = time.monotonic() + CLIENT_LIVENESS_CHECK_S
         # crash semantics (runtime/retries.py): ids of calls whose results came since the last request, which
         # the next one tells the scheduler about; and the scheduler's pid, to notice its restart
@@ -210,6 +219,7 @@ class Client:
         self._stored_waiting: weakref.WeakValueDictionary[str, CallFuture] = weakref.WeakValueDictionary()
         self._scheduler_pid = next((p.pid for p in self.cluster.processes if p.address == scheduler), 0)
         self._next_restart_check = 0.0
+        _live_clients.add(self)
 
     # --- registration ----------------------------------------------------------------------------------
 
@@ -217,6 +227,11 @@ class Client:
                  batching: bool = False, init_args: Sequence[Any] = ()) -> dict[str, Any]:
         """Register a function (or a class with a ``run(cb, ...)`` method, constructed once per executor
         with ``init_args``) under ``name`` (default: its ``__name__``); replaces an earlier one."""
+        for flag, value in (("gpu", gpu), ("batching", batching)):
+            _check_bool(value, flag)
+        if isinstance(init_args, (str, bytes)) or not isinstance(init_args, (list, tuple)):
+            raise InvalidArgument(f"init_args={init_args!r} is not a tuple: pass the constructor's arguments as a "
+                                  "tuple, e.g. init_args=(10,)")
         if name is None:
             name = getattr(target, "__name__", None)
             if not isinstance(name, str) or name == "<lambda>":
@@ -245,10 +260,17 @@ class Client:
         """Register a DAG of registered functions (names or the decorated functions themselves); with no
         ``edges`` it is a chain in the given order. ``multiexec=[f, ...]`` marks functions that run once per
         upstream result as each arrives (see ``cbctl.runtime.multiexec``)."""
+        _check_name(name, "DAG name")
         if isinstance(functions, str):
             raise InvalidDag(f"DAG {name!r}: functions={functions!r} is one string: pass a list of names, "
                              f"e.g. [{functions!r}]")
+        if not isinstance(functions, (list, tuple)):
+            raise InvalidArgument(f"functions={functions!r} is not a list: pass the DAG's functions (or their names) "
+                                  "as a list, e.g. register_dag('d', ['f', 'g'])")
         names = [function_name(f) for f in functions]
+        if edges is not None and (isinstance(edges, (str, bytes)) or not isinstance(edges, (list, tuple))
+                                  or not all(isinstance(e, (list, tuple)) and len(e) == 2 for e in edges)):
+            raise InvalidArgument(f"edges={edges!r} is not a list of (upstream, downstream) pairs")
         edge_names = [[function_name(a), function_name(b)] for a, b in edges] if edges else []
         options = dag_options(options)
         return self._control(lambda r: RegisterDag(r, name, names, edge_names, options))
@@ -304,6 +326,7 @@ class Client:
 
     def delete(self, name: str) -> dict[str, Any]:
         """Remove a function or DAG (a function still used by a DAG is refused)."""
+        _check_name(name, "name")
         return self._control(lambda r: RemoveRequest(r, name))
 
     def add_trigger(self, name: str, prefix: str | None, function: Any, *, batch: int = 0, window: float = 0.0,
@@ -316,6 +339,9 @@ class Client:
         the distinct keys put since the trigger last fired, durable or ephemeral: ``batch=N`` once N keys under
         ``prefix`` arrived; ``window=T`` every T seconds with what arrived under ``prefix`` (no call when nothing
         did); ``join=[k1, ...]`` once every named key was put (no prefix needed: pass None)."""
+        _check_name(name, "trigger name")
+        if prefix is not None and not isinstance(prefix, str):
+            raise InvalidArgument(f"prefix={prefix!r} is not a string: pass the key prefix whose puts fire the trigger")
         function = function_name(function)
         spec = TriggerSpec(name, prefix or "", function, batch, window, list(join), values)
         return self._control(lambda r: AddTrigger(r, spec.name, spec.prefix, spec.function, spec.batch,
@@ -327,6 +353,7 @@ class Client:
 
     def remove_trigger(self, name: str) -> dict[str, Any]:
         """Stop trigger ``name`` (calls already fired still run); ``InvalidArgument`` if there is none."""
+        _check_name(name, "trigger name")
         return self._control(lambda r: RemoveTrigger(r, name))
 
     def cluster_info(self) -> dict[str, Any]:
@@ -380,6 +407,7 @@ class Client:
         ``source_args`` (function name -> argument list) give a DAG's sources their own, instead of ``args``.
         ``timeout`` is in seconds (default ``CALL_TIMEOUT_S``, 60; None: as long as it takes); past it,
         ``CallTimeout``."""
+        _check_timeout(timeout)
         if timeout is not None and not timeout > 0:
             # checked before sending: the call would run, with its side effects, while its caller gave up
             raise InvalidArgument(f"timeout={timeout!r} would give up before the call could finish: pass "
@@ -391,8 +419,12 @@ class Client:
         """Start a call and return its future at once. With ``store_result`` the result is written to the
         store under the call id and the future reads it from there (it outlives this client); once the future has
         read it, it is deleted from the store (a result never read stays)."""
+        if self._closed:
+            self._check_open()  # before any lock: one held in the parent at fork time is never released here
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"{name!r} is not a function or DAG name: pass the name it was registered under")
+        if consistency is not LWW or store_result is not False:  # the defaults need no check: the common call
+            _check_call_options(consistency, store_result)
         call_id = f"{self.client_id}-{next(self._ids)}"
         future = CallFuture(self, call_id, name, stored=store_result)
         future.delete_stored_after_read = store_result
@@ -581,8 +613,10 @@ class Client:
             return default
         return reveal(key, lattice, LWW)
 
-    def put(self, key: str, value: Any, durable: bool = True, ttl: float | None = None) -> None:
-        """Write ``value`` under ``key`` (last-writer-wins); durable per the store's policy on return.
+    def put(self, key: str, value: Any, durable: bool = True, ttl: float | None = None) -> bool:
+        """Write ``value`` under ``key`` (last-writer-wins); durable per the store's policy on return. Returns
+        whether the value is now the key's: False when a write stamped later won the merge even after this one
+        was stamped past the version it found (a concurrent writer; see ``writer_clock.py``).
 
         ``durable=False``: an ephemeral value (as ``cb.put(..., durable=False)`` in a function): in the store's
         memory only, never logged, for ``ttl`` seconds (default 300); lost if the store restarts."""
@@ -593,32 +627,36 @@ class Client:
         if not durable:
             ttl_s = limits.check_ttl(ttl, default_as=0.0)
             with self._store_lock:
-                self._store.put_ephemeral(key, self._store.new_lww(encoded), ttl_s)
-            return
+                self._store.put_ephemeral(key, self._store.new_lww(encoded, key), ttl_s)
+            return True
         if ttl is not None:
             raise InvalidArgument("ttl applies to ephemeral values only: pass durable=False with it")
-        written_after = time.time_ns()  # the write's timestamp is at least this: its read-your-writes token
         with self._store_lock:
             try:
-                self._store.put_lattice(key, self._store.new_lww(encoded))
+                written, won = self._store.put_lww(key, self._store.new_lww(encoded, key))
             except InvalidArgument as exc:
                 if "ephemeral value" in str(exc):  # the store says why itself (a key is durable or ephemeral)
                     raise
                 raise InvalidArgument(f"could not write {key!r}: {exc} (it holds values written by causal calls; "
                                       "use another key, or delete it first with delete_key)") from None
-        self._session.record({key: written_after})
+        self._session.record({key: written.timestamp})  # its read-your-writes token
+        return won
 
-    def delete_key(self, key: str) -> None:
-        """Delete ``key`` (deleting a key that holds nothing is not an error)."""
+    def delete_key(self, key: str) -> bool:
+        """Delete ``key`` (deleting a key that holds nothing is not an error); whether the delete won, as for
+        ``put``."""
         limits.check_key(key)
         self._check_open()
         deleted_after = time.time_ns()
         with self._store_lock:
-            self._store.delete(key)
+            won = self._store.delete(key)
         self._session.record({key: deleted_after})
+        return won
 
     def list_keys(self, prefix: str = "") -> list[str]:
         """The keys that hold a value and start with ``prefix``, sorted (cbctl's own ``__cb/`` keys left out)."""
+        if not isinstance(prefix, str):
+            raise InvalidArgument(f"prefix={prefix!r} is not a string: pass a key prefix, or '' for every key")
         self._check_open()
         with self._store_lock:
             return [k for k in self._store.list_keys(prefix) if not k.startswith("__cb/")]
@@ -643,10 +681,15 @@ class Client:
     # --- lifetime --------------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
+        if self._forked_from:
+            raise CbctlError(f"this client was made in process {self._forked_from}, and a client cannot be used after "
+                             "os.fork() (its sockets belong to the parent): call cbctl.connect() in the child")
         if self._closed:
             raise CbctlError("this client is closed: make a new one with cbctl.connect()")
 
     def close(self) -> None:
+        if self._forked_from:
+            return  # the sockets are the parent's: the child must not touch them, nor wait on the parent's locks
         with self._call_lock:
             if self._closed:
                 return
@@ -666,6 +709,49 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: Every client not yet garbage-collected, so a fork can mark them unusable in the child (see below).
+_live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """zmq sockets and contexts do not survive ``fork()``: a child that used its parent's client would spin or
+    hang (and the locks another parent thread held at the fork are never released here). Every client
+    inherited is marked, so its next use raises at once, saying what to do; the parent's copy is unaffected."""
+    parent = os.getppid()
+    for client in list(_live_clients):
+        client._forked_from = parent
+        client._closed = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _check_name(name: Any, what: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument(f"{what} {name!r} is invalid: pass a non-empty string")
+
+
+def _check_bool(value: Any, what: str) -> None:
+    if type(value) is not bool:
+        raise InvalidArgument(f"{what}={value!r} is not True or False")
+
+
+def _check_timeout(timeout: Any) -> None:
+    """A timeout is None or seconds (a real number, numpy's included, but not a bool, a string or NaN); its range
+    is the caller's to check."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
+                                or math.isnan(timeout)):
+        raise InvalidArgument(f"timeout={timeout!r} is not a number of seconds: pass an int or a float, or None to "
+                              "wait until done")
+
+
+def _check_call_options(consistency: Any, store_result: Any) -> None:
+    if consistency not in CONSISTENCY_MODES:
+        raise InvalidArgument(f"consistency {consistency!r} is not one of {', '.join(CONSISTENCY_MODES)}: pass one "
+                              "of these modes")
+    _check_bool(store_result, "store_result")
 
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cbctl.errors import CbctlError, ClusterAlreadyRunning, ClusterNotRunning, InvalidArgument
-from cbctl.runtime import cluster
+from cbctl.runtime import cluster, home_lock
 from cbctl.runtime.defaults import (
     CLUSTER_FILE_POLL_S,
+    DEPARTURE_TIMEOUT_S,
     JOIN_TIMEOUT_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
@@ -29,6 +30,7 @@ from cbctl.runtime.defaults import (
     MAX_TRIGGER_DEPTH,
     SHUTDOWN_TIMEOUT_S,
     STARTUP_TIMEOUT_S,
+    SUPERVISOR_ANSWER_TIMEOUT_S,
 )
 from cbctl.runtime.supervisor.spec import ClusterSpec, count_gpus, default_max_executors
 
@@ -49,10 +51,36 @@ MAX_MESSAGE_MB_CEILING = 2048
 DURABILITY_MODES = ("always", "batch", "none")
 
 
-def check_not_running(home: Path) -> str:
-    """Refuse a second cluster in one home; clean a crashed one's file. Returns a note to show, if any."""
+def claim_home(home: Path) -> int:
+    """Take the home's lock for a new cluster before anything in the home is touched (see ``home_lock``), or
+    refuse at once, naming the process that holds it. Returns the lock's descriptor: ``start_supervisor`` hands
+    it on, and the supervisor holds it for its life."""
     try:
-        found = cluster.running_cluster(home)
+        with private_umask():
+            home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return home_lock.acquire(cluster.lock_path(home))
+    except home_lock.LockHeld as held:
+        raise ClusterAlreadyRunning(f"a cluster is already running in {home} (supervisor pid {held.pid or '?'}, "
+                                    "or a `cbctl up` starting it): stop it with `cbctl down`, or use another "
+                                    "CBCTL_HOME") from None
+    except (FileExistsError, NotADirectoryError):
+        raise InvalidArgument(f"the cluster directory {home} is (or is inside) a file: point CBCTL_HOME or --home "
+                              "at a directory") from None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot use {home} as the cluster directory ({exc.strerror}): point CBCTL_HOME or "
+                              "--home at a directory you can write") from None
+
+
+def release_home(lock_fd: int) -> None:
+    """Close `cbctl up`'s copy of the home's lock (the supervisor it started holds the lock on)."""
+    home_lock.release(lock_fd)
+
+
+def check_not_running(home: Path, holding_lock: bool = False) -> str:
+    """Refuse a second cluster in one home; clean a crashed one's file (``holding_lock``: the caller holds the
+    home's lock, from ``claim_home``, so nobody else runs there). Returns a note to show, if any."""
+    try:
+        found = cluster.running_cluster(home, holding_lock=holding_lock)
     except ClusterNotRunning as exc:
         return str(exc).split(";")[0] + "; cleaned it up" if "stale" in str(exc) else ""
     raise ClusterAlreadyRunning(f"a cluster is already running in {home} (supervisor pid {found.supervisor_pid}): "
@@ -117,18 +145,21 @@ def plan_up(home: Path, *, executors: int | None = None, gpu_executors: int | No
             fake_gpus: int = 0, max_batch: int = MAX_BATCH, max_continuations: int = MAX_CONTINUATIONS,
             max_message_mb: int = MAX_MESSAGE_BYTES >> 20, policy: Iterable[str] | Mapping[str, Any] = (),
             max_trigger_depth: int = MAX_TRIGGER_DEPTH, executor_memory_mb: int = 0,
-            autoscale: str = "", store: str = "") -> tuple[ClusterSpec, list[str]]:
+            autoscale: str = "", store: str = "", salvage: bool = False,
+            departure_timeout_s: float = DEPARTURE_TIMEOUT_S, holding_lock: bool = False
+            ) -> tuple[ClusterSpec, list[str]]:
     """Everything ``cbctl up`` (and ``cbctl.local()``) does before starting a process, from its options (the
     keywords are the command's options): refuse a second cluster in ``home``, check the options into a
     ``ClusterSpec``, make the home ready and private. Returns the spec and lines to show the user
-    (``note: ...``, ``warning: ...``); any bad option raises ``InvalidArgument`` before anything is touched."""
+    (``note: ...``, ``warning: ...``); any bad option raises ``InvalidArgument`` before anything is touched.
+    ``holding_lock``: the caller holds the home's lock (``claim_home``), as `cbctl up` does."""
     shown = []
-    stale = check_not_running(home)
+    stale = check_not_running(home, holding_lock)
     if stale:
         shown.append(f"note: {stale}")
     spec = plan_spec(executors, gpu_executors, schedulers, listen, durability, fake_gpus, cache_mb, max_batch,
                      max_continuations, policy, max_message_mb, no_auth, max_trigger_depth, executor_memory_mb,
-                     autoscale)
+                     autoscale, salvage=salvage, departure_timeout_s=departure_timeout_s)
     if store:  # a Redis store: checked before anything is touched (it refuses settings that lose data)
         spec.store, store_warnings = check_store(store, durability)
         shown += [f"warning: {warning}" for warning in store_warnings]
@@ -144,7 +175,8 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
               max_continuations: int = MAX_CONTINUATIONS, policy: Iterable[str] | Mapping[str, Any] = (),
               max_message_mb: int = MAX_MESSAGE_BYTES >> 20, no_auth: bool = False,
               max_trigger_depth: int = MAX_TRIGGER_DEPTH, executor_memory_mb: int = 0,
-              autoscale: str = "") -> ClusterSpec:
+              autoscale: str = "", salvage: bool = False,
+              departure_timeout_s: float = DEPARTURE_TIMEOUT_S) -> ClusterSpec:
     counts = {"--executors": executors, "--gpu-executors": gpu_executors, "--schedulers": schedulers,
               "--fake-gpus": fake_gpus, "--cache-mb": cache_mb, "--max-batch": max_batch,
               "--max-continuations": max_continuations, "--max-message-mb": max_message_mb,
@@ -207,9 +239,13 @@ def plan_spec(executors: int | None, gpu_executors: int | None, schedulers: int,
     if not 1 <= max_message_mb <= MAX_MESSAGE_MB_CEILING:
         raise InvalidArgument(f"--max-message-mb {max_message_mb} is out of range: pass 1 to "
                               f"{MAX_MESSAGE_MB_CEILING} (MiB per serialised value)")
+    if not departure_timeout_s > 0:
+        raise InvalidArgument(f"--departure-timeout {departure_timeout_s} must be seconds > 0: how long a departing "
+                              "executor may finish its calls before they are dispatched elsewhere")
     check_port_free(listen, scheduler_port)
     return ClusterSpec(executors=executors, gpu_executors=gpu_executors, schedulers=schedulers,
                        listen=listen, scheduler_port=scheduler_port, curve=curve, durability=durability,
+                       salvage=salvage, departure_timeout_s=departure_timeout_s,
                        fake_gpus=fake_gpus,
                        cache_mb=cache_mb, max_batch=max_batch, max_continuations=max_continuations,
                        max_trigger_depth=max_trigger_depth, executor_memory_mb=executor_memory_mb,
@@ -292,14 +328,41 @@ def private_umask() -> Iterator[None]:
         os.umask(previous)
 
 
-def start_supervisor(home: Path, spec: ClusterSpec, foreground: bool = False) -> subprocess.Popen:
+def salvage_report(home: Path, since: float) -> list[str]:
+    """What the store's recovery dropped when started with ``--salvage`` (written after ``since``), as lines for
+    the user: one per damaged file moved aside."""
+    try:
+        report = json.loads((cluster.data_dir(home) / cluster.SALVAGE_REPORT).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(report, dict) or report.get("time", 0) < since:
+        return []
+    lines = []
+    for entry in report.get("files", []):
+        stretches = ", ".join(f"{d['bytes']} bytes at offset {d['offset']} ({d['why']})" for d in entry["damaged"])
+        lines.append(f"salvaged {entry['file']}: kept {entry['records_kept']} intact records, dropped {stretches}; "
+                     f"the damaged file is kept as {entry['moved_to']}")
+    return lines
+
+
+def start_supervisor(home: Path, spec: ClusterSpec, foreground: bool = False,
+                     lock_fd: int | None = None) -> subprocess.Popen:
     """Start the supervisor of a cluster in ``home`` (made ready by ``prepare_home``), with a private umask
-    that it and every process it starts inherit."""
+    that it and every process it starts inherit. It inherits the home's lock (``lock_fd``, from ``claim_home``;
+    taken here when not given) and holds it for its life; the caller may close its own copy once it runs."""
+    own_lock = lock_fd is None
+    fd = claim_home(home) if lock_fd is None else lock_fd
     command = [sys.executable, "-m", "cbctl.runtime.supervisor", "--home", str(home),
-               "--spec", json.dumps(asdict(spec))]
-    with private_umask():
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=not foreground)
+               "--spec", json.dumps(asdict(spec)), "--lock-fd", str(fd)]
+    try:
+        with private_umask():
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=not foreground, pass_fds=(fd,))
+        home_lock.write_pid(fd, proc.pid)  # what a refused `cbctl up` names
+    finally:
+        if own_lock:
+            release_home(fd)  # the supervisor holds its own copy
+    return proc
 
 
 def wait_until_up(home: Path, proc: subprocess.Popen, timeout_s: float = STARTUP_TIMEOUT_S + 10) -> cluster.ClusterFile:
@@ -393,10 +456,11 @@ def stop_cluster(home: Path, timeout_s: float = 3 * SHUTDOWN_TIMEOUT_S + 10) -> 
             procs.append(psutil.Process(pid))
         except psutil.Error:
             pass
-    try:
-        psutil.Process(found.supervisor_pid).terminate()
-    except psutil.Error:
-        pass
+    from cbctl.control import supervisor_request  # here: `cbctl up` never needs zmq before the supervisor runs
+
+    # asked, not signalled: a stopped or stuck supervisor gets a bounded wait and a clear error, and ignores the
+    # request if it resumes later (a SIGTERM would wait in its queue and stop the cluster by surprise)
+    supervisor_request(found, "stop", timeout_s=SUPERVISOR_ANSWER_TIMEOUT_S, home=home)
     alive = wait_gone(procs, timeout_s)
     for proc in alive:
         try:
@@ -404,8 +468,9 @@ def stop_cluster(home: Path, timeout_s: float = 3 * SHUTDOWN_TIMEOUT_S + 10) -> 
         except psutil.Error:
             pass
     wait_gone(alive, 5)
-    cluster.remove_cluster_file(home)
-    cluster.remove_socket_dir(home, found.control_address)  # the supervisor's own removal, if it was killed
+    if cluster.home_holder(home) is None:  # not a newer cluster's, started meanwhile
+        cluster.remove_cluster_file(home)
+        cluster.remove_socket_dir(home, found.control_address)  # the supervisor's own removal, if it was killed
     return len(procs)
 
 

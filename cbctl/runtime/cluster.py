@@ -1,6 +1,7 @@
 """The cluster directory: where a cluster's files live, and the cluster file that says it is up.
 
-``$CBCTL_HOME`` holds ``cluster.json`` (written by the supervisor once every child is ready), ``data/``
+``$CBCTL_HOME`` holds ``supervisor.lock`` (held by the live supervisor: see ``home_lock``), ``cluster.json``
+(written by the supervisor once every child is ready, and rewritten by it if damaged or removed), ``data/``
 (the store's log and snapshots), ``logs/`` (one file per process) and ``sock/`` (ipc sockets). When the
 home path is too long for an ipc socket path, the sockets go to a short directory under the system temp
 directory named by a hash of the home, so two homes never share sockets; it is removed when the cluster
@@ -20,19 +21,31 @@ import shutil
 import socket
 import stat
 import tempfile
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from cbctl.errors import ClusterNotRunning, InvalidArgument
-from cbctl.runtime.defaults import DEFAULT_HOME, MAX_IPC_PATH, MAX_MESSAGE_BYTES, STALE_KILL_WAIT_S
+from cbctl.runtime import home_lock
+from cbctl.runtime.defaults import (
+    CLUSTER_FILE_REPAIR_WAIT_S,
+    DEFAULT_HOME,
+    DEPARTURE_TIMEOUT_S,
+    MAX_IPC_PATH,
+    MAX_MESSAGE_BYTES,
+    STALE_KILL_WAIT_S,
+)
 from cbctl.runtime.defaults import PRIVATE_UMASK as PRIVATE_UMASK  # what `cbctl up` and every process create under
 
 CLUSTER_FILE = "cluster.json"
 NODE_FILE = "node.json"  # on a joined host: its node supervisor (``cbctl join``; ``cbctl leave`` reads it)
 STARTUP_ERROR_FILE = "startup-error.txt"  # the supervisor's reason for a failed start, which `cbctl up` shows
+#: In ``data/``: what the store's recovery with `cbctl up --salvage` dropped (JSON), for `cbctl up` to show.
+SALVAGE_REPORT = "salvage-report.json"
 #: The files cbctl itself writes at the top of the home (the home may hold others: they are not ours to touch).
-TOP_LEVEL_FILES = (CLUSTER_FILE, CLUSTER_FILE + ".tmp", STARTUP_ERROR_FILE, NODE_FILE, NODE_FILE + ".tmp")
+TOP_LEVEL_FILES = (CLUSTER_FILE, CLUSTER_FILE + ".tmp", STARTUP_ERROR_FILE, NODE_FILE, NODE_FILE + ".tmp",
+                   home_lock.SUPERVISOR_LOCK)
 KEYS_DIR = "keys"  # a TCP cluster's CURVE keys (see wire/auth.py)
 PRIVATE_SUBDIRS = ("logs", "data", KEYS_DIR)
 
@@ -129,6 +142,16 @@ def data_dir(home: Path) -> Path:
     return home / "data"
 
 
+def lock_path(home: Path) -> Path:
+    """The lock the home's live supervisor holds (``home_lock``)."""
+    return home / home_lock.SUPERVISOR_LOCK
+
+
+def home_holder(home: Path) -> int | None:
+    """The pid of the supervisor (or starting `cbctl up`) that holds ``home``, or None if nobody does."""
+    return home_lock.holder(lock_path(home))
+
+
 @dataclass
 class ProcessEntry:
     role: str
@@ -156,6 +179,7 @@ class ClusterFile:
     processes: list[ProcessEntry] = field(default_factory=list)
     max_message_bytes: int = MAX_MESSAGE_BYTES  # the largest serialised value clients may send
     auth: str = "none"  # "curve": TCP sockets admit only holders of HOME/keys (see auth.py); never a key itself
+    departure_timeout_s: float = DEPARTURE_TIMEOUT_S  # `cbctl up --departure-timeout`: how long `scale` may take
     #: The machine (and pid namespace) whose pids ``processes`` names (``pid_space()``): a copy of the file on
     #: another machine (``cbctl join``, a remote client) must not check or signal those pids there.
     pid_space: str = ""
@@ -173,11 +197,12 @@ class ClusterFile:
         try:
             raw: dict[str, Any] = json.loads((home / CLUSTER_FILE).read_text())
             raw["processes"] = [ProcessEntry(**p) for p in raw.get("processes", [])]
-            return cls(**raw)
+            # fields a newer cbctl added are left out, so a client of this version still finds the cluster
+            return cls(**{name: value for name, value in raw.items() if name in _CLUSTER_FILE_FIELDS})
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except (ValueError, TypeError):
-            return None  # a half-written or foreign file: treated as stale by callers
+        except (ValueError, TypeError, AttributeError):
+            return None  # a half-written, damaged or foreign file (`[]`, `null`, `{}`, wrong types)
 
     def is_local(self) -> bool:
         """Whether this file's processes run on this machine (in this pid namespace), so their pids mean
@@ -204,6 +229,7 @@ class ClusterFile:
             return False
 
 
+_CLUSTER_FILE_FIELDS = frozenset(f.name for f in fields(ClusterFile))
 def pid_space() -> str:
     """This machine's pid space: its boot id and the pid namespace of this process. Two processes with the
     same value can tell each other's pids apart from other processes'; any other pid is another machine's."""
@@ -280,9 +306,19 @@ def remove_cluster_file(home: Path) -> None:
         pass
 
 
-def running_cluster(home: Path) -> ClusterFile:
-    """The live cluster in ``home``, or ``ClusterNotRunning`` (cleaning a stale file, and saying so)."""
+def running_cluster(home: Path, holding_lock: bool = False) -> ClusterFile:
+    """The live cluster in ``home``, or ``ClusterNotRunning`` (cleaning a stale file, and saying so).
+
+    The home's lock decides, not the file: while a live supervisor holds it, its cluster file is never removed
+    here (a missing or damaged one is rewritten by that supervisor within a second, which this waits for); only
+    when nobody holds the home is a stale or unreadable file cleaned up. ``holding_lock``: the caller (`cbctl up`)
+    holds the lock itself, so no supervisor can."""
     cluster = ClusterFile.read(home)
+    if cluster is not None and cluster.supervisor_alive():
+        return cluster
+    holder = None if holding_lock else home_holder(home)
+    if holder is not None:
+        return _wait_for_repaired_file(home, holder)
     if cluster is None:
         if home.exists() and not home.is_dir():
             raise ClusterNotRunning(f"the cluster directory {home} is a file: point CBCTL_HOME or --home at the "
@@ -302,6 +338,23 @@ def running_cluster(home: Path) -> ClusterFile:
             "its stale cluster file was cleaned up: start a new one with `cbctl up`"
         )
     return cluster
+
+
+def _wait_for_repaired_file(home: Path, holder: int) -> ClusterFile:
+    """A live process holds the home but the cluster file is missing, damaged or names a dead supervisor: the
+    supervisor rewrites it about once a second (or `cbctl up` is still starting it). Wait that long, no more."""
+    deadline = time.monotonic() + CLUSTER_FILE_REPAIR_WAIT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        cluster = ClusterFile.read(home)
+        if cluster is not None and cluster.supervisor_alive():
+            return cluster
+        if home_holder(home) is None:
+            break
+    raise ClusterNotRunning(
+        f"the cluster file in {home} is missing or damaged, and pid {holder}, which holds the home, did not "
+        f"rewrite it within {CLUSTER_FILE_REPAIR_WAIT_S:.0f} s: if `cbctl up` is still starting, wait for it; "
+        f"else stop that process with `kill -TERM {holder}` (the file was left as it is)")
 
 
 def cleanup_stale(home: Path, cluster: ClusterFile) -> None:

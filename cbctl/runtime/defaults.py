@@ -36,8 +36,14 @@ STARTUP_TIMEOUT_S = 60.0
 #: Seconds `cbctl down` gives the cluster to stop warmly before killing what is left.
 SHUTDOWN_TIMEOUT_S = 20.0
 
-#: Seconds a client waits for a scale request: starting executors, or draining departing ones, plus slack.
-SCALE_REQUEST_TIMEOUT_S = STARTUP_TIMEOUT_S + SHUTDOWN_TIMEOUT_S + 10
+#: Seconds an executor departing in a `cbctl scale` down gets to finish the calls it holds (`cbctl up
+#: --departure-timeout S`). Past it the supervisor kills it and tells the schedulers, which dispatch its unfinished
+#: calls again on the executors that stay, as after a crash: never dropped, at least once.
+DEPARTURE_TIMEOUT_S = 20.0
+
+#: Seconds each role gets to stop when the cluster failed to start (nothing ran yet, so nothing needs draining)
+#: before it is killed, so `cbctl up` reports the failure promptly.
+STARTUP_FAILED_STOP_S = 2.0
 
 #: Seconds a stopping store or scheduler gives the frames it queued last (replies, the triggers of the calls it
 #: dispatched while draining) to leave before its sockets close. A live peer takes them in microseconds; one that is
@@ -166,6 +172,11 @@ RATE_SAMPLE_S = 1.0
 #: nothing new).
 TOP_INTERVAL_S = 1.0
 
+#: Seconds a command that talks to the supervisor (`down`, `scale`) waits for it to take the request up: a
+#: supervisor that has not by then (stopped with SIGSTOP, or stuck) gets a clear error instead of a hang, and
+#: ignores the request if it resumes later (``messages.START_BY``); and how long one already working on a
+#: request may be seen stopped before its caller gives up.
+SUPERVISOR_ANSWER_TIMEOUT_S = 5.0
 #: `cbctl top --sort`: executors (and functions) by utilization, by calls per second, or by name.
 TOP_SORT_KEYS = ("util", "calls", "name")
 
@@ -362,6 +373,15 @@ CLIENT_RESEND_CHECK_S = 0.5
 #: gone, so that `cbctl up` in the same home never meets one still holding the store's log or a socket.
 STALE_KILL_WAIT_S = 5.0
 
+#: Keys a writer (each client and executor) remembers a newer timestamp for, after a write of it lost to that
+#: version (``writer_clock.py``): each entry is a key and an int; a forgotten key costs one retried write.
+WRITER_CLOCK_KEYS = 10_000
+
+#: Seconds between a supervisor's checks that its cluster file is intact (it rewrites one that was removed or
+#: damaged), and how long a command that finds the file so, with a live supervisor holding the home, waits for the
+#: rewrite before saying so (a few checks' worth: the supervisor may be busy starting or stopping processes).
+CLUSTER_FILE_CHECK_S = 1.0
+CLUSTER_FILE_REPAIR_WAIT_S = 3.0
 
 # --- hosts (``cbctl join``) ------------------------------------------------------------------------------------
 

@@ -36,19 +36,38 @@ from cbctl.runtime.wire.messages import (
     SubscribeRequest,
     unpack,
 )
+from cbctl.runtime.writer_clock import WriterClock
 
 
 class StoreAccess:
     """The value-level (last-writer-wins) methods every store client shares, over its lattice-level
-    ``get_lattices`` / ``put_lattice``: the embedded store's ``StoreClient`` and Redis's ``RedisStoreClient``."""
+    ``get_lattices`` / ``put_lattice``: the embedded store's ``StoreClient`` and Redis's ``RedisStoreClient``.
+    Timestamps come from the writer's clock (``writer_clock.py``): never at or below one it has seen for the key."""
 
     writer_id: str
+    clock: WriterClock
 
     def get_lattices(self, keys: list[str]) -> list[Lattice | None]:
         raise NotImplementedError
 
-    def put_lattice(self, key: str, lattice: Lattice) -> None:
+    def put_lattice(self, key: str, lattice: Lattice) -> int:
+        """Merge ``lattice`` into ``key``; the stamp of a later version that beat it (0: it won, or the store
+        cannot tell)."""
         raise NotImplementedError
+
+    def put_lww(self, key: str, lattice: LWWLattice) -> tuple[LWWLattice, bool]:
+        """Write a last-writer-wins version stamped by ``self.clock``. If the key holds one stamped later (by a
+        clock ahead of ours), stamp after it and write again, once: a put is never lost to an older one from a
+        skewed clock. Returns the version written last and whether it won (False: a concurrent write stamped
+        later still, which the caller reports)."""
+        superseded = self.put_lattice(key, lattice)
+        if superseded:
+            self.clock.observe(key, superseded)
+            lattice = LWWLattice(self.clock.stamp(key), lattice.writer, lattice.value, lattice.tombstone)
+            superseded = self.put_lattice(key, lattice)
+            if superseded:
+                self.clock.observe(key, superseded)
+        return lattice, not superseded
 
     def get(self, key: str) -> Any:
         """The value under ``key``; ``NoSuchKey`` if it was never written or was deleted."""
@@ -58,11 +77,13 @@ class StoreAccess:
         (lattice,) = self.get_lattices([key])
         return reveal_encoded(key, lattice)
 
-    def put(self, key: str, value: Any) -> None:
-        self.put_lattice(key, self.new_lww(serialization.encode(value, out_of_band=False)))
+    def put(self, key: str, value: Any) -> bool:
+        """Write ``value`` under ``key`` (last-writer-wins); whether it is now the key's value."""
+        return self.put_lww(key, self.new_lww(serialization.encode(value, out_of_band=False), key))[1]
 
-    def new_lww(self, encoded: bytes) -> LWWLattice:
-        return LWWLattice(time.time_ns(), self.writer_id, encoded)
+    def new_lww(self, encoded: bytes, key: str = "") -> LWWLattice:
+        """A version of this writer, stamped after any it has seen for ``key`` (``writer_clock.py``)."""
+        return LWWLattice(self.clock.stamp(key), self.writer_id, encoded)
 
 
 class StoreClient(StoreAccess):
@@ -77,6 +98,7 @@ class StoreClient(StoreAccess):
         self._ids = itertools.count(1)
         self._sock: zmq.Socket | None = None
         self.requests = 0  # how many round trips this client made (tests count cache hits with it)
+        self.clock = WriterClock()  # this writer's last-writer-wins timestamps
         #: set by an executor for the step it runs: which call of a chain of storage-triggered calls makes the puts
         self.trigger_depth = 0
 
@@ -127,11 +149,14 @@ class StoreClient(StoreAccess):
         assert isinstance(reply, GetResponse)
         return [None if wire is None else lattice_from_wire(wire) for wire in reply.lattices], reply.ephemeral
 
-    def put_lattice(self, key: str, lattice: Lattice) -> None:
+    def put_lattice(self, key: str, lattice: Lattice) -> int:
+        """Merge ``lattice`` into ``key``; returns 0, or for a last-writer-wins version that lost the merge the
+        timestamp of the one that won."""
         wire = lattice.to_wire()
         depth = self.trigger_depth
         reply = self._request(lambda r: PutRequest(r, key, wire, depth))
         assert isinstance(reply, Ack)
+        return reply.superseded_by
 
     def put_ephemeral(self, key: str, lattice: LWWLattice, ttl_s: float = 0.0) -> None:
         """Merge ``lattice`` into ``key``'s ephemeral value in the store's memory (never logged), to live
@@ -141,9 +166,16 @@ class StoreClient(StoreAccess):
         reply = self._request(lambda r: EphemeralPut(r, key, wire, float(ttl_s), depth))
         assert isinstance(reply, Ack)
 
-    def delete(self, key: str) -> None:
-        reply = self._request(lambda r: DeleteRequest(r, key, time.time_ns(), self.writer_id))
-        assert isinstance(reply, Ack)
+    def delete(self, key: str) -> bool:
+        """Delete ``key`` (a tombstone, ordered like a write); whether the delete won, as for ``put``."""
+        for _ in range(2):  # as put_lww: a version stamped ahead of our clock is seen, then outstamped once
+            stamp = self.clock.stamp(key)
+            reply = self._request(lambda r, stamp=stamp: DeleteRequest(r, key, stamp, self.writer_id))
+            assert isinstance(reply, Ack)
+            if not reply.superseded_by:
+                return True
+            self.clock.observe(key, reply.superseded_by)
+        return False
 
     def list_keys(self, prefix: str = "") -> list[str]:
         reply = self._request(lambda r: ListKeysRequest(r, prefix))

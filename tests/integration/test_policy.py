@@ -112,7 +112,8 @@ def test_scale_down_during_steady_load_loses_no_call_and_scale_up_adds_fresh_exe
     assert [r for _, i, r in naps.results if r[1] != i] == []
     assert {r[0] for _, _, r in naps.results} >= {"executor-1", "executor-0"}  # ran before and after it left
     busy.check()
-    assert result == {"executors": 1, "started": [], "stopped": ["executor-1", "executor-2", "executor-3"]}
+    assert result == {"executors": 1, "started": [], "stopped": ["executor-1", "executor-2", "executor-3"],
+                      "cut_short": []}
     live = [f"{p.role}-{p.index}" for p in handle.cluster_file().processes if p.role == "executor"]
     assert live == ["executor-0"]
     # the departed executors' functions are pinned again on the one that stays
@@ -120,7 +121,7 @@ def test_scale_down_during_steady_load_loses_no_call_and_scale_up_adds_fresh_exe
                     what="functions re-pinned on executor-0")
     # scaling up starts executors under fresh ids: a late message for a departed one never reaches a newcomer
     grown = json.loads(handle.cli("scale", "--executors", "2", "--json", check=True, timeout=90).stdout)
-    assert grown == {"executors": 2, "started": ["executor-4"], "stopped": []}
+    assert grown == {"executors": 2, "started": ["executor-4"], "stopped": [], "cut_short": []}
     assert handle.cli("call", "slow_chain", "3", check=True).stdout.strip() == "8"
     bad = handle.cli("scale", "--executors", "-1")
     assert (bad.returncode, bad.stderr.strip()) == (1, "error: --executors must be a whole number >= 0, not -1")

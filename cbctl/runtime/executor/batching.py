@@ -99,9 +99,7 @@ def run_batch(executor: BatchHost, loaded: LoadedFunction, first: ReadyEntry, st
     try:
         result = loaded.target(executor.userlib, *columns([args for _, args in batch]))
         results = split_results(name, result, len(batch))
-    except BaseException as exc:  # noqa: BLE001 - user code may raise anything, SystemExit included
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+    except BaseException as exc:  # noqa: BLE001 - user code may raise anything, KeyboardInterrupt included
         _fail_all(executor, triggers, exc)
         _account(executor, name, triggers, started_ns, ok=False)
         return

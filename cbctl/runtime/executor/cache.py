@@ -214,11 +214,17 @@ class CachedStore:
         entry = self.cache.get(key)
         return lattice if entry is None else entry.lattice
 
-    def write(self, key: str, lattice: Lattice) -> Lattice:
-        """Write through: returns once the store acknowledged the merge; the result is what the cache now
-        holds for the key (the write merged into it), or the written lattice when the key is not held."""
+    def write(self, key: str, lattice: Lattice) -> tuple[Lattice, Lattice, bool]:
+        """Write through: returns once the store acknowledged the merge, with the version written (a last-
+        writer-wins one restamped if the key held a later one: ``StoreClient.put_lww``), what the cache now holds
+        for the key (the write merged into it, or the written version when the key is not held), and whether
+        the write won."""
+        won = True
         try:
-            self.client.put_lattice(key, lattice)
+            if type(lattice) is LWWLattice:
+                lattice, won = self.client.put_lww(key, lattice)
+            else:
+                self.client.put_lattice(key, lattice)
         except InvalidArgument as exc:
             if "ephemeral value" in str(exc):  # the store says why itself (a key is durable or ephemeral)
                 raise
@@ -227,10 +233,10 @@ class CachedStore:
                 "lww and repeatable_read calls write last-writer-wins values, causal calls causal ones; "
                 "use another key, or delete it first)") from None
         if key not in self.cache:
-            return lattice
+            return lattice, lattice, won
         self._evicted(self.cache.insert(key, lattice))
         entry = self.cache.get(key)
-        return lattice if entry is None else entry.lattice
+        return lattice, lattice if entry is None else entry.lattice, won
 
     def on_dropped(self, key: str) -> None:
         """A ``KeyDropped`` from the store: the key became ephemeral; forget it (the store has unsubscribed)."""

@@ -42,7 +42,8 @@ def hand_off(executor: ContinuationHost, trigger: DagTrigger, continuation: Cont
         args = serialization.encode(list(continuation.args))
         limits.check_size(len(args), executor.max_message_bytes,
                           f"the arguments of cbctl.Continue({continuation.name!r})")
-    except Exception as exc:  # an argument no encoder takes, or one too large, fails the call, not the executor
+    except BaseException as exc:  # noqa: BLE001 - an argument no encoder takes (its __reduce__ is user code and
+        # may raise anything), or one too large, fails the call, not the executor
         executor.fail(trigger, exc)
         return
     sockets = executor.scheduler_sockets

@@ -388,8 +388,8 @@ class Executor:
             args = self.arguments(trigger, inputs)
             result = loaded.target(self.userlib, *args)
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything, SystemExit included
-            if isinstance(exc, KeyboardInterrupt):
-                raise
+            # KeyboardInterrupt, SystemExit, GeneratorExit too: the executor's own stop is a flag its signal
+            # handler sets (process.ShutdownFlag), never an exception, so whatever is raised here is the user's
             ok = False
             # a wrong argument count gets a message that does not count cb (args is set: loaded is too)
             target = loaded.target if args is not None else None
@@ -444,7 +444,7 @@ class Executor:
             return
         try:
             payload = serialization.encode(result)
-        except Exception as exc:
+        except BaseException as exc:  # noqa: BLE001 - a result's own __reduce__ is user code: it may raise anything
             self.fail(trigger, user_errors.unserializable_result(trigger.function, result, exc))
             return
         if len(payload) > self.max_message_bytes:  # the caller is told; the executor goes on
@@ -546,10 +546,10 @@ class Executor:
         self.serve_while_busy(0.0)
         return self.sessions.read(key)
 
-    def write_key(self, key: str, value: Any) -> None:
+    def write_key(self, key: str, value: Any) -> bool:
         encoded = serialization.encode(value, out_of_band=False)  # the store keeps values inline (see README)
         limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
-        self.sessions.write(key, encoded)
+        return self.sessions.write(key, encoded)
 
     def write_ephemeral(self, key: str, value: Any, ttl_s: float) -> None:
         """An ephemeral put (``store/ephemeral.py``): to the store's memory, last-writer-wins in every
@@ -557,7 +557,7 @@ class Executor:
         encoded = serialization.encode(value, out_of_band=False)  # the store keeps values inline (see README)
         limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
         self.cached.cache.discard(key)  # reads of it go to the store from now on
-        self.store.put_ephemeral(key, self.store.new_lww(encoded), ttl_s)
+        self.store.put_ephemeral(key, self.store.new_lww(encoded, key), ttl_s)
 
     def serve_while_busy(self, timeout_s: float) -> bool:
         """While user code runs or waits (``cb.get``, ``cb.recv``, a repeatable-read version fetch), handle

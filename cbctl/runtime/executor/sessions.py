@@ -118,21 +118,23 @@ class SessionManager:
             lattice = self.store.read(key, session.freshness(key))
         return reveal(key, lattice, mode)
 
-    def write(self, key: str, encoded: bytes) -> None:
-        """``cb.put``: write through (acknowledged by the store when this returns) and record the write."""
+    def write(self, key: str, encoded: bytes) -> bool:
+        """``cb.put``: write through (acknowledged by the store when this returns) and record the write; returns
+        whether it won (see ``StoreClient.put_lww``)."""
         session = self.session or self._open()
         if session.mode == CAUSAL:
             self._follow_client_write(session, key)
             lattice: Lattice = causal_version(session.floor, key, encoded, self.writer_id, self.counter)
         else:
-            lattice = LWWLattice(time.time_ns(), self.writer_id, encoded)
-        merged = self.store.write(key, lattice)
+            lattice = LWWLattice(self.store.client.clock.stamp(key), self.writer_id, encoded)
+        lattice, merged, won = self.store.write(key, lattice)
         session.record_write(key, write_token(lattice))
         if session.mode == CAUSAL:
             session.raise_floor(key, lattice.clock)
         elif session.mode == REPEATABLE_READ:
             session.record_version(key, merged, self.address)
             self.snapshots.keep(session.call_id, key, merged, time.monotonic())
+        return won
 
     def _follow_client_write(self, session: CallSession, key: str) -> None:
         """Causal: before writing ``key``, raise the call's floor to the client's own earlier write of it (so

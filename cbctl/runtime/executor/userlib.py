@@ -7,6 +7,7 @@ used only from that executor's one thread of user code.
 
 from __future__ import annotations
 
+import numbers
 import time
 from typing import Any
 
@@ -35,7 +36,7 @@ class UserLibrary:
                 raise
             return default
 
-    def put(self, key: str, value: Any, durable: bool = True, ttl: float | None = None) -> None:
+    def put(self, key: str, value: Any, durable: bool = True, ttl: float | None = None) -> bool:
         """Write ``value`` under ``key``; durable in the store when this returns. Last-writer-wins, except in a
         ``causal`` call, where it replaces the versions this call read of the key and is kept alongside
         concurrent ones. ``MessageTooLarge`` if the value is over the cluster's limit (``--max-message-mb``).
@@ -43,14 +44,17 @@ class UserLibrary:
         ``durable=False``: an ephemeral value, for intermediate results. It lives in the store's memory only
         (never logged, never in a snapshot), for ``ttl`` seconds (default 300) from this put, and is lost if the
         store restarts; any executor or client reads it with ``get`` or a ``Ref`` until then, and ``NoSuchKey``
-        after. Always last-writer-wins. A key is durable or ephemeral, not both (``InvalidArgument``)."""
+        after. Always last-writer-wins. A key is durable or ephemeral, not both (``InvalidArgument``).
+
+        Returns whether the value is now the key's (False: a concurrent write stamped later won; an ephemeral
+        put always says True)."""
         limits.check_key(key)
         if durable:
             if ttl is not None:
                 raise InvalidArgument("ttl applies to ephemeral values only: pass durable=False with it")
-            self._executor.write_key(key, value)
-        else:
-            self._executor.write_ephemeral(key, value, limits.check_ttl(ttl, default_as=0.0))
+            return self._executor.write_key(key, value)
+        self._executor.write_ephemeral(key, value, limits.check_ttl(ttl, default_as=0.0))
+        return True
 
     def getid(self) -> str:
         """This executor's id (as ``cbctl status`` and ``cbctl top`` show it)."""
@@ -63,6 +67,8 @@ class UserLibrary:
         read before that function returns, is dropped (never handed to a later call). ``MessageTooLarge`` if it is
         over the cluster's limit on one value; ``InboxFull`` (here, or from the next ``send``/``recv``) if the
         receiver's unread messages are at their bound (``INBOX_MAX_MESSAGES`` / ``INBOX_MAX_BYTES``)."""
+        if not isinstance(executor_id, str):
+            raise InvalidArgument(f"executor id {executor_id!r} is not a string: pass an id as cb.getid() returns it")
         self._executor.send_direct(executor_id, message)
 
     def recv(self, timeout: float | None = None) -> list[tuple[str, Any]]:
@@ -71,5 +77,9 @@ class UserLibrary:
         Returns at once with what has arrived; with ``timeout`` (seconds), waits up to that long for at
         least one message, returning an empty list if none came. ``InboxFull`` if a message this function sent
         was refused."""
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
+                                    or not timeout >= 0):
+            raise InvalidArgument(f"timeout={timeout!r} is invalid: cb.recv takes seconds >= 0, or None to return at "
+                                  "once")
         deadline = None if timeout is None else time.monotonic() + timeout
         return self._executor.receive_direct(deadline)

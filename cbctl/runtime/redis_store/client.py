@@ -38,12 +38,13 @@ from cbctl.runtime.defaults import (
     TRIGGER_WATCH_POLL_S,
     TRIGGER_WATCH_TIMEOUT_S,
 )
-from cbctl.runtime.lattices import Lattice, SetLattice, lattice_from_wire, new_tombstone
+from cbctl.runtime.lattices import Lattice, LWWLattice, SetLattice, lattice_from_wire
 from cbctl.runtime.redis_store.merge import PUBLISH, SCRIPT_ERROR_PREFIX, Merger
 from cbctl.runtime.redis_store.pushes import PushBridge, SubscribeTimeout
 from cbctl.runtime.redis_store.url import StoreURL, parse_store_url
 from cbctl.runtime.store_client import StoreAccess, StoreUnavailable
 from cbctl.runtime.wire import serialization
+from cbctl.runtime.writer_clock import WriterClock
 
 KEY_PREFIX = "cb:"
 RESERVED_KEY_PREFIX = "cbr:{cb}"  # the hash tag {cb} puts every reserved key in one cluster slot, with the index
@@ -73,6 +74,9 @@ class RedisStoreClient(StoreAccess):
         self.url = parse_store_url(address) if isinstance(address, str) else address
         self.address = self.url.redacted()
         self.writer_id = writer_id
+        # lww stamps never at or below this writer's earlier ones; the merge script does not report a later
+        # version that beat a put, so on Redis a put from a clock behind another writer's is not re-stamped
+        self.clock = WriterClock()
         self._timeout_s = request_timeout_s
         self._retry_budget_s = retry_budget_s
         self._redis = self.url.connect(socket_timeout=request_timeout_s, socket_connect_timeout=request_timeout_s)
@@ -152,7 +156,7 @@ class RedisStoreClient(StoreAccess):
                     out[i] = SetLattice(frozenset(msgpack.unpackb(m, raw=False) for m in members))
         return out
 
-    def put_lattice(self, key: str, lattice: Lattice) -> None:
+    def put_lattice(self, key: str, lattice: Lattice) -> int:
         if not isinstance(key, str) or not key:
             raise InvalidArgument(f"a key must be a non-empty string, got {key!r}")
         packed = msgpack.packb(lattice.to_wire())
@@ -160,13 +164,16 @@ class RedisStoreClient(StoreAccess):
         channel = self.channel_prefix + key
         index = RESERVED_INDEX if key.startswith(RESERVED_PREFIX) else None
         self._retrying(lambda: self._merge(name, packed, channel, index))
+        return 0
 
     def put_ephemeral(self, key: str, lattice: Lattice, ttl_s: float = 0.0) -> None:
         raise InvalidArgument(f"could not write {key!r} as an ephemeral value: ephemeral puts live in the embedded "
                               "store's memory, and this cluster's store is Redis; use a durable put instead")
 
-    def delete(self, key: str) -> None:
-        self.put_lattice(key, new_tombstone(self.writer_id))
+    def delete(self, key: str) -> bool:
+        """Delete ``key`` (a tombstone, stamped by this writer's clock); True, as a put here (see ``clock``)."""
+        self.put_lattice(key, LWWLattice(self.clock.stamp(key), self.writer_id, None, tombstone=True))
+        return True
 
     def list_keys(self, prefix: str = "") -> list[str]:
         return self._retrying(lambda: self._list(prefix))

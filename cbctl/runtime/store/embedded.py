@@ -5,6 +5,7 @@ the dict rebuilt from snapshot + log at start.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 
 import msgpack
 
+from cbctl.runtime import cluster
 from cbctl.runtime.defaults import WAL_BATCH_INTERVAL_S, WAL_COMPACT_BYTES
 from cbctl.runtime.lattices import Lattice, LWWLattice, lattice_from_wire
 from cbctl.runtime.store.backend import StoreBackend
@@ -22,17 +24,21 @@ log = logging.getLogger(__name__)
 
 
 class EmbeddedBackend(StoreBackend):
-    def __init__(self, data_dir: Path, durability: str = "batch", compact_bytes: int = WAL_COMPACT_BYTES) -> None:
+    def __init__(self, data_dir: Path, durability: str = "batch", compact_bytes: int = WAL_COMPACT_BYTES,
+                 salvage: bool = False) -> None:
         self.data: dict[str, Lattice] = {}
         # kept up to date on every merge so stats (polled by `cbctl top` every second) cost O(1), not O(keys)
         self.live_keys_count = 0
         self.live_bytes = 0
         self.pending: list[bytes] = []  # log records of the writes merged since the last commit
         self.wal = WriteAheadLog(data_dir, durability=durability, batch_interval_s=WAL_BATCH_INTERVAL_S,
-                                 compact_threshold_bytes=compact_bytes)
+                                 compact_threshold_bytes=compact_bytes, salvage=salvage)
         for record in self.wal.replay():
             key, wire = msgpack.unpackb(record, raw=False)
             self._apply(key, lattice_from_wire(wire))
+        if self.wal.salvaged:  # `cbctl up --salvage` shows it to the user
+            report = Path(data_dir) / cluster.SALVAGE_REPORT
+            report.write_text(json.dumps({"time": time.time(), "files": self.wal.salvaged}, indent=2))
         log.info("recovered %d keys from %s", len(self.data), data_dir)
 
     def get(self, key: str) -> Lattice | None:

@@ -19,7 +19,7 @@ from typing import Any
 import zmq
 
 from cbctl.errors import CbctlError, InvalidArgument, ProtocolError
-from cbctl.runtime import cluster
+from cbctl.runtime import cluster, home_lock
 from cbctl.runtime.defaults import (
     EPHEMERAL_MAX_BYTES,
     MAX_MESSAGE_BYTES,
@@ -148,9 +148,9 @@ class StoreNode:
             if self.ephemeral.entries and request.key in self.ephemeral:
                 raise InvalidArgument(f"key {request.key!r} holds an ephemeral value: a key is durable or "
                                       "ephemeral, not both; use another key, or delete it first")
-            changed[request.key] = self.backend.merge(request.key, lattice)
-            self.triggers.on_write(request.key, changed[request.key], request.trigger_depth)
-            return Ack(request.req_id)
+            merged = changed[request.key] = self.backend.merge(request.key, lattice)
+            self.triggers.on_write(request.key, merged, request.trigger_depth)
+            return Ack(request.req_id, _superseded_by(lattice, merged))
         if isinstance(request, EphemeralPut):
             return self._put_ephemeral(request, dropped)
         if isinstance(request, DeleteRequest):
@@ -159,9 +159,9 @@ class StoreNode:
             if self.ephemeral.entries and self.ephemeral.delete(request.key):
                 return Ack(request.req_id)  # never logged, so nothing to log now either
             tombstone = LWWLattice(request.timestamp, request.writer, None, tombstone=True)
-            changed[request.key] = self.backend.merge(request.key, tombstone)
-            self.triggers.on_write(request.key, changed[request.key])
-            return Ack(request.req_id)
+            merged = changed[request.key] = self.backend.merge(request.key, tombstone)
+            self.triggers.on_write(request.key, merged)
+            return Ack(request.req_id, _superseded_by(tombstone, merged))
         if isinstance(request, ListKeysRequest):
             self.counters["lists"] += 1
             return ListKeysResponse(request.req_id, self.live_keys(request.prefix))
@@ -241,12 +241,21 @@ class StoreNode:
 
 def open_backend(config: ProcessConfig) -> StoreBackend:
     """The backend this store process keeps its data in (the embedded one: the only one so far)."""
-    return EmbeddedBackend(cluster.data_dir(Path(config.home)), durability=config.options.get("durability", "batch"))
+    return EmbeddedBackend(cluster.data_dir(Path(config.home)), durability=config.options.get("durability", "batch"),
+                           salvage=bool(config.options.get("salvage")))
 
 
 def _check_key(key: Any) -> None:
     if not isinstance(key, str) or not key:
         raise ValueError(f"a key must be a non-empty string, got {key!r}")
+
+
+def _superseded_by(written: Lattice, merged: Lattice) -> int:
+    """The timestamp of the last-writer-wins version that beat ``written`` (0 if it won, or is no such write):
+    the writer is told, and stamps its next write of the key after it (``writer_clock.py``)."""
+    if type(written) is LWWLattice and merged != written and type(merged) is LWWLattice:
+        return merged.timestamp
+    return 0
 
 
 def _wire_or_none(lattice: Lattice | None) -> list[Any] | None:
@@ -260,6 +269,19 @@ def main(config: ProcessConfig) -> None:
     setup_logging(config)
     shutdown = ShutdownFlag()
     context = new_context(config)
+    data_dir = cluster.data_dir(Path(config.home))
+    try:
+        # held until this process exits (the kernel drops it however it exits): two stores on one log would
+        # interleave their appends and destroy data, so a second one (an orphan of a crashed cluster still
+        # running, say) must not start here
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = home_lock.acquire(data_dir / home_lock.STORE_LOCK)
+        os.set_inheritable(lock_fd, False)
+    except home_lock.LockHeld as held:
+        report_ready(context, config, "", f"the data directory {data_dir} is in use by another store (pid "
+                                          f"{held.pid or '?'}): two stores on one log would destroy data; stop "
+                                          "that process first")
+        raise SystemExit(1) from None
     try:
         node = StoreNode(open_backend(config),
                          int(config.options.get("ephemeral_max_bytes", EPHEMERAL_MAX_BYTES)),

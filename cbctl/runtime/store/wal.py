@@ -9,7 +9,11 @@ On-disk format in ``directory`` (integers little-endian); frame = u32 length + u
 
 Compaction installs snapshot g+1, then an empty log g+1. A crash between the two leaves log g beside snapshot
 g+1, which already holds its records, so replay discards that log instead of applying them twice. Only the
-log's tail can be torn (a crash mid-append) and it is cut off; damage anywhere else raises WalCorruptError.
+log's tail can be torn (a crash mid-append) and it is cut off. Damage anywhere else (a bad frame followed by
+intact ones: recovery scans past a bad frame for the next intact one to tell the two apart) raises
+WalCorruptError naming the file, the offset and how many intact records follow, unless the log is opened with
+``salvage=True``: then every intact record is kept, the damaged file is moved aside (``NAME.damaged-TIME``), a
+clean one is written in its place, and ``salvaged`` says what was dropped.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import struct
 import time
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -62,6 +68,72 @@ def _read_frames(f: BinaryIO, size: int) -> Generator[bytes, None, tuple[int, st
     return offset, None
 
 
+def _frame_at(data: bytes, offset: int) -> tuple[int, str | None]:
+    """The end of the intact frame at ``offset`` of ``data``, or (offset, why it is not one)."""
+    if len(data) - offset < _FRAME.size:
+        return offset, "short header"
+    length, crc = _FRAME.unpack_from(data, offset)
+    start = offset + _FRAME.size
+    if length > len(data) - start:
+        return offset, "short payload"
+    if zlib.crc32(memoryview(data)[start:start + length]) != crc:
+        return offset, "crc mismatch"
+    return start + length, None
+
+
+def _resync(data: bytes, offset: int) -> int | None:
+    """The offset of the first intact, non-empty frame after a bad one at ``offset``, or None if none follows
+    (a torn tail). The frame after a bad payload is tried first (its header is usually intact), then every byte.
+    Empty frames are skipped: a store record is never empty, and eight zero bytes would pass as one."""
+    if len(data) - offset >= _FRAME.size:
+        (length,) = struct.unpack_from("<I", data, offset)
+        candidate = offset + _FRAME.size + length
+        if candidate < len(data) and _nonempty_frame_at(data, candidate):
+            return candidate
+    for candidate in range(offset + 1, len(data) - _FRAME.size):
+        if _nonempty_frame_at(data, candidate):
+            return candidate
+    return None
+
+
+def _nonempty_frame_at(data: bytes, offset: int) -> bool:
+    (length,) = struct.unpack_from("<I", data, offset)
+    return 0 < length <= len(data) - offset - _FRAME.size and _frame_at(data, offset)[1] is None
+
+
+@dataclass
+class FileScan:
+    """Every intact frame of a file and the damaged stretches between them (see ``_scan``)."""
+
+    payloads: list[bytes] = field(default_factory=list)
+    damaged: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, why), ends exclusive
+    records_before_damage: int = 0  # intact records before the first damaged stretch
+
+    @property
+    def records_after_damage(self) -> int:
+        """Intact records after the first damaged stretch: 0 when only the end is damaged (a torn tail)."""
+        return len(self.payloads) - self.records_before_damage if self.damaged else 0
+
+
+def _scan(data: bytes, offset: int) -> FileScan:
+    """Read frames from ``offset`` to the end, scanning past each damaged stretch to the next intact frame."""
+    scan = FileScan()
+    while offset < len(data):
+        end, problem = _frame_at(data, offset)
+        if problem is None:
+            scan.payloads.append(bytes(memoryview(data)[offset + _FRAME.size:end]))
+            offset = end
+            continue
+        if not scan.damaged:
+            scan.records_before_damage = len(scan.payloads)
+        following = _resync(data, offset)
+        scan.damaged.append((offset, len(data) if following is None else following, problem))
+        if following is None:
+            break
+        offset = following
+    return scan
+
+
 def _read_header(path: Path, magic: bytes) -> int | None:
     """The generation in ``path``'s header, or None if there is no such file."""
     try:
@@ -99,7 +171,7 @@ class WriteAheadLog:
 
     def __init__(self, directory: Path, durability: str = "batch", batch_interval_s: float = 0.05,
                  compact_threshold_bytes: int = 64 * 1024 * 1024, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, salvage: bool = False) -> None:
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY_MODES)}; got {durability!r}")
         self._dir = Path(directory)
@@ -107,6 +179,9 @@ class WriteAheadLog:
         self._interval = batch_interval_s
         self._threshold = compact_threshold_bytes
         self._clock = clock
+        self._salvage = salvage
+        #: what recovery with ``salvage`` dropped: one report per damaged file it moved aside
+        self.salvaged: list[dict] = []
         self._snap_path = self._dir / "snapshot.bin"
         self._log_path = self._dir / "wal.log"
         self._fd: int | None = None  # None once closed
@@ -147,28 +222,60 @@ class WriteAheadLog:
     def replay(self) -> Iterator[bytes]:
         """Yield the snapshot's records, then the log's, in the order they were written."""
         if self._snap_path.exists():
-            with open(self._snap_path, "rb") as f:
-                f.seek(_HEADER.size)
-                offset, problem = yield from _read_frames(f, os.fstat(f.fileno()).st_size)
-            if problem:
-                raise WalCorruptError(f"{self._snap_path} is corrupt ({problem} at byte offset {offset}): "
-                                      "snapshots are written atomically, so restore it from a backup")
+            yield from self._replay_file(self._snap_path, _SNAP_MAGIC)
         yield from self._replay_log()
 
     def _replay_log(self) -> Iterator[bytes]:
-        with open(self._log_path, "rb") as f:
+        self._log_bytes = yield from self._replay_file(self._log_path, _LOG_MAGIC)
+        self._recovered = True
+
+    def _replay_file(self, path: Path, magic: bytes) -> Generator[bytes, None, int]:
+        """Yield ``path``'s records; return where its intact frames end. A torn log tail is cut off; any other
+        damage raises ``WalCorruptError``, or with ``salvage`` is moved aside (see the module docstring)."""
+        with open(path, "rb") as f:
             f.seek(_HEADER.size)
             size = os.fstat(f.fileno()).st_size
             end, problem = yield from _read_frames(f, size)
-        if problem:
+        if not problem:
+            return end
+        data = path.read_bytes()
+        scan = _scan(data, end)  # from the first bad frame on: the records before it were yielded already
+        following = scan.records_after_damage
+        is_log = magic == _LOG_MAGIC
+        if is_log and not following:
             # Normally a crash mid-append (never acked); cut it so new appends start on a frame boundary.
             log.warning("%s: dropping %d bytes of torn or corrupt tail (%s) at byte offset %d",
-                        self._log_path, size - end, problem, end)
+                        path, size - end, problem, end)
             assert self._fd is not None
             os.ftruncate(self._fd, end)
             _datasync(self._fd)
-        self._log_bytes = end
-        self._recovered = True
+            return end
+        if not self._salvage:
+            what = (f"and {following} intact record(s) follow it" if following else
+                    "at its end (snapshots are written whole, so this is no torn write)")
+            raise WalCorruptError(
+                f"{path} is damaged at byte offset {end} ({problem}), {what}: start the cluster with "
+                "`cbctl up --salvage` to keep every intact record (the damaged file is moved aside and what was "
+                f"dropped is reported), or restore {path.name} from a backup")
+        yield from scan.payloads
+        return self._salvage_file(path, magic, data)
+
+    def _salvage_file(self, path: Path, magic: bytes, data: bytes) -> int:
+        """Keep a copy of the damaged ``path`` beside it, and replace it with its intact frames only."""
+        scan = _scan(data, _HEADER.size)
+        moved = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        shutil.copyfile(path, moved)
+        _install(path, data[:_HEADER.size], (_frame(p) for p in scan.payloads))
+        dropped = sum(stop - start for start, stop, _ in scan.damaged)
+        report = {"file": str(path), "moved_to": str(moved), "records_kept": len(scan.payloads),
+                  "bytes_dropped": dropped, "damaged": [{"offset": start, "bytes": stop - start, "why": why}
+                                                        for start, stop, why in scan.damaged]}
+        self.salvaged.append(report)
+        log.warning("salvaged %s: kept %d intact records, dropped %d damaged bytes at offsets %s; the damaged file "
+                    "is %s", path, len(scan.payloads), dropped, [start for start, _, _ in scan.damaged], moved)
+        if magic == _LOG_MAGIC:
+            self._open_log(self._gen)  # the log we append to is the new file now
+        return _HEADER.size + sum(_FRAME.size + len(p) for p in scan.payloads)
 
     def _writable_fd(self) -> int:
         if self._fd is None:

@@ -20,11 +20,11 @@ import logging
 import time
 from typing import Any
 
-from cbctl.runtime.defaults import AUTOSCALE_REPORT_INTERVAL_S, SHUTDOWN_TIMEOUT_S
+from cbctl.runtime.defaults import AUTOSCALE_REPORT_INTERVAL_S
 from cbctl.runtime.supervisor.autoscaler import Autoscaler, AutoscaleSettings, Decision, LoadFigures
 from cbctl.runtime.supervisor.child import Child
 from cbctl.runtime.supervisor.scaling import ACTIVE_STATES, ExecutorPool
-from cbctl.runtime.wire.messages import LoadReport
+from cbctl.runtime.wire.messages import ExecutorLost, LoadReport
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +169,16 @@ class AutoscaleControl:
                 del self.departing[name]
                 continue
             if child.process is not None and child.process.is_alive():
-                if now - since > SHUTDOWN_TIMEOUT_S:
-                    log.warning("%s did not leave within %.0f s: killing it", name, SHUTDOWN_TIMEOUT_S)
+                bound = self.pool.spec.departure_timeout_s
+                if now - since > bound:
+                    log.warning("%s did not leave within %g s: killing it; its calls are dispatched again", name,
+                                bound)
                     child.process.kill()
+                    child.process.join(5)
+                    # as in `cbctl scale`: the schedulers dispatch every call it still held again, elsewhere
+                    self.pool.tell_schedulers(ExecutorLost(
+                        name, child.address, child.pid,
+                        f"departing in an autoscale-down, it had not finished its calls within {bound:g} s: killed"))
                 continue
             if child.process is not None:
                 child.process.join(0)

@@ -4,7 +4,10 @@ being watched and restarted meanwhile), answering the request once every new exe
 departing one has exited.
 
 Departing is graceful (see ``departure``): SIGTERM makes an executor stop taking work, finish what it was
-sent and exit, so a scale-down under load loses no call. Executor indices are never reused: a newcomer never
+sent and exit, so a scale-down under load loses no call. One that is still running calls after the departure
+bound (``ClusterSpec.departure_timeout_s``, `cbctl up --departure-timeout`) is killed, and the schedulers are told
+at once, as for a crash, so they dispatch its unfinished calls again on the executors that stay; the answer
+names it under ``cut_short``. Executor indices are never reused: a newcomer never
 inherits a departed executor's id or address, so a late message meant for the old one cannot reach it.
 """
 
@@ -16,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cbctl.errors import InvalidArgument
-from cbctl.runtime.defaults import MAX_EXECUTORS, SHUTDOWN_TIMEOUT_S, STARTUP_TIMEOUT_S
+from cbctl.runtime.defaults import MAX_EXECUTORS, STARTUP_TIMEOUT_S
 from cbctl.runtime.supervisor.child import Child
-from cbctl.runtime.wire.messages import ControlResponse
+from cbctl.runtime.wire.messages import ControlResponse, ExecutorLost
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +30,13 @@ ACTIVE_STATES = ("starting", "ready", "restarting")
 
 class _Spec(Protocol):
     executors: int
+    departure_timeout_s: float
 
 
 class ExecutorPool(Protocol):
     """What scaling sees of the supervisor: its children, the highest executor index used so far, the
-    cluster spec (whose ``executors`` it updates), a way to start an executor, and the cluster file."""
+    cluster spec (whose ``executors`` it updates), a way to start an executor, the cluster file, and the
+    schedulers (told when a departing executor is cut short)."""
 
     children: dict[str, Child]
     highest_executor_index: int
@@ -40,6 +45,8 @@ class ExecutorPool(Protocol):
     def start_executor(self, index: int, executor_type: str) -> Child: ...
 
     def write_cluster_file(self) -> None: ...
+
+    def tell_schedulers(self, message: ExecutorLost) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class ScaleOperation:
     starting: list[str] = field(default_factory=list)
     stopping: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
+    cut_short: list[str] = field(default_factory=list)  # departed past the bound: killed, calls re-dispatched
     start_deadline: float = 0.0
     kill_at: float = 0.0
 
@@ -90,7 +98,7 @@ def begin(supervisor: ExecutorPool, envelope: list[bytes], req_id: int, argument
                       len(_executors(supervisor, "gpu")))
     now = time.monotonic()
     operation = ScaleOperation(envelope, req_id, arguments["executors"], start_deadline=now + STARTUP_TIMEOUT_S,
-                               kill_at=now + SHUTDOWN_TIMEOUT_S)
+                               kill_at=now + supervisor.spec.departure_timeout_s)
     for index in plan.start:
         child = supervisor.start_executor(index, "cpu")
         operation.starting.append(child.config.name)
@@ -114,8 +122,15 @@ def advance(supervisor: ExecutorPool, operation: ScaleOperation) -> ControlRespo
         child = supervisor.children[name]
         if child.process is not None and child.process.is_alive():
             if now > operation.kill_at:
-                log.warning("%s did not leave within %.0f s: killing it", name, SHUTDOWN_TIMEOUT_S)
+                bound = supervisor.spec.departure_timeout_s
+                log.warning("%s did not leave within %g s: killing it; its calls are dispatched again", name, bound)
                 child.process.kill()
+                child.process.join(5)
+                # as for a crash: the schedulers dispatch every call it still held again, on executors that stay
+                supervisor.tell_schedulers(ExecutorLost(
+                    name, child.address, child.pid,
+                    f"departing in a scale-down, it had not finished its calls within {bound:g} s: killed"))
+                operation.cut_short.append(name)
             continue
         if child.process is not None:
             child.process.join(0)
@@ -135,7 +150,8 @@ def advance(supervisor: ExecutorPool, operation: ScaleOperation) -> ControlRespo
     supervisor.write_cluster_file()
     log.info("scaled to %d CPU executors", operation.target)
     return ControlResponse(operation.req_id, True, {"executors": operation.target, "started": operation.starting,
-                                                    "stopped": sorted(operation.stopped)})
+                                                    "stopped": sorted(operation.stopped),
+                                                    "cut_short": sorted(operation.cut_short)})
 
 
 def _failed(supervisor: ExecutorPool, operation: ScaleOperation, reason: str) -> ControlResponse:

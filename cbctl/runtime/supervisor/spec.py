@@ -10,6 +10,7 @@ from typing import Any
 
 from cbctl.runtime.defaults import (
     AUTOSCALE_EXECUTOR_BUDGET_BYTES,
+    DEPARTURE_TIMEOUT_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
     MAX_EXECUTORS,
@@ -29,6 +30,8 @@ class ClusterSpec:
     scheduler_port: int = 0  # the first scheduler's port on HOST (0: random, like every other process's)
     curve: bool = False  # TCP sockets authenticate with the keys in HOME/keys (see auth.py)
     durability: str = "batch"
+    departure_timeout_s: float = DEPARTURE_TIMEOUT_S  # `cbctl scale` down: a departing executor's time to finish
+    salvage: bool = False  # the store keeps the intact records of a damaged log or snapshot (`cbctl up --salvage`)
     fake_gpus: int = 0
     cache_mb: int = 64
     max_batch: int = MAX_BATCH

@@ -29,8 +29,9 @@ import zmq
 
 import cbctl
 from cbctl.errors import ProtocolError
-from cbctl.runtime import cluster
+from cbctl.runtime import cluster, home_lock
 from cbctl.runtime.defaults import (
+    CLUSTER_FILE_CHECK_S,
     EXECUTOR_RECYCLE_EXIT_CODE,
     MAX_EXECUTORS,
     NODE_HEARTBEAT_S,
@@ -40,6 +41,7 @@ from cbctl.runtime.defaults import (
     RESTART_BACKOFF_MAX_S,
     RESTARTS_PER_MINUTE,
     SHUTDOWN_TIMEOUT_S,
+    STARTUP_FAILED_STOP_S,
     STARTUP_TIMEOUT_S,
 )
 from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, TimerWork, drain, new_socket
@@ -53,6 +55,7 @@ from cbctl.runtime.supervisor.nodes import NodeTable
 from cbctl.runtime.supervisor.spec import ClusterSpec
 from cbctl.runtime.wire import auth, limits
 from cbctl.runtime.wire.messages import (
+    START_BY,
     AutoscaleMode,
     ControlResponse,
     ExecutorLost,
@@ -106,6 +109,7 @@ class Supervisor:
         self.scaling: scaling.ScaleOperation | None = None  # a `cbctl scale` under way
         self.highest_executor_index = -1  # executor indices are never reused (see scaling.py)
         self.scheduler_socks: list[zmq.Socket] = []  # DEALERs to the schedulers, for ExecutorLost
+        self.cluster_file_unwritable = False  # said once in the log (see _repair_cluster_file)
         self.autoscale: AutoscaleControl | None = None  # `--autoscale MIN:MAX` / `cbctl autoscale` (autoscaling.py)
         # the host this supervisor's executors are on, as ids and `cbctl top` name it; and the joined hosts
         self.host = spec.listen.removeprefix("tcp://").strip("[]") if spec.listen else socket.gethostname()
@@ -201,7 +205,7 @@ class Supervisor:
         # each role waits for the addresses of the roles before it.
         known = not spec.listen
         if not spec.store:  # on Redis there is no store process: every role talks to Redis directly
-            store = self._new_child("store", 0, {"durability": spec.durability,
+            store = self._new_child("store", 0, {"durability": spec.durability, "salvage": spec.salvage,
                                                  "max_trigger_depth": spec.max_trigger_depth})
             self._start_role([store], known)
         may_start = bool(spec.autoscale) and spec.autoscale[1] > 0  # a CPU call with no executor waits for one
@@ -266,6 +270,7 @@ class Supervisor:
             started_at=self.started_at, version=cbctl.__version__, processes=entries,
             max_message_bytes=self.spec.max_message_bytes,
             auth=auth.AUTH_CURVE if self.spec.curve else auth.AUTH_NONE,
+            departure_timeout_s=self.spec.departure_timeout_s,
             pid_space=cluster.pid_space(), head_host=self.host,
             startup={**self.startup, "cluster_file": time.time()},
         ).write(self.home)
@@ -276,11 +281,15 @@ class Supervisor:
         poller = zmq.Poller()
         poller.register(self.ready_sock, zmq.POLLIN)
         poller.register(self.control_sock, zmq.POLLIN)
+        next_file_check = time.monotonic() + CLUSTER_FILE_CHECK_S
         while not self.shutdown.requested:
             if self.owner_gone():
                 log.warning("the process that owns this cluster (pid %d) is gone: stopping", self.spec.owner_pid)
                 break
             events = dict(poller.poll(100))
+            if time.monotonic() >= next_file_check:
+                next_file_check = time.monotonic() + CLUSTER_FILE_CHECK_S
+                self._repair_cluster_file()
             if self.ready_sock in events and self._on_ready_frames():
                 self.write_cluster_file()
             if self.control_sock in events:
@@ -294,6 +303,24 @@ class Supervisor:
                 self.timers.run(self.autoscale.step)
         self.stop()
 
+    def _repair_cluster_file(self) -> None:
+        """Rewrite the cluster file if someone removed, truncated or replaced it: every command finds the
+        cluster through it, and while this process holds the home's lock no command deletes it or starts
+        another cluster here, so without this the cluster would be unreachable until it is stopped by pid."""
+        found = cluster.ClusterFile.read(self.home)
+        if found is None or found.supervisor_pid != os.getpid():
+            try:
+                self.write_cluster_file()
+            except OSError as exc:
+                # the home itself is gone or read-only: the cluster serves on, and `kill -TERM` still stops it
+                # (an exception out of the loop would leave this process waiting on its children for ever)
+                if not self.cluster_file_unwritable:
+                    log.error("the cluster file %s is missing or damaged and cannot be rewritten: %s",
+                              self.home / cluster.CLUSTER_FILE, exc)
+                self.cluster_file_unwritable = True
+                return
+            self.cluster_file_unwritable = False
+            log.warning("the cluster file %s was missing or damaged: rewrote it", self.home / cluster.CLUSTER_FILE)
     def owner_gone(self) -> bool:
         """Whether the owner (``ClusterSpec.owner_pid``), this process's parent, exited: an orphan is
         re-parented, so the parent pid changes (one cheap syscall, no pid that could be reused)."""
@@ -318,7 +345,7 @@ class Supervisor:
                     child.state = "failed"
                     log.error("%s died %d times in a minute: not restarting it", child.config.name, recent)
                     if child.config.role == "executor":  # its calls still go elsewhere
-                        self._tell_schedulers(ExecutorLost(self.executor_id(child), child.address, child.pid,
+                        self.tell_schedulers(ExecutorLost(self.executor_id(child), child.address, child.pid,
                                                            f"exited with code {code}, not restarted"))
                     continue
                 if now - child.started_at > 30:
@@ -328,7 +355,7 @@ class Supervisor:
                 log.warning("%s (pid %d) exited with code %s: restarting in %.1f s",
                             child.config.name, child.pid, code, child.backoff)
                 if child.config.role == "executor":
-                    self._tell_schedulers(ExecutorLost(self.executor_id(child), child.address, child.pid,
+                    self.tell_schedulers(ExecutorLost(self.executor_id(child), child.address, child.pid,
                                                        f"exited with code {code}"))
                 child.backoff = min(child.backoff * 2, RESTART_BACKOFF_MAX_S)
             elif child.state == "restarting" and now >= child.restart_at:
@@ -352,7 +379,7 @@ class Supervisor:
             log.warning("host %s sent no heartbeat for %.0f s: lost, with its %d executor(s)", host,
                         NODE_LOST_AFTER_S, len(lost))
             for message in lost:
-                self._tell_schedulers(message)
+                self.tell_schedulers(message)
         if gone:
             self.write_cluster_file()
 
@@ -365,7 +392,7 @@ class Supervisor:
             rejected.warning("dropped a malformed heartbeat from %s: %s", beat.host, exc)
             return
         for message in verdict.lost:
-            self._tell_schedulers(message)
+            self.tell_schedulers(message)
         if verdict.changed:
             self.write_cluster_file()
             if beat.leaving:
@@ -376,7 +403,7 @@ class Supervisor:
         reply = NodeAck(beat.seq, verdict.accepted, verdict.reason, file_text)
         self.control_sock.send_multipart([*envelope, reply.pack()])
 
-    def _tell_schedulers(self, message: Message) -> None:
+    def tell_schedulers(self, message: Message) -> None:
         """At once, not with the next status interval: the calls that the dead executor held are dispatched
         again by the schedulers (see retries.py). A scheduler that is down misses it; it checks the pids of
         the executors it knows on its timer as well."""
@@ -407,6 +434,12 @@ class Supervisor:
                 refusal = version_refusal(parts[-1], "the supervisor")  # a peer of another version is told why
                 if refusal is not None:
                     self.control_sock.send_multipart([*parts[:-1], refusal])
+                continue
+            start_by = request.arguments.get(START_BY)
+            if isinstance(start_by, (int, float)) and time.time() > start_by:
+                # its sender stopped waiting (this process was stopped, or far behind): acting now would surprise
+                log.warning("ignored a %r request that came %.1f s past the time its sender waited for",
+                            request.command, time.time() - start_by)
                 continue
             if request.command == "scale":
                 self._begin_scale(parts[:-1], request)  # answered once the executors are up or gone
@@ -497,7 +530,7 @@ class Supervisor:
         for child in self.children.values():
             if child.config.role == "scheduler":
                 child.config.options["autoscale"] = may_start
-        self._tell_schedulers(AutoscaleMode(may_start))
+        self.tell_schedulers(AutoscaleMode(may_start))
 
     def autoscale_status(self) -> dict[str, Any]:
         if self.autoscale is None or not self.autoscale.enabled:
@@ -550,7 +583,8 @@ class Supervisor:
 
     # --- stop ----------------------------------------------------------------------------------------
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Stop every child in order, each role given ``timeout_s`` to stop warmly before it is killed."""
         log.info("stopping the cluster")
         if self.scaling is not None:
             reply = ControlResponse(self.scaling.req_id, False, None, "CbctlError", "the cluster is stopping")
@@ -558,7 +592,7 @@ class Supervisor:
             self.scaling = None
         self._dismiss_nodes()
         for role in ("executor", "scheduler", "triggers", "store"):
-            self._stop_role(role)
+            self._stop_role(role, timeout_s)
         cluster.remove_cluster_file(self.home)
         for sock in self.scheduler_socks:
             sock.close()
@@ -589,7 +623,7 @@ class Supervisor:
         if waiting:
             log.warning("joined host(s) %s did not hear that the cluster stops", ", ".join(sorted(waiting)))
 
-    def _stop_role(self, role: str) -> None:
+    def _stop_role(self, role: str, timeout_s: float) -> None:
         children = [c for c in self.children.values() if c.config.role == role and c.process is not None]
         for child in children:
             # one SIGTERM only: a child already stopping (departed by `cbctl scale`) is finishing its calls, and
@@ -597,7 +631,7 @@ class Supervisor:
             if child.state != "stopping" and child.process.is_alive():
                 child.process.terminate()
             child.state = "stopping"
-        deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         for child in children:
             child.process.join(max(0.0, deadline - time.monotonic()))
             if child.process.is_alive():
@@ -613,6 +647,8 @@ def main(argv: list[str] | None = None, startup: dict[str, float] | None = None)
     parser = argparse.ArgumentParser(description="cbctl supervisor (started by `cbctl up`)")
     parser.add_argument("--home", required=True)
     parser.add_argument("--spec", required=True, help="ClusterSpec as JSON")
+    parser.add_argument("--lock-fd", type=int, default=-1,
+                        help="the home's lock, taken by `cbctl up` (without it, the supervisor takes it itself)")
     args = parser.parse_args(argv)
     home = Path(args.home)
     spec = ClusterSpec(**json.loads(args.spec))
@@ -620,6 +656,17 @@ def main(argv: list[str] | None = None, startup: dict[str, float] | None = None)
     from cbctl.runtime.process import setup_logging
 
     os.umask(cluster.PRIVATE_UMASK)  # `cbctl up` sets it already; a supervisor started otherwise is private too
+    # Held for this process's whole life (never closed: the kernel drops it when we exit, however we exit), and
+    # not inherited by anything we start, so a crashed supervisor's orphans do not keep the home claimed.
+    if args.lock_fd >= 0:
+        lock_fd = args.lock_fd
+        home_lock.write_pid(lock_fd, os.getpid())
+    else:
+        try:
+            lock_fd = home_lock.acquire(cluster.lock_path(home))
+        except home_lock.LockHeld as held:
+            sys.exit(f"a cluster is already running in {home} (supervisor pid {held.pid})")
+    os.set_inheritable(lock_fd, False)
     setup_logging(config)
     (home / STARTUP_ERROR_FILE).unlink(missing_ok=True)
     try:
@@ -634,7 +681,9 @@ def main(argv: list[str] | None = None, startup: dict[str, float] | None = None)
     except Exception as exc:
         log.error("start failed: %s", exc)
         (home / STARTUP_ERROR_FILE).write_text(str(exc))
-        supervisor.stop()
+        # nothing ran yet, so there is nothing to drain: a child waiting on a peer that failed (an executor
+        # on a store that could not open its data) must not hold `cbctl up`'s error back for the warm timeout
+        supervisor.stop(timeout_s=STARTUP_FAILED_STOP_S)
         sys.exit(1)
     supervisor.run()
 

@@ -99,9 +99,11 @@ class ListKeysResponse(Message):
 
 @message(16)
 class Ack(Message):
-    """A write (put, delete, subscribe) is durable per the store's policy and applied."""
+    """A write (put, delete, subscribe) is durable per the store's policy and applied. ``superseded_by``: for a
+    last-writer-wins write that did not win the merge, the timestamp of the version that did (0: it won)."""
 
     req_id: int
+    superseded_by: int = 0
 
 
 @message(17)
@@ -390,11 +392,17 @@ class ProcessReady(Message):
 
 @message(61)
 class SupervisorRequest(Message):
-    """CLI -> supervisor: ``command`` is status, stop or scale; ``arguments`` depends on it."""
+    """CLI -> supervisor: ``command`` is status, stop or scale; ``arguments`` depends on it, and may hold
+    ``START_BY``: unix seconds after which the supervisor ignores the request instead of carrying it out (its
+    sender gave up waiting: a supervisor resumed after SIGSTOP must not act on a `cbctl down` nobody awaits)."""
 
     req_id: int
     command: str
     arguments: dict[str, Any] = field(default_factory=dict)
+
+
+#: ``SupervisorRequest.arguments`` key: see the class.
+START_BY = "start_by"
 
 
 # --- executor departure (kinds 70-79; see executor/departure.py) ------------------------------------
