@@ -260,6 +260,12 @@ def test_only_steps_that_can_run_anywhere_are_handed_over():
     assert not stealable(causal, [causal], batching=False)
     gathered = trigger(extras={multiexec.EXTRAS_KEY: {}})
     assert not stealable(gathered, [gathered], batching=False)
+    # the first trigger of a join, waiting (deferred) before its other input came: the schedule sends that one
+    # here, so moving this one alone would split the join and strand the call (hd_inbox hung on it)
+    first_of_join = trigger(edges=[["a", "f"], ["b", "f"]])
+    assert not stealable(first_of_join, [first_of_join], batching=False)
+    after_one = trigger(edges=[["a", "f"], ["f", "g"]])
+    assert stealable(after_one, [after_one], batching=False)
 
 
 def row(executor: str, call: str, dispatched, started: float, finished: float, source: str = "") -> dict:

@@ -100,11 +100,23 @@ class LoadEdges:
 
 
 def stealable(trigger: DagTrigger, inputs: list[DagTrigger], batching: bool) -> bool:
-    """Whether a queued step can run on another executor as it is: one trigger (a join's inputs stay where they
-    met), last-writer-wins consistency (the other modes keep per-call state on the executors that ran it), not a
-    multi-exec step (its gathering state is here), and not of a batching function (batches gather here)."""
-    return (len(inputs) == 1 and trigger.consistency == "lww" and not batching
-            and not (trigger.extras and multiexec.EXTRAS_KEY in trigger.extras))
+    """Whether a queued step can run on another executor as it is: one trigger of a function with at most one
+    upstream (a join's inputs stay where they meet: the schedule sends its other triggers here, so one moved
+    alone would wait for them for ever, and so would its call), last-writer-wins consistency (the other modes
+    keep per-call state on the executors that ran it), not a multi-exec step (its gathering state is here), and
+    not of a batching function (batches gather here)."""
+    if len(inputs) != 1 or trigger.consistency != "lww" or batching:
+        return False
+    if trigger.extras and multiexec.EXTRAS_KEY in trigger.extras:
+        return False
+    function = trigger.function
+    upstreams = 0
+    for edge in trigger.edges:
+        if edge[1] == function:
+            upstreams += 1
+            if upstreams > 1:
+                return False
+    return True
 
 
 class WorkSharing:
