@@ -36,6 +36,7 @@ from cbctl.runtime.defaults import (
     MAX_CONTINUATIONS,
     NODE_HEARTBEAT_S,
     NODE_LOST_AFTER_S,
+    SHUTDOWN_TIMEOUT_S,
 )
 from cbctl.runtime.process import ProcessConfig, new_socket, setup_logging
 from cbctl.runtime.supervisor.child import Child
@@ -229,9 +230,10 @@ class NodeSupervisor(Supervisor):
                 self.timers.run(self._advance_scale)
         self.stop()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
         log.info("leaving the cluster")
-        self._stop_role("executor")  # each departs gracefully: the head's schedulers stop placing work here
+        # each departs gracefully: the head's schedulers stop placing work here
+        self._stop_role("executor", timeout_s)
         if self.accepted:
             self.heartbeat(leaving=True)
         deadline = time.monotonic() + 2.0  # the head's word that it heard; gone or not, this host is done
