@@ -544,6 +544,7 @@ def autoscale_line(state: dict[str, Any]) -> str:
         return f"autoscaling off: {state['executors']} CPU executors, fixed ({counts})"
     line = (f"autoscaling {state['min']}:{state['max']} CPU executors: target {state['target']}, "
             f"running {state['executors']}" + (f", departing {state['departing']}" if state.get("departing") else "")
+            + "".join(f", {count} on {host}" for host, count in (state.get("hosts") or {}).items())
             + f" ({counts})")
     last = state.get("last_decision")
     if last:

@@ -273,7 +273,9 @@ class AutoscaleControl(ExecutorResizer):
     def describe(self) -> dict[str, Any]:
         """The autoscaler's state for `cbctl status` and `cbctl top` (plain data)."""
         figures = self.figures()
+        # "executors": the head's own; "hosts": what each joined host offering capacity was told to run
         return {**self.autoscaler.describe(), "enabled": True, "executors": len(self.active()), **self.counts(),
+                "head_max": self.own_maximum, "hosts": dict(sorted(self.assigned.items())),
                 "figures": None if figures is None else {
                     "busy": figures.busy, "queued": figures.queued, "parked": figures.parked,
                     "need": round(figures.need(self.autoscaler.settings.target_utilization), 2)}}
