@@ -39,6 +39,7 @@ from cbctl.runtime.defaults import (
     MAX_CONTINUATIONS,
     NODE_HEARTBEAT_S,
     NODE_LOST_AFTER_S,
+    SHUTDOWN_TIMEOUT_S,
 )
 from cbctl.runtime.process import ProcessConfig, new_socket, setup_logging
 from cbctl.runtime.supervisor.autoscaling import ExecutorResizer
@@ -251,7 +252,8 @@ class NodeSupervisor(Supervisor):
 
     def stop(self) -> None:
         log.info("leaving the cluster")
-        self._stop_role("executor")  # each departs gracefully: the head's schedulers stop placing work here
+        # each departs gracefully (the head's schedulers stop placing work here), within the warm-stop bound
+        self._stop_role("executor", SHUTDOWN_TIMEOUT_S)
         if self.accepted:
             self.heartbeat(leaving=True)
         deadline = time.monotonic() + 2.0  # the head's word that it heard; gone or not, this host is done
