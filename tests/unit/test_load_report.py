@@ -123,3 +123,11 @@ def test_a_lost_host_takes_its_capacity_and_share_with_it():
     control.step()  # no report: nothing observed, but the range shrinks to the head's own and the target with it
     assert (control.autoscaler.maximum, control.autoscaler.target) == (1, 1)
     assert control.share_of("b") == -1 and len(control.active()) == 1
+
+
+def test_turning_autoscaling_on_counts_what_joined_hosts_run_already():
+    nodes = NodeTable(lost_after_s=2.0, head_host="head")
+    nodes.on_heartbeat(beat("b", 2, 2), 100.0)
+    control = AutoscaleControl(Pool(["executor-0"]), 1, 1, AutoscaleSettings(), clock=lambda: 100.0, nodes=nodes,
+                               home="head")
+    assert (control.autoscaler.target, control.autoscaler.maximum) == (3, 3)  # nothing departs at once

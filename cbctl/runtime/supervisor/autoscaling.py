@@ -130,11 +130,10 @@ class AutoscaleControl(ExecutorResizer):
         self.home = home
         self.own_maximum = maximum
         self.assigned: dict[str, int] = {}  # joined host -> the CPU executors it was told to run
-        current = len(self.active())
-        self.autoscaler = Autoscaler(minimum, maximum, current, settings, clock)
+        current = sum(self.running().values())  # the joined hosts' executors count from the start
+        self.autoscaler = Autoscaler(minimum, sum(self.capacities().values()), current, settings, clock)
         self.reports: dict[str, tuple[LoadReport, float]] = {}  # by scheduler
         self.next_step = 0.0
-        self.sync_capacity()
         if departing is not None:
             self.departing = departing.departing
             self.started, self.departed = departing.started, departing.departed
