@@ -451,8 +451,10 @@ def join(head: str, executors: int | None, gpu_executors: int, max_executors: in
     With --max-executors N the head's autoscaler (`cbctl up --autoscale MIN:MAX` there) may run up to N CPU
     executors here: it adds them when work waits and departs them, gracefully, when the cluster is calm.
 
-    Example: cbctl join tcp://10.0.0.1:7100 --executors 4 --advertise tcp://10.0.0.2
-    Example: cbctl join tcp://10.0.0.1:7100 --max-executors 8
+    \b
+    Examples:
+      cbctl join tcp://10.0.0.1:7100 --executors 4 --advertise tcp://10.0.0.2
+      cbctl join tcp://10.0.0.1:7100 --max-executors 8
     """
     home_path = cluster.resolve_home(home)
     if executors is None:
