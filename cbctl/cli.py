@@ -423,8 +423,12 @@ def down(home: str | None) -> None:
 
 @main.command()
 @click.argument("head", metavar="tcp://HEAD:PORT")
-@click.option("--executors", type=int, default=None, help="CPU executors on this machine. [default: CPU count]")
+@click.option("--executors", type=int, default=None,
+              help="CPU executors on this machine. [default: CPU count; 0 with --max-executors]")
 @click.option("--gpu-executors", type=int, default=0, show_default=True, help="GPU executors, one device each.")
+@click.option("--max-executors", type=int, default=0, show_default=True,
+              help="Offer the head's autoscaler up to N CPU executors here (it starts and departs them; "
+                   "--executors, default 0 then, is how many start). 0: --executors stays fixed.")
 @click.option("--advertise", default=None, metavar="tcp://ADDR",
               help="The address of this machine that the head and other hosts reach it at (executors bind random "
                    "ports of it). [default: this machine's address on the route to the head]")
@@ -436,23 +440,31 @@ def down(home: str | None) -> None:
               help="Seconds to wait for the head's first answer before giving up.")
 @home_option
 @handle_errors
-def join(head: str, executors: int | None, gpu_executors: int, advertise: str | None, name: str | None,
-         cache_mb: int, fake_gpus: int, timeout: float, home: str | None) -> None:
+def join(head: str, executors: int | None, gpu_executors: int, max_executors: int, advertise: str | None,
+         name: str | None, cache_mb: int, fake_gpus: int, timeout: float, home: str | None) -> None:
     """Join this machine to the cluster whose head listens at HEAD: start executors here that take its calls.
 
     The home must hold copies of the head's cluster.json and keys/ directory (server.key, server.key_secret,
     client.key, client.key_secret); `cbctl up --listen` on the head prints the command that copies them.
     Returns once every executor here is registered with the head's schedulers. `cbctl leave` departs them.
 
-    Example: cbctl join tcp://10.0.0.1:7100 --executors 4 --advertise tcp://10.0.0.2
+    With --max-executors N the head's autoscaler (`cbctl up --autoscale MIN:MAX` there) may run up to N CPU
+    executors here: it adds them when work waits and departs them, gracefully, when the cluster is calm.
+
+    \b
+    Examples:
+      cbctl join tcp://10.0.0.1:7100 --executors 4 --advertise tcp://10.0.0.2
+      cbctl join tcp://10.0.0.1:7100 --max-executors 8
     """
     home_path = cluster.resolve_home(home)
-    spec = lifecycle.plan_join(home_path, head, os.cpu_count() or 1 if executors is None else executors,
-                               gpu_executors, advertise, name, fake_gpus, cache_mb, timeout)
+    if executors is None:
+        executors = 0 if max_executors else os.cpu_count() or 1
+    spec = lifecycle.plan_join(home_path, head, executors, gpu_executors, advertise, name, fake_gpus, cache_mb,
+                               timeout, max_executors)
     started = time.monotonic()
     proc = lifecycle.start_node(home_path, spec)
     with console.status(f"joining {head}..."):
-        node = lifecycle.wait_until_joined(home_path, proc)
+        node = lifecycle.wait_until_joined(home_path, proc, expect_executors=executors + gpu_executors > 0)
     console.print(f"joined {head} as {node.host}: {len(node.executors)} executor(s) at {spec.advertise} in "
                   f"{time.monotonic() - started:.1f} s", markup=False)
 
@@ -534,6 +546,7 @@ def autoscale_line(state: dict[str, Any]) -> str:
         return f"autoscaling off: {state['executors']} CPU executors, fixed ({counts})"
     line = (f"autoscaling {state['min']}:{state['max']} CPU executors: target {state['target']}, "
             f"running {state['executors']}" + (f", departing {state['departing']}" if state.get("departing") else "")
+            + "".join(f", {count} on {host}" for host, count in (state.get("hosts") or {}).items())
             + f" ({counts})")
     last = state.get("last_decision")
     if last:

@@ -26,6 +26,7 @@ from cbctl.runtime.defaults import (
     JOIN_TIMEOUT_S,
     MAX_BATCH,
     MAX_CONTINUATIONS,
+    MAX_EXECUTORS,
     MAX_MESSAGE_BYTES,
     MAX_TRIGGER_DEPTH,
     SHUTDOWN_TIMEOUT_S,
@@ -541,7 +542,8 @@ def parse_tcp_address(address: str, what: str) -> tuple[str, int]:
 
 
 def plan_join(home: Path, head: str, executors: int, gpu_executors: int, advertise: str | None, name: str | None,
-              fake_gpus: int = 0, cache_mb: int = 64, timeout_s: float = JOIN_TIMEOUT_S) -> JoinSpec:
+              fake_gpus: int = 0, cache_mb: int = 64, timeout_s: float = JOIN_TIMEOUT_S,
+              max_executors: int = 0) -> JoinSpec:
     """Check that this machine can join ``head`` (a copy of its cluster file and keys here, no node running
     here yet) and say in one line what is missing if not."""
     from cbctl.runtime.supervisor.node import JoinSpec
@@ -566,11 +568,18 @@ def plan_join(home: Path, head: str, executors: int, gpu_executors: int, adverti
         raise InvalidArgument("the head runs without keys (--no-auth, loopback only): other machines cannot join it; "
                               "start it with `cbctl up --listen tcp://HOST:PORT`")
     auth.load_keys(home)  # AuthenticationError saying what is missing
-    for flag, count in (("--executors", executors), ("--gpu-executors", gpu_executors)):
+    for flag, count in (("--executors", executors), ("--gpu-executors", gpu_executors),
+                        ("--max-executors", max_executors)):
         if count < 0:
             raise InvalidArgument(f"{flag} {count} is negative: pass a count of executors")
-    if executors + gpu_executors == 0:
-        raise InvalidArgument("joining needs at least one executor: pass --executors N with N >= 1")
+    if max_executors > MAX_EXECUTORS:
+        raise InvalidArgument(f"--max-executors {max_executors} is above {MAX_EXECUTORS}: lower it")
+    if max_executors and executors > max_executors:
+        raise InvalidArgument(f"--executors {executors} is above --max-executors {max_executors}: the host starts "
+                              "with at most what it offers")
+    if executors + gpu_executors + max_executors == 0:
+        raise InvalidArgument("joining needs at least one executor: pass --executors N with N >= 1 (or offer the "
+                              "head's autoscaler some with --max-executors N)")
     if gpu_executors > (fake_gpus or count_gpus()):
         raise InvalidArgument(f"--gpu-executors {gpu_executors} asks for more GPUs than are visible here: lower it")
     if advertise is None:
@@ -588,7 +597,7 @@ def plan_join(home: Path, head: str, executors: int, gpu_executors: int, adverti
     if host == found.head_host:
         raise InvalidArgument(f"{host} is the head's own host name: pass --name")
     return JoinSpec(head=head, advertise=advertise, host=host, executors=executors, gpu_executors=gpu_executors,
-                    fake_gpus=fake_gpus, cache_mb=cache_mb, timeout_s=timeout_s)
+                    fake_gpus=fake_gpus, cache_mb=cache_mb, timeout_s=timeout_s, max_executors=max_executors)
 
 
 def start_node(home: Path, spec: JoinSpec) -> subprocess.Popen:
@@ -603,12 +612,14 @@ def start_node(home: Path, spec: JoinSpec) -> subprocess.Popen:
 
 
 def wait_until_joined(home: Path, proc: subprocess.Popen,
-                      timeout_s: float = STARTUP_TIMEOUT_S + JOIN_TIMEOUT_S + 10) -> cluster.NodeFile:
-    """The node file once the node supervisor ``proc`` has joined and every executor is ready, or why not."""
+                      timeout_s: float = STARTUP_TIMEOUT_S + JOIN_TIMEOUT_S + 10,
+                      expect_executors: bool = True) -> cluster.NodeFile:
+    """The node file once the node supervisor ``proc`` has joined and every executor is ready, or why not
+    (``expect_executors`` False: a host that starts none, `--executors 0 --max-executors N`)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         found = cluster.NodeFile.read(home)
-        if found is not None and found.node_pid == proc.pid and found.executors and \
+        if found is not None and found.node_pid == proc.pid and (found.executors or not expect_executors) and \
                 all(e.pid for e in found.executors):
             return found
         if proc.poll() is not None:

@@ -162,3 +162,12 @@ def test_spread_keeps_what_hosts_run_and_adds_where_capacity_is_free():
     assert spread(6, capacity, {"head": 2, "b": 1}) == {"head": 2, "b": 4}
     assert spread(9, capacity, {}) == {"head": 2, "b": 4}  # bounded by the capacity offered
     assert spread(1, capacity, {"head": 2, "b": 4}) == {"head": 1, "b": 0}
+
+
+def test_spread_favours_the_head_on_ties_adding_to_it_first_and_taking_from_it_last():
+    capacity = {"head": 2, "a": 2}
+    assert spread(1, capacity, {}, home="head") == {"head": 1, "a": 0}
+    assert spread(1, capacity, {}) == {"head": 0, "a": 1}  # no home: by name
+    assert spread(1, capacity, {"head": 1, "a": 1}, home="head") == {"head": 1, "a": 0}
+    assert spread(3, capacity, {"head": 1, "a": 0}, home="head") == {"head": 2, "a": 1}
+    assert spread(0, capacity, {"head": 2, "a": 2}, home="head") == {"head": 0, "a": 0}

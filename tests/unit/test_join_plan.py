@@ -56,3 +56,14 @@ def test_join_refuses_bad_addresses_and_names(tmp_path: Path, advertise: str, na
         plan_join(tmp_path, HEAD, 1, 0, advertise, name)
     with pytest.raises(InvalidArgument, match="at least one executor"):
         plan_join(tmp_path, HEAD, 0, 0, "tcp://10.9.0.2", None)
+
+
+def test_max_executors_offers_capacity_and_is_checked(tmp_path: Path) -> None:
+    head_copy(tmp_path)
+    auth.generate_keys(tmp_path)
+    spec = plan_join(tmp_path, HEAD, 0, 0, "tcp://10.9.0.2", None, max_executors=2)  # none until the head asks
+    assert (spec.executors, spec.max_executors) == (0, 2)
+    for executors, max_executors, words in ((3, 2, "above --max-executors 2"), (0, -1, "negative"),
+                                            (0, 10**6, "is above")):
+        with pytest.raises(InvalidArgument, match=words):
+            plan_join(tmp_path, HEAD, executors, 0, "tcp://10.9.0.2", None, max_executors=max_executors)

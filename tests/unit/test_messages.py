@@ -34,6 +34,7 @@ SAMPLES: dict[str, Any] = {
     # checked values (messages.Valid): a good value of each
     "Pid": 4_194_304,
     "Count": 2**31 - 1,
+    "CountOrKeep": -1,
     "Version": 1_796_136_486_191_367_907,
     "Address": "tcp://127.0.0.1:5555",
     "AddressOrNone": "ipc:///tmp/cbctl-x/sched-0",

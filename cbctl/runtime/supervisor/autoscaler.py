@@ -142,13 +142,14 @@ class Autoscaler:
         need = figures.need(self.settings.target_utilization)
         return self._clamp(math.ceil(need - 1e-9))
 
-    def set_range(self, minimum: int, maximum: int) -> Decision | None:
-        """A new ``MIN:MAX`` (`cbctl autoscale`): the target moves into it at once, if it must."""
+    def set_range(self, minimum: int, maximum: int, why: str = "") -> Decision | None:
+        """A new ``MIN:MAX`` (`cbctl autoscale`, or joined hosts' capacity changed: ``why``): the target moves
+        into it at once, if it must."""
         self.minimum, self.maximum = minimum, maximum
         target = self._clamp(self.target)
         if target == self.target:
             return None
-        return self._change(target, f"range set to {minimum}:{maximum}")
+        return self._change(target, why or f"range set to {minimum}:{maximum}")
 
     def observe(self, figures: LoadFigures) -> Decision | None:
         """One report's figures; the decision, if the target changes."""
@@ -213,21 +214,22 @@ class Autoscaler:
                     "reason": last.reason}}
 
 
-def spread(target: int, capacity: Mapping[str, int], running: Mapping[str, int]) -> dict[str, int]:
+def spread(target: int, capacity: Mapping[str, int], running: Mapping[str, int], home: str = "") -> dict[str, int]:
     """How many CPU executors each host runs for a cluster-wide ``target``: hosts keep what they run as far as
     the target allows; additions go to the host with the most free capacity (``capacity``: a host's MAX, e.g.
     ``cbctl join --max-executors N``, the head's own being the autoscale MAX), removals come from the host
-    running the most. Deterministic (ties by host name). The head's supervisor runs this once it knows joined
-    hosts' capacities and sends each node supervisor its count; a node supervisor only starts or departs."""
+    running the most. Ties go in ``home``'s favour (the head: its executors start without a network hop and sit
+    next to the store), then by host name, so the result is deterministic. The head's supervisor runs this and
+    sends each node supervisor its count; a node supervisor only starts or departs."""
     counts = {host: min(running.get(host, 0), cap) for host, cap in capacity.items()}
     total = sum(counts.values())
     target = min(target, sum(capacity.values()))
     while total < target:
-        host = max(sorted(capacity), key=lambda h: capacity[h] - counts[h])
+        host = min(sorted(capacity), key=lambda h: (counts[h] - capacity[h], h != home))
         counts[host] += 1
         total += 1
     while total > target:
-        host = max(sorted(counts), key=lambda h: counts[h])
+        host = min(sorted(counts), key=lambda h: (-counts[h], h == home))
         counts[host] -= 1
         total -= 1
     return counts

@@ -6,8 +6,11 @@ head's addresses (from the copy of the head's ``cluster.json`` in this host's ho
 advertised address; its executors are ``HOST/executor-N``; and every ``NODE_HEARTBEAT_S`` it tells the head's
 supervisor which executors run here (``NodeHeartbeat``). The head judges the host by these heartbeats alone
 (``nodes.py``); each answer carries the head's current cluster file, kept here so this host's executors see
-every other executor (departures reach them all). Told it was declared lost (its link was down too long), it
-starts its executors afresh. ``cbctl leave`` (SIGTERM) departs the executors gracefully, as ``cbctl scale``
+every other executor (departures reach them all). With ``cbctl join --max-executors N`` the heartbeat offers
+the head's autoscaler N CPU executors, and each answer may carry how many to run (``NodeAck.executors``): the
+node starts or departs executors to match (``ExecutorResizer``, the head's own steps; a departure is
+graceful), and decides nothing itself. Told it was declared lost (its link was down too long), it starts its
+executors afresh. ``cbctl leave`` (SIGTERM) departs the executors gracefully, as ``cbctl scale``
 does, then says the host leaves.
 
 Its own control socket is ipc in this host's home: nothing but `cbctl leave` and `cbctl status` here talk to it.
@@ -39,6 +42,7 @@ from cbctl.runtime.defaults import (
     SHUTDOWN_TIMEOUT_S,
 )
 from cbctl.runtime.process import ProcessConfig, new_socket, setup_logging
+from cbctl.runtime.supervisor.autoscaling import ExecutorResizer
 from cbctl.runtime.supervisor.child import Child
 from cbctl.runtime.supervisor.supervisor import STARTUP_ERROR_FILE, ClusterSpec, StartupError, Supervisor
 from cbctl.runtime.wire import auth, limits
@@ -61,6 +65,7 @@ class JoinSpec:
     max_batch: int = MAX_BATCH
     max_continuations: int = MAX_CONTINUATIONS
     timeout_s: float = JOIN_TIMEOUT_S  # how long to wait for the head's first answer
+    max_executors: int = 0  # CPU executors offered to the head's autoscaler (0: ``executors`` stays fixed)
 
 
 class NodeSupervisor(Supervisor):
@@ -80,6 +85,7 @@ class NodeSupervisor(Supervisor):
         self.accepted = False
         self.next_heartbeat = 0.0
         self.last_ack = time.monotonic()
+        self.resizer = ExecutorResizer(self)  # carries out the head's autoscaler's count for this host
         self.head_sock = new_socket(self.context, zmq.DEALER)
         self.head_watch = auth.watch_handshakes(self.head_sock, head.control_address)
         auth.connect(self.head_sock, head.control_address)
@@ -145,8 +151,8 @@ class NodeSupervisor(Supervisor):
                       c.started_at, c.restarts]
                      for c in self.children.values() if c.state == "ready" and c.address]
         try:
-            self.head_sock.send(NodeHeartbeat(self.join.host, os.getpid(), self.seq, executors, leaving).pack(),
-                                zmq.NOBLOCK)
+            self.head_sock.send(NodeHeartbeat(self.join.host, os.getpid(), self.seq, executors, leaving,
+                                              self.join.max_executors).pack(), zmq.NOBLOCK)
         except zmq.Again:
             pass  # the link is down and zmq's queue is full: the next one says the same, later
         self.next_heartbeat = time.monotonic() + NODE_HEARTBEAT_S
@@ -169,6 +175,7 @@ class NodeSupervisor(Supervisor):
                     log.info("joined the head as %s", self.join.host)
                 self.accepted = True
                 self._keep_cluster_file(ack.cluster_file)
+                self._resize(ack.executors)
             elif not self.accepted:
                 raise StartupError(f"the head refused this host: {ack.reason}")
             elif ack.reason.startswith("lost"):
@@ -178,6 +185,17 @@ class NodeSupervisor(Supervisor):
                 log.warning("the head no longer accepts this host: %s; leaving", ack.reason)
                 self.shutdown.requested = True
                 self.accepted = False  # nothing to tell a head that dismissed it
+
+    def _resize(self, count: int) -> None:
+        """The head's autoscaler wants ``count`` CPU executors here (-1: no word, keep them)."""
+        if count < 0 or not self.join.max_executors or self.shutdown.requested:
+            return
+        count = min(count, self.join.max_executors)  # the head never asks more; a bound of our own all the same
+        if count != len(self.resizer.active()):
+            log.info("the head's autoscaler asks for %d CPU executor(s) here (%d run)", count,
+                     len(self.resizer.active()))
+            self.resizer.apply(count)
+            self.write_cluster_file()
 
     def _keep_cluster_file(self, text: str) -> None:
         path = self.home / cluster.CLUSTER_FILE
@@ -228,6 +246,8 @@ class NodeSupervisor(Supervisor):
                 self.heartbeat()
             if self.scaling is not None:
                 self.timers.run(self._advance_scale)
+            if self.resizer.departing:
+                self.timers.run(self.resizer.reap)
         self.stop()
 
     def stop(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:

@@ -53,6 +53,11 @@ class Node:
     last_seen: float
     joined_at: float
     executors: list[NodeExecutor] = field(default_factory=list)
+    max_executors: int = 0  # CPU executors it offers the head's autoscaler (`cbctl join --max-executors`)
+
+    def cpu_executor_ids(self) -> list[str]:
+        """The ids of its running CPU executors, as the schedulers' load reports name them."""
+        return [e.executor_id(self.host) for e in self.executors if e.executor_type == "cpu" and e.address]
 
 
 @dataclass
@@ -102,6 +107,7 @@ class NodeTable:
             node = self.nodes[beat.host] = Node(beat.host, beat.node_pid, now, now)
             verdict.changed = True
         node.last_seen = now
+        node.max_executors = beat.max_executors
         # an executor restarted by its node (new pid) lost its calls: the old process is told dead at once
         before = {e.index: e for e in node.executors}
         for executor in executors:
@@ -130,6 +136,10 @@ class NodeTable:
         return [ExecutorLost(e.executor_id(node.host), e.address, e.pid, reason)
                 for e in node.executors if e.pid and e.address]
 
+    def capacities(self) -> dict[str, int]:
+        """The hosts that offer the autoscaler executors (``--max-executors``), with how many."""
+        return {host: node.max_executors for host, node in self.nodes.items() if node.max_executors > 0}
+
     def process_entries(self) -> list[ProcessEntry]:
         """The joined hosts' executors, as the cluster file lists them."""
         return [ProcessEntry("executor", e.index, e.pid, e.address, e.started_at, e.restarts, e.executor_type,
@@ -139,7 +149,7 @@ class NodeTable:
     def status(self, now: float) -> list[dict[str, Any]]:
         """Per host: its node's pid and heartbeat age, and its executors as ``cbctl status`` lists processes."""
         return [{"host": node.host, "node_pid": node.node_pid, "heartbeat_age_s": round(now - node.last_seen, 2),
-                 "joined_s": round(now - node.joined_at, 1),
+                 "joined_s": round(now - node.joined_at, 1), "max_executors": node.max_executors,
                  "executors": [{"name": e.executor_id(node.host), "index": e.index, "pid": e.pid,
                                 "address": e.address, "state": e.state, "executor_type": e.executor_type,
                                 "started_at": e.started_at, "restarts": e.restarts} for e in node.executors]}

@@ -48,6 +48,8 @@ class ExecutorPool(Protocol):
 
     def tell_schedulers(self, message: ExecutorLost) -> None: ...
 
+    def executor_id(self, child: Child) -> str: ...
+
 
 @dataclass(frozen=True)
 class ScalePlan:

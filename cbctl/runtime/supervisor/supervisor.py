@@ -225,7 +225,8 @@ class Supervisor:
         self.write_cluster_file()
         if spec.autoscale:
             self.autoscale = AutoscaleControl(self, spec.autoscale[0], spec.autoscale[1],
-                                              AutoscaleSettings.from_options(spec.autoscale_policy))
+                                              AutoscaleSettings.from_options(spec.autoscale_policy),
+                                              nodes=self.nodes, home=self.host)
             log.info("autoscaling %d:%d CPU executors", *spec.autoscale)
 
     def _start_role(self, children: list[Child], addresses_known: bool) -> None:
@@ -400,7 +401,9 @@ class Supervisor:
             elif not known:
                 log.info("host %s joined (node supervisor pid %d)", beat.host, beat.node_pid)
         file_text = (self.home / cluster.CLUSTER_FILE).read_text() if verdict.accepted else ""
-        reply = NodeAck(beat.seq, verdict.accepted, verdict.reason, file_text)
+        # the autoscaler's share for this host (-1: keep what it runs); the autoscaler alone decides it
+        share = self.autoscale.share_of(beat.host) if self.autoscale is not None and verdict.accepted else -1
+        reply = NodeAck(beat.seq, verdict.accepted, verdict.reason, file_text, share)
         self.control_sock.send_multipart([*envelope, reply.pack()])
 
     def tell_schedulers(self, message: Message) -> None:
@@ -519,7 +522,8 @@ class Supervisor:
             self.autoscale.autoscaler.settings = settings
             self.autoscale.set_range(low, high)
         else:
-            self.autoscale = AutoscaleControl(self, low, high, settings, departing=self.autoscale)
+            self.autoscale = AutoscaleControl(self, low, high, settings, departing=self.autoscale,
+                                              nodes=self.nodes, home=self.host)
         self.spec.autoscale, self.spec.autoscale_policy = [low, high], settings.as_options()
         self._announce_autoscale(high > 0)
         log.info("autoscaling %d:%d CPU executors", low, high)

@@ -10,13 +10,13 @@ Each section below holds a range of kinds, so a reader sees that no number is us
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Any
+from typing import Annotated, Any
 
 # The machinery's names stay importable from here (noqa: F401), as before frames.py was split off.
 from cbctl.runtime.wire.frames import (
     EXECUTOR_ID,  # noqa: F401
     MAX_ADDRESS_CHARS,  # noqa: F401
-    MAX_COUNT,  # noqa: F401
+    MAX_COUNT,
     MAX_PID,  # noqa: F401
     VERSION_REFUSAL_KIND,  # noqa: F401
     Address,
@@ -32,7 +32,7 @@ from cbctl.runtime.wire.frames import (
     Pid,
     Role,
     Utilization,
-    Valid,  # noqa: F401
+    Valid,
     Version,
     all_kinds,  # noqa: F401
     is_address,  # noqa: F401
@@ -41,6 +41,9 @@ from cbctl.runtime.wire.frames import (
     unpack,  # noqa: F401
     version_refusal,  # noqa: F401
 )
+
+#: A count, or -1 for "no count: keep what you have" (``NodeAck.executors``).
+CountOrKeep = Annotated[int, Valid(lambda v: -1 <= v <= MAX_COUNT, "a count (0 to 2**31-1) or -1")]
 
 #: The entry of a ``DagTrigger``'s (and a store-made ``CallRequest``'s) extras that says which call of a chain of
 #: storage-triggered calls this is (see store/triggers.py): the executor passes it to the store with its puts.
@@ -536,25 +539,31 @@ class NodeHeartbeat(Message):
     """A joined host's node supervisor -> the head's supervisor, every ``NODE_HEARTBEAT_S``: the host is alive,
     and these are its executors, each ``[index, pid, address, type, state, started_at, restarts]``. The head
     judges the host by these alone (an executor's silent status may be one long call). ``leaving``: the host
-    departs (`cbctl leave`); its executors have left or are leaving, as in ``cbctl scale``."""
+    departs (`cbctl leave`); its executors have left or are leaving, as in ``cbctl scale``. ``max_executors``:
+    the CPU executors the host offers the head's autoscaler (`cbctl join --max-executors N`; 0: it runs a fixed
+    number)."""
 
     host: HostName
     node_pid: Pid
     seq: Count
     executors: list[list[Any]]
     leaving: bool = False
+    max_executors: Count = 0
 
 
 @message(121)
 class NodeAck(Message):
     """The head's supervisor -> a node supervisor, for each heartbeat: ``accepted`` False with ``reason`` when
     the host may not (or may no longer) take part, else the head's cluster file (JSON; no key is ever in it),
-    which the host keeps as its copy, so its executors see every other host's executors."""
+    which the host keeps as its copy, so its executors see every other host's executors. ``executors``: the CPU
+    executors the head's autoscaler wants the host to run (its share of the target, at most the host's
+    ``max_executors``), or -1: keep the number it runs (the head does not autoscale, or the host offers nothing)."""
 
     seq: Count
     accepted: bool
     reason: str
     cluster_file: str
+    executors: CountOrKeep = -1
 
 
 @message(122)
