@@ -79,6 +79,8 @@ def test_saturating_load_pins_onto_more_executors_and_they_are_unpinned_after(st
     with Load(client, [("slow_chain", lambda i: (i + 1) * 2)], in_flight=48) as load:
         scaled = handle.wait_for(lambda: (p := pinned(handle)) and sum(len(p[f]) for f in chain) >= 3 and p,
                                  timeout=20, interval=0.3, what="the policy to pin slow_chain on more executors")
+        # placement by outstanding work pins an idle executor at once: keep the load on until it was substantial
+        handle.wait_for(lambda: len(load.results) > 100, timeout=20, interval=0.3, what="over 100 calls served")
     load.check()
     assert len(load.results) > 100
     assert len({e for f in chain for e in scaled[f]}) >= 3, scaled
