@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from cbctl.runtime.cluster import remove_socket_dir
 from tests.hosts.netns import Lab, missing_requirement
 
 
@@ -23,8 +25,14 @@ def require_lab() -> None:
 
 
 @pytest.fixture
-def lab3() -> Iterator[Lab]:
-    """Three hosts, ``head``, ``node`` and ``client``, on one private subnet."""
+def lab3(tmp_path: Path) -> Iterator[Lab]:
+    """Three hosts, ``head``, ``node`` and ``client``, on one private subnet. Closing the lab kills each host's
+    processes outright (its pid namespace's init), so no supervisor removes the socket directory a long home
+    puts under the temp directory: the fixture removes those of every home under the test's directory."""
     require_lab()
-    with Lab(["head", "node", "client"]) as lab:
-        yield lab
+    try:
+        with Lab(["head", "node", "client"]) as lab:
+            yield lab
+    finally:
+        for home in [tmp_path, *(p for p in tmp_path.rglob("*") if p.is_dir() and p.name != "sock")]:
+            remove_socket_dir(home)

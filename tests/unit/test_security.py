@@ -16,6 +16,15 @@ from cbctl.runtime.supervisor.spec import ClusterSpec
 from cbctl.runtime.wire import auth
 
 
+@pytest.fixture(autouse=True)
+def _socket_dirs_removed(tmp_path: Path):
+    """prepare_home makes a home's socket directory, under the temp directory when the home's path is long (as
+    pytest's can be): removed after each test, as `cbctl down` would."""
+    yield
+    for home in [tmp_path, *(p for p in tmp_path.rglob("*") if p.is_dir())]:
+        cluster.remove_socket_dir(home)
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
