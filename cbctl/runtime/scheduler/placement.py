@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from cbctl.errors import NoExecutorAvailable
 from cbctl.runtime.defaults import LOAD_REPORT_WINDOW_S
 from cbctl.runtime.scheduler.policy import ExecutorView, PinAction, Policy, PolicySettings, host_of
 from cbctl.runtime.wire.messages import ExecutorLoad, ExecutorStatus
@@ -198,18 +197,7 @@ class OutstandingPolicy(Policy):
 
     def _build_candidates(self, function: str, gpu: bool) -> tuple[ExecutorView, ...]:
         """Cloudburst's candidates without the utilization backoff."""
-        now = self.clock()
-        typed = self._live_of_type(gpu, now)
-        if not typed:
-            kind = "GPU" if gpu else "CPU"
-            raise NoExecutorAvailable(
-                f"no live {kind} executor can run {function!r}"
-                + (": start the cluster with `cbctl up --gpu-executors N`" if gpu else ": check `cbctl status`"))
-        fresh = [v for v in typed if now - v.last_seen <= self.settings.stale_s]
-        pinned = [v for v in fresh if function in v.pinned]
-        if not pinned and not fresh:
-            pinned = [v for v in typed if function in v.pinned]
-        candidates = tuple(sorted(pinned or fresh or typed, key=lambda v: v.key))
+        candidates = tuple(sorted(self._candidate_pool(function, gpu)[0], key=lambda v: v.key))
         self._candidates[gpu][function] = candidates
         return candidates
 

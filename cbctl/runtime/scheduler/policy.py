@@ -330,7 +330,9 @@ class Policy:
         chosen.recent_calls.append(self.tick)
         return chosen
 
-    def _build_candidates(self, function: str, gpu: bool) -> tuple[ExecutorView, ...]:
+    def _candidate_pool(self, function: str, gpu: bool) -> tuple[list[ExecutorView], bool]:
+        """The executors that may run ``function``: its fresh locations, else any fresh executor of its type,
+        else any live one; and whether they are its locations. ``NoExecutorAvailable`` when there is none."""
         now = self.clock()
         typed = self._live_of_type(gpu, now)
         if not typed:
@@ -342,7 +344,10 @@ class Policy:
         pinned = [v for v in fresh if function in v.pinned]
         if not pinned and not fresh:
             pinned = [v for v in typed if function in v.pinned]
-        pool = pinned or fresh or typed
+        return pinned or fresh or typed, bool(pinned)
+
+    def _build_candidates(self, function: str, gpu: bool) -> tuple[ExecutorView, ...]:
+        pool, pinned = self._candidate_pool(function, gpu)
         calm = [v for v in pool if v.key not in self.backoff]
         if not calm:
             calm = pool
