@@ -18,20 +18,14 @@ import pytest
 
 import cbctl
 from cbctl.runtime.cluster import ClusterFile
+from cbctl.runtime.process import process_alive
 
 DEADLINE_S = 30.0
 
 
 def alive(pids: list[int]) -> list[int]:
     """The pids still running a process (a zombie counts as gone: only its parent's wait is missing)."""
-    running = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                running.append(pid)
-        except psutil.Error:
-            pass
-    return running
+    return [pid for pid in pids if process_alive(pid)]
 
 
 def wait_all_gone(pids: list[int], timeout: float = DEADLINE_S) -> None:

@@ -9,8 +9,9 @@ import json
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+
+from cbctl.runtime.process import process_alive
 
 pytest_plugins = ["pytester"]
 
@@ -96,14 +97,8 @@ def record_cluster(request):
 
 
 def alive(pids: list[int]) -> list[int]:
-    running = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                running.append(pid)
-        except psutil.Error:
-            pass
-    return running
+    """The pids still running a process (a zombie counts as gone: only its parent's wait is missing)."""
+    return [pid for pid in pids if process_alive(pid)]
 
 
 def test_the_fixtures_in_a_users_test_suite(pytester: pytest.Pytester):
