@@ -19,12 +19,22 @@ PRIVATE_UMASK = 0o077
 #: a second costs nothing, and a coarser poll would add its half to every start (which takes about 0.5 s).
 CLUSTER_FILE_POLL_S = 0.01
 
+#: Milliseconds a zmq socket waits before it tries again to connect to a peer that is not there (yet), doubling
+#: per failed try up to RECONNECT_MAX_MS (each wait plus up to RECONNECT_FIRST_MS of zmq's jitter). On ipc every
+#: process of a cluster starts at once and connects before its peers have bound: with zmq's default (100 ms plus
+#: up to 100 ms of jitter, every time) an executor's first tries at the store and the scheduler cost `cbctl up`
+#: 30 to 280 ms of waiting, most of its children's start. A refused try is one failed syscall: 5 ms is cheap,
+#: and a peer that stays away (a dead host) is still tried only every 100 ms, as zmq's default does.
+RECONNECT_FIRST_MS = 5
+RECONNECT_MAX_MS = 100
+
 #: A ZAP handler logs the 1st, (N+1)th, (2N+1)th ... refused CURVE handshake: every refusal is worth knowing
-#: about, but a client retrying against the port (zmq reconnects every 100 ms) must not fill the log.
+#: about, but a client retrying against the port (zmq reconnects every RECONNECT_MAX_MS) must not fill the log.
 ZAP_DENIAL_LOG_EVERY = 100
 
 #: Failed CURVE handshakes after which a client stops waiting for a reply and says its keys were refused: one
-#: can be a peer dying mid-handshake, but zmq retries every 100 ms, so 3 in a row (~0.3 s) mean wrong keys.
+#: can be a peer dying mid-handshake, but 3 in a row (zmq retries after 5, 10, 20 ms: RECONNECT_FIRST_MS) mean
+#: wrong keys.
 HANDSHAKE_REFUSALS_CONCLUSIVE = 3
 
 #: Seconds between executor status reports (Cloudburst reports about once a second).

@@ -21,7 +21,13 @@ import psutil
 import zmq
 
 from cbctl.runtime import cluster
-from cbctl.runtime.defaults import MAX_PEER_SOCKETS, REJECTED_FRAME_LOG_PER_S, SOCKET_HWM
+from cbctl.runtime.defaults import (
+    MAX_PEER_SOCKETS,
+    RECONNECT_FIRST_MS,
+    RECONNECT_MAX_MS,
+    REJECTED_FRAME_LOG_PER_S,
+    SOCKET_HWM,
+)
 from cbctl.runtime.wire import auth
 from cbctl.runtime.wire.frames import MULTIPART_MARK
 from cbctl.runtime.wire.messages import ProcessReady
@@ -220,6 +226,8 @@ def receive_routed(sock: zmq.Socket, flags: int = 0) -> list[Any]:
 def new_socket(context: zmq.Context, kind: int) -> zmq.Socket:
     sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_FIRST_MS)  # peers start together: see the constant's comment
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
     sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
     sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
     return sock
