@@ -44,6 +44,7 @@ import zmq
 
 import cbctl
 from benchmarks._common import print_report, summarize, temp_cluster
+from benchmarks.functions import increment, left, merge, noop, right, split, square  # in a module of their own: see it
 
 WARMUP_CALLS = 300
 IN_FLIGHT = (8, 64)
@@ -109,35 +110,7 @@ class Relay:
         self.context.destroy(linger=0)
 
 
-# --- the cluster's functions -----------------------------------------------------------------------------
-
-
-def noop(cb: Any, x: Any) -> Any:
-    return x
-
-
-def increment(cb: Any, x: int) -> int:
-    return x + 1
-
-
-def square(cb: Any, x: int) -> int:
-    return x * x
-
-
-def split(cb: Any, x: int) -> int:
-    return x
-
-
-def left(cb: Any, x: int) -> int:
-    return 2 * x
-
-
-def right(cb: Any, x: int) -> int:
-    return 3 * x
-
-
-def merge(cb: Any, a: int, b: int) -> int:
-    return a + b
+# --- the cluster's functions (benchmarks/functions.py): what each case returns, and how they are deployed --------
 
 
 CASES: dict[str, Callable[[int], Any]] = {

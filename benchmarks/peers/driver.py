@@ -1,6 +1,7 @@
 """cbctl, Ray and Dask side by side, on the same machine, in the same run.
 
     python -m benchmarks.peers [--calls 400] [--rounds 3] [--only cbctl,ray,dask] [--plot FILE.png]
+    python -m benchmarks.peers --cold-start-only [--rounds 5]
 
 Workloads (``workloads.py``): no-op call, the chain ``square(increment(x))``, a 4-function fan-out/fan-in,
 reading a 1 MB value from state, the chain with 64 calls in flight, and cold start. Each system gets 2
@@ -12,6 +13,9 @@ measures every workload and stops it; the next system starts only once the previ
 idle cluster steals CPU from the one measured. ``--rounds`` rounds, the order of systems rotated each
 round, so slow drift in the machine's load hits every system alike; each round measures ``1/rounds`` of
 the calls. A peer that is not installed is skipped with a note; one that fails is reported and dropped.
+``--cold-start-only`` stops each system after its first result: cold start alone, side by side, in seconds.
+Before the rounds cbctl's modules and the benchmarks' are compiled to bytecode, as the peers' are by ``pip
+install`` (see ``benchmarks._common.compile_bytecode``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any
 
 import psutil
 
+from benchmarks._common import compile_bytecode
 from benchmarks.peers import report
 from benchmarks.peers.runner import READY_LINE, RESULT_PREFIX, SYSTEMS
 from benchmarks.peers.workloads import IN_FLIGHT
@@ -101,9 +106,9 @@ def rotated(systems: Sequence[str], round_index: int) -> list[str]:
 
 
 def run_round(system: str, calls: int, throughput_calls: int, warmup: int,
-              timeout_s: float | None = None) -> tuple[float, dict[str, Any]]:
+              timeout_s: float | None = None, cold_start_only: bool = False) -> tuple[float, dict[str, Any]]:
     """Run one round of ``system`` in a fresh process: its cold start (s, launch to first result) and its
-    measurements. Raises ``RoundFailed`` with the runner's last error line."""
+    measurements (none with ``cold_start_only``). Raises ``RoundFailed`` with the runner's last error line."""
     if timeout_s is None:
         timeout_s = ROUND_TIMEOUT_S + ROUND_TIMEOUT_PER_CALL_S * calls
     mark = uuid.uuid4().hex  # inherited by everything the round starts, however detached (see _kill_marked)
@@ -111,6 +116,8 @@ def run_round(system: str, calls: int, throughput_calls: int, warmup: int,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "benchmarks.peers.runner", system, "--calls", str(calls),
                "--throughput-calls", str(throughput_calls), "--warmup", str(warmup)]
+    if cold_start_only:
+        command.append("--cold-start-only")
     with open(os.devnull, "rb") as stdin, tempfile.TemporaryFile() as stderr:
         launched = time.perf_counter()
         process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr, env=env,
@@ -220,6 +227,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", type=parse_only, default=list(SYSTEMS),
                         help="Comma-separated systems to run (default: cbctl,ray,dask).")
     parser.add_argument("--plot", metavar="FILE.png", help="Also draw a bar chart (needs matplotlib).")
+    parser.add_argument("--cold-start-only", action="store_true",
+                        help="Measure cold start alone: each system stops after its first result (--calls unused).")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.calls < args.rounds:
         parser.error("use --rounds >= 1 and --calls >= --rounds")
@@ -249,6 +258,7 @@ def run(args: argparse.Namespace) -> None:
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             sys.exit(f"error: cannot write the chart {args.plot}: {folder} is not a writable directory")
     systems, notes = available(args.only)
+    bytecode = compile_bytecode()
     measured: dict[str, dict[str, report.Samples]] = {s: {} for s in systems}
     failed: list[str] = []
     load_before = os.getloadavg()
@@ -258,7 +268,7 @@ def run(args: argparse.Namespace) -> None:
             print(f"round {round_index + 1}/{args.rounds}: {system}", file=sys.stderr, flush=True)
             try:
                 cold_start_s, result = run_round(system, calls, max(2 * IN_FLIGHT, THROUGHPUT_FACTOR * calls),
-                                                 WARMUP_CALLS)
+                                                 WARMUP_CALLS, cold_start_only=args.cold_start_only)
             except RoundFailed as error:
                 notes.append(f"{error} (dropped from the remaining rounds)")
                 failed.append(system)
@@ -271,7 +281,8 @@ def run(args: argparse.Namespace) -> None:
     if "cbctl" not in systems or "cbctl" in failed:
         notes.append("cbctl did not run: no ratios")
     info = machine()
-    extra = {"calls": args.calls, "rounds": args.rounds, "systems": systems, "machine": info,
+    extra = {"calls": 0 if args.cold_start_only else args.calls, "rounds": args.rounds, "systems": systems,
+             "machine": info, "bytecode": bytecode,
              "load_avg_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
              "run_s": round(time.perf_counter() - started, 1)}
     report.print_report(rows, notes, extra)

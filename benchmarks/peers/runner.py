@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, required=True, help="Measured calls per sequential workload.")
     parser.add_argument("--throughput-calls", type=int, required=True, help="Measured calls kept 64 in flight.")
     parser.add_argument("--warmup", type=int, required=True, help="Unmeasured calls per workload first.")
+    parser.add_argument("--cold-start-only", action="store_true",
+                        help="Stop after the first result: no workload is measured (the RESULT line is empty).")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
@@ -67,8 +69,10 @@ def main(argv: list[str] | None = None) -> None:
         if system.call("noop", 0) != 0:
             raise SystemExit(f"{args.system}: the first noop call returned a wrong result")
         print(READY_LINE, flush=True)
-        system.prepare()
-        measured = run_round(system, args.calls, args.throughput_calls, args.warmup)
+        measured = {}
+        if not args.cold_start_only:
+            system.prepare()
+            measured = run_round(system, args.calls, args.throughput_calls, args.warmup)
     finally:
         system.stop()
     print(RESULT_PREFIX + json.dumps(measured), flush=True)

@@ -9,7 +9,7 @@ import contextlib
 from typing import Any
 
 import cbctl
-from benchmarks.latency import increment, left, merge, noop, right, split, square  # the same functions it times
+from benchmarks.functions import increment, left, merge, noop, right, split, square  # as benchmarks.latency times
 from benchmarks.peers.workloads import STATE_BYTES
 
 #: Executors of the cluster: one per core of the 2-core reference machine, as Ray and Dask get 2 workers.
