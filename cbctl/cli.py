@@ -6,9 +6,7 @@ Long on purpose: one click command per ``cbctl`` subcommand, each short, with it
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import datetime
 import functools
 import json
 import math
@@ -195,6 +193,8 @@ def json_form(value: Any, where: str = "the value") -> Any:
             out[key if isinstance(key, str) else json.dumps(key)] = json_form(item, f"{where}[{key!r}]")
         return out
     if isinstance(value, (bytes, bytearray, memoryview)):
+        import base64  # here, as datetime below: only --json output needs them, and `cbctl up` waits for its imports
+
         return {"base64": base64.b64encode(bytes(value)).decode()}
     if isinstance(value, (set, frozenset)):
         try:
@@ -206,6 +206,8 @@ def json_form(value: Any, where: str = "the value") -> Any:
         return int(value)
     if isinstance(value, complex):
         return {"real": json_form(value.real), "imag": json_form(value.imag)}
+    import datetime
+
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
         return value.isoformat()
     if isinstance(value, datetime.timedelta):

@@ -4,12 +4,10 @@ cluster file, and on the way down wait until every process of the cluster is gon
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -106,6 +104,8 @@ def is_loopback(listen: str) -> bool:
     host = listen.removeprefix("tcp://")
     if host in LOOPBACK_HOSTS:
         return True
+    import ipaddress  # here, as socket in check_port_free: only --listen needs it
+
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
@@ -130,6 +130,8 @@ def check_port_free(listen: str, port: int) -> None:
     """Fail now, in one line, rather than as a scheduler that cannot start."""
     if not port:
         return
+    import socket
+
     host = listen.removeprefix("tcp://").strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:

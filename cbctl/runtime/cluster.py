@@ -14,13 +14,10 @@ All of it is private to the user: directories 0700, files 0600 (``secure_home``,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import socket
 import stat
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -37,6 +34,9 @@ from cbctl.runtime.defaults import (
     STALE_KILL_WAIT_S,
 )
 from cbctl.runtime.defaults import PRIVATE_UMASK as PRIVATE_UMASK  # what `cbctl up` and every process create under
+
+# hashlib, socket and tempfile are imported where they are used: only a long home, a socket probe or a joined host
+# needs them, and every command and process of a cluster imports this module (`cbctl up` first of all)
 
 CLUSTER_FILE = "cluster.json"
 NODE_FILE = "node.json"  # on a joined host: its node supervisor (``cbctl join``; ``cbctl leave`` reads it)
@@ -60,6 +60,9 @@ def socket_dir(home: Path) -> Path:
     candidate = home / "sock"
     if len(str(candidate)) + 24 <= MAX_IPC_PATH:
         return candidate
+    import hashlib
+    import tempfile
+
     digest = hashlib.sha1(str(home).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"cbctl-{digest}"
 
@@ -84,6 +87,8 @@ def remove_socket_dir(home: Path, address: str = "") -> None:
 def _listening(path: Path) -> bool:
     if not path.is_socket():
         return False
+    import socket
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
             probe.connect(str(path))
@@ -286,6 +291,8 @@ def address_towards(address: str) -> str:
     """``tcp://LOCAL``: this machine's address on the route to ``address`` (``tcp://HOST:PORT``), which the
     processes there can reach it at (unless a NAT stands between). A UDP socket's connect picks the route and
     sends nothing."""
+    import socket
+
     host, _, port = address.removeprefix("tcp://").rpartition(":")
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -132,8 +132,11 @@ def test_a_started_cluster_cannot_start_again():
 
 # --- in a child interpreter, as a notebook kernel runs it: code from stdin, no __main__ file -------------
 
+# The child restores Python's Ctrl-C handler: started from a shell's background job (`pytest ... &`) it inherits
+# SIGINT ignored, and Python then installs no handler, so the Ctrl-C test would wait for nothing.
 CHILD_PROLOGUE = """
-import json, sys, time
+import json, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import cbctl
 cluster = cbctl.local(executors=1)
 """
