@@ -372,8 +372,11 @@ def ctrl_c_during_up(home: Path) -> bool:
     """Interrupt `cbctl up` once the supervisor has started a child; False if the cluster was up already."""
     env = {**os.environ, "CBCTL_HOME": str(home)}
     # executors take their time to import, so there is a moment with the supervisor and some children up
+    # SIGINT restored to its default in the child: run from a shell's background job (`pytest ... &`) it would
+    # inherit SIGINT ignored, and Python then installs no Ctrl-C handler
     cli = subprocess.Popen([sys.executable, "-m", "cbctl.cli", "up", "--executors", "2"], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     started: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 30
@@ -389,6 +392,8 @@ def ctrl_c_during_up(home: Path) -> bool:
             return False
         cli.send_signal(signal.SIGINT)
         _, err = cli.communicate(timeout=30)
+        if cli.returncode == 0 and ClusterFile.read(home) is not None:
+            return False  # `up` finished between the look at the cluster file and the signal
         assert cli.returncode != 0
         assert "interrupted while the cluster was starting" in err
         gone, alive = psutil.wait_procs(started, timeout=30)
