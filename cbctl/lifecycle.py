@@ -348,21 +348,36 @@ def salvage_report(home: Path, since: float) -> list[str]:
     return lines
 
 
+class SupervisorProcess(subprocess.Popen):
+    """The supervisor's process, with the read end of the pipe on which it says that the cluster is up (a
+    line once the cluster file is written; the end of the pipe if it exits first): ``wait_for_cluster`` wakes
+    at once instead of looking at the file on a timer. Owned, and closed, by ``wait_for_cluster``."""
+
+    ready_pipe: int = -1
+
+
 def start_supervisor(home: Path, spec: ClusterSpec, foreground: bool = False,
-                     lock_fd: int | None = None) -> subprocess.Popen:
+                     lock_fd: int | None = None) -> SupervisorProcess:
     """Start the supervisor of a cluster in ``home`` (made ready by ``prepare_home``), with a private umask
     that it and every process it starts inherit. It inherits the home's lock (``lock_fd``, from ``claim_home``;
     taken here when not given) and holds it for its life; the caller may close its own copy once it runs."""
     own_lock = lock_fd is None
     fd = claim_home(home) if lock_fd is None else lock_fd
+    ready_read, ready_write = os.pipe()
     command = [sys.executable, "-m", "cbctl.runtime.supervisor", "--home", str(home),
-               "--spec", json.dumps(asdict(spec)), "--lock-fd", str(fd)]
+               "--spec", json.dumps(asdict(spec)), "--lock-fd", str(fd), "--ready-fd", str(ready_write)]
     try:
         with private_umask():
-            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, start_new_session=not foreground, pass_fds=(fd,))
+            proc = SupervisorProcess(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=not foreground,
+                                     pass_fds=(fd, ready_write))
+        proc.ready_pipe = ready_read
         home_lock.write_pid(fd, proc.pid)  # what a refused `cbctl up` names
+    except BaseException:
+        os.close(ready_read)
+        raise
     finally:
+        os.close(ready_write)  # the supervisor's copy is the only one: its exit ends the pipe
         if own_lock:
             release_home(fd)  # the supervisor holds its own copy
     return proc
@@ -389,18 +404,34 @@ def wait_until_up(home: Path, proc: subprocess.Popen, timeout_s: float = STARTUP
 def wait_for_cluster(home: Path, proc: subprocess.Popen,
                      timeout_s: float = STARTUP_TIMEOUT_S + 10) -> cluster.ClusterFile:
     """The cluster file once the supervisor ``proc`` wrote it (every process ready); ``CbctlError`` with the
-    supervisor's reason if it exits first, or at the deadline."""
+    supervisor's reason if it exits first, or at the deadline. A ``SupervisorProcess`` says when on its pipe
+    (which this closes); for another process, the file is looked at every ``CLUSTER_FILE_POLL_S``."""
+    import select
+
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = cluster.ClusterFile.read(home)
-        if found is not None and found.supervisor_pid == proc.pid:
-            return found
-        if proc.poll() is not None:
-            cluster.remove_socket_dir(home)  # a supervisor that failed before stop() could not
-            error_file = home / cluster.STARTUP_ERROR_FILE
-            reason = error_file.read_text().strip() if error_file.exists() else f"exit code {proc.returncode}"
-            raise CbctlError(f"the cluster did not start: {reason} (logs in {home / 'logs'})")
-        time.sleep(CLUSTER_FILE_POLL_S)
+    ready_pipe = getattr(proc, "ready_pipe", -1)
+    try:
+        while time.monotonic() < deadline:
+            found = cluster.ClusterFile.read(home)
+            if found is not None and found.supervisor_pid == proc.pid:
+                return found
+            if proc.poll() is not None:
+                cluster.remove_socket_dir(home)  # a supervisor that failed before stop() could not
+                error_file = home / cluster.STARTUP_ERROR_FILE
+                reason = error_file.read_text().strip() if error_file.exists() else f"exit code {proc.returncode}"
+                raise CbctlError(f"the cluster did not start: {reason} (logs in {home / 'logs'})")
+            if ready_pipe < 0:
+                time.sleep(CLUSTER_FILE_POLL_S)
+            elif select.select([ready_pipe], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                # the line (the file is there now), or the pipe's end (the supervisor exits: poll() says so
+                # once it has): either way it says no more, and the file is looked at on the timer from here
+                os.read(ready_pipe, 64)
+                os.close(ready_pipe)
+                ready_pipe = proc.ready_pipe = -1
+    finally:
+        if ready_pipe >= 0:
+            os.close(ready_pipe)
+            proc.ready_pipe = -1
     proc.terminate()
     raise CbctlError(f"the cluster did not report ready within {timeout_s:.0f} s: see {home / 'logs'}")
 

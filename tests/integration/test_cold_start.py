@@ -4,10 +4,16 @@ faster), and `--verbose` says where its time went."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
+import time
+
+import pytest
 
 import cbctl
-from cbctl.lifecycle import STARTUP_PHASES, kill_processes
+from cbctl.errors import CbctlError
+from cbctl.lifecycle import STARTUP_PHASES, SupervisorProcess, kill_processes, wait_for_cluster
 from cbctl.runtime.cluster import ClusterFile
 from tests.conftest import run_cli
 
@@ -38,3 +44,35 @@ def test_up_returns_with_every_process_ready_and_verbose_shows_each_phase(tmp_pa
         if found is not None:
             run_cli(home, "down", timeout=60)
             kill_processes(found.pids())
+
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_the_wait_for_ready_leaves_no_descriptor_behind():
+    """The supervisor says on a pipe when the cluster is up; the owner's end is closed with the wait, and nothing
+    of the cluster stays open in the owner once the block is left (a test suite starts many)."""
+    before = open_fds()
+    cluster = cbctl.local(executors=1)
+    with cluster as client:
+        client.register(lambda cb, x: x, name="same")
+        assert client.call("same", 1, timeout=10) == 1
+        assert cluster._supervisor is not None and cluster._supervisor.ready_pipe == -1
+    assert open_fds() - before == set()
+
+
+def test_a_supervisor_that_exits_first_ends_the_wait_with_its_reason(tmp_path):
+    """Its exit ends the pipe: the wait returns with the reason it left, not at its deadline."""
+    read_end, write_end = os.pipe()
+    (tmp_path / "startup-error.txt").write_text("the store could not open its data")
+    proc = SupervisorProcess([sys.executable, "-c", "import time; time.sleep(0.3)"], pass_fds=(write_end,))
+    os.close(write_end)
+    proc.ready_pipe = read_end
+    started = time.monotonic()
+    with pytest.raises(CbctlError, match="did not start: the store could not open its data"):
+        wait_for_cluster(tmp_path, proc, timeout_s=30)
+    assert time.monotonic() - started < 10
+    assert proc.ready_pipe == -1  # closed by the wait
+    proc.wait()

@@ -653,6 +653,8 @@ def main(argv: list[str] | None = None, startup: dict[str, float] | None = None)
     parser.add_argument("--spec", required=True, help="ClusterSpec as JSON")
     parser.add_argument("--lock-fd", type=int, default=-1,
                         help="the home's lock, taken by `cbctl up` (without it, the supervisor takes it itself)")
+    parser.add_argument("--ready-fd", type=int, default=-1,
+                        help="a pipe to write a line to once the cluster file is written (`cbctl up` waits on it)")
     args = parser.parse_args(argv)
     home = Path(args.home)
     spec = ClusterSpec(**json.loads(args.spec))
@@ -671,6 +673,8 @@ def main(argv: list[str] | None = None, startup: dict[str, float] | None = None)
         except home_lock.LockHeld as held:
             sys.exit(f"a cluster is already running in {home} (supervisor pid {held.pid})")
     os.set_inheritable(lock_fd, False)
+    if args.ready_fd >= 0:
+        os.set_inheritable(args.ready_fd, False)  # this process's exit must end the pipe: no child keeps a copy
     setup_logging(config)
     (home / STARTUP_ERROR_FILE).unlink(missing_ok=True)
     try:
@@ -689,6 +693,17 @@ def main(argv: list[str] | None = None, startup: dict[str, float] | None = None)
         # on a store that could not open its data) must not hold `cbctl up`'s error back for the warm timeout
         supervisor.stop(timeout_s=STARTUP_FAILED_STOP_S)
         sys.exit(1)
+    if args.ready_fd >= 0:
+        say_ready(args.ready_fd)
     supervisor.run()
+
+
+def say_ready(fd: int) -> None:
+    """Tell whoever started this process, on the pipe ``fd``, that the cluster file is written; it may be gone."""
+    try:
+        os.write(fd, b"ready\n")
+    except OSError:  # `cbctl up` was interrupted, or a cbctl.local() owner stopped waiting: nobody to tell
+        pass
+    os.close(fd)
 
 
