@@ -319,13 +319,18 @@ class Receiver:
     The wait is a blocking receive bounded by ``RCVTIMEO``, not a zmq poll: waking from a poll and then
     receiving measured about 20 us more per hop than waking inside the receive on a loaded 2-core machine
     (three such wake-ups per call; ``benchmarks/latency.py``). After the first frame, a zero-timeout poll
-    (cheaper than the ``Again`` exception a non-blocking receive raises when empty) says whether more wait.
-    Only the loop's own thread may use it, and nothing else may do blocking receives on the socket."""
+    (cheaper than the ``Again`` exception a non-blocking receive raises when empty) says whether more wait;
+    with ``drain=False`` there is no such poll (a system call, about 1.3 us, that finds nothing in a sequential
+    call's every hop): a loop that handles messages one by one anyway (the scheduler) gets one per call, and
+    the next is in its next call, which returns at once when one waits. An executor drains: its ready queue
+    must hold what waits (batches, stealing). Only the loop's own thread may use it, and nothing else may do
+    blocking receives on the socket."""
 
-    def __init__(self, sock: zmq.Socket, multipart: bool = False) -> None:
+    def __init__(self, sock: zmq.Socket, multipart: bool = False, drain: bool = True) -> None:
         self.sock = sock
         self._recv = (lambda flags=0: receive_routed(sock, flags)) if multipart else sock.recv
         self._multipart = multipart
+        self._drain = drain
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._timeout_ms: int | None = None
@@ -351,6 +356,8 @@ class Receiver:
             if not self._multipart and first[:1] == MULTIPART_MARK:
                 first = receive_rest(self.sock, first)
         frames = [first]
+        if not self._drain:
+            return frames
         while poll(0):
             frame = self._recv(zmq.NOBLOCK)
             if not self._multipart and frame[:1] == MULTIPART_MARK:
