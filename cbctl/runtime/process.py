@@ -236,6 +236,7 @@ class PeerSockets:
         self._sockets: collections.OrderedDict[str, zmq.Socket] = collections.OrderedDict()
         self.dropped = 0
         self.sent = 0  # messages handed to zmq: tests count messages per call with it
+        self.sent_bytes = 0  # of one-frame messages (and headers: not the values sent out of band), as well
         self.sent_out_of_band = 0  # bytes of values sent as frames of their own (see wire/frames.py)
         # multi-frame messages zmq may still be reading from their senders' memory
         self.unsent: list[zmq.MessageTracker] = []
@@ -262,10 +263,12 @@ class PeerSockets:
         try:
             if type(frame) is bytes:
                 sock.send(frame, zmq.NOBLOCK)
+                self.sent_bytes += len(frame)
             else:
                 track = _tracked(frame)
                 tracker = sock.send_multipart(frame, zmq.NOBLOCK, copy=False, track=track)
                 self.sent_out_of_band += sum(len(f) if type(f) is not memoryview else f.nbytes for f in frame[1:])
+                self.sent_bytes += len(frame[0])
                 if track:
                     if self.unsent:
                         self.unsent = [t for t in self.unsent if not t.done]

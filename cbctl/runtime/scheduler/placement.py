@@ -20,9 +20,10 @@ call is never taken for idle by a report sent before it came.
 
 A call goes to an idle candidate when there is one (among idle ones, the one caching most of the keys the call
 references; then at random), else to the candidate with the fewest outstanding steps (then locality, then
-random). A step that runs after exactly one other step of its call (a chain's next function) counts the executor
-of that step as idle when that step is all it holds there, since it ends before this one starts, and prefers it
-among equals: its input is already there, so the call makes no hop between the two (one frame, and one process
+random). A step that runs after exactly one other step of its call (a chain's next function) has the executor of
+that step among its candidates, whether the function is pinned there or not (an executor loads a function on
+its first call), counts that step as no work ahead of it (it ends before this one starts), and prefers it among
+equals: its input is already there, so the call makes no hop between the two (one frame, and one process
 wake-up, fewer per call), and nothing waits behind it while another executor idles.
 Candidates are Cloudburst's: the function's pinned locations, else every fresh executor of its type, and
 ``avoid`` for parallel branches; there is no utilization backoff, as outstanding work says more, sooner.
@@ -190,6 +191,11 @@ class OutstandingPolicy(Policy):
         candidates = self._candidates[gpu].get(function)
         if candidates is None:
             candidates = self._build_candidates(function, gpu)
+        if after:  # the executor of the step this one runs after is a candidate too, pinned there or not
+            view = self.by_address.get(after)
+            if (view is not None and view not in candidates and view.executor_type == ("gpu" if gpu else "cpu")
+                    and (function, view.key) not in self.refused):
+                candidates = (*candidates, view)
         chosen = candidates[0] if len(candidates) == 1 else self._choose(candidates, refs, avoid, after)
         # the step this one runs after is no work ahead of it: it ends before this one starts
         if (chosen.outstanding - (chosen.address == after) > 0 and self.unpinned_executors.get(chosen.executor_type)

@@ -160,7 +160,8 @@ class Scheduler:
         self.plans: dict[str, CallPlan] = {}
         self.counters = {"calls": 0, "dag_calls": 0, "dispatch_errors": 0, "protocol_errors": 0,
                          "executors_lost": 0, "retried_calls": 0, "lost_calls": 0, "duplicate_calls": 0,
-                         "out_of_band_bytes": 0}  # values forwarded unread, as frames of their own (wire/frames.py)
+                         # values forwarded unread, as frames of their own (wire/frames.py); the calls' frames
+                         "out_of_band_bytes": 0, "call_request_bytes": 0}
         self.largest_parsed = 0  # bytes of the largest frame this scheduler parsed: it never reads a large value
         # crash semantics (retries.py): the calls dispatched, those waiting for an executor, the dead
         # processes whose late statuses are ignored, and until when a call nobody can take waits for one
@@ -525,7 +526,7 @@ class Scheduler:
             "scheduler": self.config.name,
             "uptime_s": time.time() - self.started,
             "counters": dict(self.counters, dropped_sends=self.peers.dropped, frames_sent=self.peers.sent,
-                             largest_parsed_bytes=self.largest_parsed),
+                             bytes_sent=self.peers.sent_bytes, largest_parsed_bytes=self.largest_parsed),
             "rates": self.rates.rates(now, self.counters),
             "name_calls": dict(self.name_calls),
             "name_rates": self.name_rates.rates(now, self.name_calls),
@@ -636,6 +637,7 @@ class Scheduler:
             return
         kind = type(message)
         if kind is CallRequest:
+            self.counters["call_request_bytes"] += parsed  # (tests count bytes per call with it)
             self.on_call(message)
         elif kind is ContinueCall:
             self.on_continue(message)
