@@ -41,6 +41,7 @@ from cbctl.runtime.lattices import CausalLattice, Lattice, LWWLattice, lattice_f
 from cbctl.runtime.process import drain, new_socket
 from cbctl.runtime.store_client import StoreClient
 from cbctl.runtime.wire import auth
+from cbctl.runtime.wire.frames import Frames
 from cbctl.runtime.wire.messages import StoreStatsRequest, StoreStatsResponse, unpack
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,11 @@ class CachedStore:
                 "lww and repeatable_read calls write last-writer-wins values, causal calls causal ones; "
                 "use another key, or delete it first)") from None
         if key not in self.cache:
+            return lattice, lattice, won
+        if type(getattr(lattice, "value", None)) is Frames:
+            # a large value written in parts is views of the function's own arrays, which it may change once
+            # this returns: not held; the next read fetches the store's copy (and the key's push is ignored)
+            self.cache.discard(key)
             return lattice, lattice, won
         self._evicted(self.cache.insert(key, lattice))
         entry = self.cache.get(key)

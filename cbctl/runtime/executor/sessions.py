@@ -31,6 +31,8 @@ from cbctl.runtime.consistency import (
 from cbctl.runtime.defaults import SNAPSHOT_TTL_S
 from cbctl.runtime.executor.cache import CachedStore
 from cbctl.runtime.lattices import CausalLattice, Lattice, LWWLattice, VectorClock
+from cbctl.runtime.wire import serialization
+from cbctl.runtime.wire.frames import Frames
 from cbctl.runtime.wire.messages import DagTrigger, SnapshotRelease, VersionRequest, VersionResponse
 
 log = logging.getLogger(__name__)
@@ -118,10 +120,14 @@ class SessionManager:
             lattice = self.store.read(key, session.freshness(key))
         return reveal(key, lattice, mode)
 
-    def write(self, key: str, encoded: bytes) -> bool:
+    def write(self, key: str, encoded: bytes | Frames) -> bool:
         """``cb.put``: write through (acknowledged by the store when this returns) and record the write; returns
         whether it won (see ``StoreClient.put_lww``)."""
         session = self.session or self._open()
+        if session.mode != LWW and type(encoded) is not bytes:
+            # causal values and repeatable-read snapshots are kept by this process past the call, so not as views
+            # of the function's own arrays: inline, one bytes (a large value in parts is for LWW writes)
+            encoded = serialization.inline(encoded)
         if session.mode == CAUSAL:
             self._follow_client_write(session, key)
             lattice: Lattice = causal_version(session.floor, key, encoded, self.writer_id, self.counter)

@@ -46,8 +46,47 @@ class WalCorruptError(Exception):
     """A snapshot or a file header is damaged or inconsistent: replaying it would lose or invent records."""
 
 
-def _frame(record: bytes) -> bytes:
-    return _FRAME.pack(len(record), zlib.crc32(record)) + record
+def _frame(record: bytes | list) -> list:
+    """A record's frame as the buffers to write one after another: its header, then the record, or the record's
+    parts (a record in parts is written as their concatenation, never joined in memory: a large value's frames,
+    as the store received them)."""
+    if type(record) is bytes:
+        return [_FRAME.pack(len(record), zlib.crc32(record)), record]
+    parts = [memoryview(part).cast("B") for part in record]
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return [_FRAME.pack(sum(part.nbytes for part in parts), crc), *parts]
+
+
+#: Buffers smaller than this are gathered into one ``bytes`` before a write (one syscall for a batch of small
+#: records, as before records could come in parts); larger ones are written from their own memory.
+_GATHER_BYTES = 64 << 10
+
+
+def _write_all(fd: int, buffers: list) -> int:
+    """Write ``buffers`` one after another to ``fd``; the bytes written."""
+    written = 0
+    small: list = []
+
+    def write(data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:  # a regular file takes it all in one write; loop only for the odd short write
+            view = view[os.write(fd, view):]
+
+    for buffer in buffers:
+        size = memoryview(buffer).nbytes
+        written += size
+        if size < _GATHER_BYTES:
+            small.append(buffer)
+            continue
+        if small:
+            write(b"".join(small))
+            small = []
+        write(buffer)
+    if small:
+        write(b"".join(small))
+    return written
 
 
 def _read_frames(f: BinaryIO, size: int) -> Generator[bytes, None, tuple[int, str | None]]:
@@ -146,7 +185,7 @@ def _read_header(path: Path, magic: bytes) -> int | None:
     return _HEADER.unpack(header)[1]
 
 
-def _install(path: Path, header: bytes, frames: Iterable[bytes]) -> None:
+def _install(path: Path, header: bytes, frames: Iterable[bytes | memoryview]) -> None:
     """Atomically replace ``path`` with header + frames: tmp file, fsync, rename, fsync of the directory."""
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -265,7 +304,7 @@ class WriteAheadLog:
         scan = _scan(data, _HEADER.size)
         moved = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
         shutil.copyfile(path, moved)
-        _install(path, data[:_HEADER.size], (_frame(p) for p in scan.payloads))
+        _install(path, data[:_HEADER.size], (b for p in scan.payloads for b in _frame(p)))
         dropped = sum(stop - start for start, stop, _ in scan.damaged)
         report = {"file": str(path), "moved_to": str(moved), "records_kept": len(scan.payloads),
                   "bytes_dropped": dropped, "damaged": [{"offset": start, "bytes": stop - start, "why": why}
@@ -286,26 +325,24 @@ class WriteAheadLog:
                 pass
         return self._fd
 
-    def append(self, record: bytes) -> None:
+    def append(self, record: bytes | list) -> None:
         """Write one record: it survives a process crash on return, and a machine crash per durability."""
         self.append_many([record])
 
-    def append_many(self, records: list[bytes]) -> None:
-        """Write a batch of records with one write syscall."""
+    def append_many(self, records: list[bytes | list]) -> None:
+        """Write a batch of records: small ones gathered into one write syscall, a large record's parts from
+        their own memory (``_frame``)."""
         if not records:
             return
         fd = self._writable_fd()
-        data = b"".join(_frame(r) for r in records)
         try:
-            view = memoryview(data)
-            while view:  # a regular file takes it all in one write; loop only for the odd short write
-                view = view[os.write(fd, view):]
+            written = _write_all(fd, [buffer for record in records for buffer in _frame(record)])
         except OSError:
             # Cut any partial frame (disk full, say) so later appends stay readable; the caller must not ack.
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self._log_bytes)
             raise
-        self._log_bytes += len(data)
+        self._log_bytes += written
         if self._durability == "always":
             self._sync()
         elif self._durability == "batch":
@@ -336,12 +373,12 @@ class WriteAheadLog:
     def needs_compaction(self) -> bool:
         return self._log_bytes > self._threshold
 
-    def compact(self, records: Iterable[bytes]) -> None:
+    def compact(self, records: Iterable[bytes | list]) -> None:
         """Make ``records`` (the store's full state) the snapshot, and start an empty log."""
         self._writable_fd()
         gen = self._gen + 1
         # Snapshot first: until it is durable, the old snapshot + old log are still the truth.
-        _install(self._snap_path, _HEADER.pack(_SNAP_MAGIC, gen), (_frame(r) for r in records))
+        _install(self._snap_path, _HEADER.pack(_SNAP_MAGIC, gen), (b for r in records for b in _frame(r)))
         self._start_empty_log(gen)
 
     @property

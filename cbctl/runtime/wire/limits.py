@@ -52,6 +52,26 @@ def backstop_bytes(limit: int = MAX_MESSAGE_BYTES) -> int:
     return limit + FRAME_HEADROOM_BYTES
 
 
+class Oversized:
+    """What a receiver has of a multi-frame message whose frames together pass its socket's ``MAXMSGSIZE`` (zmq
+    bounds each frame, not their sum): the header frame only, the rest was received and dropped as it came, so
+    such a message costs a server at most the bound in memory. ``frames.unpack`` refuses it with ``text``; a
+    server that can tell the sender (the store: the header holds the request id) answers ``MessageTooLarge``."""
+
+    __slots__ = ("header", "nbytes", "limit")
+
+    def __init__(self, header: bytes, nbytes: int, limit: int) -> None:
+        self.header = header
+        self.nbytes = nbytes  # bytes received before the bound was passed (at least limit + 1)
+        self.limit = limit
+
+    @property
+    def text(self) -> str:
+        return (f"a multi-frame message of more than {mib(self.limit)} ({self.nbytes}+ bytes in all its frames) "
+                f"was refused: its frames together are over this cluster's limit per message; store the value "
+                "in smaller pieces, or start the cluster with a larger `cbctl up --max-message-mb N`")
+
+
 def check_ttl(ttl_s: float | None, default_as: float = EPHEMERAL_TTL_S) -> float:
     """An ephemeral put's lifetime in seconds, checked where the put is made: None means the default
     (``default_as``: the callers send 0.0, which the store reads as its default)."""
