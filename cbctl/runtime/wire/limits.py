@@ -65,6 +65,9 @@ class Oversized:
         self.nbytes = nbytes  # bytes received before the bound was passed (at least limit + 1)
         self.limit = limit
 
+    def __len__(self) -> int:
+        return len(self.header)  # what the receiver holds of it (servers count parsed sizes with len)
+
     @property
     def text(self) -> str:
         return (f"a multi-frame message of more than {mib(self.limit)} ({self.nbytes}+ bytes in all its frames) "
