@@ -4,6 +4,8 @@
 by an estimate of the bytes it holds. ``CachedStore`` puts it in front of a ``StoreClient``:
 
 - a read that hits returns the cached lattice without touching the store;
+- a large value (one that travels as frames of its own) is not pushed: a write of one makes the store send
+  ``KeyDropped`` to the key's subscribers instead, and the next read here fetches it (only readers pay for it);
 - a miss subscribes to the key *first* and then fetches it (one round trip: the store applies the two
   requests in order), so no write can fall between the fetch and the subscription: every merge after the
   subscription is pushed (``KeyUpdate``) and merged into the cache;
@@ -245,7 +247,8 @@ class CachedStore:
         return lattice, lattice if entry is None else entry.lattice, won
 
     def on_dropped(self, key: str) -> None:
-        """A ``KeyDropped`` from the store: the key became ephemeral; forget it (the store has unsubscribed)."""
+        """A ``KeyDropped`` from the store: the key became ephemeral, or took a large value (which the store does
+        not push); forget it (the store has unsubscribed)."""
         self.cache.discard(key)
 
     def on_push(self, key: str, wire: list[Any]) -> None:

@@ -49,6 +49,7 @@ from cbctl.runtime.store.ephemeral import EphemeralTable
 from cbctl.runtime.store.triggers import StoreTriggers, TriggerDispatcher
 from cbctl.runtime.trigger_records import PREFIX
 from cbctl.runtime.wire import limits
+from cbctl.runtime.wire.frames import Frames
 from cbctl.runtime.wire.messages import (
     Ack,
     DeleteRequest,
@@ -95,7 +96,7 @@ class StoreNode:
                          # parsed or copied), the largest msgpack frame parsed (a large value inline would show
                          # here), and messages refused for their frames' total size (``process.receive_rest``)
                          "frames_in_bytes": 0, "frames_out_bytes": 0, "largest_parsed_frame_bytes": 0,
-                         "oversized_refused": 0}
+                         "oversized_refused": 0, "large_values_dropped_from_caches": 0}
         self.started = time.time()
         self.rates = RateWindow(RATE_WINDOW_S, RATE_SAMPLE_S)  # ops/s for `cbctl top`, sampled in maintain()
 
@@ -128,9 +129,21 @@ class StoreNode:
                 error_type = type(exc).__name__ if isinstance(exc, CbctlError) else "InvalidArgument"
                 replies.append(ErrorResponse(getattr(request, "req_id", 0), error_type, str(exc)))
         self.backend.commit()
-        pushes: list[tuple[str, Message]] = [(address, KeyUpdate(key, lattice.to_wire()))
-                                             for key, lattice in changed.items()
-                                             for address in self.subscribers.get(key, ())]
+        pushes: list[tuple[str, Message]] = []
+        for key, lattice in changed.items():
+            addresses = self.subscribers.get(key)
+            if not addresses:
+                continue
+            if type(getattr(lattice, "value", None)) is Frames:
+                # a large value is not pushed to every cache that held the key (most may never read it again):
+                # they drop their copies and the subscriptions go, so only a reader fetches it, once
+                del self.subscribers[key]
+                self.subscriptions -= len(addresses)
+                self.counters["large_values_dropped_from_caches"] += len(addresses)
+                dropped.extend((address, KeyDropped(key)) for address in addresses)
+                continue
+            wire = lattice.to_wire()
+            pushes.extend((address, KeyUpdate(key, wire)) for address in addresses)
         return replies, pushes + dropped if dropped else pushes
 
     def _handle(self, request: Message, changed: dict[str, Lattice], dropped: list[tuple[str, Message]]) -> Message:

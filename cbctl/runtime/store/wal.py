@@ -217,6 +217,7 @@ class WriteAheadLog:
         self._durability = durability
         self._interval = batch_interval_s
         self._threshold = compact_threshold_bytes
+        self._known_snapshot_size: int | None = None  # see _snapshot_size
         self._clock = clock
         self._salvage = salvage
         #: what recovery with ``salvage`` dropped: one report per damaged file it moved aside
@@ -305,6 +306,7 @@ class WriteAheadLog:
         moved = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
         shutil.copyfile(path, moved)
         _install(path, data[:_HEADER.size], (b for p in scan.payloads for b in _frame(p)))
+        self._known_snapshot_size = None
         dropped = sum(stop - start for start, stop, _ in scan.damaged)
         report = {"file": str(path), "moved_to": str(moved), "records_kept": len(scan.payloads),
                   "bytes_dropped": dropped, "damaged": [{"offset": start, "bytes": stop - start, "why": why}
@@ -371,7 +373,10 @@ class WriteAheadLog:
         return max(0.0, self._last_sync + self._interval - self._clock()) if self._dirty else None
 
     def needs_compaction(self) -> bool:
-        return self._log_bytes > self._threshold
+        """Whether the log has outgrown the threshold and the last snapshot: a compaction rewrites the whole
+        state, so it waits until the log is at least as large as that (as Redis's AOF rewrite waits for 100%
+        growth), or a store of large values would rewrite all of them on every put past the threshold."""
+        return self._log_bytes > self._threshold and self._log_bytes > self._snapshot_size
 
     def compact(self, records: Iterable[bytes | list]) -> None:
         """Make ``records`` (the store's full state) the snapshot, and start an empty log."""
@@ -379,6 +384,7 @@ class WriteAheadLog:
         gen = self._gen + 1
         # Snapshot first: until it is durable, the old snapshot + old log are still the truth.
         _install(self._snap_path, _HEADER.pack(_SNAP_MAGIC, gen), (b for r in records for b in _frame(r)))
+        self._known_snapshot_size = None
         self._start_empty_log(gen)
 
     @property
@@ -388,6 +394,13 @@ class WriteAheadLog:
     @property
     def snapshot_bytes(self) -> int:
         return self._snap_path.stat().st_size if self._snap_path.exists() else 0
+
+    @property
+    def _snapshot_size(self) -> int:
+        """``snapshot_bytes``, read from the file once per compaction rather than on every check."""
+        if self._known_snapshot_size is None:
+            self._known_snapshot_size = self.snapshot_bytes
+        return self._known_snapshot_size
 
     def close(self) -> None:
         """Fsync and close; safe to call more than once."""
