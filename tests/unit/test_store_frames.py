@@ -14,10 +14,11 @@ from cbctl.runtime.lattices import LWWLattice, lattice_from_wire
 from cbctl.runtime.process import Receiver, receive_message, send_message
 from cbctl.runtime.store.embedded import EmbeddedBackend
 from cbctl.runtime.store.node import StoreNode
+from cbctl.runtime.store.wal import WriteAheadLog
 from cbctl.runtime.wire import serialization
 from cbctl.runtime.wire.frames import Frames
 from cbctl.runtime.wire.limits import Oversized
-from cbctl.runtime.wire.messages import GetRequest, GetResponse, PutRequest, unpack
+from cbctl.runtime.wire.messages import GetRequest, GetResponse, PutRequest, SubscribeRequest, unpack
 
 
 def big_value(seed: int = 1) -> tuple[np.ndarray, Frames]:
@@ -145,3 +146,36 @@ def test_a_multi_frame_message_is_bounded_in_total_by_maxmsgsize(bound_mb, parts
     finally:
         push.close(linger=0)
         pull.close(linger=0)
+
+
+def test_a_large_value_drops_the_caches_copies_instead_of_being_pushed_to_them(tmp_path) -> None:
+    _, encoded = big_value(5)
+    node = StoreNode(EmbeddedBackend(tmp_path))
+    try:
+        node.handle_batch([SubscribeRequest(1, "e", "ipc://exec-0", ["k", "s"]),
+                           SubscribeRequest(2, "e", "ipc://exec-1", ["k"])])
+        _, pushes = node.handle_batch([PutRequest(3, "k", LWWLattice(5, "w", encoded).to_wire()),
+                                       PutRequest(4, "s", LWWLattice(5, "w", serialization.encode(1)).to_wire())])
+        assert sorted((address, type(push).__name__) for address, push in pushes) == [
+            ("ipc://exec-0", "KeyDropped"), ("ipc://exec-0", "KeyUpdate"), ("ipc://exec-1", "KeyDropped")]
+        assert "k" not in node.subscribers and node.subscriptions == 1  # the small key's stays
+        assert node.stats()["large_values_dropped_from_caches"] == 2
+        _, pushes = node.handle_batch([PutRequest(5, "k", LWWLattice(6, "w", encoded).to_wire())])
+        assert pushes == []  # nobody holds it until a reader fetches (and subscribes) again
+    finally:
+        node.close()
+
+
+def test_compaction_waits_for_the_log_to_outgrow_the_snapshot(tmp_path) -> None:
+    wal = WriteAheadLog(tmp_path, compact_threshold_bytes=1000)
+    list(wal.replay())
+    try:
+        wal.append(b"x" * 5000)
+        assert wal.needs_compaction()
+        wal.compact([b"x" * 5000])  # a snapshot of 5000 bytes of state
+        wal.append(b"y" * 2000)  # past the threshold, not past the snapshot: rewriting all of it would not pay
+        assert not wal.needs_compaction()
+        wal.append(b"y" * 3100)
+        assert wal.needs_compaction()
+    finally:
+        wal.close()
