@@ -179,3 +179,44 @@ def test_compaction_waits_for_the_log_to_outgrow_the_snapshot(tmp_path) -> None:
         assert wal.needs_compaction()
     finally:
         wal.close()
+
+
+def test_batch_fsync_on_its_own_thread_syncs_and_a_failure_stops_the_next_check(tmp_path, monkeypatch) -> None:
+    import time
+
+    from cbctl.runtime.store import wal as wal_module
+
+    now = [0.0]
+    log = WriteAheadLog(tmp_path, durability="batch", batch_interval_s=0.05, clock=lambda: now[0],
+                        background_sync=True)
+    list(log.replay())
+    try:
+        log.append(b"x" * 1000)
+        now[0] += 1.0
+        assert log.sync_if_due()  # started, not waited for: the store's loop goes on serving
+        deadline = time.monotonic() + 10
+        while log.syncs < 1:
+            assert time.monotonic() < deadline, "the background fsync never ran"
+            time.sleep(0.01)
+
+        def broken(_fd: int) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(wal_module, "_datasync", broken)
+        log.append(b"y")
+        now[0] += 1.0
+        assert log.sync_if_due()
+        deadline = time.monotonic() + 10
+        while log._sync_error is None:
+            assert time.monotonic() < deadline, "the failed fsync was not recorded"
+            time.sleep(0.01)
+        with pytest.raises(OSError, match="Input/output error"):
+            log.sync_if_due()  # the store's maintain() raises it: a log that cannot sync must stop the store
+    finally:
+        monkeypatch.undo()
+        log.close()
+    again = WriteAheadLog(tmp_path)
+    try:
+        assert list(again.replay()) == [b"x" * 1000, b"y"]
+    finally:
+        again.close()

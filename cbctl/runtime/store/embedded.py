@@ -46,7 +46,7 @@ class EmbeddedBackend(StoreBackend):
         self.live_bytes = 0
         self.pending: list[bytes | list] = []  # log records of the writes merged since the last commit
         self.wal = WriteAheadLog(data_dir, durability=durability, batch_interval_s=WAL_BATCH_INTERVAL_S,
-                                 compact_threshold_bytes=compact_bytes, salvage=salvage)
+                                 compact_threshold_bytes=compact_bytes, salvage=salvage, background_sync=True)
         for record in self.wal.replay():
             key, wire = _from_record(record)
             self._apply(key, lattice_from_wire(wire))

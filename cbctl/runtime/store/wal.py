@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -210,7 +211,8 @@ class WriteAheadLog:
 
     def __init__(self, directory: Path, durability: str = "batch", batch_interval_s: float = 0.05,
                  compact_threshold_bytes: int = 64 * 1024 * 1024, *,
-                 clock: Callable[[], float] = time.monotonic, salvage: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic, salvage: bool = False,
+                 background_sync: bool = False) -> None:
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY_MODES)}; got {durability!r}")
         self._dir = Path(directory)
@@ -228,6 +230,13 @@ class WriteAheadLog:
         self._dirty = False
         self._last_sync = clock()
         self.syncs = 0  # fsyncs of appended records (not at close): what the durability mode decides
+        # Batch mode's fsync on a thread of its own (``background_sync``): an fsync of a large value's record takes
+        # tens of ms, which on the store's loop would stall every request behind it, and batch mode acknowledges
+        # before the sync anyway. The lock is held while that thread syncs and while the log's fd is replaced.
+        self._fd_lock = threading.Lock()
+        self._sync_wanted = threading.Event()
+        self._sync_error: OSError | None = None  # raised by the next sync_if_due: a log that cannot sync stops
+        self._syncer: threading.Thread | None = None
         self._dir.mkdir(parents=True, exist_ok=True)
         # We are the only writer, so a tmp file is debris from a crash mid-install, never a live write.
         for path in (self._snap_path, self._log_path):
@@ -245,12 +254,29 @@ class WriteAheadLog:
         else:
             self._open_log(log_gen)
             self._recovered = False  # the tail may be torn until replay (or the first append) checks it
+        if background_sync and durability == "batch":
+            self._syncer = threading.Thread(target=self._sync_in_background, name="wal-sync", daemon=True)
+            self._syncer.start()
+
+    def _sync_in_background(self) -> None:
+        while True:
+            self._sync_wanted.wait()
+            self._sync_wanted.clear()
+            with self._fd_lock:
+                if self._fd is None:  # closed
+                    return
+                try:
+                    _datasync(self._fd)
+                    self.syncs += 1
+                except OSError as exc:
+                    self._sync_error = exc
 
     def _open_log(self, gen: int) -> None:
         fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND)  # unbuffered: os.write reaches the OS
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd, self._gen = fd, gen
+        with self._fd_lock:  # not while the background sync uses the old one
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd, self._gen = fd, gen
         self._log_bytes = os.fstat(fd).st_size
 
     def _start_empty_log(self, gen: int) -> None:
@@ -362,9 +388,17 @@ class WriteAheadLog:
         self._last_sync = self._clock()
 
     def sync_if_due(self) -> bool:
-        """Batch mode: fsync if appends are unsynced and the interval has passed; True if it synced."""
+        """Batch mode: fsync if appends are unsynced and the interval has passed (with ``background_sync``, start
+        that fsync on its thread); True if it did. Raises the error of a background fsync that failed."""
+        if self._sync_error is not None:
+            raise self._sync_error
         if not self._dirty or self._clock() - self._last_sync < self._interval:
             return False
+        if self._syncer is not None:
+            self._dirty = False
+            self._last_sync = self._clock()
+            self._sync_wanted.set()
+            return True
         self._sync()
         return True
 
@@ -404,7 +438,12 @@ class WriteAheadLog:
 
     def close(self) -> None:
         """Fsync and close; safe to call more than once."""
-        fd, self._fd, self._dirty = self._fd, None, False
+        with self._fd_lock:
+            fd, self._fd, self._dirty = self._fd, None, False
+        if self._syncer is not None:  # it sees the log closed, and returns
+            self._sync_wanted.set()
+            self._syncer.join()
+            self._syncer = None
         if fd is not None:
             try:
                 _datasync(fd)  # even durability "none" syncs here: a clean shutdown should survive power loss
