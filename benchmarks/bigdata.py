@@ -14,7 +14,10 @@ Cases (a fresh 2-executor cluster in a temporary home; the relay's hops are proc
   client (relay: 4 hops of the array);
 - ``put+ref``: ``put(key, array)`` then ``nbytes(Ref(key))``: client -> store -> executor (relay: 2 hops);
 - ``put+get``: ``put(key, array)`` then ``get(key)`` from the client: client -> store -> client (relay: 2 hops, the
-  array back to the client).
+  array back to the client);
+- ``eph+ref``: as ``put+ref`` with ``put(key, array, durable=False)``: the store keeps it in memory, unlogged (a
+  durable put also writes the value to the store's log before it is acknowledged: the disk's write speed, not
+  memory's, once the kernel's dirty-page budget is spent).
 Each row gives the median of ``--rounds`` x a size-dependent number of calls, cbctl and relay blocks alternating
 (a loaded machine moves the floor), the ratio, MB/s, and Ray's median. The 64 MB rows also give each process's
 peak resident memory during the case over its resident memory before it, in multiples of the value (Linux's
@@ -123,7 +126,8 @@ class Relay:
 
 
 RELAY_HOPS = {"argument": ["forward", "small"], "result": ["forward", "make"],
-              "chain": ["forward", "forward", "forward"], "put+ref": ["forward", "small"], "put+get": ["forward"]}
+              "chain": ["forward", "forward", "forward"], "put+ref": ["forward", "small"], "put+get": ["forward"],
+              "eph+ref": ["forward", "small"]}
 
 
 # --- measuring --------------------------------------------------------------------------------------------
@@ -180,7 +184,12 @@ def cbctl_cases(client: cbctl.Client, array: np.ndarray) -> dict[str, Callable[[
         client.put("bigdata-got", array)
         assert client.get("bigdata-got").nbytes == size
 
-    return {"argument": argument, "result": result, "chain": chain, "put+ref": put_ref, "put+get": put_get}
+    def eph_ref() -> None:
+        client.put("bigdata-eph", array, durable=False)
+        assert client.call("nbytes", cbctl.Ref("bigdata-eph")) == size
+
+    return {"argument": argument, "result": result, "chain": chain, "put+ref": put_ref, "put+get": put_get,
+            "eph+ref": eph_ref}
 
 
 def relay_cases(relays: dict[str, Relay], array: np.ndarray) -> dict[str, Callable[[], Any]]:
@@ -190,7 +199,8 @@ def relay_cases(relays: dict[str, Relay], array: np.ndarray) -> dict[str, Callab
             "result": lambda: relays["result"].call(str(size).encode()),
             "chain": lambda: relays["chain"].call(buffer),
             "put+ref": lambda: relays["put+ref"].call(buffer),
-            "put+get": lambda: relays["put+get"].call(buffer)}
+            "put+get": lambda: relays["put+get"].call(buffer),
+            "eph+ref": lambda: relays["eph+ref"].call(buffer)}
 
 
 def ray_cases(array: np.ndarray) -> dict[str, Callable[[], Any]] | None:
@@ -208,7 +218,8 @@ def ray_cases(array: np.ndarray) -> dict[str, Callable[[], Any]] | None:
             "result": lambda: ray.get(r_make.remote(size)).nbytes == size,
             "chain": lambda: ray.get(r_same2.remote(r_same1.remote(array))).nbytes == size,
             "put+ref": lambda: ray.get(r_nbytes.remote(ray.put(array))) == size,
-            "put+get": lambda: ray.get(ray.put(array)).nbytes == size}
+            "put+get": lambda: ray.get(ray.put(array)).nbytes == size,
+            "eph+ref": lambda: ray.get(r_nbytes.remote(ray.put(array))) == size}
 
 
 def run(sizes_mb: list[int], rounds: int, use_ray: bool, cases: list[str] | None = None) -> None:

@@ -130,9 +130,9 @@ def version_of(lattice: Lattice | None) -> list[Any] | None:
 
 def reveal(key: str, lattice: Lattice | None, mode: str, owned: bool = False) -> Any:
     """The user's value of a key: decoded; under ``causal``, or for a causal value, the list of its
-    concurrent values (sorted by encoding, so every reader lists them in the same order). ``owned``: the
-    lattice is the reader's alone (a client's get), so a large array may be made over its received frames
-    without a copy; else (an executor's cache keeps it) arrays are copies."""
+    concurrent values (sorted by encoding, so every reader lists them in the same order). ``owned``: nothing
+    else uses the lattice's received frames (a client's get; an executor's read, whose cache holds views of them,
+    see ``cache.held``), so a large array may be made over them without a copy; else arrays are copies."""
     if lattice is None or (type(lattice) is LWWLattice and lattice.tombstone):
         raise NoSuchKey(f"no value is stored under {key!r} (never written, deleted, or ephemeral and gone: "
                         "its ttl passed or the store restarted): write one with put first")

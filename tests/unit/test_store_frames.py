@@ -220,3 +220,21 @@ def test_batch_fsync_on_its_own_thread_syncs_and_a_failure_stops_the_next_check(
         assert list(again.replay()) == [b"x" * 1000, b"y"]
     finally:
         again.close()
+
+
+def test_the_cache_holds_views_so_readers_get_copies_and_an_unheld_value_is_the_readers_own() -> None:
+    from cbctl.runtime.executor.cache import ExecutorCache
+
+    array, encoded = big_value(6)
+    put = received(PutRequest(1, "k", LWWLattice(5, "w", encoded).to_wire()).pack())
+    lattice = lattice_from_wire(put.lattice)
+    cache = ExecutorCache(capacity_bytes=4 * array.nbytes)
+    assert cache.insert("k", lattice) == []
+    kept = cache.get("k").lattice
+    assert kept == lattice and all(type(part) is memoryview for part in kept.value.parts[1:])
+    read = serialization.decode(kept.value)["array"]  # owned=True, as an LWW read decodes
+    read[:] = 0
+    assert np.array_equal(serialization.decode(kept.value)["array"], array)  # the cache's copy is unchanged
+    small = ExecutorCache(capacity_bytes=1000)
+    assert small.insert("k", lattice) == ["k"]  # too large to hold: its reader takes the frames, uncopied
+    assert not serialization.decode(lattice.value)["array"].flags.owndata

@@ -71,6 +71,20 @@ def lattice_size(lattice: Lattice | None) -> int:
     return len(msgpack.packb(lattice.to_wire()))
 
 
+def held(lattice: Lattice | None) -> Lattice | None:
+    """``lattice`` as the cache holds it: a large value's received frames (``zmq.Frame``, which a reader may
+    decode into arrays over their memory, uncopied: ``serialization.decode``) as ``memoryview``s of them, which
+    decode into copies, so a function changing what it read never changes the cache's copy. A lattice read and
+    not held (too large for the cache, ephemeral, caching off) keeps its frames: its reader may take them."""
+    if type(lattice) is not LWWLattice or type(lattice.value) is not Frames:
+        return lattice
+    parts = lattice.value.parts
+    if not any(type(part) is zmq.Frame for part in parts):
+        return lattice
+    return LWWLattice(lattice.timestamp, lattice.writer,
+                      Frames([part.buffer if type(part) is zmq.Frame else part for part in parts]))
+
+
 @dataclass(slots=True)
 class CacheEntry:
     lattice: Lattice | None  # None: the store holds nothing under the key (absence is cached as well)
@@ -139,6 +153,7 @@ class ExecutorCache:
         return keys
 
     def _store(self, key: str, entry: CacheEntry | None, incoming: Lattice | None) -> list[str]:
+        incoming = held(incoming)
         if entry is None:
             merged = incoming
         elif entry.lattice is None or incoming is None:

@@ -109,7 +109,9 @@ class SessionManager:
             trigger = self.trigger
             extras = trigger.extras if trigger is not None else None
             if trigger is not None and trigger.consistency == LWW and not (extras and SESSION in extras):
-                return reveal(key, self.store.read(key), LWW)  # the common case: nothing to check or record
+                # the common case: nothing to check or record; a value the cache holds decodes into copies, one
+                # it does not hold (too large, ephemeral) is this reader's alone (cache.held)
+                return reveal(key, self.store.read(key), LWW, owned=True)
             session = self._open()
         mode = session.mode
         if mode == REPEATABLE_READ:
@@ -118,7 +120,8 @@ class SessionManager:
             lattice = self._read_causal(session, key)
         else:
             lattice = self.store.read(key, session.freshness(key))
-        return reveal(key, lattice, mode)
+        # repeatable-read snapshots keep what they read (peers ask for it): their arrays are copies
+        return reveal(key, lattice, mode, owned=mode == LWW)
 
     def write(self, key: str, encoded: bytes | Frames) -> bool:
         """``cb.put``: write through (acknowledged by the store when this returns) and record the write; returns
