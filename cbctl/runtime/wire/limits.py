@@ -6,6 +6,8 @@ the size, the limit and the option that raises it. Servers also set zmq's ``MAXM
 can reach (``backstop_bytes``), a little above the limit, so a hostile or broken peer sending a huge frame loses
 its connection instead of costing a server its memory; an honest peer's frames stay under it, because every
 value in them was checked against the limit and the rest of a frame is bounded by ``FRAME_HEADROOM_BYTES``.
+zmq applies ``MAXMSGSIZE`` to each frame; a multi-frame message (large values as frames of their own) is bounded
+by it as a whole by ``process.receive_rest``, which keeps an ``Oversized`` instead of the message's frames.
 """
 
 from __future__ import annotations

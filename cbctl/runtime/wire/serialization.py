@@ -224,8 +224,8 @@ def renamed(exc: DecodeError, what: str) -> DecodeError:
 
 def encode(value: Any, out_of_band: bool = True) -> bytes | Frames:
     """Serialise one value (see the module docstring for what travels how): bytes, or ``Frames`` when it holds
-    buffers large enough to travel out of band (never with ``out_of_band=False``: what the store keeps and
-    logs is one ``bytes`` per value)."""
+    buffers large enough to travel out of band (never with ``out_of_band=False``: for what must be one ``bytes``,
+    such as a value for the Redis backend)."""
     if not out_of_band:
         return _pack(value, None)
     if type(value) is list:
@@ -241,7 +241,8 @@ def encode(value: Any, out_of_band: bool = True) -> bytes | Frames:
 
 
 def inline(encoded: bytes | Frames) -> bytes:
-    """An encoded value as one ``bytes`` (what the store takes), decoding and encoding it again if need be."""
+    """An encoded value as one ``bytes`` (what stored results, causal values and triggered calls' arguments keep),
+    decoding and encoding it again if need be."""
     return encoded if type(encoded) is bytes else encode(decode(encoded), out_of_band=False)  # type: ignore[return-value]
 
 
