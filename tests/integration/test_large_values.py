@@ -41,6 +41,12 @@ def put_inside(cb, key, seed, mb):
     return digest(cb.get(key))
 
 
+def put_bytes_inside(cb, key, n):
+    blob = bytes(range(256)) * n
+    cb.put(key, blob)
+    return digest(cb.get(key))
+
+
 def read_twice(cb, key):
     first = cb.get(key)
     seen = digest(first)
@@ -57,7 +63,7 @@ def stats(client) -> dict:
 def test_large_arrays_and_bytes_round_trip_exactly_through_put_get_and_ref(start_cluster, store_backend):
     handle = start_cluster(executors=2, extra_args=LIMIT_ARGS)
     client = handle.client()
-    for fn in (describe, put_inside, read_twice):
+    for fn in (describe, put_inside, put_bytes_inside, read_twice):
         client.register(fn, name=fn.__name__)
     values = {
         "big/f64": expected_array(1, 32),  # 32 MB of float64, 2-D
@@ -83,6 +89,10 @@ def test_large_arrays_and_bytes_round_trip_exactly_through_put_get_and_ref(start
     assert digest(client.get("big/inside")) == want
     assert client.call("describe", cbctl.Ref("big/inside"), timeout=60) == want
     assert client.call("read_twice", "big/inside", timeout=60) == [want, want]
+    blob = bytes(range(256)) * (12 * MB // 256)
+    assert client.call("put_bytes_inside", "big/bytes-inside", 12 * MB // 256, timeout=60) == digest(blob)
+    assert client.get("big/bytes-inside") == blob
+    assert client.call("describe", cbctl.Ref("big/bytes-inside"), timeout=60) == digest(blob)
     # a second write of the key replaces it everywhere, cached copies included
     client.put("big/f64", expected_array(2, 32))
     assert client.call("read_twice", "big/f64", timeout=60) == [digest(expected_array(2, 32))] * 2
@@ -92,7 +102,7 @@ def test_large_arrays_and_bytes_round_trip_exactly_through_put_get_and_ref(start
         # request or answer would be the largest frame it parsed), and they went both ways as frames
         # (big/under, one byte under the threshold, is the largest value that travels inline: it and its message)
         assert counters["largest_parsed_frame_bytes"] < OUT_OF_BAND_BYTES + 4096, counters
-        assert counters["frames_in_bytes"] >= 32 * MB + 24 * MB + 20 * MB + 20 * MB, counters
+        assert counters["frames_in_bytes"] >= 32 * MB + 24 * MB + 20 * MB + 20 * MB + 12 * MB, counters
         assert counters["frames_out_bytes"] >= 32 * MB + 24 * MB + 20 * MB + 20 * MB, counters
 
 
