@@ -121,3 +121,54 @@ def test_large_values_come_back_from_the_store_log_after_a_restart(start_cluster
     assert np.array_equal(client.get("log/array"), array) and client.get("log/bytes") == blob
     assert client.call("describe", cbctl.Ref("log/array"), timeout=60) == digest(array)
     assert stats(client)["largest_parsed_frame_bytes"] < 4096  # replayed in parts, sent as frames
+
+
+def rrbig_first(cb, key, marker):
+    return {"key": key, "marker": marker, "seen": [[cb.getid(), digest(cb.get(key))]]}
+
+
+def rrbig_middle(cb, state):
+    import time
+
+    state["seen"].append([cb.getid(), digest(cb.get(state["key"]))])
+    cb.put(state["marker"], 1)  # tells the test to overwrite the key now
+    time.sleep(1.0)
+    return state
+
+
+def rrbig_last(cb, state):
+    return state["seen"] + [[cb.getid(), digest(cb.get(state["key"]))]]
+
+
+def test_repeatable_read_of_a_large_value_sees_one_version_across_executors(start_cluster):
+    """A repeatable-read call keeps the version of a large value it first read, and a step on another executor
+    fetches that version from the first one's snapshot (a large value in a VersionResponse) while the store
+    already holds a newer one."""
+    handle = start_cluster(executors=3, extra_args=LIMIT_ARGS)  # three: the policy pins the steps apart
+    client, other = handle.client(), handle.client()
+    for fn in (rrbig_first, rrbig_middle, rrbig_last):
+        client.register(fn, name=fn.__name__)
+    client.register_dag("rrbig", ["rrbig_first", "rrbig_middle", "rrbig_last"])
+    before, after = expected_array(11, 12), expected_array(12, 12)
+    remote = False
+    for attempt in range(6):
+        key, marker = f"rrbig/{attempt}", f"rrbig/{attempt}-marker"
+        other.put(key, before)
+        future = client.call_async("rrbig", key, marker, consistency="repeatable_read")
+
+        def marked(marker=marker) -> bool:
+            try:
+                other.get(marker)
+                return True
+            except cbctl.NoSuchKey:
+                return False
+
+        handle.wait_for(marked, timeout=30, what="the middle step to start")
+        other.put(key, after)
+        seen = future.result(timeout=60)
+        assert [value for _, value in seen] == [digest(before)] * 3, seen
+        assert digest(client.get(key)) == digest(after)
+        remote = seen[0][0] != seen[2][0]
+        if remote:
+            break
+    assert remote, "the policy never placed the first and last steps apart: the remote fetch went untested"
