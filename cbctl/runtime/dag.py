@@ -125,3 +125,15 @@ def parallel_branches(functions: Sequence[str], edges: Iterable[Sequence[str]]) 
     for i, fn in enumerate(functions):
         parallel[fn] = tuple(g for g in functions[:i] if g not in descendants(fn) and fn not in descendants(g))
     return parallel
+
+
+def sole_upstream(functions: Sequence[str], edges: Iterable[Sequence[str]]) -> dict[str, str]:
+    """The functions that run after exactly one other (a chain's later steps), each with that one: the scheduler
+    places such a step where its input is made, when that executor is free by the time the step can run."""
+    edges = [tuple(e) for e in edges]
+    found = {}
+    for fn in functions:
+        upstream = upstream_of(edges, fn)
+        if len(upstream) == 1:
+            found[fn] = upstream[0]
+    return found

@@ -717,6 +717,7 @@ class Executor:
         report = self.metrics.report(collections.Counter(t.function for t, _ in self.ready))
         report["protocol_errors"], report["dropped_sends"] = self.protocol_errors, self.peers.dropped
         report["frames_sent"], report["frames_received"] = self.peers.sent, self.frames_received
+        report["bytes_sent"] = self.peers.sent_bytes
         report["cache"] = self.sessions.metrics()
         report["pending_joins"] = len(self.joins)
         report["steals"] = self.sharing.metrics()
