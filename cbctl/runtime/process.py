@@ -24,6 +24,7 @@ from cbctl.runtime import cluster
 from cbctl.runtime.defaults import MAX_PEER_SOCKETS, REJECTED_FRAME_LOG_PER_S, SOCKET_HWM
 from cbctl.runtime.wire import auth
 from cbctl.runtime.wire.frames import MULTIPART_MARK
+from cbctl.runtime.wire.limits import Oversized
 from cbctl.runtime.wire.messages import ProcessReady
 
 log = logging.getLogger(__name__)
@@ -186,12 +187,27 @@ def _tracked(frames: list[Any]) -> bool:
     return any(type(f) is memoryview for f in frames) and not any(type(f) is zmq.Frame for f in frames)
 
 
-def receive_rest(sock: zmq.Socket, header: bytes) -> list[Any]:
+def receive_rest(sock: zmq.Socket, header: bytes) -> list[Any] | Oversized:
     """The frames of a multi-frame message whose ``header`` was just received: the values' frames are received
-    into zmq's memory (``copy=False``), not copied into ``bytes``."""
+    into zmq's memory (``copy=False``), not copied into ``bytes``. On a socket with a ``MAXMSGSIZE`` (servers':
+    ``limits.backstop_bytes``), that bound is the whole message's too: past it, the rest of the message is
+    received and dropped frame by frame, and an ``Oversized`` stands for it (zmq checks each frame alone)."""
     frames: list[Any] = [header]
+    bound = sock.getsockopt(zmq.MAXMSGSIZE)
+    total = len(header)
     while sock.getsockopt(zmq.RCVMORE):
-        frames.append(sock.recv(copy=False))
+        frame = sock.recv(copy=False)
+        if bound < 0:
+            frames.append(frame)
+            continue
+        total += len(frame)
+        if total <= bound:
+            frames.append(frame)
+            continue
+        frames.clear()  # over the bound: let go of what came, and of each frame still to come
+        while sock.getsockopt(zmq.RCVMORE):
+            total += len(sock.recv(copy=False))
+        return Oversized(header, total, bound)
     return frames
 
 
