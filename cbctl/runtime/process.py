@@ -30,6 +30,7 @@ from cbctl.runtime.defaults import (
 )
 from cbctl.runtime.wire import auth
 from cbctl.runtime.wire.frames import MULTIPART_MARK
+from cbctl.runtime.wire.limits import Oversized
 from cbctl.runtime.wire.messages import ProcessReady
 
 log = logging.getLogger(__name__)
@@ -192,12 +193,27 @@ def _tracked(frames: list[Any]) -> bool:
     return any(type(f) is memoryview for f in frames) and not any(type(f) is zmq.Frame for f in frames)
 
 
-def receive_rest(sock: zmq.Socket, header: bytes) -> list[Any]:
+def receive_rest(sock: zmq.Socket, header: bytes) -> list[Any] | Oversized:
     """The frames of a multi-frame message whose ``header`` was just received: the values' frames are received
-    into zmq's memory (``copy=False``), not copied into ``bytes``."""
+    into zmq's memory (``copy=False``), not copied into ``bytes``. On a socket with a ``MAXMSGSIZE`` (servers':
+    ``limits.backstop_bytes``), that bound is the whole message's too: past it, the rest of the message is
+    received and dropped frame by frame, and an ``Oversized`` stands for it (zmq checks each frame alone)."""
     frames: list[Any] = [header]
+    bound = sock.getsockopt(zmq.MAXMSGSIZE)
+    total = len(header)
     while sock.getsockopt(zmq.RCVMORE):
-        frames.append(sock.recv(copy=False))
+        frame = sock.recv(copy=False)
+        if bound < 0:
+            frames.append(frame)
+            continue
+        total += len(frame)
+        if total <= bound:
+            frames.append(frame)
+            continue
+        frames.clear()  # over the bound: let go of what came, and of each frame still to come
+        while sock.getsockopt(zmq.RCVMORE):
+            total += len(sock.recv(copy=False))
+        return Oversized(header, total, bound)
     return frames
 
 
@@ -244,6 +260,7 @@ class PeerSockets:
         self._sockets: collections.OrderedDict[str, zmq.Socket] = collections.OrderedDict()
         self.dropped = 0
         self.sent = 0  # messages handed to zmq: tests count messages per call with it
+        self.sent_bytes = 0  # of one-frame messages (and headers: not the values sent out of band), as well
         self.sent_out_of_band = 0  # bytes of values sent as frames of their own (see wire/frames.py)
         # multi-frame messages zmq may still be reading from their senders' memory
         self.unsent: list[zmq.MessageTracker] = []
@@ -270,10 +287,12 @@ class PeerSockets:
         try:
             if type(frame) is bytes:
                 sock.send(frame, zmq.NOBLOCK)
+                self.sent_bytes += len(frame)
             else:
                 track = _tracked(frame)
                 tracker = sock.send_multipart(frame, zmq.NOBLOCK, copy=False, track=track)
                 self.sent_out_of_band += sum(len(f) if type(f) is not memoryview else f.nbytes for f in frame[1:])
+                self.sent_bytes += len(frame[0])
                 if track:
                     if self.unsent:
                         self.unsent = [t for t in self.unsent if not t.done]
@@ -327,13 +346,18 @@ class Receiver:
     The wait is a blocking receive bounded by ``RCVTIMEO``, not a zmq poll: waking from a poll and then
     receiving measured about 20 us more per hop than waking inside the receive on a loaded 2-core machine
     (three such wake-ups per call; ``benchmarks/latency.py``). After the first frame, a zero-timeout poll
-    (cheaper than the ``Again`` exception a non-blocking receive raises when empty) says whether more wait.
-    Only the loop's own thread may use it, and nothing else may do blocking receives on the socket."""
+    (cheaper than the ``Again`` exception a non-blocking receive raises when empty) says whether more wait;
+    with ``drain=False`` there is no such poll (a system call, about 1.3 us, that finds nothing in a sequential
+    call's every hop): a loop that handles messages one by one anyway (the scheduler) gets one per call, and
+    the next is in its next call, which returns at once when one waits. An executor drains: its ready queue
+    must hold what waits (batches, stealing). Only the loop's own thread may use it, and nothing else may do
+    blocking receives on the socket."""
 
-    def __init__(self, sock: zmq.Socket, multipart: bool = False) -> None:
+    def __init__(self, sock: zmq.Socket, multipart: bool = False, drain: bool = True) -> None:
         self.sock = sock
         self._recv = (lambda flags=0: receive_routed(sock, flags)) if multipart else sock.recv
         self._multipart = multipart
+        self._drain = drain
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._timeout_ms: int | None = None
@@ -359,6 +383,8 @@ class Receiver:
             if not self._multipart and first[:1] == MULTIPART_MARK:
                 first = receive_rest(self.sock, first)
         frames = [first]
+        if not self._drain:
+            return frames
         while poll(0):
             frame = self._recv(zmq.NOBLOCK)
             if not self._multipart and frame[:1] == MULTIPART_MARK:

@@ -283,3 +283,48 @@ def test_waits_behind_a_step_while_another_executor_sat_idle_are_found():
     assert waited_while_idle(busy, ["e0", "e1"]) == []
     # a short wait (transport) does not count
     assert waited_while_idle([row("e0", "a", 0.0, 0.0, 0.001), row("e0", "b", 0.0, 0.001, 0.002)], ["e0", "e1"]) == []
+
+
+# --- a chain's next step goes where its input is made ----------------------------------------------------
+
+
+def test_a_chains_next_step_runs_where_its_input_is_made_when_that_executor_is_free():
+    """``sq`` is pinned on executor-1 only; ``inc`` ran on executor-0. The next step goes to executor-0, pinned
+    there or not: ``inc`` is all executor-0 holds, and it ends before ``sq`` starts."""
+    policy, _ = make(2)
+    policy.process_status(status(0, pinned=["inc"]))
+    policy.process_status(status(1, pinned=["sq"]))
+    for _ in range(20):
+        first = policy.pick_executor("inc", call_id="c")
+        second = policy.pick_executor("sq", after=first.address, call_id="c")
+        assert (first.executor_id, second.executor_id) == ("executor-0", "executor-0")
+        policy.calls_finished([SimpleNamespace(dispatched_at=0.0, locations={"inc": first.address, "sq": first.address},
+                                               request=SimpleNamespace(call_id="c"))])
+        assert policy.by_address[first.address].outstanding == 0  # both steps counted, both finished
+
+
+def test_a_chains_next_step_goes_elsewhere_when_its_inputs_executor_holds_other_work():
+    """Never behind a busy executor while another idles: executor-0 holds another call's step too."""
+    policy, _ = make(2)
+    policy.process_status(status(0, pinned=["inc"]))
+    policy.process_status(status(1, pinned=["sq"]))
+    policy.pick_executor("inc", call_id="other")
+    first = policy.pick_executor("inc", call_id="c")
+    assert policy.pick_executor("sq", after=first.address, call_id="c").executor_id == "executor-1"
+
+
+def test_a_chains_next_step_keeps_its_executor_type():
+    """A GPU step after a CPU one goes to a GPU executor, however free the CPU one is."""
+    policy, _ = make(1)
+    policy.process_status(status(1, executor_type="gpu"))
+    first = policy.pick_executor("prepare", call_id="c")
+    assert first.executor_id == "executor-0"
+    assert policy.pick_executor("model", gpu=True, after=first.address, call_id="c").executor_id == "executor-1"
+
+
+def test_cloudburst_placement_ignores_where_the_input_is_made():
+    policy = new_policy(PolicySettings(placement="cloudburst"), clock=Clock(), rng=random.Random(3))
+    policy.process_status(status(0, pinned=["inc"]))
+    policy.process_status(status(1, pinned=["sq"]))
+    first = policy.pick_executor("inc")
+    assert {policy.pick_executor("sq", after=first.address).executor_id for _ in range(10)} == {"executor-1"}

@@ -318,11 +318,13 @@ class Policy:
     # --- calls (the hot path) -------------------------------------------------------------------------------
 
     def pick_executor(self, function: str, gpu: bool = False, refs: list[str] | None = None,
-                      avoid: Collection[str] = (), now: float = 0.0, call_id: str = "") -> ExecutorView:
+                      avoid: Collection[str] = (), now: float = 0.0, call_id: str = "",
+                      after: str = "") -> ExecutorView:
         """The executor for one call of ``function``. ``refs`` are the store keys the call references;
         executors whose address is in ``avoid`` (running a parallel branch of the same call) only when no
-        other candidate is left; ``now`` and ``call_id``, the call's dispatch time and id (placement.py's policy
-        uses them). Raises ``NoExecutorAvailable`` when no live executor can run it."""
+        other candidate is left; ``now``, ``call_id`` and ``after`` (the executor of the one step of the same
+        call this step runs after: it holds this step's input) are placement.py's (Cloudburst's policy places
+        each function on its own). Raises ``NoExecutorAvailable`` when no live executor can run it."""
         candidates = self._candidates[gpu].get(function)
         if candidates is None:
             candidates = self._build_candidates(function, gpu)

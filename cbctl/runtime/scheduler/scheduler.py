@@ -33,7 +33,7 @@ from cbctl.errors import (
 )
 from cbctl.runtime import cluster, consistency, multiexec, registry, step_records
 from cbctl.runtime.continuation import DEPTH_KEY
-from cbctl.runtime.dag import chain_edges, parallel_branches, validate_dag
+from cbctl.runtime.dag import chain_edges, chain_steps, parallel_branches, validate_dag
 from cbctl.runtime.defaults import (
     AUTOSCALE_PARK_S,
     DISPATCH_WAIT_S,
@@ -53,6 +53,7 @@ from cbctl.runtime.process import (
     RejectedFrameLog,
     ShutdownFlag,
     TimerWork,
+    drain,
     freeze_startup_heap,
     new_context,
     new_socket,
@@ -126,6 +127,7 @@ class CallPlan:
     versions: dict[str, int]
     gpu: dict[str, bool]
     parallel: dict[str, tuple[str, ...]]  # per function: earlier functions it may run alongside
+    follows: dict[str, str]  # per step of a chain (dag.chain_steps): the one it runs after (placed with it if free)
     extras: dict[str, Any] = field(default_factory=dict)  # what every trigger carries (multi-exec run counts)
 
 
@@ -158,7 +160,8 @@ class Scheduler:
         self.plans: dict[str, CallPlan] = {}
         self.counters = {"calls": 0, "dag_calls": 0, "dispatch_errors": 0, "protocol_errors": 0,
                          "executors_lost": 0, "retried_calls": 0, "lost_calls": 0, "duplicate_calls": 0,
-                         "out_of_band_bytes": 0}  # values forwarded unread, as frames of their own (wire/frames.py)
+                         # values forwarded unread, as frames of their own (wire/frames.py); the calls' frames
+                         "out_of_band_bytes": 0, "call_request_bytes": 0}
         self.largest_parsed = 0  # bytes of the largest frame this scheduler parsed: it never reads a large value
         # crash semantics (retries.py): the calls dispatched, those waiting for an executor, the dead
         # processes whose late statuses are ignored, and until when a call nobody can take waits for one
@@ -220,7 +223,7 @@ class Scheduler:
             raise NoSuchFunction(f"DAG {name!r} uses {', '.join(missing)}, which is no longer registered")
         plan = CallPlan(name, name if dag is not None else "", fns, edges, sources,
                         {f: self.functions[f].version for f in fns}, {f: self.functions[f].gpu for f in fns},
-                        parallel_branches(fns, edges),
+                        parallel_branches(fns, edges), chain_steps(fns, edges),
                         multiexec.plan_extras(fns, edges, dag.options) if dag is not None else {})
         self.plans[name] = plan
         return plan
@@ -250,11 +253,12 @@ class Scheduler:
             pick = self.policy.pick_executor
             now = time.monotonic()  # the dispatch time, for the policy and the in-flight table alike
             locations: dict[str, str] = {}
+            follows = plan.follows
             for fn in plan.functions:
                 parallel = plan.parallel[fn]
                 locations[fn] = pick(fn, plan.gpu[fn], request.refs,
                                      [locations[p] for p in parallel] if parallel else (), now,
-                                     request.call_id).address
+                                     request.call_id, locations.get(follows.get(fn), "")).address  # (placed yet?)
         except NoExecutorAvailable as exc:
             deadline = wait_until or self.wait_for_executors_until
             starting = self.executors_may_start and not any(plan.gpu.values())
@@ -522,7 +526,7 @@ class Scheduler:
             "scheduler": self.config.name,
             "uptime_s": time.time() - self.started,
             "counters": dict(self.counters, dropped_sends=self.peers.dropped, frames_sent=self.peers.sent,
-                             largest_parsed_bytes=self.largest_parsed),
+                             bytes_sent=self.peers.sent_bytes, largest_parsed_bytes=self.largest_parsed),
             "rates": self.rates.rates(now, self.counters),
             "name_calls": dict(self.name_calls),
             "name_rates": self.name_rates.rates(now, self.name_calls),
@@ -633,6 +637,7 @@ class Scheduler:
             return
         kind = type(message)
         if kind is CallRequest:
+            self.counters["call_request_bytes"] += parsed  # (tests count bytes per call with it)
             self.on_call(message)
         elif kind is ContinueCall:
             self.on_continue(message)
@@ -699,7 +704,7 @@ def main(config: ProcessConfig) -> None:
     refresh_store = connect_store(context, config.store_address, writer_id=config.name,
                                   request_timeout_s=REGISTRY_REFRESH_TIMEOUT_S, retry_budget_s=0.0)
     freeze_startup_heap()
-    receiver = Receiver(sock, multipart=True)
+    receiver = Receiver(sock, multipart=True, drain=False)
     next_refresh = time.monotonic() + REGISTRY_REFRESH_S
     next_policy_update = time.monotonic() + scheduler.policy.settings.update_interval_s
     while not shutdown.requested:
@@ -729,7 +734,7 @@ def main(config: ProcessConfig) -> None:
                 log.warning("registry refresh failed: %s", exc)
     # warm stop: what already arrived is handled (calls dispatched, requests answered), not dropped, and what
     # that sends gets STOP_LINGER_S to leave
-    for parts in receiver.receive(0):
+    for parts in drain(sock):  # every message waiting (the receiver hands out one at a time)
         try:
             scheduler.handle(sock, parts)
         except Exception:

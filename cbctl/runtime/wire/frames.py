@@ -24,6 +24,7 @@ import math
 import operator
 import re
 import struct
+import threading
 import types
 import typing
 from collections.abc import Callable
@@ -34,6 +35,7 @@ import msgpack
 
 from cbctl.errors import ProtocolError
 from cbctl.runtime.defaults import PROTOCOL_VERSION
+from cbctl.runtime.wire.limits import Oversized
 
 _KINDS: dict[int, type[Message]] = {}
 
@@ -138,9 +140,23 @@ class Message:
         """One frame; or, when a field holds ``Frames``, the list of frames of a multi-frame message (send it
         with ``process.send_message``)."""
         try:
-            return msgpack.packb([PROTOCOL_VERSION, self.KIND, *self._VALUES(self)])
+            return _packer().pack([PROTOCOL_VERSION, self.KIND, *self._VALUES(self)])
         except TypeError:  # msgpack meets a Frames (or a value no message may carry: pack_frames says so)
             return pack_frames([PROTOCOL_VERSION, self.KIND, *self._VALUES(self)])
+
+
+_packers = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's ``Packer``: ``msgpack.packb`` makes a new one per frame, a cost on every hop; one is not
+    shared between threads (a client's may pack in several at once). It empties itself after each ``pack``,
+    and after a failed one too."""
+    try:
+        return _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer()
+        return packer
 
 
 def pack_frames(data: list[Any]) -> list[Any]:
@@ -204,6 +220,8 @@ def unpack(frame: bytes | list[Any]) -> Message:
         else:
             data = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
+        if type(frame) is Oversized:  # what a receiver kept of a message over its bound (``process.receive_rest``)
+            raise ProtocolError(frame.text) from None
         if type(frame) is list:
             raise ProtocolError(f"message of {len(frame)} frames is not a well-formed multi-frame message: "
                                 f"{exc}") from None
@@ -303,8 +321,33 @@ def _compile_checks(cls: type) -> Callable[[list[Any]], int]:
 def _value_test(annotation: Any, expr: str, predicates: dict[str, Any]) -> str:
     """The call of an ``Annotated`` field's ``Valid`` predicate on ``expr``, registered in ``predicates``."""
     name = f"_valid_{len(predicates)}"
-    predicates[name] = annotation.__metadata__[0].predicate
+    predicate = annotation.__metadata__[0].predicate
+    predicates[name] = _remembered(predicate) if annotation.__origin__ is str else predicate
     return f"{name}({expr})"
+
+
+#: Strings each remembering check keeps as known good: far above the addresses and executor ids of a cluster.
+REMEMBERED_STRINGS = 4096
+
+
+def _remembered(predicate: Callable[[str], bool]) -> Callable[[str], bool]:
+    """``predicate`` (a regular expression's match, for an address or an executor id) with its good answers
+    remembered: a cluster's frames name the same few addresses in every call, and a set lookup costs a fraction
+    of a match. Bounded: past ``REMEMBERED_STRINGS`` good strings it starts over (a peer naming ever new ones
+    costs matches, never memory)."""
+    good: set[str] = set()
+
+    def check(value: str) -> bool:
+        if value in good:
+            return True
+        if not predicate(value):
+            return False
+        if len(good) >= REMEMBERED_STRINGS:
+            good.clear()
+        good.add(value)
+        return True
+
+    return check
 
 
 def _all_str(values: Any) -> bool:
@@ -319,6 +362,19 @@ def _all_int(values: Any) -> bool:
         if type(v) is not int:
             return False
     return True
+
+
+def _each(annotation: Any, predicates: dict[str, Any]) -> str:
+    """The name of a generated function, registered in ``predicates``, that says whether every element of an
+    iterable is of ``annotation``: a loop, which costs about half of ``all()`` over a generator."""
+    name = f"_each_{len(predicates)}"
+    predicates[name] = None  # reserves the name (nested element types register their own first)
+    test = _type_test(annotation, "x", predicates)
+    source = f"def {name}(values):\n    for x in values:\n        if not ({test}): return False\n    return True"
+    namespace: dict[str, Any] = {}
+    exec(source, predicates, namespace)  # noqa: S102 - our own source
+    predicates[name] = namespace[name]
+    return name
 
 
 def _type_test(annotation: Any, expr: str, predicates: dict[str, Any]) -> str | None:
@@ -346,16 +402,14 @@ def _type_test(annotation: Any, expr: str, predicates: dict[str, Any]) -> str | 
             return f"type({expr}) is list"
         if args[0] in (str, int):
             return f"type({expr}) is list and _all_{args[0].__name__}({expr})"
-        item = _type_test(args[0], "x", predicates)
-        return f"type({expr}) is list and all({item} for x in {expr})"
+        return f"type({expr}) is list and {_each(args[0], predicates)}({expr})"
     if origin is dict and args[0] is str:
         keys = f"type({expr}) is dict and _all_str({expr})"
         if args[1] is Any:
             return keys
         if args[1] in (str, int):
             return f"{keys} and _all_{args[1].__name__}({expr}.values())"
-        value = _type_test(args[1], "x", predicates)
-        return f"{keys} and all({value} for x in {expr}.values())"
+        return f"{keys} and {_each(args[1], predicates)}({expr}.values())"
     raise TypeError(f"messages cannot carry fields of type {annotation!r}: use msgpack types, str-keyed dicts")
 
 
