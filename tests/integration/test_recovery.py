@@ -54,8 +54,13 @@ def test_a_cache_follows_writes_made_after_a_store_restart(start_cluster):
     handle.wait_for(lambda: reader.call("read_key", "restart-key", timeout=10)[1] == "after",
                     timeout=3 * STATUS_INTERVAL_S + 2, interval=0.1, what="the executor to read the new value")
     # and the cache is back in use: the key is subscribed again at the new store, so a later write is pushed
-    # (the executor asks the store nothing for it), not refetched
-    before = cache_metrics(reader, time.monotonic())
+    # (the executor asks the store nothing for it), not refetched. The baseline is a status that counts the
+    # refetch after the restart: one merely received after the read above may have been sent just before it
+    # (the executor reports, then checks the store's epoch, in the same timer step).
+    before = {}
+    handle.wait_for(lambda: before.update(cache_metrics(reader, time.monotonic())) or all(
+        m["store_restarts_seen"] >= 1 and m["misses"] >= 2 for m in before.values()),
+        timeout=3 * STATUS_INTERVAL_S + 2, interval=0.1, what="a status that counts the refetch")
     writer.put("restart-key", "later")
     handle.wait_for(lambda: reader.call("read_key", "restart-key", timeout=10)[1] == "later", timeout=10,
                     interval=0.05, what="the push of a write made after the refetch")
