@@ -15,8 +15,9 @@ DEFAULT_HOME = "~/.cbctl"
 #: the cluster's keys, data and sockets: they are the user's alone).
 PRIVATE_UMASK = 0o077
 
-#: Seconds between two looks at the cluster file while `cbctl up` waits for it: reading a small file 100 times
-#: a second costs nothing, and a coarser poll would add its half to every start (which takes about 0.5 s).
+#: Seconds between two looks at the cluster file while `cbctl up` waits for a supervisor that does not say on a
+#: pipe when it is up (``lifecycle.wait_for_cluster``; the supervisor `up` starts does, and after its line the file
+#: is there at once): reading a small file 100 times a second costs nothing, and a coarser poll adds its half.
 CLUSTER_FILE_POLL_S = 0.01
 
 #: Milliseconds a zmq socket waits before it tries again to connect to a peer that is not there (yet), doubling
