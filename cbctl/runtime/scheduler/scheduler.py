@@ -33,7 +33,7 @@ from cbctl.errors import (
 )
 from cbctl.runtime import cluster, consistency, multiexec, registry, step_records
 from cbctl.runtime.continuation import DEPTH_KEY
-from cbctl.runtime.dag import chain_edges, parallel_branches, sole_upstream, validate_dag
+from cbctl.runtime.dag import chain_edges, chain_steps, parallel_branches, validate_dag
 from cbctl.runtime.defaults import (
     AUTOSCALE_PARK_S,
     DISPATCH_WAIT_S,
@@ -127,7 +127,7 @@ class CallPlan:
     versions: dict[str, int]
     gpu: dict[str, bool]
     parallel: dict[str, tuple[str, ...]]  # per function: earlier functions it may run alongside
-    follows: dict[str, str]  # per function that runs after exactly one other: that one (placed with it if free)
+    follows: dict[str, str]  # per step of a chain (dag.chain_steps): the one it runs after (placed with it if free)
     extras: dict[str, Any] = field(default_factory=dict)  # what every trigger carries (multi-exec run counts)
 
 
@@ -223,7 +223,7 @@ class Scheduler:
             raise NoSuchFunction(f"DAG {name!r} uses {', '.join(missing)}, which is no longer registered")
         plan = CallPlan(name, name if dag is not None else "", fns, edges, sources,
                         {f: self.functions[f].version for f in fns}, {f: self.functions[f].gpu for f in fns},
-                        parallel_branches(fns, edges), sole_upstream(fns, edges),
+                        parallel_branches(fns, edges), chain_steps(fns, edges),
                         multiexec.plan_extras(fns, edges, dag.options) if dag is not None else {})
         self.plans[name] = plan
         return plan
