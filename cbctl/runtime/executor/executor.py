@@ -444,13 +444,21 @@ class Executor:
         """A step's positional arguments: the call's for a source, else one per upstream result; ``Ref``s
         are resolved to their keys' values."""
         try:
-            if trigger.source:
-                args = [serialization.decode(t.payload) for t in inputs]
-            else:
+            if not trigger.source:
                 args = serialization.decode(trigger.payload)
+                if type(args) is not list:
+                    args = list(args)
+            elif len(inputs) == 1:  # a chain's step (no comprehension: its frame costs more than the decode)
+                args = [serialization.decode(inputs[0].payload)]
+            else:
+                args = [serialization.decode(t.payload) for t in inputs]
         except DecodeError as exc:
             raise serialization.renamed(exc, f"an argument of {trigger.function!r} on {self.executor_id}") from None
-        return [self.read_key(a.key) if type(a) is serialization.Ref else a for a in args]
+        ref = serialization.Ref
+        for arg in args:
+            if type(arg) is ref:
+                return [self.read_key(a.key) if type(a) is ref else a for a in args]
+        return args  # a fresh list: nothing to resolve
 
     def deliver(self, trigger: DagTrigger, result: Any) -> None:
         edges = trigger.edges
@@ -470,7 +478,8 @@ class Executor:
         if not successors:
             self.respond(trigger, CallResult(trigger.call_id, True, payload, executor_id=self.executor_id))
             return
-        extras = self.sessions.outgoing_extras(trigger)
+        sessions = self.sessions  # (no session opened: the successors get the extras this step got)
+        extras = trigger.extras if sessions.session is None else sessions.outgoing_extras(trigger)
         for successor in successors:
             downstream = DagTrigger(trigger.call_id, trigger.dag, successor, trigger.locations, trigger.versions,
                                     trigger.edges, trigger.function, payload, trigger.response_address,
@@ -519,10 +528,12 @@ class Executor:
                 self.peers.send(address, frame)
 
     def respond(self, trigger: DagTrigger, result: CallResult) -> None:
-        session_extras = self.sessions.result_extras(trigger)  # the call ends here: snapshots go, writes return
-        if session_extras:
-            result.extras = session_extras
-        if trigger.extras and multiexec.EXTRAS_KEY in trigger.extras:
+        extras = trigger.extras
+        if extras or self.sessions.session is not None:  # (neither: no session state, nothing to release)
+            session_extras = self.sessions.result_extras(trigger)  # the call ends here: snapshots go, writes return
+            if session_extras:
+                result.extras = session_extras
+        if extras and multiexec.EXTRAS_KEY in extras:
             result = self.multiexec.on_result(trigger, result)  # gathers a multi-exec sink's results
             if result is None:
                 return
