@@ -70,7 +70,7 @@ class LoadEdges:
         if state == self.sent_state and (state != IDLE or last_call == self.sent_call) and not force:
             self.pending = False
             return False
-        # _refill, inlined: a sequential call's steps flip busy and idle, and each flip comes here
+        # the token bucket refilled (inline: a sequential call's steps flip busy and idle, and each flip comes here)
         now = self.clock()
         tokens = self.tokens + (now - self.filled_at) / self.min_interval_s
         self.tokens = tokens if tokens < self.burst else float(self.burst)
@@ -82,11 +82,6 @@ class LoadEdges:
         self.sent_state, self.sent_call, self.pending = state, last_call, False
         self.sent += 1
         return True
-
-    def _refill(self) -> None:
-        now = self.clock()
-        self.tokens = min(float(self.burst), self.tokens + (now - self.filled_at) / self.min_interval_s)
-        self.filled_at = now
 
     def not_backlogged(self) -> None:
         """A thief was told nothing here can move; the schedulers hear it from the thief, so they count this
