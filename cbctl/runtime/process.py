@@ -239,6 +239,26 @@ def receive_routed(sock: zmq.Socket, flags: int = 0) -> list[Any]:
     return parts
 
 
+def receive_from_router(sock: zmq.Socket, flags: int = 0) -> list[Any]:
+    """``receive_routed`` for a ROUTER socket, with one ``RCVMORE`` question fewer (about 0.8 us each, on every
+    call the scheduler receives): a ROUTER delivers a peer's identity and then at least one frame, so the frame
+    after the identity is received without asking. Anything else is as ``receive_routed``."""
+    identity = sock.recv(flags)
+    frame = sock.recv()
+    if frame[:1] == MULTIPART_MARK:
+        return [identity, receive_rest(sock, frame)]
+    if not sock.getsockopt(zmq.RCVMORE):
+        return [identity, frame]  # the hot path: [identity, message]
+    parts: list[Any] = [identity, frame]
+    while sock.getsockopt(zmq.RCVMORE):
+        frame = sock.recv()
+        if frame[:1] == MULTIPART_MARK:
+            parts.append(receive_rest(sock, frame))
+            break
+        parts.append(frame)
+    return parts
+
+
 def new_socket(context: zmq.Context, kind: int) -> zmq.Socket:
     sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
@@ -247,6 +267,11 @@ def new_socket(context: zmq.Context, kind: int) -> zmq.Socket:
     sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
     sock.setsockopt(zmq.RCVHWM, SOCKET_HWM)
     return sock
+
+
+#: pyzmq's compiled send: its Python ``Socket.send`` adds nothing a PUSH socket's one-frame messages use, and costs
+#: about 0.2 us per hop.
+_send_frame = zmq.backend.Socket.send
 
 
 class PeerSockets:
@@ -286,7 +311,7 @@ class PeerSockets:
             self._sockets.move_to_end(address)
         try:
             if type(frame) is bytes:
-                sock.send(frame, zmq.NOBLOCK)
+                _send_frame(sock, frame, zmq.NOBLOCK)
                 self.sent_bytes += len(frame)
             else:
                 track = _tracked(frame)
@@ -355,7 +380,9 @@ class Receiver:
 
     def __init__(self, sock: zmq.Socket, multipart: bool = False, drain: bool = True) -> None:
         self.sock = sock
-        self._recv = (lambda flags=0: receive_routed(sock, flags)) if multipart else sock.recv
+        if multipart and sock.socket_type != zmq.ROUTER:
+            raise ValueError("a multipart Receiver reads a ROUTER socket")
+        self._recv = (lambda flags=0: receive_from_router(sock, flags)) if multipart else sock.recv
         self._multipart = multipart
         self._drain = drain
         self._poller = zmq.Poller()
@@ -364,7 +391,8 @@ class Receiver:
 
     def receive(self, timeout_ms: int) -> list[Any]:
         """Messages in arrival order, each a frame (``bytes``) or a multi-frame message (a list, see
-        ``wire/frames.py``); for ``multipart`` (a ROUTER), ``[*envelope, message]`` lists; [] when none came."""
+        ``wire/frames.py``); for ``multipart`` (a ROUTER), ``[identity, *envelope, message]`` lists; [] when none
+        came."""
         poll = self._poller.poll
         if timeout_ms <= 0:
             if not poll(0):

@@ -163,10 +163,10 @@ def test_a_frame_past_the_backstop_costs_its_sender_the_connection_and_nothing_e
     assert restarts(limited) == before
 
 
-def test_frames_that_together_pass_the_limit_are_refused_with_an_error_and_the_servers_serve_on(limited):
+def test_frames_that_together_pass_the_limit_are_refused_with_an_error_and_the_servers_serve_on(limited, tmp_path):
     """zmq bounds each frame; a multi-frame message (a large value as frames of its own) is bounded in total as
     well: its frames are dropped as they come, the store answers the sender MessageTooLarge for the request, the
-    scheduler counts it, and neither holds it or dies."""
+    scheduler counts it and answers the call's caller MessageTooLarge, and neither holds it or dies."""
     before = restarts(limited)
     client = limited.client()
     found = limited.cluster_file()
@@ -189,11 +189,20 @@ def test_frames_that_together_pass_the_limit_are_refused_with_an_error_and_the_s
         client.get("lim/parts")
     errors_before = client.cluster_info()["counters"]["protocol_errors"]
     hostile = raw_peer(found.scheduler_addresses[0])
-    hostile.send_multipart(messages.CallRequest("c-lim", "lim_size", value, {}, "", False, "lww", []).pack(),
-                           copy=False)
-    limited.wait_for(lambda: client.cluster_info()["counters"]["protocol_errors"] > errors_before, timeout=10,
-                     what="the scheduler to count the oversized call")
-    hostile.close()
+    replies = zmq.Context.instance().socket(zmq.PULL)
+    reply_address = f"ipc://{tmp_path}/lim-replies"
+    replies.bind(reply_address)
+    try:
+        hostile.send_multipart(messages.CallRequest("c-lim", "lim_size", value, {}, reply_address, False, "lww",
+                                                    []).pack(), copy=False)
+        assert replies.poll(10_000), "the scheduler did not answer the caller of a call over the limit"
+        result = frames.unpack(replies.recv())
+    finally:
+        replies.close(linger=0)
+        hostile.close()
+    assert isinstance(result, messages.CallResult) and result.call_id == "c-lim" and not result.ok, result
+    assert result.error_type == "MessageTooLarge" and "cbctl up --max-message-mb N" in result.message, result
+    assert client.cluster_info()["counters"]["protocol_errors"] > errors_before
     client.put("lim/after", b"y" * 1000)
     assert client.get("lim/after") == b"y" * 1000
     assert client.call("lim_chain", 1000, timeout=10) == 1000
