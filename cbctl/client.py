@@ -206,11 +206,7 @@ class Client:
                 self._context.destroy(linger=0)
                 raise CbctlError(f"cannot open this client's reply socket {self.response_address} ({exc}): "
                                  f"the cluster directory {self.home} must be writable") from None
-        # used only by whichever thread holds the reader role: the receive timeout last set, and the poller
-        # that says whether more results wait after one
-        self._receive_timeout_ms = -1
-        self._poller = zmq.Poller()
-        self._poller.register(self._responses, zmq.POLLIN)
+        self._receive_timeout_ms = -1  # the response socket's RCVTIMEO; set by the thread with the reader role
         self._store = connect_store(self._context, redis_url.resolve_address(self.home, self.cluster.store_address),
                                     writer_id=f"client-{self.client_id}")
         self._store_lock = threading.Lock()
@@ -454,7 +450,8 @@ class Client:
         result: CallResult | CbctlError | None = None
         try:
             self._send(frame)
-            result = self._read_own(call_id, timeout)
+            started = time.monotonic()
+            result = self._read(call_id, started, None if timeout is None else started + timeout, False)
         finally:
             with self._lock:
                 self._reader_frame = b""
@@ -534,35 +531,32 @@ class Client:
                            "running): wait longer with timeout=S (`cbctl call --timeout S`), or timeout=None to "
                            "wait until it is done")
 
-    def _read_own(self, call_id: str, timeout: float | None) -> CallResult | CbctlError | None:
-        """``call``'s fast path, by the thread that holds the reader role: read results until ``call_id``'s is in
-        (returned; or the error that ended every waiting call; None past ``timeout`` or once closed), handing
-        other calls' to their futures. Reads one frame at a time, without a drain poll: a frame already waiting
-        returns from the blocking receive at once."""
+    def _read(self, call_id: str, started: float, deadline: float | None,
+              in_table: bool) -> CallResult | CbctlError | None:
+        """The work of the thread that holds the reader role: read results until call ``call_id``'s is in, or
+        the error that ended every waiting call, or None past ``deadline`` (after a last look at what has
+        arrived) or once the client is closed; every other call's result goes to its future as it comes.
+        ``in_table``: the call has a future in ``_waiting``, which gets its result too (``call``'s fast path
+        has none). One frame per receive, without a drain poll: a frame already waiting returns from the
+        blocking receive at once, and the role is kept until this call is done, so no handoff per frame."""
         sock = self._responses
         recv = sock.recv
-        started = time.monotonic()
-        deadline = None if timeout is None else started + timeout
         while not self._closed:
             now = time.monotonic()
             if now - started >= CLIENT_RESEND_CHECK_S:
                 self._resend_if_scheduler_restarted()
-            last = False
             timeout_ms = _READ_SLICE_MS
             if deadline is not None and deadline - now < _READ_SLICE_S:
-                timeout_ms = max(math.ceil((deadline - now) * 1000), 0)  # 0: a last look, without waiting
-                last = timeout_ms == 0
+                timeout_ms = max(math.ceil((deadline - now) * 1000), 0)  # 0: read what is there, without waiting
             if timeout_ms != self._receive_timeout_ms:
                 sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
                 self._receive_timeout_ms = timeout_ms
             try:
                 frame = recv()
             except zmq.Again:
-                error = self._on_quiet(True)
-                if error is not None:
+                error = self._on_quiet(not in_table)
+                if error is not None or timeout_ms == 0:
                     return error
-                if last:
-                    return None
                 continue
             except zmq.ZMQError:
                 if self._closed:
@@ -573,15 +567,15 @@ class Client:
             try:
                 result = unpack(frame)
             except CbctlError:
-                result = None
+                continue
             if type(result) is CallResult:
                 if result.extras:
                     self._session.record_result(result.extras)
                 if result.call_id == call_id:
+                    if in_table:
+                        self._hand_over(result)
                     return result
-                self._hand_over([result])
-            if last:
-                return None
+                self._hand_over(result)
         return None
 
     def _poll_result(self, future: CallFuture, timeout: float | None) -> None:
@@ -594,8 +588,8 @@ class Client:
             return
         with self._lock:
             while future._result is _PENDING and not self._closed:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if self._reader_active:
+                if self._reader_active:  # another thread reads: it hands this result over when it comes
+                    remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         break
                     self._sleepers += 1
@@ -608,65 +602,22 @@ class Client:
                 self._reader_active = True
                 self._lock.release()
                 try:
-                    self._read_responses(_READ_SLICE_S if remaining is None else min(max(remaining, 0.0),
-                                                                                     _READ_SLICE_S))
-                    if time.monotonic() - started >= CLIENT_RESEND_CHECK_S:
-                        self._resend_if_scheduler_restarted()
+                    self._read(future.call_id, started, deadline, True)
                 finally:
                     self._lock.acquire()
                     self._reader_active = False
                     if self._sleepers:
-                        self._cond.notify_all()
-                if remaining is not None and remaining <= 0:
-                    break
+                        self._cond.notify_all()  # a waiting thread takes the reader role over
+                break
 
-    def _read_responses(self, timeout_s: float) -> None:
-        """The reader's step on the general path: every result that arrives within ``timeout_s`` (the first
-        waited for, the rest drained), handed to its future."""
-        frames = self._receive(math.ceil(timeout_s * 1000))
-        if not frames:
-            self._on_quiet(False)
-            return
-        results = []
-        for frame in frames:
-            try:
-                result = unpack(frame)
-            except CbctlError:
-                continue
-            if type(result) is CallResult:
-                if result.extras:
-                    self._session.record_result(result.extras)
-                results.append(result)
-        if results:
-            self._hand_over(results)
-
-    def _receive(self, timeout_ms: int) -> list[Any]:
-        """Every frame (or multi-frame message, a list) waiting on the response socket, after waiting up to
-        ``timeout_ms`` for the first: a blocking receive bounded by ``RCVTIMEO`` (cheaper to wake from than a
-        poll; see ``process.Receiver``), then a zero-timeout poll per frame to drain."""
-        sock = self._responses
-        if timeout_ms != self._receive_timeout_ms:
-            sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
-            self._receive_timeout_ms = timeout_ms
-        try:
-            frame = sock.recv()
-        except zmq.Again:
-            return []
-        frames = [receive_rest(sock, frame) if frame[:1] == MULTIPART_MARK else frame]
-        while self._poller.poll(0):
-            frame = sock.recv(zmq.NOBLOCK)
-            frames.append(receive_rest(sock, frame) if frame[:1] == MULTIPART_MARK else frame)
-        return frames
-
-    def _hand_over(self, results: list[CallResult]) -> None:
-        """Results the reader read, to their futures (a result whose future was dropped is dropped too)."""
+    def _hand_over(self, result: CallResult) -> None:
+        """A result the reader read, to its future (one whose future was dropped is dropped too)."""
         with self._lock:
-            for result in results:
-                future = self._waiting.pop(result.call_id, None)
-                if future is not None:
-                    future._result = result
-                    future._request = b""  # its arguments need not be held any longer
-                    self._completed.append(result.call_id)
+            future = self._waiting.pop(result.call_id, None)
+            if future is not None:
+                future._result = result
+                future._request = b""  # its arguments need not be held any longer
+                self._completed.append(result.call_id)
             if self._sleepers:
                 self._cond.notify_all()
 
