@@ -93,6 +93,7 @@ _PENDING = object()
 #: hands the reader role over promptly.
 _READ_SLICE_S = 0.05
 _READ_SLICE_MS = 50
+_send_frame = zmq.backend.Socket.send
 
 
 class CallFuture:
@@ -516,7 +517,9 @@ class Client:
             if self._closed:
                 raise CbctlError("this client is closed: make a new one with cbctl.connect()")
             if type(frame) is bytes:
-                self._call_sock.send(frame)
+                # pyzmq's own send, under its Python wrapper (which only adds routing ids and groups, for
+                # sockets of kinds this is not): half a microsecond less on every call
+                _send_frame(self._call_sock, frame)
             else:
                 send_message(self._call_sock, frame)
 
