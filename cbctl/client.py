@@ -89,8 +89,8 @@ from cbctl.runtime.wire.messages import (
 )
 
 _PENDING = object()
-#: Longest single wait on the response socket, in seconds, so a waiting thread re-checks its deadline and
-#: hands the reader role over promptly.
+#: Longest single wait on the response socket, in seconds, so the reading thread re-checks that the client is
+#: open, the scheduler has not restarted or refused it and the cluster still runs.
 _READ_SLICE_S = 0.05
 _READ_SLICE_MS = 50
 _send_frame = zmq.backend.Socket.send
@@ -430,37 +430,42 @@ class Client:
                 raise InvalidArgument(f"timeout={timeout!r} would give up before the call could finish: pass "
                                       "seconds > 0, None to wait until done, or use call_async to not wait")
         call_id, encoded_args, encoded_sources, refs = self._encode_call(name, args, consistency, False, source_args)
+        # The fast path: a thread that finds no one reading takes the reader role and keeps it until its own
+        # result is in, so its call needs no future, no table entry and no handoff; results for other threads'
+        # calls that it reads go to their futures. Otherwise the call waits as a future does.
         future = None
-        with self._lock:
-            if self._reader_active:  # another thread reads: wait for it to hand this result over, as a future does
-                future = self._waiting[call_id] = CallFuture(self, call_id, name)
-            else:
-                self._reader_active = True
-            completed = self._completed
-            if completed:
-                self._completed = []
-        frame = CallRequest(call_id, name, encoded_args, encoded_sources, self.response_address, False,
-                            consistency, refs, self._session.extras(), completed).pack()
-        if future is not None:
-            future._request = frame
-            self._send(frame)
-            return future._value(timeout)
-        # The fast path: this thread holds the reader role until its own result is in, so it needs no future,
-        # no table entry and no handoff; results for other threads' calls that it reads go to their futures.
-        self._reader_frame = frame
+        reading = False
         result: CallResult | CbctlError | None = None
         try:
-            self._send(frame)
-            started = time.monotonic()
-            result = self._read(call_id, started, None if timeout is None else started + timeout, False)
-        finally:
             with self._lock:
-                self._reader_frame = b""
-                self._reader_active = False
-                if type(result) is CallResult:
-                    self._completed.append(call_id)
-                if self._sleepers:
-                    self._cond.notify_all()  # a waiting thread takes the reader role over
+                if self._reader_active:
+                    future = self._waiting[call_id] = CallFuture(self, call_id, name)
+                else:
+                    self._reader_active = reading = True
+                completed = self._completed
+                if completed:
+                    self._completed = []
+            frame = CallRequest(call_id, name, encoded_args, encoded_sources, self.response_address, False,
+                                consistency, refs, self._session.extras(), completed).pack()
+            if future is not None:
+                future._request = frame
+                self._send(frame)
+            else:
+                self._reader_frame = frame
+                self._send(frame)
+                started = time.monotonic()
+                result = self._read(call_id, started, None if timeout is None else started + timeout, False)
+        finally:
+            if reading:
+                with self._lock:
+                    self._reader_frame = b""
+                    self._reader_active = False
+                    if type(result) is CallResult:
+                        self._completed.append(call_id)
+                    if self._sleepers:
+                        self._cond.notify_all()  # a waiting thread takes the reader role over
+        if future is not None:
+            return future._value(timeout)
         if result is None:
             raise self._unfinished(call_id, name, timeout)
         if type(result) is CallResult:
