@@ -2,7 +2,8 @@
 ``put``/``Ref``, next to a raw pyzmq relay of the same bytes over the same hops, measured in the same run (and
 Ray's tasks with the same arrays when Ray is installed: ``pip install -e ".[bench]"``).
 
-    python -m benchmarks.bigdata [--sizes-mb 1 8 32 64] [--rounds 3] [--no-ray] [--threshold]
+    python -m benchmarks.bigdata [--sizes-mb 1 8 32 64] [--rounds 3] [--cases put+ref put+get] [--no-ray]
+    python -m benchmarks.bigdata --threshold
 
 Cases (a fresh 2-executor cluster in a temporary home; the relay's hops are processes of their own):
 - ``argument``: ``nbytes(array)`` returns an int: the array goes client -> scheduler -> executor (relay: 2 hops of
@@ -11,10 +12,16 @@ Cases (a fresh 2-executor cluster in a temporary home; the relay's hops are proc
   array and sends it);
 - ``chain``: ``same2(same1(array))``, each returning its argument: client -> scheduler -> executor -> executor ->
   client (relay: 4 hops of the array);
-- ``put+ref``: ``put(key, array)`` then ``nbytes(Ref(key))``: client -> store -> executor (relay: 2 hops).
+- ``put+ref``: ``put(key, array)`` then ``nbytes(Ref(key))``: client -> store -> executor (relay: 2 hops);
+- ``put+get``: ``put(key, array)`` then ``get(key)`` from the client: client -> store -> client (relay: 2 hops, the
+  array back to the client);
+- ``eph+ref``: as ``put+ref`` with ``put(key, array, durable=False)``: the store keeps it in memory, unlogged (a
+  durable put also writes the value to the store's log before it is acknowledged: the disk's write speed, not
+  memory's, once the kernel's dirty-page budget is spent).
 Each row gives the median of ``--rounds`` x a size-dependent number of calls, cbctl and relay blocks alternating
 (a loaded machine moves the floor), the ratio, MB/s, and Ray's median. The 64 MB rows also give each process's
-peak resident memory during the case over its resident memory before it, in multiples of the value (Linux's
+peak resident memory during the case over its resident memory before it (``peak_rss_growth_over_value``), and the
+whole peak, the interpreter's own memory included (``peak_rss_over_value``), in multiples of the value (Linux's
 ``VmHWM``, reset before each case, so no peak is missed between samples).
 
 ``--threshold`` measures instead where out-of-band frames start to pay (``defaults.OUT_OF_BAND_BYTES``): one
@@ -120,7 +127,8 @@ class Relay:
 
 
 RELAY_HOPS = {"argument": ["forward", "small"], "result": ["forward", "make"],
-              "chain": ["forward", "forward", "forward"], "put+ref": ["forward", "small"]}
+              "chain": ["forward", "forward", "forward"], "put+ref": ["forward", "small"], "put+get": ["forward"],
+              "eph+ref": ["forward", "small"]}
 
 
 # --- measuring --------------------------------------------------------------------------------------------
@@ -150,10 +158,12 @@ class PeakMemory:
 
     def peaks(self, value_bytes: int) -> dict[str, float]:
         out = {}
+        self.absolute: dict[str, float] = {}
         for name, pid in self.pids.items():
             status = Path(f"/proc/{pid}/status").read_text()
             hwm = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) << 10
             out[name] = round((hwm - self.before[name]) / value_bytes, 2)
+            self.absolute[name] = round(hwm / value_bytes, 2)  # the whole peak, the interpreter's own included
         return out
 
 
@@ -173,7 +183,16 @@ def cbctl_cases(client: cbctl.Client, array: np.ndarray) -> dict[str, Callable[[
         client.put("bigdata-value", array)
         assert client.call("nbytes", cbctl.Ref("bigdata-value")) == size
 
-    return {"argument": argument, "result": result, "chain": chain, "put+ref": put_ref}
+    def put_get() -> None:
+        client.put("bigdata-got", array)
+        assert client.get("bigdata-got").nbytes == size
+
+    def eph_ref() -> None:
+        client.put("bigdata-eph", array, durable=False)
+        assert client.call("nbytes", cbctl.Ref("bigdata-eph")) == size
+
+    return {"argument": argument, "result": result, "chain": chain, "put+ref": put_ref, "put+get": put_get,
+            "eph+ref": eph_ref}
 
 
 def relay_cases(relays: dict[str, Relay], array: np.ndarray) -> dict[str, Callable[[], Any]]:
@@ -182,7 +201,9 @@ def relay_cases(relays: dict[str, Relay], array: np.ndarray) -> dict[str, Callab
     return {"argument": lambda: relays["argument"].call(buffer),
             "result": lambda: relays["result"].call(str(size).encode()),
             "chain": lambda: relays["chain"].call(buffer),
-            "put+ref": lambda: relays["put+ref"].call(buffer)}
+            "put+ref": lambda: relays["put+ref"].call(buffer),
+            "put+get": lambda: relays["put+get"].call(buffer),
+            "eph+ref": lambda: relays["eph+ref"].call(buffer)}
 
 
 def ray_cases(array: np.ndarray) -> dict[str, Callable[[], Any]] | None:
@@ -199,12 +220,15 @@ def ray_cases(array: np.ndarray) -> dict[str, Callable[[], Any]] | None:
     return {"argument": lambda: ray.get(r_nbytes.remote(array)) == size,
             "result": lambda: ray.get(r_make.remote(size)).nbytes == size,
             "chain": lambda: ray.get(r_same2.remote(r_same1.remote(array))).nbytes == size,
-            "put+ref": lambda: ray.get(r_nbytes.remote(ray.put(array))) == size}
+            "put+ref": lambda: ray.get(r_nbytes.remote(ray.put(array))) == size,
+            "put+get": lambda: ray.get(ray.put(array)).nbytes == size,
+            "eph+ref": lambda: ray.get(r_nbytes.remote(ray.put(array))) == size}
 
 
-def run(sizes_mb: list[int], rounds: int, use_ray: bool) -> None:
+def run(sizes_mb: list[int], rounds: int, use_ray: bool, cases: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = []
     memory: dict[str, dict[str, float]] = {}
+    absolute: dict[str, dict[str, float]] = {}
     # a value's limit is on its serialised size: a 64 MB array is 64 MB and a few bytes of header
     limit = ["--max-message-mb", str(max(sizes_mb) + 1)]
     with temp_cluster(2, limit) as home, tempfile.TemporaryDirectory(prefix="cbbig-") as tmp:
@@ -222,7 +246,7 @@ def run(sizes_mb: list[int], rounds: int, use_ray: bool) -> None:
                 n = CALLS.get(mb, 3)
                 ours, floor = cbctl_cases(client, array), relay_cases(relays, array)
                 theirs = ray_cases(array) if use_ray else None
-                for case in ours:
+                for case in cases or list(ours):
                     ours[case]()  # warm: first call loads the function, allocates the cache
                     samples: dict[str, list[float]] = {"cbctl": [], "relay": [], "ray": []}
                     meter = PeakMemory(pids) if mb == max(sizes_mb) else None
@@ -232,6 +256,7 @@ def run(sizes_mb: list[int], rounds: int, use_ray: bool) -> None:
                         samples["cbctl"] += timed(ours[case], n)
                         if meter is not None and case not in memory:
                             memory[case] = meter.peaks(array.nbytes)
+                            absolute[case] = meter.absolute
                         samples["relay"] += timed(floor[case], n)
                         if theirs is not None:
                             samples["ray"] += timed(theirs[case], n)
@@ -240,12 +265,13 @@ def run(sizes_mb: list[int], rounds: int, use_ray: bool) -> None:
             for relay in relays.values():
                 relay.close()
             client.close()
-    extra: dict[str, Any] = {"peak_rss_over_value": memory}
+    extra: dict[str, Any] = {"peak_rss_growth_over_value": memory, "peak_rss_over_value": absolute}
     if use_ray and not any("ray_ms" in r for r in rows):
         extra["ray"] = "not installed: pip install -e '.[bench]' for its column"
     print_report("bigdata", rows, extra)
     for case, peaks in memory.items():
-        print(f"peak RSS growth, {case}, in multiples of the {max(sizes_mb)} MB value: {peaks}")
+        print(f"peak RSS growth, {case}, in multiples of the {max(sizes_mb)} MB value: {peaks}; whole peak RSS: "
+              f"{absolute[case]}")
 
 
 def row(case: str, mb: int, samples: dict[str, list[float]]) -> dict[str, Any]:
@@ -303,13 +329,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cases", nargs="+", choices=list(RELAY_HOPS), help="only these cases (default: all)")
     parser.add_argument("--no-ray", action="store_true", help="leave Ray's column out even when it is installed")
     parser.add_argument("--threshold", action="store_true", help="measure where out-of-band frames start to pay")
     args = parser.parse_args()
     if args.threshold:
         threshold()
     else:
-        run(args.sizes_mb, args.rounds, not args.no_ray)
+        run(args.sizes_mb, args.rounds, not args.no_ray, args.cases)
 
 
 if __name__ == "__main__":

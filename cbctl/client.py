@@ -747,7 +747,7 @@ class Client:
             (lattice,) = self._store.get_lattices([key])
         if default is not _PENDING and (lattice is None or getattr(lattice, "tombstone", False)):
             return default
-        return reveal(key, lattice, LWW)
+        return reveal(key, lattice, LWW, owned=True)  # nothing else holds the frames received
 
     def put(self, key: str, value: Any, durable: bool = True, ttl: float | None = None) -> bool:
         """Write ``value`` under ``key`` (last-writer-wins); durable per the store's policy on return. Returns
@@ -758,8 +758,8 @@ class Client:
         memory only, never logged, for ``ttl`` seconds (default 300); lost if the store restarts."""
         limits.check_key(key)
         self._check_open()
-        # the store keeps values inline (one bytes each: see the README's performance section)
-        encoded = self._encode(value, "the value for key %r", key, out_of_band=False)
+        # a large value travels and is kept as frames of its own where the store can (see the README's "Large values")
+        encoded = self._encode(value, "the value for key %r", key, out_of_band=self._store.keeps_frames)
         if not durable:
             ttl_s = limits.check_ttl(ttl, default_as=0.0)
             with self._store_lock:

@@ -128,15 +128,17 @@ def version_of(lattice: Lattice | None) -> list[Any] | None:
     return [hashlib.blake2b(msgpack.packb(lattice.to_wire()), digest_size=12).hexdigest()]
 
 
-def reveal(key: str, lattice: Lattice | None, mode: str) -> Any:
+def reveal(key: str, lattice: Lattice | None, mode: str, owned: bool = False) -> Any:
     """The user's value of a key: decoded; under ``causal``, or for a causal value, the list of its
-    concurrent values (sorted by encoding, so every reader lists them in the same order)."""
+    concurrent values (sorted by encoding, so every reader lists them in the same order). ``owned``: nothing
+    else uses the lattice's received frames (a client's get; an executor's read, whose cache holds views of them,
+    see ``cache.held``), so a large array may be made over them without a copy; else arrays are copies."""
     if lattice is None or (type(lattice) is LWWLattice and lattice.tombstone):
         raise NoSuchKey(f"no value is stored under {key!r} (never written, deleted, or ephemeral and gone: "
                         "its ttl passed or the store restarted): write one with put first")
     try:
         if type(lattice) is LWWLattice:
-            value = serialization.decode(lattice.value)
+            value = serialization.decode(lattice.value, owned=owned)
             return [value] if mode == CAUSAL else value
         if type(lattice) is CausalLattice:
             return [serialization.decode(v) for v in lattice.reveal()]

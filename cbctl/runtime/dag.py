@@ -127,13 +127,18 @@ def parallel_branches(functions: Sequence[str], edges: Iterable[Sequence[str]]) 
     return parallel
 
 
-def sole_upstream(functions: Sequence[str], edges: Iterable[Sequence[str]]) -> dict[str, str]:
-    """The functions that run after exactly one other (a chain's later steps), each with that one: the scheduler
-    places such a step where its input is made, when that executor is free by the time the step can run."""
+def chain_steps(functions: Sequence[str], edges: Iterable[Sequence[str]]) -> dict[str, str]:
+    """The steps of a chain: each function that runs after exactly one other and alongside none of the DAG's
+    (no parallel branch), with that one. When such a step can start, the executor that made its input has
+    finished everything of the call so far, so the scheduler may place the step there (no hop between the two);
+    a step with a parallel sibling is placed apart from it instead (``parallel_branches``: the two may wait for
+    each other)."""
     edges = [tuple(e) for e in edges]
+    parallel = parallel_branches(functions, edges)
+    alongside = {g for fn in functions for g in parallel[fn]} | {fn for fn in functions if parallel[fn]}
     found = {}
     for fn in functions:
         upstream = upstream_of(edges, fn)
-        if len(upstream) == 1:
+        if len(upstream) == 1 and fn not in alongside:
             found[fn] = upstream[0]
     return found

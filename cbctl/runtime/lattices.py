@@ -85,7 +85,9 @@ class LWWLattice(Lattice):
     _wire_arity: ClassVar[int] = 4
     timestamp: int
     writer: str
-    value: bytes | None
+    #: encoded bytes; or, for a large value, the same value in parts (``wire.frames.Frames``: ``parts``, its
+    #: msgpack body then its buffers, each its own zmq frame on the wire and kept as received, uncopied)
+    value: Any
     tombstone: bool = False
 
     def __post_init__(self) -> None:
@@ -93,22 +95,40 @@ class LWWLattice(Lattice):
             raise TypeError(f"LWW needs an int timestamp, str writer and bool tombstone, got {self!r:.120}")
         if self.tombstone and self.value is not None:
             raise ValueError("an LWW tombstone carries no value: pass value=None")
-        if not self.tombstone and not isinstance(self.value, bytes):
+        if not self.tombstone and not isinstance(self.value, bytes) and not hasattr(self.value, "parts"):
             raise TypeError(f"an LWW value must be encoded bytes (or a tombstone), got {self.value!r:.80}")
 
-    def _order(self) -> tuple[int, str, bool, bytes]:
-        return (self.timestamp, self.writer, self.tombstone, self.value or b"")
+    def _order(self) -> tuple[int, str, bool]:
+        return (self.timestamp, self.writer, self.tombstone)
 
     def merge(self, other: LWWLattice) -> LWWLattice:
         self._check_mergeable(other)
-        # Lattices are immutable, so handing back an operand is as good as a copy.
-        return self if self._order() >= other._order() else other
+        # Lattices are immutable, so handing back an operand is as good as a copy. The values are compared only
+        # when all else ties (a write delivered twice): a value in parts is joined for it then, never otherwise.
+        mine, theirs = self._order(), other._order()
+        if mine != theirs:
+            return self if mine > theirs else other
+        return self if _value_key(self.value) >= _value_key(other.value) else other
+
+    def __eq__(self, other: object) -> bool:
+        return (type(other) is LWWLattice and self._order() == other._order()
+                and (self.value is other.value or _value_key(self.value) == _value_key(other.value)))
+
+    def __hash__(self) -> int:
+        return hash((self.timestamp, self.writer, self.tombstone, len(self.value or b"")))
 
     def reveal(self) -> bytes | None:
         return self.value
 
     def to_wire(self) -> list:
         return [self.kind, self.timestamp, self.writer, self.value, self.tombstone]
+
+
+def _value_key(value: Any) -> bytes:
+    """An LWW value as the bytes it orders by: a value in parts joined (only for ties, see ``merge``)."""
+    if value is None or type(value) is bytes:
+        return value or b""
+    return b"".join(memoryview(part) for part in value.parts)
 
 
 def new_lww(value: bytes, writer: str, timestamp: int | None = None) -> LWWLattice:

@@ -24,6 +24,7 @@ from cbctl.runtime import cluster
 from cbctl.runtime.defaults import MAX_PEER_SOCKETS, REJECTED_FRAME_LOG_PER_S, SOCKET_HWM
 from cbctl.runtime.wire import auth
 from cbctl.runtime.wire.frames import MULTIPART_MARK
+from cbctl.runtime.wire.limits import Oversized
 from cbctl.runtime.wire.messages import ProcessReady
 
 log = logging.getLogger(__name__)
@@ -186,12 +187,27 @@ def _tracked(frames: list[Any]) -> bool:
     return any(type(f) is memoryview for f in frames) and not any(type(f) is zmq.Frame for f in frames)
 
 
-def receive_rest(sock: zmq.Socket, header: bytes) -> list[Any]:
+def receive_rest(sock: zmq.Socket, header: bytes) -> list[Any] | Oversized:
     """The frames of a multi-frame message whose ``header`` was just received: the values' frames are received
-    into zmq's memory (``copy=False``), not copied into ``bytes``."""
+    into zmq's memory (``copy=False``), not copied into ``bytes``. On a socket with a ``MAXMSGSIZE`` (servers':
+    ``limits.backstop_bytes``), that bound is the whole message's too: past it, the rest of the message is
+    received and dropped frame by frame, and an ``Oversized`` stands for it (zmq checks each frame alone)."""
     frames: list[Any] = [header]
+    bound = sock.getsockopt(zmq.MAXMSGSIZE)
+    total = len(header)
     while sock.getsockopt(zmq.RCVMORE):
-        frames.append(sock.recv(copy=False))
+        frame = sock.recv(copy=False)
+        if bound < 0:
+            frames.append(frame)
+            continue
+        total += len(frame)
+        if total <= bound:
+            frames.append(frame)
+            continue
+        frames.clear()  # over the bound: let go of what came, and of each frame still to come
+        while sock.getsockopt(zmq.RCVMORE):
+            total += len(sock.recv(copy=False))
+        return Oversized(header, total, bound)
     return frames
 
 
@@ -208,6 +224,26 @@ def receive_routed(sock: zmq.Socket, flags: int = 0) -> list[Any]:
     if first[:1] == MULTIPART_MARK:  # no envelope (a PULL socket): the message comes first
         return [receive_rest(sock, first)]
     parts: list[Any] = [first]
+    while sock.getsockopt(zmq.RCVMORE):
+        frame = sock.recv()
+        if frame[:1] == MULTIPART_MARK:
+            parts.append(receive_rest(sock, frame))
+            break
+        parts.append(frame)
+    return parts
+
+
+def receive_from_router(sock: zmq.Socket, flags: int = 0) -> list[Any]:
+    """``receive_routed`` for a ROUTER socket, with one ``RCVMORE`` question fewer (about 0.8 us each, on every
+    call the scheduler receives): a ROUTER delivers a peer's identity and then at least one frame, so the frame
+    after the identity is received without asking. Anything else is as ``receive_routed``."""
+    identity = sock.recv(flags)
+    frame = sock.recv()
+    if frame[:1] == MULTIPART_MARK:
+        return [identity, receive_rest(sock, frame)]
+    if not sock.getsockopt(zmq.RCVMORE):
+        return [identity, frame]  # the hot path: [identity, message]
+    parts: list[Any] = [identity, frame]
     while sock.getsockopt(zmq.RCVMORE):
         frame = sock.recv()
         if frame[:1] == MULTIPART_MARK:
@@ -331,7 +367,9 @@ class Receiver:
 
     def __init__(self, sock: zmq.Socket, multipart: bool = False, drain: bool = True) -> None:
         self.sock = sock
-        self._recv = (lambda flags=0: receive_routed(sock, flags)) if multipart else sock.recv
+        if multipart and sock.socket_type != zmq.ROUTER:
+            raise ValueError("a multipart Receiver reads a ROUTER socket")
+        self._recv = (lambda flags=0: receive_from_router(sock, flags)) if multipart else sock.recv
         self._multipart = multipart
         self._drain = drain
         self._poller = zmq.Poller()
@@ -340,7 +378,8 @@ class Receiver:
 
     def receive(self, timeout_ms: int) -> list[Any]:
         """Messages in arrival order, each a frame (``bytes``) or a multi-frame message (a list, see
-        ``wire/frames.py``); for ``multipart`` (a ROUTER), ``[*envelope, message]`` lists; [] when none came."""
+        ``wire/frames.py``); for ``multipart`` (a ROUTER), ``[identity, *envelope, message]`` lists; [] when none
+        came."""
         poll = self._poller.poll
         if timeout_ms <= 0:
             if not poll(0):

@@ -18,8 +18,9 @@ import zmq
 from cbctl.errors import CbctlError, NoSuchKey, StoreUnavailable, error_from_wire
 from cbctl.runtime.defaults import STORE_REQUEST_TIMEOUT_S, STORE_RETRY_BUDGET_S
 from cbctl.runtime.lattices import Lattice, LWWLattice, lattice_from_wire
-from cbctl.runtime.process import new_socket
+from cbctl.runtime.process import new_socket, receive_message, send_message
 from cbctl.runtime.wire import auth, serialization
+from cbctl.runtime.wire.frames import Frames
 from cbctl.runtime.wire.messages import (
     Ack,
     DeleteRequest,
@@ -46,6 +47,10 @@ class StoreAccess:
 
     writer_id: str
     clock: WriterClock
+    #: Whether values at least ``OUT_OF_BAND_BYTES`` large travel and are kept in parts, as frames of their own
+    #: (``serialization.encode``'s ``Frames``), instead of inline in one ``bytes``: the embedded store's node
+    #: does; Redis keeps one string per value, so its client sends them inline.
+    keeps_frames = False
 
     def get_lattices(self, keys: list[str]) -> list[Lattice | None]:
         raise NotImplementedError
@@ -73,20 +78,22 @@ class StoreAccess:
         """The value under ``key``; ``NoSuchKey`` if it was never written or was deleted."""
         return serialization.decode(self.get_encoded(key))
 
-    def get_encoded(self, key: str) -> bytes:
+    def get_encoded(self, key: str) -> bytes | Frames:
         (lattice,) = self.get_lattices([key])
         return reveal_encoded(key, lattice)
 
     def put(self, key: str, value: Any) -> bool:
         """Write ``value`` under ``key`` (last-writer-wins); whether it is now the key's value."""
-        return self.put_lww(key, self.new_lww(serialization.encode(value, out_of_band=False), key))[1]
+        return self.put_lww(key, self.new_lww(serialization.encode(value, out_of_band=self.keeps_frames), key))[1]
 
-    def new_lww(self, encoded: bytes, key: str = "") -> LWWLattice:
+    def new_lww(self, encoded: bytes | Frames, key: str = "") -> LWWLattice:
         """A version of this writer, stamped after any it has seen for ``key`` (``writer_clock.py``)."""
         return LWWLattice(self.clock.stamp(key), self.writer_id, encoded)
 
 
 class StoreClient(StoreAccess):
+    keeps_frames = True  # a large value's frames go to the node and come back as they are (``wire/frames.py``)
+
     def __init__(self, context: zmq.Context, address: str, writer_id: str,
                  request_timeout_s: float = STORE_REQUEST_TIMEOUT_S,
                  retry_budget_s: float = STORE_RETRY_BUDGET_S) -> None:
@@ -118,13 +125,14 @@ class StoreClient(StoreAccess):
             sock = self._socket()
             if before is not None:
                 sock.send(before(next(self._ids)).pack())
-            sock.send(build(req_id).pack())
+            # a large value's buffers are sent from their memory; the reply comes only once the node has them
+            send_message(sock, build(req_id).pack())
             remaining_ms = self._request_timeout_ms
             while remaining_ms > 0:
                 started = time.monotonic()
                 if not sock.poll(remaining_ms):
                     break
-                reply = unpack(sock.recv())
+                reply = unpack(receive_message(sock))
                 if getattr(reply, "req_id", None) == req_id:
                     if isinstance(reply, ErrorResponse):
                         raise error_from_wire(reply.error_type, reply.message)
@@ -210,7 +218,7 @@ class StoreClient(StoreAccess):
             self._sock = None
 
 
-def reveal_encoded(key: str, lattice: Lattice | None) -> bytes:
+def reveal_encoded(key: str, lattice: Lattice | None) -> bytes | Frames:
     """The encoded value an LWW lattice holds; ``NoSuchKey`` for none or a tombstone."""
     if lattice is None or (isinstance(lattice, LWWLattice) and lattice.tombstone):
         raise NoSuchKey(f"no value is stored under {key!r} (never written, deleted, or ephemeral and gone: "

@@ -20,7 +20,7 @@ from zmq.utils.monitor import recv_monitor_message
 import cbctl
 from cbctl.declare import DeployFileError
 from cbctl.runtime.defaults import MAX_DAG_FUNCTIONS, PROTOCOL_VERSION
-from cbctl.runtime.wire import frames, limits
+from cbctl.runtime.wire import frames, limits, messages
 from tests.conftest import RunningCluster, run_cli
 from tests.integration import shared_cluster
 from tests.integration.shared_cluster import DEPLOYABLES
@@ -159,6 +159,52 @@ def test_a_frame_past_the_backstop_costs_its_sender_the_connection_and_nothing_e
                              what=f"the {role} to count the small frame")
             small.close()
         assert counted[role]() == errors_before + 2, role
+    assert client.call("lim_chain", 1000, timeout=10) == 1000
+    assert restarts(limited) == before
+
+
+def test_frames_that_together_pass_the_limit_are_refused_with_an_error_and_the_servers_serve_on(limited, tmp_path):
+    """zmq bounds each frame; a multi-frame message (a large value as frames of its own) is bounded in total as
+    well: its frames are dropped as they come, the store answers the sender MessageTooLarge for the request, the
+    scheduler counts it and answers the call's caller MessageTooLarge, and neither holds it or dies."""
+    before = restarts(limited)
+    client = limited.client()
+    found = limited.cluster_file()
+    part = b"\x00" * (limits.backstop_bytes(LIMIT) // 2)  # each frame under the bound, three together over it
+    value = frames.Frames([msgpack.packb(None), part, part, part])
+    store_before = client.store_stats()
+    hostile = raw_peer(found.store_address)
+    hostile.send_multipart(messages.PutRequest(41, "lim/parts", ["lww", time.time_ns(), "w", value, False]).pack(),
+                           copy=False)
+    assert hostile.poll(10_000), "the store did not answer a put whose frames together are over the limit"
+    reply = frames.unpack(hostile.recv())
+    hostile.close()
+    assert isinstance(reply, messages.ErrorResponse) and reply.req_id == 41, reply
+    assert reply.error_type == "MessageTooLarge" and "cbctl up --max-message-mb N" in reply.message, reply
+    assert "in all its frames" in reply.message and "\n" not in reply.message
+    store_after = client.store_stats()
+    assert store_after["oversized_refused"] == store_before["oversized_refused"] + 1
+    assert store_after["puts"] == store_before["puts"]  # never applied
+    with pytest.raises(cbctl.NoSuchKey):
+        client.get("lim/parts")
+    errors_before = client.cluster_info()["counters"]["protocol_errors"]
+    hostile = raw_peer(found.scheduler_addresses[0])
+    replies = zmq.Context.instance().socket(zmq.PULL)
+    reply_address = f"ipc://{tmp_path}/lim-replies"
+    replies.bind(reply_address)
+    try:
+        hostile.send_multipart(messages.CallRequest("c-lim", "lim_size", value, {}, reply_address, False, "lww",
+                                                    []).pack(), copy=False)
+        assert replies.poll(10_000), "the scheduler did not answer the caller of a call over the limit"
+        result = frames.unpack(replies.recv())
+    finally:
+        replies.close(linger=0)
+        hostile.close()
+    assert isinstance(result, messages.CallResult) and result.call_id == "c-lim" and not result.ok, result
+    assert result.error_type == "MessageTooLarge" and "cbctl up --max-message-mb N" in result.message, result
+    assert client.cluster_info()["counters"]["protocol_errors"] > errors_before
+    client.put("lim/after", b"y" * 1000)
+    assert client.get("lim/after") == b"y" * 1000
     assert client.call("lim_chain", 1000, timeout=10) == 1000
     assert restarts(limited) == before
 

@@ -104,3 +104,32 @@ def test_gathering_encoded_values_keeps_each_value() -> None:
     gathered = serialization.decode(serialization.encode_list(values))
     assert gathered[0] == 1 and (gathered[1] == 1).all() and gathered[2] == "x"
     assert serialization.decode(serialization.encode_list([serialization.encode(i) for i in range(3)])) == [0, 1, 2]
+
+
+def test_a_router_receiver_keeps_each_peers_messages_whole_and_apart() -> None:
+    """The scheduler's receive (``receive_from_router``): [identity, message] for a one-frame message, the
+    frames of a multi-frame one together, and a peer's message of extra frames whole, never read into the next."""
+    context = zmq.Context()
+    try:
+        router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+        router.bind("inproc://routed")
+        dealer.connect("inproc://routed")
+        dealer.send(b"\x93\x01\x28\xa1x")
+        dealer.send_multipart([b"", b"extra", b"parts"])  # a REQ-style envelope: still one message
+        send_message(dealer, CallResult("c-2", True, serialization.encode(np.ones(BIG))).pack())
+        dealer.send(b"last")
+        receiver = Receiver(router, multipart=True, drain=False)
+        messages: list = []
+        for _ in range(20):
+            messages += receiver.receive(1000)
+            if len(messages) == 4:
+                break
+        identity = messages[0][0]
+        assert messages[0] == [identity, b"\x93\x01\x28\xa1x"]
+        assert messages[1] == [identity, b"", b"extra", b"parts"]
+        assert len(messages[2]) == 2 and type(messages[2][1]) is list and unpack(messages[2][1]).call_id == "c-2"
+        assert messages[3] == [identity, b"last"]
+        with pytest.raises(ValueError, match="ROUTER"):
+            Receiver(dealer, multipart=True)
+    finally:
+        context.destroy(linger=0)

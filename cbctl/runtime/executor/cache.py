@@ -4,6 +4,8 @@
 by an estimate of the bytes it holds. ``CachedStore`` puts it in front of a ``StoreClient``:
 
 - a read that hits returns the cached lattice without touching the store;
+- a large value (one that travels as frames of its own) is not pushed: a write of one makes the store send
+  ``KeyDropped`` to the key's subscribers instead, and the next read here fetches it (only readers pay for it);
 - a miss subscribes to the key *first* and then fetches it (one round trip: the store applies the two
   requests in order), so no write can fall between the fetch and the subscription: every merge after the
   subscription is pushed (``KeyUpdate``) and merged into the cache;
@@ -41,6 +43,7 @@ from cbctl.runtime.lattices import CausalLattice, Lattice, LWWLattice, lattice_f
 from cbctl.runtime.process import drain, new_socket
 from cbctl.runtime.store_client import StoreClient
 from cbctl.runtime.wire import auth
+from cbctl.runtime.wire.frames import Frames
 from cbctl.runtime.wire.messages import StoreStatsRequest, StoreStatsResponse, unpack
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,20 @@ def lattice_size(lattice: Lattice | None) -> int:
             total += sum(len(v) for v in values) + 32 * (len(clock.clock) + len(deps.entries) + 1)
         return total
     return len(msgpack.packb(lattice.to_wire()))
+
+
+def held(lattice: Lattice | None) -> Lattice | None:
+    """``lattice`` as the cache holds it: a large value's received frames (``zmq.Frame``, which a reader may
+    decode into arrays over their memory, uncopied: ``serialization.decode``) as ``memoryview``s of them, which
+    decode into copies, so a function changing what it read never changes the cache's copy. A lattice read and
+    not held (too large for the cache, ephemeral, caching off) keeps its frames: its reader may take them."""
+    if type(lattice) is not LWWLattice or type(lattice.value) is not Frames:
+        return lattice
+    parts = lattice.value.parts
+    if not any(type(part) is zmq.Frame for part in parts):
+        return lattice
+    return LWWLattice(lattice.timestamp, lattice.writer,
+                      Frames([part.buffer if type(part) is zmq.Frame else part for part in parts]))
 
 
 @dataclass(slots=True)
@@ -136,6 +153,7 @@ class ExecutorCache:
         return keys
 
     def _store(self, key: str, entry: CacheEntry | None, incoming: Lattice | None) -> list[str]:
+        incoming = held(incoming)
         if entry is None:
             merged = incoming
         elif entry.lattice is None or incoming is None:
@@ -234,12 +252,18 @@ class CachedStore:
                 "use another key, or delete it first)") from None
         if key not in self.cache:
             return lattice, lattice, won
+        if type(getattr(lattice, "value", None)) is Frames:
+            # a large value written in parts is views of the function's own arrays, which it may change once
+            # this returns: not held; the next read fetches the store's copy (and the key's push is ignored)
+            self.cache.discard(key)
+            return lattice, lattice, won
         self._evicted(self.cache.insert(key, lattice))
         entry = self.cache.get(key)
         return lattice, lattice if entry is None else entry.lattice, won
 
     def on_dropped(self, key: str) -> None:
-        """A ``KeyDropped`` from the store: the key became ephemeral; forget it (the store has unsubscribed)."""
+        """A ``KeyDropped`` from the store: the key became ephemeral, or took a large value (which the store does
+        not push); forget it (the store has unsubscribed)."""
         self.cache.discard(key)
 
     def on_push(self, key: str, wire: list[Any]) -> None:

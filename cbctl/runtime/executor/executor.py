@@ -547,14 +547,15 @@ class Executor:
         return self.sessions.read(key)
 
     def write_key(self, key: str, value: Any) -> bool:
-        encoded = serialization.encode(value, out_of_band=False)  # the store keeps values inline (see README)
+        # a large value goes to the store as frames of its own where the store keeps them (README: Large values)
+        encoded = serialization.encode(value, out_of_band=self.store.keeps_frames)
         limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
         return self.sessions.write(key, encoded)
 
     def write_ephemeral(self, key: str, value: Any, ttl_s: float) -> None:
         """An ephemeral put (``store/ephemeral.py``): to the store's memory, last-writer-wins in every
         consistency mode, past the call's session (it is no version a repeatable read or causal call tracks)."""
-        encoded = serialization.encode(value, out_of_band=False)  # the store keeps values inline (see README)
+        encoded = serialization.encode(value, out_of_band=self.store.keeps_frames)
         limits.check_size(len(encoded), self.max_message_bytes, f"the value cb.put writes under key {key!r}")
         self.cached.cache.discard(key)  # reads of it go to the store from now on
         self.store.put_ephemeral(key, self.store.new_lww(encoded, key), ttl_s)

@@ -31,6 +31,8 @@ from cbctl.runtime.consistency import (
 from cbctl.runtime.defaults import SNAPSHOT_TTL_S
 from cbctl.runtime.executor.cache import CachedStore
 from cbctl.runtime.lattices import CausalLattice, Lattice, LWWLattice, VectorClock
+from cbctl.runtime.wire import serialization
+from cbctl.runtime.wire.frames import Frames
 from cbctl.runtime.wire.messages import DagTrigger, SnapshotRelease, VersionRequest, VersionResponse
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,9 @@ class SessionManager:
             trigger = self.trigger
             extras = trigger.extras if trigger is not None else None
             if trigger is not None and trigger.consistency == LWW and not (extras and SESSION in extras):
-                return reveal(key, self.store.read(key), LWW)  # the common case: nothing to check or record
+                # the common case: nothing to check or record; a value the cache holds decodes into copies, one
+                # it does not hold (too large, ephemeral) is this reader's alone (cache.held)
+                return reveal(key, self.store.read(key), LWW, owned=True)
             session = self._open()
         mode = session.mode
         if mode == REPEATABLE_READ:
@@ -116,12 +120,17 @@ class SessionManager:
             lattice = self._read_causal(session, key)
         else:
             lattice = self.store.read(key, session.freshness(key))
-        return reveal(key, lattice, mode)
+        # repeatable-read snapshots keep what they read (peers ask for it): their arrays are copies
+        return reveal(key, lattice, mode, owned=mode == LWW)
 
-    def write(self, key: str, encoded: bytes) -> bool:
+    def write(self, key: str, encoded: bytes | Frames) -> bool:
         """``cb.put``: write through (acknowledged by the store when this returns) and record the write; returns
         whether it won (see ``StoreClient.put_lww``)."""
         session = self.session or self._open()
+        if session.mode != LWW and type(encoded) is not bytes:
+            # causal values and repeatable-read snapshots are kept by this process past the call, so not as views
+            # of the function's own arrays: inline, one bytes (a large value in parts is for LWW writes)
+            encoded = serialization.inline(encoded)
         if session.mode == CAUSAL:
             self._follow_client_write(session, key)
             lattice: Lattice = causal_version(session.floor, key, encoded, self.writer_id, self.counter)

@@ -20,11 +20,12 @@ call is never taken for idle by a report sent before it came.
 
 A call goes to an idle candidate when there is one (among idle ones, the one caching most of the keys the call
 references; then at random), else to the candidate with the fewest outstanding steps (then locality, then
-random). A step that runs after exactly one other step of its call (a chain's next function) has the executor of
-that step among its candidates, whether the function is pinned there or not (an executor loads a function on
-its first call), counts that step as no work ahead of it (it ends before this one starts), and prefers it among
-equals: its input is already there, so the call makes no hop between the two (one frame, and one process
-wake-up, fewer per call), and nothing waits behind it while another executor idles.
+random). A step that runs after exactly one other step of its call and alongside none (a chain's next function,
+``dag.chain_steps``) has the executor of that step among its candidates, whether the function is pinned there or
+not (an executor loads a function on its first call), counts that step as no work ahead of it (it ends before
+this one starts), and prefers it among equals: its input is already there, so the call makes no hop between
+the two (one frame, and one process wake-up, fewer per call), and nothing waits behind it while another
+executor idles.
 Candidates are Cloudburst's: the function's pinned locations, else every fresh executor of its type, and
 ``avoid`` for parallel branches; there is no utilization backoff, as outstanding work says more, sooner.
 When every location of a pinned function is busy and an executor with nothing pinned is idle, the call goes

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import zmq
 
 from cbctl.errors import (
@@ -27,13 +28,14 @@ from cbctl.errors import (
     CbctlError,
     ClusterNotRunning,
     InvalidArgument,
+    MessageTooLarge,
     NoExecutorAvailable,
     NoSuchFunction,
     ProtocolError,
 )
 from cbctl.runtime import cluster, consistency, multiexec, registry, step_records
 from cbctl.runtime.continuation import DEPTH_KEY
-from cbctl.runtime.dag import chain_edges, parallel_branches, sole_upstream, validate_dag
+from cbctl.runtime.dag import chain_edges, chain_steps, parallel_branches, validate_dag
 from cbctl.runtime.defaults import (
     AUTOSCALE_PARK_S,
     DISPATCH_WAIT_S,
@@ -100,6 +102,7 @@ from cbctl.runtime.wire.messages import (
     StatusAck,
     StealHint,
     UnpinRequest,
+    is_address,
     unpack,
     version_refusal,
 )
@@ -127,7 +130,7 @@ class CallPlan:
     versions: dict[str, int]
     gpu: dict[str, bool]
     parallel: dict[str, tuple[str, ...]]  # per function: earlier functions it may run alongside
-    follows: dict[str, str]  # per function that runs after exactly one other: that one (placed with it if free)
+    follows: dict[str, str]  # per step of a chain (dag.chain_steps): the one it runs after (placed with it if free)
     extras: dict[str, Any] = field(default_factory=dict)  # what every trigger carries (multi-exec run counts)
 
 
@@ -223,7 +226,7 @@ class Scheduler:
             raise NoSuchFunction(f"DAG {name!r} uses {', '.join(missing)}, which is no longer registered")
         plan = CallPlan(name, name if dag is not None else "", fns, edges, sources,
                         {f: self.functions[f].version for f in fns}, {f: self.functions[f].gpu for f in fns},
-                        parallel_branches(fns, edges), sole_upstream(fns, edges),
+                        parallel_branches(fns, edges), chain_steps(fns, edges),
                         multiexec.plan_extras(fns, edges, dag.options) if dag is not None else {})
         self.plans[name] = plan
         return plan
@@ -406,6 +409,22 @@ class Scheduler:
             self.store.put(registry.result_key(request.call_id), {f: getattr(result, f) for f in result._FIELDS})
         except CbctlError as store_exc:
             log.warning("call %s: could not store its dispatch error: %s", request.call_id, store_exc)
+
+    def answer_oversized(self, message: limits.Oversized) -> None:
+        """A call whose frames together were over the bound (``process.receive_rest`` kept only its header): its
+        caller gets ``MessageTooLarge`` at once instead of waiting for its timeout, when the header says who it
+        is (a ``CallRequest``'s id, response address and ``store_result``); anything else was only counted."""
+        try:
+            data = msgpack.unpackb(memoryview(message.header)[1:], ext_hook=lambda _code, _data: None, raw=False,
+                                   strict_map_key=False)
+            kind, call_id, response_address, store_result = data[1], data[2], data[6], data[7]
+        except Exception:
+            return
+        if (kind != CallRequest.KIND or type(call_id) is not str or type(response_address) is not str
+                or type(store_result) is not bool or not (response_address == "" or is_address(response_address))):
+            return
+        request = CallRequest(call_id, "", b"", {}, response_address, store_result, "lww", [])
+        self.reject(request, MessageTooLarge(message.text))
 
     def on_register_function(self, request: RegisterFunction) -> Any:
         record = self.function_record(request.name, request.code, request.options)
@@ -631,6 +650,9 @@ class Scheduler:
         except ProtocolError as exc:
             self.counters["protocol_errors"] += 1
             rejected.warning("dropped a bad frame: %s", exc)
+            if type(frame) is limits.Oversized:
+                self.answer_oversized(frame)
+                return
             refusal = version_refusal(frame, "the scheduler")  # a peer of another version is told why
             if refusal is not None:
                 sock.send_multipart([*parts[:-1], refusal])

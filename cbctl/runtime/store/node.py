@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import zmq
 
 from cbctl.errors import CbctlError, InvalidArgument, ProtocolError
@@ -48,6 +49,7 @@ from cbctl.runtime.store.ephemeral import EphemeralTable
 from cbctl.runtime.store.triggers import StoreTriggers, TriggerDispatcher
 from cbctl.runtime.trigger_records import PREFIX
 from cbctl.runtime.wire import limits
+from cbctl.runtime.wire.frames import Frames
 from cbctl.runtime.wire.messages import (
     Ack,
     DeleteRequest,
@@ -89,7 +91,12 @@ class StoreNode:
                                       max_depth=max_trigger_depth)
         self.triggers.load(backend.scan(PREFIX))
         self.counters = {"gets": 0, "puts": 0, "deletes": 0, "lists": 0, "protocol_errors": 0,
-                         "request_errors": 0}
+                         "request_errors": 0,
+                         # large values: bytes received and sent as frames of their own (kept as received, never
+                         # parsed or copied), the largest msgpack frame parsed (a large value inline would show
+                         # here), and messages refused for their frames' total size (``process.receive_rest``)
+                         "frames_in_bytes": 0, "frames_out_bytes": 0, "largest_parsed_frame_bytes": 0,
+                         "oversized_refused": 0, "large_values_dropped_from_caches": 0}
         self.started = time.time()
         self.rates = RateWindow(RATE_WINDOW_S, RATE_SAMPLE_S)  # ops/s for `cbctl top`, sampled in maintain()
 
@@ -122,9 +129,21 @@ class StoreNode:
                 error_type = type(exc).__name__ if isinstance(exc, CbctlError) else "InvalidArgument"
                 replies.append(ErrorResponse(getattr(request, "req_id", 0), error_type, str(exc)))
         self.backend.commit()
-        pushes: list[tuple[str, Message]] = [(address, KeyUpdate(key, lattice.to_wire()))
-                                             for key, lattice in changed.items()
-                                             for address in self.subscribers.get(key, ())]
+        pushes: list[tuple[str, Message]] = []
+        for key, lattice in changed.items():
+            addresses = self.subscribers.get(key)
+            if not addresses:
+                continue
+            if type(getattr(lattice, "value", None)) is Frames:
+                # a large value is not pushed to every cache that held the key (most may never read it again):
+                # they drop their copies and the subscriptions go, so only a reader fetches it, once
+                del self.subscribers[key]
+                self.subscriptions -= len(addresses)
+                self.counters["large_values_dropped_from_caches"] += len(addresses)
+                dropped.extend((address, KeyDropped(key)) for address in addresses)
+                continue
+            wire = lattice.to_wire()
+            pushes.extend((address, KeyUpdate(key, wire)) for address in addresses)
         return replies, pushes + dropped if dropped else pushes
 
     def _handle(self, request: Message, changed: dict[str, Lattice], dropped: list[tuple[str, Message]]) -> Message:
@@ -321,21 +340,50 @@ def main(config: ProcessConfig) -> None:
     log.info("store stopped")
 
 
-def _serve(node: StoreNode, sock: zmq.Socket, peers: PeerSockets, frames: list[list[bytes]]) -> None:
+def _serve(node: StoreNode, sock: zmq.Socket, peers: PeerSockets, frames: list[list[Any]]) -> None:
     identities: list[bytes] = []
     requests: list[Message] = []
+    counters = node.counters
     for parts in frames:
+        message = parts[-1]
+        # the largest msgpack frame parsed: a large value that travels as frames of its own never counts here
+        header_bytes = len(message) if type(message) is bytes else len(message[0]) if type(message) is list else 0
+        if header_bytes > counters["largest_parsed_frame_bytes"]:
+            counters["largest_parsed_frame_bytes"] = header_bytes
         try:
-            requests.append(unpack(parts[-1]))
+            requests.append(unpack(message))
             identities.append(parts[0])
+            if type(message) is list:
+                counters["frames_in_bytes"] += sum(len(part) for part in message[1:])
         except ProtocolError as exc:
-            node.counters["protocol_errors"] += 1
+            counters["protocol_errors"] += 1
             rejected.warning("dropped a bad frame: %s", exc)
-            refusal = version_refusal(parts[-1], "the store")  # a peer of another version is told why
+            refusal = (_too_large(node, message) if type(message) is limits.Oversized
+                       else version_refusal(message, "the store"))  # a peer of another version is told why
             if refusal is not None:
                 sock.send_multipart([*parts[:-1], refusal])
     replies, pushes = node.handle_batch(requests)
     for identity, reply in zip(identities, replies):
-        sock.send_multipart([identity, reply.pack()])
+        packed = reply.pack()
+        if type(packed) is bytes:
+            sock.send_multipart([identity, packed])
+        else:  # a large value's frames, sent as the store keeps them: received frames, or its log's buffers
+            counters["frames_out_bytes"] += sum(len(part) for part in packed[1:])
+            sock.send_multipart([identity, *packed], copy=False)
     for address, push in pushes:
         peers.send(address, push.pack())
+
+
+def _too_large(node: StoreNode, message: limits.Oversized) -> bytes | None:
+    """The answer to a request whose frames together were over the bound (``process.receive_rest``): a
+    ``MessageTooLarge`` error for its request id, read from its header (None when the header has none)."""
+    node.counters["oversized_refused"] += 1
+    try:
+        data = msgpack.unpackb(memoryview(message.header)[1:], ext_hook=lambda _code, _data: None, raw=False,
+                               strict_map_key=False)
+        req_id = data[2]
+    except Exception:
+        return None
+    if type(req_id) is not int:
+        return None
+    return ErrorResponse(req_id, "MessageTooLarge", message.text).pack()

@@ -312,7 +312,8 @@ class StoreTriggers:
 def _encoded(lattice: Lattice) -> bytes:
     """A value as a function receives it, encoded: an LWW value's bytes as stored (never decoded here)."""
     if isinstance(lattice, LWWLattice):
-        return lattice.value
+        # a large value kept in parts is joined into one encoding here: triggered calls' arguments are inline
+        return lattice.value if type(lattice.value) is bytes else serialization.inline(lattice.value)
     return serialization.encode(lattice.reveal(), out_of_band=False)  # type: ignore[return-value]
 
 

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -46,8 +47,47 @@ class WalCorruptError(Exception):
     """A snapshot or a file header is damaged or inconsistent: replaying it would lose or invent records."""
 
 
-def _frame(record: bytes) -> bytes:
-    return _FRAME.pack(len(record), zlib.crc32(record)) + record
+def _frame(record: bytes | list) -> list:
+    """A record's frame as the buffers to write one after another: its header, then the record, or the record's
+    parts (a record in parts is written as their concatenation, never joined in memory: a large value's frames,
+    as the store received them)."""
+    if type(record) is bytes:
+        return [_FRAME.pack(len(record), zlib.crc32(record)), record]
+    parts = [memoryview(part).cast("B") for part in record]
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return [_FRAME.pack(sum(part.nbytes for part in parts), crc), *parts]
+
+
+#: Buffers smaller than this are gathered into one ``bytes`` before a write (one syscall for a batch of small
+#: records, as before records could come in parts); larger ones are written from their own memory.
+_GATHER_BYTES = 64 << 10
+
+
+def _write_all(fd: int, buffers: list) -> int:
+    """Write ``buffers`` one after another to ``fd``; the bytes written."""
+    written = 0
+    small: list = []
+
+    def write(data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:  # a regular file takes it all in one write; loop only for the odd short write
+            view = view[os.write(fd, view):]
+
+    for buffer in buffers:
+        size = memoryview(buffer).nbytes
+        written += size
+        if size < _GATHER_BYTES:
+            small.append(buffer)
+            continue
+        if small:
+            write(b"".join(small))
+            small = []
+        write(buffer)
+    if small:
+        write(b"".join(small))
+    return written
 
 
 def _read_frames(f: BinaryIO, size: int) -> Generator[bytes, None, tuple[int, str | None]]:
@@ -146,7 +186,7 @@ def _read_header(path: Path, magic: bytes) -> int | None:
     return _HEADER.unpack(header)[1]
 
 
-def _install(path: Path, header: bytes, frames: Iterable[bytes]) -> None:
+def _install(path: Path, header: bytes, frames: Iterable[bytes | memoryview]) -> None:
     """Atomically replace ``path`` with header + frames: tmp file, fsync, rename, fsync of the directory."""
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -171,13 +211,15 @@ class WriteAheadLog:
 
     def __init__(self, directory: Path, durability: str = "batch", batch_interval_s: float = 0.05,
                  compact_threshold_bytes: int = 64 * 1024 * 1024, *,
-                 clock: Callable[[], float] = time.monotonic, salvage: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic, salvage: bool = False,
+                 background_sync: bool = False) -> None:
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY_MODES)}; got {durability!r}")
         self._dir = Path(directory)
         self._durability = durability
         self._interval = batch_interval_s
         self._threshold = compact_threshold_bytes
+        self._known_snapshot_size: int | None = None  # see _snapshot_size
         self._clock = clock
         self._salvage = salvage
         #: what recovery with ``salvage`` dropped: one report per damaged file it moved aside
@@ -188,6 +230,13 @@ class WriteAheadLog:
         self._dirty = False
         self._last_sync = clock()
         self.syncs = 0  # fsyncs of appended records (not at close): what the durability mode decides
+        # Batch mode's fsync on a thread of its own (``background_sync``): an fsync of a large value's record takes
+        # tens of ms, which on the store's loop would stall every request behind it, and batch mode acknowledges
+        # before the sync anyway. The lock is held while that thread syncs and while the log's fd is replaced.
+        self._fd_lock = threading.Lock()
+        self._sync_wanted = threading.Event()
+        self._sync_error: OSError | None = None  # raised by the next sync_if_due: a log that cannot sync stops
+        self._syncer: threading.Thread | None = None
         self._dir.mkdir(parents=True, exist_ok=True)
         # We are the only writer, so a tmp file is debris from a crash mid-install, never a live write.
         for path in (self._snap_path, self._log_path):
@@ -205,12 +254,29 @@ class WriteAheadLog:
         else:
             self._open_log(log_gen)
             self._recovered = False  # the tail may be torn until replay (or the first append) checks it
+        if background_sync and durability == "batch":
+            self._syncer = threading.Thread(target=self._sync_in_background, name="wal-sync", daemon=True)
+            self._syncer.start()
+
+    def _sync_in_background(self) -> None:
+        while True:
+            self._sync_wanted.wait()
+            self._sync_wanted.clear()
+            with self._fd_lock:
+                if self._fd is None:  # closed
+                    return
+                try:
+                    _datasync(self._fd)
+                    self.syncs += 1
+                except OSError as exc:
+                    self._sync_error = exc
 
     def _open_log(self, gen: int) -> None:
         fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND)  # unbuffered: os.write reaches the OS
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd, self._gen = fd, gen
+        with self._fd_lock:  # not while the background sync uses the old one
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd, self._gen = fd, gen
         self._log_bytes = os.fstat(fd).st_size
 
     def _start_empty_log(self, gen: int) -> None:
@@ -265,7 +331,8 @@ class WriteAheadLog:
         scan = _scan(data, _HEADER.size)
         moved = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
         shutil.copyfile(path, moved)
-        _install(path, data[:_HEADER.size], (_frame(p) for p in scan.payloads))
+        _install(path, data[:_HEADER.size], (b for p in scan.payloads for b in _frame(p)))
+        self._known_snapshot_size = None
         dropped = sum(stop - start for start, stop, _ in scan.damaged)
         report = {"file": str(path), "moved_to": str(moved), "records_kept": len(scan.payloads),
                   "bytes_dropped": dropped, "damaged": [{"offset": start, "bytes": stop - start, "why": why}
@@ -286,26 +353,24 @@ class WriteAheadLog:
                 pass
         return self._fd
 
-    def append(self, record: bytes) -> None:
+    def append(self, record: bytes | list) -> None:
         """Write one record: it survives a process crash on return, and a machine crash per durability."""
         self.append_many([record])
 
-    def append_many(self, records: list[bytes]) -> None:
-        """Write a batch of records with one write syscall."""
+    def append_many(self, records: list[bytes | list]) -> None:
+        """Write a batch of records: small ones gathered into one write syscall, a large record's parts from
+        their own memory (``_frame``)."""
         if not records:
             return
         fd = self._writable_fd()
-        data = b"".join(_frame(r) for r in records)
         try:
-            view = memoryview(data)
-            while view:  # a regular file takes it all in one write; loop only for the odd short write
-                view = view[os.write(fd, view):]
+            written = _write_all(fd, [buffer for record in records for buffer in _frame(record)])
         except OSError:
             # Cut any partial frame (disk full, say) so later appends stay readable; the caller must not ack.
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self._log_bytes)
             raise
-        self._log_bytes += len(data)
+        self._log_bytes += written
         if self._durability == "always":
             self._sync()
         elif self._durability == "batch":
@@ -323,9 +388,17 @@ class WriteAheadLog:
         self._last_sync = self._clock()
 
     def sync_if_due(self) -> bool:
-        """Batch mode: fsync if appends are unsynced and the interval has passed; True if it synced."""
+        """Batch mode: fsync if appends are unsynced and the interval has passed (with ``background_sync``, start
+        that fsync on its thread); True if it did. Raises the error of a background fsync that failed."""
+        if self._sync_error is not None:
+            raise self._sync_error
         if not self._dirty or self._clock() - self._last_sync < self._interval:
             return False
+        if self._syncer is not None:
+            self._dirty = False
+            self._last_sync = self._clock()
+            self._sync_wanted.set()
+            return True
         self._sync()
         return True
 
@@ -334,14 +407,18 @@ class WriteAheadLog:
         return max(0.0, self._last_sync + self._interval - self._clock()) if self._dirty else None
 
     def needs_compaction(self) -> bool:
-        return self._log_bytes > self._threshold
+        """Whether the log has outgrown the threshold and the last snapshot: a compaction rewrites the whole
+        state, so it waits until the log is at least as large as that (as Redis's AOF rewrite waits for 100%
+        growth), or a store of large values would rewrite all of them on every put past the threshold."""
+        return self._log_bytes > self._threshold and self._log_bytes > self._snapshot_size
 
-    def compact(self, records: Iterable[bytes]) -> None:
+    def compact(self, records: Iterable[bytes | list]) -> None:
         """Make ``records`` (the store's full state) the snapshot, and start an empty log."""
         self._writable_fd()
         gen = self._gen + 1
         # Snapshot first: until it is durable, the old snapshot + old log are still the truth.
-        _install(self._snap_path, _HEADER.pack(_SNAP_MAGIC, gen), (_frame(r) for r in records))
+        _install(self._snap_path, _HEADER.pack(_SNAP_MAGIC, gen), (b for r in records for b in _frame(r)))
+        self._known_snapshot_size = None
         self._start_empty_log(gen)
 
     @property
@@ -352,9 +429,21 @@ class WriteAheadLog:
     def snapshot_bytes(self) -> int:
         return self._snap_path.stat().st_size if self._snap_path.exists() else 0
 
+    @property
+    def _snapshot_size(self) -> int:
+        """``snapshot_bytes``, read from the file once per compaction rather than on every check."""
+        if self._known_snapshot_size is None:
+            self._known_snapshot_size = self.snapshot_bytes
+        return self._known_snapshot_size
+
     def close(self) -> None:
         """Fsync and close; safe to call more than once."""
-        fd, self._fd, self._dirty = self._fd, None, False
+        with self._fd_lock:
+            fd, self._fd, self._dirty = self._fd, None, False
+        if self._syncer is not None:  # it sees the log closed, and returns
+            self._sync_wanted.set()
+            self._syncer.join()
+            self._syncer = None
         if fd is not None:
             try:
                 _datasync(fd)  # even durability "none" syncs here: a clean shutdown should survive power loss

@@ -35,6 +35,7 @@ import msgpack
 
 from cbctl.errors import ProtocolError
 from cbctl.runtime.defaults import PROTOCOL_VERSION
+from cbctl.runtime.wire.limits import Oversized
 
 _KINDS: dict[int, type[Message]] = {}
 
@@ -219,6 +220,8 @@ def unpack(frame: bytes | list[Any]) -> Message:
         else:
             data = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
+        if type(frame) is Oversized:  # what a receiver kept of a message over its bound (``process.receive_rest``)
+            raise ProtocolError(frame.text) from None
         if type(frame) is list:
             raise ProtocolError(f"message of {len(frame)} frames is not a well-formed multi-frame message: "
                                 f"{exc}") from None

@@ -6,6 +6,8 @@ the size, the limit and the option that raises it. Servers also set zmq's ``MAXM
 can reach (``backstop_bytes``), a little above the limit, so a hostile or broken peer sending a huge frame loses
 its connection instead of costing a server its memory; an honest peer's frames stay under it, because every
 value in them was checked against the limit and the rest of a frame is bounded by ``FRAME_HEADROOM_BYTES``.
+zmq applies ``MAXMSGSIZE`` to each frame; a multi-frame message (large values as frames of their own) is bounded
+by it as a whole by ``process.receive_rest``, which keeps an ``Oversized`` instead of the message's frames.
 """
 
 from __future__ import annotations
@@ -50,6 +52,29 @@ def too_large(size: int, limit: int, what: str) -> MessageTooLarge:
 def backstop_bytes(limit: int = MAX_MESSAGE_BYTES) -> int:
     """zmq ``MAXMSGSIZE`` for server sockets: the value limit plus room for the rest of an honest frame."""
     return limit + FRAME_HEADROOM_BYTES
+
+
+class Oversized:
+    """What a receiver has of a multi-frame message whose frames together pass its socket's ``MAXMSGSIZE`` (zmq
+    bounds each frame, not their sum): the header frame only, the rest was received and dropped as it came, so
+    such a message costs a server at most the bound in memory. ``frames.unpack`` refuses it with ``text``; a
+    server that can tell the sender (the store: the header holds the request id) answers ``MessageTooLarge``."""
+
+    __slots__ = ("header", "nbytes", "limit")
+
+    def __init__(self, header: bytes, nbytes: int, limit: int) -> None:
+        self.header = header
+        self.nbytes = nbytes  # bytes received before the bound was passed (at least limit + 1)
+        self.limit = limit
+
+    def __len__(self) -> int:
+        return len(self.header)  # what the receiver holds of it (servers count parsed sizes with len)
+
+    @property
+    def text(self) -> str:
+        return (f"a multi-frame message of more than {mib(self.limit)} ({self.nbytes}+ bytes in all its frames) "
+                f"was refused: its frames together are over this cluster's limit per message; store the value "
+                "in smaller pieces, or start the cluster with a larger `cbctl up --max-message-mb N`")
 
 
 def check_ttl(ttl_s: float | None, default_as: float = EPHEMERAL_TTL_S) -> float:

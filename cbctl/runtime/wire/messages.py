@@ -171,8 +171,9 @@ class EphemeralPut(Message):
 
 @message(29)
 class KeyDropped(Message):
-    """Pushed by the store to the subscribers of ``key`` when it becomes ephemeral: drop the cached copy (and
-    the subscription, which the store has removed); the next read asks the store."""
+    """Pushed by the store to the subscribers of ``key`` when it becomes ephemeral, or takes a large value (one
+    in frames of its own, which is not pushed to every cache): drop the cached copy (and the subscription, which
+    the store has removed); the next read asks the store."""
 
     key: str
 

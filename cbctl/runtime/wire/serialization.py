@@ -147,10 +147,11 @@ _SHOWN_CHARS = 200
 class _Decoder:
     """``ext_hook`` for one value: ``buffers`` are its out-of-band parts (empty for an inline value)."""
 
-    __slots__ = ("buffers",)
+    __slots__ = ("buffers", "owned")
 
-    def __init__(self, buffers: list[Any]) -> None:
+    def __init__(self, buffers: list[Any], owned: bool = True) -> None:
         self.buffers = buffers
+        self.owned = owned  # False: the frames are someone else's too (a cache's), so arrays copy them
 
     def __call__(self, code: int, data: bytes) -> Any:
         if code == EXT_NDARRAY_FRAME:
@@ -162,7 +163,7 @@ class _Decoder:
             if is_scalar:
                 return array[()]
             # a received frame is this receiver's alone: its memory becomes the array, writable and uncopied
-            return array if type(buffer) is zmq.Frame else array.copy()
+            return array if type(buffer) is zmq.Frame and self.owned else array.copy()
         if code == EXT_BYTES_FRAME:
             return bytes(self.buffers[msgpack.unpackb(data)])
         return _ext_hook(code, data, self)
@@ -223,8 +224,8 @@ def renamed(exc: DecodeError, what: str) -> DecodeError:
 
 def encode(value: Any, out_of_band: bool = True) -> bytes | Frames:
     """Serialise one value (see the module docstring for what travels how): bytes, or ``Frames`` when it holds
-    buffers large enough to travel out of band (never with ``out_of_band=False``: what the store keeps and
-    logs is one ``bytes`` per value)."""
+    buffers large enough to travel out of band (never with ``out_of_band=False``: for what must be one ``bytes``,
+    such as a value for the Redis backend)."""
     if not out_of_band:
         return _pack(value, None)
     if type(value) is list:
@@ -240,7 +241,8 @@ def encode(value: Any, out_of_band: bool = True) -> bytes | Frames:
 
 
 def inline(encoded: bytes | Frames) -> bytes:
-    """An encoded value as one ``bytes`` (what the store takes), decoding and encoding it again if need be."""
+    """An encoded value as one ``bytes`` (what stored results, causal values and triggered calls' arguments keep),
+    decoding and encoding it again if need be."""
     return encoded if type(encoded) is bytes else encode(decode(encoded), out_of_band=False)  # type: ignore[return-value]
 
 
@@ -252,13 +254,15 @@ def encode_list(encoded: list[bytes | Frames]) -> bytes | Frames:
     return encode([decode(e) for e in encoded])
 
 
-def decode(data: bytes | Frames, what: str = "a value") -> Any:
+def decode(data: bytes | Frames, what: str = "a value", owned: bool = True) -> Any:
     """Inverse of ``encode``; unpickling only happens for values that were pickled. ``DecodeError`` saying
-    that ``what`` cannot be decoded here, and why, for bytes that are not a value or do not unpickle here."""
+    that ``what`` cannot be decoded here, and why, for bytes that are not a value or do not unpickle here.
+    ``owned=False``: ``data``'s received frames stay someone else's (an executor cache holds them), so arrays
+    are copies, not views of them."""
     try:
         if type(data) is Frames:
             parts = data.parts
-            return msgpack.unpackb(parts[0], ext_hook=_Decoder(parts[1:]), raw=False, strict_map_key=False)
+            return msgpack.unpackb(parts[0], ext_hook=_Decoder(parts[1:], owned), raw=False, strict_map_key=False)
         return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
     except DecodeError as exc:
         raise DecodeError(f"{what} cannot be decoded here: {exc.args[0]}") from None

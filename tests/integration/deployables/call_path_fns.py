@@ -48,7 +48,15 @@ def read_first(cb, key, seconds):
 
 
 @cbctl.function
-def nap_after(cb, seconds):
+def read_too(cb, key, seconds):
+    """The DAG's other source: with it, the sink joins two steps and is placed by its pins, apart from
+    ``read_first`` (a chain's next step would run on ``read_first``'s executor, which could then not report the
+    snapshot while it naps)."""
+    return seconds
+
+
+@cbctl.function
+def nap_after(cb, seconds, _seconds_too):
     """The DAG's sink: holds the call (and so the first step's snapshot) for ``seconds``."""
     import time
 
@@ -56,7 +64,8 @@ def nap_after(cb, seconds):
     return cb.getid()
 
 
-cbctl.dag("read_then_nap", [read_first, nap_after])
+cbctl.dag("read_then_nap", [read_first, read_too, nap_after],
+          edges=[(read_first, nap_after), (read_too, nap_after)])
 
 
 # --- large values (frames of their own, see wire/frames.py) -------------------------------------------------
