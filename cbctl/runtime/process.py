@@ -261,6 +261,11 @@ def new_socket(context: zmq.Context, kind: int) -> zmq.Socket:
     return sock
 
 
+#: pyzmq's compiled send: its Python ``Socket.send`` adds nothing a PUSH socket's one-frame messages use, and costs
+#: about 0.2 us per hop.
+_send_frame = zmq.backend.Socket.send
+
+
 class PeerSockets:
     """Outgoing PUSH sockets by address, opened on first use; the least recently used is closed past
     a bound so a long-lived executor does not collect sockets to every client that ever called it.
@@ -298,7 +303,7 @@ class PeerSockets:
             self._sockets.move_to_end(address)
         try:
             if type(frame) is bytes:
-                sock.send(frame, zmq.NOBLOCK)
+                _send_frame(sock, frame, zmq.NOBLOCK)
                 self.sent_bytes += len(frame)
             else:
                 track = _tracked(frame)

@@ -37,7 +37,6 @@ from cbctl.errors import (
 from cbctl.runtime import cluster, multiexec, registry, step_records, user_errors
 from cbctl.runtime.code_loading import load_target
 from cbctl.runtime.continuation import Continue
-from cbctl.runtime.dag import downstream_of, upstream_of
 from cbctl.runtime.defaults import (
     CACHED_KEYS_REPORTED,
     DEPARTURE_LINGER_S,
@@ -57,6 +56,7 @@ from cbctl.runtime.executor.departure import Departure, Peer
 from cbctl.runtime.executor.direct import Inbox
 from cbctl.runtime.executor.extras import check_trigger_extras
 from cbctl.runtime.executor.host import LoadedFunction
+from cbctl.runtime.executor.plans import Plans
 from cbctl.runtime.executor.sessions import SessionManager
 from cbctl.runtime.executor.status import StatusReporter
 from cbctl.runtime.executor.userlib import UserLibrary
@@ -140,6 +140,7 @@ class Executor:
         self.join_started: dict[tuple[str, str], float] = {}
         self.aborted: dict[str, float] = {}  # failed calls -> when: their late triggers are dropped, not joined
         self.attempts = AttemptFilter()  # calls dispatched again after an executor died (retries.py)
+        self.plans = Plans()  # each DAG's upstream functions and successors, by function (plans.py)
         self.ready: collections.deque[tuple[DagTrigger, list[DagTrigger]]] = collections.deque()
         self.inbox = Inbox()  # direct messages for the running function (direct.py)
         self.deferred: list[bytes] = []  # frames that arrived while user code waited in recv
@@ -162,6 +163,7 @@ class Executor:
         self._version_ids = itertools.count(1)
         self.awaited_version: tuple[int, VersionResponse | None] | None = None  # (req_id, reply) of fetch_version
         self.departure = Departure(self.executor_id, address)  # this executor's leaving, and its peers'
+        self.queued_here = False  # the step running (or last run) passed its result to a step here (deliver)
         self.running: DagTrigger | None = None  # the step run_next is running: answered if the runtime fails it
         self.recycling = False  # leaving because of --executor-memory-mb (a fresh process replaces it)
         # placement by outstanding work (stealing.py): load reports to the schedulers (not with Cloudburst's
@@ -196,22 +198,25 @@ class Executor:
         sharing.last_call = trigger.call_id  # (load reports name it: a scheduler knows what they counted)
         if sharing.asked_until:
             sharing.asked_until = 0.0  # busy now (with the step asked for, or another): hints wait till idle
-        if trigger.extras:
-            check_trigger_extras(trigger.extras)
+        extras = trigger.extras
+        if extras:
+            check_trigger_extras(extras)
         if self.aborted and trigger.call_id in self.aborted:
             return  # another step of this call failed: its caller has the error already
-        if self.attempts.latest or (trigger.extras and ATTEMPT_KEY in trigger.extras):
-            admitted, newer = self.attempts.admit(trigger.call_id, trigger.extras)
+        if self.attempts.latest or (extras and ATTEMPT_KEY in extras):
+            admitted, newer = self.attempts.admit(trigger.call_id, extras)
             if not admitted:
                 return  # an older attempt's, still on its way: the newer attempt runs this step
             if newer:  # what an older attempt left waiting for its other triggers must not join this one's
                 self.drop_joins(trigger.call_id)
-        if trigger.extras and multiexec.EXTRAS_KEY in trigger.extras and self.multiexec.on_trigger(trigger, self.ready):
+        if extras and multiexec.EXTRAS_KEY in extras and self.multiexec.on_trigger(trigger, self.ready):
             return
-        upstream = upstream_of(trigger.edges, trigger.function)
-        if len(upstream) <= 1:
+        edges = trigger.edges
+        shape = self.plans.shape(trigger.dag, edges) if edges else None
+        if shape is None or trigger.function not in shape.joining:  # one upstream trigger (or none): it runs
             self.ready.append((trigger, [trigger]))
             return
+        upstream = shape.upstream[trigger.function]
         key = (trigger.call_id, trigger.function)
         arrived = self.joins.get(key)
         if arrived is None:
@@ -367,6 +372,7 @@ class Executor:
 
     def run_next(self) -> None:
         trigger, inputs = self.ready.popleft()
+        self.queued_here = False
         if self.peers.unsent and not self.peers.wait_sent(SENT_BEFORE_NEXT_STEP_S):
             # the step may change an array an earlier one returned, which zmq still sends from its memory
             log.warning("results sent from their arrays' memory were not sent within %.0f s: running %s anyway",
@@ -402,6 +408,15 @@ class Executor:
             self.recorder.record(trigger.call_id, name, trigger.source, trigger.extras,
                                  time.monotonic() - (finished - started) / 1e9, time.monotonic())
 
+    def next_is_queued_here(self) -> bool:
+        """Whether the step to run next is the successor the step just run queued here (``deliver``), alone in
+        the queue with nothing deferred, and not of a batching function (a batch takes every call of its
+        function a poll queues): the loop may then run it before polling its socket."""
+        if not self.queued_here or len(self.ready) != 1 or self.deferred:
+            return False
+        loaded = self.functions.get(self.ready[0][0].function)
+        return loaded is not None and not loaded.record.batching
+
     def answer_failed_step(self, exc: Exception) -> None:
         """The step ``run_next`` was running failed in the runtime's own code, not the user's (a trigger whose
         extras this executor could not make sense of, a store gone mid-delivery): its caller gets the error now
@@ -429,16 +444,25 @@ class Executor:
         """A step's positional arguments: the call's for a source, else one per upstream result; ``Ref``s
         are resolved to their keys' values."""
         try:
-            if trigger.source:
-                args = [serialization.decode(t.payload) for t in inputs]
-            else:
+            if not trigger.source:
                 args = serialization.decode(trigger.payload)
+                if type(args) is not list:
+                    args = list(args)
+            elif len(inputs) == 1:  # a chain's step (no comprehension: its frame costs more than the decode)
+                args = [serialization.decode(inputs[0].payload)]
+            else:
+                args = [serialization.decode(t.payload) for t in inputs]
         except DecodeError as exc:
             raise serialization.renamed(exc, f"an argument of {trigger.function!r} on {self.executor_id}") from None
-        return [self.read_key(a.key) if type(a) is serialization.Ref else a for a in args]
+        ref = serialization.Ref
+        for arg in args:
+            if type(arg) is ref:
+                return [self.read_key(a.key) if type(a) is ref else a for a in args]
+        return args  # a fresh list: nothing to resolve
 
     def deliver(self, trigger: DagTrigger, result: Any) -> None:
-        successors = downstream_of(trigger.edges, trigger.function) if trigger.edges else ()
+        edges = trigger.edges
+        successors = self.plans.shape(trigger.dag, edges).downstream.get(trigger.function, ()) if edges else ()
         if type(result) is Continue:
             continuation.hand_off(self, trigger, result, is_sink=not successors)
             return
@@ -454,7 +478,8 @@ class Executor:
         if not successors:
             self.respond(trigger, CallResult(trigger.call_id, True, payload, executor_id=self.executor_id))
             return
-        extras = self.sessions.outgoing_extras(trigger)
+        sessions = self.sessions  # (no session opened: the successors get the extras this step got)
+        extras = trigger.extras if sessions.session is None else sessions.outgoing_extras(trigger)
         for successor in successors:
             downstream = DagTrigger(trigger.call_id, trigger.dag, successor, trigger.locations, trigger.versions,
                                     trigger.edges, trigger.function, payload, trigger.response_address,
@@ -464,6 +489,7 @@ class Executor:
                 address = self.departure.route(address)  # its executor left: its heir runs the step
             if address == self.address:
                 self.on_trigger(downstream)  # same executor: no socket hop
+                self.queued_here = True
             else:
                 self.peers.send(address, downstream.pack())
 
@@ -490,7 +516,7 @@ class Executor:
         """Tell every executor that runs a joining step of this call (one with several upstream functions)
         to drop what it holds for it; the results of the branches that did not fail would otherwise wait there
         for ``JOIN_TIMEOUT_S``."""
-        joining = {b for _, b in trigger.edges if len(upstream_of(trigger.edges, b)) > 1}
+        joining = self.plans.shape(trigger.dag, trigger.edges).joining
         addresses = {trigger.locations[fn] for fn in joining if fn in trigger.locations}
         frame = CallAborted(trigger.call_id).pack()
         for address in addresses:
@@ -502,10 +528,12 @@ class Executor:
                 self.peers.send(address, frame)
 
     def respond(self, trigger: DagTrigger, result: CallResult) -> None:
-        session_extras = self.sessions.result_extras(trigger)  # the call ends here: snapshots go, writes return
-        if session_extras:
-            result.extras = session_extras
-        if trigger.extras and multiexec.EXTRAS_KEY in trigger.extras:
+        extras = trigger.extras
+        if extras or self.sessions.session is not None:  # (neither: no session state, nothing to release)
+            session_extras = self.sessions.result_extras(trigger)  # the call ends here: snapshots go, writes return
+            if session_extras:
+                result.extras = session_extras
+        if extras and multiexec.EXTRAS_KEY in extras:
             result = self.multiexec.on_result(trigger, result)  # gathers a multi-exec sink's results
             if result is None:
                 return
@@ -770,16 +798,19 @@ def main(config: ProcessConfig) -> None:
     edges = sharing.edges
     memory_limit = int(config.options.get("memory_limit_mb", 0)) << 20  # `cbctl up --executor-memory-mb`; 0: off
     timers = TimerWork(log)
+    unpolled = False  # this pass runs the successor the last step queued here without polling first
     while True:
-        wait_ms = 0 if executor.ready or executor.deferred else 100 if edges is None else edges.wait_ms(100)
-        for frame in receiver.receive(wait_ms):
-            executor.on_frame(frame)
-        sharing.deferred_triggers = sharing.deferred_movable = 0  # (a hint among them sees ``deferred``)
-        while executor.deferred:
-            executor.on_frame(executor.deferred.pop(0))
-        if executor.ready:
-            if edges is not None:
+        if not unpolled:
+            wait_ms = 0 if executor.ready or executor.deferred else 100 if edges is None else edges.wait_ms(100)
+            for frame in receiver.receive(wait_ms):
+                executor.on_frame(frame)
+            sharing.deferred_triggers = sharing.deferred_movable = 0  # (a hint among them sees ``deferred``)
+            while executor.deferred:
+                executor.on_frame(executor.deferred.pop(0))
+            if executor.ready and edges is not None:
                 sharing.observe(0)  # turned busy (or backlogged): before it runs
+        # (unpolled: nothing came since the last pass's observe, which saw the state this step starts in)
+        if executor.ready:
             try:
                 executor.run_next()
             except Exception as exc:  # the runtime's own failure (store gone mid-delivery, ...): answer, go on
@@ -788,6 +819,11 @@ def main(config: ProcessConfig) -> None:
             if memory_limit and not shutdown.requested and executor.memory_over(memory_limit):
                 # leave as on SIGTERM (the status that says so says why); the supervisor starts a fresh one
                 shutdown.requested = executor.recycling = True
+            # a chain's next step queued here runs at once, its poll (a system call that finds nothing in a
+            # sequential call) skipped; never two passes in a row, so a message waits one step at most
+            unpolled = not unpolled and executor.queued_here and executor.next_is_queued_here()
+        else:
+            unpolled = False
         if edges is not None:
             sharing.observe(0)  # turned idle, or a folded change is due
         if reporter.due():

@@ -70,7 +70,11 @@ class LoadEdges:
         if state == self.sent_state and (state != IDLE or last_call == self.sent_call) and not force:
             self.pending = False
             return False
-        self._refill()
+        # the token bucket refilled (inline: a sequential call's steps flip busy and idle, and each flip comes here)
+        now = self.clock()
+        tokens = self.tokens + (now - self.filled_at) / self.min_interval_s
+        self.tokens = tokens if tokens < self.burst else float(self.burst)
+        self.filled_at = now
         if self.tokens < 1.0 and not force:
             self.pending = True
             return False
@@ -78,11 +82,6 @@ class LoadEdges:
         self.sent_state, self.sent_call, self.pending = state, last_call, False
         self.sent += 1
         return True
-
-    def _refill(self) -> None:
-        now = self.clock()
-        self.tokens = min(float(self.burst), self.tokens + (now - self.filled_at) / self.min_interval_s)
-        self.filled_at = now
 
     def not_backlogged(self) -> None:
         """A thief was told nothing here can move; the schedulers hear it from the thief, so they count this
@@ -134,6 +133,7 @@ class WorkSharing:
         self.deferred_movable = 0  # those of them another executor could run
         self.asked_until = 0.0  # a thief waits this long for the call it asked for before heeding other hints
         self.last_call = ""  # the call of the latest step received (load reports name it)
+        self._one_step_of: str | None = None  # last_call when ``observe`` last saw one step held (else None)
         self.counts = {"given": 0, "asked": 0, "hints_ignored": 0}
 
     def metrics(self) -> dict[str, int]:
@@ -154,6 +154,11 @@ class WorkSharing:
             return
         ready = self.executor.ready
         load = running + len(ready) + self.deferred_triggers
+        if load == 1 and self._one_step_of == self.last_call and not (edges.pending or force or self.deferred_movable):
+            # one step held, of the call held at the last look too (between a chain's steps run here): the
+            # same state, and nothing folded, so LoadEdges would say there is nothing to send
+            return
+        self._one_step_of = self.last_call if load == 1 else None
         movable = self.deferred_movable > 0
         if load >= 2 and not movable:  # between steps ready[0] runs next; the newest few are enough to look at
             for i in range(len(ready) - 1, max(1 - running, len(ready) - 8) - 1, -1):
