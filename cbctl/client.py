@@ -4,7 +4,8 @@ Calls are asynchronous underneath: a ``CallRequest`` goes to the scheduler on a 
 result comes back, from whichever executor ran the sink, to this client's own bound PULL socket, matched
 by call id. No background thread: whichever caller is waiting takes the role of reading the PULL socket
 and hands results to the other waiters (so a single-threaded caller pays no thread hop), and many calls,
-from many threads, can be in flight at once.
+from many threads, can be in flight at once. ``call()`` by a thread that finds no one reading takes a shorter
+way (the hottest path: no future, no table entry, no handoff per frame; see ``Client.call``).
 
 Long on purpose: it is one object, ``Client``, whose registration, calls and state share its sockets, locks and
 call bookkeeping; the supervisor's control channel is ``control.py``.
@@ -64,11 +65,11 @@ from cbctl.runtime.defaults import (
     CONTROL_TIMEOUT_S,
     DEPLOY_IMPORT_TIMEOUT_S,
 )
-from cbctl.runtime.process import Receiver, new_socket, process_alive, send_message
+from cbctl.runtime.process import new_socket, process_alive, receive_rest, send_message
 from cbctl.runtime.redis_store import url as redis_url
 from cbctl.runtime.stores import connect_store
 from cbctl.runtime.wire import auth, limits, serialization
-from cbctl.runtime.wire.frames import Frames
+from cbctl.runtime.wire.frames import MULTIPART_MARK, Frames
 from cbctl.runtime.wire.messages import (
     AddTrigger,
     CallRequest,
@@ -88,9 +89,11 @@ from cbctl.runtime.wire.messages import (
 )
 
 _PENDING = object()
-#: Longest single wait on the response socket, in seconds, so a waiting thread re-checks its deadline and
-#: hands the reader role over promptly.
+#: Longest single wait on the response socket, in seconds, so the reading thread re-checks that the client is
+#: open, the scheduler has not restarted or refused it and the cluster still runs.
 _READ_SLICE_S = 0.05
+_READ_SLICE_MS = 50
+_send_frame = zmq.backend.Socket.send
 
 
 class CallFuture:
@@ -115,28 +118,33 @@ class CallFuture:
     def result(self, timeout: float | None = CALL_TIMEOUT_S) -> Any:
         """The call's value; raises ``FunctionError`` if it raised, ``CallTimeout`` past ``timeout`` s (default
         ``CALL_TIMEOUT_S``, 60; None waits until done; 0 only looks: the result is returned if it is in)."""
-        _check_timeout(timeout)
-        if timeout is not None and not timeout >= 0:
-            raise InvalidArgument(f"timeout={timeout!r} is invalid: pass seconds >= 0, or None to wait until done")
+        # a plain int or float >= 0 passes one test; anything else (None aside) gets the full checks
+        if timeout is not None and (type(timeout) is not float and type(timeout) is not int or not timeout >= 0):
+            _check_timeout(timeout)
+            if not timeout >= 0:
+                raise InvalidArgument(f"timeout={timeout!r} is invalid: pass seconds >= 0, or None to wait until "
+                                      "done")
+        return self._value(timeout)
+
+    def _value(self, timeout: float | None) -> Any:
+        """``result`` after its checks."""
         if self._result is _PENDING:
             self._client._poll_result(self, timeout)
         if self._result is _PENDING:
-            if self._client._forked_from:
-                self._client._check_open()  # raises: the client belongs to the process that forked this one
-            if self._client._closed:
-                raise CbctlError(f"call {self.call_id} of {self.name!r} had not returned when its client was "
-                                 "closed: wait for results before closing the client")
-            raise CallTimeout(f"call {self.call_id} of {self.name!r} did not finish within {timeout:g} s (it may "
-                              "still be running): wait longer with timeout=S (`cbctl call --timeout S`), or "
-                              "timeout=None to wait until it is done")
-        if isinstance(self._result, CallResult):
-            try:
-                self._result = _outcome(self._result)
-            except DecodeError as exc:  # kept: a second result() raises the same
-                self._result = serialization.renamed(exc, f"the result of call {self.call_id} of {self.name!r}")
+            raise self._client._unfinished(self.call_id, self.name, timeout)
+        if type(self._result) is CallResult:
+            self._result = _settled(self._result, self.call_id, self.name)  # kept: a second result() is the same
         if isinstance(self._result, CbctlError):
             raise self._result
         return self._result
+
+
+def _settled(result: CallResult, call_id: str, name: str) -> Any:
+    """A result as its caller sees it: the value, or the error (returned, not raised) it ended with."""
+    try:
+        return _outcome(result)
+    except DecodeError as exc:
+        return serialization.renamed(exc, f"the result of call {call_id} of {name!r}")
 
 
 def _outcome(result: CallResult) -> Any:
@@ -199,7 +207,7 @@ class Client:
                 self._context.destroy(linger=0)
                 raise CbctlError(f"cannot open this client's reply socket {self.response_address} ({exc}): "
                                  f"the cluster directory {self.home} must be writable") from None
-        self._receiver = Receiver(self._responses)  # used only by whichever thread holds the reader role
+        self._receive_timeout_ms = -1  # the response socket's RCVTIMEO; set by the thread with the reader role
         self._store = connect_store(self._context, redis_url.resolve_address(self.home, self.cluster.store_address),
                                     writer_id=f"client-{self.client_id}")
         self._store_lock = threading.Lock()
@@ -208,8 +216,15 @@ class Client:
         # weak: a future its caller dropped (a timed-out ``call``) leaves no entry behind, while one still
         # held can be waited on again and gets a late result
         self._waiting: weakref.WeakValueDictionary[str, CallFuture] = weakref.WeakValueDictionary()
-        self._cond = threading.Condition()
+        # guards the tables, the reader role and ``_completed``; a plain lock (taken with ``with self._lock``
+        # on the hot path: a Condition's own ``with`` is a Python-level call), never taken twice by one thread
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._reader_active = False
+        self._sleepers = 0  # threads in ``_cond.wait``: nobody to notify when 0
+        # the request of the ``call`` that holds the reader role on the fast path (it has no future in
+        # ``_waiting``), so a resend after a scheduler restart includes it; b"" when none
+        self._reader_frame: bytes | list[Any] = b""
         self._closed = False
         self._forked_from = 0  # set in a child of os.fork(): the parent's pid (see _after_fork_in_child)
         self._next_liveness_check = time.monotonic() + CLIENT_LIVENESS_CHECK_S
@@ -407,18 +422,81 @@ class Client:
         ``source_args`` (function name -> argument list) give a DAG's sources their own, instead of ``args``.
         ``timeout`` is in seconds (default ``CALL_TIMEOUT_S``, 60; None: as long as it takes); past it,
         ``CallTimeout``."""
-        _check_timeout(timeout)
-        if timeout is not None and not timeout > 0:
-            # checked before sending: the call would run, with its side effects, while its caller gave up
-            raise InvalidArgument(f"timeout={timeout!r} would give up before the call could finish: pass "
-                                  "seconds > 0, None to wait until done, or use call_async to not wait")
-        return self.call_async(name, *args, consistency=consistency, **source_args).result(timeout)
+        # a plain int or float > 0 passes one test; anything else (None aside) gets the full checks
+        if timeout is not None and (type(timeout) is not float and type(timeout) is not int or not timeout > 0):
+            _check_timeout(timeout)
+            if not timeout > 0:
+                # checked before sending: the call would run, with its side effects, while its caller gave up
+                raise InvalidArgument(f"timeout={timeout!r} would give up before the call could finish: pass "
+                                      "seconds > 0, None to wait until done, or use call_async to not wait")
+        call_id, encoded_args, encoded_sources, refs = self._encode_call(name, args, consistency, False, source_args)
+        # The fast path: a thread that finds no one reading takes the reader role and keeps it until its own
+        # result is in, so its call needs no future, no table entry and no handoff; results for other threads'
+        # calls that it reads go to their futures. Otherwise the call waits as a future does.
+        future = None
+        reading = False
+        result: CallResult | CbctlError | None = None
+        try:
+            with self._lock:
+                if self._reader_active:
+                    future = self._waiting[call_id] = CallFuture(self, call_id, name)
+                else:
+                    self._reader_active = reading = True
+                completed = self._completed
+                if completed:
+                    self._completed = []
+            frame = CallRequest(call_id, name, encoded_args, encoded_sources, self.response_address, False,
+                                consistency, refs, self._session.extras(), completed).pack()
+            if future is not None:
+                future._request = frame
+                self._send(frame)
+            else:
+                self._reader_frame = frame
+                self._send(frame)
+                started = time.monotonic()
+                result = self._read(call_id, started, None if timeout is None else started + timeout, False)
+        finally:
+            if reading:
+                with self._lock:
+                    self._reader_frame = b""
+                    self._reader_active = False
+                    if type(result) is CallResult:
+                        self._completed.append(call_id)
+                    if self._sleepers:
+                        self._cond.notify_all()  # a waiting thread takes the reader role over
+        if future is not None:
+            return future._value(timeout)
+        if result is None:
+            raise self._unfinished(call_id, name, timeout)
+        if type(result) is CallResult:
+            result = _settled(result, call_id, name)
+        if isinstance(result, CbctlError):
+            raise result
+        return result
 
     def call_async(self, name: str, *args: Any, consistency: str = "lww", store_result: bool = False,
                    **source_args: Sequence[Any]) -> CallFuture:
         """Start a call and return its future at once. With ``store_result`` the result is written to the
         store under the call id and the future reads it from there (it outlives this client); once the future has
         read it, it is deleted from the store (a result never read stays)."""
+        call_id, encoded_args, encoded_sources, refs = self._encode_call(name, args, consistency, store_result,
+                                                                         source_args)
+        future = CallFuture(self, call_id, name, stored=store_result)
+        future.delete_stored_after_read = store_result
+        with self._lock:
+            (self._stored_waiting if store_result else self._waiting)[call_id] = future
+            completed = self._completed
+            if completed:
+                self._completed = []
+        frame = future._request = CallRequest(call_id, name, encoded_args, encoded_sources, self.response_address,
+                                              store_result, consistency, refs, self._session.extras(),
+                                              completed).pack()
+        self._send(frame)
+        return future
+
+    def _encode_call(self, name: Any, args: tuple[Any, ...], consistency: Any, store_result: Any,
+                     source_args: dict[str, Any]) -> tuple[str, bytes | Frames, dict[str, bytes | Frames], list[str]]:
+        """A new call's checks, id and encoded arguments (what ``call`` and ``call_async`` share)."""
         if self._closed:
             self._check_open()  # before any lock: one held in the parent at fork time is never released here
         if not isinstance(name, str) or not name:
@@ -426,31 +504,87 @@ class Client:
         if consistency is not LWW or store_result is not False:  # the defaults need no check: the common call
             _check_call_options(consistency, store_result)
         call_id = f"{self.client_id}-{next(self._ids)}"
-        future = CallFuture(self, call_id, name, stored=store_result)
-        future.delete_stored_after_read = store_result
         encoded_sources = {}
-        for fn, values in source_args.items():
-            if not isinstance(values, (list, tuple)):
-                values = [values]
-            encoded_sources[fn] = self._encode(list(values), "the arguments of %r in the call of %r", fn, name)
+        if source_args:
+            for fn, values in source_args.items():
+                if not isinstance(values, (list, tuple)):
+                    values = [values]
+                encoded_sources[fn] = self._encode(list(values), "the arguments of %r in the call of %r", fn, name)
         refs = serialization.find_refs(args)
         encoded_args = self._encode(list(args), "the arguments of the call of %r", name)
         if encoded_sources:
             size = len(encoded_args) + sum(len(v) for v in encoded_sources.values())
             limits.check_size(size, self.max_message_bytes, f"the arguments of the call of {name!r} together")
-        with self._cond:
-            (self._stored_waiting if store_result else self._waiting)[call_id] = future
-            completed = self._completed
-            if completed:
-                self._completed = []
-        request = CallRequest(call_id, name, encoded_args, encoded_sources, self.response_address, store_result,
-                              consistency, refs, self._session.extras(), completed)
-        frame = future._request = request.pack()
+        return call_id, encoded_args, encoded_sources, refs
+
+    def _send(self, frame: bytes | list[Any]) -> None:
         with self._call_lock:
             if self._closed:
                 raise CbctlError("this client is closed: make a new one with cbctl.connect()")
-            send_message(self._call_sock, frame)
-        return future
+            if type(frame) is bytes:
+                # pyzmq's own send, under its Python wrapper (which only adds routing ids and groups, for
+                # sockets of kinds this is not): half a microsecond less on every call
+                _send_frame(self._call_sock, frame)
+            else:
+                send_message(self._call_sock, frame)
+
+    def _unfinished(self, call_id: str, name: str, timeout: float | None) -> CbctlError:
+        """Why call ``call_id`` has no result after waiting ``timeout`` s."""
+        if self._forked_from:
+            self._check_open()  # raises: the client belongs to the process that forked this one
+        if self._closed:
+            return CbctlError(f"call {call_id} of {name!r} had not returned when its client was closed: wait for "
+                              "results before closing the client")
+        return CallTimeout(f"call {call_id} of {name!r} did not finish within {timeout:g} s (it may still be "
+                           "running): wait longer with timeout=S (`cbctl call --timeout S`), or timeout=None to "
+                           "wait until it is done")
+
+    def _read(self, call_id: str, started: float, deadline: float | None,
+              in_table: bool) -> CallResult | CbctlError | None:
+        """The work of the thread that holds the reader role: read results until call ``call_id``'s is in, or
+        the error that ended every waiting call, or None past ``deadline`` (after a last look at what has
+        arrived) or once the client is closed; every other call's result goes to its future as it comes.
+        ``in_table``: the call has a future in ``_waiting``, which gets its result too (``call``'s fast path
+        has none). One frame per receive, without a drain poll: a frame already waiting returns from the
+        blocking receive at once, and the role is kept until this call is done, so no handoff per frame."""
+        sock = self._responses
+        recv = sock.recv
+        while not self._closed:
+            now = time.monotonic()
+            if now - started >= CLIENT_RESEND_CHECK_S:
+                self._resend_if_scheduler_restarted()
+            timeout_ms = _READ_SLICE_MS
+            if deadline is not None and deadline - now < _READ_SLICE_S:
+                timeout_ms = max(math.ceil((deadline - now) * 1000), 0)  # 0: read what is there, without waiting
+            if timeout_ms != self._receive_timeout_ms:
+                sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+                self._receive_timeout_ms = timeout_ms
+            try:
+                frame = recv()
+            except zmq.Again:
+                error = self._on_quiet(not in_table)
+                if error is not None or timeout_ms == 0:
+                    return error
+                continue
+            except zmq.ZMQError:
+                if self._closed:
+                    return None  # closed by another thread while this one waited
+                raise
+            if frame[:1] == MULTIPART_MARK:
+                frame = receive_rest(sock, frame)
+            try:
+                result = unpack(frame)
+            except CbctlError:
+                continue
+            if type(result) is CallResult:
+                if result.extras:
+                    self._session.record_result(result.extras)
+                if result.call_id == call_id:
+                    if in_table:
+                        self._hand_over(result)
+                    return result
+                self._hand_over(result)
+        return None
 
     def _poll_result(self, future: CallFuture, timeout: float | None) -> None:
         started = time.monotonic()
@@ -460,52 +594,49 @@ class Client:
         if future._stored:
             self._poll_stored(future, deadline)
             return
-        with self._cond:
+        with self._lock:
             while future._result is _PENDING and not self._closed:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if self._reader_active:
+                if self._reader_active:  # another thread reads: it hands this result over when it comes
+                    remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         break
-                    self._cond.wait(remaining)
+                    self._sleepers += 1
+                    try:
+                        self._cond.wait(remaining)
+                    finally:
+                        self._sleepers -= 1
                     continue
                 # no one is reading: this caller reads (at least once, so done() sees what has arrived)
                 self._reader_active = True
-                self._cond.release()
+                self._lock.release()
                 try:
-                    self._read_responses(_READ_SLICE_S if remaining is None else min(max(remaining, 0.0),
-                                                                                     _READ_SLICE_S))
-                    if time.monotonic() - started >= CLIENT_RESEND_CHECK_S:
-                        self._resend_if_scheduler_restarted()
+                    self._read(future.call_id, started, deadline, True)
                 finally:
-                    self._cond.acquire()
+                    self._lock.acquire()
                     self._reader_active = False
-                    self._cond.notify_all()
-                if remaining is not None and remaining <= 0:
-                    break
+                    if self._sleepers:
+                        self._cond.notify_all()  # a waiting thread takes the reader role over
+                break
 
-    def _read_responses(self, timeout_s: float) -> None:
-        frames = self._receiver.receive(math.ceil(timeout_s * 1000))
-        if not frames:
-            self._check_refused()  # only when no result came: never on the way of one
-            if self._waiting and time.monotonic() >= self._next_liveness_check:
-                self._fail_calls_if_cluster_stopped()
-            return
-        results = []
-        for frame in frames:
-            try:
-                results.append(unpack(frame))
-            except CbctlError:
-                continue
-        with self._cond:
-            for result in results:
-                if isinstance(result, CallResult):
-                    if result.extras:
-                        self._session.record_result(result.extras)
-                    future = self._waiting.pop(result.call_id, None)
-                    if future is not None:
-                        future._result = result
-                        future._request = b""  # its arguments need not be held any longer
-                        self._completed.append(result.call_id)
+    def _hand_over(self, result: CallResult) -> None:
+        """A result the reader read, to its future (one whose future was dropped is dropped too)."""
+        with self._lock:
+            future = self._waiting.pop(result.call_id, None)
+            if future is not None:
+                future._result = result
+                future._request = b""  # its arguments need not be held any longer
+                self._completed.append(result.call_id)
+            if self._sleepers:
+                self._cond.notify_all()
+
+    def _on_quiet(self, reading_own: bool) -> CbctlError | None:
+        """The reader's work when nothing arrived: has the scheduler refused this client, or has the cluster
+        stopped (the latter checked every ``CLIENT_LIVENESS_CHECK_S``)? The error every waiting call ended with
+        (``reading_own``: the reader's own fast-path call is waiting too), or None."""
+        error = self._check_refused()  # only when no result came: never on the way of one
+        if error is None and (reading_own or self._waiting) and time.monotonic() >= self._next_liveness_check:
+            error = self._fail_calls_if_cluster_stopped()
+        return error
 
     def _resend_if_scheduler_restarted(self) -> None:
         """Work of a caller that has waited long: a restarted scheduler lost the calls it had not dispatched
@@ -520,48 +651,53 @@ class Client:
         if not pid or pid == self._scheduler_pid:
             return
         self._scheduler_pid = pid
-        with self._cond:
+        with self._lock:
             waiting = [*self._waiting.values(), *self._stored_waiting.values()]
-        frames = [f._request for f in waiting if f._request]
+            frames = [f._request for f in waiting if f._request]
+            if self._reader_frame:  # the fast path's call (``call``): it has no future
+                frames.append(self._reader_frame)
         with self._call_lock:
             if self._closed:
                 return
             for frame in frames:
                 send_message(self._call_sock, frame)
 
-    def _check_refused(self) -> None:
+    def _check_refused(self) -> CbctlError | None:
         """Fail every waiting call if the scheduler refused this client's frames: it answers the call socket
         only with a version refusal (results come to the response socket), and those calls would otherwise
-        wait for their timeouts."""
+        wait for their timeouts. Returns the refusal (for the reader's own call), or None."""
         with self._call_lock:
             if self._closed or not self._call_sock.poll(0):
-                return
+                return None
             frame = self._call_sock.recv()
         try:
             unpack(frame)
-            return
+            return None
         except ProtocolError as exc:
             refused = exc
         self._fail_waiting(refused)
+        return refused
 
-    def _fail_calls_if_cluster_stopped(self) -> None:
+    def _fail_calls_if_cluster_stopped(self) -> CbctlError | None:
         """While calls wait and nothing arrives: once the cluster has stopped (``cbctl down`` finished: the
         supervisor and this client's scheduler are gone), nothing can answer them any more, so each fails now
         with ``ClusterNotRunning`` instead of waiting for its timeout, or for ever. (``cbctl down`` stops the
         executors first, and they send the results of what they ran before they exit: a call that could finish
-        has finished by then.) A killed supervisor alone stops nothing: its children serve on, so calls wait."""
+        has finished by then.) A killed supervisor alone stops nothing: its children serve on, so calls wait.
+        Returns the error (for the reader's own call), or None while the cluster runs."""
         self._next_liveness_check = time.monotonic() + CLIENT_LIVENESS_CHECK_S
         if not self.cluster.is_local():
-            return  # another machine's pids: its calls wait for their timeouts
+            return None  # another machine's pids: its calls wait for their timeouts
         if self.cluster.supervisor_alive() or (self._scheduler_pid and process_alive(self._scheduler_pid)):
-            return
+            return None
         error = ClusterNotRunning(f"the cluster in {self.home} stopped before this call returned: it did not run, "
                                   "or ran without a result reaching this client; start the cluster and call again")
         self._fail_waiting(error)
+        return error
 
     def _fail_waiting(self, error: CbctlError) -> None:
         """Every call still waiting for a reply ends with ``error`` (nothing can answer it any more)."""
-        with self._cond:
+        with self._lock:
             for future in list(self._waiting.values()):
                 future._result = error
             self._waiting.clear()
@@ -586,7 +722,7 @@ class Client:
                             self._store.delete(key)
                     except CbctlError:
                         pass  # only housekeeping: the result is in hand
-                with self._cond:
+                with self._lock:
                     self._stored_waiting.pop(future.call_id, None)
                     self._completed.append(future.call_id)
                 if result.extras:
