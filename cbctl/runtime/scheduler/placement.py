@@ -21,11 +21,11 @@ call is never taken for idle by a report sent before it came.
 A call goes to an idle candidate when there is one (among idle ones, the one caching most of the keys the call
 references; then at random), else to the candidate with the fewest outstanding steps (then locality, then
 random). A step that runs after exactly one other step of its call and alongside none (a chain's next function,
-``dag.chain_steps``) has the executor of that step among its candidates, whether the function is pinned there or
-not (an executor loads a function on its first call), counts that step as no work ahead of it (it ends before
-this one starts), and prefers it among equals: its input is already there, so the call makes no hop between
-the two (one frame, and one process wake-up, fewer per call), and nothing waits behind it while another
-executor idles.
+``dag.chain_steps``) goes where that step runs, whether the function is pinned there or not (an executor loads a
+function on its first call), when that step is all the executor holds: it will be idle when this step can start,
+and the step's input is already there, so the call makes no hop between the two (one frame, and one process
+wake-up, fewer per call). An executor that holds more is not preferred: under load the step is placed as any
+other (the first step's executor may be the only location of a busy first function).
 Candidates are Cloudburst's: the function's pinned locations, else every fresh executor of its type, and
 ``avoid`` for parallel branches; there is no utilization backoff, as outstanding work says more, sooner.
 When every location of a pinned function is busy and an executor with nothing pinned is idle, the call goes
@@ -192,16 +192,16 @@ class OutstandingPolicy(Policy):
         candidates = self._candidates[gpu].get(function)
         if candidates is None:
             candidates = self._build_candidates(function, gpu)
-        if after:  # the executor of the step this one runs after is a candidate too, pinned there or not
+        chosen = None
+        if after:  # a chain's step: where its input is made, if that executor holds only the step before
             view = self.by_address.get(after)
-            if (view is not None and view not in candidates and view.executor_type == ("gpu" if gpu else "cpu")
+            if (view is not None and view.outstanding == 1 and view.executor_type == ("gpu" if gpu else "cpu")
                     and (function, view.key) not in self.refused):
-                candidates = (*candidates, view)
-        chosen = candidates[0] if len(candidates) == 1 else self._choose(candidates, refs, avoid, after)
-        # the step this one runs after is no work ahead of it: it ends before this one starts
-        if (chosen.outstanding - (chosen.address == after) > 0 and self.unpinned_executors.get(chosen.executor_type)
-                and self.settings.scale_out):
-            chosen = self._scale_out_now(function, chosen, avoid) or chosen
+                chosen = view
+        if chosen is None:
+            chosen = candidates[0] if len(candidates) == 1 else self._choose(candidates, refs, avoid)
+            if chosen.outstanding and self.unpinned_executors.get(chosen.executor_type) and self.settings.scale_out:
+                chosen = self._scale_out_now(function, chosen, avoid) or chosen
         chosen.outstanding += 1
         placed = chosen.placed
         placed.append((now, call_id))
@@ -216,27 +216,22 @@ class OutstandingPolicy(Policy):
         return candidates
 
     def _choose(self, candidates: tuple[ExecutorView, ...], refs: list[str] | None,
-                avoid: Collection[str], after: str = "") -> ExecutorView:
+                avoid: Collection[str]) -> ExecutorView:
         pool: Collection[ExecutorView] = candidates
         if avoid:
             pool = [v for v in candidates if v.address not in avoid] or candidates
         holders = None
         if refs and self.settings.locality and self.key_locations:
             holders = [h for h in map(self.key_locations.get, refs) if h]
-        scale = 2 * (len(refs) + 1 if holders else 1)
+        scale = len(refs) + 1 if holders else 1
         chosen, best, ties = None, 0, 0
         for view in pool:  # the lowest rank; among equals, each equally likely (reservoir sampling)
-            # outstanding first (less the step this one runs after, which ends first), then the most cached keys,
-            # then the executor of that step (it holds this step's input)
-            if view.address == after:
-                rank = (view.outstanding - 1) * scale
-            else:
-                rank = view.outstanding * scale + 1
+            rank = view.outstanding * scale  # outstanding first, then the most cached keys
             if holders:
                 key = view.key
                 for held in holders:
                     if key in held:
-                        rank -= 2
+                        rank -= 1
             if chosen is None or rank < best:
                 chosen, best, ties = view, rank, 1
             elif rank == best:
