@@ -328,3 +328,21 @@ def test_cloudburst_placement_ignores_where_the_input_is_made():
     policy.process_status(status(1, pinned=["sq"]))
     first = policy.pick_executor("inc")
     assert {policy.pick_executor("sq", after=first.address).executor_id for _ in range(10)} == {"executor-1"}
+
+
+def test_a_busy_report_that_arrives_after_its_call_finished_leaves_the_executor_idle():
+    """Under load the executor's report 'busy with c' can reach the scheduler after c's caller said c is done:
+    it counted a step that is gone, so a call that prefers this executor (its cache) must still find it idle."""
+    policy, clock = make(2)
+    first = policy.pick_executor("f", call_id="c", now=clock())
+    policy.calls_finished([SimpleNamespace(dispatched_at=clock(), locations={"f": first.address},
+                                           request=SimpleNamespace(call_id="c"))])
+    assert first.outstanding == 0
+    clock.advance(0.001)
+    policy.process_load(load(int(first.executor_id.split("-")[1]), 1, last_call="c"))  # sent while c ran
+    assert first.outstanding == 0
+    # a report of a call not known finished still counts it
+    second = policy.pick_executor("f", call_id="d", now=clock())
+    clock.advance(0.001)
+    policy.process_load(load(int(second.executor_id.split("-")[1]), 1, last_call="d"))
+    assert second.outstanding == 1

@@ -116,6 +116,9 @@ class OutstandingPolicy(Policy):
         horizon = now - LOAD_REPORT_WINDOW_S
         while placed and placed[0][0] < horizon:
             placed.popleft()
+        if load and last_call and last_call in view.finished:
+            # sent while that step ran, received after its caller said the call was done: the step is gone
+            load -= 1
         if last_call and placed:
             for i, (_, call_id) in enumerate(placed):
                 if call_id == last_call:
@@ -161,6 +164,7 @@ class OutstandingPolicy(Policy):
                 view = by_address.get(address)
                 if view is None:
                     continue
+                view.finished.append(call.request.call_id)
                 placed = view.placed
                 entry = (dispatched_at, call.request.call_id)
                 if placed and dispatched_at >= placed[0][0] and entry in placed:

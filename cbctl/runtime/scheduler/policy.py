@@ -151,6 +151,9 @@ class ExecutorView:
     load_call: str = ""  # the call of the latest step it had received then
     placed: collections.deque[tuple[float, str]] = field(default_factory=collections.deque)  # (time, call id)
     movable: bool = False  # its latest load report says a waiting step could run elsewhere (a thief's hint)
+    # calls with a step here that their callers reported finished, latest last: a load report sent before one
+    # ended but received after counted a step that is gone
+    finished: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=16))
 
     @property
     def host(self) -> str:
