@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator
 
 import pytest
 import zmq
 
 from cbctl.errors import FunctionError
 from cbctl.runtime.store_client import StoreClient
-from tests.conftest import STORE_BACKENDS, RunningCluster
+from tests.conftest import RunningCluster
 from tests.integration import shared_cluster
 from tests.integration.shared_cluster import DEPLOYABLES
 
@@ -21,25 +20,7 @@ EXECUTORS = 3
 read_on_every_executor = functools.partial(shared_cluster.read_on_every_executor, count=EXECUTORS)
 
 
-pytestmark = pytest.mark.cbctl(executors=EXECUTORS, deploy=[FUNCTIONS])
-
-
-@pytest.fixture(scope="module", params=STORE_BACKENDS)
-def store_backend(request) -> str:
-    """Every test here runs on the embedded store (the plugin's cluster) and on Redis."""
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def on_redis(tmp_path_factory, store_backend) -> Iterator[RunningCluster | None]:
-    yield from shared_cluster.redis_module_cluster(tmp_path_factory, store_backend, EXECUTORS,
-                                                   (FUNCTIONS,))
-
-
-@pytest.fixture
-def shared(request, on_redis) -> Iterator[RunningCluster]:
-    with shared_cluster.shared_on(request, on_redis) as handle:
-        yield handle
+pytestmark = [pytest.mark.cbctl(executors=EXECUTORS, deploy=[FUNCTIONS]), pytest.mark.both_stores]
 
 
 def drop_subscriptions(handle: RunningCluster, keys: list[str]) -> None:

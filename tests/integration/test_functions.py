@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -19,29 +18,10 @@ from cbctl.declare import DeployFileError
 from cbctl.lifecycle import kill_processes
 from cbctl.runtime.cluster import socket_dir
 from cbctl.runtime.defaults import POLICY_STALE_S
-from tests.conftest import EXAMPLES, STORE_BACKENDS, RunningCluster
-from tests.integration import shared_cluster
+from tests.conftest import EXAMPLES, RunningCluster
 from tests.integration.shared_cluster import TOOLKIT, registered_names
 
-pytestmark = pytest.mark.cbctl(deploy=[EXAMPLES / "pipeline.py", TOOLKIT])  # two executors
-
-
-@pytest.fixture(scope="module", params=STORE_BACKENDS)
-def store_backend(request) -> str:
-    """Every test here runs on the embedded store (the plugin's cluster) and on Redis."""
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def on_redis(tmp_path_factory, store_backend) -> Iterator[RunningCluster | None]:
-    yield from shared_cluster.redis_module_cluster(tmp_path_factory, store_backend, 2,
-                                                   (EXAMPLES / "pipeline.py", TOOLKIT))
-
-
-@pytest.fixture
-def shared(request, on_redis) -> Iterator[RunningCluster]:
-    with shared_cluster.shared_on(request, on_redis) as handle:
-        yield handle
+pytestmark = [pytest.mark.cbctl(deploy=[EXAMPLES / "pipeline.py", TOOLKIT]), pytest.mark.both_stores]  # two executors
 
 
 def executor_pids(handle: RunningCluster) -> dict[str, int]:

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,32 +24,13 @@ import cbctl
 from cbctl.cli import main
 from cbctl.lifecycle import kill_processes
 from cbctl.runtime.cluster import ClusterFile
-from tests.conftest import EXAMPLES, STORE_BACKENDS, RunningCluster, run_cli
-from tests.integration import shared_cluster
+from tests.conftest import EXAMPLES, RunningCluster, run_cli
 from tests.integration.shared_cluster import DEPLOYABLES
 
 FUNCTIONS = DEPLOYABLES / "usability_fns.py"
 
 
-pytestmark = pytest.mark.cbctl(deploy=[EXAMPLES / "pipeline.py", FUNCTIONS])
-
-
-@pytest.fixture(scope="module", params=STORE_BACKENDS)
-def store_backend(request) -> str:
-    """Every test here runs on the embedded store (the plugin's cluster) and on Redis."""
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def on_redis(tmp_path_factory, store_backend) -> Iterator[RunningCluster | None]:
-    yield from shared_cluster.redis_module_cluster(tmp_path_factory, store_backend, 2,
-                                                   (EXAMPLES / "pipeline.py", FUNCTIONS))
-
-
-@pytest.fixture
-def shared(request, on_redis) -> Iterator[RunningCluster]:
-    with shared_cluster.shared_on(request, on_redis) as handle:
-        yield handle
+pytestmark = [pytest.mark.cbctl(deploy=[EXAMPLES / "pipeline.py", FUNCTIONS]), pytest.mark.both_stores]
 
 
 def one_error_line(result: subprocess.CompletedProcess[str], *fragments: str, code: int = 1) -> str:
