@@ -213,3 +213,17 @@ def test_good_addresses_pass(address):
 @pytest.mark.parametrize("executor_id", ["executor-0", "executor-1234567", "10.0.0.2/executor-3", "h_b.lan/executor-9"])
 def test_good_executor_ids_pass(executor_id):
     assert messages.is_executor_id(executor_id)
+
+
+def test_a_remembered_check_stays_a_check_and_stays_bounded():
+    """Address checks remember the strings they passed (frames name the same few in every call): a bad value is
+    refused however many good ones came before it, and the memory of good ones never outgrows its bound."""
+    from cbctl.runtime.wire.frames import REMEMBERED_STRINGS, _remembered, is_address
+
+    check = _remembered(is_address)
+    for i in range(REMEMBERED_STRINGS + 10):
+        assert check(f"ipc:///tmp/cbctl-x/executor-{i}")
+    assert check("ipc:///tmp/cbctl-x/executor-0")  # passed again (remembered, or matched once more)
+    assert not check("tcp://host:not-a-port") and not check("")
+    remembered = next(cell.cell_contents for cell in check.__closure__ if type(cell.cell_contents) is set)
+    assert 0 < len(remembered) <= REMEMBERED_STRINGS
