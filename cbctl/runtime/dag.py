@@ -127,14 +127,16 @@ def parallel_branches(functions: Sequence[str], edges: Iterable[Sequence[str]]) 
     return parallel
 
 
-def chain_steps(functions: Sequence[str], edges: Iterable[Sequence[str]]) -> dict[str, str]:
+def chain_steps(functions: Sequence[str], edges: Iterable[Sequence[str]],
+                parallel: dict[str, tuple[str, ...]] | None = None) -> dict[str, str]:
     """The steps of a chain: each function that runs after exactly one other and alongside none of the DAG's
     (no parallel branch), with that one. When such a step can start, the executor that made its input has
     finished everything of the call so far, so the scheduler may place the step there (no hop between the two);
     a step with a parallel sibling is placed apart from it instead (``parallel_branches``: the two may wait for
-    each other)."""
+    each other). ``parallel``: the DAG's ``parallel_branches``, when the caller has them already."""
     edges = [tuple(e) for e in edges]
-    parallel = parallel_branches(functions, edges)
+    if parallel is None:
+        parallel = parallel_branches(functions, edges)
     alongside = {g for fn in functions for g in parallel[fn]} | {fn for fn in functions if parallel[fn]}
     found = {}
     for fn in functions:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 
 from cbctl.errors import (
@@ -224,9 +223,10 @@ class Scheduler:
         missing = [f for f in fns if f not in self.functions]
         if missing:
             raise NoSuchFunction(f"DAG {name!r} uses {', '.join(missing)}, which is no longer registered")
+        parallel = parallel_branches(fns, edges)
         plan = CallPlan(name, name if dag is not None else "", fns, edges, sources,
                         {f: self.functions[f].version for f in fns}, {f: self.functions[f].gpu for f in fns},
-                        parallel_branches(fns, edges), chain_steps(fns, edges),
+                        parallel, chain_steps(fns, edges, parallel),
                         multiexec.plan_extras(fns, edges, dag.options) if dag is not None else {})
         self.plans[name] = plan
         return plan
@@ -261,7 +261,8 @@ class Scheduler:
                 parallel = plan.parallel[fn]
                 locations[fn] = pick(fn, plan.gpu[fn], request.refs,
                                      [locations[p] for p in parallel] if parallel else (), now,
-                                     request.call_id, locations.get(follows.get(fn), "")).address  # (placed yet?)
+                                     # a chain's step: where the step it follows was placed ('' if none)
+                                     request.call_id, locations.get(follows.get(fn), "")).address
         except NoExecutorAvailable as exc:
             deadline = wait_until or self.wait_for_executors_until
             starting = self.executors_may_start and not any(plan.gpu.values())
@@ -414,14 +415,14 @@ class Scheduler:
         """A call whose frames together were over the bound (``process.receive_rest`` kept only its header): its
         caller gets ``MessageTooLarge`` at once instead of waiting for its timeout, when the header says who it
         is (a ``CallRequest``'s id, response address and ``store_result``); anything else was only counted."""
-        try:
-            data = msgpack.unpackb(memoryview(message.header)[1:], ext_hook=lambda _code, _data: None, raw=False,
-                                   strict_map_key=False)
-            kind, call_id, response_address, store_result = data[1], data[2], data[6], data[7]
-        except Exception:
+        data = message.header_data()
+        if data is None or data[1] != CallRequest.KIND:
             return
-        if (kind != CallRequest.KIND or type(call_id) is not str or type(response_address) is not str
-                or type(store_result) is not bool or not (response_address == "" or is_address(response_address))):
+        fields = dict(zip(CallRequest._FIELDS, data[2:]))
+        call_id, response_address, store_result = (fields.get(f) for f in ("call_id", "response_address",
+                                                                            "store_result"))
+        if (type(call_id) is not str or type(response_address) is not str or type(store_result) is not bool
+                or not (response_address == "" or is_address(response_address))):
             return
         request = CallRequest(call_id, "", b"", {}, response_address, store_result, "lww", [])
         self.reject(request, MessageTooLarge(message.text))

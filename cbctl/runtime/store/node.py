@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 
 from cbctl.errors import CbctlError, InvalidArgument, ProtocolError
@@ -378,12 +377,8 @@ def _too_large(node: StoreNode, message: limits.Oversized) -> bytes | None:
     """The answer to a request whose frames together were over the bound (``process.receive_rest``): a
     ``MessageTooLarge`` error for its request id, read from its header (None when the header has none)."""
     node.counters["oversized_refused"] += 1
-    try:
-        data = msgpack.unpackb(memoryview(message.header)[1:], ext_hook=lambda _code, _data: None, raw=False,
-                               strict_map_key=False)
-        req_id = data[2]
-    except Exception:
-        return None
+    data = message.header_data()
+    req_id = data[2] if data is not None and len(data) > 2 else None
     if type(req_id) is not int:
         return None
     return ErrorResponse(req_id, "MessageTooLarge", message.text).pack()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
+
 from cbctl.errors import InvalidArgument, MessageTooLarge
 from cbctl.runtime.defaults import (
     EPHEMERAL_MAX_TTL_S,
@@ -69,6 +71,16 @@ class Oversized:
 
     def __len__(self) -> int:
         return len(self.header)  # what the receiver holds of it (servers count parsed sizes with len)
+
+    def header_data(self) -> list[Any] | None:
+        """The header as decoded: ``[version, kind, *fields]``, each value that travelled out of band None (its
+        frames are gone); None when the header is not that. What a server reads to tell the sender why."""
+        try:
+            data = msgpack.unpackb(memoryview(self.header)[1:], ext_hook=lambda _code, _data: None, raw=False,
+                                   strict_map_key=False)
+        except Exception:  # msgpack raises several unrelated types for bad input
+            return None
+        return data if type(data) is list and len(data) >= 2 else None
 
     @property
     def text(self) -> str:
