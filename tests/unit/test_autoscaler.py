@@ -12,16 +12,9 @@ from cbctl.runtime.supervisor.autoscaler import (
     parse_range,
     spread,
 )
+from tests.unit.clocks import Clock
 
 SETTINGS = AutoscaleSettings(target_utilization=0.7, up_window_s=2.0, down_window_s=10.0, settle_s=2.0)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def run(scaler: Autoscaler, clock: Clock, figures: LoadFigures, seconds: float) -> list[int]:

@@ -8,15 +8,7 @@ from cbctl.errors import InvalidArgument
 from cbctl.runtime.executor.departure import Departure, Peer, choose_heir
 from cbctl.runtime.supervisor.scaling import ScalePlan, plan_scale
 from cbctl.runtime.wire.messages import ExecutorLeaving, LeavingAck, unpack
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from tests.unit.clocks import Clock
 
 EXECUTORS = [Peer("ipc://e0", 10, 0, "cpu"), Peer("ipc://e1", 11, 1, "cpu"), Peer("ipc://e2", 12, 2, "cpu"),
              Peer("ipc://g3", 13, 3, "gpu")]
@@ -30,7 +22,7 @@ def test_the_heir_is_the_lowest_numbered_other_executor_of_the_same_type():
 
 
 def test_leaving_waits_for_every_peer_and_scheduler_then_may_exit():
-    clock = Clock()
+    clock = Clock(50.0)
     departure = Departure("executor-2", "ipc://e2", clock)
     told, frame = departure.begin(EXECUTORS, SCHEDULERS, "cpu", timeout_s=10)
     assert told == ["ipc://e0", "ipc://e1", "ipc://g3"]
@@ -44,7 +36,7 @@ def test_leaving_waits_for_every_peer_and_scheduler_then_may_exit():
 
 
 def test_a_peer_that_exited_or_the_deadline_releases_the_wait():
-    clock = Clock()
+    clock = Clock(50.0)
     departure = Departure("executor-2", "ipc://e2", clock)
     departure.begin(EXECUTORS, SCHEDULERS, "cpu", timeout_s=10)
     departure.forget_exited(lambda pid: pid != 11)

@@ -30,14 +30,7 @@ from cbctl.runtime.wire.messages import (
     SubscribeRequest,
     unpack,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.clocks import Clock
 
 
 def lww(value: object, ts: int = 1, tombstone: bool = False) -> LWWLattice:
@@ -48,7 +41,7 @@ def lww(value: object, ts: int = 1, tombstone: bool = False) -> LWWLattice:
 
 
 def test_a_value_lives_its_ttl_from_its_latest_put_then_is_gone():
-    clock = Clock()
+    clock = Clock(100.0)
     table = EphemeralTable(clock=clock)
     table.put("k", lww(1), 10)
     clock.now += 9
@@ -63,7 +56,7 @@ def test_a_value_lives_its_ttl_from_its_latest_put_then_is_gone():
 
 
 def test_the_default_ttl_applies_and_bad_ttls_are_refused():
-    clock = Clock()
+    clock = Clock(100.0)
     table = EphemeralTable(clock=clock)
     table.put("k", lww(1), 0.0)  # 0 on the wire: the default
     assert table.time_until_due() == pytest.approx(300.0)
@@ -74,7 +67,7 @@ def test_the_default_ttl_applies_and_bad_ttls_are_refused():
 
 
 def test_a_put_past_the_bound_fails_and_evicts_nothing():
-    table = EphemeralTable(max_bytes=3000, clock=Clock())
+    table = EphemeralTable(max_bytes=3000, clock=Clock(100.0))
     table.put("a", lww(b"x" * 1000), 10)
     table.put("b", lww(b"x" * 1000), 10)
     with pytest.raises(StoreFull, match="ephemeral memory"):
@@ -148,7 +141,7 @@ def test_caches_holding_a_key_are_told_to_drop_it_when_it_becomes_ephemeral(tmp_
 
 def test_the_node_expires_ephemeral_values_on_its_timer(tmp_path: Path):
     node = StoreNode(EmbeddedBackend(tmp_path))
-    clock = Clock()
+    clock = Clock(100.0)
     node.ephemeral.clock = clock
     try:
         one(node, EphemeralPut(1, "k", lww(1).to_wire(), 2.0))
@@ -169,7 +162,7 @@ def record(name: str, prefix: str = "", function: str = "f", **kind) -> LWWLatti
 
 def store_triggers(clock: Clock | None = None, values: dict | None = None, **options) -> triggers.StoreTriggers:
     values = values if values is not None else {}
-    store = triggers.StoreTriggers(clock=clock or Clock(), lookup=values.get, **options)
+    store = triggers.StoreTriggers(clock=clock or Clock(100.0), lookup=values.get, **options)
     store.response_address = "ipc://results"
     return store
 
@@ -192,7 +185,7 @@ def test_a_batch_fires_once_n_distinct_keys_arrived_with_the_keys():
 
 
 def test_a_window_fires_every_t_with_what_arrived_and_not_at_all_when_nothing_did():
-    clock = Clock()
+    clock = Clock(100.0)
     store = store_triggers(clock)
     store.on_write(triggers.PREFIX + "w", record("w", "ev/", window_s=2.0))
     store.tick()

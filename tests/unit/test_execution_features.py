@@ -15,6 +15,7 @@ from cbctl.runtime.lattices import LWWLattice, MaxLattice
 from cbctl.runtime.store import triggers
 from cbctl.runtime.wire import serialization
 from cbctl.runtime.wire.messages import CallRequest, CallResult, DagTrigger, unpack
+from tests.unit.clocks import Clock
 
 
 def trigger(function: str, source: str = "", payload: object = (), call_id: str = "c1",
@@ -118,14 +119,6 @@ def test_continue_needs_a_name():
 # --- storage triggers -----------------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def lww(value: object, tombstone: bool = False) -> LWWLattice:
     return LWWLattice(1, "w", None if tombstone else serialization.encode(value), tombstone=tombstone)
 
@@ -135,7 +128,7 @@ def record(name: str, prefix: str, function: str = "f") -> LWWLattice:
 
 
 def test_the_store_index_fires_one_call_per_matching_put_with_key_and_value():
-    store = triggers.StoreTriggers(clock=Clock())
+    store = triggers.StoreTriggers(clock=Clock(100.0))
     store.response_address = "ipc://results"
     store.on_write(triggers.PREFIX + "t", record("t", "in/", "handler"))
     store.on_write("in/a", lww({"v": 1}))
@@ -156,7 +149,7 @@ def test_the_store_index_fires_one_call_per_matching_put_with_key_and_value():
 
 
 def test_a_call_without_a_result_is_sent_again_then_given_up():
-    clock = Clock()
+    clock = Clock(100.0)
     store = triggers.StoreTriggers(clock=clock, retry_s=10, max_attempts=2)
     store.load([(triggers.PREFIX + "t", record("t", "k"))])
     store.on_write("k1", MaxLattice(7))  # not last-writer-wins: the revealed value is sent
@@ -173,7 +166,7 @@ def test_a_call_without_a_result_is_sent_again_then_given_up():
 
 
 def test_failed_calls_are_counted_per_trigger_and_malformed_records_ignored():
-    store = triggers.StoreTriggers(clock=Clock())
+    store = triggers.StoreTriggers(clock=Clock(100.0))
     store.on_write(triggers.PREFIX + "bad", lww({"name": "bad"}))
     store.on_write(triggers.PREFIX + "raw", LWWLattice(1, "w", msgpack.packb([1, 2])))
     store.on_write(triggers.PREFIX + "t", record("t", "k"))
@@ -187,7 +180,7 @@ def test_failed_calls_are_counted_per_trigger_and_malformed_records_ignored():
 
 
 def test_the_in_flight_bound_forgets_the_oldest_call():
-    store = triggers.StoreTriggers(clock=Clock(), limit=2)
+    store = triggers.StoreTriggers(clock=Clock(100.0), limit=2)
     store.on_write(triggers.PREFIX + "t", record("t", "k"))
     for i in range(3):
         store.on_write(f"k{i}", lww(i))

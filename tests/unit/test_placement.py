@@ -17,17 +17,7 @@ from cbctl.runtime.scheduler.placement import OutstandingPolicy, new_policy
 from cbctl.runtime.scheduler.policy import Policy, PolicySettings, parse_policy_options
 from cbctl.runtime.step_records import waited_while_idle
 from cbctl.runtime.wire.messages import DagTrigger, ExecutorLoad, ExecutorStatus
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.unit.clocks import Clock
 
 
 def address(executor: int) -> str:

@@ -9,17 +9,7 @@ import pytest
 from cbctl.errors import InvalidArgument, NoExecutorAvailable
 from cbctl.runtime.scheduler.policy import Policy, PolicySettings, host_of, parse_policy_options
 from cbctl.runtime.wire.messages import ExecutorStatus
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.unit.clocks import Clock
 
 
 def status(executor: int, pinned=(), utilization: float = 0.0, running: bool = True, executor_type: str = "cpu",

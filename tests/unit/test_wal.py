@@ -16,6 +16,7 @@ import pytest
 
 from cbctl.runtime.store import wal as wal_module
 from cbctl.runtime.store.wal import WalCorruptError, WriteAheadLog
+from tests.unit.clocks import Clock
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HEADER = 16  # magic + generation at the start of both files
@@ -32,14 +33,6 @@ def write_session(directory: Path, records: list[bytes], **kwargs: object) -> No
     for record in records:
         wal.append(record)
     wal.close()
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_round_trip_including_empty_and_binary_records(tmp_path: Path) -> None:
@@ -247,7 +240,7 @@ def test_durability_is_validated(tmp_path: Path) -> None:
 
 
 def test_batch_sync_waits_for_the_interval(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = Clock(100.0)
     # Binary fractions, so the clock arithmetic below is exact.
     wal = WriteAheadLog(tmp_path, durability="batch", batch_interval_s=0.5, clock=clock)
     list(wal.replay())
@@ -299,7 +292,7 @@ def test_other_modes_never_have_a_sync_pending(tmp_path: Path, durability: str) 
 
 
 def test_syncs_counts_what_each_mode_fsyncs(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = Clock(100.0)
     counts = {}
     for durability in ("always", "batch", "none"):
         wal = WriteAheadLog(tmp_path / durability, durability=durability, batch_interval_s=0.5, clock=clock)
