@@ -50,6 +50,15 @@ MAX_MESSAGE_MB_CEILING = 2048
 DURABILITY_MODES = ("always", "batch", "none")
 
 
+def unusable_home(home: Path, exc: OSError) -> InvalidArgument:
+    """The error for a cluster directory the OS refuses (``exc``), saying what to point CBCTL_HOME at."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return InvalidArgument(f"the cluster directory {home} is (or is inside) a file: point CBCTL_HOME or --home "
+                               "at a directory")
+    return InvalidArgument(f"cannot use {home} as the cluster directory ({exc.strerror}): point CBCTL_HOME or "
+                           "--home at a directory you can write")
+
+
 def claim_home(home: Path) -> int:
     """Take the home's lock for a new cluster before anything in the home is touched (see ``home_lock``), or
     refuse at once, naming the process that holds it. Returns the lock's descriptor: ``start_supervisor`` hands
@@ -62,12 +71,8 @@ def claim_home(home: Path) -> int:
         raise ClusterAlreadyRunning(f"a cluster is already running in {home} (supervisor pid {held.pid or '?'}, "
                                     "or a `cbctl up` starting it): stop it with `cbctl down`, or use another "
                                     "CBCTL_HOME") from None
-    except (FileExistsError, NotADirectoryError):
-        raise InvalidArgument(f"the cluster directory {home} is (or is inside) a file: point CBCTL_HOME or --home "
-                              "at a directory") from None
     except OSError as exc:
-        raise InvalidArgument(f"cannot use {home} as the cluster directory ({exc.strerror}): point CBCTL_HOME or "
-                              "--home at a directory you can write") from None
+        raise unusable_home(home, exc) from None
 
 
 def release_home(lock_fd: int) -> None:
@@ -306,12 +311,8 @@ def prepare_home(home: Path, spec: ClusterSpec, store_url: str | None = None) ->
             from cbctl.runtime.redis_store.url import save_secret
 
             save_secret(home, store_url)  # the Redis store's URL with its password (or none: removed)
-    except (FileExistsError, NotADirectoryError):
-        raise InvalidArgument(f"the cluster directory {home} is (or is inside) a file: point CBCTL_HOME or --home "
-                              "at a directory") from None
     except OSError as exc:
-        raise InvalidArgument(f"cannot use {home} as the cluster directory ({exc.strerror}): point CBCTL_HOME or "
-                              "--home at a directory you can write") from None
+        raise unusable_home(home, exc) from None
     if tightened:
         shown = ", ".join(str(p.relative_to(home)) if p != home and p.is_relative_to(home) else str(p)
                           for p in tightened[:5])
