@@ -68,7 +68,7 @@ from cbctl.runtime.defaults import (
 from cbctl.runtime.process import new_socket, process_alive, receive_rest, send_message
 from cbctl.runtime.redis_store import url as redis_url
 from cbctl.runtime.stores import connect_store
-from cbctl.runtime.wire import auth, limits, serialization
+from cbctl.runtime.wire import auth, limits, serialization, shared
 from cbctl.runtime.wire.frames import MULTIPART_MARK, Frames
 from cbctl.runtime.wire.messages import (
     AddTrigger,
@@ -233,6 +233,10 @@ class Client:
         self._stored_waiting: weakref.WeakValueDictionary[str, CallFuture] = weakref.WeakValueDictionary()
         self._scheduler_pid = next((p.pid for p in self.cluster.processes if p.address == scheduler), 0)
         self._next_restart_check = 0.0
+        # large arguments go to a cluster of this host through shared memory (runtime/wire/shared.py): segments
+        # this client keeps, by call id, until the call's result comes (the scheduler may dispatch it again)
+        self._shares = self.cluster.is_local() and shared.is_local_address(scheduler)
+        self._segments: dict[str, list[str]] = {}
         _live_clients.add(self)
 
     # --- registration ----------------------------------------------------------------------------------
@@ -446,6 +450,8 @@ class Client:
                     self._completed = []
             frame = CallRequest(call_id, name, encoded_args, encoded_sources, self.response_address, False,
                                 consistency, refs, self._session.extras(), completed).pack()
+            if type(frame) is list:
+                frame = self._shared(frame, call_id)
             if future is not None:
                 future._request = frame
                 self._send(frame)
@@ -487,11 +493,30 @@ class Client:
             completed = self._completed
             if completed:
                 self._completed = []
-        frame = future._request = CallRequest(call_id, name, encoded_args, encoded_sources, self.response_address,
-                                              store_result, consistency, refs, self._session.extras(),
-                                              completed).pack()
+        frame = CallRequest(call_id, name, encoded_args, encoded_sources, self.response_address, store_result,
+                            consistency, refs, self._session.extras(), completed).pack()
+        if type(frame) is list:
+            frame = self._shared(frame, call_id)
+        future._request = frame
         self._send(frame)
         return future
+
+    def _shared(self, frame: list[Any], call_id: str) -> list[Any]:
+        """A call's multi-frame request with its large arguments in shared memory, when the cluster is on this
+        host; the segments are this client's to release (``_release``)."""
+        if not self._shares or not shared.enabled():
+            return frame
+        made: list[str] = []
+        frame = shared.export(frame, shared.KEEP, made)
+        if made:
+            self._segments[call_id] = made
+        return frame
+
+    def _release(self, call_id: str) -> None:
+        """The call's result is in: its arguments' segments can go (``_shared``)."""
+        names = self._segments.pop(call_id, None)
+        if names:
+            shared.release(names)
 
     def _encode_call(self, name: Any, args: tuple[Any, ...], consistency: Any, store_result: Any,
                      source_args: dict[str, Any]) -> tuple[str, bytes | Frames, dict[str, bytes | Frames], list[str]]:
@@ -573,6 +598,8 @@ class Client:
             if type(result) is CallResult:
                 if result.extras:
                     self._session.record_result(result.extras)
+                if self._segments:
+                    self._release(result.call_id)
                 if result.call_id == call_id:
                     if in_table:
                         self._hand_over(result)
@@ -710,6 +737,8 @@ class Client:
                     future._result = result = CallResult(future.call_id, False, b"", "DecodeError", (
                         f"the stored result of call {future.call_id} cannot be read ({exc}): call again"))
                 future._request = b""
+                if self._segments:
+                    self._release(future.call_id)
                 if future.delete_stored_after_read:
                     try:
                         with self._store_lock:
@@ -831,6 +860,8 @@ class Client:
         self._responses.close()
         self._store.close()
         self._context.term()
+        for call_id in list(self._segments):  # calls that never returned: nothing will read their arguments now
+            self._release(call_id)
         if self.response_address.startswith("ipc://"):
             Path(self.response_address[len("ipc://"):]).unlink(missing_ok=True)
 

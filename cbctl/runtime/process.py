@@ -28,7 +28,7 @@ from cbctl.runtime.defaults import (
     REJECTED_FRAME_LOG_PER_S,
     SOCKET_HWM,
 )
-from cbctl.runtime.wire import auth
+from cbctl.runtime.wire import auth, shared
 from cbctl.runtime.wire.frames import MULTIPART_MARK
 from cbctl.runtime.wire.limits import Oversized
 from cbctl.runtime.wire.messages import ProcessReady
@@ -208,18 +208,32 @@ def receive_rest(sock: zmq.Socket, header: bytes) -> list[Any] | Oversized:
     total = len(header)
     while sock.getsockopt(zmq.RCVMORE):
         frame = sock.recv(copy=False)
+        size = len(frame)
+        if size <= shared.HANDLE_MAX_BYTES:  # a value's bytes are never this small: a handle, or a value's body
+            handle = shared.as_handle(frame)
+            if handle is not None:  # it stands for its value, which the bound is about
+                frame, size = handle, handle.size
         if bound < 0:
             frames.append(frame)
             continue
-        total += len(frame)
+        total += size
         if total <= bound:
             frames.append(frame)
             continue
-        frames.clear()  # over the bound: let go of what came, and of each frame still to come
+        _release_taken(frames)  # over the bound: let go of what came, and of each frame still to come
+        frames.clear()
         while sock.getsockopt(zmq.RCVMORE):
-            total += len(sock.recv(copy=False))
+            frame = sock.recv(copy=False)
+            handle = shared.as_handle(frame)
+            total += len(frame) if handle is None else handle.size
+            _release_taken([handle])
         return Oversized(header, total, bound)
     return frames
+
+
+def _release_taken(frames: list[Any]) -> None:
+    """Unlink the ``TAKE`` segments of a message that is dropped unread: this receiver was to unlink them."""
+    shared.release([f.name for f in frames if type(f) is shared.Handle and not f.keep])
 
 
 def receive_message(sock: zmq.Socket, flags: int = 0) -> bytes | list[Any]:
@@ -275,10 +289,14 @@ class PeerSockets:
     a bound so a long-lived executor does not collect sockets to every client that ever called it.
     Sends never block: a peer that is gone or not draining costs a counted drop, not a stuck loop."""
 
-    def __init__(self, context: zmq.Context, limit: int = MAX_PEER_SOCKETS) -> None:
+    def __init__(self, context: zmq.Context, limit: int = MAX_PEER_SOCKETS, shares: bool = True) -> None:
         self._context = context
         self._limit = limit
         self._sockets: collections.OrderedDict[str, zmq.Socket] = collections.OrderedDict()
+        # large values go to peers of this host through shared memory (wire/shared.py); a forwarder (the
+        # scheduler, shares=False) sends on the handles it received, and the values behind them to other hosts
+        self._shares = shares
+        self._local: dict[str, bool] = {}
         self.dropped = 0
         self.sent = 0  # messages handed to zmq: tests count messages per call with it
         self.sent_bytes = 0  # of one-frame messages (and headers: not the values sent out of band), as well
@@ -300,9 +318,11 @@ class PeerSockets:
                                        address, exc)
                 return False
             self._sockets[address] = sock
+            self._local[address] = shared.is_local_address(address)
             if len(self._sockets) > self._limit:
-                _, oldest = self._sockets.popitem(last=False)
+                gone, oldest = self._sockets.popitem(last=False)
                 oldest.close()
+                self._local.pop(gone, None)
         elif len(self._sockets) > 1:
             self._sockets.move_to_end(address)
         try:
@@ -310,9 +330,13 @@ class PeerSockets:
                 _send_frame(sock, frame, zmq.NOBLOCK)
                 self.sent_bytes += len(frame)
             else:
+                if not self._local[address]:
+                    frame = shared.materialize(frame)
+                elif self._shares and shared.enabled():
+                    frame = shared.export(frame)
                 track = _tracked(frame)
                 tracker = sock.send_multipart(frame, zmq.NOBLOCK, copy=False, track=track)
-                self.sent_out_of_band += sum(len(f) if type(f) is not memoryview else f.nbytes for f in frame[1:])
+                self.sent_out_of_band += sum(shared.part_nbytes(f) for f in frame[1:])
                 self.sent_bytes += len(frame[0])
                 if track:
                     if self.unsent:

@@ -19,7 +19,7 @@ from cbctl.errors import CbctlError, NoSuchKey, StoreUnavailable, error_from_wir
 from cbctl.runtime.defaults import STORE_REQUEST_TIMEOUT_S, STORE_RETRY_BUDGET_S
 from cbctl.runtime.lattices import Lattice, LWWLattice, lattice_from_wire
 from cbctl.runtime.process import new_socket, receive_message, send_message
-from cbctl.runtime.wire import auth, serialization
+from cbctl.runtime.wire import auth, serialization, shared
 from cbctl.runtime.wire.frames import Frames
 from cbctl.runtime.wire.messages import (
     Ack,
@@ -104,6 +104,7 @@ class StoreClient(StoreAccess):
         self._retry_budget_s = retry_budget_s
         self._ids = itertools.count(1)
         self._sock: zmq.Socket | None = None
+        self._local = shared.is_local_address(address)  # large values go through shared memory (wire/shared.py)
         self.requests = 0  # how many round trips this client made (tests count cache hits with it)
         self.clock = WriterClock()  # this writer's last-writer-wins timestamps
         #: set by an executor for the step it runs: which call of a chain of storage-triggered calls makes the puts
@@ -125,8 +126,12 @@ class StoreClient(StoreAccess):
             sock = self._socket()
             if before is not None:
                 sock.send(before(next(self._ids)).pack())
-            # a large value's buffers are sent from their memory; the reply comes only once the node has them
-            send_message(sock, build(req_id).pack())
+            # a large value's buffers are sent from their memory, or through shared memory to a store of this host
+            # (a segment per attempt: the store unlinks the one it receives); the reply comes once the node has them
+            packed = build(req_id).pack()
+            if type(packed) is list and self._local and shared.enabled():
+                packed = shared.export(packed)
+            send_message(sock, packed)
             remaining_ms = self._request_timeout_ms
             while remaining_ms > 0:
                 started = time.monotonic()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import mmap
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,10 +80,11 @@ def held(lattice: Lattice | None) -> Lattice | None:
     if type(lattice) is not LWWLattice or type(lattice.value) is not Frames:
         return lattice
     parts = lattice.value.parts
-    if not any(type(part) is zmq.Frame for part in parts):
+    if not any(type(part) is zmq.Frame or type(part) is mmap.mmap for part in parts):
         return lattice
-    return LWWLattice(lattice.timestamp, lattice.writer,
-                      Frames([part.buffer if type(part) is zmq.Frame else part for part in parts]))
+    return LWWLattice(lattice.timestamp, lattice.writer, Frames([
+        part.buffer if type(part) is zmq.Frame else memoryview(part) if type(part) is mmap.mmap else part
+        for part in parts]))
 
 
 @dataclass(slots=True)

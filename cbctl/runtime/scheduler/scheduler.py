@@ -69,7 +69,7 @@ from cbctl.runtime.scheduler.placement import new_policy
 from cbctl.runtime.scheduler.policy import ExecutorView, PinAction, PolicySettings, host_of
 from cbctl.runtime.store_client import StoreClient
 from cbctl.runtime.stores import connect_store
-from cbctl.runtime.wire import limits
+from cbctl.runtime.wire import frames, limits, shared
 from cbctl.runtime.wire.messages import (
     TRIGGER_DEPTH_EXTRA,
     AddTrigger,
@@ -155,7 +155,7 @@ class Scheduler:
         self.policy = new_policy(PolicySettings.from_options(config.options.get("policy", {})), local_host=local_host)
         self.record_steps = step_records.enabled()  # tests and benchmarks: stamp triggers with dispatch times
         self.address = ""  # this scheduler's ROUTER address, set once bound: where executors answer pins
-        self.peers = PeerSockets(context)
+        self.peers = PeerSockets(context, shares=False)  # it forwards values: their handles, never copies
         self.timers = TimerWork(log)
         self.functions: dict[str, registry.FunctionRecord] = {}
         self.dags: dict[str, registry.DagRecord] = {}
@@ -163,7 +163,9 @@ class Scheduler:
         self.counters = {"calls": 0, "dag_calls": 0, "dispatch_errors": 0, "protocol_errors": 0,
                          "executors_lost": 0, "retried_calls": 0, "lost_calls": 0, "duplicate_calls": 0,
                          # values forwarded unread, as frames of their own (wire/frames.py); the calls' frames
-                         "out_of_band_bytes": 0, "call_request_bytes": 0}
+                         "out_of_band_bytes": 0, "call_request_bytes": 0,
+                         # of those, the bytes of values it forwarded as shared-memory handles (wire/shared.py)
+                         "shared_memory_bytes": 0}
         self.largest_parsed = 0  # bytes of the largest frame this scheduler parsed: it never reads a large value
         # crash semantics (retries.py): the calls dispatched, those waiting for an executor, the dead
         # processes whose late statuses are ignored, and until when a call nobody can take waits for one
@@ -640,7 +642,10 @@ class Scheduler:
     def handle(self, sock: zmq.Socket, parts: list[Any]) -> None:
         frame = parts[-1]
         if type(frame) is list:  # a multi-frame message: the scheduler parses its header, and forwards the rest
-            self.counters["out_of_band_bytes"] += sum(len(f) for f in frame[1:])
+            for part in frame[1:]:
+                if type(part) is shared.Handle:
+                    self.counters["shared_memory_bytes"] += part.size
+                self.counters["out_of_band_bytes"] += shared.part_nbytes(part)
             parsed = len(frame[0])
         else:
             parsed = len(frame)
@@ -714,6 +719,7 @@ def _status_dict(status: ExecutorStatus) -> dict[str, Any]:
 def main(config: ProcessConfig) -> None:
     setup_logging(config)
     shutdown = ShutdownFlag()
+    frames.attach_on_unpack = False  # calls' values go on to executors as the handles that came
     context = new_context(config)
     store = connect_store(context, config.store_address, writer_id=config.name)
     scheduler = Scheduler(config, context, store)

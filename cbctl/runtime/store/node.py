@@ -47,7 +47,7 @@ from cbctl.runtime.store.embedded import EmbeddedBackend
 from cbctl.runtime.store.ephemeral import EphemeralTable
 from cbctl.runtime.store.triggers import StoreTriggers, TriggerDispatcher
 from cbctl.runtime.trigger_records import PREFIX
-from cbctl.runtime.wire import limits
+from cbctl.runtime.wire import limits, shared
 from cbctl.runtime.wire.frames import Frames
 from cbctl.runtime.wire.messages import (
     Ack,
@@ -313,6 +313,7 @@ def main(config: ProcessConfig) -> None:
     # a peer sending a frame past this loses its connection, instead of costing the store its memory
     sock.setsockopt(zmq.MAXMSGSIZE, limits.backstop_bytes(config.options.get(limits.OPTION, MAX_MESSAGE_BYTES)))
     address = config.bind(sock)
+    local = shared.is_local_address(address)  # every reader is on this host: large values go as shared memory
     peers = PeerSockets(context)
     dispatcher = TriggerDispatcher(context, config, node.triggers)
     report_ready(context, config, address)
@@ -325,11 +326,11 @@ def main(config: ProcessConfig) -> None:
         due = node.time_until_due()
         timeout_ms = 100 if due is None else max(0, min(100, int(due * 1000)))
         if poller.poll(timeout_ms):
-            _serve(node, sock, peers, drain(sock))
+            _serve(node, sock, peers, drain(sock), local)
         timers.run(dispatcher.service)  # after the batch is logged: triggered calls, their results and retries
         node.maintain()
     # warm stop: requests that already arrived are served and answered; close() then syncs the log
-    _serve(node, sock, peers, drain(sock))
+    _serve(node, sock, peers, drain(sock), local)
     dispatcher.close()
     node.close()
     sock.setsockopt(zmq.LINGER, int(STOP_LINGER_S * 1000))
@@ -339,7 +340,8 @@ def main(config: ProcessConfig) -> None:
     log.info("store stopped")
 
 
-def _serve(node: StoreNode, sock: zmq.Socket, peers: PeerSockets, frames: list[list[Any]]) -> None:
+def _serve(node: StoreNode, sock: zmq.Socket, peers: PeerSockets, frames: list[list[Any]],
+           local: bool = False) -> None:
     identities: list[bytes] = []
     requests: list[Message] = []
     counters = node.counters
@@ -350,10 +352,16 @@ def _serve(node: StoreNode, sock: zmq.Socket, peers: PeerSockets, frames: list[l
         if header_bytes > counters["largest_parsed_frame_bytes"]:
             counters["largest_parsed_frame_bytes"] = header_bytes
         try:
-            requests.append(unpack(message))
-            identities.append(parts[0])
+            request = unpack(message)
             if type(message) is list:
-                counters["frames_in_bytes"] += sum(len(part) for part in message[1:])
+                gone = next((part for part in message if type(part) is shared.Gone), None)
+                if gone is not None:  # a value whose shared memory could not be mapped: never kept, never logged
+                    sock.send_multipart([*parts[:-1], ErrorResponse(getattr(request, "req_id", 0), "DecodeError",
+                                                                    gone.reason).pack()])
+                    continue
+                counters["frames_in_bytes"] += sum(shared.part_nbytes(part) for part in message[1:])
+            requests.append(request)
+            identities.append(parts[0])
         except ProtocolError as exc:
             counters["protocol_errors"] += 1
             rejected.warning("dropped a bad frame: %s", exc)
@@ -368,6 +376,8 @@ def _serve(node: StoreNode, sock: zmq.Socket, peers: PeerSockets, frames: list[l
             sock.send_multipart([identity, packed])
         else:  # a large value's frames, sent as the store keeps them: received frames, or its log's buffers
             counters["frames_out_bytes"] += sum(len(part) for part in packed[1:])
+            if local and shared.enabled():
+                packed = shared.export(packed)
             sock.send_multipart([identity, *packed], copy=False)
     for address, push in pushes:
         peers.send(address, push.pack())

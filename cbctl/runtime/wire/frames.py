@@ -35,6 +35,7 @@ import msgpack
 
 from cbctl.errors import ProtocolError
 from cbctl.runtime.defaults import PROTOCOL_VERSION
+from cbctl.runtime.wire import shared
 from cbctl.runtime.wire.limits import Oversized
 
 _KINDS: dict[int, type[Message]] = {}
@@ -91,6 +92,9 @@ Utilization = Annotated[float, Valid(lambda v: math.isfinite(v) and 0.0 <= v <= 
 #: the format never uses), so a one-frame message is never mistaken for a header, and a receiver tells the two
 #: apart by one byte, without asking zmq whether more frames follow (which costs on every hot-path receive).
 MULTIPART_MARK = b"\xc1"
+#: Whether ``unpack`` maps the shared-memory segments a message's handles name (``shared.py``): every process
+#: that reads values does; the scheduler, which only forwards them, turns it off and forwards the handles.
+attach_on_unpack = True
 #: The header's ext type for an out-of-band value: packed ``(first frame, count)``, frames counted from the header.
 EXT_FRAMES = 1
 _FRAMES_REF = struct.Struct(">II")
@@ -106,17 +110,13 @@ class Frames:
 
     def __init__(self, parts: list[Any]) -> None:
         self.parts = parts
-        self.nbytes = sum(_nbytes(p) for p in parts)
+        self.nbytes = sum(shared.part_nbytes(p) for p in parts)  # a handle's: its value's
 
     def __len__(self) -> int:
         return self.nbytes
 
     def __repr__(self) -> str:
         return f"Frames({len(self.parts)} parts, {self.nbytes} bytes)"
-
-
-def _nbytes(part: Any) -> int:
-    return part.nbytes if type(part) is memoryview else len(part)
 
 
 #: A field holding an encoded user value: ``bytes`` inline in the frame, or ``Frames`` out of band.
@@ -180,6 +180,11 @@ def _unpack_header(frames: list[Any]) -> Any:
     header = frames[0]
     if header[:1] != MULTIPART_MARK:
         raise ValueError("its first frame is not a multi-frame header")
+    if attach_on_unpack:
+        for part in frames:
+            if type(part) is shared.Handle:
+                shared.attach_parts(frames)  # in place: a server finds a segment that is gone among them
+                break
 
     def resolve(code: int, data: bytes) -> Any:
         if code != EXT_FRAMES or len(data) != _FRAMES_REF.size:

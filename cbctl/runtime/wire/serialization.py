@@ -29,6 +29,7 @@ import, an unpickling that raises) raises ``DecodeError``, naming what failed an
 from __future__ import annotations
 
 import functools
+import mmap
 import sys
 from typing import Any
 
@@ -38,6 +39,7 @@ import zmq
 
 from cbctl.errors import DecodeError
 from cbctl.runtime.defaults import OUT_OF_BAND_BYTES
+from cbctl.runtime.wire import shared
 from cbctl.runtime.wire.frames import Frames
 from cbctl.runtime.wire.limits import check_key
 
@@ -159,13 +161,19 @@ class _Decoder:
 
             (dtype, shape, is_scalar), index = msgpack.unpackb(data)
             buffer = self.buffers[index]
+            if type(buffer) is shared.Gone:
+                raise DecodeError(buffer.reason)
             array = numpy.frombuffer(buffer, dtype=numpy.dtype(dtype)).reshape(shape)
             if is_scalar:
                 return array[()]
-            # a received frame is this receiver's alone: its memory becomes the array, writable and uncopied
-            return array if type(buffer) is zmq.Frame and self.owned else array.copy()
+            # a received frame, or a shared-memory segment mapped on receipt, is this receiver's alone: its memory
+            # becomes the array, writable and uncopied
+            return array if (type(buffer) is zmq.Frame or type(buffer) is mmap.mmap) and self.owned else array.copy()
         if code == EXT_BYTES_FRAME:
-            return bytes(self.buffers[msgpack.unpackb(data)])
+            buffer = self.buffers[msgpack.unpackb(data)]
+            if type(buffer) is shared.Gone:
+                raise DecodeError(buffer.reason)
+            return bytes(buffer)
         return _ext_hook(code, data, self)
 
 
