@@ -503,6 +503,12 @@ def stop_cluster(home: Path, timeout_s: float = 3 * SHUTDOWN_TIMEOUT_S + 10) -> 
         except psutil.Error:
             pass
     wait_gone(alive, 5)
+    # what the cluster's processes lent through shared memory and nobody took (the supervisor sweeps as it stops;
+    # this is for one that was killed first): every one of them is gone now (wire/shared.py)
+    from cbctl.runtime.process import process_alive
+    from cbctl.runtime.wire import shared
+
+    shared.sweep(process_alive, grace_s=0.0)
     if cluster.home_holder(home) is None:  # not a newer cluster's, started meanwhile
         cluster.remove_cluster_file(home)
         cluster.remove_socket_dir(home, found.control_address)  # the supervisor's own removal, if it was killed

@@ -89,6 +89,10 @@ MAX_MESSAGE_BYTES = 64 << 20
 #: and at 256 KiB inline costs milliseconds (each copy is a fresh mmap'd allocation, page faults and all).
 OUT_OF_BAND_BYTES = 128 << 10
 
+#: Seconds between the supervisor's sweeps of ``/dev/shm`` for values lent through shared memory by processes that
+#: died (``wire/shared.py``): a listing of one directory, whose leftovers hold memory until removed.
+SHARED_MEMORY_SWEEP_S = 5.0
+
 #: Longest error message and traceback text, in characters, that a failed call carries to its caller (and the CLI
 #: prints). A function may raise with a 50 MB message; the caller gets the head (and the traceback its head and
 #: tail, where the raising line is), with a note naming the executor log that has the whole text.

@@ -80,7 +80,7 @@ from cbctl.runtime.process import (
 from cbctl.runtime.retries import ATTEMPT_KEY, AttemptFilter
 from cbctl.runtime.store_client import StoreAccess
 from cbctl.runtime.stores import connect_store
-from cbctl.runtime.wire import limits, serialization
+from cbctl.runtime.wire import limits, serialization, shared
 from cbctl.runtime.wire.messages import (
     TRIGGER_DEPTH_EXTRA,
     CallAborted,
@@ -831,6 +831,7 @@ def main(config: ProcessConfig) -> None:
             timers.run(executor.expire_joins)
             timers.run(executor.sessions.maintain, time.monotonic())
             timers.run(executor.check_store_epoch)
+            timers.run(shared.trim)  # pooled shared memory no value was lent through for a while
             if executor.recorder is not None:
                 timers.run(executor.recorder.flush)
         if shutdown.requested and not executor.departure.leaving:
@@ -848,6 +849,7 @@ def main(config: ProcessConfig) -> None:
     store.close()
     sock.close()
     context.term()
+    shared.close_pool()  # what this process lent and is taken stays mapped where it was taken
     log.info("executor stopped")
     if executor.recycling:
         raise SystemExit(EXECUTOR_RECYCLE_EXIT_CODE)

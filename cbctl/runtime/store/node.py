@@ -328,6 +328,7 @@ def main(config: ProcessConfig) -> None:
         if poller.poll(timeout_ms):
             _serve(node, sock, peers, drain(sock), local)
         timers.run(dispatcher.service)  # after the batch is logged: triggered calls, their results and retries
+        timers.run(shared.trim)  # pooled shared memory no value was lent through for a while
         node.maintain()
     # warm stop: requests that already arrived are served and answered; close() then syncs the log
     _serve(node, sock, peers, drain(sock), local)
@@ -337,6 +338,7 @@ def main(config: ProcessConfig) -> None:
     sock.close()
     peers.close(linger_s=STOP_LINGER_S)
     context.term()
+    shared.close_pool()  # what this process lent and is taken stays mapped where it was taken
     log.info("store stopped")
 
 

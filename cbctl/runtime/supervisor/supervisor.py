@@ -40,11 +40,20 @@ from cbctl.runtime.defaults import (
     RESTART_BACKOFF_FIRST_S,
     RESTART_BACKOFF_MAX_S,
     RESTARTS_PER_MINUTE,
+    SHARED_MEMORY_SWEEP_S,
     SHUTDOWN_TIMEOUT_S,
     STARTUP_FAILED_STOP_S,
     STARTUP_TIMEOUT_S,
 )
-from cbctl.runtime.process import ProcessConfig, RejectedFrameLog, ShutdownFlag, TimerWork, drain, new_socket
+from cbctl.runtime.process import (
+    ProcessConfig,
+    RejectedFrameLog,
+    ShutdownFlag,
+    TimerWork,
+    drain,
+    new_socket,
+    process_alive,
+)
 from cbctl.runtime.redis_store import url as redis_url
 from cbctl.runtime.supervisor import scaling
 from cbctl.runtime.supervisor.autoscaler import AutoscaleSettings
@@ -53,7 +62,7 @@ from cbctl.runtime.supervisor.child import Child
 from cbctl.runtime.supervisor.forkserver import run_role, start_forkserver
 from cbctl.runtime.supervisor.nodes import NodeTable
 from cbctl.runtime.supervisor.spec import ClusterSpec
-from cbctl.runtime.wire import auth, limits
+from cbctl.runtime.wire import auth, limits, shared
 from cbctl.runtime.wire.messages import (
     START_BY,
     AutoscaleMode,
@@ -283,6 +292,7 @@ class Supervisor:
         poller.register(self.ready_sock, zmq.POLLIN)
         poller.register(self.control_sock, zmq.POLLIN)
         next_file_check = time.monotonic() + CLUSTER_FILE_CHECK_S
+        next_sweep = time.monotonic() + SHARED_MEMORY_SWEEP_S
         while not self.shutdown.requested:
             if self.owner_gone():
                 log.warning("the process that owns this cluster (pid %d) is gone: stopping", self.spec.owner_pid)
@@ -296,6 +306,9 @@ class Supervisor:
             if self.control_sock in events:
                 self._on_control_frames()
             self.timers.run(self._watch_children)
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + SHARED_MEMORY_SWEEP_S
+                self.timers.run(shared.sweep, process_alive)  # values lent by processes that died (shared.py)
             if self.nodes.nodes:
                 self.timers.run(self._watch_nodes)
             if self.scaling is not None:
@@ -604,6 +617,8 @@ class Supervisor:
         self.control_sock.close()
         self.context.term()
         cluster.remove_socket_dir(self.home)  # every process that used it has stopped
+        # the shared memory they lent and nobody took (their pools too): every one of them is gone now
+        self.timers.run(shared.sweep, process_alive, None, 0.0)
         log.info("cluster stopped")
 
     def _dismiss_nodes(self) -> None:

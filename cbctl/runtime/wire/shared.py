@@ -2,37 +2,45 @@
 
 zmq moves a value's frame through the kernel's socket buffers: a copy into them, a copy out, on a 2-core machine
 about 1.5 GB/s at best, with every page of the receiver's frame freshly faulted. Between processes of one host a
-value can instead be written once into a file in ``/dev/shm`` (tmpfs: memory, never disk) by its sender and
-mapped, not copied, by its receiver. Only a small handle then travels through zmq, in the frame the value's
-buffer would have had (``frames.py``'s multi-frame messages are otherwise unchanged), so a process that only
-forwards a message (the scheduler) forwards the handle, never the value.
+value can instead be copied once by its sender into a file in ``/dev/shm`` (tmpfs: memory, never disk) and mapped,
+not copied, by its receiver. Only a small handle then travels through zmq, in the frame the value's buffer would
+have had (``frames.py``'s multi-frame messages are otherwise unchanged), so a process that only forwards a message
+(the scheduler) forwards the handle, never the value.
 
-A handle is ``MAGIC``, a flags byte, the value's size (8 bytes, big-endian) and the segment's name. ``MAGIC``
-starts with ``0xc1``, which no msgpack body starts with, and a handle is shorter than ``OUT_OF_BAND_BYTES``,
-which every buffer frame is at least: a receiver tells a handle from a value's frames without being told.
+**Segments are reused.** Most of the cost of a fresh tmpfs file is the kernel allocating its pages (32 MB: about
+13 ms of a 16 ms write, where copying into pages already there takes 3). So a sender keeps a small pool of
+segments, and lends one for each value: it copies the value in, hard-links the segment under a new name for this
+one lending, and sends that name. A receiver opens the name, takes a shared ``flock`` on the segment, unlinks the
+name, maps the value, and holds the lock until its mapping is garbage (numpy arrays over it keep it alive). The
+sender reuses a segment only when it has no lending names left (``st_nlink == 1``: every receiver has locked it)
+and an exclusive ``flock`` would be granted (no receiver maps it any more). The kernel drops a dead receiver's
+locks, so a crash frees its segments; a lending name whose message was lost is removed by ``sweep``.
 
-Lifetime: every segment is unlinked exactly once, by its creator or by its receiver, and its memory goes back to
-the system when the last process that maps it lets go of the mapping (Linux keeps an unlinked file's pages for
-as long as they are mapped):
-- ``TAKE`` (the default): the receiver unlinks it when it maps it. For values with one receiver that nobody sends
+A handle is ``MAGIC``, a flags byte, the value's size (8 bytes, big-endian) and the lending name. ``MAGIC`` starts
+with ``0xc1``, which no msgpack body starts with, and a handle is shorter than ``OUT_OF_BAND_BYTES``, which every
+buffer frame is at least: a receiver tells a handle from a value's frames without being told.
+
+Who unlinks a lending name:
+- ``TAKE`` (the default): its receiver, once it holds the lock. For values with one receiver that nobody sends
   again from the handle: results, a DAG step's output, store writes and reads.
-- ``KEEP``: its creator unlinks it (``release``). For a client's call arguments, which the scheduler may dispatch
-  a second time, from the same handle, after an executor died: the client releases them when the call's result
-  comes (or when it closes).
-- A segment whose message was lost (a receiver that died, a dropped frame) would outlive everything: ``sweep``
-  (the supervisor's timer, and ``cbctl down``) unlinks those of processes that are gone, and ``TAKE`` segments
-  older than ``ORPHAN_AGE_S`` (a receiver maps a ``TAKE`` segment as soon as it reads the message).
+- ``KEEP``: its lender (``release``). For a client's call arguments, which the scheduler may dispatch a second
+  time, from the same handle, after an executor died: the client releases them when the call's result comes (or
+  when it closes).
+- ``sweep`` (the supervisor's timer, and ``cbctl down``): names and segments of processes that are gone, and
+  ``TAKE`` names older than ``ORPHAN_AGE_S`` (a receiver takes a ``TAKE`` name as soon as it reads the message).
 
 Segments are used only where both ends share this host's ``/dev/shm``: addresses on ipc or loopback TCP
 (``is_local_address``). ``CBCTL_SHARED_MEMORY=0`` turns them off for a process that must not use them (one in a
 container with its own ``/dev/shm`` that talks to a cluster over loopback, for instance): its values then travel as
 zmq frames, and it still reads what others send it through segments it can see. A segment that cannot be made
-(``/dev/shm`` full or missing) falls back to a zmq frame for that value, counted in ``stats["fallbacks"]``.
+(``/dev/shm`` full or missing) leaves that value to go as a zmq frame, counted in ``stats["fallbacks"]``.
 """
 
 from __future__ import annotations
 
+import atexit
 import errno
+import fcntl
 import mmap
 import os
 import re
@@ -40,6 +48,8 @@ import secrets
 import stat
 import struct
 import time
+import weakref
+from dataclasses import dataclass
 from itertools import count
 from typing import Any
 
@@ -49,13 +59,19 @@ from cbctl.runtime.defaults import OUT_OF_BAND_BYTES
 
 #: Where segments live: tmpfs on every Linux.
 DIRECTORY = "/dev/shm"
-#: Smallest buffer, in bytes, sent through a segment; smaller ones stay zmq frames (the syscalls to make, map and
-#: unlink a segment cost about what zmq's copies of 256 KiB do: ``python -m benchmarks.bigdata --threshold``).
+#: Smallest buffer, in bytes, sent through a segment; smaller ones stay zmq frames (the syscalls of a lending cost
+#: about what zmq's copies of 256 KiB do: ``python -m benchmarks.bigdata --threshold``).
 SHARED_MIN_BYTES = 256 << 10
-#: Age, in seconds, past which a ``TAKE`` segment no process has mapped is reclaimed by ``sweep``: its message was
-#: lost, or waited unread in a socket's queue that long (its receiver then fails that value with a clear error).
+#: A sender's pool: at most this many segments, of at most this many bytes together; past either, the least
+#: recently lent is let go (unlinked: a receiver that still maps it keeps its memory until it lets go too).
+POOL_MAX_SEGMENTS = 8
+POOL_MAX_BYTES = 512 << 20
+#: Seconds a pooled segment may go unlent before ``trim`` lets it go (its memory is the sender's resident memory).
+POOL_IDLE_S = 30.0
+#: Age, in seconds, past which a ``TAKE`` lending name nobody took is removed by ``sweep``: its message was lost, or
+#: waited unread in a socket's queue that long (its receiver then fails that value with a clear error).
 ORPHAN_AGE_S = 600.0
-#: Seconds a dead creator's segments are left for a receiver to map (a process may exit right after sending).
+#: Seconds a dead process's segments are left for a receiver to take (a process may exit right after sending).
 DEAD_CREATOR_GRACE_S = 10.0
 
 MAGIC = b"\xc1cbshm"
@@ -63,14 +79,15 @@ TAKE = 0
 KEEP = 1
 _HANDLE = struct.Struct(">BQ")  # flags, size
 _HEAD = len(MAGIC) + _HANDLE.size
-#: A segment's name: cbctl-PID-TOKEN-SEQ-t (TAKE) or -k (KEEP); TOKEN tells apart processes that reuse a pid.
-_NAME = re.compile(r"cbctl-([0-9]{1,7})-[0-9a-f]{8}-[0-9]{1,15}-([tk])")
+#: cbctl-PID-TOKEN-SEQ-s (a pooled segment), -t (a TAKE lending name) or -k (KEEP); TOKEN tells apart processes
+#: that reuse a pid.
+_NAME = re.compile(r"cbctl-([0-9]{1,7})-[0-9a-f]{8}-[0-9]{1,15}-([stk])")
 HANDLE_MAX_BYTES = _HEAD + 48
 assert HANDLE_MAX_BYTES < OUT_OF_BAND_BYTES  # see the module docstring: how handles are told from buffers
 
-#: This process's counters (reported in its metrics): segments made and their bytes, segments mapped, buffers
-#: that went as zmq frames because no segment could be made.
-stats = {"segments_made": 0, "bytes_shared": 0, "segments_mapped": 0, "fallbacks": 0}
+#: This process's counters: values lent and their bytes, segments made (the rest reused one), segments mapped,
+#: buffers that went as zmq frames because no segment could be had.
+stats = {"values_lent": 0, "bytes_lent": 0, "segments_made": 0, "segments_mapped": 0, "fallbacks": 0}
 
 _seq = count()
 _token = ""
@@ -79,7 +96,7 @@ _enabled: bool | None = None
 
 
 class Handle(bytes):
-    """A received handle (the frame stands for ``size`` bytes of a value in segment ``name``)."""
+    """A received handle: the frame stands for ``size`` bytes of a value lent under ``name``."""
 
     __slots__ = ()
 
@@ -110,6 +127,41 @@ class Gone:
         return self.size
 
 
+@dataclass(eq=False)
+class _Segment:
+    """A pooled segment of this process: its name, an open descriptor (for the lock test) and the mapping the
+    sender copies values into."""
+
+    name: str
+    fd: int
+    mapped: mmap.mmap
+    capacity: int
+    lent_at: float = 0.0
+
+    def is_free(self) -> bool:
+        """No lending name left and no receiver mapping it (see the module docstring)."""
+        try:
+            if os.fstat(self.fd).st_nlink != 1:
+                return False
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: a receiver holds its shared lock
+            return False
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        return True
+
+    def close(self) -> None:
+        _unlink(self.name)
+        try:
+            self.mapped.close()
+        except BufferError:  # a send still reads from it: the mapping goes when that send lets go of it
+            pass
+        os.close(self.fd)
+
+
+_pool: list[_Segment] = []
+_pool_pid = 0
+
+
 def as_handle(frame: Any) -> Handle | None:
     """``frame`` (a received part of a multi-frame message) as a ``Handle``, or None when it is a value's bytes."""
     if len(frame) > HANDLE_MAX_BYTES or len(frame) <= _HEAD:
@@ -119,7 +171,7 @@ def as_handle(frame: Any) -> Handle | None:
 
 
 def enabled() -> bool:
-    """Whether this process makes segments (``CBCTL_SHARED_MEMORY``, and a writable ``/dev/shm``)."""
+    """Whether this process lends values through segments (``CBCTL_SHARED_MEMORY``, and a writable ``/dev/shm``)."""
     global _enabled
     if _enabled is None:
         _enabled = os.environ.get("CBCTL_SHARED_MEMORY", "1") != "0" and os.access(DIRECTORY, os.W_OK | os.X_OK)
@@ -127,7 +179,7 @@ def enabled() -> bool:
 
 
 def set_enabled(value: bool | None) -> None:
-    """Turn segments on or off for this process (None: as the environment says, on next use); for tests."""
+    """Turn lending on or off for this process (None: as the environment says, on next use); for tests."""
     global _enabled
     _enabled = value
 
@@ -142,31 +194,31 @@ def is_local_address(address: str) -> bool:
     return host.startswith("127.") or host in ("localhost", "[::1]")
 
 
-def _name(flags: int) -> str:
-    global _token, _token_pid
-    pid = os.getpid()
-    if pid != _token_pid:  # a forked child must not make its parent's names
-        _token, _token_pid = secrets.token_hex(4), pid
-    return f"cbctl-{pid}-{_token}-{next(_seq)}-{'k' if flags & KEEP else 't'}"
-
-
 def part_nbytes(part: Any) -> int:
-    """Bytes of the value a part of a multi-frame message carries (a handle's: its segment's)."""
+    """Bytes of the value a part of a multi-frame message carries (a handle's: its value's)."""
     if type(part) is Handle:
         return part.size
     return part.nbytes if type(part) is memoryview else len(part)
 
 
+def _name(kind: str) -> str:
+    global _token, _token_pid
+    pid = os.getpid()
+    if pid != _token_pid:  # a forked child must not make its parent's names
+        _token, _token_pid = secrets.token_hex(4), pid
+    return f"cbctl-{pid}-{_token}-{next(_seq)}-{kind}"
+
+
 def export(frames: list[Any], flags: int = TAKE, made: list[str] | None = None) -> list[Any]:
     """``frames`` (a multi-frame message: header, then parts) with each buffer of at least ``SHARED_MIN_BYTES``
-    written to a new segment and replaced by its handle; handles already in it go on as they are. The names of
-    the segments made are appended to ``made`` (a ``KEEP`` creator releases them later)."""
+    lent through a segment and replaced by its handle; handles already in it go on as they are. The lending
+    names are appended to ``made`` (a ``KEEP`` lender releases them later)."""
     out = None
     for i in range(1, len(frames)):
         part = frames[i]
         if type(part) is Handle or part_nbytes(part) < SHARED_MIN_BYTES:
             continue
-        handle = _write(part, flags)
+        handle = lend(part, flags)
         if handle is None:
             continue
         if out is None:
@@ -177,58 +229,121 @@ def export(frames: list[Any], flags: int = TAKE, made: list[str] | None = None) 
     return frames if out is None else out
 
 
-def _write(part: Any, flags: int) -> bytes | None:
-    """A new segment holding ``part``'s bytes, as its handle; None when it cannot be made (the part then goes
-    as a zmq frame)."""
+def lend(part: Any, flags: int = TAKE) -> bytes | None:
+    """Copy ``part``'s bytes into a free segment of the pool and lend it: the handle; None when no segment can
+    be had (the part then goes as a zmq frame)."""
     view = memoryview(part.buffer if type(part) is zmq.Frame else part).cast("B")
-    name = _name(flags)
-    path = os.path.join(DIRECTORY, name)
+    size = view.nbytes
+    segment = _segment_for(size)
+    if segment is None:
+        stats["fallbacks"] += 1
+        return None
+    segment.mapped[:size] = view
+    name = _name("k" if flags & KEEP else "t")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        os.link(os.path.join(DIRECTORY, segment.name), os.path.join(DIRECTORY, name))
     except OSError:
         stats["fallbacks"] += 1
         return None
+    segment.lent_at = time.monotonic()
+    stats["values_lent"] += 1
+    stats["bytes_lent"] += size
+    return MAGIC + _HANDLE.pack(flags, size) + name.encode()
+
+
+def _segment_for(size: int) -> _Segment | None:
+    """A free pooled segment of at least ``size`` bytes (the smallest), or a new one; None if none can be made."""
+    global _pool, _pool_pid
+    if _pool_pid != os.getpid():  # a forked child: the pool is its parent's
+        _pool, _pool_pid = [], os.getpid()
+    now = time.monotonic()
+    best = None
+    for segment in _pool:
+        if segment.capacity >= size and (best is None or segment.capacity < best.capacity) and segment.is_free():
+            best = segment
+    if best is not None:
+        return best
+    capacity = max(1 << (size - 1).bit_length(), 1 << 20)
+    # room for it: let go of the least recently lent segments past the bounds
+    _pool.sort(key=lambda s: s.lent_at)
+    while _pool and (len(_pool) >= POOL_MAX_SEGMENTS
+                     or sum(s.capacity for s in _pool) + capacity > POOL_MAX_BYTES):
+        _pool.pop(0).close()
+    trim(now)
+    return _new_segment(capacity)
+
+
+def _new_segment(capacity: int) -> _Segment | None:
+    name = _name("s")
+    path = os.path.join(DIRECTORY, name)
     try:
-        written = 0
-        while written < view.nbytes:  # a write moves at most about 2 GiB
-            written += os.write(fd, view[written:])
-    except OSError:  # /dev/shm full (ENOSPC), or over a quota: this value goes as a frame
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return None
+    try:
+        # allocated now, so a full /dev/shm is an error here and never a SIGBUS when the copy touches a page
+        os.posix_fallocate(fd, 0, capacity)
+        mapped = mmap.mmap(fd, capacity)
+    except OSError:
         os.close(fd)
         _unlink(name)
-        stats["fallbacks"] += 1
         return None
-    os.close(fd)
+    segment = _Segment(name, fd, mapped, capacity)
+    if not _pool:
+        atexit.register(close_pool)  # a client's process; servers close theirs as they stop (exits skip atexit)
+    _pool.append(segment)
     stats["segments_made"] += 1
-    stats["bytes_shared"] += view.nbytes
-    return MAGIC + _HANDLE.pack(flags, view.nbytes) + name.encode()
+    return segment
+
+
+def trim(now: float | None = None) -> None:
+    """Let go of pooled segments not lent for ``POOL_IDLE_S`` (and free): their memory is this process's."""
+    if not _pool:
+        return
+    now = time.monotonic() if now is None else now
+    for segment in [s for s in _pool if now - s.lent_at > POOL_IDLE_S and s.is_free()]:
+        _pool.remove(segment)
+        segment.close()
+
+
+def close_pool() -> None:
+    """Let go of every pooled segment (a process that stops)."""
+    if _pool_pid != os.getpid():
+        return  # a forked child's pool is its parent's
+    while _pool:
+        _pool.pop().close()
 
 
 def attach(handle: Handle) -> mmap.mmap | Gone:
-    """The segment ``handle`` names, mapped (read-write, private to this process once unlinked): a ``TAKE``
-    segment is unlinked now. ``Gone`` when it cannot be mapped, saying why."""
+    """The value ``handle`` lends, mapped (read-write; its lender does not touch it while it is mapped), its
+    segment locked for as long as the mapping lives; a ``TAKE`` name is unlinked now. ``Gone`` when it cannot
+    be mapped, saying why."""
     name, size = handle.name, handle.size
-    if _NAME.fullmatch(name) is None:
-        return Gone(f"a shared-memory handle names {name[:60]!r}, which is not a cbctl segment", size)
+    if _NAME.fullmatch(name) is None or name.endswith("-s"):
+        return Gone(f"a shared-memory handle names {name[:60]!r}, which is not a cbctl lending name", size)
     path = os.path.join(DIRECTORY, name)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
         why = ("it is gone: its sender released it, or it waited unread past its age limit"
                if exc.errno == errno.ENOENT else os.strerror(exc.errno or 0))
-        return Gone(f"the value sent through shared memory segment {name} cannot be read here ({why}); if this "
-                    f"process does not share {DIRECTORY} with its sender, set CBCTL_SHARED_MEMORY=0 in the sender's "
+        return Gone(f"the value sent through shared memory ({name}) cannot be read here ({why}); if this process "
+                    f"does not share {DIRECTORY} with its sender, set CBCTL_SHARED_MEMORY=0 in the sender's "
                     "environment", size)
     try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # the lender holds its exclusive test lock for microseconds at most
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size != size or info.st_uid != os.geteuid():
-            return Gone(f"shared memory segment {name} is not the {size}-byte file its handle says", size)
+        if not stat.S_ISREG(info.st_mode) or info.st_size < size or info.st_uid != os.geteuid():
+            os.close(fd)
+            return Gone(f"shared memory {name} is not the file of at least {size} bytes its handle says", size)
         mapped = mmap.mmap(fd, size)
     except (OSError, ValueError) as exc:
-        return Gone(f"shared memory segment {name} cannot be mapped ({exc})", size)
-    finally:
         os.close(fd)
+        return Gone(f"shared memory {name} cannot be mapped ({exc})", size)
+    finally:
         if not handle.keep:
             _unlink(name)
+    weakref.finalize(mapped, os.close, fd)  # closing it drops the lock: the lender may reuse the segment
     stats["segments_mapped"] += 1
     return mapped
 
@@ -241,27 +356,27 @@ def attach_parts(parts: list[Any]) -> None:
 
 
 def materialize(frames: list[Any]) -> list[Any]:
-    """``frames`` for a peer that does not share this host's ``/dev/shm``: each handle replaced by its segment's
-    bytes (mapped here, sent by zmq from the mapping)."""
+    """``frames`` for a peer that does not share this host's ``/dev/shm``: each handle replaced by its value
+    (mapped here, sent by zmq from the mapping)."""
     if not any(type(f) is Handle for f in frames):
         return frames
     out = list(frames)
     for i, part in enumerate(out):
         if type(part) is Handle:
             mapped = attach(part)
-            # a segment that is gone cannot be sent on: its receiver gets an empty buffer and fails to decode it
+            # a value that is gone cannot be sent on: its receiver gets an empty buffer and fails to decode it
             out[i] = b"" if type(mapped) is Gone else mapped
     return out
 
 
 def release(names: list[str]) -> None:
-    """Unlink segments this process made with ``KEEP`` (those already unlinked are skipped)."""
+    """Unlink lending names this process made with ``KEEP`` (those already unlinked are skipped)."""
     for name in names:
         _unlink(name)
 
 
 def _unlink(name: str) -> None:
-    if _NAME.fullmatch(name) is None:  # a handle from a frame may name anything: only segments are unlinked
+    if _NAME.fullmatch(name) is None:  # a handle from a frame may name anything: only cbctl's names are unlinked
         return
     try:
         os.unlink(os.path.join(DIRECTORY, name))
@@ -271,8 +386,8 @@ def _unlink(name: str) -> None:
 
 def sweep(alive: Any, now: float | None = None, grace_s: float = DEAD_CREATOR_GRACE_S,
           orphan_age_s: float = ORPHAN_AGE_S) -> int:
-    """Unlink segments whose creator is gone (``alive(pid)`` false) for longer than ``grace_s``, and ``TAKE``
-    segments older than ``orphan_age_s``; returns how many. Segments of this user only."""
+    """Unlink segments and lending names whose process is gone (``alive(pid)`` false) for longer than
+    ``grace_s``, and ``TAKE`` lending names older than ``orphan_age_s``; returns how many. This user's only."""
     now = time.time() if now is None else now
     removed = 0
     try:
@@ -290,7 +405,7 @@ def sweep(alive: Any, now: float | None = None, grace_s: float = DEAD_CREATOR_GR
             continue
         if info.st_uid != uid:
             continue
-        age = now - info.st_mtime
+        age = now - info.st_ctime  # a link's creation changes its inode's ctime: a lending's age
         orphan = match.group(2) == "t" and age > orphan_age_s
         if orphan or (age > grace_s and not alive(int(match.group(1)))):
             _unlink(entry.name)
@@ -299,7 +414,7 @@ def sweep(alive: Any, now: float | None = None, grace_s: float = DEAD_CREATOR_GR
 
 
 def mine() -> list[str]:
-    """Names of the segments this process made that still exist (for tests and diagnostics)."""
+    """Names this process made that still exist (its pooled segments and lending names not yet taken)."""
     prefix = f"cbctl-{os.getpid()}-"
     try:
         return sorted(n for n in os.listdir(DIRECTORY) if n.startswith(prefix))
