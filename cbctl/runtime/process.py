@@ -220,7 +220,7 @@ def receive_rest(sock: zmq.Socket, header: bytes) -> list[Any] | Oversized:
         if total <= bound:
             frames.append(frame)
             continue
-        _release_taken(frames)  # over the bound: let go of what came, and of each frame still to come
+        _release_taken([*frames, frame])  # over the bound: let go of what came, and of each frame still to come
         frames.clear()
         while sock.getsockopt(zmq.RCVMORE):
             frame = sock.recv(copy=False)

@@ -104,6 +104,8 @@ def test_large_arguments_pass_the_scheduler_unread_and_come_back_whole(shared):
     assert client.call("big_sum", array, timeout=60) == [array.nbytes, int(array.sum()), True]
     after = client.cluster_info()["counters"]
     assert after["out_of_band_bytes"] - before["out_of_band_bytes"] >= array.nbytes
+    # on one host it was lent through shared memory: the scheduler forwarded a handle (runtime/wire/shared.py)
+    assert after["shared_memory_bytes"] - before["shared_memory_bytes"] >= array.nbytes
     assert after["largest_parsed_bytes"] < 64 << 10, after  # a header (and control requests), never the array
     doubled = client.call("big_chain", array, timeout=60)  # client -> scheduler -> executor(s) -> client
     assert doubled.dtype == np.uint8 and (doubled == array * 2).all() and doubled.flags.writeable

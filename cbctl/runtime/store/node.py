@@ -314,6 +314,7 @@ def main(config: ProcessConfig) -> None:
     sock.setsockopt(zmq.MAXMSGSIZE, limits.backstop_bytes(config.options.get(limits.OPTION, MAX_MESSAGE_BYTES)))
     address = config.bind(sock)
     local = shared.is_local_address(address)  # every reader is on this host: large values go as shared memory
+    shared.hold_on_attach = True  # a value written through shared memory is kept there, and read without a copy
     peers = PeerSockets(context)
     dispatcher = TriggerDispatcher(context, config, node.triggers)
     report_ready(context, config, address)

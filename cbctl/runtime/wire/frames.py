@@ -7,7 +7,9 @@ declaration order. A message that carries large encoded values (``Frames``: a ca
 value, see ``serialization``) is several frames instead: ``MULTIPART_MARK`` + that msgpack header, where each such
 value is a small ``EXT_FRAMES`` reference, then the values' buffers as frames of their own, sent from their memory
 and received into zmq's (``copy=False``), so a process that only forwards a value (the scheduler) never copies or
-parses its bytes. Small messages keep the one-frame form: it is the hot path.
+parses its bytes. Between processes of one host a buffer's frame is instead a small handle to shared memory the
+value was lent through (``shared.py``): ``unpack`` maps it in place, in every process but the scheduler, which
+forwards handles as they came. Small messages keep the one-frame form: it is the hot path.
 
 ``unpack`` is the only place a frame is trusted: anything that is not a well-formed message
 of this version, with every field of its declared type and value, raises ``ProtocolError``, which servers log,

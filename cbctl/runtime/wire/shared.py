@@ -77,11 +77,13 @@ DEAD_CREATOR_GRACE_S = 10.0
 MAGIC = b"\xc1cbshm"
 TAKE = 0
 KEEP = 1
+#: The receiver maps it copy-on-write: the segment is a value someone else keeps (the store's), not the receiver's.
+PRIVATE = 2
 _HANDLE = struct.Struct(">BQ")  # flags, size
 _HEAD = len(MAGIC) + _HANDLE.size
-#: cbctl-PID-TOKEN-SEQ-s (a pooled segment), -t (a TAKE lending name) or -k (KEEP); TOKEN tells apart processes
-#: that reuse a pid.
-_NAME = re.compile(r"cbctl-([0-9]{1,7})-[0-9a-f]{8}-[0-9]{1,15}-([stk])")
+#: cbctl-PID-TOKEN-SEQ-s (a pooled segment), -t (a TAKE lending name), -k (KEEP) or -h (a value a holder keeps:
+#: ``hold``); TOKEN tells apart processes that reuse a pid.
+_NAME = re.compile(r"cbctl-([0-9]{1,7})-[0-9a-f]{8}-[0-9]{1,15}-([stkh])")
 HANDLE_MAX_BYTES = _HEAD + 48
 assert HANDLE_MAX_BYTES < OUT_OF_BAND_BYTES  # see the module docstring: how handles are told from buffers
 
@@ -107,6 +109,12 @@ class Handle(bytes):
     @property
     def keep(self) -> bool:
         return bool(self[len(MAGIC)] & KEEP)
+
+    @property
+    def private(self) -> bool:
+        """Mapped copy-on-write: what the receiver writes stays its own (a KEEP value may be taken again, a
+        held one is its holder's)."""
+        return bool(self[len(MAGIC)] & (KEEP | PRIVATE))
 
     @property
     def name(self) -> str:
@@ -160,6 +168,10 @@ class _Segment:
 
 _pool: list[_Segment] = []
 _pool_pid = 0
+#: Mappings this process holds as values (``hold``), by the name that keeps their segment: lent on without a copy.
+_held: weakref.WeakKeyDictionary[mmap.mmap, str] = weakref.WeakKeyDictionary()
+#: Whether ``attach`` holds the values it maps (``hold``): the store, which keeps what it is sent.
+hold_on_attach = False
 
 
 def as_handle(frame: Any) -> Handle | None:
@@ -218,7 +230,8 @@ def export(frames: list[Any], flags: int = TAKE, made: list[str] | None = None) 
         part = frames[i]
         if type(part) is Handle or part_nbytes(part) < SHARED_MIN_BYTES:
             continue
-        handle = lend(part, flags)
+        held = _held.get(part) if type(part) is mmap.mmap else None
+        handle = lend(part, flags) if held is None else _lend_held(held, len(part), flags)
         if handle is None:
             continue
         if out is None:
@@ -249,6 +262,20 @@ def lend(part: Any, flags: int = TAKE) -> bytes | None:
     stats["values_lent"] += 1
     stats["bytes_lent"] += size
     return MAGIC + _HANDLE.pack(flags, size) + name.encode()
+
+
+def _lend_held(held: str, size: int, flags: int) -> bytes | None:
+    """Lend a value this process holds (``hold``) without copying it: a new name for its segment, mapped
+    copy-on-write by the receiver."""
+    name = _name("k" if flags & KEEP else "t")
+    try:
+        os.link(os.path.join(DIRECTORY, held), os.path.join(DIRECTORY, name))
+    except OSError:
+        stats["fallbacks"] += 1
+        return None
+    stats["values_lent"] += 1
+    stats["bytes_lent"] += size
+    return MAGIC + _HANDLE.pack(flags | PRIVATE, size) + name.encode()
 
 
 def _segment_for(size: int) -> _Segment | None:
@@ -319,7 +346,7 @@ def attach(handle: Handle) -> mmap.mmap | Gone:
     segment locked for as long as the mapping lives; a ``TAKE`` name is unlinked now. ``Gone`` when it cannot
     be mapped, saying why."""
     name, size = handle.name, handle.size
-    if _NAME.fullmatch(name) is None or name.endswith("-s"):
+    if _NAME.fullmatch(name) is None or name[-1] not in "tk":
         return Gone(f"a shared-memory handle names {name[:60]!r}, which is not a cbctl lending name", size)
     path = os.path.join(DIRECTORY, name)
     try:
@@ -336,16 +363,33 @@ def attach(handle: Handle) -> mmap.mmap | Gone:
         if not stat.S_ISREG(info.st_mode) or info.st_size < size or info.st_uid != os.geteuid():
             os.close(fd)
             return Gone(f"shared memory {name} is not the file of at least {size} bytes its handle says", size)
-        mapped = mmap.mmap(fd, size)
+        mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE if handle.private else mmap.MAP_SHARED)
     except (OSError, ValueError) as exc:
         os.close(fd)
-        return Gone(f"shared memory {name} cannot be mapped ({exc})", size)
-    finally:
         if not handle.keep:
             _unlink(name)
-    weakref.finalize(mapped, os.close, fd)  # closing it drops the lock: the lender may reuse the segment
+        return Gone(f"shared memory {name} cannot be mapped ({exc})", size)
+    kept = ""
+    if not handle.keep:
+        if hold_on_attach and not handle.private:
+            kept = _name("h")
+            try:  # the value's segment stays reachable under a name of this holder's, to lend it on
+                os.rename(path, os.path.join(DIRECTORY, kept))
+            except OSError:
+                kept = ""
+        if not kept:
+            _unlink(name)
+    weakref.finalize(mapped, _let_go, fd, kept)  # the lock goes with the mapping: the lender may reuse it
+    if kept:
+        _held[mapped] = kept
     stats["segments_mapped"] += 1
     return mapped
+
+
+def _let_go(fd: int, kept: str) -> None:
+    if kept:
+        _unlink(kept)
+    os.close(fd)
 
 
 def attach_parts(parts: list[Any]) -> None:

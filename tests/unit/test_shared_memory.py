@@ -1,0 +1,222 @@
+"""Values lent through shared memory (wire/shared.py), in this process and over real zmq sockets: a lending maps
+back exactly; a segment is reused only once its receiver let go of it; ``TAKE`` names go when taken, ``KEEP``
+names when released; a handle is told from a value's bytes, counts as its value against a size bound, and never
+makes a receiver open or unlink anything but a cbctl lending name; ``sweep`` removes what dead processes left;
+and with no usable ``/dev/shm`` values go as zmq frames."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Iterator
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from cbctl.errors import DecodeError
+from cbctl.runtime.process import receive_message, send_message
+from cbctl.runtime.wire import serialization, shared
+from cbctl.runtime.wire.frames import Frames
+from cbctl.runtime.wire.limits import Oversized
+from cbctl.runtime.wire.messages import CallResult, unpack
+
+MB = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def fresh_pool() -> Iterator[None]:
+    """Each test starts with an empty pool of this process's, lending on, and leaves nothing in /dev/shm."""
+    shared.close_pool()
+    shared.set_enabled(True)
+    yield
+    gc.collect()  # mappings from the test, so their locks go
+    shared.close_pool()
+    shared.set_enabled(None)
+    for name in shared.mine():
+        os.unlink(os.path.join(shared.DIRECTORY, name))
+
+
+def lend(data: bytes | np.ndarray, flags: int = shared.TAKE) -> shared.Handle:
+    handle = shared.lend(memoryview(data), flags)
+    assert handle is not None, "no segment could be made in /dev/shm"
+    return shared.Handle(handle)
+
+
+def test_a_lent_value_maps_back_exactly_and_its_take_name_goes_when_taken() -> None:
+    data = np.random.default_rng(1).integers(0, 255, 3 * MB, dtype=np.uint8)
+    handle = lend(data)
+    assert handle.size == data.nbytes and not handle.keep
+    assert os.path.exists(os.path.join(shared.DIRECTORY, handle.name))
+    mapped = shared.attach(handle)
+    assert type(mapped) is not shared.Gone
+    assert np.array_equal(np.frombuffer(mapped, dtype=np.uint8), data)
+    assert not os.path.exists(os.path.join(shared.DIRECTORY, handle.name))  # taken: the receiver unlinked it
+    assert [n for n in shared.mine() if not n.endswith("-s")] == []  # only the pooled segment is left
+
+
+def test_a_segment_is_reused_once_its_receiver_lets_go_and_not_before() -> None:
+    first = shared.attach(lend(b"a" * MB))
+    made = shared.stats["segments_made"]
+    second = shared.attach(lend(b"b" * MB))  # the first is still mapped: a new segment
+    assert shared.stats["segments_made"] == made + 1
+    assert bytes(first[:1]) == b"a" and bytes(second[:1]) == b"b"  # the first was not overwritten
+    del first, second
+    gc.collect()
+    third = shared.attach(lend(b"c" * MB))  # both were let go: one of them is reused
+    assert shared.stats["segments_made"] == made + 1
+    assert bytes(third[:2]) == b"cc"
+
+
+def test_a_segment_with_a_name_not_yet_taken_is_not_reused() -> None:
+    handle = lend(b"x" * MB)
+    made = shared.stats["segments_made"]
+    lend(b"y" * MB)  # the first lending is in flight (nobody mapped it yet): it must not be overwritten
+    assert shared.stats["segments_made"] == made + 1
+    assert bytes(shared.attach(handle)[:1]) == b"x"
+
+
+def test_keep_names_stay_until_released_and_a_released_one_is_gone_with_a_clear_reason() -> None:
+    handle = lend(b"k" * MB, shared.KEEP)
+    assert handle.keep
+    once = shared.attach(handle)
+    again = shared.attach(handle)  # a call dispatched a second time takes the same argument again
+    assert bytes(once[:1]) == bytes(again[:1]) == b"k"
+    once[0] = ord("z")  # a receiver's changes to a KEEP value stay its own: the next taker sees the original
+    assert bytes(shared.attach(handle)[:1]) == b"k"
+    shared.release([handle.name])
+    gone = shared.attach(handle)
+    assert type(gone) is shared.Gone and "is gone" in gone.reason and "CBCTL_SHARED_MEMORY=0" in gone.reason
+
+
+def test_a_holder_lends_what_it_holds_without_a_copy_and_its_readers_writes_stay_theirs(monkeypatch) -> None:
+    monkeypatch.setattr(shared, "hold_on_attach", True)  # as the store does
+    held = shared.attach(lend(b"v" * MB))
+    held_names = [n for n in shared.mine() if n.endswith("-h")]
+    assert len(held_names) == 1  # the segment stays reachable under the holder's name
+    lent = shared.stats["bytes_lent"]
+    made = shared.stats["segments_made"]
+    out = shared.export([b"header", held])
+    handle = shared.Handle(out[1])
+    assert handle.private and shared.stats["segments_made"] == made  # a new name for the same segment: no copy
+    assert shared.stats["bytes_lent"] == lent + MB
+    monkeypatch.setattr(shared, "hold_on_attach", False)  # now as a reader
+    reader = shared.attach(handle)
+    reader[0] = ord("w")  # copy-on-write: the holder's value is unchanged
+    assert bytes(held[:1]) == b"v" and bytes(reader[:1]) == b"w"
+    del held, reader
+    gc.collect()
+    assert [n for n in shared.mine() if n.endswith("-h")] == []  # let go: the holder's name goes with it
+    shared.attach(lend(b"x" * MB))  # and the lender reuses the segment
+    assert shared.stats["segments_made"] == made
+
+
+def test_a_handle_is_told_from_a_values_bytes() -> None:
+    handle = lend(b"h" * MB)
+    assert shared.as_handle(bytes(handle)) == handle
+    assert shared.as_handle(msgpack.packb([1, "body"])) is None  # a value's small msgpack body
+    assert shared.as_handle(b"\xc1" + b"x" * 30) is None  # a multi-frame header's mark alone is not a handle
+    assert shared.as_handle(b"z" * (shared.HANDLE_MAX_BYTES + 1)) is None
+    assert len(handle) < serialization.OUT_OF_BAND_BYTES  # a value's buffer frame is never this small
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "cbctl-1-00000000-1-s", "x" * 30])
+def test_a_handle_naming_anything_but_a_lending_name_opens_and_unlinks_nothing(tmp_path, name: str) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    forged = shared.Handle(shared.MAGIC + shared._HANDLE.pack(shared.TAKE, 7) + name.encode())
+    gone = shared.attach(forged)
+    assert type(gone) is shared.Gone and "not a cbctl lending name" in gone.reason
+    shared.release([str(victim), name])
+    assert victim.read_bytes() == b"keep me"
+
+
+def test_a_value_over_shared_memory_decodes_over_the_mapping_and_a_gone_one_raises_decode_error() -> None:
+    array = np.arange(MB, dtype=np.float64)
+    encoded = serialization.encode([array])
+    assert type(encoded) is Frames
+    parts = [encoded.parts[0], shared.attach(lend(encoded.parts[1]))]
+    (back,) = serialization.decode(Frames(parts))
+    assert np.array_equal(back, array) and back.flags.writeable
+    back[0] = -1  # over the receiver's own mapping: no copy was made
+    assert np.frombuffer(parts[1], dtype=np.float64)[0] == -1
+    gone = [encoded.parts[0], shared.Gone("the segment is gone (test)", array.nbytes)]
+    with pytest.raises(DecodeError, match="the segment is gone"):
+        serialization.decode(Frames(gone))
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
+    context = zmq.Context()
+    sender, receiver = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    receiver.setsockopt(zmq.RCVTIMEO, 5000)
+    receiver.bind("inproc://shared-memory-test")
+    sender.connect("inproc://shared-memory-test")
+    yield sender, receiver
+    sender.close(0)
+    receiver.close(0)
+    context.term()
+
+
+def test_a_message_whose_value_is_lent_arrives_whole_and_unpacks_over_the_mapping(pair) -> None:
+    sender, receiver = pair
+    array = np.random.default_rng(2).standard_normal(MB)
+    frames = CallResult("c-1", True, serialization.encode(array)).pack()
+    assert type(frames) is list
+    lent = shared.export(frames)
+    assert sum(len(f) for f in lent) < 1000  # only handles travel: the value stays in shared memory
+    send_message(sender, lent)
+    message = unpack(receive_message(receiver))
+    assert np.array_equal(serialization.decode(message.value), array)
+
+
+def test_a_handle_counts_as_its_value_against_a_receivers_size_bound(pair) -> None:
+    sender, receiver = pair
+    receiver.setsockopt(zmq.MAXMSGSIZE, 2 * MB)
+    frames = CallResult("c-1", True, serialization.encode(np.zeros(4 * MB, dtype=np.uint8))).pack()
+    lent = shared.export(frames)
+    send_message(sender, lent)
+    received = receive_message(receiver)
+    assert type(received) is Oversized and received.nbytes > 4 * MB
+    taken = shared.Handle(lent[-1])
+    assert not os.path.exists(os.path.join(shared.DIRECTORY, taken.name))  # dropped unread: its name is gone too
+
+
+def test_buffers_below_the_threshold_and_without_dev_shm_go_as_frames(monkeypatch) -> None:
+    small = [b"header", b"body", b"s" * (shared.SHARED_MIN_BYTES - 1)]
+    assert shared.export(small) is small
+    monkeypatch.setattr(shared, "DIRECTORY", "/nonexistent-for-cbctl-test")
+    big = [b"header", b"body", b"b" * shared.SHARED_MIN_BYTES]
+    fallbacks = shared.stats["fallbacks"]
+    assert shared.export(big) is big
+    assert shared.stats["fallbacks"] == fallbacks + 1
+
+
+def test_sweep_removes_what_dead_processes_lent_and_orphaned_take_names_only() -> None:
+    dead = lend(b"d" * MB)
+    live = lend(b"l" * MB, shared.KEEP)
+    now = time.time()
+    mine = os.getpid()
+
+    def alive(pid: int) -> bool:
+        return pid != mine  # this process plays the dead lender
+
+    assert shared.sweep(alive, now=now) == 0  # within the grace: a receiver may still take them
+    removed = shared.sweep(alive, now=now + shared.DEAD_CREATOR_GRACE_S + 1)
+    assert removed >= 3  # both names and the pooled segments
+    assert shared.attach(dead).__class__ is shared.Gone and shared.attach(live).__class__ is shared.Gone
+    shared.close_pool()
+    orphan = lend(b"o" * MB)
+    keep = lend(b"k" * MB, shared.KEEP)
+    shared.sweep(lambda pid: True, now=time.time() + shared.ORPHAN_AGE_S + 1)
+    assert type(shared.attach(orphan)) is shared.Gone  # a TAKE name nobody took for that long
+    assert type(shared.attach(keep)) is not shared.Gone  # a live lender's KEEP name is its to release
+
+
+def test_is_local_address() -> None:
+    assert shared.is_local_address("ipc:///tmp/x")
+    assert shared.is_local_address("tcp://127.0.0.1:5555") and shared.is_local_address("tcp://localhost:1")
+    assert shared.is_local_address("tcp://[::1]:80")
+    assert not shared.is_local_address("tcp://10.0.0.2:5555") and not shared.is_local_address("tcp://host:1")
