@@ -407,6 +407,9 @@ class Executor:
         if self.recorder is not None:  # tests and benchmarks only (step_records.py)
             self.recorder.record(trigger.call_id, name, trigger.source, trigger.extras,
                                  time.monotonic() - (finished - started) / 1e9, time.monotonic())
+        # the step is done: its trigger, and a large argument it holds, go now, not when the next step comes (an
+        # argument lent through shared memory is its sender's to reuse once let go: wire/shared.py)
+        self.running = self.sessions.trigger = None
 
     def next_is_queued_here(self) -> bool:
         """Whether the step to run next is the successor the step just run queued here (``deliver``), alone in
@@ -804,6 +807,7 @@ def main(config: ProcessConfig) -> None:
             wait_ms = 0 if executor.ready or executor.deferred else 100 if edges is None else edges.wait_ms(100)
             for frame in receiver.receive(wait_ms):
                 executor.on_frame(frame)
+            frame = None  # the last message's values are the steps' to hold (shared memory: wire/shared.py)
             sharing.deferred_triggers = sharing.deferred_movable = 0  # (a hint among them sees ``deferred``)
             while executor.deferred:
                 executor.on_frame(executor.deferred.pop(0))

@@ -64,8 +64,8 @@ DIRECTORY = "/dev/shm"
 SHARED_MIN_BYTES = 256 << 10
 #: A sender's pool: at most this many segments, of at most this many bytes together; past either, the least
 #: recently lent is let go (unlinked: a receiver that still maps it keeps its memory until it lets go too).
-POOL_MAX_SEGMENTS = 8
-POOL_MAX_BYTES = 512 << 20
+POOL_MAX_SEGMENTS = 4
+POOL_MAX_BYTES = 256 << 20
 #: Seconds a pooled segment may go unlent before ``trim`` lets it go (its memory is the sender's resident memory).
 POOL_IDLE_S = 30.0
 #: Age, in seconds, past which a ``TAKE`` lending name nobody took is removed by ``sweep``: its message was lost, or
