@@ -24,8 +24,9 @@ peak resident memory during the case over its resident memory before it (``peak_
 whole peak, the interpreter's own memory included (``peak_rss_over_value``), in multiples of the value (Linux's
 ``VmHWM``, reset before each case, so no peak is missed between samples).
 
-``--threshold`` measures instead where out-of-band frames start to pay (``defaults.OUT_OF_BAND_BYTES``): one
-PUSH/PULL ipc hop of a message carrying an array, encoded inline and out of band, from 4 KiB to 1 MiB.
+``--threshold`` measures instead where out-of-band frames start to pay (``defaults.OUT_OF_BAND_BYTES``), and where
+lending through shared memory does (``shared.SHARED_MIN_BYTES``): one PUSH/PULL ipc hop of a message carrying an
+array, encoded inline, out of band, and out of band with its buffer lent, from 4 KiB to 4 MiB.
 """
 
 from __future__ import annotations
@@ -291,7 +292,7 @@ def row(case: str, mb: int, samples: dict[str, list[float]]) -> dict[str, Any]:
 
 def threshold() -> None:
     from cbctl.runtime.process import Receiver, send_message
-    from cbctl.runtime.wire import serialization
+    from cbctl.runtime.wire import serialization, shared
     from cbctl.runtime.wire.messages import CallResult, unpack
 
     rows = []
@@ -302,27 +303,34 @@ def threshold() -> None:
         push.connect(f"ipc://{tmp}/t")
         receiver = Receiver(pull)
         default = serialization.OUT_OF_BAND_BYTES
+        shared_default = shared.SHARED_MIN_BYTES
         try:
-            for kib in (4, 8, 16, 32, 64, 128, 256, 1024):
+            for kib in (4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096):
                 array = np.ones(kib << 10, dtype=np.uint8)
                 medians = {}
-                for form, limit in (("inline", 1 << 40), ("out_of_band", 0)):
+                for form, limit in (("inline", 1 << 40), ("out_of_band", 0), ("shared", 0)):
                     serialization.OUT_OF_BAND_BYTES = limit
 
-                    def hop(array: np.ndarray = array) -> None:
-                        send_message(push, CallResult("c-1", True, serialization.encode(array)).pack())
+                    def hop(array: np.ndarray = array, lend: bool = form == "shared") -> None:
+                        packed = CallResult("c-1", True, serialization.encode(array)).pack()
+                        send_message(push, shared.export(packed) if lend else packed)
                         (message,) = receiver.receive(1000)
                         serialization.decode(unpack(message).value)
 
+                    shared.SHARED_MIN_BYTES = 0
                     timed(hop, 200)
                     medians[form] = statistics.median(timed(hop, 2000)) * 1e6
                 rows.append({"KiB": kib, "inline_us": round(medians["inline"], 1),
                              "out_of_band_us": round(medians["out_of_band"], 1),
-                             "out_of_band_pays": medians["out_of_band"] < medians["inline"]})
+                             "shared_memory_us": round(medians["shared"], 1),
+                             "out_of_band_pays": medians["out_of_band"] < medians["inline"],
+                             "shared_memory_pays": medians["shared"] < min(medians["inline"], medians["out_of_band"])})
         finally:
             serialization.OUT_OF_BAND_BYTES = default
+            shared.SHARED_MIN_BYTES = shared_default
+            shared.close_pool()
             context.destroy(linger=0)
-    print_report("bigdata-threshold", rows, {"OUT_OF_BAND_BYTES": default})
+    print_report("bigdata-threshold", rows, {"OUT_OF_BAND_BYTES": default, "SHARED_MIN_BYTES": shared_default})
 
 
 def main() -> None:

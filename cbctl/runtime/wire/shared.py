@@ -59,9 +59,12 @@ from cbctl.runtime.defaults import OUT_OF_BAND_BYTES
 
 #: Where segments live: tmpfs on every Linux.
 DIRECTORY = "/dev/shm"
-#: Smallest buffer, in bytes, sent through a segment; smaller ones stay zmq frames (the syscalls of a lending cost
-#: about what zmq's copies of 256 KiB do: ``python -m benchmarks.bigdata --threshold``).
-SHARED_MIN_BYTES = 256 << 10
+#: Smallest buffer, in bytes, lent through a segment; smaller ones stay zmq frames. Measured with ``python -m
+#: benchmarks.bigdata --threshold`` (one ipc hop, 2-core machine): a lending's syscalls (lock test, link, open,
+#: flock, mmap, unlink) cost about 100 us more than a frame up to 512 KiB, the two cost the same at 1 MiB (430 us),
+#: and at 4 MiB a lending takes 440 us where a frame takes 990. A call's argument crosses two hops, where a lending
+#: pays earlier.
+SHARED_MIN_BYTES = 1 << 20
 #: A sender's pool: at most this many segments, of at most this many bytes together; past either, the least
 #: recently lent is let go (unlinked: a receiver that still maps it keeps its memory until it lets go too).
 POOL_MAX_SEGMENTS = 4
