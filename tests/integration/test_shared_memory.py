@@ -85,8 +85,10 @@ def test_arguments_results_and_dag_edges_go_through_shared_memory_and_leave_noth
 def test_store_writes_and_reads_of_large_values_go_through_shared_memory(client):
     array = np.arange(4 * MB, dtype=np.float64)
     lent = shm.stats["values_lent"]
+    store_mapped = client.store_stats()["shared_memory"]["segments_mapped"]
     client.put("shm/array", array)
     assert shm.stats["values_lent"] > lent
+    assert client.store_stats()["shared_memory"]["segments_mapped"] > store_mapped  # the store mapped it
     mapped = shm.stats["segments_mapped"]
     back = client.get("shm/array")
     assert np.array_equal(back, array) and back.flags.writeable

@@ -749,6 +749,7 @@ class Executor:
         report["protocol_errors"], report["dropped_sends"] = self.protocol_errors, self.peers.dropped
         report["frames_sent"], report["frames_received"] = self.peers.sent, self.frames_received
         report["bytes_sent"] = self.peers.sent_bytes
+        report["shared_memory"] = dict(shared.stats)  # values lent and mapped through shared memory (shared.py)
         report["cache"] = self.sessions.metrics()
         report["pending_joins"] = len(self.joins)
         report["steals"] = self.sharing.metrics()

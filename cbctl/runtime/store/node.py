@@ -242,6 +242,7 @@ class StoreNode:
             "epoch": self.epoch,
             **self.counters,
             **self.triggers.stats(),
+            "shared_memory": dict(shared.stats),  # values lent and mapped through shared memory (wire/shared.py)
             "ops_per_s": sum(rate for name, rate in self.rates.rates(time.monotonic(), self.counters).items()
                              if name in ("gets", "puts", "deletes", "lists")),
         }
