@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import time
 from collections.abc import Iterator
 
@@ -76,6 +77,23 @@ def test_a_segment_with_a_name_not_yet_taken_is_not_reused() -> None:
     lend(b"y" * MB)  # the first lending is in flight (nobody mapped it yet): it must not be overwritten
     assert shared.stats["segments_made"] == made + 1
     assert bytes(shared.attach(handle)[:1]) == b"x"
+
+
+def test_threads_lending_at_once_never_share_a_segment() -> None:
+    handles: dict[int, list[shared.Handle]] = {}
+
+    def lend_many(seed: int) -> None:
+        handles[seed] = [lend(bytes([seed]) * MB) for _ in range(6)]
+
+    threads = [threading.Thread(target=lend_many, args=(seed,)) for seed in range(1, 5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(handles) == [1, 2, 3, 4]
+    for seed, lent in handles.items():
+        for handle in lent:  # every lending still holds what its thread put in
+            assert bytes(shared.attach(handle)) == bytes([seed]) * MB
 
 
 def test_keep_names_stay_until_released_and_a_released_one_is_gone_with_a_clear_reason() -> None:

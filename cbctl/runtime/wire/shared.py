@@ -47,6 +47,7 @@ import re
 import secrets
 import stat
 import struct
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -170,7 +171,18 @@ class _Segment:
 
 
 _pool: list[_Segment] = []
-_pool_pid = 0
+_pool_pid = os.getpid()
+#: Guards the pool: a client lends from every thread that calls, and two must never fill one segment.
+_pool_lock = threading.Lock()
+
+
+def _forget_pool_in_child() -> None:
+    """A forked child: the pool (and a lock another thread may have held at the fork) are its parent's."""
+    global _pool, _pool_pid, _pool_lock
+    _pool, _pool_pid, _pool_lock = [], os.getpid(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
 #: Mappings this process holds as values (``hold``), by the name that keeps their segment: lent on without a copy.
 _held: weakref.WeakKeyDictionary[mmap.mmap, str] = weakref.WeakKeyDictionary()
 #: Whether ``attach`` holds the values it maps (``hold``): the store, which keeps what it is sent.
@@ -250,18 +262,19 @@ def lend(part: Any, flags: int = TAKE) -> bytes | None:
     be had (the part then goes as a zmq frame)."""
     view = memoryview(part.buffer if type(part) is zmq.Frame else part).cast("B")
     size = view.nbytes
-    segment = _segment_for(size)
-    if segment is None:
-        stats["fallbacks"] += 1
-        return None
-    segment.mapped[:size] = view
-    name = _name("k" if flags & KEEP else "t")
-    try:
-        os.link(os.path.join(DIRECTORY, segment.name), os.path.join(DIRECTORY, name))
-    except OSError:
-        stats["fallbacks"] += 1
-        return None
-    segment.lent_at = time.monotonic()
+    with _pool_lock:  # until the lending name exists: from then on the segment is not free
+        segment = _segment_for(size)
+        if segment is None:
+            stats["fallbacks"] += 1
+            return None
+        segment.mapped[:size] = view
+        name = _name("k" if flags & KEEP else "t")
+        try:
+            os.link(os.path.join(DIRECTORY, segment.name), os.path.join(DIRECTORY, name))
+        except OSError:
+            stats["fallbacks"] += 1
+            return None
+        segment.lent_at = time.monotonic()
     stats["values_lent"] += 1
     stats["bytes_lent"] += size
     return MAGIC + _HANDLE.pack(flags, size) + name.encode()
@@ -283,9 +296,6 @@ def _lend_held(held: str, size: int, flags: int) -> bytes | None:
 
 def _segment_for(size: int) -> _Segment | None:
     """A free pooled segment of at least ``size`` bytes (the smallest), or a new one; None if none can be made."""
-    global _pool, _pool_pid
-    if _pool_pid != os.getpid():  # a forked child: the pool is its parent's
-        _pool, _pool_pid = [], os.getpid()
     now = time.monotonic()
     best = None
     for segment in _pool:
@@ -299,7 +309,7 @@ def _segment_for(size: int) -> _Segment | None:
     while _pool and (len(_pool) >= POOL_MAX_SEGMENTS
                      or sum(s.capacity for s in _pool) + capacity > POOL_MAX_BYTES):
         _pool.pop(0).close()
-    trim(now)
+    _trim(now)
     return _new_segment(capacity)
 
 
@@ -331,6 +341,11 @@ def trim(now: float | None = None) -> None:
     if not _pool:
         return
     now = time.monotonic() if now is None else now
+    with _pool_lock:
+        _trim(now)
+
+
+def _trim(now: float) -> None:
     for segment in [s for s in _pool if now - s.lent_at > POOL_IDLE_S and s.is_free()]:
         _pool.remove(segment)
         segment.close()
@@ -340,8 +355,9 @@ def close_pool() -> None:
     """Let go of every pooled segment (a process that stops)."""
     if _pool_pid != os.getpid():
         return  # a forked child's pool is its parent's
-    while _pool:
-        _pool.pop().close()
+    with _pool_lock:
+        while _pool:
+            _pool.pop().close()
 
 
 def attach(handle: Handle) -> mmap.mmap | Gone:
