@@ -44,13 +44,11 @@ import fcntl
 import mmap
 import os
 import re
-import secrets
 import stat
 import struct
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from itertools import count
 from typing import Any
 
@@ -139,16 +137,18 @@ class Gone:
         return self.size
 
 
-@dataclass(eq=False)
 class _Segment:
     """A pooled segment of this process: its name, an open descriptor (for the lock test) and the mapping the
     sender copies values into."""
 
-    name: str
-    fd: int
-    mapped: mmap.mmap
-    capacity: int
-    lent_at: float = 0.0
+    __slots__ = ("name", "fd", "mapped", "capacity", "lent_at")
+
+    def __init__(self, name: str, fd: int, mapped: mmap.mmap, capacity: int) -> None:
+        self.name = name
+        self.fd = fd
+        self.mapped = mapped
+        self.capacity = capacity
+        self.lent_at = 0.0
 
     def is_free(self) -> bool:
         """No lending name left and no receiver mapping it (see the module docstring)."""
@@ -232,7 +232,7 @@ def _name(kind: str) -> str:
     global _token, _token_pid
     pid = os.getpid()
     if pid != _token_pid:  # a forked child must not make its parent's names
-        _token, _token_pid = secrets.token_hex(4), pid
+        _token, _token_pid = os.urandom(4).hex(), pid
     return f"cbctl-{pid}-{_token}-{next(_seq)}-{kind}"
 
 
