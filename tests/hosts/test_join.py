@@ -19,6 +19,19 @@ with cbctl.connect() as c:
     print(json.dumps(collections.Counter(c.call("who", i, timeout=20) for i in range(int(__import__("sys").argv[1])))))
 """
 
+BIG = """
+import collections, json, cbctl, numpy as np
+array = np.arange(4 << 20, dtype=np.uint8)
+with cbctl.connect() as c:
+    c.register(lambda cb, a: [cb.getid(), int(a.sum()), a.nbytes, (a * 2).nbytes], name="big_in")
+    c.register(lambda cb, n: __import__("numpy").full(n, 7, dtype="uint8"), name="big_out")
+    ran = [c.call("big_in", array, timeout=30) for _ in range(int(__import__("sys").argv[1]))]
+    wrong = [r for r in ran if r[1:] != [int(array.sum()), array.nbytes, array.nbytes]]
+    back = [c.call("big_out", 3 << 20, timeout=30) for _ in range(6)]
+    print(json.dumps({"ran": sorted({r[0] for r in ran}), "wrong": wrong,
+                      "back": all(b.shape == (3 << 20,) and int(b.sum()) == 7 * (3 << 20) for b in back)}))
+"""
+
 UNDER_LOAD = """
 import json, sys, threading, time, cbctl
 stop = time.monotonic() + float(sys.argv[1])
@@ -48,6 +61,10 @@ def test_joined_executors_take_calls_and_leave_without_losing_one(hosts: TwoHost
     node_ids = {f"{hosts.node.address}/executor-0", f"{hosts.node.address}/executor-1"}
     ran = python(hosts.head, hosts.head_home, WHO, "60")
     assert set(ran) == node_ids | {"executor-0"}, ran
+    # large values reach the other host's executors, and come back, whole (zmq frames: no shared memory there)
+    big = python(hosts.head, hosts.head_home, BIG, "24")
+    assert big["wrong"] == [] and big["back"], big
+    assert set(big["ran"]) & node_ids, big
     status = json.loads(cli(hosts.head, hosts.head_home, "status", "--json", check=True).stdout)
     by_name = {p["name"]: p for p in status["processes"]}
     assert {by_name[i]["host"] for i in node_ids} == {hosts.node.address}

@@ -202,6 +202,17 @@ def test_a_handle_counts_as_its_value_against_a_receivers_size_bound(pair) -> No
     assert not os.path.exists(os.path.join(shared.DIRECTORY, taken.name))  # dropped unread: its name is gone too
 
 
+def test_a_handle_goes_to_a_peer_on_another_host_as_its_value() -> None:
+    data = np.random.default_rng(3).integers(0, 255, 2 * MB, dtype=np.uint8)
+    handle = lend(data)
+    frames = shared.materialize([b"header", b"body", handle])
+    assert frames[:2] == [b"header", b"body"]
+    assert np.array_equal(np.frombuffer(frames[2], dtype=np.uint8), data)  # the bytes themselves, not the handle
+    assert not os.path.exists(os.path.join(shared.DIRECTORY, handle.name))  # a TAKE lending: taken
+    untouched = [b"header", b"x" * 10]
+    assert shared.materialize(untouched) is untouched
+
+
 def test_buffers_below_the_threshold_and_without_dev_shm_go_as_frames(monkeypatch) -> None:
     small = [b"header", b"body", b"s" * (shared.SHARED_MIN_BYTES - 1)]
     assert shared.export(small) is small
