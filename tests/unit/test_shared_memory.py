@@ -131,6 +131,19 @@ def test_a_holder_lends_what_it_holds_without_a_copy_and_its_readers_writes_stay
     assert shared.stats["segments_made"] == made
 
 
+def test_past_its_bound_of_locked_mappings_a_receiver_copies_the_value_out(monkeypatch) -> None:
+    monkeypatch.setattr(shared, "_bound", shared._locked + 1)  # room for one more locked mapping
+    kept = shared.attach(lend(b"1" * MB))
+    made, copied = shared.stats["segments_made"], shared.stats["copied_out"]
+    copy = shared.attach(lend(b"2" * MB))
+    assert shared.stats["copied_out"] == copied + 1
+    assert bytes(copy[:1]) == b"2" and len(copy) == MB
+    copy[0] = ord("3")  # the copy is the receiver's own memory
+    shared.attach(lend(b"4" * MB))  # the copied one's segment was let go at once: it is reused
+    assert shared.stats["segments_made"] == made + 1
+    del kept
+
+
 def test_a_handle_is_told_from_a_values_bytes() -> None:
     handle = lend(b"h" * MB)
     assert shared.as_handle(bytes(handle)) == handle

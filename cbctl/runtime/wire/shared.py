@@ -14,7 +14,9 @@ one lending, and sends that name. A receiver opens the name, takes a shared ``fl
 name, maps the value, and holds the lock until its mapping is garbage (numpy arrays over it keep it alive). The
 sender reuses a segment only when it has no lending names left (``st_nlink == 1``: every receiver has locked it)
 and an exclusive ``flock`` would be granted (no receiver maps it any more). The kernel drops a dead receiver's
-locks, so a crash frees its segments; a lending name whose message was lost is removed by ``sweep``.
+locks, so a crash frees its segments; a lending name whose message was lost is removed by ``sweep``. Each mapping
+keeps a descriptor open: a process that already holds a quarter of its descriptor limit in mappings (the limit is
+first raised as far as the system lets) copies a value out of its segment instead of keeping it mapped.
 
 A handle is ``MAGIC``, a flags byte, the value's size (8 bytes, big-endian) and the lending name. ``MAGIC`` starts
 with ``0xc1``, which no msgpack body starts with, and a handle is shorter than ``OUT_OF_BAND_BYTES``, which every
@@ -44,6 +46,7 @@ import fcntl
 import mmap
 import os
 import re
+import resource
 import stat
 import struct
 import threading
@@ -90,8 +93,10 @@ HANDLE_MAX_BYTES = _HEAD + 48
 assert HANDLE_MAX_BYTES < OUT_OF_BAND_BYTES  # see the module docstring: how handles are told from buffers
 
 #: This process's counters: values lent and their bytes, segments made (the rest reused one), segments mapped,
-#: buffers that went as zmq frames because no segment could be had.
-stats = {"values_lent": 0, "bytes_lent": 0, "segments_made": 0, "segments_mapped": 0, "fallbacks": 0}
+#: buffers that went as zmq frames because no segment could be had, and values copied out of their segment
+#: because this process held as many locked mappings as it may (``_lock_bound``).
+stats = {"values_lent": 0, "bytes_lent": 0, "segments_made": 0, "segments_mapped": 0, "fallbacks": 0,
+         "copied_out": 0}
 
 _seq = count()
 _token = ""
@@ -174,6 +179,9 @@ _pool: list[_Segment] = []
 _pool_pid = os.getpid()
 #: Guards the pool: a client lends from every thread that calls, and two must never fill one segment.
 _pool_lock = threading.Lock()
+#: Mappings this process holds (each keeps a descriptor open, and the segment's lock), and how many it may.
+_locked = 0
+_bound: int | None = None
 
 
 def _forget_pool_in_child() -> None:
@@ -380,35 +388,65 @@ def attach(handle: Handle) -> mmap.mmap | Gone:
         fcntl.flock(fd, fcntl.LOCK_SH)  # the lender holds its exclusive test lock for microseconds at most
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_size < size or info.st_uid != os.geteuid():
-            os.close(fd)
-            return Gone(f"shared memory {name} is not the file of at least {size} bytes its handle says", size)
+            raise ValueError(f"it is not a file of this user of at least the {size} bytes its handle says")
         mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE if handle.private else mmap.MAP_SHARED)
     except (OSError, ValueError) as exc:
         os.close(fd)
         if not handle.keep:
             _unlink(name)
         return Gone(f"shared memory {name} cannot be mapped ({exc})", size)
+    os.close(fd)  # the mapping holds a descriptor of its own (Python's mmap keeps a dup), and with it the lock
+    stats["segments_mapped"] += 1
+    global _locked
+    if _locked >= _lock_bound():
+        # this process already holds as many mappings (each a descriptor) as it should: the value is copied into
+        # memory of its own and the segment let go at once
+        private = mmap.mmap(-1, size)
+        private[:] = mapped
+        mapped.close()
+        if not handle.keep:
+            _unlink(name)
+        stats["copied_out"] += 1
+        return private
+    _locked += 1
     kept = ""
     if not handle.keep:
         if hold_on_attach and not handle.private:
             kept = _name("h")
             try:  # the value's segment stays reachable under a name of this holder's, to lend it on
                 os.rename(path, os.path.join(DIRECTORY, kept))
+                _held[mapped] = kept
             except OSError:
                 kept = ""
         if not kept:
             _unlink(name)
-    weakref.finalize(mapped, _let_go, fd, kept)  # the lock goes with the mapping: the lender may reuse it
-    if kept:
-        _held[mapped] = kept
-    stats["segments_mapped"] += 1
+    weakref.finalize(mapped, _let_go, kept)  # the lock goes with the mapping: the lender may reuse the segment
     return mapped
 
 
-def _let_go(fd: int, kept: str) -> None:
+def _let_go(kept: str) -> None:
+    global _locked
+    _locked -= 1
     if kept:
         _unlink(kept)
-    os.close(fd)
+
+
+def _lock_bound() -> int:
+    """How many mappings this process keeps, each with an open descriptor: a quarter of its descriptor limit,
+    which is first raised as far as the system lets (a client may hold thousands of large results, the store
+    thousands of values)."""
+    global _bound
+    if _bound is None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else 65536
+        if soft != resource.RLIM_INFINITY and soft < want:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+                soft = want
+            except (OSError, ValueError):
+                pass
+        _bound = max(16, min(soft if soft != resource.RLIM_INFINITY else 65536, 1 << 20) // 4)
+    return _bound
 
 
 def attach_parts(parts: list[Any]) -> None:
