@@ -89,6 +89,26 @@ MAX_MESSAGE_BYTES = 64 << 20
 #: and at 256 KiB inline costs milliseconds (each copy is a fresh mmap'd allocation, page faults and all).
 OUT_OF_BAND_BYTES = 128 << 10
 
+# Shared memory between the processes of one host (``wire/shared.py``).
+#: Smallest buffer, in bytes, lent through a segment; smaller ones stay zmq frames. Measured with ``python -m
+#: benchmarks.bigdata --threshold`` (one ipc hop, 2-core machine): a lending's syscalls (lock test, link, open,
+#: flock, mmap, unlink) cost about 100 us more than a frame up to 512 KiB, the two cost the same at 1 MiB (430 us),
+#: and at 4 MiB a lending takes 440 us where a frame takes 990. A call's argument crosses two hops, where a lending
+#: pays earlier.
+SHARED_MIN_BYTES = 1 << 20
+#: A sender's pool: at most this many segments, of at most this many bytes together; past either, the least
+#: recently lent is let go (unlinked: a receiver that still maps it keeps its memory until it lets go too).
+POOL_MAX_SEGMENTS = 4
+POOL_MAX_BYTES = 256 << 20
+#: Seconds a pooled segment may go unlent before ``shared.trim`` lets it go (its memory is the sender's resident
+#: memory).
+POOL_IDLE_S = 30.0
+#: Age, in seconds, past which a ``TAKE`` lending name nobody took is removed by ``shared.sweep``: its message was
+#: lost, or waited unread in a socket's queue that long (its receiver then fails that value with a clear error).
+ORPHAN_AGE_S = 600.0
+#: Seconds a dead process's segments are left for a receiver to take (a process may exit right after sending).
+DEAD_CREATOR_GRACE_S = 10.0
+
 #: Seconds between the supervisor's sweeps of ``/dev/shm`` for values lent through shared memory by processes that
 #: died (``wire/shared.py``): a listing of one directory, whose leftovers hold memory until removed.
 SHARED_MEMORY_SWEEP_S = 5.0

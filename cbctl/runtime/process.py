@@ -296,7 +296,6 @@ class PeerSockets:
         # large values go to peers of this host through shared memory (wire/shared.py); a forwarder (the
         # scheduler, shares=False) sends on the handles it received, and the values behind them to other hosts
         self._shares = shares
-        self._local: dict[str, bool] = {}
         self.dropped = 0
         self.sent = 0  # messages handed to zmq: tests count messages per call with it
         self.sent_bytes = 0  # of one-frame messages (and headers: not the values sent out of band), as well
@@ -318,11 +317,9 @@ class PeerSockets:
                                        address, exc)
                 return False
             self._sockets[address] = sock
-            self._local[address] = shared.is_local_address(address)
             if len(self._sockets) > self._limit:
-                gone, oldest = self._sockets.popitem(last=False)
+                _, oldest = self._sockets.popitem(last=False)
                 oldest.close()
-                self._local.pop(gone, None)
         elif len(self._sockets) > 1:
             self._sockets.move_to_end(address)
         try:
@@ -330,10 +327,7 @@ class PeerSockets:
                 _send_frame(sock, frame, zmq.NOBLOCK)
                 self.sent_bytes += len(frame)
             else:
-                if not self._local[address]:
-                    frame = shared.materialize(frame)
-                elif self._shares and shared.enabled():
-                    frame = shared.export(frame)
+                frame = shared.outgoing(frame, shared.is_local_address(address), self._shares)
                 track = _tracked(frame)
                 tracker = sock.send_multipart(frame, zmq.NOBLOCK, copy=False, track=track)
                 self.sent_out_of_band += sum(shared.part_nbytes(f) for f in frame[1:])

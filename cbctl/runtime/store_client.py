@@ -129,8 +129,8 @@ class StoreClient(StoreAccess):
             # a large value's buffers are sent from their memory, or through shared memory to a store of this host
             # (a segment per attempt: the store unlinks the one it receives); the reply comes once the node has them
             packed = build(req_id).pack()
-            if type(packed) is list and self._local and shared.enabled():
-                packed = shared.export(packed)
+            if type(packed) is list:
+                packed = shared.outgoing(packed, self._local)
             send_message(sock, packed)
             remaining_ms = self._request_timeout_ms
             while remaining_ms > 0:

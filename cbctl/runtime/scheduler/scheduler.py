@@ -69,7 +69,7 @@ from cbctl.runtime.scheduler.placement import new_policy
 from cbctl.runtime.scheduler.policy import ExecutorView, PinAction, PolicySettings, host_of
 from cbctl.runtime.store_client import StoreClient
 from cbctl.runtime.stores import connect_store
-from cbctl.runtime.wire import frames, limits, shared
+from cbctl.runtime.wire import limits, shared
 from cbctl.runtime.wire.messages import (
     TRIGGER_DEPTH_EXTRA,
     AddTrigger,
@@ -719,7 +719,7 @@ def _status_dict(status: ExecutorStatus) -> dict[str, Any]:
 def main(config: ProcessConfig) -> None:
     setup_logging(config)
     shutdown = ShutdownFlag()
-    frames.attach_on_unpack = False  # calls' values go on to executors as the handles that came
+    shared.attach_on_unpack = False  # calls' values go on to executors as the handles that came
     context = new_context(config)
     store = connect_store(context, config.store_address, writer_id=config.name)
     scheduler = Scheduler(config, context, store)

@@ -329,8 +329,9 @@ def main(config: ProcessConfig) -> None:
         timeout_ms = 100 if due is None else max(0, min(100, int(due * 1000)))
         if poller.poll(timeout_ms):
             _serve(node, sock, peers, drain(sock), local)
+        else:  # idle: pooled shared memory no value was lent through for a while goes
+            timers.run(shared.trim)
         timers.run(dispatcher.service)  # after the batch is logged: triggered calls, their results and retries
-        timers.run(shared.trim)  # pooled shared memory no value was lent through for a while
         node.maintain()
     # warm stop: requests that already arrived are served and answered; close() then syncs the log
     _serve(node, sock, peers, drain(sock), local)
@@ -380,8 +381,7 @@ def _serve(node: StoreNode, sock: zmq.Socket, peers: PeerSockets, frames: list[l
             sock.send_multipart([identity, packed])
         else:  # a large value's frames, sent as the store keeps them: received frames, or its log's buffers
             counters["frames_out_bytes"] += sum(len(part) for part in packed[1:])
-            if local and shared.enabled():
-                packed = shared.export(packed)
+            packed = shared.outgoing(packed, local)
             sock.send_multipart([identity, *packed], copy=False)
     for address, push in pushes:
         peers.send(address, push.pack())

@@ -94,9 +94,6 @@ Utilization = Annotated[float, Valid(lambda v: math.isfinite(v) and 0.0 <= v <= 
 #: the format never uses), so a one-frame message is never mistaken for a header, and a receiver tells the two
 #: apart by one byte, without asking zmq whether more frames follow (which costs on every hot-path receive).
 MULTIPART_MARK = b"\xc1"
-#: Whether ``unpack`` maps the shared-memory segments a message's handles name (``shared.py``): every process
-#: that reads values does; the scheduler, which only forwards them, turns it off and forwards the handles.
-attach_on_unpack = True
 #: The header's ext type for an out-of-band value: packed ``(first frame, count)``, frames counted from the header.
 EXT_FRAMES = 1
 _FRAMES_REF = struct.Struct(">II")
@@ -182,7 +179,7 @@ def _unpack_header(frames: list[Any]) -> Any:
     header = frames[0]
     if header[:1] != MULTIPART_MARK:
         raise ValueError("its first frame is not a multi-frame header")
-    if attach_on_unpack:
+    if shared.attach_on_unpack:
         for part in frames:
             if type(part) is shared.Handle:
                 shared.attach_parts(frames)  # in place: a server finds a segment that is gone among them

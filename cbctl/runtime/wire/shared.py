@@ -57,27 +57,18 @@ from typing import Any
 
 import zmq
 
-from cbctl.runtime.defaults import OUT_OF_BAND_BYTES
+from cbctl.runtime.defaults import (
+    DEAD_CREATOR_GRACE_S,
+    ORPHAN_AGE_S,
+    OUT_OF_BAND_BYTES,
+    POOL_IDLE_S,
+    POOL_MAX_BYTES,
+    POOL_MAX_SEGMENTS,
+    SHARED_MIN_BYTES,
+)
 
 #: Where segments live: tmpfs on every Linux.
 DIRECTORY = "/dev/shm"
-#: Smallest buffer, in bytes, lent through a segment; smaller ones stay zmq frames. Measured with ``python -m
-#: benchmarks.bigdata --threshold`` (one ipc hop, 2-core machine): a lending's syscalls (lock test, link, open,
-#: flock, mmap, unlink) cost about 100 us more than a frame up to 512 KiB, the two cost the same at 1 MiB (430 us),
-#: and at 4 MiB a lending takes 440 us where a frame takes 990. A call's argument crosses two hops, where a lending
-#: pays earlier.
-SHARED_MIN_BYTES = 1 << 20
-#: A sender's pool: at most this many segments, of at most this many bytes together; past either, the least
-#: recently lent is let go (unlinked: a receiver that still maps it keeps its memory until it lets go too).
-POOL_MAX_SEGMENTS = 4
-POOL_MAX_BYTES = 256 << 20
-#: Seconds a pooled segment may go unlent before ``trim`` lets it go (its memory is the sender's resident memory).
-POOL_IDLE_S = 30.0
-#: Age, in seconds, past which a ``TAKE`` lending name nobody took is removed by ``sweep``: its message was lost, or
-#: waited unread in a socket's queue that long (its receiver then fails that value with a clear error).
-ORPHAN_AGE_S = 600.0
-#: Seconds a dead process's segments are left for a receiver to take (a process may exit right after sending).
-DEAD_CREATOR_GRACE_S = 10.0
 
 MAGIC = b"\xc1cbshm"
 TAKE = 0
@@ -193,7 +184,10 @@ def _forget_pool_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_pool_in_child)
 #: Mappings this process holds as values (``hold``), by the name that keeps their segment: lent on without a copy.
 _held: weakref.WeakKeyDictionary[mmap.mmap, str] = weakref.WeakKeyDictionary()
-#: Whether ``attach`` holds the values it maps (``hold``): the store, which keeps what it is sent.
+#: How this process treats the handles it receives: whether ``frames.unpack`` maps them (every process that reads
+#: values; the scheduler, which only forwards them, forwards the handles), and whether ``attach`` holds the values
+#: it maps (``hold``: the store, which keeps what it is sent).
+attach_on_unpack = True
 hold_on_attach = False
 
 
@@ -242,6 +236,14 @@ def _name(kind: str) -> str:
     if pid != _token_pid:  # a forked child must not make its parent's names
         _token, _token_pid = os.urandom(4).hex(), pid
     return f"cbctl-{pid}-{_token}-{next(_seq)}-{kind}"
+
+
+def outgoing(frames: list[Any], local: bool, lends: bool = True) -> list[Any]:
+    """A multi-frame message as it goes to a peer: its large buffers lent (``lends``, and lending is on) when the
+    peer is ``local`` (``is_local_address``); the values behind its handles when it is not."""
+    if not local:
+        return materialize(frames)
+    return export(frames) if lends and enabled() else frames
 
 
 def export(frames: list[Any], flags: int = TAKE, made: list[str] | None = None) -> list[Any]:
