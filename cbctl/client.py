@@ -448,10 +448,8 @@ class Client:
                 completed = self._completed
                 if completed:
                     self._completed = []
-            frame = CallRequest(call_id, name, encoded_args, encoded_sources, self.response_address, False,
-                                consistency, refs, self._session.extras(), completed).pack()
-            if type(frame) is list:
-                frame = self._shared(frame, call_id)
+            frame = self._request_frame(call_id, name, encoded_args, encoded_sources, False, consistency, refs,
+                                        completed)
             if future is not None:
                 future._request = frame
                 self._send(frame)
@@ -493,18 +491,19 @@ class Client:
             completed = self._completed
             if completed:
                 self._completed = []
-        frame = CallRequest(call_id, name, encoded_args, encoded_sources, self.response_address, store_result,
-                            consistency, refs, self._session.extras(), completed).pack()
-        if type(frame) is list:
-            frame = self._shared(frame, call_id)
-        future._request = frame
+        frame = future._request = self._request_frame(call_id, name, encoded_args, encoded_sources, store_result,
+                                                      consistency, refs, completed)
         self._send(frame)
         return future
 
-    def _shared(self, frame: list[Any], call_id: str) -> list[Any]:
-        """A call's multi-frame request with its large arguments in shared memory, when the cluster is on this
-        host; the segments are this client's to release (``_release``)."""
-        if not self._shares or not shared.enabled():
+    def _request_frame(self, call_id: str, name: str, encoded_args: bytes | Frames,
+                       encoded_sources: dict[str, bytes | Frames], store_result: bool, consistency: str,
+                       refs: list[str], completed: list[str]) -> bytes | list[Any]:
+        """A call's packed ``CallRequest`` (what ``call`` and ``call_async`` send): with its large arguments in
+        shared memory when the cluster is on this host, in segments this client releases (``_release``)."""
+        frame = CallRequest(call_id, name, encoded_args, encoded_sources, self.response_address, store_result,
+                            consistency, refs, self._session.extras(), completed).pack()
+        if type(frame) is bytes or not self._shares or not shared.enabled():
             return frame
         made: list[str] = []
         frame = shared.export(frame, shared.KEEP, made)
@@ -513,7 +512,7 @@ class Client:
         return frame
 
     def _release(self, call_id: str) -> None:
-        """The call's result is in: its arguments' segments can go (``_shared``)."""
+        """The call's result is in: its arguments' segments can go (``_request_frame``)."""
         names = self._segments.pop(call_id, None)
         if names:
             shared.release(names)
