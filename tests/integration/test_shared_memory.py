@@ -82,6 +82,18 @@ def test_arguments_results_and_dag_edges_go_through_shared_memory_and_leave_noth
     assert [n for n in names_of(pids) if not n.endswith("-s")] == []
 
 
+def test_an_executor_lets_go_of_an_argument_once_its_step_ends(client):
+    """The client's segment is free for its next call as soon as the call returns: the executor does not hold
+    the last argument it received until another call comes."""
+    array = np.ones(8 * MB, dtype=np.uint8)
+    for _ in range(3):
+        assert client.call("total", array, timeout=60) == [array.nbytes, array.nbytes]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not all(s.is_free() for s in shm._pool):
+            time.sleep(0.01)
+        assert shm._pool and all(s.is_free() for s in shm._pool)
+
+
 def test_store_writes_and_reads_of_large_values_go_through_shared_memory(client):
     array = np.arange(4 * MB, dtype=np.float64)
     lent = shm.stats["values_lent"]

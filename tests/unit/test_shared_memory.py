@@ -144,6 +144,18 @@ def test_past_its_bound_of_locked_mappings_a_receiver_copies_the_value_out(monke
     del kept
 
 
+def test_trim_lets_go_of_segments_unlent_for_a_while_unless_mapped() -> None:
+    mapped = shared.attach(lend(b"m" * MB))
+    shared.attach(lend(b"f" * (2 * MB)))  # a second segment (the first is mapped), taken and let go at once
+    gc.collect()
+    assert len(shared._pool) == 2
+    shared.trim(time.monotonic() + 1)
+    assert len(shared._pool) == 2  # lent a moment ago: kept for reuse
+    shared.trim(time.monotonic() + shared.POOL_IDLE_S + 1)
+    assert [s.capacity for s in shared._pool] == [MB]  # the free one went; the mapped one stays
+    assert bytes(mapped[:1]) == b"m"
+
+
 def test_a_handle_is_told_from_a_values_bytes() -> None:
     handle = lend(b"h" * MB)
     assert shared.as_handle(bytes(handle)) == handle
