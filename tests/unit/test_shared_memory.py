@@ -96,6 +96,29 @@ def test_threads_lending_at_once_never_share_a_segment() -> None:
             assert bytes(shared.attach(handle)) == bytes([seed]) * MB
 
 
+def test_a_forked_child_never_touches_its_parents_pool() -> None:
+    shared.attach(lend(b"p" * MB))
+    gc.collect()
+    parents = shared.mine()
+    pid = os.fork()
+    if pid == 0:  # the child: lends with a pool and names of its own, then lets its pool go
+        code = 0
+        try:
+            if shared._pool or shared.mine():
+                code = 3
+            shared.attach(lend(b"c" * MB))
+            shared.close_pool()
+        except BaseException:
+            code = 4
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert shared.mine() == parents  # the parent's segment is still there, and still its own to reuse
+    made = shared.stats["segments_made"]
+    shared.attach(lend(b"q" * MB))
+    assert shared.stats["segments_made"] == made
+
+
 def test_keep_names_stay_until_released_and_a_released_one_is_gone_with_a_clear_reason() -> None:
     handle = lend(b"k" * MB, shared.KEEP)
     assert handle.keep

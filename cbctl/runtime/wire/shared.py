@@ -90,8 +90,7 @@ stats = {"values_lent": 0, "bytes_lent": 0, "segments_made": 0, "segments_mapped
          "copied_out": 0}
 
 _seq = count()
-_token = ""
-_token_pid = 0
+_token = os.urandom(4).hex()  # this process's, in its names (a forked child draws its own)
 _enabled: bool | None = None
 
 
@@ -159,31 +158,28 @@ class _Segment:
 
     def close(self) -> None:
         _unlink(self.name)
-        try:
-            self.mapped.close()
-        except BufferError:  # a send still reads from it: the mapping goes when that send lets go of it
-            pass
+        self.mapped.close()  # nothing keeps a view of it: values are copied in, and receivers map their own
         os.close(self.fd)
 
 
 _pool: list[_Segment] = []
-_pool_pid = os.getpid()
 #: Guards the pool: a client lends from every thread that calls, and two must never fill one segment.
 _pool_lock = threading.Lock()
 #: Mappings this process holds (each keeps a descriptor open, and the segment's lock), and how many it may.
 _locked = 0
 _bound: int | None = None
+#: Mappings this process holds as values (``hold``), by the name that keeps their segment: lent on without a copy.
+_held: weakref.WeakKeyDictionary[mmap.mmap, str] = weakref.WeakKeyDictionary()
 
 
 def _forget_pool_in_child() -> None:
-    """A forked child: the pool (and a lock another thread may have held at the fork) are its parent's."""
-    global _pool, _pool_pid, _pool_lock
-    _pool, _pool_pid, _pool_lock = [], os.getpid(), threading.Lock()
+    """A forked child: the pool (and a lock another thread may have held at the fork) are its parent's, and it
+    names its segments with a token of its own."""
+    global _pool, _pool_lock, _token
+    _pool, _pool_lock, _token = [], threading.Lock(), os.urandom(4).hex()
 
 
 os.register_at_fork(after_in_child=_forget_pool_in_child)
-#: Mappings this process holds as values (``hold``), by the name that keeps their segment: lent on without a copy.
-_held: weakref.WeakKeyDictionary[mmap.mmap, str] = weakref.WeakKeyDictionary()
 #: How this process treats the handles it receives: whether ``frames.unpack`` maps them (every process that reads
 #: values; the scheduler, which only forwards them, forwards the handles), and whether ``attach`` holds the values
 #: it maps (``hold``: the store, which keeps what it is sent).
@@ -231,11 +227,7 @@ def part_nbytes(part: Any) -> int:
 
 
 def _name(kind: str) -> str:
-    global _token, _token_pid
-    pid = os.getpid()
-    if pid != _token_pid:  # a forked child must not make its parent's names
-        _token, _token_pid = os.urandom(4).hex(), pid
-    return f"cbctl-{pid}-{_token}-{next(_seq)}-{kind}"
+    return f"cbctl-{os.getpid()}-{_token}-{next(_seq)}-{kind}"
 
 
 def outgoing(frames: list[Any], local: bool, lends: bool = True) -> list[Any]:
@@ -363,8 +355,6 @@ def _trim(now: float) -> None:
 
 def close_pool() -> None:
     """Let go of every pooled segment (a process that stops)."""
-    if _pool_pid != os.getpid():
-        return  # a forked child's pool is its parent's
     with _pool_lock:
         while _pool:
             _pool.pop().close()
